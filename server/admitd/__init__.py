@@ -1,0 +1,48 @@
+"""admitd: a gRPC admission-control service for LLM calls.
+
+The pieces a program embedding or testing admitd needs are re-exported here; everything
+else is private (``_module.py``) and may change.
+"""
+
+from ._backend import Backend
+from ._clock import Clock, ManualClock, SystemClock
+from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, parse_config
+from ._engine import AcquireSpec, Engine
+from ._errors import (
+    AdmitdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    Rejected,
+    Unavailable,
+)
+from ._memory import MemoryBackend
+from ._server import AdmitdServer, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMBEDDED_DEFAULT",
+    "AcquireSpec",
+    "AdmitdError",
+    "AdmitdServer",
+    "Backend",
+    "Clock",
+    "ConfigError",
+    "Engine",
+    "InvalidArgument",
+    "ManualClock",
+    "MemoryBackend",
+    "NotFound",
+    "PermissionDenied",
+    "Reason",
+    "Rejected",
+    "Settings",
+    "SystemClock",
+    "Unavailable",
+    "__version__",
+    "load_config",
+    "parse_config",
+    "serve",
+]

@@ -1,0 +1,217 @@
+"""The backend interface: state and atomicity, no policy.
+
+The engine (``_engine.py`` with ``_policy.py``) decides *which* limits a call must fit, in what
+order waiters are served and what a rejection says. A backend keeps the counters, leases and
+queues, and performs each operation below as one atomic step, so that every limit is reserved
+all-or-nothing even with many replicas (the Redis backend does each in one Lua script).
+
+Every operation that can free capacity also runs a dispatch pass over the queues and reports
+what it granted in :class:`Progress`; the engine hands those grants to the waiting RPCs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+class Kind(enum.Enum):
+    GAUGE = "gauge"  # in use now, e.g. concurrency; freed on release
+    BUCKET = "bucket"  # continuous token bucket: capacity, refill per second
+    DAILY = "daily"  # used per UTC day
+
+
+class Unit(enum.Enum):
+    """What a limit counts, and so how much a call takes of it."""
+
+    SLOT = "slot"  # one per call, given back on release
+    REQUEST = "request"  # one per call, never given back
+    TOKEN = "token"  # the reservation; settled to actual usage on release
+    NANO_USD = "nano_usd"  # price of the reservation in 1e-9 USD; settled likewise
+
+
+class Scope(enum.Enum):
+    POOL = "pool"
+    TENANT = "tenant"
+    GLOBAL = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One counter a call must fit, and its key in the store."""
+
+    key: str
+    kind: Kind
+    unit: Unit
+    scope: Scope
+    name: str  # config field, e.g. "tokens_per_minute"
+    owner: str  # pool or tenant name; "" for global
+    capacity: float
+    rate: float = 0.0  # refill per second (buckets only)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A validated, priced request: what a backend needs to queue, check and grant it."""
+
+    lease_id: str  # also identifies the waiter while queued
+    tenant: str
+    pool: str
+    input_tokens: int
+    max_output_tokens: int
+    nano_usd: int  # price of the reservation
+    price_in: float  # nano-USD per input token, to settle actual usage
+    price_out: float  # nano-USD per output token
+    priority: int  # 0 = CRITICAL .. 3 = LOW
+    cost: float  # virtual-time cost in the fair queue: reservation / tenant weight
+    limits: tuple[Limit, ...]
+    ttl: float
+    idempotency_key: str = ""
+    fingerprint: str = ""  # what an idempotent retry must repeat
+    max_queued_tenant: int = 0
+    max_queued_total: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.max_output_tokens
+
+    def amount(self, unit: Unit) -> float:
+        if unit is Unit.TOKEN:
+            return float(self.tokens)
+        if unit is Unit.NANO_USD:
+            return float(self.nano_usd)
+        return 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    lease_id: str
+    tenant: str
+    pool: str
+    input_tokens: int
+    max_output_tokens: int
+    nano_usd: int
+    expires_in: float  # seconds left at the time of the operation
+    queued_for: float  # seconds spent queued before the grant
+    held_for: float = 0.0  # seconds since the grant (set on release/expiry)
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.input_tokens + self.max_output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """The limit a ticket did not fit, and the state of it at that moment."""
+
+    limit: Limit
+    level: float  # GAUGE: in use; BUCKET: left in the bucket; DAILY: used today
+    amount: float  # what the ticket needed of it
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFull:
+    scope: Literal["global", "tenant"]
+    depth: int
+    limit: int
+
+
+@dataclass(slots=True)
+class Progress:
+    """What a dispatch pass did: grants to hand out, waiters that can never fit, and the
+    limit blocking the head of each pool's queue (for wake-ups and estimates)."""
+
+    grants: list[LeaseRecord] = field(default_factory=list)
+    rejections: list[tuple[str, Denial]] = field(default_factory=list)
+    blocked: dict[str, Denial] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AcquireResult:
+    """Exactly one of: granted (``lease``), ``queued``, or refused (``denial``)."""
+
+    lease: LeaseRecord | None = None
+    queued: bool = False
+    denial: Denial | QueueFull | None = None
+    replayed: bool = False  # an idempotent retry of an earlier Acquire
+    waiting_on: str = ""  # lease id of the waiter to wait for (an earlier one when replayed)
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    lease: LeaseRecord
+    charged_tokens: int
+    refunded_tokens: int
+    charged_nano_usd: int
+    already_released: bool
+
+
+@dataclass(slots=True)
+class ReleaseResult:
+    settlement: Settlement
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass(slots=True)
+class ExpireResult:
+    expired: list[LeaseRecord]
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Levels of the given limits (same meaning as :attr:`Denial.level`), and occupancy."""
+
+    levels: dict[str, float]
+    in_flight_by_pool: dict[str, int]
+    in_flight_by_tenant: dict[str, int]
+    queued_by_pool: dict[str, list[int]]  # per priority class
+    queued_by_tenant: dict[str, int]
+
+
+class LeaseGone(Exception):
+    """Release/Renew of a lease that is unknown or expired."""
+
+
+class NotOwner(Exception):
+    """Release/Renew by a tenant that does not own the lease."""
+
+
+class FingerprintMismatch(Exception):
+    """An idempotency key reused for a different request."""
+
+
+class Backend(Protocol):
+    async def acquire(self, ticket: Ticket, *, wait: bool) -> AcquireResult:
+        """Grant now, queue (when ``wait``) or deny; atomic with the dispatch it triggers."""
+        ...
+
+    async def cancel(self, lease_id: str) -> None:
+        """Take a waiter out of the queue (no-op once granted: the engine owns that grant)."""
+        ...
+
+    async def release(
+        self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None
+    ) -> ReleaseResult:
+        """Settle (input, output) usage, or the full reservation when None; idempotent."""
+        ...
+
+    async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
+        """Set the lease's expiry to now + ``extend_by``."""
+        ...
+
+    async def expire(self) -> ExpireResult:
+        """Reclaim every lease past its expiry, charging its full reservation."""
+        ...
+
+    async def dispatch(self) -> Progress:
+        """Grant what fits now from every queue (after a refill)."""
+        ...
+
+    async def snapshot(self, limits: list[Limit]) -> Snapshot:
+        """Current levels and occupancy, for GetStatus."""
+        ...
+
+    async def close(self) -> None: ...

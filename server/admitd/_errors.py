@@ -1,0 +1,77 @@
+"""Domain errors. The gRPC layer maps each to a status code in one place (``_status.py``).
+
+::
+
+    AdmitdError
+    ├── InvalidArgument     a request field is wrong          -> INVALID_ARGUMENT
+    ├── NotFound            unknown pool/tenant/lease         -> NOT_FOUND
+    ├── PermissionDenied    not the lease's owner             -> PERMISSION_DENIED
+    ├── Unavailable         draining                          -> UNAVAILABLE
+    └── Rejected            does not fit (reason, retry_after) -> RESOURCE_EXHAUSTED
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+
+class Reason(enum.StrEnum):
+    """Why an Acquire was rejected; the ``ErrorInfo.reason`` on the wire."""
+
+    CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT"
+    TOKEN_RATE_LIMIT = "TOKEN_RATE_LIMIT"
+    REQUEST_RATE_LIMIT = "REQUEST_RATE_LIMIT"
+    TENANT_QUOTA = "TENANT_QUOTA"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    QUEUE_FULL = "QUEUE_FULL"
+    QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
+
+
+class AdmitdError(Exception):
+    """Base of every error admitd reports to a caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(AdmitdError):
+    """A request field is missing, malformed or out of range; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFound(AdmitdError):
+    """The named pool, tenant or lease does not exist (or the lease expired)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PermissionDenied(AdmitdError):
+    """The caller may not act on this lease."""
+
+
+class Unavailable(AdmitdError):
+    """The server admits nothing right now (draining); try another replica."""
+
+
+class Rejected(AdmitdError):
+    """The call does not fit. ``retry_after`` is None when no later retry can succeed."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        retry_after: float | None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})

@@ -1,0 +1,85 @@
+"""Weighted fair queue of one pool: strict priority classes with aging, WFQ within a class.
+
+Within a class a waiter's virtual finish tag is ``max(V, tenant's last finish) + cost`` where
+``cost = reservation / weight`` and ``V`` is the tag of the last waiter served (self-clocked
+fair queueing). A tenant that was idle has no last finish above ``V``, so it cannot bank credit;
+a busy tenant's waiters get increasing tags, so each tenant is served FIFO.
+
+Between classes the order is strict, except that a waiter climbs one class per ``aging``
+seconds of waiting, so a saturated higher class delays a lower one but never starves it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+PRIORITY_CLASSES = 4
+
+
+@dataclass(order=True, slots=True)
+class Entry:
+    tag: float
+    seq: int
+    lease_id: str = field(compare=False)
+    tenant: str = field(compare=False)
+    priority: int = field(compare=False)
+    cost: float = field(compare=False)
+    enqueued_at: float = field(compare=False)
+
+
+class FairQueue:
+    def __init__(self) -> None:
+        self._classes: list[list[Entry]] = [[] for _ in range(PRIORITY_CLASSES)]
+        self._vtime = [0.0] * PRIORITY_CLASSES
+        self._last_finish: dict[tuple[int, str], float] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._classes)
+
+    def depth_by_class(self) -> list[int]:
+        return [len(c) for c in self._classes]
+
+    def push(self, lease_id: str, tenant: str, priority: int, cost: float, now: float) -> Entry:
+        key = (priority, tenant)
+        start = max(self._vtime[priority], self._last_finish.get(key, 0.0))
+        entry = Entry(start + cost, next(self._seq), lease_id, tenant, priority, cost, now)
+        self._last_finish[key] = entry.tag
+        bisect.insort(self._classes[priority], entry)
+        return entry
+
+    def remove(self, entry: Entry, *, served: bool) -> None:
+        """Take an entry out; ``served`` advances virtual time, otherwise its tag is given back."""
+        queue = self._classes[entry.priority]
+        i = bisect.bisect_left(queue, entry)
+        if i < len(queue) and queue[i] is entry:
+            del queue[i]
+        key = (entry.priority, entry.tenant)
+        if served:
+            self._vtime[entry.priority] = max(self._vtime[entry.priority], entry.tag)
+        elif self._last_finish.get(key) == entry.tag:
+            # The tenant's newest waiter left unserved: it must not push later ones back.
+            self._last_finish[key] = entry.tag - entry.cost
+        if self._last_finish.get(key, 0.0) <= self._vtime[entry.priority]:
+            self._last_finish.pop(key, None)  # no credit left to remember
+
+    def ordered(self, now: float, aging: float) -> Iterator[Entry]:
+        """Entries in service order. Do not push or remove while iterating."""
+        cursors = [0] * PRIORITY_CLASSES
+        while True:
+            best: Entry | None = None
+            best_key: tuple[int, int, float, int] | None = None
+            for cls, queue in enumerate(self._classes):
+                if cursors[cls] < len(queue):
+                    entry = queue[cursors[cls]]
+                    climbed = int((now - entry.enqueued_at) / aging)
+                    key = (cls - climbed, cls, entry.tag, entry.seq)
+                    if best_key is None or key < best_key:
+                        best, best_key = entry, key
+            if best is None:
+                return
+            cursors[best.priority] += 1
+            yield best

@@ -1,0 +1,407 @@
+"""The in-memory backend: one process, every operation atomic because none awaits midway."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from ._backend import (
+    AcquireResult,
+    Denial,
+    ExpireResult,
+    FingerprintMismatch,
+    Kind,
+    LeaseGone,
+    LeaseRecord,
+    Limit,
+    NotOwner,
+    Progress,
+    QueueFull,
+    ReleaseResult,
+    Scope,
+    Settlement,
+    Snapshot,
+    Ticket,
+    Unit,
+)
+from ._clock import Clock
+from ._fairqueue import Entry, FairQueue
+
+# A dispatch pass looks at most this many waiters per pool, so that one tenant with a long
+# queue blocked by its own limits cannot make every release slow.
+MAX_EXAMINED_PER_PASS = 1024
+
+
+def utc_day(wall: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+
+
+@dataclass(slots=True)
+class _Lease:
+    ticket: Ticket
+    day: str
+    granted_at: float
+    expires_at: float
+    queued_for: float
+
+    def record(self, now: float) -> LeaseRecord:
+        t = self.ticket
+        return LeaseRecord(
+            lease_id=t.lease_id,
+            tenant=t.tenant,
+            pool=t.pool,
+            input_tokens=t.input_tokens,
+            max_output_tokens=t.max_output_tokens,
+            nano_usd=t.nano_usd,
+            expires_in=self.expires_at - now,
+            queued_for=self.queued_for,
+            held_for=now - self.granted_at,
+        )
+
+
+@dataclass(slots=True)
+class _Waiter:
+    ticket: Ticket
+    entry: Entry
+
+
+class MemoryBackend:
+    """State in this process. ``aging`` is the queue's anti-starvation step (policy input)."""
+
+    def __init__(self, clock: Clock, *, aging: float) -> None:
+        self._clock = clock
+        self._aging = aging
+        self._gauges: dict[str, float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
+        self._daily: dict[str, float] = {}  # "key@day" -> used
+        self._day = ""
+        self._leases: dict[str, _Lease] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap; stale entries skipped
+        self._released: OrderedDict[str, tuple[Settlement, float]] = OrderedDict()
+        self._idempotency: OrderedDict[tuple[str, str], tuple[str, str, float]] = OrderedDict()
+        self._queues: dict[str, FairQueue] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._queued_by_tenant: dict[str, int] = {}
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def acquire(self, ticket: Ticket, *, wait: bool) -> AcquireResult:
+        now = self._tick()
+        replay = self._replay(ticket, now)
+        if replay is not None:
+            return replay
+        daily = self._check(ticket, now, kinds=(Kind.DAILY,))
+        if daily is not None:
+            return AcquireResult(denial=daily)
+        if wait:
+            full = self._queue_full(ticket)
+            if full is not None:
+                return AcquireResult(denial=full)
+        queue = self._queues.setdefault(ticket.pool, FairQueue())
+        entry = queue.push(ticket.lease_id, ticket.tenant, ticket.priority, ticket.cost, now)
+        self._waiters[ticket.lease_id] = _Waiter(ticket, entry)
+        self._queued_by_tenant[ticket.tenant] = self._queued_by_tenant.get(ticket.tenant, 0) + 1
+        if ticket.idempotency_key:
+            self._remember_key(ticket, ticket.lease_id, now)
+        progress = Progress()
+        own_denial = self._dispatch_pool(ticket.pool, now, progress, watch=ticket.lease_id)
+        result = AcquireResult(waiting_on=ticket.lease_id, progress=progress)
+        for i, lease in enumerate(progress.grants):
+            if lease.lease_id == ticket.lease_id:
+                del progress.grants[i]
+                result.lease = lease
+                return result
+        if wait:
+            result.queued = True
+            return result
+        self._unqueue(ticket.lease_id, served=False)
+        if ticket.idempotency_key:
+            self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+        result.denial = own_denial or progress.blocked.get(ticket.pool)
+        return result
+
+    async def cancel(self, lease_id: str) -> None:
+        # Grants reach the engine in the same step that makes them, so a waiter that is no
+        # longer queued has had its grant delivered already: nothing to hand back here.
+        self._tick()
+        if lease_id in self._waiters:
+            ticket = self._unqueue(lease_id, served=False)
+            if ticket.idempotency_key:
+                self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+
+    async def release(
+        self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None
+    ) -> ReleaseResult:
+        now = self._tick()
+        self._forget_released(now)
+        done = self._released.get(lease_id)
+        if done is not None:
+            settlement = done[0]
+            if tenant and settlement.lease.tenant != tenant:
+                raise NotOwner(settlement.lease.tenant)
+            return ReleaseResult(replace(settlement, already_released=True))
+        lease = self._live_lease(lease_id, tenant, now)
+        t = lease.ticket
+        if usage is None:
+            charged_tokens, charged_usd = t.tokens, t.nano_usd
+        else:
+            charged_tokens = usage[0] + usage[1]
+            charged_usd = round(usage[0] * t.price_in + usage[1] * t.price_out)
+        self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
+        settlement = Settlement(
+            lease=lease.record(now),
+            charged_tokens=charged_tokens,
+            refunded_tokens=max(0, t.tokens - charged_tokens),
+            charged_nano_usd=charged_usd,
+            already_released=False,
+        )
+        # Kept for one TTL so that a retried Release gets the same answer.
+        self._released[lease_id] = (settlement, now + t.ttl)
+        return ReleaseResult(settlement, self._dispatch_all(now))
+
+    async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
+        now = self._tick()
+        lease = self._live_lease(lease_id, tenant, now)
+        lease.expires_at = now + extend_by
+        heapq.heappush(self._expiry, (lease.expires_at, lease_id))
+        return lease.record(now)
+
+    async def expire(self) -> ExpireResult:
+        now = self._tick()
+        expired = self._reap(now)
+        self._forget_released(now)
+        progress = self._dispatch_all(now) if expired else Progress()
+        return ExpireResult(expired, progress)
+
+    async def dispatch(self) -> Progress:
+        return self._dispatch_all(self._tick())
+
+    async def snapshot(self, limits: list[Limit]) -> Snapshot:
+        now = self._tick()
+        levels = {}
+        for limit in limits:
+            if limit.kind is Kind.GAUGE:
+                levels[limit.key] = self._gauges.get(limit.key, 0.0)
+            elif limit.kind is Kind.BUCKET:
+                levels[limit.key] = self._bucket_level(limit, now)
+            else:
+                levels[limit.key] = self._daily.get(f"{limit.key}@{self._day}", 0.0)
+        by_pool: dict[str, int] = {}
+        by_tenant: dict[str, int] = {}
+        for lease in self._leases.values():
+            by_pool[lease.ticket.pool] = by_pool.get(lease.ticket.pool, 0) + 1
+            by_tenant[lease.ticket.tenant] = by_tenant.get(lease.ticket.tenant, 0) + 1
+        return Snapshot(
+            levels=levels,
+            in_flight_by_pool=by_pool,
+            in_flight_by_tenant=by_tenant,
+            queued_by_pool={p: q.depth_by_class() for p, q in self._queues.items()},
+            queued_by_tenant=dict(self._queued_by_tenant),
+        )
+
+    async def close(self) -> None:
+        return None
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _tick(self) -> float:
+        """Read the clock once per operation; start a new UTC day's counters when it turns."""
+        now = self._clock.now()
+        day = utc_day(self._clock.wall())
+        if day != self._day:
+            self._day = day
+            self._daily = {k: v for k, v in self._daily.items() if k.endswith("@" + day)}
+        self._reap(now)
+        return now
+
+    def _bucket_level(self, limit: Limit, now: float) -> float:
+        level, at = self._buckets.get(limit.key, (limit.capacity, now))
+        return min(limit.capacity, level + (now - at) * limit.rate)
+
+    def _check(
+        self, ticket: Ticket, now: float, kinds: tuple[Kind, ...] = tuple(Kind)
+    ) -> Denial | None:
+        for limit in ticket.limits:
+            if limit.kind not in kinds:
+                continue
+            amount = ticket.amount(limit.unit)
+            if limit.kind is Kind.GAUGE:
+                level = self._gauges.get(limit.key, 0.0)
+                fits = level + amount <= limit.capacity
+            elif limit.kind is Kind.BUCKET:
+                level = self._bucket_level(limit, now)
+                fits = amount <= level
+            else:
+                level = self._daily.get(f"{limit.key}@{self._day}", 0.0)
+                fits = level + amount <= limit.capacity
+            if not fits:
+                return Denial(limit, level, amount)
+        return None
+
+    def _reserve(self, ticket: Ticket, now: float, queued_for: float) -> LeaseRecord:
+        for limit in ticket.limits:
+            amount = ticket.amount(limit.unit)
+            if limit.kind is Kind.GAUGE:
+                self._gauges[limit.key] = self._gauges.get(limit.key, 0.0) + amount
+            elif limit.kind is Kind.BUCKET:
+                self._buckets[limit.key] = (self._bucket_level(limit, now) - amount, now)
+            else:
+                key = f"{limit.key}@{self._day}"
+                self._daily[key] = self._daily.get(key, 0.0) + amount
+        lease = _Lease(ticket, self._day, now, now + ticket.ttl, queued_for)
+        self._leases[ticket.lease_id] = lease
+        heapq.heappush(self._expiry, (lease.expires_at, ticket.lease_id))
+        if ticket.idempotency_key:
+            self._remember_key(ticket, ticket.lease_id, now)
+        return lease.record(now)
+
+    def _settle(self, lease: _Lease, token_delta: float, usd_delta: float, now: float) -> None:
+        """End a lease: free its slots and move token/USD counters by charged - reserved."""
+        del self._leases[lease.ticket.lease_id]
+        for limit in lease.ticket.limits:
+            if limit.unit is Unit.SLOT:
+                self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
+                continue
+            delta = {Unit.TOKEN: token_delta, Unit.NANO_USD: usd_delta}.get(limit.unit, 0.0)
+            if delta == 0:
+                continue
+            if limit.kind is Kind.BUCKET:
+                # A refund never lifts a bucket above capacity; overuse may put it in debt.
+                level = self._bucket_level(limit, now) - delta
+                self._buckets[limit.key] = (min(limit.capacity, level), now)
+            elif limit.kind is Kind.DAILY:
+                key = f"{limit.key}@{lease.day}"
+                if key in self._daily or delta > 0:
+                    self._daily[key] = max(0.0, self._daily.get(key, 0.0) + delta)
+
+    def _live_lease(self, lease_id: str, tenant: str | None, now: float) -> _Lease:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise LeaseGone(lease_id)
+        if tenant and lease.ticket.tenant != tenant:
+            raise NotOwner(lease.ticket.tenant)
+        return lease
+
+    def _reap(self, now: float) -> list[LeaseRecord]:
+        expired = []
+        while self._expiry and self._expiry[0][0] <= now:
+            at, lease_id = heapq.heappop(self._expiry)
+            lease = self._leases.get(lease_id)
+            if lease is None or lease.expires_at != at:
+                continue  # released or renewed since
+            expired.append(lease.record(now))
+            self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
+        return expired
+
+    def _forget_released(self, now: float) -> None:
+        while self._released:
+            lease_id, (_, drop_at) = next(iter(self._released.items()))
+            if drop_at > now:
+                break
+            del self._released[lease_id]
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    def _remember_key(self, ticket: Ticket, ref: str, now: float) -> None:
+        key = (ticket.tenant, ticket.idempotency_key)
+        self._idempotency[key] = (ref, ticket.fingerprint, now + ticket.ttl)
+        self._idempotency.move_to_end(key)
+
+    def _replay(self, ticket: Ticket, now: float) -> AcquireResult | None:
+        while self._idempotency:
+            first, (_, _, drop_at) = next(iter(self._idempotency.items()))
+            if drop_at > now:
+                break
+            del self._idempotency[first]
+        if not ticket.idempotency_key:
+            return None
+        known = self._idempotency.get((ticket.tenant, ticket.idempotency_key))
+        if known is None:
+            return None
+        ref, fingerprint, _ = known
+        if fingerprint != ticket.fingerprint:
+            raise FingerprintMismatch(ticket.idempotency_key)
+        if ref in self._waiters:
+            return AcquireResult(queued=True, replayed=True, waiting_on=ref)
+        lease = self._leases.get(ref)
+        if lease is not None:
+            return AcquireResult(lease=lease.record(now), replayed=True)
+        done = self._released.get(ref)
+        if done is not None:
+            return AcquireResult(lease=replace(done[0].lease, expires_in=0.0), replayed=True)
+        return None  # the lease expired: a retry may reserve again
+
+    # -- queue ----------------------------------------------------------------------------
+
+    def _queue_full(self, ticket: Ticket) -> QueueFull | None:
+        total = len(self._waiters)
+        if total >= ticket.max_queued_total:
+            return QueueFull("global", total, ticket.max_queued_total)
+        mine = self._queued_by_tenant.get(ticket.tenant, 0)
+        if mine >= ticket.max_queued_tenant:
+            return QueueFull("tenant", mine, ticket.max_queued_tenant)
+        return None
+
+    def _unqueue(self, lease_id: str, *, served: bool) -> Ticket:
+        waiter = self._waiters.pop(lease_id)
+        queue = self._queues[waiter.ticket.pool]
+        queue.remove(waiter.entry, served=served)
+        if not len(queue):
+            del self._queues[waiter.ticket.pool]
+        tenant = waiter.ticket.tenant
+        self._queued_by_tenant[tenant] -= 1
+        if not self._queued_by_tenant[tenant]:
+            del self._queued_by_tenant[tenant]
+        return waiter.ticket
+
+    def _dispatch_all(self, now: float) -> Progress:
+        progress = Progress()
+        for pool in list(self._queues):
+            self._dispatch_pool(pool, now, progress)
+        return progress
+
+    def _dispatch_pool(
+        self, pool: str, now: float, progress: Progress, watch: str = ""
+    ) -> Denial | None:
+        """Grant waiters of ``pool`` in fair order until a pool-wide limit blocks the head.
+
+        A waiter blocked by its own tenant's limit is passed over (with the rest of that
+        tenant's waiters, keeping it FIFO) so one tenant cannot hold up the others. Returns
+        the denial of the ``watch`` ticket when it was examined and not granted.
+        """
+        queue = self._queues.get(pool)
+        if queue is None:
+            return None
+        skipped: set[str] = set()
+        served: list[Entry] = []
+        never: list[tuple[Entry, Denial]] = []
+        watched: Denial | None = None
+        for examined, entry in enumerate(queue.ordered(now, self._aging)):
+            if examined >= MAX_EXAMINED_PER_PASS:
+                break
+            if entry.tenant in skipped:
+                continue
+            ticket = self._waiters[entry.lease_id].ticket
+            denial = self._check(ticket, now)
+            if denial is None:
+                lease = self._reserve(ticket, now, now - entry.enqueued_at)
+                progress.grants.append(lease)
+                served.append(entry)
+                continue
+            if entry.lease_id == watch:
+                watched = denial
+            if denial.limit.kind is Kind.DAILY:
+                never.append((entry, denial))  # cannot fit before the day turns
+            elif denial.limit.scope is Scope.TENANT:
+                skipped.add(entry.tenant)
+            else:
+                progress.blocked[pool] = denial
+                break
+        for entry in served:
+            self._unqueue(entry.lease_id, served=True)
+        for entry, denial in never:
+            self._unqueue(entry.lease_id, served=False)
+            progress.rejections.append((entry.lease_id, denial))
+        return watched

@@ -1,0 +1,101 @@
+"""The gRPC server: Admission, health checking and reflection, with a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from ._backend import Backend
+from ._clock import Clock, SystemClock
+from ._config import Settings
+from ._engine import Engine
+from ._memory import MemoryBackend
+from ._service import AdmissionService
+from ._tokens import TokenCounter
+from .v1 import admission_pb2, admission_pb2_grpc
+
+log = logging.getLogger("admitd")
+
+SERVICE_NAME = admission_pb2.DESCRIPTOR.services_by_name["Admission"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def make_backend(settings: Settings, clock: Clock) -> Backend:
+    return MemoryBackend(clock, aging=settings.queue.aging)
+
+
+class AdmitdServer:
+    """One admitd process. ``start`` binds and serves; ``stop`` drains and shuts down."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        backend: Backend | None = None,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self.settings = settings
+        clock = clock or SystemClock()
+        self.engine = Engine(settings, backend or make_backend(settings, clock), clock, counter)
+        self.health = HealthServicer()
+        # SO_REUSEPORT off: a second server must fail to bind a busy port, not share it.
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        admission_pb2_grpc.add_AdmissionServicer_to_server(
+            AdmissionService(self.engine), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self, listen: str | None = None) -> int:
+        """Bind ``listen`` (default: the config's), start serving and return the port."""
+        address = listen or self.settings.listen
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        self.engine.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, SERVING)
+        log.info("admitd serving", extra={"listen": address, "port": self.port})
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, stop admitting, tell waiters UNAVAILABLE, let in-flight RPCs finish."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        self.engine.drain()
+        await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.engine.close()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings, listen: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    server = AdmitdServer(settings)
+    await server.start(listen)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"admitd listening on {listen or settings.listen} (port {server.port})", flush=True)
+    await stop.wait()
+    log.info("admitd draining")
+    await server.stop()

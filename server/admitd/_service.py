@@ -1,0 +1,163 @@
+"""The Admission gRPC servicer: wire messages <-> engine calls, errors translated once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from ._backend import LeaseRecord, Limit, Snapshot
+from ._engine import AcquireSpec, Engine
+from ._errors import AdmitdError, InvalidArgument
+from ._policy import NANO_PER_USD
+from ._status import seconds_to_duration, to_status
+from .v1 import admission_pb2 as pb
+from .v1 import admission_pb2_grpc as pb_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["AdmissionService", Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn domain errors into their gRPC status (with details); the one place that does."""
+
+    @wraps(handler)
+    async def wrapper(
+        self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except AdmitdError as error:
+            await context.abort_with_status(to_status(error))
+            raise AssertionError("abort_with_status returned") from error
+
+    return wrapper
+
+
+class AdmissionService(pb_grpc.AdmissionServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @_translated
+    async def Acquire(  # noqa: N802 (gRPC method name)
+        self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext[pb.AcquireRequest, pb.Lease]
+    ) -> pb.Lease:
+        spec = AcquireSpec(
+            tenant=request.tenant,
+            pool=request.pool,
+            input_tokens=request.input_tokens,
+            max_output_tokens=request.max_output_tokens,
+            priority=int(request.priority),
+            wait_timeout=_seconds(request.wait_timeout, "wait_timeout"),
+            idempotency_key=request.idempotency_key,
+            prompt=request.prompt,
+            labels=dict(request.labels),
+        )
+        lease = await self.engine.acquire(spec, deadline=context.time_remaining())
+        return self._lease(lease)
+
+    @_translated
+    async def Release(  # noqa: N802
+        self,
+        request: pb.ReleaseRequest,
+        context: grpc.aio.ServicerContext[pb.ReleaseRequest, pb.ReleaseResponse],
+    ) -> pb.ReleaseResponse:
+        usage = None
+        if request.HasField("usage"):
+            usage = (request.usage.input_tokens, request.usage.output_tokens)
+        if request.outcome not in pb.Outcome.values():
+            raise InvalidArgument("outcome", f"unknown value {int(request.outcome)}")
+        settled = await self.engine.release(request.lease_id, usage, request.tenant)
+        return pb.ReleaseResponse(
+            charged_tokens=settled.charged_tokens,
+            refunded_tokens=settled.refunded_tokens,
+            already_released=settled.already_released,
+            charged_usd=settled.charged_nano_usd / NANO_PER_USD,
+        )
+
+    @_translated
+    async def Renew(  # noqa: N802
+        self, request: pb.RenewRequest, context: grpc.aio.ServicerContext[pb.RenewRequest, pb.Lease]
+    ) -> pb.Lease:
+        extend_by = _seconds(request.extend_by, "extend_by")
+        lease = await self.engine.renew(request.lease_id, extend_by, request.tenant)
+        return self._lease(lease)
+
+    @_translated
+    async def GetStatus(  # noqa: N802
+        self,
+        request: pb.GetStatusRequest,
+        context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.StatusResponse],
+    ) -> pb.StatusResponse:
+        return status_response(self.engine, await self.engine.snapshot())
+
+    def _lease(self, lease: LeaseRecord) -> pb.Lease:
+        expires_at = timestamp_pb2.Timestamp()
+        expires_at.FromNanoseconds(round((self.engine.clock.wall() + lease.expires_in) * 1e9))
+        return pb.Lease(
+            lease_id=lease.lease_id,
+            tenant=lease.tenant,
+            pool=lease.pool,
+            reserved_tokens=lease.reserved_tokens,
+            expires_at=expires_at,
+            queued_for=seconds_to_duration(lease.queued_for),
+            input_tokens=lease.input_tokens,
+            reserved_usd=lease.nano_usd / NANO_PER_USD,
+        )
+
+
+def _seconds(duration: duration_pb2.Duration, field: str) -> float:
+    if duration.seconds < 0 or duration.nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if duration.nanos >= 1_000_000_000:
+        raise InvalidArgument(field, "nanos must be below 1e9")
+    if duration.seconds > 10 * 365 * 86_400:
+        raise InvalidArgument(field, "absurdly long")
+    return duration.seconds + duration.nanos / 1e9
+
+
+def status_response(engine: Engine, snap: Snapshot) -> pb.StatusResponse:
+    """GetStatus from the config and a backend snapshot."""
+    policy = engine.policy
+    by_key = {limit.key: limit for limit in policy.all_limits()}
+
+    def limit_status(key: str) -> pb.LimitStatus | None:
+        limit: Limit | None = by_key.get(key)
+        if limit is None:
+            return None
+        scale = NANO_PER_USD if key.endswith("usd_per_day") else 1
+        return pb.LimitStatus(limit=limit.capacity / scale, value=snap.levels.get(key, 0.0) / scale)
+
+    def limits(prefix: str) -> dict[str, pb.LimitStatus]:
+        names = ("max_concurrency", "tokens_per_minute", "requests_per_minute",
+                 "tokens_per_day", "usd_per_day")
+        found = {name: limit_status(f"{prefix}:{name}") for name in names}
+        out = {name: status for name, status in found.items() if status is not None}
+        if "max_concurrency" in out:
+            out["concurrency"] = out.pop("max_concurrency")
+        return out
+
+    response = pb.StatusResponse(draining=engine.draining)
+    for pool in engine.settings.pools:
+        queued = snap.queued_by_pool.get(pool.name, [0, 0, 0, 0])
+        response.pools.append(pb.PoolStatus(
+            name=pool.name,
+            in_flight=snap.in_flight_by_pool.get(pool.name, 0),
+            queued=sum(queued),
+            queued_by_priority=queued,
+            **limits(f"pool:{pool.name}"),
+        ))
+    for tenant in engine.settings.tenants:
+        response.tenants.append(pb.TenantStatus(
+            name=tenant.name,
+            weight=tenant.weight,
+            in_flight=snap.in_flight_by_tenant.get(tenant.name, 0),
+            queued=snap.queued_by_tenant.get(tenant.name, 0),
+            **limits(f"tenant:{tenant.name}"),
+        ))
+    response.budget.CopyFrom(pb.BudgetStatus(**limits("global")))
+    return response

@@ -1,0 +1,65 @@
+"""Domain errors -> gRPC status, in one place.
+
+Rejections become RESOURCE_EXHAUSTED with ``google.rpc.Status`` details in
+``grpc-status-details-bin``: an ``ErrorInfo`` (reason, domain "admitd", metadata) and, when a
+retry can succeed, a ``RetryInfo`` with the computed delay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ._errors import (
+    AdmitdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Rejected,
+    Unavailable,
+)
+
+DOMAIN = "admitd"
+
+_CODES: list[tuple[type[AdmitdError], int]] = [
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (NotFound, code_pb2.NOT_FOUND),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (Unavailable, code_pb2.UNAVAILABLE),
+    (Rejected, code_pb2.RESOURCE_EXHAUSTED),
+]
+
+
+def to_status(error: AdmitdError) -> grpc.Status:
+    code = next(c for kind, c in _CODES if isinstance(error, kind))
+    status = status_pb2.Status(code=code, message=error.message)
+    if isinstance(error, Rejected):
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason.value, domain=DOMAIN, metadata=error.metadata
+        )
+        status.details.append(_pack(info))
+        if error.retry_after is not None:
+            status.details.append(_pack(error_details_pb2.RetryInfo(
+                retry_delay=seconds_to_duration(error.retry_after))))
+    elif isinstance(error, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.message
+        )
+        status.details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    return rpc_status.to_status(status)
+
+
+def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
+    whole = math.floor(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9) % 1_000_000_000)
+
+
+def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo
+          | error_details_pb2.BadRequest) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
