@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -55,9 +54,7 @@ def check() -> int:
             committed = OUT_ROOT / path.relative_to(scratch)
             if not committed.exists() or not filecmp.cmp(path, committed, shallow=False):
                 stale.append(str(committed.relative_to(ROOT)))
-        committed_names = {
-            p.name for p in (OUT_ROOT / GENERATED_PACKAGE).glob("*_pb2*")
-        }
+        committed_names = {p.name for p in (OUT_ROOT / GENERATED_PACKAGE).glob("*_pb2*")}
         extra = committed_names - {p.name for p in fresh}
         stale.extend(str(GENERATED_PACKAGE / name) for name in sorted(extra))
     if stale:

@@ -158,6 +158,7 @@ class ReleaseResult:
 class ExpireResult:
     expired: list[LeaseRecord]
     progress: Progress = field(default_factory=Progress)
+    next_expiry_in: float | None = None  # seconds to the earliest remaining expiry
 
 
 @dataclass(slots=True)

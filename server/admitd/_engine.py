@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 
 from ._backend import (
@@ -32,7 +32,7 @@ from ._backend import (
 )
 from ._clock import Clock, TimerHandle
 from ._config import PoolConfig, Settings, TenantConfig
-from ._errors import InvalidArgument, NotFound, PermissionDenied, Rejected, Unavailable
+from ._errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ._policy import Policy, nano_usd_per_token
 from ._tokens import TokenCounter
 
@@ -94,7 +94,7 @@ class Engine:
         self._waiters: dict[str, _Waiter] = {}
         self._stats: dict[str, _PoolStats] = {p.name: _PoolStats() for p in settings.pools}
         self._wake: tuple[float, TimerHandle] | None = None
-        self._reaper: TimerHandle | None = None
+        self._reaper: tuple[float, TimerHandle] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
 
@@ -113,9 +113,9 @@ class Engine:
 
     async def close(self) -> None:
         self.drain()
-        for timer in (self._reaper, self._wake[1] if self._wake else None):
+        for timer in (self._reaper, self._wake):
             if timer is not None:
-                timer.cancel()
+                timer[1].cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.backend.close()
@@ -151,12 +151,15 @@ class Engine:
             self._granted(result.lease)
             return result.lease
         if isinstance(result.denial, QueueFull):
-            raise self.policy.queue_full(result.denial, retry_after=self._queue_estimate(
-                ticket.pool, depth=result.denial.depth))
+            raise self.policy.queue_full(
+                result.denial,
+                retry_after=self._queue_estimate(ticket.pool, depth=result.denial.depth),
+            )
         if result.denial is not None:
             self._note_blocked(ticket.pool, result.denial)
-            raise self.policy.rejection(result.denial, wall=self.clock.wall(),
-                                        hold_time=self._stats[ticket.pool].hold_time)
+            raise self.policy.rejection(
+                result.denial, wall=self.clock.wall(), hold_time=self._stats[ticket.pool].hold_time
+            )
         return await self._wait(result, ticket.pool, wait)
 
     async def release(
@@ -164,13 +167,16 @@ class Engine:
     ) -> Settlement:
         _check_lease_id(lease_id)
         if usage is not None:
-            for name, value in zip(("usage.input_tokens", "usage.output_tokens"), usage):
+            for name, value in zip(
+                ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
+            ):
                 _check_tokens(name, value)
         try:
             result = await self.backend.release(lease_id, usage, tenant or None)
         except LeaseGone:
-            raise NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or reclaimed") \
-                from None
+            raise NotFound(
+                "lease_id", f"no lease {lease_id!r}: unknown, expired or reclaimed"
+            ) from None
         except NotOwner:
             raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
         settlement = result.settlement
@@ -181,7 +187,9 @@ class Engine:
         self._deliver(result.progress)
         return settlement
 
-    async def renew(self, lease_id: str, extend_by: float, tenant: str | None = None) -> LeaseRecord:
+    async def renew(
+        self, lease_id: str, extend_by: float, tenant: str | None = None
+    ) -> LeaseRecord:
         _check_lease_id(lease_id)
         if extend_by < 0 or not math.isfinite(extend_by):
             raise InvalidArgument("extend_by", "must not be negative")
@@ -194,8 +202,9 @@ class Engine:
                 lease_id, extend_by or self.settings.lease.ttl, tenant or None
             )
         except LeaseGone:
-            raise NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released") \
-                from None
+            raise NotFound(
+                "lease_id", f"no lease {lease_id!r}: unknown, expired or released"
+            ) from None
         except NotOwner:
             raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
 
@@ -215,7 +224,9 @@ class Engine:
         if spec.wait_timeout < 0 or not math.isfinite(spec.wait_timeout):
             raise InvalidArgument("wait_timeout", "must not be negative")
         if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidArgument("idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters")
+            raise InvalidArgument(
+                "idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters"
+            )
         if len(spec.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
         _check_labels(spec.labels)
@@ -224,8 +235,8 @@ class Engine:
             input_tokens = self._counter.count(pool.name, spec.prompt)
         if input_tokens + spec.max_output_tokens == 0:
             raise InvalidArgument(
-                "input_tokens", "the reservation is empty: set input_tokens, prompt or"
-                " max_output_tokens"
+                "input_tokens",
+                "the reservation is empty: set input_tokens, prompt or max_output_tokens",
             )
         priority = (spec.priority or 3) - 1
         wait = min(spec.wait_timeout, self.settings.queue.max_wait)
@@ -281,11 +292,10 @@ class Engine:
             waiter = self._waiters[lease_id] = _Waiter(loop.create_future())
         elif result.replayed:
             waiter.holders += 1
+        self._hasten_reaper()
         started = self.clock.now()
         timeout: asyncio.Future[None] = loop.create_future()
-        timer = self.clock.call_at(
-            started + wait, lambda: timeout.done() or timeout.set_result(None)
-        )
+        timer = self.clock.call_at(started + wait, lambda: _resolve(timeout))
         try:
             await asyncio.wait((waiter.future, timeout), return_when=asyncio.FIRST_COMPLETED)
             if waiter.future.done():
@@ -320,8 +330,9 @@ class Engine:
         for lease_id, denial in progress.rejections:
             waiter = self._waiters.get(lease_id)
             if waiter is not None and not waiter.future.done():
-                waiter.future.set_exception(self.policy.rejection(
-                    denial, wall=self.clock.wall(), hold_time=None))
+                waiter.future.set_exception(
+                    self.policy.rejection(denial, wall=self.clock.wall(), hold_time=None)
+                )
         for pool, denial in progress.blocked.items():
             self._note_blocked(pool, denial)
 
@@ -366,8 +377,9 @@ class Engine:
         stats = self._stats[pool]
         first = self.settings.lease.ttl
         if stats.blocked is not None:
-            first = self.policy.retry_after(stats.blocked, wall=self.clock.wall(),
-                                            hold_time=stats.hold_time)
+            first = self.policy.retry_after(
+                stats.blocked, wall=self.clock.wall(), hold_time=stats.hold_time
+            )
         elif stats.hold_time is not None:
             first = stats.hold_time
         per_grant = stats.grant_interval if stats.grant_interval is not None else 0.0
@@ -375,26 +387,53 @@ class Engine:
 
     # -- reaper -----------------------------------------------------------------------------
 
-    def _schedule_reaper(self) -> None:
-        self._reaper = self.clock.call_at(
-            self.clock.now() + self.settings.lease.reap_interval, self._on_reap
-        )
+    def _schedule_reaper(self, next_expiry_in: float | None = None) -> None:
+        """Look for expired leases every ``reap_interval`` while callers wait for capacity;
+        otherwise not before the earliest expiry, and at least once per TTL (which covers
+        leases granted meanwhile, by other replicas too)."""
+        lease = self.settings.lease
+        delay = lease.ttl if next_expiry_in is None else next_expiry_in
+        if self._waiters:
+            delay = lease.reap_interval
+        delay = min(max(delay, lease.reap_interval), lease.ttl)
+        when = self.clock.now() + delay
+        self._reaper = (when, self.clock.call_at(when, self._on_reap))
+
+    def _hasten_reaper(self) -> None:
+        """A caller now waits for capacity: expiries must free it within ``reap_interval``."""
+        soon = self.clock.now() + self.settings.lease.reap_interval
+        if self._reaper is not None and self._reaper[0] > soon:
+            self._reaper[1].cancel()
+            self._reaper = (soon, self.clock.call_at(soon, self._on_reap))
 
     def _on_reap(self) -> None:
+        self._reaper = None
         self._spawn(self._reap())
-        self._schedule_reaper()
 
     async def _reap(self) -> None:
-        result = await self.backend.expire()
-        for lease in result.expired:
-            log.info("lease expired", extra={"lease_id": lease.lease_id, "tenant": lease.tenant,
-                                             "pool": lease.pool})
-        self._deliver(result.progress)
+        next_expiry_in = None
+        try:
+            result = await self.backend.expire()
+            next_expiry_in = result.next_expiry_in
+            for lease in result.expired:
+                log.info(
+                    "lease expired",
+                    extra={"lease_id": lease.lease_id, "tenant": lease.tenant, "pool": lease.pool},
+                )
+            self._deliver(result.progress)
+        finally:
+            if not self.draining:
+                self._schedule_reaper(next_expiry_in)
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _still_waiting(result: AcquireResult | None) -> bool:
@@ -429,5 +468,6 @@ def _check_labels(labels: Mapping[str, str]) -> None:
     for key, value in labels.items():
         if not key or len(key) > MAX_LABEL_TEXT or len(value) > MAX_LABEL_TEXT:
             raise InvalidArgument(
-                "labels", f"keys must be 1-{MAX_LABEL_TEXT} and values 0-{MAX_LABEL_TEXT} characters"
+                "labels",
+                f"keys must be 1-{MAX_LABEL_TEXT} and values 0-{MAX_LABEL_TEXT} characters",
             )

@@ -84,6 +84,7 @@ class MemoryBackend:
         self._queues: dict[str, FairQueue] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._queued_by_tenant: dict[str, int] = {}
+        self._expired: list[LeaseRecord] = []  # reaped (maybe lazily), not yet reported
 
     # -- operations -----------------------------------------------------------------------
 
@@ -170,9 +171,15 @@ class MemoryBackend:
 
     async def expire(self) -> ExpireResult:
         now = self._tick()
-        expired = self._reap(now)
+        expired, self._expired = self._expired, []
         self._forget_released(now)
         progress = self._dispatch_all(now) if expired else Progress()
+        while self._expiry:
+            at, lease_id = self._expiry[0]
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease.expires_at == at:
+                return ExpireResult(expired, progress, at - now)
+            heapq.heappop(self._expiry)  # released or renewed since
         return ExpireResult(expired, progress)
 
     async def dispatch(self) -> Progress:
@@ -284,16 +291,16 @@ class MemoryBackend:
             raise NotOwner(lease.ticket.tenant)
         return lease
 
-    def _reap(self, now: float) -> list[LeaseRecord]:
-        expired = []
+    def _reap(self, now: float) -> None:
+        """Every operation reaps first, so no expired lease ever holds capacity; the next
+        :meth:`expire` reports them (and hands the freed capacity to waiters)."""
         while self._expiry and self._expiry[0][0] <= now:
             at, lease_id = heapq.heappop(self._expiry)
             lease = self._leases.get(lease_id)
             if lease is None or lease.expires_at != at:
                 continue  # released or renewed since
-            expired.append(lease.record(now))
+            self._expired.append(lease.record(now))
             self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
-        return expired
 
     def _forget_released(self, now: float) -> None:
         while self._released:
@@ -336,12 +343,12 @@ class MemoryBackend:
     # -- queue ----------------------------------------------------------------------------
 
     def _queue_full(self, ticket: Ticket) -> QueueFull | None:
-        total = len(self._waiters)
-        if total >= ticket.max_queued_total:
-            return QueueFull("global", total, ticket.max_queued_total)
         mine = self._queued_by_tenant.get(ticket.tenant, 0)
         if mine >= ticket.max_queued_tenant:
             return QueueFull("tenant", mine, ticket.max_queued_tenant)
+        total = len(self._waiters)
+        if total >= ticket.max_queued_total:
+            return QueueFull("global", total, ticket.max_queued_total)
         return None
 
     def _unqueue(self, lease_id: str, *, served: bool) -> Ticket:

@@ -47,10 +47,12 @@ class Policy:
             _daily(Scope.TENANT, t.name, "tokens_per_day", t.tokens_per_day, Unit.TOKEN),
             _daily(Scope.TENANT, t.name, "usd_per_day", _nano(t.usd_per_day), Unit.NANO_USD),
         ]
-        pool_limits = _flow(Scope.POOL, p.name, p.max_concurrency, p.tokens_per_minute,
-                            p.requests_per_minute)
-        tenant_limits = _flow(Scope.TENANT, t.name, t.max_concurrency, t.tokens_per_minute,
-                              t.requests_per_minute)
+        pool_limits = _flow(
+            Scope.POOL, p.name, p.max_concurrency, p.tokens_per_minute, p.requests_per_minute
+        )
+        tenant_limits = _flow(
+            Scope.TENANT, t.name, t.max_concurrency, t.tokens_per_minute, t.requests_per_minute
+        )
         return tuple(x for x in (*daily, *pool_limits, *tenant_limits) if x is not None)
 
     def all_limits(self) -> list[Limit]:
@@ -93,8 +95,10 @@ class Policy:
         if limit.kind is Kind.GAUGE:
             state = f"all {limit.capacity:g} slots are in use"
         elif limit.kind is Kind.BUCKET:
-            state = f"{_fmt(limit, max(0.0, denial.level))} left, this call needs" \
-                    f" {_fmt(limit, denial.amount)}"
+            state = (
+                f"{_fmt(limit, max(0.0, denial.level))} left, this call needs"
+                f" {_fmt(limit, denial.amount)}"
+            )
         else:
             left = max(0.0, limit.capacity - denial.level)
             state = f"{_fmt(limit, left)} left today, this call needs {_fmt(limit, denial.amount)}"
@@ -163,15 +167,41 @@ def _flow(
     scope: Scope, owner: str, concurrency: int | None, tpm: int | None, rpm: int | None
 ) -> list[Limit | None]:
     return [
-        None if concurrency is None else Limit(
-            _key(scope, owner, "max_concurrency"), Kind.GAUGE, Unit.SLOT, scope,
-            "max_concurrency", owner, float(concurrency)),
-        None if tpm is None else Limit(
-            _key(scope, owner, "tokens_per_minute"), Kind.BUCKET, Unit.TOKEN, scope,
-            "tokens_per_minute", owner, float(tpm), tpm / 60.0),
-        None if rpm is None else Limit(
-            _key(scope, owner, "requests_per_minute"), Kind.BUCKET, Unit.REQUEST, scope,
-            "requests_per_minute", owner, float(rpm), rpm / 60.0),
+        None
+        if concurrency is None
+        else Limit(
+            _key(scope, owner, "max_concurrency"),
+            Kind.GAUGE,
+            Unit.SLOT,
+            scope,
+            "max_concurrency",
+            owner,
+            float(concurrency),
+        ),
+        None
+        if tpm is None
+        else Limit(
+            _key(scope, owner, "tokens_per_minute"),
+            Kind.BUCKET,
+            Unit.TOKEN,
+            scope,
+            "tokens_per_minute",
+            owner,
+            float(tpm),
+            tpm / 60.0,
+        ),
+        None
+        if rpm is None
+        else Limit(
+            _key(scope, owner, "requests_per_minute"),
+            Kind.BUCKET,
+            Unit.REQUEST,
+            scope,
+            "requests_per_minute",
+            owner,
+            float(rpm),
+            rpm / 60.0,
+        ),
     ]
 
 
@@ -197,8 +227,12 @@ def _fmt(limit: Limit, amount: float) -> str:
 
 
 def _metadata(limit: Limit, amount: float) -> dict[str, str]:
-    meta = {"scope": limit.scope.value, "limit": limit.name, "limit_value": f"{limit.capacity:g}",
-            "requested": f"{amount:g}"}
+    meta = {
+        "scope": limit.scope.value,
+        "limit": limit.name,
+        "limit_value": f"{limit.capacity:g}",
+        "requested": f"{amount:g}",
+    }
     if limit.unit is Unit.NANO_USD:
         meta["limit_value"] = f"{limit.capacity / NANO_PER_USD:g}"
         meta["requested"] = f"{amount / NANO_PER_USD:g}"

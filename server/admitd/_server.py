@@ -53,8 +53,11 @@ class AdmitdServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self._server,
         )
         self.port = 0
@@ -73,13 +76,19 @@ class AdmitdServer:
         log.info("admitd serving", extra={"listen": address, "port": self.port})
         return self.port
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, stop admitting, tell waiters UNAVAILABLE, let in-flight RPCs finish."""
+    async def drain(self) -> None:
+        """Health NOT_SERVING, Acquire UNAVAILABLE (waiters too); Release/Renew still work."""
+        await self.health.enter_graceful_shutdown()
+        self.engine.drain()
+
+    async def stop(self, grace: float | None = None, *, delay: float = 0.0) -> None:
+        """Drain, keep the port open ``delay`` seconds, then let in-flight RPCs finish."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        await self.health.enter_graceful_shutdown()
-        self.engine.drain()
+        await self.drain()
+        if delay:
+            await asyncio.sleep(delay)  # real time: load balancers react in real time
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self.engine.close()
 
@@ -97,5 +106,5 @@ async def serve(settings: Settings, listen: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"admitd listening on {listen or settings.listen} (port {server.port})", flush=True)
     await stop.wait()
-    log.info("admitd draining")
-    await server.stop()
+    log.info("admitd draining", extra={"drain_delay": settings.drain_delay})
+    await server.stop(delay=settings.drain_delay)

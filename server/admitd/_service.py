@@ -44,7 +44,9 @@ class AdmissionService(pb_grpc.AdmissionServicer):
 
     @_translated
     async def Acquire(  # noqa: N802 (gRPC method name)
-        self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext[pb.AcquireRequest, pb.Lease]
+        self,
+        request: pb.AcquireRequest,
+        context: grpc.aio.ServicerContext[pb.AcquireRequest, pb.Lease],
     ) -> pb.Lease:
         spec = AcquireSpec(
             tenant=request.tenant,
@@ -133,8 +135,13 @@ def status_response(engine: Engine, snap: Snapshot) -> pb.StatusResponse:
         return pb.LimitStatus(limit=limit.capacity / scale, value=snap.levels.get(key, 0.0) / scale)
 
     def limits(prefix: str) -> dict[str, pb.LimitStatus]:
-        names = ("max_concurrency", "tokens_per_minute", "requests_per_minute",
-                 "tokens_per_day", "usd_per_day")
+        names = (
+            "max_concurrency",
+            "tokens_per_minute",
+            "requests_per_minute",
+            "tokens_per_day",
+            "usd_per_day",
+        )
         found = {name: limit_status(f"{prefix}:{name}") for name in names}
         out = {name: status for name, status in found.items() if status is not None}
         if "max_concurrency" in out:
@@ -144,20 +151,24 @@ def status_response(engine: Engine, snap: Snapshot) -> pb.StatusResponse:
     response = pb.StatusResponse(draining=engine.draining)
     for pool in engine.settings.pools:
         queued = snap.queued_by_pool.get(pool.name, [0, 0, 0, 0])
-        response.pools.append(pb.PoolStatus(
-            name=pool.name,
-            in_flight=snap.in_flight_by_pool.get(pool.name, 0),
-            queued=sum(queued),
-            queued_by_priority=queued,
-            **limits(f"pool:{pool.name}"),
-        ))
+        response.pools.append(
+            pb.PoolStatus(
+                name=pool.name,
+                in_flight=snap.in_flight_by_pool.get(pool.name, 0),
+                queued=sum(queued),
+                queued_by_priority=queued,
+                **limits(f"pool:{pool.name}"),
+            )
+        )
     for tenant in engine.settings.tenants:
-        response.tenants.append(pb.TenantStatus(
-            name=tenant.name,
-            weight=tenant.weight,
-            in_flight=snap.in_flight_by_tenant.get(tenant.name, 0),
-            queued=snap.queued_by_tenant.get(tenant.name, 0),
-            **limits(f"tenant:{tenant.name}"),
-        ))
+        response.tenants.append(
+            pb.TenantStatus(
+                name=tenant.name,
+                weight=tenant.weight,
+                in_flight=snap.in_flight_by_tenant.get(tenant.name, 0),
+                queued=snap.queued_by_tenant.get(tenant.name, 0),
+                **limits(f"tenant:{tenant.name}"),
+            )
+        )
     response.budget.CopyFrom(pb.BudgetStatus(**limits("global")))
     return response

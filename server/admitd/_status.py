@@ -43,8 +43,11 @@ def to_status(error: AdmitdError) -> grpc.Status:
         )
         status.details.append(_pack(info))
         if error.retry_after is not None:
-            status.details.append(_pack(error_details_pb2.RetryInfo(
-                retry_delay=seconds_to_duration(error.retry_after))))
+            status.details.append(
+                _pack(
+                    error_details_pb2.RetryInfo(retry_delay=seconds_to_duration(error.retry_after))
+                )
+            )
     elif isinstance(error, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=error.field, description=error.message
@@ -55,11 +58,16 @@ def to_status(error: AdmitdError) -> grpc.Status:
 
 def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
     whole = math.floor(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9) % 1_000_000_000)
+    return duration_pb2.Duration(
+        seconds=whole, nanos=round((seconds - whole) * 1e9) % 1_000_000_000
+    )
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo
-          | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(
+    message: error_details_pb2.ErrorInfo
+    | error_details_pb2.RetryInfo
+    | error_details_pb2.BadRequest,
+) -> any_pb2.Any:
     detail = any_pb2.Any()
     detail.Pack(message)
     return detail

@@ -1,0 +1,155 @@
+"""A real admitd server on 127.0.0.1:0 with a ManualClock, and a client to poke it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from admitd import AdmitdServer, ManualClock, parse_config
+from admitd._clock import settle
+from admitd.v1 import admission_pb2 as pb
+from admitd.v1 import admission_pb2_grpc as pb_grpc
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass
+class Failure:
+    """A failed RPC with its rich status details decoded."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    domain: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+    field_violations: list[str] = field(default_factory=list)
+
+
+def decode(error: grpc.aio.AioRpcError) -> Failure:
+    failure = Failure(error.code(), error.details() or "")
+    for key, value in error.trailing_metadata() or ():
+        if key != DETAILS_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        assert status.code == error.code().value[0]
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            retry = error_details_pb2.RetryInfo()
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(info):
+                failure.reason, failure.domain = info.reason, info.domain
+                failure.metadata = dict(info.metadata)
+            elif detail.Unpack(retry):
+                failure.retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+            elif detail.Unpack(bad):
+                failure.field_violations = [v.field for v in bad.field_violations]
+    return failure
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(value * 1e9))
+    return duration
+
+
+class Harness:
+    def __init__(self, server: AdmitdServer, clock: ManualClock, channel: grpc.aio.Channel) -> None:
+        self.server = server
+        self.clock = clock
+        self.channel = channel
+        self.stub = pb_grpc.AdmissionStub(channel)
+        self._tasks: list[asyncio.Task[pb.Lease]] = []
+
+    @property
+    def engine(self) -> Any:
+        return self.server.engine
+
+    async def acquire(self, timeout: float = 10.0, **fields: Any) -> pb.Lease:
+        return await self.stub.Acquire(_acquire_request(fields), timeout=timeout)
+
+    def acquire_later(self, timeout: float = 120.0, **fields: Any) -> asyncio.Task[pb.Lease]:
+        """Start an Acquire that may wait in the queue; await the task for its result."""
+        task = asyncio.ensure_future(self.acquire(timeout=timeout, **fields))
+        self._tasks.append(task)
+        return task
+
+    async def fail(self, call: Any) -> Failure:
+        """Await an RPC (coroutine or task) that must fail, and decode its status."""
+        try:
+            result = await call
+        except grpc.aio.AioRpcError as error:
+            return decode(error)
+        raise AssertionError(f"expected the RPC to fail, got {result}")
+
+    async def release(
+        self, lease_id: str, usage: tuple[int, int] | None = None, **fields: Any
+    ) -> pb.ReleaseResponse:
+        request = pb.ReleaseRequest(lease_id=lease_id, **fields)
+        if usage is not None:
+            request.usage.input_tokens, request.usage.output_tokens = usage
+        return await self.stub.Release(request, timeout=10)
+
+    async def renew(self, lease_id: str, extend_by: float = 0.0, **fields: Any) -> pb.Lease:
+        request = pb.RenewRequest(lease_id=lease_id, **fields)
+        if extend_by:
+            request.extend_by.CopyFrom(seconds(extend_by))
+        return await self.stub.Renew(request, timeout=10)
+
+    async def status(self) -> pb.StatusResponse:
+        return await self.stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+
+    async def pool(self, name: str) -> pb.PoolStatus:
+        return next(p for p in (await self.status()).pools if p.name == name)
+
+    async def advance(self, seconds: float) -> None:
+        await self.clock.advance(seconds)
+        await settle()
+
+    async def until_queued(self, pool: str, count: int) -> None:
+        """Let pending Acquires reach the queue (no time passes; only the loop turns)."""
+        for _ in range(200):
+            if (await self.pool(pool)).queued >= count:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never saw {count} waiters queued on {pool}")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.channel.close()
+        await self.server.stop(grace=0)
+
+
+def _acquire_request(fields: dict[str, Any]) -> pb.AcquireRequest:
+    fields = dict(fields)
+    wait = fields.pop("wait_timeout", None)
+    fields.setdefault("tenant", "a")
+    fields.setdefault("pool", "p")
+    request = pb.AcquireRequest(**fields)
+    if wait is not None:
+        request.wait_timeout.CopyFrom(seconds(wait))
+    return request
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "pools": [{"name": "p"}],
+    "tenants": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+}
+
+
+async def start_harness(config: dict[str, Any], backend_kind: str) -> Harness:
+    merged = {**DEFAULT_CONFIG, **config}
+    settings = parse_config(merged, "<test>")
+    assert backend_kind == "memory", backend_kind
+    clock = ManualClock()
+    server = AdmitdServer(settings, clock=clock)
+    port = await server.start("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return Harness(server, clock, channel)
