@@ -264,3 +264,14 @@ async def queue_up_more(h: Harness, fields: dict[str, Any], total: int) -> async
     task = h.acquire_later(**{"wait_timeout": 60, "input_tokens": 1, **fields})
     await h.until_queued("p", total)
     return task
+
+
+async def test_refill_of_a_tenant_bucket_admits_its_waiter(make_harness: MakeHarness) -> None:
+    h = await make_harness({"tenants": [{"name": "a", "tokens_per_minute": 600}]})  # 10/s
+    await h.acquire(tenant="a", input_tokens=600)
+    waiting = h.acquire_later(tenant="a", input_tokens=100, wait_timeout=60)
+    await h.until_queued("p", 1)
+    await h.advance(9.9)
+    assert not waiting.done()
+    await h.advance(0.1)
+    assert (await waiting).reserved_tokens == 100

@@ -12,6 +12,7 @@ what it granted in :class:`Progress`; the engine hands those grants to the waiti
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -51,6 +52,12 @@ class Limit:
     rate: float = 0.0  # refill per second (buckets only)
 
 
+def price_nano_usd(input_tokens: int, output_tokens: int, price_in: float, price_out: float) -> int:
+    """Nano-USD for this usage, rounded up so that a budget is never under-counted.
+    Reservations and settlements are both priced with this one function."""
+    return math.ceil(input_tokens * price_in + output_tokens * price_out - 1e-6)
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """A validated, priced request: what a backend needs to queue, check and grant it."""
@@ -60,7 +67,7 @@ class Ticket:
     pool: str
     input_tokens: int
     max_output_tokens: int
-    nano_usd: int  # price of the reservation
+    nano_usd: int  # price of the reservation: price_of(input_tokens, max_output_tokens)
     price_in: float  # nano-USD per input token, to settle actual usage
     price_out: float  # nano-USD per output token
     priority: int  # 0 = CRITICAL .. 3 = LOW
@@ -75,6 +82,9 @@ class Ticket:
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.max_output_tokens
+
+    def price_of(self, input_tokens: int, output_tokens: int) -> int:
+        return price_nano_usd(input_tokens, output_tokens, self.price_in, self.price_out)
 
     def amount(self, unit: Unit) -> float:
         if unit is Unit.TOKEN:
@@ -119,12 +129,14 @@ class QueueFull:
 
 @dataclass(slots=True)
 class Progress:
-    """What a dispatch pass did: grants to hand out, waiters that can never fit, and the
-    limit blocking the head of each pool's queue (for wake-ups and estimates)."""
+    """What a dispatch pass did: grants to hand out, waiters that can never fit, the limit
+    blocking the head of each pool's queue, and the tenant limits that made it pass waiters
+    over (both for refill wake-ups and estimates)."""
 
     grants: list[LeaseRecord] = field(default_factory=list)
     rejections: list[tuple[str, Denial]] = field(default_factory=list)
     blocked: dict[str, Denial] = field(default_factory=dict)
+    passed_over: list[Denial] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from ._backend import (
     Settlement,
     Snapshot,
     Ticket,
+    price_nano_usd,
 )
 from ._clock import Clock, TimerHandle
 from ._config import PoolConfig, Settings, TenantConfig
@@ -242,16 +243,17 @@ class Engine:
         wait = min(spec.wait_timeout, self.settings.queue.max_wait)
         if deadline is not None:
             wait = max(0.0, min(wait, deadline))
-        lease_id = secrets.token_hex(16)
+        price_in = nano_usd_per_token(pool.price.input_per_million)
+        price_out = nano_usd_per_token(pool.price.output_per_million)
         ticket = Ticket(
-            lease_id=lease_id,
+            lease_id=secrets.token_hex(16),
             tenant=tenant.name,
             pool=pool.name,
             input_tokens=input_tokens,
             max_output_tokens=spec.max_output_tokens,
-            nano_usd=self.policy.price(pool, input_tokens, spec.max_output_tokens),
-            price_in=nano_usd_per_token(pool.price.input_per_million),
-            price_out=nano_usd_per_token(pool.price.output_per_million),
+            nano_usd=price_nano_usd(input_tokens, spec.max_output_tokens, price_in, price_out),
+            price_in=price_in,
+            price_out=price_out,
             priority=priority,
             cost=(input_tokens + spec.max_output_tokens) / tenant.weight,
             limits=self.policy.limits(pool, tenant),
@@ -335,6 +337,8 @@ class Engine:
                 )
         for pool, denial in progress.blocked.items():
             self._note_blocked(pool, denial)
+        for denial in progress.passed_over:
+            self._wake_on_refill(denial)
 
     async def _abandon(self, lease_id: str) -> None:
         result = await self.backend.release(lease_id, (0, 0), None)
@@ -353,6 +357,10 @@ class Engine:
         """Remember what holds the queue; when it is a bucket, dispatch again once it refills."""
         if pool in self._stats:
             self._stats[pool].blocked = denial
+        self._wake_on_refill(denial)
+
+    def _wake_on_refill(self, denial: Denial) -> None:
+        """When a bucket holds waiters back, dispatch again as soon as it has refilled."""
         if denial.limit.kind is not Kind.BUCKET:
             return
         delay = self.policy.retry_after(denial, wall=self.clock.wall(), hold_time=None)

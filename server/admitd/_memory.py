@@ -149,7 +149,7 @@ class MemoryBackend:
             charged_tokens, charged_usd = t.tokens, t.nano_usd
         else:
             charged_tokens = usage[0] + usage[1]
-            charged_usd = round(usage[0] * t.price_in + usage[1] * t.price_out)
+            charged_usd = t.price_of(*usage)
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
         settlement = Settlement(
             lease=lease.record(now),
@@ -403,6 +403,7 @@ class MemoryBackend:
                 never.append((entry, denial))  # cannot fit before the day turns
             elif denial.limit.scope is Scope.TENANT:
                 skipped.add(entry.tenant)
+                progress.passed_over.append(denial)
             else:
                 progress.blocked[pool] = denial
                 break

@@ -4,8 +4,6 @@ state lives in the backend, waiting in the engine."""
 
 from __future__ import annotations
 
-import math
-
 from ._backend import Denial, Kind, Limit, QueueFull, Scope, Unit
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import Reason, Rejected
@@ -63,13 +61,6 @@ class Policy:
                 for limit in self.limits(pool, tenant):
                     seen.setdefault(limit.key, limit)
         return list(seen.values())
-
-    @staticmethod
-    def price(pool: PoolConfig, input_tokens: int, output_tokens: int) -> int:
-        """Price in nano-USD, rounded up so that a budget is never under-counted."""
-        exact = input_tokens * nano_usd_per_token(pool.price.input_per_million)
-        exact += output_tokens * nano_usd_per_token(pool.price.output_per_million)
-        return math.ceil(exact - 1e-9)
 
     @staticmethod
     def never_fits(limits: tuple[Limit, ...], tokens: int, nano_usd: int) -> Rejected | None:
