@@ -12,7 +12,8 @@ import asyncio
 import logging
 import math
 import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ._backend import (
@@ -172,14 +173,8 @@ class Engine:
                 ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
             ):
                 _check_tokens(name, value)
-        try:
+        with _lease_errors(lease_id):
             result = await self.backend.release(lease_id, usage, tenant or None)
-        except LeaseGone:
-            raise NotFound(
-                "lease_id", f"no lease {lease_id!r}: unknown, expired or reclaimed"
-            ) from None
-        except NotOwner:
-            raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
         settlement = result.settlement
         if not settlement.already_released:
             stats = self._stats.get(settlement.lease.pool)
@@ -198,16 +193,10 @@ class Engine:
             raise InvalidArgument(
                 "extend_by", f"at most {self.settings.lease.max_extend:g}s (lease.max_extend)"
             )
-        try:
+        with _lease_errors(lease_id):
             return await self.backend.renew(
                 lease_id, extend_by or self.settings.lease.ttl, tenant or None
             )
-        except LeaseGone:
-            raise NotFound(
-                "lease_id", f"no lease {lease_id!r}: unknown, expired or released"
-            ) from None
-        except NotOwner:
-            raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
 
     async def snapshot(self) -> Snapshot:
         return await self.backend.snapshot(self.policy.all_limits())
@@ -437,6 +426,17 @@ class Engine:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+@contextmanager
+def _lease_errors(lease_id: str) -> Iterator[None]:
+    """The backend's lease errors, as the caller sees them."""
+    try:
+        yield
+    except LeaseGone:
+        raise NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released") from None
+    except NotOwner:
+        raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -35,32 +35,22 @@ class Policy:
         """Order matters: daily quotas first (a call that cannot fit today is refused, never
         queued), then the pool's limits (they stop the queue), then the tenant's (they only
         hold back that tenant)."""
-        b = self.settings.budget
-        p, t = pool, tenant
-        daily = [
-            _daily(Scope.GLOBAL, "", "tokens_per_day", b.tokens_per_day, Unit.TOKEN),
-            _daily(Scope.GLOBAL, "", "usd_per_day", _nano(b.usd_per_day), Unit.NANO_USD),
-            _daily(Scope.POOL, p.name, "tokens_per_day", p.tokens_per_day, Unit.TOKEN),
-            _daily(Scope.POOL, p.name, "usd_per_day", _nano(p.usd_per_day), Unit.NANO_USD),
-            _daily(Scope.TENANT, t.name, "tokens_per_day", t.tokens_per_day, Unit.TOKEN),
-            _daily(Scope.TENANT, t.name, "usd_per_day", _nano(t.usd_per_day), Unit.NANO_USD),
-        ]
-        pool_limits = _flow(
-            Scope.POOL, p.name, p.max_concurrency, p.tokens_per_minute, p.requests_per_minute
+        return (
+            *_limits_of(Scope.GLOBAL, "", self.settings.budget, _DAILY),
+            *_limits_of(Scope.POOL, pool.name, pool, _DAILY),
+            *_limits_of(Scope.TENANT, tenant.name, tenant, _DAILY),
+            *_limits_of(Scope.POOL, pool.name, pool, _FLOW),
+            *_limits_of(Scope.TENANT, tenant.name, tenant, _FLOW),
         )
-        tenant_limits = _flow(
-            Scope.TENANT, t.name, t.max_concurrency, t.tokens_per_minute, t.requests_per_minute
-        )
-        return tuple(x for x in (*daily, *pool_limits, *tenant_limits) if x is not None)
 
     def all_limits(self) -> list[Limit]:
         """Every limit of the config, each once (for status)."""
-        seen: dict[str, Limit] = {}
+        limits = _limits_of(Scope.GLOBAL, "", self.settings.budget, _DAILY)
         for pool in self.settings.pools:
-            for tenant in self.settings.tenants:
-                for limit in self.limits(pool, tenant):
-                    seen.setdefault(limit.key, limit)
-        return list(seen.values())
+            limits += _limits_of(Scope.POOL, pool.name, pool, _DAILY + _FLOW)
+        for tenant in self.settings.tenants:
+            limits += _limits_of(Scope.TENANT, tenant.name, tenant, _DAILY + _FLOW)
+        return limits
 
     @staticmethod
     def never_fits(limits: tuple[Limit, ...], tokens: int, nano_usd: int) -> Rejected | None:
@@ -140,60 +130,32 @@ class Policy:
         )
 
 
-def _nano(usd: float | None) -> int | None:
-    return None if usd is None else round(usd * NANO_PER_USD)
+# The limit fields shared by budget, pool and tenant configs: (field, kind, unit).
+_DAILY = (
+    ("tokens_per_day", Kind.DAILY, Unit.TOKEN),
+    ("usd_per_day", Kind.DAILY, Unit.NANO_USD),
+)
+_FLOW = (
+    ("max_concurrency", Kind.GAUGE, Unit.SLOT),
+    ("tokens_per_minute", Kind.BUCKET, Unit.TOKEN),  # a bucket holds one minute's worth
+    ("requests_per_minute", Kind.BUCKET, Unit.REQUEST),
+)
 
 
-def _key(scope: Scope, owner: str, name: str) -> str:
-    return f"{scope.value}:{owner}:{name}" if owner else f"{scope.value}:{name}"
-
-
-def _daily(scope: Scope, owner: str, name: str, cap: int | None, unit: Unit) -> Limit | None:
-    if cap is None:
-        return None
-    return Limit(_key(scope, owner, name), Kind.DAILY, unit, scope, name, owner, float(cap))
-
-
-def _flow(
-    scope: Scope, owner: str, concurrency: int | None, tpm: int | None, rpm: int | None
-) -> list[Limit | None]:
-    return [
-        None
-        if concurrency is None
-        else Limit(
-            _key(scope, owner, "max_concurrency"),
-            Kind.GAUGE,
-            Unit.SLOT,
-            scope,
-            "max_concurrency",
-            owner,
-            float(concurrency),
-        ),
-        None
-        if tpm is None
-        else Limit(
-            _key(scope, owner, "tokens_per_minute"),
-            Kind.BUCKET,
-            Unit.TOKEN,
-            scope,
-            "tokens_per_minute",
-            owner,
-            float(tpm),
-            tpm / 60.0,
-        ),
-        None
-        if rpm is None
-        else Limit(
-            _key(scope, owner, "requests_per_minute"),
-            Kind.BUCKET,
-            Unit.REQUEST,
-            scope,
-            "requests_per_minute",
-            owner,
-            float(rpm),
-            rpm / 60.0,
-        ),
-    ]
+def _limits_of(
+    scope: Scope, owner: str, source: object, fields: tuple[tuple[str, Kind, Unit], ...]
+) -> list[Limit]:
+    """The configured (non-null) limits among ``fields`` of one budget, pool or tenant."""
+    limits = []
+    for name, kind, unit in fields:
+        value: float | None = getattr(source, name)
+        if value is None:
+            continue
+        capacity = float(round(value * NANO_PER_USD)) if unit is Unit.NANO_USD else float(value)
+        rate = capacity / 60.0 if kind is Kind.BUCKET else 0.0
+        key = f"{scope.value}:{owner}:{name}" if owner else f"{scope.value}:{name}"
+        limits.append(Limit(key, kind, unit, scope, name, owner, capacity, rate))
+    return limits
 
 
 def _reason(limit: Limit) -> Reason:
