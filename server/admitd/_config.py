@@ -140,8 +140,11 @@ class Settings(_Model):
 
     listen: str = "0.0.0.0:50051"
     """gRPC address, ``host:port``."""
+    drain_delay: Seconds = Field(2.0, ge=0)
+    """On SIGTERM: how long the port stays open while draining (health NOT_SERVING, Acquire
+    UNAVAILABLE, Release/Renew still served) so load balancers move callers elsewhere."""
     shutdown_grace: Seconds = Field(10.0, ge=0)
-    """On SIGTERM, how long in-flight RPCs get to finish after waiters are told UNAVAILABLE."""
+    """After the drain delay, how long in-flight RPCs get to finish before the port closes."""
     backend: BackendConfig = BackendConfig()
     lease: LeaseConfig = LeaseConfig()
     queue: QueueConfig = QueueConfig()
