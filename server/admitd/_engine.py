@@ -174,7 +174,7 @@ class Engine:
             ):
                 _check_tokens(name, value)
         with _lease_errors(lease_id):
-            result = await self.backend.release(lease_id, usage, tenant or None)
+            result = await self.backend.release(lease_id, usage, self._owner(tenant))
         settlement = result.settlement
         if not settlement.already_released:
             stats = self._stats.get(settlement.lease.pool)
@@ -195,7 +195,7 @@ class Engine:
             )
         with _lease_errors(lease_id):
             return await self.backend.renew(
-                lease_id, extend_by or self.settings.lease.ttl, tenant or None
+                lease_id, extend_by or self.settings.lease.ttl, self._owner(tenant)
             )
 
     async def snapshot(self) -> Snapshot:
@@ -261,6 +261,10 @@ class Engine:
         if pool is None:
             raise NotFound("pool", f"unknown pool {name[:MAX_NAME]!r}")
         return pool
+
+    def _owner(self, name: str | None) -> str | None:
+        """The tenant a Release/Renew acts as: resolved like Acquire's; None = not checked."""
+        return self._tenant(name).name if name else None
 
     def _tenant(self, name: str) -> TenantConfig:
         tenant = self.settings.tenant(name) if name else None
