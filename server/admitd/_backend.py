@@ -6,7 +6,10 @@ queues, and performs each operation below as one atomic step, so that every limi
 all-or-nothing even with many replicas (the Redis backend does each in one Lua script).
 
 Every operation that can free capacity also runs a dispatch pass over the queues and reports
-what it granted in :class:`Progress`; the engine hands those grants to the waiting RPCs.
+what it granted in :class:`Progress`. A grant made for a waiter is *unclaimed* until the engine
+holding that waiter's RPC claims it (with several replicas that may be another process).
+Cancelling a waiter whose grant is still unclaimed gives the grant back, and a grant nobody
+claims within ``Ticket.claim_timeout`` (its replica died) is given back by :meth:`expire`.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class Ticket:
     cost: float  # virtual-time cost in the fair queue: reservation / tenant weight
     limits: tuple[Limit, ...]
     ttl: float
+    wait: float = 0.0  # how long the caller waits in the queue; a waiter past it is dropped
+    claim_timeout: float = 10.0
     idempotency_key: str = ""
     fingerprint: str = ""  # what an idempotent retry must repeat
     max_queued_tenant: int = 0
@@ -202,7 +207,11 @@ class Backend(Protocol):
         ...
 
     async def cancel(self, lease_id: str) -> None:
-        """Take a waiter out of the queue (no-op once granted: the engine owns that grant)."""
+        """Take a waiter out of the queue, or give back its grant if it was not claimed."""
+        ...
+
+    async def claim(self, lease_id: str) -> None:
+        """The waiter's RPC received its grant: the lease is now the caller's."""
         ...
 
     async def release(

@@ -247,6 +247,7 @@ class Engine:
             cost=(input_tokens + spec.max_output_tokens) / tenant.weight,
             limits=self.policy.limits(pool, tenant),
             ttl=self.settings.lease.ttl,
+            wait=wait,
             idempotency_key=spec.idempotency_key,
             fingerprint=f"{pool.name}|{input_tokens}|{spec.max_output_tokens}|{priority}",
             max_queued_tenant=tenant.max_queued or self.settings.queue.max_per_tenant,
@@ -315,13 +316,7 @@ class Engine:
     def _deliver(self, progress: Progress) -> None:
         """Hand grants and refusals from a dispatch pass to their waiting RPCs."""
         for lease in progress.grants:
-            waiter = self._waiters.get(lease.lease_id)
-            if waiter is not None and not waiter.future.done():
-                waiter.future.set_result(lease)
-                self._granted(lease)
-            else:
-                # Its RPC is gone (deadline, cancel, drain): the lease was never used.
-                self._spawn(self._abandon(lease.lease_id))
+            self._grant(lease)
         for lease_id, denial in progress.rejections:
             waiter = self._waiters.get(lease_id)
             if waiter is not None and not waiter.future.done():
@@ -333,9 +328,14 @@ class Engine:
         for denial in progress.passed_over:
             self._wake_on_refill(denial)
 
-    async def _abandon(self, lease_id: str) -> None:
-        result = await self.backend.release(lease_id, (0, 0), None)
-        self._deliver(result.progress)
+    def _grant(self, lease: LeaseRecord) -> None:
+        """Hand a grant to its waiting RPC if it is ours. A grant for an RPC that has just
+        given up stays unclaimed; that RPC's cancel() gives it back."""
+        waiter = self._waiters.get(lease.lease_id)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(lease)
+            self._granted(lease)
+            self._spawn(self.backend.claim(lease.lease_id))
 
     def _granted(self, lease: LeaseRecord) -> None:
         stats = self._stats.get(lease.pool)

@@ -85,6 +85,7 @@ class MemoryBackend:
         self._waiters: dict[str, _Waiter] = {}
         self._queued_by_tenant: dict[str, int] = {}
         self._expired: list[LeaseRecord] = []  # reaped (maybe lazily), not yet reported
+        self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
 
     # -- operations -----------------------------------------------------------------------
 
@@ -124,13 +125,16 @@ class MemoryBackend:
         return result
 
     async def cancel(self, lease_id: str) -> None:
-        # Grants reach the engine in the same step that makes them, so a waiter that is no
-        # longer queued has had its grant delivered already: nothing to hand back here.
-        self._tick()
+        now = self._tick()
         if lease_id in self._waiters:
             ticket = self._unqueue(lease_id, served=False)
             if ticket.idempotency_key:
                 self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+        elif self._unclaimed.pop(lease_id, None) is not None:
+            self._give_back(lease_id, now)  # granted while its RPC gave up
+
+    async def claim(self, lease_id: str) -> None:
+        self._unclaimed.pop(lease_id, None)
 
     async def release(
         self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None
@@ -171,6 +175,12 @@ class MemoryBackend:
 
     async def expire(self) -> ExpireResult:
         now = self._tick()
+        while self._unclaimed:
+            lease_id, give_up_at = next(iter(self._unclaimed.items()))
+            if give_up_at > now:
+                break
+            del self._unclaimed[lease_id]
+            self._give_back(lease_id, now)
         expired, self._expired = self._expired, []
         self._forget_released(now)
         progress = self._dispatch_all(now) if expired else Progress()
@@ -283,6 +293,13 @@ class MemoryBackend:
                 if key in self._daily or delta > 0:
                     self._daily[key] = max(0.0, self._daily.get(key, 0.0) + delta)
 
+    def _give_back(self, lease_id: str, now: float) -> None:
+        """End a grant nobody used: everything it reserved is refunded."""
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            t = lease.ticket
+            self._settle(lease, -t.tokens, -t.nano_usd, now)
+
     def _live_lease(self, lease_id: str, tenant: str | None, now: float) -> _Lease:
         lease = self._leases.get(lease_id)
         if lease is None:
@@ -383,6 +400,7 @@ class MemoryBackend:
             return None
         skipped: set[str] = set()
         served: list[Entry] = []
+        gone: list[Entry] = []
         never: list[tuple[Entry, Denial]] = []
         watched: Denial | None = None
         for examined, entry in enumerate(queue.ordered(now, self._aging)):
@@ -391,10 +409,15 @@ class MemoryBackend:
             if entry.tenant in skipped:
                 continue
             ticket = self._waiters[entry.lease_id].ticket
+            if entry.lease_id != watch and now > entry.enqueued_at + ticket.wait:
+                gone.append(entry)  # its RPC has ended (its replica may have died)
+                continue
             denial = self._check(ticket, now)
             if denial is None:
                 lease = self._reserve(ticket, now, now - entry.enqueued_at)
                 progress.grants.append(lease)
+                if entry.lease_id != watch:
+                    self._unclaimed[ticket.lease_id] = now + ticket.claim_timeout
                 served.append(entry)
                 continue
             if entry.lease_id == watch:
@@ -412,4 +435,6 @@ class MemoryBackend:
         for entry, denial in never:
             self._unqueue(entry.lease_id, served=False)
             progress.rejections.append((entry.lease_id, denial))
+        for entry in gone:
+            self._unqueue(entry.lease_id, served=False)
         return watched
