@@ -7,7 +7,8 @@ test with a clean store.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
 
 from harness import Harness, start_harness  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 
@@ -31,13 +33,35 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for the conformance suite; each test gets its own key prefix."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-async def make_harness(backend_kind: str) -> AsyncIterator[MakeHarness]:
+def backend_config(
+    backend_kind: str, request: pytest.FixtureRequest
+) -> dict[str, Any]:
+    """The ``backend:`` section giving this test a clean store."""
+    if backend_kind == "memory":
+        return {"kind": "memory"}
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    return {"kind": "redis", "url": server.url, "key_prefix": f"t{next(_PREFIXES)}"}
+
+
+_PREFIXES = itertools.count()
+
+
+@pytest.fixture
+async def make_harness(backend_config: dict[str, Any]) -> AsyncIterator[MakeHarness]:
     """``await make_harness(config_dict)`` starts a server with that config (YAML-shaped)."""
     started: list[Harness] = []
 
     async def make(config: dict[str, Any] | None = None) -> Harness:
-        harness = await start_harness(config or {}, backend_kind)
+        harness = await start_harness({"backend": backend_config, **(config or {})})
         started.append(harness)
         return harness
 

@@ -144,10 +144,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
-async def start_harness(config: dict[str, Any], backend_kind: str) -> Harness:
+async def start_harness(config: dict[str, Any]) -> Harness:
     merged = {**DEFAULT_CONFIG, **config}
     settings = parse_config(merged, "<test>")
-    assert backend_kind == "memory", backend_kind
     clock = ManualClock()
     server = AdmitdServer(settings, clock=clock)
     port = await server.start("127.0.0.1:0")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -206,7 +207,7 @@ class Backend(Protocol):
         """Grant now, queue (when ``wait``) or deny; atomic with the dispatch it triggers."""
         ...
 
-    async def cancel(self, lease_id: str) -> None:
+    async def cancel(self, lease_id: str) -> Progress:
         """Take a waiter out of the queue, or give back its grant if it was not claimed."""
         ...
 
@@ -234,6 +235,16 @@ class Backend(Protocol):
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
         """Current levels and occupancy, for GetStatus."""
+        ...
+
+    def subscribe(
+        self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
+    ) -> None:
+        """Deliver grants made elsewhere (other replicas) for the waiters this process holds."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`~admitd.Unavailable` unless the store answers."""
         ...
 
     async def close(self) -> None: ...

@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 
@@ -60,10 +60,15 @@ class _ManualTimer:
 
 
 class ManualClock:
-    """A clock that stands still until :meth:`advance` moves it (for tests)."""
+    """A clock that stands still until :meth:`advance` moves it (for tests).
+
+    ``idle`` is awaited after each timer fires, so that work the timer started (which may do
+    real I/O, e.g. to Redis) finishes before time moves on; the engine sets it.
+    """
 
     def __init__(self, start: float = 1_000.0, wall_start: float = 1_767_225_600.0) -> None:
         # wall_start is 2026-01-01T00:00:00Z, so day boundaries are easy to reason about.
+        self.idle: Callable[[], Awaitable[None]] | None = None
         self._now = start
         self._wall_offset = wall_start - start
         self._timers: list[tuple[float, int, _ManualTimer]] = []
@@ -88,9 +93,15 @@ class ManualClock:
             self._now = max(self._now, when)
             if not timer.cancelled:
                 timer.callback()
-            await settle()
+            await self._settle()
         self._now = target
+        await self._settle()
+
+    async def _settle(self) -> None:
         await settle()
+        if self.idle is not None:
+            await self.idle()
+            await settle()
 
 
 async def settle(rounds: int = 20) -> None:

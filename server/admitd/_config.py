@@ -2,19 +2,27 @@
 
 Every field has a default, so an empty file (or no file at all) is a working embedded setup.
 Durations are written like ``120s``, ``1.5m``, ``250ms`` or ``2h`` (a bare number is seconds).
-:func:`load_config` reports every problem at once, each with its path in the file, e.g.
-``pools[1].tokens_per_minute: Input should be greater than 0``.
+:func:`load_config` reports every problem at once, each on one line that starts with its path
+in the file, e.g. ``pools[1].tokens_per_minute: Input should be greater than 0``. Problems
+found before there are paths (bad YAML syntax, a key written twice, bytes that are not UTF-8)
+start with their place instead: ``line 4, column 1: duplicate key 'listen' (first at line 1)``.
+
+Types are strict: YAML already knows numbers from strings, so ``max_concurrency: "10"`` or
+``max_concurrency: yes`` is a mistake worth reporting rather than a value to coerce.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tiktoken
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,20 +31,34 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_HINT = "expected a duration like 120s, 1.5m, 250ms or 2h"
 
 
 def _parse_duration(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 120s, 1.5m, 250ms or 2h")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"expected a duration like 120s, 1.5m, 250ms or 2h, got {value!r}")
+    raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
+
+
+def _known_encoding(name: str) -> str:
+    known = tiktoken.list_encoding_names()
+    if name not in known:
+        raise ValueError(f"unknown tiktoken encoding {name!r} (known: {', '.join(sorted(known))})")
+    return name
+
+
+def validate_listen(listen: str) -> str:
+    """Return ``listen`` if it is ``host:port`` (port 0-65535), else raise ``ValueError``."""
+    host, sep, port = listen.rpartition(":")
+    if not (sep and host and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"expected host:port, got {listen!r}")
+    return listen
 
 
 Seconds = Annotated[float, BeforeValidator(_parse_duration)]
@@ -47,7 +69,14 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # use_attribute_docstrings: the docstring under each field is its description.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )
 
 
 class Price(_Model):
@@ -74,7 +103,7 @@ class PoolConfig(_Model):
     """This pool's share of the daily budget, in tokens (UTC day)."""
     usd_per_day: PositiveFloat | None = None
     """This pool's share of the daily budget, in USD (UTC day)."""
-    encoding: str = "o200k_base"
+    encoding: Annotated[str, AfterValidator(_known_encoding)] = "o200k_base"
     """tiktoken encoding used to count ``prompt`` when ``input_tokens`` is not given."""
     price: Price = Price()
     """Price table, for USD budgets."""
@@ -111,6 +140,8 @@ class BudgetConfig(_Model):
 
 
 class LeaseConfig(_Model):
+    """How long a granted reservation lives without news from its holder."""
+
     ttl: Seconds = Field(120.0, gt=0)
     """A lease not released or renewed within this time is reclaimed (full reservation charged)."""
     max_extend: Seconds = Field(3600.0, gt=0)
@@ -120,6 +151,8 @@ class LeaseConfig(_Model):
 
 
 class QueueConfig(_Model):
+    """Bounds on waiting callers."""
+
     max_length: int = Field(10_000, ge=0)
     """Waiters across all pools; beyond it Acquire is rejected with QUEUE_FULL."""
     max_per_tenant: int = Field(1_000, ge=0)
@@ -131,14 +164,35 @@ class QueueConfig(_Model):
 
 
 class BackendConfig(_Model):
-    kind: Literal["memory"] = "memory"
-    """Where state lives. ``memory``: this process only."""
+    """Where admission state lives."""
+
+    kind: Literal["memory", "redis"] = "memory"
+    """``memory``: this process only. ``redis``: shared by every replica using the same
+    Redis and ``key_prefix``, which then act as one admission controller."""
+    url: str = "redis://localhost:6379/0"
+    """Redis URL (``redis://``, ``rediss://``, ``unix://``); ignored when ``sentinels`` is set."""
+    sentinels: list[str] = Field(default_factory=list)
+    """Sentinel addresses ``host:port``; the primary is looked up as ``sentinel_service``."""
+    sentinel_service: str = "mymaster"
+    """Name of the monitored primary in Sentinel."""
+    key_prefix: str = Field("admitd", min_length=1, max_length=100, pattern=r"^[^{}]+$")
+    """Namespace of every key (used as the Redis Cluster hash tag)."""
+    timeout: Seconds = Field(0.5, gt=0)
+    """Connect and command timeout: a slow or dead Redis fails fast instead of stalling RPCs."""
+
+
+def _default_pools() -> list[PoolConfig]:
+    return [PoolConfig(name="default")]
+
+
+def _default_tenants() -> list[TenantConfig]:
+    return [TenantConfig(name="default")]
 
 
 class Settings(_Model):
     """The whole configuration file."""
 
-    listen: str = "0.0.0.0:50051"
+    listen: Annotated[str, AfterValidator(validate_listen)] = "0.0.0.0:50051"
     """gRPC address, ``host:port``."""
     drain_delay: Seconds = Field(2.0, ge=0)
     """On SIGTERM: how long the port stays open while draining (health NOT_SERVING, Acquire
@@ -146,35 +200,25 @@ class Settings(_Model):
     shutdown_grace: Seconds = Field(10.0, ge=0)
     """After the drain delay, how long in-flight RPCs get to finish before the port closes."""
     backend: BackendConfig = BackendConfig()
+    """Where admission state lives."""
     lease: LeaseConfig = LeaseConfig()
+    """Lease lifetime and reclaiming."""
     queue: QueueConfig = QueueConfig()
+    """Bounds on waiting callers."""
     budget: BudgetConfig = BudgetConfig()
-    pools: list[PoolConfig] = Field(
-        default_factory=lambda: [PoolConfig(name="default")], min_length=1
-    )
-    tenants: list[TenantConfig] = Field(default_factory=lambda: [TenantConfig(name="default")])
+    """Global daily ceilings."""
+    pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
+    """Provider deployments callers name in Acquire; names are unique."""
+    tenants: list[TenantConfig] = Field(default_factory=_default_tenants)
+    """Tenants callers name in Acquire; names are unique."""
     default_tenant: str | None = None
     """Tenant whose limits apply to callers naming an unknown (or no) tenant; null = reject."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        problems = []
-        problems += _duplicates("pools", [p.name for p in self.pools])
-        problems += _duplicates("tenants", [t.name for t in self.tenants])
-        known = set(tiktoken.list_encoding_names())
-        for i, pool in enumerate(self.pools):
-            if pool.encoding not in known:
-                problems.append(
-                    f"pools[{i}].encoding: unknown tiktoken encoding {pool.encoding!r}"
-                    f" (known: {', '.join(sorted(known))})"
-                )
-        names = {t.name for t in self.tenants}
-        if self.default_tenant is not None and self.default_tenant not in names:
-            problems.append(f"default_tenant: {self.default_tenant!r} is not a tenant")
-        if not _valid_listen(self.listen):
-            problems.append(f"listen: expected host:port, got {self.listen!r}")
+        problems = _cross_problems(self.model_dump(include={"pools", "tenants", "default_tenant"}))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     def pool(self, name: str) -> PoolConfig | None:
@@ -184,19 +228,39 @@ class Settings(_Model):
         return next((t for t in self.tenants if t.name == name), None)
 
 
-def _duplicates(section: str, names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    problems = []
-    for i, name in enumerate(names):
-        if name in seen:
-            problems.append(f"{section}[{i}].name: duplicate {name!r} (also {section}[{seen[name]}])")
-        seen.setdefault(name, i)
+def _cross_problems(data: Mapping[str, Any]) -> list[str]:
+    """Checks between entries: unique pool and tenant names, ``default_tenant`` is a tenant.
+
+    They read plain (possibly invalid) data and skip what they cannot read, so a file with
+    field problems gets these reported too, instead of one round of fixes per kind.
+    """
+    problems: list[str] = []
+    for section in ("pools", "tenants"):
+        seen: dict[str, int] = {}
+        for i, name in _names(data.get(section)):
+            if name in seen:
+                problems.append(
+                    f"{section}[{i}].name: duplicate {name!r} (also {section}[{seen[name]}])"
+                )
+            seen.setdefault(name, i)
+    default = data.get("default_tenant")
+    tenants = data.get("tenants")
+    names = [name for _, name in _names(tenants)]
+    readable = isinstance(tenants, list) and len(names) == len(tenants)
+    if isinstance(default, str) and readable and default not in names:
+        known = ", ".join(repr(n) for n in names) or "none"
+        problems.append(f"default_tenant: {default!r} is not a tenant (tenants: {known})")
     return problems
 
 
-def _valid_listen(listen: str) -> bool:
-    host, sep, port = listen.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+def _names(entries: Any) -> list[tuple[int, str]]:
+    if not isinstance(entries, list):
+        return []
+    return [
+        (i, entry["name"])
+        for i, entry in enumerate(entries)
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
+    ]
 
 
 EMBEDDED_DEFAULT = Settings(
@@ -212,51 +276,148 @@ which every caller falls back to."""
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be used; ``problems`` lists each with its path."""
+    """A configuration that cannot be used; ``problems`` lists each, one line, path first."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(
+            f"{source}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems)
+        )
 
 
 def parse_config(data: Any, source: str = "<config>") -> Settings:
-    """Validate already-parsed YAML data (``None`` means an empty file)."""
+    """Validate already-parsed YAML data (``None`` means an empty file).
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
     if data is None:
         data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, [f"(top level): expected a mapping, got {_show(data)}"])
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [p for err in exc.errors() for p in _describe(err)]) from None
+        errors = exc.errors()
+    problems = [p for err in errors for p in _describe(err)]
+    if not any(err["type"] == "value_error" and not err["loc"] for err in errors):
+        # Field problems stop pydantic before the cross checks: run them on the raw data.
+        defaults = {"tenants": [t.model_dump() for t in _default_tenants()]}
+        problems += _cross_problems({**defaults, **data})
+    raise ConfigError(source, problems)
 
 
 def load_config(path: str | Path) -> Settings:
-    """Read and validate a YAML file; raises :class:`ConfigError` listing every problem."""
+    """Read and validate a YAML file.
+
+    Raises:
+        ConfigError: listing every problem found, each with its path in the file.
+    """
     source = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"(file): {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(source, [f"line {line}: not UTF-8 text"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"(yaml): {exc}"]) from None
+        raise ConfigError(source, [_describe_yaml(exc)]) from None
     return parse_config(data, source)
 
 
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key written twice (PyYAML silently keeps the last one,
+    which would drop, say, a whole ``pools`` section without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # Merge keys (<<) may legitimately be overridden; complex keys are not ours.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {key!r} (first at line {first_line[key]})",
+                    problem_mark=key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _describe_yaml(exc: yaml.YAMLError) -> str:
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"(yaml): {exc}"
+    mark = exc.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        start = exc.context_mark
+        text += f" ({exc.context} started at line {start.line + 1}, column {start.column + 1})"
+    return text
+
+
+# Sections whose entries are these models, to suggest field names for a misspelt key.
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "backend": BackendConfig,
+    "lease": LeaseConfig,
+    "queue": QueueConfig,
+    "budget": BudgetConfig,
+    "pools": PoolConfig,
+    "tenants": TenantConfig,
+    "price": Price,
+}
+
+
 def _describe(error: Any) -> list[str]:
+    loc = tuple(error.get("loc", ()))
     path = ""
-    for part in error.get("loc", ()):
+    for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
             path += f".{part}" if path else str(part)
+    kind = str(error.get("type", ""))
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if error.get("type") == "value_error" and not path:
-        # Cross-field checks name their own paths and come joined by "; ".
-        return message.split("; ")
-    if error.get("type") == "extra_forbidden":
-        message = "unknown field"
+    value = error.get("input")
+    if kind == "value_error" and not loc:
+        # Cross checks name their own paths, one problem per line.
+        return message.splitlines()
+    if kind == "extra_forbidden":
+        message = "unknown field" + _suggestion(loc)
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = f"expected a mapping, got {_show(value)}"
+    elif kind == "list_type":
+        message = f"expected a list, got {_show(value)}"
+    elif kind == "too_short":
+        message = message.replace(" after validation", "")
+    elif kind.endswith(("_type", "_parsing")) or kind == "literal_error":
+        message = f"{message}, got {_show(value)}"
     return [f"{path or '(top level)'}: {message}"]
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    sections = [part for part in loc[:-1] if isinstance(part, str)]
+    model = _SECTION_MODELS.get(sections[-1]) if sections else Settings
+    if model is None or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    """A value as the YAML author wrote it, so a quoted number or a ``yes`` is recognisable."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)

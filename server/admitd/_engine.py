@@ -32,7 +32,7 @@ from ._backend import (
     Ticket,
     price_nano_usd,
 )
-from ._clock import Clock, TimerHandle
+from ._clock import Clock, ManualClock, TimerHandle
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from ._policy import Policy, nano_usd_per_token
@@ -99,12 +99,20 @@ class Engine:
         self._reaper: tuple[float, TimerHandle] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        if isinstance(clock, ManualClock):
+            clock.idle = self.idle
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the lease reaper (call from the running event loop)."""
+        """Start the lease reaper and grant delivery (call from the running event loop)."""
         self._schedule_reaper()
+        self.backend.subscribe(lambda: self._waiters.keys(), self._grant)
+
+    async def idle(self) -> None:
+        """Wait until the background work started by timers and grants has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def drain(self) -> None:
         """Admit nothing more; every waiter gets UNAVAILABLE so its client goes elsewhere."""
@@ -311,7 +319,7 @@ class Engine:
                     # Timed out, cancelled or drained: leave the queue. If a grant raced
                     # with us, _deliver finds no waiter and gives the lease back.
                     waiter.future.cancel()
-                    await asyncio.shield(self.backend.cancel(lease_id))
+                    self._deliver(await asyncio.shield(self.backend.cancel(lease_id)))
 
     def _deliver(self, progress: Progress) -> None:
         """Hand grants and refusals from a dispatch pass to their waiting RPCs."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from ._backend import (
@@ -124,7 +125,7 @@ class MemoryBackend:
         result.denial = own_denial or progress.blocked.get(ticket.pool)
         return result
 
-    async def cancel(self, lease_id: str) -> None:
+    async def cancel(self, lease_id: str) -> Progress:
         now = self._tick()
         if lease_id in self._waiters:
             ticket = self._unqueue(lease_id, served=False)
@@ -132,6 +133,8 @@ class MemoryBackend:
                 self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
         elif self._unclaimed.pop(lease_id, None) is not None:
             self._give_back(lease_id, now)  # granted while its RPC gave up
+            return self._dispatch_all(now)
+        return Progress()
 
     async def claim(self, lease_id: str) -> None:
         self._unclaimed.pop(lease_id, None)
@@ -217,6 +220,14 @@ class MemoryBackend:
             queued_by_pool={p: q.depth_by_class() for p, q in self._queues.items()},
             queued_by_tenant=dict(self._queued_by_tenant),
         )
+
+    def subscribe(
+        self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
+    ) -> None:
+        """Nothing to do: every grant is made in this process and returned by the call."""
+
+    async def ping(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None

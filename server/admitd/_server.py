@@ -15,6 +15,7 @@ from ._backend import Backend
 from ._clock import Clock, SystemClock
 from ._config import Settings
 from ._engine import Engine
+from ._errors import Unavailable
 from ._memory import MemoryBackend
 from ._service import AdmissionService
 from ._tokens import TokenCounter
@@ -27,8 +28,19 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def make_backend(settings: Settings, clock: Clock) -> Backend:
-    return MemoryBackend(clock, aging=settings.queue.aging)
+def make_backend(settings: Settings, clock: Clock, *, test_clock: bool = False) -> Backend:
+    """The configured backend. Redis reads its own TIME unless a test injects its clock."""
+    config = settings.backend
+    if config.kind == "memory":
+        return MemoryBackend(clock, aging=settings.queue.aging)
+    from ._redis import RedisBackend, connect
+
+    return RedisBackend(
+        connect(config),
+        key_prefix=config.key_prefix,
+        aging=settings.queue.aging,
+        clock=clock if test_clock else None,
+    )
 
 
 class AdmitdServer:
@@ -43,8 +55,10 @@ class AdmitdServer:
         counter: TokenCounter | None = None,
     ) -> None:
         self.settings = settings
+        injected = clock is not None
         clock = clock or SystemClock()
-        self.engine = Engine(settings, backend or make_backend(settings, clock), clock, counter)
+        backend = backend or make_backend(settings, clock, test_clock=injected)
+        self.engine = Engine(settings, backend, clock, counter)
         self.health = HealthServicer()
         # SO_REUSEPORT off: a second server must fail to bind a busy port, not share it.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -62,6 +76,7 @@ class AdmitdServer:
         )
         self.port = 0
         self._stopped = asyncio.Event()
+        self._monitor: asyncio.Future[None] | None = None
 
     async def start(self, listen: str | None = None) -> int:
         """Bind ``listen`` (default: the config's), start serving and return the port."""
@@ -71,10 +86,28 @@ class AdmitdServer:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
         self.engine.start()
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, SERVING)
+        await self.check_store()
+        self._monitor = asyncio.ensure_future(self._watch_store())
         log.info("admitd serving", extra={"listen": address, "port": self.port})
         return self.port
+
+    async def check_store(self) -> bool:
+        """Health follows the store: SERVING only while it answers (and not draining)."""
+        try:
+            await self.engine.backend.ping()
+            ok = True
+        except Unavailable as error:
+            log.warning("state store unreachable: %s", error.message)
+            ok = False
+        if not self._stopped.is_set():
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, SERVING if ok else NOT_SERVING)
+        return ok
+
+    async def _watch_store(self, interval: float = 1.0) -> None:
+        while not self._stopped.is_set():
+            await asyncio.sleep(interval)  # real time: a health probe, not admission logic
+            await self.check_store()
 
     async def drain(self) -> None:
         """Health NOT_SERVING, Acquire UNAVAILABLE (waiters too); Release/Renew still work."""
@@ -86,6 +119,8 @@ class AdmitdServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._monitor is not None:
+            self._monitor.cancel()
         await self.drain()
         if delay:
             await asyncio.sleep(delay)  # real time: load balancers react in real time

@@ -1,0 +1,346 @@
+-- admitd state machine shared by every script: each operation's .lua file is loaded with this
+-- library in front of it (see _redis.py). It mirrors _memory.py; the two are kept equal by
+-- the conformance suite, which runs every scenario against both backends.
+--
+-- KEYS[1]  namespace base "{prefix}". Every key is KEYS[1] .. ":" .. name: they all share the
+--          hash tag, so they live in one Redis Cluster slot with KEYS[1].
+-- ARGV[1]  time in Unix seconds to use, or "" to read Redis TIME (tests pass their clock)
+-- ARGV[2]  queue aging in seconds (a waiter climbs one priority class per this much waiting)
+-- ARGV[3..] the operation's own arguments (see its header)
+-- Returns  a JSON document (cjson), decoded by _redis.py.
+--
+-- A ticket (JSON from the engine; stored as sent, because cjson.encode keeps only 14
+-- significant digits and would round refill rates and prices) has: id tenant pool in out usd pin pout prio cost ttl wait
+-- claim idem fp mqt mqa limits, where each limit is [key, kind, unit, scope, capacity, rate,
+-- name, owner] with kind gauge|bucket|daily and unit slot|request|token|nano_usd.
+
+local base = KEYS[1]
+local function key(...)
+  return base .. ':' .. table.concat({...}, ':')
+end
+
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local aging = tonumber(ARGV[2])
+local day = tostring(math.floor(now / 86400))
+local MAX_EXAMINED = 1024
+local DAY_KEEP = 172800
+local G, B, D = key('gauge'), key('bucket'), key('daily', day)
+
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+local function amount(t, unit)
+  if unit == 'token' then return t['in'] + t.out end
+  if unit == 'nano_usd' then return t.usd end
+  return 1
+end
+
+local function level_of(l)
+  if l[2] == 'gauge' then
+    return tonumber(redis.call('HGET', G, l[1]) or '0')
+  elseif l[2] == 'bucket' then
+    local v = redis.call('HMGET', B, l[1], l[1] .. '|at')
+    if not v[1] then return l[5] end
+    return math.min(l[5], tonumber(v[1]) + (now - tonumber(v[2])) * l[6])
+  end
+  return tonumber(redis.call('HGET', D, l[1]) or '0')
+end
+
+-- The first limit the ticket does not fit: {index (0-based), level, amount}, or nil.
+local function check(t, only_daily)
+  for i, l in ipairs(t.limits) do
+    if not only_daily or l[2] == 'daily' then
+      local a, lv = amount(t, l[3]), level_of(l)
+      local fits
+      if l[2] == 'bucket' then fits = a <= lv else fits = lv + a <= l[5] end
+      if not fits then return {i - 1, lv, a} end
+    end
+  end
+  return nil
+end
+
+local function denial(t, d)
+  return {limit = t.limits[d[1] + 1], level = d[2], amount = d[3]}
+end
+
+local function set_bucket(l, level)
+  redis.call('HSET', B, l[1], num(level), l[1] .. '|at', num(now))
+end
+
+local function idem_key(t)
+  return key('idem', string.len(t.tenant) .. '/' .. t.tenant .. '/' .. t.idem)
+end
+
+-- Deadlines are kept in the values and compared with now (which tests inject); the Redis
+-- TTL (real time) only collects garbage.
+local function remember_key(t)
+  redis.call('SET', idem_key(t), t.id .. '|' .. num(now + t.ttl) .. '|' .. t.fp,
+             'PX', math.ceil(t.ttl * 1000))
+end
+
+-- The idempotency entry of t's key: ref, fingerprint; nil when absent or past its deadline.
+local function known_key(t)
+  local v = redis.call('GET', idem_key(t))
+  if not v then return nil end
+  local a = string.find(v, '|', 1, true)
+  local b = string.find(v, '|', a + 1, true)
+  if tonumber(string.sub(v, a + 1, b - 1)) <= now then return nil end
+  return string.sub(v, 1, a - 1), string.sub(v, b + 1)
+end
+
+local function released(id)
+  local v = redis.call('GET', key('released', id))
+  if not v then return nil end
+  local s = cjson.decode(v)
+  if s.drop_at <= now then return nil end
+  return s
+end
+
+local function record(lease)
+  local t = lease.t
+  return {id = t.id, tenant = t.tenant, pool = t.pool, ['in'] = t['in'], out = t.out,
+          usd = t.usd, expires_in = lease.expires - now, queued_for = lease.queued,
+          held_for = now - lease.granted}
+end
+
+local function load_lease(id)
+  local v = redis.call('HMGET', key('lease', id), 'ticket', 'day', 'granted', 'expires', 'queued')
+  if not v[1] then return nil end
+  return {t = cjson.decode(v[1]), day = v[2], granted = tonumber(v[3]),
+          expires = tonumber(v[4]), queued = tonumber(v[5])}
+end
+
+local function reserve(t, raw, queued_for)
+  for _, l in ipairs(t.limits) do
+    local a = amount(t, l[3])
+    if l[2] == 'gauge' then
+      redis.call('HINCRBYFLOAT', G, l[1], a)
+    elseif l[2] == 'bucket' then
+      set_bucket(l, level_of(l) - a)
+    else
+      redis.call('HINCRBYFLOAT', D, l[1], a)
+      redis.call('EXPIRE', D, DAY_KEEP)
+    end
+  end
+  local lease = {t = t, day = day, granted = now, expires = now + t.ttl, queued = queued_for}
+  redis.call('HSET', key('lease', t.id), 'ticket', raw, 'day', day,
+             'granted', num(now), 'expires', num(lease.expires), 'queued', num(queued_for))
+  redis.call('ZADD', key('expiry'), num(lease.expires), t.id)
+  redis.call('HINCRBY', key('inflight', 'pool'), t.pool, 1)
+  redis.call('HINCRBY', key('inflight', 'tenant'), t.tenant, 1)
+  if t.idem ~= '' then remember_key(t) end
+  return record(lease)
+end
+
+local function decr_field(h, field, by)
+  if tonumber(redis.call('HINCRBYFLOAT', h, field, -by)) <= 0 then
+    redis.call('HDEL', h, field)
+  end
+end
+
+-- End a lease: free its slots and move token/USD counters by charged - reserved.
+local function settle(lease, token_delta, usd_delta)
+  local t = lease.t
+  for _, l in ipairs(t.limits) do
+    if l[3] == 'slot' then
+      decr_field(G, l[1], 1)
+    else
+      local delta = 0
+      if l[3] == 'token' then delta = token_delta elseif l[3] == 'nano_usd' then delta = usd_delta end
+      if delta ~= 0 then
+        if l[2] == 'bucket' then
+          -- A refund never lifts a bucket above capacity; overuse may put it in debt.
+          set_bucket(l, math.min(l[5], level_of(l) - delta))
+        elseif l[2] == 'daily' then
+          local dk = key('daily', lease.day)
+          if delta > 0 or redis.call('HEXISTS', dk, l[1]) == 1 then
+            if tonumber(redis.call('HINCRBYFLOAT', dk, l[1], delta)) < 0 then
+              redis.call('HSET', dk, l[1], 0)
+            end
+            redis.call('EXPIRE', dk, DAY_KEEP)
+          end
+        end
+      end
+    end
+  end
+  redis.call('DEL', key('lease', t.id))
+  redis.call('ZREM', key('expiry'), t.id)
+  decr_field(key('inflight', 'pool'), t.pool, 1)
+  decr_field(key('inflight', 'tenant'), t.tenant, 1)
+end
+
+-- End a grant nobody used: everything it reserved is refunded.
+local function give_back(id)
+  local lease = load_lease(id)
+  if lease then settle(lease, -(lease.t['in'] + lease.t.out), -lease.t.usd) end
+end
+
+-- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
+-- them (once, whichever replica runs it).
+local function reap()
+  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', num(now), 'LIMIT', 0, 1000)
+  for _, id in ipairs(ids) do
+    local lease = load_lease(id)
+    if lease then
+      redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
+      settle(lease, 0, 0) -- the full reservation stays charged
+    else
+      redis.call('ZREM', key('expiry'), id)
+    end
+  end
+end
+
+-- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
+local function fkey(cls, pool, tenant)
+  return cls .. '|' .. string.len(pool) .. '|' .. pool .. tenant
+end
+
+local function vkey(cls, pool)
+  return cls .. '|' .. pool
+end
+
+local function qkey(cls, pool)
+  return key('q', cls, pool)
+end
+
+local function push(t, raw)
+  local cls = t.prio
+  local fk = fkey(cls, t.pool, t.tenant)
+  local v = tonumber(redis.call('HGET', key('vtime'), vkey(cls, t.pool)) or '0')
+  local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
+  local tag = math.max(v, last) + t.cost
+  redis.call('HSET', key('lastf'), fk, num(tag))
+  local member = string.format('%016d', redis.call('INCR', key('seq'))) .. '|' .. t.id
+  redis.call('ZADD', qkey(cls, t.pool), num(tag), member)
+  redis.call('HSET', key('w', t.id), 'ticket', raw, 'enq', num(now),
+             'member', member, 'tag', num(tag))
+  redis.call('HINCRBY', key('queued', 'tenant'), t.tenant, 1)
+  redis.call('INCR', key('queued', 'total'))
+  redis.call('SADD', key('queued', 'pools'), t.pool)
+end
+
+-- Take a waiter out; served advances virtual time, otherwise its tag is given back.
+local function unqueue(id, served)
+  local w = redis.call('HMGET', key('w', id), 'ticket', 'member', 'tag')
+  if not w[1] then return nil end
+  local t, tag = cjson.decode(w[1]), tonumber(w[3])
+  local cls = t.prio
+  redis.call('ZREM', qkey(cls, t.pool), w[2])
+  redis.call('DEL', key('w', id))
+  local fk, vk = fkey(cls, t.pool, t.tenant), vkey(cls, t.pool)
+  local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
+  local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
+  if served then
+    if tag > v then
+      v = tag
+      redis.call('HSET', key('vtime'), vk, num(v))
+    end
+  elseif last == tag then
+    last = tag - t.cost
+    redis.call('HSET', key('lastf'), fk, num(last))
+  end
+  if last <= v then redis.call('HDEL', key('lastf'), fk) end
+  decr_field(key('queued', 'tenant'), t.tenant, 1)
+  redis.call('DECR', key('queued', 'total'))
+  local left = 0
+  for c = 0, 3 do left = left + redis.call('ZCARD', qkey(c, t.pool)) end
+  if left == 0 then redis.call('SREM', key('queued', 'pools'), t.pool) end
+  return t
+end
+
+local function new_progress()
+  return {grants = {}, rejections = {}, blocked = {}, passed_over = {}}
+end
+
+-- Grant waiters of pool in fair order until a pool-wide limit blocks the head. A waiter held
+-- back by its own tenant's limit is passed over with the rest of that tenant's waiters.
+-- Returns the denial of the watch ticket (when examined and not granted) and its own grant.
+local function dispatch_pool(pool, watch, progress)
+  local cursor = {0, 0, 0, 0}
+  local function head(c)
+    local m = redis.call('ZRANGE', qkey(c, pool), cursor[c + 1], cursor[c + 1], 'WITHSCORES')
+    if #m == 0 then return false end
+    local id = string.sub(m[1], 18)
+    local w = redis.call('HMGET', key('w', id), 'ticket', 'enq')
+    return {member = m[1], tag = tonumber(m[2]), id = id, t = cjson.decode(w[1]), raw = w[1],
+            enq = tonumber(w[2])}
+  end
+  local heads = {head(0), head(1), head(2), head(3)}
+  local skipped, served, gone, never = {}, {}, {}, {}
+  local watched, own = nil, nil
+  local examined = 0
+  while examined < MAX_EXAMINED do
+    local best, bk = nil, nil
+    for c = 0, 3 do
+      local h = heads[c + 1]
+      if h then
+        local k = {c - math.floor((now - h.enq) / aging), c, h.tag, h.member}
+        if not bk or k[1] < bk[1] or (k[1] == bk[1] and (k[2] < bk[2] or (k[2] == bk[2]
+            and (k[3] < bk[3] or (k[3] == bk[3] and k[4] < bk[4]))))) then
+          best, bk = h, k
+        end
+      end
+    end
+    if not best then break end
+    examined = examined + 1
+    local t, c = best.t, best.t.prio
+    cursor[c + 1] = cursor[c + 1] + 1
+    heads[c + 1] = head(c)
+    if not skipped[t.tenant] then
+      if best.id ~= watch and now > best.enq + t.wait then
+        table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
+      else
+        local d = check(t, false)
+        if not d then
+          local rec = reserve(t, best.raw, now - best.enq)
+          table.insert(served, best.id)
+          if best.id == watch then
+            own = rec
+          else
+            table.insert(progress.grants, rec)
+            -- Unclaimed until the replica holding the RPC takes it (pub/sub or polling).
+            redis.call('SET', key('granted', best.id), cjson.encode(rec),
+                       'PX', math.floor((t.claim + 60) * 1000))
+            redis.call('ZADD', key('unclaimed'), num(now + t.claim), best.id)
+            redis.call('PUBLISH', key('grants'), best.id)
+          end
+        else
+          if best.id == watch then watched = denial(t, d) end
+          local l = t.limits[d[1] + 1]
+          if l[2] == 'daily' then
+            table.insert(never, {best.id, denial(t, d)}) -- cannot fit before the day turns
+          elseif l[4] == 'tenant' then
+            skipped[t.tenant] = true
+            table.insert(progress.passed_over, denial(t, d))
+          else
+            progress.blocked[pool] = denial(t, d)
+            break
+          end
+        end
+      end
+    end
+  end
+  for _, id in ipairs(served) do unqueue(id, true) end
+  for _, n in ipairs(never) do
+    unqueue(n[1], false)
+    table.insert(progress.rejections, n)
+  end
+  for _, id in ipairs(gone) do unqueue(id, false) end
+  return watched, own
+end
+
+local function dispatch_all(progress)
+  for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
+    dispatch_pool(pool, '', progress)
+  end
+  return progress
+end
+
+-- cjson encodes an empty table as {}; the Python side accepts both {} and [] for lists.

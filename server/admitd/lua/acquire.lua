@@ -1,0 +1,49 @@
+-- acquire: grant now, queue, or deny a ticket; atomic with the dispatch pass it triggers.
+-- ARGV[3] ticket JSON; ARGV[4] "1" to queue when it does not fit now, "0" to fail fast.
+-- Returns {lease?, queued?, replayed?, waiting_on?, denial?, full?, mismatch?, progress}.
+reap()
+local t = cjson.decode(ARGV[3])
+local wait = ARGV[4] == '1'
+local progress = new_progress()
+
+if t.idem ~= '' then
+  local ref, fp = known_key(t)
+  if ref then
+    if fp ~= t.fp then return cjson.encode({mismatch = true}) end
+    if redis.call('EXISTS', key('w', ref)) == 1 then
+      return cjson.encode({queued = true, replayed = true, waiting_on = ref, progress = progress})
+    end
+    local lease = load_lease(ref)
+    if lease then
+      return cjson.encode({lease = record(lease), replayed = true, progress = progress})
+    end
+    local s = released(ref)
+    if s then
+      s.lease.expires_in = 0
+      return cjson.encode({lease = s.lease, replayed = true, progress = progress})
+    end
+    -- the lease expired: a retry may reserve again
+  end
+end
+
+local d = check(t, true)
+if d then return cjson.encode({denial = denial(t, d), progress = progress}) end
+if wait then
+  local mine = tonumber(redis.call('HGET', key('queued', 'tenant'), t.tenant) or '0')
+  if mine >= t.mqt then
+    return cjson.encode({full = {scope = 'tenant', depth = mine, limit = t.mqt}, progress = progress})
+  end
+  local total = tonumber(redis.call('GET', key('queued', 'total')) or '0')
+  if total >= t.mqa then
+    return cjson.encode({full = {scope = 'global', depth = total, limit = t.mqa}, progress = progress})
+  end
+end
+
+push(t, ARGV[3])
+if t.idem ~= '' then remember_key(t) end
+local watched, own = dispatch_pool(t.pool, t.id, progress)
+if own then return cjson.encode({lease = own, waiting_on = t.id, progress = progress}) end
+if wait then return cjson.encode({queued = true, waiting_on = t.id, progress = progress}) end
+unqueue(t.id, false)
+if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
+return cjson.encode({denial = watched or progress.blocked[t.pool], progress = progress})

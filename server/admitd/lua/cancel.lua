@@ -1,0 +1,14 @@
+-- cancel: take a waiter out of the queue, or give back its grant if nobody claimed it.
+-- ARGV[3] lease id. Returns {progress}.
+reap()
+local id = ARGV[3]
+local progress = new_progress()
+local t = unqueue(id, false)
+if t then
+  if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
+elseif redis.call('ZREM', key('unclaimed'), id) == 1 then
+  redis.call('DEL', key('granted', id))
+  give_back(id) -- granted while its RPC gave up
+  dispatch_all(progress)
+end
+return cjson.encode({progress = progress})

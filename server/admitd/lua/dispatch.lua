@@ -1,0 +1,4 @@
+-- dispatch: grant what fits now from every queue (after a bucket refill).
+-- Returns {progress}.
+reap()
+return cjson.encode({progress = dispatch_all(new_progress())})

@@ -1,0 +1,22 @@
+-- expire: report leases reaped since the last call (exactly once across replicas), give back
+-- grants nobody claimed in time (their replica died), and dispatch what that freed.
+-- Returns {expired, progress, next_expiry_in}.
+reap()
+local freed = false
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', num(now))) do
+  redis.call('ZREM', key('unclaimed'), id)
+  redis.call('DEL', key('granted', id))
+  give_back(id)
+  freed = true
+end
+local expired = {}
+for _, item in ipairs(redis.call('LRANGE', key('expired'), 0, -1)) do
+  table.insert(expired, cjson.decode(item))
+end
+redis.call('DEL', key('expired'))
+local progress = new_progress()
+if freed or #expired > 0 then dispatch_all(progress) end
+local result = {expired = expired, progress = progress}
+local first = redis.call('ZRANGE', key('expiry'), 0, 0, 'WITHSCORES')
+if #first > 0 then result.next_expiry_in = tonumber(first[2]) - now end
+return cjson.encode(result)
