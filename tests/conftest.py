@@ -6,8 +6,8 @@ test with a clean store.
 
 from __future__ import annotations
 
-import os
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
     # Offline machines: genuine encoding files, under the names tiktoken's cache uses.
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
 
-from harness import Harness, start_harness  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
+
+from harness import Harness, start_harness  # noqa: E402
 
 BACKENDS = ["memory", "redis"]
 
@@ -42,9 +43,7 @@ def shared_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def backend_config(
-    backend_kind: str, request: pytest.FixtureRequest
-) -> dict[str, Any]:
+def backend_config(backend_kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     """The ``backend:`` section giving this test a clean store."""
     if backend_kind == "memory":
         return {"kind": "memory"}

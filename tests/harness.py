@@ -59,7 +59,9 @@ def seconds(value: float) -> duration_pb2.Duration:
 
 
 class Harness:
-    def __init__(self, server: AdmitdServer, clock: ManualClock, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self, server: AdmitdServer, clock: ManualClock | None, channel: grpc.aio.Channel
+    ) -> None:
         self.server = server
         self.clock = clock
         self.channel = channel
@@ -108,6 +110,7 @@ class Harness:
         return next(p for p in (await self.status()).pools if p.name == name)
 
     async def advance(self, seconds: float) -> None:
+        assert self.clock is not None, "this server runs on real time"
         await self.clock.advance(seconds)
         await settle()
 
@@ -144,10 +147,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
-async def start_harness(config: dict[str, Any]) -> Harness:
+async def start_harness(config: dict[str, Any], *, manual_clock: bool = True) -> Harness:
+    """A server on a free port. ``manual_clock=False``: real time (Redis TIME with Redis), for
+    several replicas sharing one store."""
     merged = {**DEFAULT_CONFIG, **config}
     settings = parse_config(merged, "<test>")
-    clock = ManualClock()
+    clock = ManualClock() if manual_clock else None
     server = AdmitdServer(settings, clock=clock)
     port = await server.start("127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -1,4 +1,8 @@
-"""``admitd`` command line: serve, check-config, status."""
+"""``admitd`` command line: serve, check-config, status.
+
+Exit codes: 0 success, 1 a bad config file, a port that cannot be bound or a server that
+cannot be reached, 2 a usage error (argparse).
+"""
 
 from __future__ import annotations
 
@@ -9,36 +13,56 @@ import sys
 from collections.abc import Sequence
 
 import grpc
+from google.protobuf.message import Message
 
-from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config
+from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, validate_listen
 from .v1 import admission_pb2 as pb
 from .v1 import admission_pb2_grpc as pb_grpc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``admitd`` command line and return its exit code."""
     parser = argparse.ArgumentParser(prog="admitd", description="Admission control for LLM calls.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", help="YAML config (default: embedded memory setup)")
-    serve.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
+    serve.add_argument(
+        "--listen", type=_listen_arg, help="HOST:PORT, overrides the config's listen"
+    )
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
     status = commands.add_parser("status", help="print pools, tenants, queues and budgets")
     status.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
-        try:
-            settings = load_config(args.file)
-        except ConfigError as error:
-            print(error, file=sys.stderr)
-            return 1
-        print(f"{args.file}: OK ({len(settings.pools)} pools, {len(settings.tenants)} tenants)")
-        return 0
+        return _check_config(args.file)
     if args.command == "status":
         return _status(args.target, args.timeout)
     return _serve(args.config, args.listen)
+
+
+def _listen_arg(value: str) -> str:
+    try:
+        return validate_listen(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_config(path: str) -> int:
+    try:
+        settings = load_config(path)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    pools, tenants = len(settings.pools), len(settings.tenants)
+    print(f"{path}: OK ({_count(pools, 'pool')}, {_count(tenants, 'tenant')})")
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _serve(config: str | None, listen: str | None) -> int:
@@ -50,65 +74,83 @@ def _serve(config: str | None, listen: str | None) -> int:
         print(error, file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(settings, listen))
+    try:
+        asyncio.run(serve(settings, listen))
+    except OSError as error:
+        print(f"admitd serve: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _status(target: str, timeout: float) -> int:
     with grpc.insecure_channel(target) as channel:
         try:
-            status = pb_grpc.AdmissionStub(channel).GetStatus(pb.GetStatusRequest(), timeout=timeout)
+            status = pb_grpc.AdmissionStub(channel).GetStatus(
+                pb.GetStatusRequest(), timeout=timeout
+            )
         except grpc.RpcError as error:
-            print(f"admitd status: {target}: {error.code().name}: {error.details()}",
-                  file=sys.stderr)
+            # The sync stub's RpcError is also a grpc.Call carrying code and details.
+            code = error.code().name if isinstance(error, grpc.Call) else "ERROR"
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            print(
+                f"admitd status: cannot get status from {target}: {code}: {details}",
+                file=sys.stderr,
+            )
             return 1
     print(render_status(status))
     return 0
 
 
-def _limit(status: pb.LimitStatus, field: str, parent: object) -> str:
-    if not parent.HasField(field):  # type: ignore[attr-defined]
-        return "-"
-    return f"{status.value:,.0f}/{status.limit:,.0f}"
-
-
-def _usd(status: pb.LimitStatus, field: str, parent: object) -> str:
-    if not parent.HasField(field):  # type: ignore[attr-defined]
-        return "-"
-    return f"${status.value:,.2f}/${status.limit:,.2f}"
+_LIMITS = (
+    "concurrency",
+    "tokens_per_minute",
+    "requests_per_minute",
+    "tokens_per_day",
+    "usd_per_day",
+)
+_LIMIT_HEADINGS = ("CONCURRENCY", "TPM LEFT", "RPM LEFT", "TOKENS TODAY", "USD TODAY")
 
 
 def render_status(status: pb.StatusResponse) -> str:
-    """A readable table. Buckets show tokens left/capacity; the rest used/limit."""
-    pools = [("POOL", "IN-FLIGHT", "QUEUED", "CONCURRENCY", "TPM LEFT", "RPM LEFT",
-              "TOKENS TODAY", "USD TODAY")]
+    """Render a status as aligned tables: pools, tenants, then the global budget.
+
+    Rate buckets (TPM, RPM) show tokens left/capacity; concurrency and daily quotas show
+    used/limit; ``-`` means no limit.
+    """
+    pools: list[tuple[str, ...]] = [("POOL", "IN-FLIGHT", "QUEUED", *_LIMIT_HEADINGS)]
     for p in status.pools:
-        pools.append((p.name, str(p.in_flight), str(p.queued),
-                      _limit(p.concurrency, "concurrency", p),
-                      _limit(p.tokens_per_minute, "tokens_per_minute", p),
-                      _limit(p.requests_per_minute, "requests_per_minute", p),
-                      _limit(p.tokens_per_day, "tokens_per_day", p),
-                      _usd(p.usd_per_day, "usd_per_day", p)))
-    tenants = [("TENANT", "WEIGHT", "IN-FLIGHT", "QUEUED", "CONCURRENCY", "TPM LEFT",
-                "RPM LEFT", "TOKENS TODAY", "USD TODAY")]
+        pools.append((p.name, str(p.in_flight), str(p.queued), *(_limit(p, f) for f in _LIMITS)))
+    tenants: list[tuple[str, ...]] = [("TENANT", "WEIGHT", "IN-FLIGHT", "QUEUED", *_LIMIT_HEADINGS)]
     for t in status.tenants:
-        tenants.append((t.name, f"{t.weight:g}", str(t.in_flight), str(t.queued),
-                        _limit(t.concurrency, "concurrency", t),
-                        _limit(t.tokens_per_minute, "tokens_per_minute", t),
-                        _limit(t.requests_per_minute, "requests_per_minute", t),
-                        _limit(t.tokens_per_day, "tokens_per_day", t),
-                        _usd(t.usd_per_day, "usd_per_day", t)))
-    b = status.budget
-    budget = [("BUDGET", "TOKENS TODAY", "USD TODAY"),
-              ("global", _limit(b.tokens_per_day, "tokens_per_day", b),
-               _usd(b.usd_per_day, "usd_per_day", b))]
+        limits = (_limit(t, f) for f in _LIMITS)
+        tenants.append((t.name, f"{t.weight:g}", str(t.in_flight), str(t.queued), *limits))
+    budget: list[tuple[str, ...]] = [
+        ("BUDGET", "TOKENS TODAY", "USD TODAY"),
+        ("global", _limit(status.budget, "tokens_per_day"), _limit(status.budget, "usd_per_day")),
+    ]
     parts = [_table(pools), _table(tenants), _table(budget)]
     if status.draining:
         parts.insert(0, "DRAINING: admitting nothing")
     return "\n\n".join(parts)
 
 
+def _limit(parent: Message, field: str) -> str:
+    """``value/limit`` of the ``LimitStatus`` in ``parent.<field>``; ``-`` when it is unset."""
+    if not parent.HasField(field):
+        return "-"
+    limit: pb.LimitStatus = getattr(parent, field)
+    if field.startswith("usd"):
+        return f"${limit.value:,.2f}/${limit.limit:,.2f}"
+    return f"{limit.value:,.0f}/{limit.limit:,.0f}"
+
+
 def _table(rows: list[tuple[str, ...]]) -> str:
+    """Names left-aligned, numbers right-aligned, two spaces between columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                     for row in rows)
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )

@@ -81,9 +81,10 @@ class AdmitdServer:
     async def start(self, listen: str | None = None) -> int:
         """Bind ``listen`` (default: the config's), start serving and return the port."""
         address = listen or self.settings.listen
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as error:  # grpc's way of saying the address is busy or bad
+            raise OSError(f"cannot listen on {address}: {error}") from None
         await self._server.start()
         self.engine.start()
         await self.check_store()
