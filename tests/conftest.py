@@ -20,9 +20,8 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
     # Offline machines: genuine encoding files, under the names tiktoken's cache uses.
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
 
-from redis_server import RedisServer  # noqa: E402
-
 from harness import Harness, start_harness  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
 
 BACKENDS = ["memory", "redis"]
 

@@ -179,6 +179,9 @@ class BackendConfig(_Model):
     """Namespace of every key (used as the Redis Cluster hash tag)."""
     timeout: Seconds = Field(0.5, gt=0)
     """Connect and command timeout: a slow or dead Redis fails fast instead of stalling RPCs."""
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    """Redis unreachable: ``fail_closed`` answers UNAVAILABLE (health NOT_SERVING);
+    ``fail_open`` admits every call unchecked, with a warning, until Redis answers again."""
 
 
 def _default_pools() -> list[PoolConfig]:

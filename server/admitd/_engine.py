@@ -40,6 +40,7 @@ from ._tokens import TokenCounter
 
 log = logging.getLogger("admitd")
 
+UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
 MAX_TOKENS = 10_000_000  # per field; larger than any model's context window
 MAX_NAME = 200
 MAX_IDEMPOTENCY_KEY = 256
@@ -99,6 +100,7 @@ class Engine:
         self._reaper: tuple[float, TimerHandle] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self.unchecked_admissions = 0  # fail_open grants made while the store was down
         if isinstance(clock, ManualClock):
             clock.idle = self.idle
 
@@ -149,6 +151,10 @@ class Engine:
         result: AcquireResult | None = None
         try:
             result = await self.backend.acquire(ticket, wait=wait > 0)
+        except Unavailable as error:
+            if not self._fail_open:
+                raise
+            return self._admit_unchecked(ticket, error)
         except FingerprintMismatch:
             raise InvalidArgument(
                 "idempotency_key", "already used by this tenant for a different request"
@@ -181,6 +187,8 @@ class Engine:
                 ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
             ):
                 _check_tokens(name, value)
+        if lease_id.startswith(UNCHECKED_PREFIX):
+            return _unchecked_settlement(lease_id, usage)
         with _lease_errors(lease_id):
             result = await self.backend.release(lease_id, usage, self._owner(tenant))
         settlement = result.settlement
@@ -195,6 +203,8 @@ class Engine:
         self, lease_id: str, extend_by: float, tenant: str | None = None
     ) -> LeaseRecord:
         _check_lease_id(lease_id)
+        if lease_id.startswith(UNCHECKED_PREFIX):
+            raise NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
         if extend_by < 0 or not math.isfinite(extend_by):
             raise InvalidArgument("extend_by", "must not be negative")
         if extend_by > self.settings.lease.max_extend:
@@ -208,6 +218,29 @@ class Engine:
 
     async def snapshot(self) -> Snapshot:
         return await self.backend.snapshot(self.policy.all_limits())
+
+    @property
+    def _fail_open(self) -> bool:
+        return self.settings.backend.on_store_error == "fail_open"
+
+    def _admit_unchecked(self, ticket: Ticket, error: Unavailable) -> LeaseRecord:
+        """fail_open: the store is down, so admit without reserving anything (and say so)."""
+        self.unchecked_admissions += 1
+        log.warning(
+            "admitting unchecked, store unreachable: %s",
+            error.message,
+            extra={"tenant": ticket.tenant, "pool": ticket.pool},
+        )
+        return LeaseRecord(
+            lease_id=UNCHECKED_PREFIX + ticket.lease_id,
+            tenant=ticket.tenant,
+            pool=ticket.pool,
+            input_tokens=ticket.input_tokens,
+            max_output_tokens=ticket.max_output_tokens,
+            nano_usd=ticket.nano_usd,
+            expires_in=ticket.ttl,
+            queued_for=0.0,
+        )
 
     # -- validation and pricing -------------------------------------------------------------
 
@@ -454,6 +487,13 @@ def _lease_errors(lease_id: str) -> Iterator[None]:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _unchecked_settlement(lease_id: str, usage: tuple[int, int] | None) -> Settlement:
+    """Release of a lease admitted unchecked: nothing was reserved, so nothing to settle."""
+    charged = sum(usage) if usage is not None else 0
+    lease = LeaseRecord(lease_id, "", "", 0, 0, 0, 0.0, 0.0)
+    return Settlement(lease, charged, 0, 0, already_released=False)
 
 
 def _still_waiting(result: AcquireResult | None) -> bool:

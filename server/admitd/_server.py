@@ -100,9 +100,11 @@ class AdmitdServer:
         except Unavailable as error:
             log.warning("state store unreachable: %s", error.message)
             ok = False
+        # fail_open keeps admitting (unchecked) without the store, so it stays SERVING.
+        serving = ok or self.settings.backend.on_store_error == "fail_open"
         if not self._stopped.is_set():
             for service in ("", SERVICE_NAME):
-                await self.health.set(service, SERVING if ok else NOT_SERVING)
+                await self.health.set(service, SERVING if serving else NOT_SERVING)
         return ok
 
     async def _watch_store(self, interval: float = 1.0) -> None:

@@ -1,0 +1,233 @@
+"""What only the Redis backend does: replicas sharing one controller, surviving restarts and
+SCRIPT FLUSH, failing closed while Redis is down and recovering by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from admitd import ManualClock, parse_config
+from admitd._engine import AcquireSpec, Engine
+from admitd._redis import RedisBackend, connect
+from harness import Harness, start_harness
+from redis_server import RedisServer
+from test_queue import grant_order
+
+_PREFIX = itertools.count()
+Replicas = Callable[..., Awaitable[list[Harness]]]
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may kill and restart."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
+    """``await replicas(n, config)``: n admitd servers sharing one Redis and key prefix, on
+    real time (Redis TIME), each with its own port and client."""
+    started: list[Harness] = []
+    prefix = f"r{next(_PREFIX)}"
+
+    async def start(count: int, config: dict[str, Any] | None = None) -> list[Harness]:
+        backend = {"kind": "redis", "url": redis_server.url, "key_prefix": prefix}
+        for _ in range(count):
+            started.append(
+                await start_harness({"backend": backend, **(config or {})}, manual_clock=False)
+            )
+        return started[-count:]
+
+    yield start
+    for harness in started:
+        await harness.close()
+
+
+async def test_exact_global_concurrency_across_replicas(replicas: Replicas) -> None:
+    a, b = await replicas(2, {"pools": [{"name": "p", "max_concurrency": 5}]})
+    calls = [(a if i % 2 else b).acquire(input_tokens=10) for i in range(40)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    leases = [r for r in results if not isinstance(r, BaseException)]
+    assert len(leases) == 5
+    assert all(isinstance(r, grpc.aio.AioRpcError) for r in results if r not in leases)
+    assert (await a.pool("p")).in_flight == 5
+    assert (await b.pool("p")).in_flight == 5
+
+
+async def test_release_and_renew_through_another_replica(replicas: Replicas) -> None:
+    a, b = await replicas(2, {"pools": [{"name": "p", "tokens_per_minute": 1000}]})
+    lease = await a.acquire(input_tokens=400)
+    renewed = await b.renew(lease.lease_id, extend_by=300)
+    assert renewed.expires_at.ToSeconds() > lease.expires_at.ToSeconds()
+    settled = await b.release(lease.lease_id, (100, 0))
+    assert (settled.charged_tokens, settled.refunded_tokens) == (100, 300)
+    assert (await a.pool("p")).in_flight == 0
+    assert (await a.release(lease.lease_id)).already_released
+
+
+async def test_a_waiter_on_one_replica_gets_the_slot_freed_on_another(
+    replicas: Replicas,
+) -> None:
+    a, b = await replicas(2, {"pools": [{"name": "p", "max_concurrency": 1}]})
+    holder = await a.acquire(input_tokens=1)
+    waiting = b.acquire_later(input_tokens=1, wait_timeout=30)
+    await b.until_queued("p", 1)
+    await a.release(holder.lease_id)
+    lease = await asyncio.wait_for(waiting, 10)  # bounded: delivered by pub/sub (or polling)
+    assert (await a.pool("p")).in_flight == 1
+    assert not (await a.release(lease.lease_id)).already_released
+
+
+async def test_weights_hold_across_replicas(replicas: Replicas) -> None:
+    a, b = await replicas(
+        2,
+        {
+            "pools": [{"name": "p", "max_concurrency": 1}],
+            "tenants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}],
+        },
+    )
+    holder = await a.acquire(tenant="a", input_tokens=1)
+    labels = ["a", "b"] * 8  # a's waiters on replica a, b's on replica b
+    tasks = []
+    for i, tenant in enumerate(labels, start=1):
+        replica = a if tenant == "a" else b
+        tasks.append(replica.acquire_later(tenant=tenant, input_tokens=100, wait_timeout=30))
+        await a.until_queued("p", i)
+    order = await grant_order(a, holder, tasks, labels)
+    # Finish tags: a at 100, 200, 300..., b at 33, 67, 100 (after a's, which came first)...
+    assert "".join(order) == "bbabbbabbbaaaaaa"
+
+
+async def test_leases_survive_an_admitd_restart(replicas: Replicas) -> None:
+    (first,) = await replicas(1, {"pools": [{"name": "p", "max_concurrency": 1}]})
+    lease = await first.acquire(input_tokens=100)
+    await first.close()
+    (second,) = await replicas(1, {"pools": [{"name": "p", "max_concurrency": 1}]})
+    assert (await second.pool("p")).in_flight == 1
+    settled = await second.release(lease.lease_id, (10, 0))
+    assert not settled.already_released
+    assert (await second.pool("p")).in_flight == 0
+
+
+async def test_scripts_are_reloaded_after_script_flush(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    (h,) = await replicas(1)
+    lease = await h.acquire(input_tokens=1)
+    redis_server.client().script_flush()
+    assert not (await h.release(lease.lease_id)).already_released
+    await h.acquire(input_tokens=1)
+
+
+async def test_redis_down_fails_closed_and_recovers_by_itself(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    (h,) = await replicas(1)
+    await h.acquire(input_tokens=1)
+    redis_server.kill()
+    failure = await h.fail(h.acquire(input_tokens=1))
+    assert failure.code == grpc.StatusCode.UNAVAILABLE
+    assert "state store unreachable" in failure.message
+    assert not await h.server.check_store()
+    assert await health(h) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    redis_server.start()  # same port, empty: nothing was persisted
+    assert await h.server.check_store()
+    assert await health(h) == health_pb2.HealthCheckResponse.SERVING
+    assert (await h.acquire(input_tokens=1)).reserved_tokens == 1
+
+
+async def health(h: Harness) -> int:
+    from grpc_health.v1 import health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(h.channel)
+    return int((await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status)
+
+
+async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
+    redis_server: RedisServer,
+) -> None:
+    """A replica that dies leaves waiters and maybe an unclaimed grant in Redis; they must not
+    hold capacity: waiters are dropped once their wait is over, an unclaimed grant is given
+    back after the claim timeout."""
+    settings = parse_config(
+        {
+            "backend": {"kind": "redis", "url": redis_server.url, "key_prefix": "dead"},
+            "pools": [{"name": "p", "max_concurrency": 1}],
+            "tenants": [{"name": "a"}],
+        }
+    )
+    clock = ManualClock()
+    backend = RedisBackend(connect(settings.backend), key_prefix="dead", aging=10, clock=clock)
+    engine = Engine(settings, backend, clock)  # only to build tickets; never started
+
+    def ticket(wait: float) -> Any:
+        return engine._ticket(
+            AcquireSpec(tenant="a", pool="p", input_tokens=5, wait_timeout=wait), None
+        )[0]
+
+    holder = await backend.acquire(ticket(0), wait=False)
+    assert holder.lease is not None
+    ghost = ticket(30)  # queued by a replica that then dies: nobody claims its grant
+    assert (await backend.acquire(ghost, wait=True)).queued
+    released = await backend.release(holder.lease.lease_id, None, None)
+    assert [g.lease_id for g in released.progress.grants] == [ghost.lease_id]
+    snapshot = await backend.snapshot(engine.policy.all_limits())
+    assert snapshot.in_flight_by_pool == {"p": 1}
+
+    await clock.advance(10)  # claim timeout
+    expired = await backend.expire()
+    assert expired.expired == []
+    snapshot = await backend.snapshot(engine.policy.all_limits())
+    assert snapshot.in_flight_by_pool == {}
+
+    late = ticket(5)  # another dead replica's waiter, its wait long over
+    holder = await backend.acquire(ticket(0), wait=False)
+    assert holder.lease is not None
+    assert (await backend.acquire(late, wait=True)).queued
+    await clock.advance(6)
+    released = await backend.release(holder.lease.lease_id, None, None)
+    assert released.progress.grants == []
+    snapshot = await backend.snapshot(engine.policy.all_limits())
+    assert (snapshot.in_flight_by_pool, snapshot.queued_by_pool) == ({}, {})
+    await backend.close()
+
+
+async def test_fail_open_admits_unchecked_while_redis_is_down(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    (h,) = await replicas(
+        1,
+        {
+            "backend": {
+                "kind": "redis",
+                "url": redis_server.url,
+                "key_prefix": "open",
+                "on_store_error": "fail_open",
+            },
+            "pools": [{"name": "p", "max_concurrency": 1}],
+        },
+    )
+    await h.acquire(input_tokens=1)
+    redis_server.kill()
+    # The limit would refuse this call; with the store down it is admitted unchecked.
+    lease = await h.acquire(input_tokens=1)
+    assert lease.lease_id.startswith("unchecked-")
+    assert h.engine.unchecked_admissions == 1
+    assert not await h.server.check_store()
+    assert await health(h) == health_pb2.HealthCheckResponse.SERVING
+    settled = await h.release(lease.lease_id, (1, 2))
+    assert settled.charged_tokens == 3
+    redis_server.start()
+    assert await h.server.check_store()
+    # Back to checked admission (Redis restarted empty: nothing was persisted).
+    assert not (await h.acquire(input_tokens=1)).lease_id.startswith("unchecked-")
+    assert (await h.fail(h.acquire(input_tokens=1))).reason == "CONCURRENCY_LIMIT"
