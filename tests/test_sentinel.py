@@ -1,0 +1,105 @@
+"""Redis Sentinel: admitd finds the primary through Sentinel and survives a failover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+import redis
+
+from harness import start_harness
+from redis_server import RedisServer, free_port, redis_binary
+
+
+class Sentinel(RedisServer):
+    """A redis-server in Sentinel mode watching ``primary`` (quorum 1, quick failover)."""
+
+    def __init__(self, primary: RedisServer) -> None:
+        super().__init__()
+        self.primary = primary
+
+    def command(self) -> list[str]:
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.primary.port} 1\n"
+            "sentinel down-after-milliseconds mymaster 400\n"
+            "sentinel failover-timeout mymaster 3000\n"
+        )
+        return [redis_binary(), str(conf), "--sentinel"]
+
+
+@pytest.fixture
+def sentinel_setup() -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
+    primary = RedisServer().start()
+    replica = RedisServer(free_port(), "--replicaof", "127.0.0.1", str(primary.port)).start()
+    sentinel = Sentinel(primary).start()
+    yield primary, replica, sentinel
+    for server in (sentinel, replica, primary):
+        server.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a real-world event (replication, Sentinel's view) with a hard bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+async def test_failover_to_the_promoted_replica(
+    sentinel_setup: tuple[RedisServer, RedisServer, Sentinel],
+) -> None:
+    primary, replica, sentinel = sentinel_setup
+    watcher = redis.Redis(port=sentinel.port, decode_responses=True)
+
+    def known_primary() -> int:
+        _host, port = watcher.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster")
+        return int(port)
+
+    def replica_linked() -> bool:
+        info = replica.client().info("replication")
+        return bool(info.get("master_link_status") == "up")
+
+    wait_until(replica_linked, 10, "the replica to sync")
+    h = await start_harness(
+        {
+            "backend": {
+                "kind": "redis",
+                "sentinels": [f"127.0.0.1:{sentinel.port}"],
+                "key_prefix": "ha",
+                "timeout": "300ms",
+            },
+            "pools": [{"name": "p", "max_concurrency": 10}],
+        },
+        manual_clock=False,
+    )
+    try:
+        assert (await h.acquire(input_tokens=1)).reserved_tokens == 1
+        primary.kill()
+        await asyncio.to_thread(
+            wait_until,
+            lambda: known_primary() == replica.port,
+            30,
+            "Sentinel to promote the replica",
+        )
+        # admitd asks Sentinel again on the next connection and carries on.
+        lease = None
+        codes = set()
+        for _ in range(100):
+            try:
+                lease = await h.acquire(input_tokens=1)
+                break
+            except grpc.aio.AioRpcError as error:
+                codes.add(error.code())  # a failover in progress may only fail closed
+                await asyncio.sleep(0.1)
+        assert codes <= {grpc.StatusCode.UNAVAILABLE}
+        assert lease is not None, "admitd never reached the promoted primary"
+        assert replica.client().exists("{ha}:lease:" + lease.lease_id)
+        assert not (await h.release(lease.lease_id)).already_released
+    finally:
+        await h.close()
