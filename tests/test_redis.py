@@ -231,3 +231,18 @@ async def test_fail_open_admits_unchecked_while_redis_is_down(
     # Back to checked admission (Redis restarted empty: nothing was persisted).
     assert not (await h.acquire(input_tokens=1)).lease_id.startswith("unchecked-")
     assert (await h.fail(h.acquire(input_tokens=1))).reason == "CONCURRENCY_LIMIT"
+
+
+async def test_a_lost_grant_message_only_delays_the_grant(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    a, b = await replicas(2, {"pools": [{"name": "p", "max_concurrency": 1}]})
+    holder = await a.acquire(input_tokens=1)
+    waiting = b.acquire_later(input_tokens=1, wait_timeout=30)
+    await b.until_queued("p", 1)
+    # Cut every subscriber off: the grant's message is published to nobody.
+    killed = redis_server.client().client_kill_filter(_type="pubsub")
+    assert killed >= 2
+    await a.release(holder.lease_id)
+    lease = await asyncio.wait_for(waiting, 10)  # found by b's poll of its waiters' grants
+    assert not (await b.release(lease.lease_id)).already_released
