@@ -99,6 +99,14 @@ def test_status_of_a_dead_address(capsys: pytest.CaptureFixture[str]) -> None:
     assert captured.err.startswith(f"admitd status: cannot get status from {target}: UNAVAILABLE: ")
 
 
+def test_health_of_a_dead_address(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{sock.getsockname()[1]}"
+        assert main(["health", "--target", target, "--timeout", "5"]) == 1
+    assert capsys.readouterr().err == f"admitd health: {target}: UNAVAILABLE\n"
+
+
 def _limit(limit: float, value: float) -> pb.LimitStatus:
     return pb.LimitStatus(limit=limit, value=value)
 
@@ -154,6 +162,7 @@ def test_serve_health_status_and_sigterm(
     config = tmp_path / "admitd.yaml"
     config.write_text(
         "drain_delay: 0s\n"
+        "observability: {metrics_listen: null}\n"
         "shutdown_grace: 1s\n"
         "pools:\n"
         "  - {name: openai/gpt-4o, max_concurrency: 8, tokens_per_minute: 100000}\n"
@@ -182,6 +191,8 @@ def test_serve_health_status_and_sigterm(
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
             assert "admitd.v1.Admission" in services
 
+        assert main(["health", "--target", target]) == 0
+        assert capsys.readouterr().out == f"{target}: SERVING\n"
         assert main(["status", "--target", target]) == 0
         rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
                 if line.strip()}  # fmt: skip

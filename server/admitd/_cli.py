@@ -34,8 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="print pools, tenants, queues and budgets")
     status.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health = commands.add_parser(
+        "health", help="exit 0 if a server reports SERVING (for container health checks)"
+    )
+    health.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
     args = parser.parse_args(argv)
 
+    if args.command == "health":
+        return _health(args.target, args.timeout)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "status":
@@ -80,6 +87,22 @@ def _serve(config: str | None, listen: str | None) -> int:
         print(f"admitd serve: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _health(target: str, timeout: float) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            print(f"admitd health: {target}: {error.code().name}", file=sys.stderr)
+            return 1
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{target}: {state}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _status(target: str, timeout: float) -> int:

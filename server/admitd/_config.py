@@ -184,6 +184,19 @@ class BackendConfig(_Model):
     ``fail_open`` admits every call unchecked, with a warning, until Redis answers again."""
 
 
+class ObservabilityConfig(_Model):
+    """Metrics, traces and logs."""
+
+    metrics_listen: Annotated[str, AfterValidator(validate_listen)] | None = "0.0.0.0:9464"
+    """Prometheus scrape endpoint (HTTP ``/metrics``), ``host:port``; null turns it off."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector for traces of Acquire and Release, e.g. ``http://otel:4317``."""
+    max_tenant_labels: int = Field(100, ge=1, le=10_000)
+    """Distinct tenant label values on metrics; further tenants are counted as ``_other``."""
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one structured object per line (with lease id and tenant where known)."""
+
+
 def _default_pools() -> list[PoolConfig]:
     return [PoolConfig(name="default")]
 
@@ -210,6 +223,8 @@ class Settings(_Model):
     """Bounds on waiting callers."""
     budget: BudgetConfig = BudgetConfig()
     """Global daily ceilings."""
+    observability: ObservabilityConfig = ObservabilityConfig()
+    """Metrics, traces and logs."""
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
     """Provider deployments callers name in Acquire; names are unique."""
     tenants: list[TenantConfig] = Field(default_factory=_default_tenants)
