@@ -94,7 +94,8 @@ def _health(target: str, timeout: float) -> int:
 
     with grpc.insecure_channel(target) as channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(  # type: ignore[attr-defined]  # the stubs omit its methods
                 health_pb2.HealthCheckRequest(), timeout=timeout
             )
         except grpc.RpcError as error:
