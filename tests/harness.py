@@ -142,6 +142,7 @@ def _acquire_request(fields: dict[str, Any]) -> pb.AcquireRequest:
 
 
 DEFAULT_CONFIG: dict[str, Any] = {
+    "observability": {"metrics_listen": None},
     "pools": [{"name": "p"}],
     "tenants": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +15,7 @@ import grpc
 from google.protobuf.message import Message
 
 from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, validate_listen
+from ._logging import configure_logging
 from .v1 import admission_pb2 as pb
 from .v1 import admission_pb2_grpc as pb_grpc
 
@@ -80,7 +80,7 @@ def _serve(config: str | None, listen: str | None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.observability.log_format)
     try:
         asyncio.run(serve(settings, listen))
     except OSError as error:

@@ -34,8 +34,9 @@ from ._backend import (
 )
 from ._clock import Clock, ManualClock, TimerHandle
 from ._config import PoolConfig, Settings, TenantConfig
-from ._errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from ._errors import InvalidArgument, NotFound, PermissionDenied, Rejected, Unavailable
 from ._policy import Policy, nano_usd_per_token
+from ._telemetry import Telemetry
 from ._tokens import TokenCounter
 
 log = logging.getLogger("admitd")
@@ -88,8 +89,10 @@ class Engine:
         backend: Backend,
         clock: Clock,
         counter: TokenCounter | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry(settings)
         self.policy = Policy(settings)
         self.backend = backend
         self.clock = clock
@@ -142,6 +145,27 @@ class Engine:
         if self.draining:
             raise _draining()
         ticket, wait = self._ticket(spec, deadline)
+        with self.telemetry.tracer.start_as_current_span("admitd.Acquire") as span:
+            span.set_attribute("admitd.tenant", ticket.tenant)
+            span.set_attribute("admitd.pool", ticket.pool)
+            try:
+                lease = await self._acquire(ticket, wait)
+            except Rejected as rejected:
+                self.telemetry.decision(
+                    ticket.pool, ticket.tenant, ticket.priority, rejected.reason.value
+                )
+                span.set_attribute("admitd.rejected", rejected.reason.value)
+                raise
+            except Unavailable:
+                self.telemetry.store_error()
+                raise
+            span.set_attribute("admitd.lease_id", lease.lease_id)
+            self.telemetry.admitted(
+                ticket.pool, ticket.tenant, ticket.priority, lease.reserved_tokens, lease.queued_for
+            )
+            return lease
+
+    async def _acquire(self, ticket: Ticket, wait: float) -> LeaseRecord:
         never = self.policy.never_fits(ticket.limits, ticket.tokens, ticket.nano_usd)
         if never is not None:
             raise never
@@ -189,13 +213,23 @@ class Engine:
                 _check_tokens(name, value)
         if lease_id.startswith(UNCHECKED_PREFIX):
             return _unchecked_settlement(lease_id, usage)
-        with _lease_errors(lease_id):
-            result = await self.backend.release(lease_id, usage, self._owner(tenant))
+        with self.telemetry.tracer.start_as_current_span("admitd.Release") as span:
+            span.set_attribute("admitd.lease_id", lease_id)
+            with _lease_errors(lease_id), self._store_errors():
+                result = await self.backend.release(lease_id, usage, self._owner(tenant))
         settlement = result.settlement
         if not settlement.already_released:
-            stats = self._stats.get(settlement.lease.pool)
+            lease = settlement.lease
+            stats = self._stats.get(lease.pool)
             if stats is not None:
-                stats.hold_time = _ewma(stats.hold_time, settlement.lease.held_for)
+                stats.hold_time = _ewma(stats.hold_time, lease.held_for)
+            self.telemetry.settled(
+                lease.pool,
+                lease.tenant,
+                lease.reserved_tokens,
+                settlement.charged_tokens,
+                settlement.refunded_tokens,
+            )
         self._deliver(result.progress)
         return settlement
 
@@ -211,13 +245,25 @@ class Engine:
             raise InvalidArgument(
                 "extend_by", f"at most {self.settings.lease.max_extend:g}s (lease.max_extend)"
             )
-        with _lease_errors(lease_id):
+        with _lease_errors(lease_id), self._store_errors():
             return await self.backend.renew(
                 lease_id, extend_by or self.settings.lease.ttl, self._owner(tenant)
             )
 
     async def snapshot(self) -> Snapshot:
-        return await self.backend.snapshot(self.policy.all_limits())
+        limits = self.policy.all_limits()
+        with self._store_errors():
+            snapshot = await self.backend.snapshot(limits)
+        self.telemetry.observe(snapshot, limits, [pool.name for pool in self.settings.pools])
+        return snapshot
+
+    @contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except Unavailable:
+            self.telemetry.store_error()
+            raise
 
     @property
     def _fail_open(self) -> bool:
@@ -226,6 +272,7 @@ class Engine:
     def _admit_unchecked(self, ticket: Ticket, error: Unavailable) -> LeaseRecord:
         """fail_open: the store is down, so admit without reserving anything (and say so)."""
         self.unchecked_admissions += 1
+        self.telemetry.unchecked(ticket.pool)
         log.warning(
             "admitting unchecked, store unreachable: %s",
             error.message,
@@ -458,6 +505,7 @@ class Engine:
             result = await self.backend.expire()
             next_expiry_in = result.next_expiry_in
             for lease in result.expired:
+                self.telemetry.expired(lease.pool)
                 log.info(
                     "lease expired",
                     extra={"lease_id": lease.lease_id, "tenant": lease.tenant, "pool": lease.pool},

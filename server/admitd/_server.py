@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import signal
 
@@ -18,6 +20,7 @@ from ._engine import Engine
 from ._errors import Unavailable
 from ._memory import MemoryBackend
 from ._service import AdmissionService
+from ._telemetry import Telemetry
 from ._tokens import TokenCounter
 from .v1 import admission_pb2, admission_pb2_grpc
 
@@ -58,7 +61,8 @@ class AdmitdServer:
         injected = clock is not None
         clock = clock or SystemClock()
         backend = backend or make_backend(settings, clock, test_clock=injected)
-        self.engine = Engine(settings, backend, clock, counter)
+        self.telemetry = Telemetry(settings)
+        self.engine = Engine(settings, backend, clock, counter, self.telemetry)
         self.health = HealthServicer()
         # SO_REUSEPORT off: a second server must fail to bind a busy port, not share it.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -86,9 +90,12 @@ class AdmitdServer:
         except RuntimeError as error:  # grpc's way of saying the address is busy or bad
             raise OSError(f"cannot listen on {address}: {error}") from None
         await self._server.start()
+        metrics = self.settings.observability.metrics_listen
+        if metrics:
+            self.telemetry.serve(metrics)
         self.engine.start()
         await self.check_store()
-        self._monitor = asyncio.ensure_future(self._watch_store())
+        self._monitor = asyncio.ensure_future(self._watch())
         log.info("admitd serving", extra={"listen": address, "port": self.port})
         return self.port
 
@@ -107,10 +114,13 @@ class AdmitdServer:
                 await self.health.set(service, SERVING if serving else NOT_SERVING)
         return ok
 
-    async def _watch_store(self, interval: float = 1.0) -> None:
-        while not self._stopped.is_set():
-            await asyncio.sleep(interval)  # real time: a health probe, not admission logic
-            await self.check_store()
+    async def _watch(self, interval: float = 1.0, snapshot_every: int = 5) -> None:
+        """Health follows the store; gauges follow a snapshot taken every few seconds."""
+        for tick in itertools.count(1):
+            await asyncio.sleep(interval)  # real time: probes, not admission logic
+            if await self.check_store() and tick % snapshot_every == 0:
+                with contextlib.suppress(Unavailable):
+                    await self.engine.snapshot()
 
     async def drain(self) -> None:
         """Health NOT_SERVING, Acquire UNAVAILABLE (waiters too); Release/Renew still work."""
@@ -129,6 +139,7 @@ class AdmitdServer:
             await asyncio.sleep(delay)  # real time: load balancers react in real time
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self.engine.close()
+        self.telemetry.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

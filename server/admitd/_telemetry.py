@@ -1,0 +1,227 @@
+"""Metrics and traces (OpenTelemetry), exported for Prometheus on their own HTTP port.
+
+The engine reports events through the few methods of :class:`Telemetry`; instruments are
+created once here. Gauges (queue depth, in flight, limits, budget left) are read from a
+snapshot refreshed in the background, never computed on a request. Tenant labels are capped
+at ``observability.max_tenant_labels``; further tenants are counted as ``_other``.
+
+Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_seconds``,
+``admitd_queue_depth``, ``admitd_leases_in_flight``, ``admitd_tokens_reserved_total``,
+``admitd_tokens_charged_total``, ``admitd_tokens_refunded_total``,
+``admitd_estimate_error_tokens``, ``admitd_lease_expiries_total``, ``admitd_pool_limit``,
+``admitd_budget_remaining``, ``admitd_store_errors_total``, ``admitd_config_reloads_total``,
+``admitd_unchecked_admissions_total``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from wsgiref.simple_server import WSGIServer
+
+from opentelemetry import trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ._backend import Kind, Limit, Scope, Snapshot, Unit
+from ._config import Settings
+
+PRIORITY_LABELS = ("critical", "high", "normal", "low")
+OTHER = "_other"
+WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ERROR_BUCKETS = (-10_000, -1_000, -100, 0, 100, 1_000, 10_000, 100_000)
+
+
+class Telemetry:
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry()
+        resource = Resource.create({"service.name": "admitd"})
+        reader = PrometheusMetricReader(registry=self.registry)
+        self.meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
+        meter = self.meter_provider.get_meter("admitd")
+        self._max_tenants = settings.observability.max_tenant_labels
+        self._tenants: set[str] = set()
+        self._snapshot: Snapshot | None = None
+        self._limits: list[Limit] = []
+        self._pools: list[str] = []
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self.metrics_port = 0
+
+        self._decisions = meter.create_counter(
+            "admitd.decisions", description="Acquire outcomes by pool, tenant, priority, reason"
+        )
+        self._wait = meter.create_histogram(
+            "admitd.queue.wait",
+            unit="s",
+            description="Time admitted calls spent queued",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
+        )
+        self._reserved = meter.create_counter("admitd.tokens.reserved", description="Reserved")
+        self._charged = meter.create_counter("admitd.tokens.charged", description="Charged")
+        self._refunded = meter.create_counter("admitd.tokens.refunded", description="Refunded")
+        self._estimate_error = meter.create_histogram(
+            "admitd.estimate.error.tokens",
+            description="Reserved minus charged tokens",
+            explicit_bucket_boundaries_advisory=ERROR_BUCKETS,
+        )
+        self._expiries = meter.create_counter(
+            "admitd.lease.expiries", description="Leases reclaimed unreleased"
+        )
+        self._store_errors = meter.create_counter(
+            "admitd.store.errors", description="Calls that failed to reach the state store"
+        )
+        self._reloads = meter.create_counter(
+            "admitd.config.reloads", description="Config file changes, by result"
+        )
+        self._unchecked = meter.create_counter(
+            "admitd.unchecked.admissions", description="fail_open admissions without the store"
+        )
+        meter.create_observable_gauge(
+            "admitd.queue.depth", [self._observe_queue], description="Waiters queued"
+        )
+        meter.create_observable_gauge(
+            "admitd.leases.in_flight", [self._observe_in_flight], description="Leases held"
+        )
+        meter.create_observable_gauge(
+            "admitd.pool.limit", [self._observe_pool_limits], description="Configured limits"
+        )
+        meter.create_observable_gauge(
+            "admitd.budget.remaining",
+            [self._observe_budget],
+            description="Daily quota left (tokens or USD)",
+        )
+
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self._tracer_provider: TracerProvider | None = None
+        endpoint = settings.observability.otlp_endpoint
+        if endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            self._tracer_provider = TracerProvider(resource=resource)
+            self._tracer_provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint))
+            )
+            self.tracer = self._tracer_provider.get_tracer("admitd")
+
+    # -- events -----------------------------------------------------------------------------
+
+    def decision(self, pool: str, tenant: str, priority: int, reason: str = "") -> None:
+        self._decisions.add(
+            1,
+            {
+                "pool": pool,
+                "tenant": self.tenant_label(tenant),
+                "priority": PRIORITY_LABELS[priority],
+                "decision": "rejected" if reason else "admitted",
+                "reason": reason,
+            },
+        )
+
+    def admitted(self, pool: str, tenant: str, priority: int, tokens: int, waited: float) -> None:
+        self.decision(pool, tenant, priority)
+        labels = {"pool": pool, "tenant": self.tenant_label(tenant)}
+        self._reserved.add(tokens, labels)
+        self._wait.record(waited, {"pool": pool, "priority": PRIORITY_LABELS[priority]})
+
+    def settled(self, pool: str, tenant: str, reserved: int, charged: int, refunded: int) -> None:
+        labels = {"pool": pool, "tenant": self.tenant_label(tenant)}
+        self._charged.add(charged, labels)
+        self._refunded.add(refunded, labels)
+        self._estimate_error.record(reserved - charged, {"pool": pool})
+
+    def expired(self, pool: str) -> None:
+        self._expiries.add(1, {"pool": pool})
+
+    def store_error(self) -> None:
+        self._store_errors.add(1)
+
+    def config_reload(self, result: str) -> None:
+        self._reloads.add(1, {"result": result})
+
+    def unchecked(self, pool: str) -> None:
+        self._unchecked.add(1, {"pool": pool})
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant itself for the first ``max_tenant_labels`` tenants seen, else _other."""
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < self._max_tenants:
+            self._tenants.add(tenant)
+            return tenant
+        return OTHER
+
+    # -- gauges -----------------------------------------------------------------------------
+
+    def observe(self, snapshot: Snapshot, limits: list[Limit], pools: list[str]) -> None:
+        """Latest state for the gauges (refreshed by the engine in the background)."""
+        self._snapshot, self._limits, self._pools = snapshot, limits, pools
+
+    def _observe_queue(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is None:
+            return []
+        queued = self._snapshot.queued_by_pool
+        empty = [0] * len(PRIORITY_LABELS)
+        return [
+            Observation(n, {"pool": pool, "priority": PRIORITY_LABELS[i]})
+            for pool in self._pools
+            for i, n in enumerate(queued.get(pool, empty))
+        ]
+
+    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is None:
+            return []
+        in_flight = self._snapshot.in_flight_by_pool
+        return [Observation(in_flight.get(pool, 0), {"pool": pool}) for pool in self._pools]
+
+    def _observe_pool_limits(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(limit.capacity, {"pool": limit.owner, "limit": limit.name})
+            for limit in self._limits
+            if limit.scope is Scope.POOL and limit.kind is not Kind.DAILY
+        ]
+
+    def _observe_budget(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._snapshot is None:
+            return []
+        observations = []
+        for limit in self._limits:
+            if limit.kind is not Kind.DAILY:
+                continue
+            left = max(0.0, limit.capacity - self._snapshot.levels.get(limit.key, 0.0))
+            usd = limit.unit is Unit.NANO_USD
+            observations.append(
+                Observation(
+                    left / 1e9 if usd else left,
+                    {
+                        "scope": limit.scope.value,
+                        "name": limit.owner,
+                        "unit": "usd" if usd else "tokens",
+                    },
+                )
+            )
+        return observations
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def serve(self, listen: str) -> int:
+        """Serve ``/metrics`` over HTTP on ``listen`` (host:port; port 0 picks one)."""
+        host, _, port = listen.rpartition(":")
+        self._http, self._http_thread = start_http_server(
+            int(port), addr=host, registry=self.registry
+        )
+        self.metrics_port = int(self._http.server_port)
+        return self.metrics_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        self.meter_provider.shutdown()

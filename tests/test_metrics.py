@@ -1,0 +1,81 @@
+"""The Prometheus endpoint, scraped over HTTP like Prometheus would."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+
+from conftest import MakeHarness
+from harness import Harness
+
+
+async def scrape(h: Harness) -> str:
+    url = f"http://127.0.0.1:{h.server.telemetry.metrics_port}/metrics"
+
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    return await asyncio.to_thread(get)
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sample of ``name`` whose labels include ``labels`` (exactly one must match)."""
+    found = []
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            found.append(float(match.group(2)))
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+async def test_decisions_tokens_and_gauges_are_exported(make_harness: MakeHarness) -> None:
+    h = await make_harness(
+        {
+            "observability": {"metrics_listen": "127.0.0.1:0"},
+            "pools": [{"name": "p", "max_concurrency": 1, "tokens_per_minute": 6000}],
+            "budget": {"tokens_per_day": 100_000},
+        }
+    )
+    lease = await h.acquire(input_tokens=300, max_output_tokens=200)
+    await h.fail(h.acquire(input_tokens=1))
+    await h.release(lease.lease_id, (300, 50))
+    await h.status()  # refreshes the gauges' snapshot
+    text = await scrape(h)
+    admitted = {"pool": "p", "tenant": "a", "priority": "normal", "decision": "admitted"}
+    assert value(text, "admitd_decisions_total", **admitted) == 1
+    assert (
+        value(text, "admitd_decisions_total", decision="rejected", reason="CONCURRENCY_LIMIT") == 1
+    )
+    assert value(text, "admitd_tokens_reserved_total", pool="p", tenant="a") == 500
+    assert value(text, "admitd_tokens_charged_total", pool="p", tenant="a") == 350
+    assert value(text, "admitd_tokens_refunded_total", pool="p", tenant="a") == 150
+    assert value(text, "admitd_queue_wait_seconds_count", pool="p", priority="normal") == 1
+    assert value(text, "admitd_pool_limit", pool="p", limit="max_concurrency") == 1
+    assert value(text, "admitd_pool_limit", pool="p", limit="tokens_per_minute") == 6000
+    assert value(text, "admitd_leases_in_flight", pool="p") == 0
+    assert value(text, "admitd_budget_remaining", scope="global", unit="tokens") == 100_000 - 350
+
+
+async def test_tenant_labels_are_capped(make_harness: MakeHarness) -> None:
+    h = await make_harness(
+        {"observability": {"metrics_listen": "127.0.0.1:0", "max_tenant_labels": 2}}
+    )
+    for tenant in ("a", "b", "c", "c"):
+        await h.acquire(tenant=tenant, input_tokens=1)
+    text = await scrape(h)
+    assert value(text, "admitd_decisions_total", tenant="a") == 1
+    assert value(text, "admitd_decisions_total", tenant="b") == 1
+    assert value(text, "admitd_decisions_total", tenant="_other") == 2
+    assert 'tenant="c"' not in text
+
+
+async def test_lease_expiries_are_counted(make_harness: MakeHarness) -> None:
+    h = await make_harness(
+        {"observability": {"metrics_listen": "127.0.0.1:0"}, "lease": {"ttl": "5s"}}
+    )
+    await h.acquire(input_tokens=1)
+    await h.advance(5)
+    assert value(await scrape(h), "admitd_lease_expiries_total", pool="p") == 1
