@@ -96,6 +96,7 @@ class RedisBackend:
         self._poll_interval = poll_interval
         self._scripts = {op: client.register_script(src) for op, src in _load_scripts().items()}
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- operations -----------------------------------------------------------------------
 
@@ -185,6 +186,7 @@ class RedisBackend:
             await self._client.ping()
 
     async def close(self) -> None:
+        self._closing = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -208,13 +210,17 @@ class RedisBackend:
         self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
     ) -> None:
         """Pub/sub for prompt delivery, plus a poll of this process's waiters, so that a lost
-        message (or a reconnect) only delays a grant, never loses it."""
+        message (or a reconnect) only delays a grant, never loses it.
+
+        Stops on ``_closing`` as well as on cancellation: redis-py turns a cancellation that
+        lands while ``get_message`` waits out its timeout into a plain timeout (it returns
+        None), so a cancelled listener could otherwise poll on forever."""
         channel = f"{self._base}:grants"
-        while True:
+        while not self._closing:
             try:
                 async with self._client.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=self._poll_interval
                         )
