@@ -26,6 +26,7 @@ from redis_server import RedisServer  # noqa: E402
 BACKENDS = ["memory", "redis"]
 
 MakeHarness = Callable[..., Awaitable[Harness]]
+Replicas = Callable[..., Awaitable[list[Harness]]]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,5 +65,33 @@ async def make_harness(backend_config: dict[str, Any]) -> AsyncIterator[MakeHarn
         return harness
 
     yield make
+    for harness in started:
+        await harness.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may kill and restart."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
+    """``await replicas(n, config)``: n admitd servers sharing one Redis and key prefix, on
+    real time (Redis TIME), each with its own port and client."""
+    started: list[Harness] = []
+    prefix = f"r{next(_PREFIXES)}"
+
+    async def start(count: int, config: dict[str, Any] | None = None) -> list[Harness]:
+        backend = {"kind": "redis", "url": redis_server.url, "key_prefix": prefix}
+        for _ in range(count):
+            started.append(
+                await start_harness({"backend": backend, **(config or {})}, manual_clock=False)
+            )
+        return started[-count:]
+
+    yield start
     for harness in started:
         await harness.close()

@@ -4,51 +4,18 @@ SCRIPT FLUSH, failing closed while Redis is down and recovering by itself."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2
 
 from admitd import ManualClock, parse_config
 from admitd._engine import AcquireSpec, Engine
 from admitd._redis import RedisBackend, connect
-from harness import Harness, start_harness
+from conftest import Replicas
+from harness import Harness
 from redis_server import RedisServer
 from test_queue import grant_order
-
-_PREFIX = itertools.count()
-Replicas = Callable[..., Awaitable[list[Harness]]]
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may kill and restart."""
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
-    """``await replicas(n, config)``: n admitd servers sharing one Redis and key prefix, on
-    real time (Redis TIME), each with its own port and client."""
-    started: list[Harness] = []
-    prefix = f"r{next(_PREFIX)}"
-
-    async def start(count: int, config: dict[str, Any] | None = None) -> list[Harness]:
-        backend = {"kind": "redis", "url": redis_server.url, "key_prefix": prefix}
-        for _ in range(count):
-            started.append(
-                await start_harness({"backend": backend, **(config or {})}, manual_clock=False)
-            )
-        return started[-count:]
-
-    yield start
-    for harness in started:
-        await harness.close()
 
 
 async def test_exact_global_concurrency_across_replicas(replicas: Replicas) -> None:

@@ -237,6 +237,12 @@ class Backend(Protocol):
         """Current levels and occupancy, for GetStatus."""
         ...
 
+    async def configure(self, limits: list[Limit]) -> None:
+        """Every limit as configured now. Checks read capacities and rates from here, so a
+        config change also applies to calls already queued; a key not listed no longer
+        applies."""
+        ...
+
     def subscribe(
         self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
     ) -> None:

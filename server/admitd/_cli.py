@@ -82,7 +82,7 @@ def _serve(config: str | None, listen: str | None) -> int:
         return 1
     configure_logging(settings.observability.log_format)
     try:
-        asyncio.run(serve(settings, listen))
+        asyncio.run(serve(settings, listen, config))
     except OSError as error:
         print(f"admitd serve: {error}", file=sys.stderr)
         return 1

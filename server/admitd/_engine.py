@@ -9,6 +9,7 @@ any operation to the RPCs waiting for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -103,16 +104,62 @@ class Engine:
         self._reaper: tuple[float, TimerHandle] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self.limits_published = False  # False until the store has this config's limits
         self.unchecked_admissions = 0  # fail_open grants made while the store was down
         if isinstance(clock, ManualClock):
             clock.idle = self.idle
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the lease reaper and grant delivery (call from the running event loop)."""
+    async def start(self) -> None:
+        """Publish the limits to the store, start the reaper and grant delivery."""
+        with contextlib.suppress(Unavailable):  # the health check reports a dead store
+            await self.publish_limits()
         self._schedule_reaper()
         self.backend.subscribe(lambda: self._waiters.keys(), self._grant)
+
+    async def publish_limits(self) -> None:
+        """Tell the store every limit as configured now: checks read capacities and rates
+        from there, so calls queued under an older config (on any replica) obey this one."""
+        await self.backend.configure(self.policy.all_limits())
+        self.limits_published = True
+
+    async def apply(self, settings: Settings) -> list[str]:
+        """Switch to a new configuration without dropping leases or waiters.
+
+        Limits, prices, weights, tenants, pools, queue bounds and lease times apply at once
+        (to queued calls too); lowering a limit revokes nothing, it admits less until usage
+        falls. Returns the changed settings that only a restart applies (they keep their
+        old values: backend, listen, observability, queue.aging).
+
+        Raises:
+            Unavailable: the store did not answer; nothing changed.
+        """
+        old = self.settings
+        restart_only = {
+            "backend": settings.backend != old.backend,
+            "listen": settings.listen != old.listen,
+            "observability": settings.observability != old.observability,
+            "queue.aging": settings.queue.aging != old.queue.aging,
+        }
+        settings = settings.model_copy(
+            update={
+                "backend": old.backend,
+                "listen": old.listen,
+                "observability": old.observability,
+                "queue": settings.queue.model_copy(update={"aging": old.queue.aging}),
+            }
+        )
+        # A new encoding takes 0.1-0.3 s to load (known ones are cached): off the loop.
+        counter = await asyncio.to_thread(TokenCounter, settings)
+        policy = Policy(settings)
+        await self.backend.configure(policy.all_limits())
+        self.settings, self.policy, self._counter = settings, policy, counter
+        self.limits_published = True
+        for pool in settings.pools:
+            self._stats.setdefault(pool.name, _PoolStats())
+        self._deliver(await self.backend.dispatch())  # raised limits may admit waiters now
+        return [name for name, changed in restart_only.items() if changed]
 
     async def idle(self) -> None:
         """Wait until the background work started by timers and grants has finished."""

@@ -86,6 +86,7 @@ class MemoryBackend:
         self._waiters: dict[str, _Waiter] = {}
         self._queued_by_tenant: dict[str, int] = {}
         self._expired: list[LeaseRecord] = []  # reaped (maybe lazily), not yet reported
+        self._defs: dict[str, Limit] | None = None  # limits as configured now, by key
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
 
     # -- operations -----------------------------------------------------------------------
@@ -221,6 +222,9 @@ class MemoryBackend:
             queued_by_tenant=dict(self._queued_by_tenant),
         )
 
+    async def configure(self, limits: list[Limit]) -> None:
+        self._defs = {limit.key: limit for limit in limits}
+
     def subscribe(
         self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
     ) -> None:
@@ -244,15 +248,24 @@ class MemoryBackend:
         self._reap(now)
         return now
 
+    def _current(self, limit: Limit) -> Limit | None:
+        """The limit as configured now (None: no longer configured). Calls queued before a
+        config change carry the limits of their time; capacities are read from here."""
+        if self._defs is None:
+            return limit
+        return self._defs.get(limit.key)
+
     def _bucket_level(self, limit: Limit, now: float) -> float:
+        limit = self._current(limit) or limit
         level, at = self._buckets.get(limit.key, (limit.capacity, now))
         return min(limit.capacity, level + (now - at) * limit.rate)
 
     def _check(
         self, ticket: Ticket, now: float, kinds: tuple[Kind, ...] = tuple(Kind)
     ) -> Denial | None:
-        for limit in ticket.limits:
-            if limit.kind not in kinds:
+        for queued_limit in ticket.limits:
+            limit = self._current(queued_limit)
+            if limit is None or limit.kind not in kinds:
                 continue
             amount = ticket.amount(limit.unit)
             if limit.kind is Kind.GAUGE:

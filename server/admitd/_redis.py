@@ -60,6 +60,7 @@ OPERATIONS = (
     "expire",
     "dispatch",
     "snapshot",
+    "configure",
 )
 
 
@@ -173,6 +174,9 @@ class RedisBackend:
             },
             queued_by_tenant={k: int(v) for k, v in _dict(doc.get("queued_by_tenant")).items()},
         )
+
+    async def configure(self, limits: list[Limit]) -> None:
+        await self._run("configure", json.dumps([_limit_json(limit) for limit in limits]))
 
     def subscribe(
         self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]

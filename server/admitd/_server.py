@@ -19,6 +19,7 @@ from ._config import Settings
 from ._engine import Engine
 from ._errors import Unavailable
 from ._memory import MemoryBackend
+from ._reload import ConfigWatcher
 from ._service import AdmissionService
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
@@ -56,6 +57,7 @@ class AdmitdServer:
         clock: Clock | None = None,
         backend: Backend | None = None,
         counter: TokenCounter | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.settings = settings
         injected = clock is not None
@@ -63,6 +65,7 @@ class AdmitdServer:
         backend = backend or make_backend(settings, clock, test_clock=injected)
         self.telemetry = Telemetry(settings)
         self.engine = Engine(settings, backend, clock, counter, self.telemetry)
+        self.watcher = ConfigWatcher(config_path, self.engine) if config_path else None
         self.health = HealthServicer()
         # SO_REUSEPORT off: a second server must fail to bind a busy port, not share it.
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -93,7 +96,7 @@ class AdmitdServer:
         metrics = self.settings.observability.metrics_listen
         if metrics:
             self.telemetry.serve(metrics)
-        self.engine.start()
+        await self.engine.start()
         await self.check_store()
         self._monitor = asyncio.ensure_future(self._watch())
         log.info("admitd serving", extra={"listen": address, "port": self.port})
@@ -115,12 +118,23 @@ class AdmitdServer:
         return ok
 
     async def _watch(self, interval: float = 1.0, snapshot_every: int = 5) -> None:
-        """Health follows the store; gauges follow a snapshot taken every few seconds."""
         for tick in itertools.count(1):
             await asyncio.sleep(interval)  # real time: probes, not admission logic
-            if await self.check_store() and tick % snapshot_every == 0:
-                with contextlib.suppress(Unavailable):
-                    await self.engine.snapshot()
+            await self.housekeeping(snapshot=tick % snapshot_every == 0)
+
+    async def housekeeping(self, *, snapshot: bool = False) -> None:
+        """What the server does every second: health follows the store; a store that was
+        down at start (or during a config change) gets this replica's limits once it
+        answers; the config file is looked at; gauges follow a snapshot when asked."""
+        if not await self.check_store():
+            return
+        with contextlib.suppress(Unavailable):
+            if not self.engine.limits_published:
+                await self.engine.publish_limits()
+            if snapshot:
+                await self.engine.snapshot()
+            if self.watcher is not None:
+                await self.watcher.check()
 
     async def drain(self) -> None:
         """Health NOT_SERVING, Acquire UNAVAILABLE (waiters too); Release/Renew still work."""
@@ -145,9 +159,11 @@ class AdmitdServer:
         await self._server.wait_for_termination()
 
 
-async def serve(settings: Settings, listen: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain gracefully."""
-    server = AdmitdServer(settings)
+async def serve(
+    settings: Settings, listen: str | None = None, config_path: str | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully. ``config_path`` is watched."""
+    server = AdmitdServer(settings, config_path=config_path)
     await server.start(listen)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

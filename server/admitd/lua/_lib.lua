@@ -42,7 +42,28 @@ local function amount(t, unit)
   return 1
 end
 
-local function level_of(l)
+-- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
+-- queued before a config change carry the limits of their time; capacities come from here.
+local configured = redis.call('EXISTS', key('limits')) == 1
+local current_cache = {}
+local function current(l)
+  if not configured then return l end
+  local c = current_cache[l[1]]
+  if c == nil then
+    local v = redis.call('HGET', key('limits'), l[1])
+    if v then
+      local d = cjson.decode(v)
+      c = {l[1], l[2], l[3], l[4], d[1], d[2], l[7], l[8]}
+    else
+      c = false
+    end
+    current_cache[l[1]] = c
+  end
+  return c or nil
+end
+
+local function level_of(queued)
+  local l = current(queued) or queued
   if l[2] == 'gauge' then
     return tonumber(redis.call('HGET', G, l[1]) or '0')
   elseif l[2] == 'bucket' then
@@ -55,8 +76,9 @@ end
 
 -- The first limit the ticket does not fit: {index (0-based), level, amount}, or nil.
 local function check(t, only_daily)
-  for i, l in ipairs(t.limits) do
-    if not only_daily or l[2] == 'daily' then
+  for i, queued in ipairs(t.limits) do
+    local l = current(queued)
+    if l and (not only_daily or l[2] == 'daily') then
       local a, lv = amount(t, l[3]), level_of(l)
       local fits
       if l[2] == 'bucket' then fits = a <= lv else fits = lv + a <= l[5] end
@@ -67,7 +89,8 @@ local function check(t, only_daily)
 end
 
 local function denial(t, d)
-  return {limit = t.limits[d[1] + 1], level = d[2], amount = d[3]}
+  local queued = t.limits[d[1] + 1]
+  return {limit = current(queued) or queued, level = d[2], amount = d[3]}
 end
 
 local function set_bucket(l, level)
@@ -157,7 +180,7 @@ local function settle(lease, token_delta, usd_delta)
       if delta ~= 0 then
         if l[2] == 'bucket' then
           -- A refund never lifts a bucket above capacity; overuse may put it in debt.
-          set_bucket(l, math.min(l[5], level_of(l) - delta))
+          set_bucket(l, math.min((current(l) or l)[5], level_of(l) - delta))
         elseif l[2] == 'daily' then
           local dk = key('daily', lease.day)
           if delta > 0 or redis.call('HEXISTS', dk, l[1]) == 1 then
