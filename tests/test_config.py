@@ -135,8 +135,10 @@ def test_every_field_has_a_default_and_a_description() -> None:
         for name, field in model.model_fields.items():
             where = f"{model.__name__}.{name}"
             assert field.description, f"{where} has no docstring"
-            # A pool or tenant entry must be named; everything else can be left out.
-            assert not field.is_required() or name == "name", f"{where} has no default"
+            # An entry (pool, tenant, client) must be named and a tls section must name its
+            # two files; everything else can be left out.
+            required_ok = name == "name" or where in {"TLSConfig.cert_file", "TLSConfig.key_file"}
+            assert not field.is_required() or required_ok, f"{where} has no default"
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -151,15 +153,25 @@ def _unset_fields(model: type[BaseModel], data: Any, path: str = "") -> list[str
         if not values:
             missing.append(f"{path}{name}")
         for nested in _models(model)[1:]:
-            if nested in {field.annotation, *typing.get_args(field.annotation)} and values:
-                flat = [v for value in values for v in _as_list(value)]
+            flat = [v for value in values for v in _as_list(value) if v is not None]
+            if nested in {field.annotation, *typing.get_args(field.annotation)} and flat:
                 missing += _unset_fields(nested, flat, f"{path}{name}.")
     return missing
 
 
+# Fields the example shows only in comments: they need certificate files to be valid.
+EXAMPLE_COMMENTED = ["tls.cert_file", "tls.key_file", "tls.client_ca_file", "cert_common_name"]
+
+
 def test_the_example_sets_every_field() -> None:
-    data = yaml.safe_load(EXAMPLE.read_text())
-    assert _unset_fields(Settings, data) == []
+    text = EXAMPLE.read_text()
+    data = yaml.safe_load(text)
+    assert _unset_fields(Settings, data) == ["auth.clients.cert_common_name"]
+    assert data["tls"] is None
+    comments = [line.lstrip("# ") for line in text.splitlines() if line.lstrip().startswith("#")]
+    for name in EXAMPLE_COMMENTED:
+        field = name.rpartition(".")[2]
+        assert any(line.startswith(f"{field}: ") for line in comments), name
     assert load_config(EXAMPLE).pool("openai/gpt-4o") is not None
 
 
@@ -218,3 +230,17 @@ def test_listen_accepts_host_and_port(listen: str) -> None:
 def test_listen_rejects_anything_else(listen: str) -> None:
     with pytest.raises(ValueError, match="expected host:port"):
         validate_listen(listen)
+
+
+def test_secrets_come_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "admitd.yaml"
+    path.write_text("backend: {kind: redis, url: redis://config:6379/0}\n")
+    environ = {"ADMITD_REDIS_URL": "redis://secret:6379/1", "ADMITD_REDIS_PASSWORD": "hunter2"}
+    settings = load_config(path, environ)
+    assert settings.backend.url == "redis://secret:6379/1"
+    assert settings.backend.password == "hunter2"
+    assert "hunter2" not in repr(settings.backend)  # never in logs or reprs
+    assert load_config(path, {}).backend.url == "redis://config:6379/0"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty, {"ADMITD_REDIS_PASSWORD": "x"}).backend.password == "x"

@@ -1,4 +1,7 @@
-"""``admitd`` command line: serve, check-config, status.
+"""``admitd`` command line: serve, check-config, status, health, hash-key.
+
+``status`` and ``health`` reach a TLS server with ``--ca-file`` (and ``--cert-file`` /
+``--key-file`` for mutual TLS) and send the API key in ``ADMITD_API_KEY``, if set.
 
 Exit codes: 0 success, 1 a bad config file, a port that cannot be bound or a server that
 cannot be reached, 2 a usage error (argparse).
@@ -8,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import sys
 from collections.abc import Sequence
 
 import grpc
 from google.protobuf.message import Message
 
+from ._auth import hash_key
 from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, validate_listen
 from ._logging import configure_logging
 from .v1 import admission_pb2 as pb
@@ -32,22 +38,80 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
     status = commands.add_parser("status", help="print pools, tenants, queues and budgets")
-    status.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     health = commands.add_parser(
         "health", help="exit 0 if a server reports SERVING (for container health checks)"
     )
-    health.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
-    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    for command, timeout in ((status, 5.0), (health, 2.0)):
+        command.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
+        command.add_argument(
+            "--timeout", type=float, default=timeout, help=f"seconds (default {timeout:g})"
+        )
+        command.add_argument("--ca-file", help="PEM CA of a TLS server (default: plaintext)")
+        command.add_argument("--cert-file", help="PEM client certificate, for mutual TLS")
+        command.add_argument("--key-file", help="PEM client key, for mutual TLS")
+    hash_key = commands.add_parser(
+        "hash-key", help="print the api_key_sha256 of a key read from standard input"
+    )
+    hash_key.add_argument(
+        "--new", action="store_true", help="make a new random key; print it, then its hash"
+    )
     args = parser.parse_args(argv)
 
-    if args.command == "health":
-        return _health(args.target, args.timeout)
     if args.command == "check-config":
         return _check_config(args.file)
-    if args.command == "status":
-        return _status(args.target, args.timeout)
+    if args.command == "hash-key":
+        return _hash_key(args.new)
+    if args.command in ("health", "status"):
+        try:
+            channel = _channel(args.target, args.ca_file, args.cert_file, args.key_file)
+        except OSError as error:
+            print(f"admitd {args.command}: {error}", file=sys.stderr)
+            return 2
+        with channel:
+            if args.command == "health":
+                return _health(channel, args.target, args.timeout)
+            return _status(channel, args.target, args.timeout)
     return _serve(args.config, args.listen)
+
+
+def _channel(
+    target: str, ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> grpc.Channel:
+    if ca_file is None and cert_file is None:
+        return grpc.insecure_channel(target)
+    if (cert_file is None) != (key_file is None):
+        raise OSError("--cert-file and --key-file go together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file),
+        private_key=_read(key_file),
+        certificate_chain=_read(cert_file),
+    )
+    return grpc.secure_channel(target, credentials)
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _metadata() -> tuple[tuple[str, str | bytes], ...]:
+    key = os.environ.get("ADMITD_API_KEY")
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def _hash_key(new: bool) -> int:
+    if new:
+        key = "admitd-" + secrets.token_urlsafe(32)
+        print(key)
+    else:
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("admitd hash-key: no key on standard input", file=sys.stderr)
+            return 1
+    print(hash_key(key))
+    return 0
 
 
 def _listen_arg(value: str) -> str:
@@ -89,38 +153,36 @@ def _serve(config: str | None, listen: str | None) -> int:
     return 0
 
 
-def _health(target: str, timeout: float) -> int:
+def _health(channel: grpc.Channel, target: str, timeout: float) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
-        try:
-            stub = health_pb2_grpc.HealthStub(channel)
-            response = stub.Check(  # type: ignore[attr-defined]  # the stubs omit its methods
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
-        except grpc.RpcError as error:
-            print(f"admitd health: {target}: {error.code().name}", file=sys.stderr)
-            return 1
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(  # type: ignore[attr-defined]  # the stubs omit its methods
+            health_pb2.HealthCheckRequest(), timeout=timeout
+        )
+    except grpc.RpcError as error:
+        print(f"admitd health: {target}: {error.code().name}", file=sys.stderr)
+        return 1
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{target}: {state}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def _status(target: str, timeout: float) -> int:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            status = pb_grpc.AdmissionStub(channel).GetStatus(
-                pb.GetStatusRequest(), timeout=timeout
-            )
-        except grpc.RpcError as error:
-            # The sync stub's RpcError is also a grpc.Call carrying code and details.
-            code = error.code().name if isinstance(error, grpc.Call) else "ERROR"
-            details = error.details() if isinstance(error, grpc.Call) else str(error)
-            print(
-                f"admitd status: cannot get status from {target}: {code}: {details}",
-                file=sys.stderr,
-            )
-            return 1
+def _status(channel: grpc.Channel, target: str, timeout: float) -> int:
+    try:
+        status = pb_grpc.AdmissionStub(channel).GetStatus(
+            pb.GetStatusRequest(), timeout=timeout, metadata=_metadata()
+        )
+    except grpc.RpcError as error:
+        # The sync stub's RpcError is also a grpc.Call carrying code and details.
+        code = error.code().name if isinstance(error, grpc.Call) else "ERROR"
+        details = error.details() if isinstance(error, grpc.Call) else str(error)
+        print(
+            f"admitd status: cannot get status from {target}: {code}: {details}",
+            file=sys.stderr,
+        )
+        return 1
     print(render_status(status))
     return 0
 

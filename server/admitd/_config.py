@@ -14,6 +14,7 @@ Types are strict: YAML already knows numbers from strings, so ``max_concurrency:
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -175,6 +176,9 @@ class BackendConfig(_Model):
     """Sentinel addresses ``host:port``; the primary is looked up as ``sentinel_service``."""
     sentinel_service: str = "mymaster"
     """Name of the monitored primary in Sentinel."""
+    password: str | None = Field(None, repr=False)
+    """Password of Redis (and of the Sentinels). Prefer the ``ADMITD_REDIS_PASSWORD``
+    environment variable (e.g. from a Kubernetes Secret) to writing it here."""
     key_prefix: str = Field("admitd", min_length=1, max_length=100, pattern=r"^[^{}]+$")
     """Namespace of every key (used as the Redis Cluster hash tag)."""
     timeout: Seconds = Field(0.5, gt=0)
@@ -197,6 +201,77 @@ class ObservabilityConfig(_Model):
     """``json``: one structured object per line (with lease id and tenant where known)."""
 
 
+def _readable(path: str) -> str:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {error.strerror or error}") from None
+    return path
+
+
+ReadableFile = Annotated[str, AfterValidator(_readable)]
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256_hex(value: str) -> str:
+    if not _SHA256_HEX.match(value):
+        # The value is not echoed: it may be the secret key itself, pasted by mistake.
+        raise ValueError(
+            "expected the SHA-256 of the API key, 64 lowercase hex digits"
+            " (admitd hash-key computes it)"
+        )
+    return value
+
+
+class TLSConfig(_Model):
+    """TLS on the gRPC port. The files are read again when they change on disk, so a
+    rotated certificate (cert-manager) is used for new connections without a restart."""
+
+    cert_file: ReadableFile
+    """PEM certificate chain of the server."""
+    key_file: ReadableFile
+    """PEM private key of the server."""
+    client_ca_file: ReadableFile | None = None
+    """PEM CA bundle. Set: every client must present a certificate signed by it (mutual
+    TLS), and a certificate's subject common name can identify a client (``auth.clients``)."""
+
+
+class ClientConfig(_Model):
+    """A caller admitd knows: one credential, and the tenant it acts for (or admin)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    """For logs and error messages; never a secret."""
+    api_key_sha256: Annotated[str, AfterValidator(_sha256_hex)] | None = None
+    """SHA-256 (lowercase hex) of the API key the client sends as ``authorization: Bearer
+    <key>``. Only the hash is stored; ``admitd hash-key`` computes it."""
+    cert_common_name: str | None = Field(None, min_length=1, max_length=200)
+    """Subject common name of the client's certificate (needs ``tls.client_ca_file``)."""
+    tenant: str | None = None
+    """The one tenant this client may acquire for, and whose leases it may release."""
+    admin: bool = False
+    """May act for every tenant and read the status of all (e.g. a trusted gateway)."""
+
+    @model_validator(mode="after")
+    def _one_credential_one_role(self) -> ClientConfig:
+        if (self.api_key_sha256 is None) == (self.cert_common_name is None):
+            raise ValueError("set exactly one of api_key_sha256 and cert_common_name")
+        if (self.tenant is None) == (not self.admin):
+            raise ValueError("set exactly one of tenant and admin: true")
+        return self
+
+
+class AuthConfig(_Model):
+    """Who may call. Identity comes from an API key or a client certificate."""
+
+    allow_anonymous: bool = True
+    """Callers without credentials may act for any tenant (the embedded default). Set false
+    in production: every call then needs a credential of ``clients``. A wrong credential
+    is refused either way."""
+    clients: list[ClientConfig] = Field(default_factory=list)
+    """Known callers; names, key hashes and common names are unique."""
+
+
 def _default_pools() -> list[PoolConfig]:
     return [PoolConfig(name="default")]
 
@@ -210,6 +285,13 @@ class Settings(_Model):
 
     listen: Annotated[str, AfterValidator(validate_listen)] = "0.0.0.0:50051"
     """gRPC address, ``host:port``."""
+    health_listen: Annotated[str, AfterValidator(validate_listen)] | None = None
+    """A second, plaintext port serving only ``grpc.health.v1``, for probes that cannot
+    speak TLS (Kubernetes' gRPC probes); null: health is served on ``listen`` only."""
+    tls: TLSConfig | None = None
+    """TLS (and optionally mutual TLS) on ``listen``; null: plaintext."""
+    auth: AuthConfig = AuthConfig()
+    """Who may call, and as which tenant."""
     drain_delay: Seconds = Field(2.0, ge=0)
     """On SIGTERM: how long the port stays open while draining (health NOT_SERVING, Acquire
     UNAVAILABLE, Release/Renew still served) so load balancers move callers elsewhere."""
@@ -234,7 +316,9 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        problems = _cross_problems(self.model_dump(include={"pools", "tenants", "default_tenant"}))
+        problems = _cross_problems(
+            self.model_dump(include={"pools", "tenants", "default_tenant", "auth", "tls"})
+        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -265,9 +349,49 @@ def _cross_problems(data: Mapping[str, Any]) -> list[str]:
     tenants = data.get("tenants")
     names = [name for _, name in _names(tenants)]
     readable = isinstance(tenants, list) and len(names) == len(tenants)
+    known = ", ".join(repr(n) for n in names) or "none"
     if isinstance(default, str) and readable and default not in names:
-        known = ", ".join(repr(n) for n in names) or "none"
         problems.append(f"default_tenant: {default!r} is not a tenant (tenants: {known})")
+    auth = data.get("auth")
+    if isinstance(auth, Mapping):
+        clients = auth.get("clients") or []
+        if isinstance(clients, list):
+            problems += _client_problems(clients, names if readable else None, data.get("tls"))
+        if auth.get("allow_anonymous") is False and not clients:
+            problems.append("auth.allow_anonymous: false with no auth.clients lets nobody in")
+    return problems
+
+
+def _client_problems(
+    clients: list[Any], tenants: list[str] | None, tls: Any
+) -> list[str]:
+    problems: list[str] = []
+    seen: dict[tuple[str, Any], int] = {}
+    mutual_tls = isinstance(tls, Mapping) and tls.get("client_ca_file") is not None
+    for i, client in enumerate(clients):
+        if not isinstance(client, Mapping):
+            continue
+        for field in ("name", "api_key_sha256", "cert_common_name"):
+            value = client.get(field)
+            if not isinstance(value, str):
+                continue
+            if (field, value) in seen:
+                shown = "" if field == "api_key_sha256" else f" {value!r}"  # never a hash
+                first = seen[(field, value)]
+                problems.append(
+                    f"auth.clients[{i}].{field}: duplicate{shown} (also auth.clients[{first}])"
+                )
+            seen.setdefault((field, value), i)
+        tenant = client.get("tenant")
+        if isinstance(tenant, str) and tenants is not None and tenant not in tenants:
+            known = ", ".join(repr(n) for n in tenants) or "none"
+            problems.append(
+                f"auth.clients[{i}].tenant: {tenant!r} is not a tenant (tenants: {known})"
+            )
+        if client.get("cert_common_name") is not None and not mutual_tls:
+            problems.append(
+                f"auth.clients[{i}].cert_common_name: needs tls.client_ca_file (mutual TLS)"
+            )
     return problems
 
 
@@ -326,8 +450,17 @@ def parse_config(data: Any, source: str = "<config>") -> Settings:
     raise ConfigError(source, problems)
 
 
-def load_config(path: str | Path) -> Settings:
-    """Read and validate a YAML file.
+ENVIRONMENT = {
+    "ADMITD_REDIS_URL": ("backend", "url"),
+    "ADMITD_REDIS_PASSWORD": ("backend", "password"),
+}
+"""Environment variables that override a field of the file: secrets stay out of it (and out
+of a Kubernetes ConfigMap), e.g. set from a Secret."""
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a YAML file, with the overrides of :data:`ENVIRONMENT` taken from
+    ``environ`` (default ``os.environ``).
 
     Raises:
         ConfigError: listing every problem found, each with its path in the file.
@@ -344,7 +477,18 @@ def load_config(path: str | Path) -> Settings:
         data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_describe_yaml(exc)]) from None
-    return parse_config(data, source)
+    return parse_config(_overridden(data, os.environ if environ is None else environ), source)
+
+
+def _overridden(data: Any, environ: Mapping[str, str]) -> Any:
+    if not isinstance(data, Mapping | None):
+        return data  # parse_config says what is wrong with it
+    data = dict(data or {})
+    for variable, (section, field) in ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value and isinstance(data.get(section, {}), Mapping):
+            data[section] = {**data.get(section, {}), field: value}
+    return data
 
 
 class _Loader(yaml.SafeLoader):
@@ -387,6 +531,9 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "pools": PoolConfig,
     "tenants": TenantConfig,
     "price": Price,
+    "tls": TLSConfig,
+    "auth": AuthConfig,
+    "clients": ClientConfig,
 }
 
 

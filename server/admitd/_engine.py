@@ -130,7 +130,8 @@ class Engine:
         Limits, prices, weights, tenants, pools, queue bounds and lease times apply at once
         (to queued calls too); lowering a limit revokes nothing, it admits less until usage
         falls. Returns the changed settings that only a restart applies (they keep their
-        old values: backend, listen, observability, queue.aging).
+        old values: backend, listen, health_listen, tls, observability, queue.aging). The
+        ``auth`` section applies at once, so API keys rotate without a restart.
 
         Raises:
             Unavailable: the store did not answer; nothing changed.
@@ -139,6 +140,8 @@ class Engine:
         restart_only = {
             "backend": settings.backend != old.backend,
             "listen": settings.listen != old.listen,
+            "health_listen": settings.health_listen != old.health_listen,
+            "tls": settings.tls != old.tls,
             "observability": settings.observability != old.observability,
             "queue.aging": settings.queue.aging != old.queue.aging,
         }
@@ -146,6 +149,8 @@ class Engine:
             update={
                 "backend": old.backend,
                 "listen": old.listen,
+                "health_listen": old.health_listen,
+                "tls": old.tls,
                 "observability": old.observability,
                 "queue": settings.queue.model_copy(update={"aging": old.queue.aging}),
             }

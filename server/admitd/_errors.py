@@ -5,7 +5,8 @@
     AdmitdError
     ├── InvalidArgument     a request field is wrong          -> INVALID_ARGUMENT
     ├── NotFound            unknown pool/tenant/lease         -> NOT_FOUND
-    ├── PermissionDenied    not the lease's owner             -> PERMISSION_DENIED
+    ├── Unauthenticated     no, or a wrong, credential        -> UNAUTHENTICATED
+    ├── PermissionDenied    another tenant's call or lease    -> PERMISSION_DENIED
     ├── Unavailable         draining                          -> UNAVAILABLE
     └── Rejected            does not fit (reason, retry_after) -> RESOURCE_EXHAUSTED
 """
@@ -52,8 +53,12 @@ class NotFound(AdmitdError):
         self.field = field
 
 
+class Unauthenticated(AdmitdError):
+    """The call carries no credential where one is required, or one admitd does not know."""
+
+
 class PermissionDenied(AdmitdError):
-    """The caller may not act on this lease."""
+    """The caller may not act for this tenant, or on this lease."""
 
 
 class Unavailable(AdmitdError):

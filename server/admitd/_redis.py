@@ -257,6 +257,8 @@ def connect(config: BackendConfig) -> aioredis.Redis:
         "socket_connect_timeout": config.timeout,
         "health_check_interval": 10,
     }
+    if config.password is not None:
+        options["password"] = config.password  # a password in the URL takes precedence
     if config.sentinels:
         hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in config.sentinels]
         sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]

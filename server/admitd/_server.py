@@ -22,12 +22,21 @@ from ._memory import MemoryBackend
 from ._reload import ConfigWatcher
 from ._service import AdmissionService
 from ._telemetry import Telemetry
+from ._tls import CertificateFiles
 from ._tokens import TokenCounter
 from .v1 import admission_pb2, admission_pb2_grpc
 
 log = logging.getLogger("admitd")
 
 SERVICE_NAME = admission_pb2.DESCRIPTOR.services_by_name["Admission"].full_name
+# The largest request accepted: a prompt at its limit (2M characters, at most 4 UTF-8 bytes
+# each) plus every other field at its limit fits; anything larger is refused by gRPC before
+# it is read into memory.
+MAX_REQUEST_BYTES = 9 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a second server must fail to bind a busy port, not share it
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -67,8 +76,7 @@ class AdmitdServer:
         self.engine = Engine(settings, backend, clock, counter, self.telemetry)
         self.watcher = ConfigWatcher(config_path, self.engine) if config_path else None
         self.health = HealthServicer()
-        # SO_REUSEPORT off: a second server must fail to bind a busy port, not share it.
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(options=SERVER_OPTIONS)
         admission_pb2_grpc.add_AdmissionServicer_to_server(
             AdmissionService(self.engine), self._server
         )
@@ -81,17 +89,25 @@ class AdmitdServer:
             ),
             self._server,
         )
+        # Plaintext and health only: for probes that cannot speak TLS (Kubernetes gRPC).
+        self._health_server: grpc.aio.Server | None = None
+        if settings.health_listen is not None:
+            self._health_server = grpc.aio.server(options=SERVER_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         self.port = 0
+        self.health_port = 0
         self._stopped = asyncio.Event()
         self._monitor: asyncio.Future[None] | None = None
 
     async def start(self, listen: str | None = None) -> int:
         """Bind ``listen`` (default: the config's), start serving and return the port."""
         address = listen or self.settings.listen
-        try:
-            self.port = self._server.add_insecure_port(address)
-        except RuntimeError as error:  # grpc's way of saying the address is busy or bad
-            raise OSError(f"cannot listen on {address}: {error}") from None
+        tls = self.settings.tls
+        credentials = CertificateFiles(tls).credentials() if tls is not None else None
+        self.port = _bind(self._server, address, credentials)
+        if self._health_server is not None and self.settings.health_listen is not None:
+            self.health_port = _bind(self._health_server, self.settings.health_listen, None)
+            await self._health_server.start()
         await self._server.start()
         metrics = self.settings.observability.metrics_listen
         if metrics:
@@ -151,12 +167,24 @@ class AdmitdServer:
         await self.drain()
         if delay:
             await asyncio.sleep(delay)  # real time: load balancers react in real time
-        await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.engine.close()
         self.telemetry.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+def _bind(server: grpc.aio.Server, address: str, tls: grpc.ServerCredentials | None) -> int:
+    try:
+        if tls is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, tls)
+    except RuntimeError as error:  # grpc's way of saying the address is busy or bad
+        raise OSError(f"cannot listen on {address}: {error}") from None
 
 
 async def serve(

@@ -9,6 +9,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from ._auth import Authenticator, Principal
 from ._backend import LeaseRecord, Limit, Snapshot
 from ._engine import AcquireSpec, Engine
 from ._errors import AdmitdError, InvalidArgument
@@ -41,6 +42,13 @@ def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class AdmissionService(pb_grpc.AdmissionServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._auth = Authenticator(engine.settings.auth)
+
+    def _caller(self, context: grpc.aio.ServicerContext[Req, Resp]) -> Principal:
+        auth = self.engine.settings.auth
+        if auth is not self._auth.config:  # the config was reloaded: keys may have rotated
+            self._auth = Authenticator(auth)
+        return self._auth.identify(context.invocation_metadata(), context.auth_context())
 
     @_translated
     async def Acquire(  # noqa: N802 (gRPC method name)
@@ -48,8 +56,9 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.AcquireRequest,
         context: grpc.aio.ServicerContext[pb.AcquireRequest, pb.Lease],
     ) -> pb.Lease:
+        caller = self._caller(context)
         spec = AcquireSpec(
-            tenant=request.tenant,
+            tenant=caller.tenant_for(request.tenant),
             pool=request.pool,
             input_tokens=request.input_tokens,
             max_output_tokens=request.max_output_tokens,
@@ -68,12 +77,13 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.ReleaseRequest,
         context: grpc.aio.ServicerContext[pb.ReleaseRequest, pb.ReleaseResponse],
     ) -> pb.ReleaseResponse:
+        tenant = self._caller(context).tenant_for(request.tenant)
         usage = None
         if request.HasField("usage"):
             usage = (request.usage.input_tokens, request.usage.output_tokens)
         if request.outcome not in pb.Outcome.values():
             raise InvalidArgument("outcome", f"unknown value {int(request.outcome)}")
-        settled = await self.engine.release(request.lease_id, usage, request.tenant)
+        settled = await self.engine.release(request.lease_id, usage, tenant)
         return pb.ReleaseResponse(
             charged_tokens=settled.charged_tokens,
             refunded_tokens=settled.refunded_tokens,
@@ -85,8 +95,9 @@ class AdmissionService(pb_grpc.AdmissionServicer):
     async def Renew(  # noqa: N802
         self, request: pb.RenewRequest, context: grpc.aio.ServicerContext[pb.RenewRequest, pb.Lease]
     ) -> pb.Lease:
+        tenant = self._caller(context).tenant_for(request.tenant)
         extend_by = _seconds(request.extend_by, "extend_by")
-        lease = await self.engine.renew(request.lease_id, extend_by, request.tenant)
+        lease = await self.engine.renew(request.lease_id, extend_by, tenant)
         return self._lease(lease)
 
     @_translated
@@ -95,7 +106,8 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.GetStatusRequest,
         context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.StatusResponse],
     ) -> pb.StatusResponse:
-        return status_response(self.engine, await self.engine.snapshot())
+        caller = self._caller(context)
+        return status_response(self.engine, await self.engine.snapshot(), caller.sees_tenant)
 
     def _lease(self, lease: LeaseRecord) -> pb.Lease:
         expires_at = timestamp_pb2.Timestamp()
@@ -122,8 +134,10 @@ def _seconds(duration: duration_pb2.Duration, field: str) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
-def status_response(engine: Engine, snap: Snapshot) -> pb.StatusResponse:
-    """GetStatus from the config and a backend snapshot."""
+def status_response(
+    engine: Engine, snap: Snapshot, shown: Callable[[str], bool] = lambda _: True
+) -> pb.StatusResponse:
+    """GetStatus from the config and a backend snapshot, with the tenants ``shown``."""
     policy = engine.policy
     by_key = {limit.key: limit for limit in policy.all_limits()}
 
@@ -161,6 +175,8 @@ def status_response(engine: Engine, snap: Snapshot) -> pb.StatusResponse:
             )
         )
     for tenant in engine.settings.tenants:
+        if not shown(tenant.name):
+            continue
         response.tenants.append(
             pb.TenantStatus(
                 name=tenant.name,

@@ -20,6 +20,7 @@ from ._errors import (
     NotFound,
     PermissionDenied,
     Rejected,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -28,6 +29,7 @@ DOMAIN = "admitd"
 _CODES: list[tuple[type[AdmitdError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (Unavailable, code_pb2.UNAVAILABLE),
     (Rejected, code_pb2.RESOURCE_EXHAUSTED),
