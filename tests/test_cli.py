@@ -33,7 +33,7 @@ EXIT_TIMEOUT = 15.0
 
 def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(EXAMPLE)]) == 0
-    assert capsys.readouterr().out == f"{EXAMPLE}: OK (2 pools, 2 tenants)\n"
+    assert capsys.readouterr().out == f"{EXAMPLE}: OK (2 pools, 3 tenants)\n"
     assert main(["check-config", str(GOOD / "empty.yaml")]) == 0
     assert capsys.readouterr().out == f"{GOOD / 'empty.yaml'}: OK (1 pool, 1 tenant)\n"
 

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from admitd import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, parse_config
-from admitd._config import PoolConfig, validate_listen
+from admitd._config import PoolConfig, TenantConfig, validate_listen
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLE = TESTS.parent / "examples" / "admitd.yaml"
@@ -244,3 +244,37 @@ def test_secrets_come_from_the_environment(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_config(empty, {"ADMITD_REDIS_PASSWORD": "x"}).backend.password == "x"
+
+
+TIERED: dict[str, Any] = {
+    "tiers": [
+        {"name": "free", "weight": 1, "max_concurrency": 2, "tokens_per_day": 1000},
+        {"name": "pro", "weight": 4, "tokens_per_minute": 90000},
+    ],
+    "tenants": [
+        {"name": "trial", "tier": "free"},
+        {"name": "acme", "tier": "free", "max_concurrency": 8, "weight": 2},
+        {"name": "big", "tier": "pro"},
+        {"name": "plain"},
+    ],
+}
+
+
+def test_a_tenant_takes_what_it_does_not_set_from_its_tier() -> None:
+    settings = parse_config(TIERED)
+    found = {t.name: t for t in settings.effective_tenants()}
+    trial, acme, big, plain = (found[n] for n in ("trial", "acme", "big", "plain"))
+    assert settings.tenant("acme") == acme
+    assert (trial.weight, trial.max_concurrency, trial.tokens_per_day) == (1, 2, 1000)
+    assert (acme.weight, acme.max_concurrency, acme.tokens_per_day) == (2, 8, 1000)
+    assert (big.weight, big.tokens_per_minute, big.max_concurrency) == (4, 90000, None)
+    assert (plain.weight, plain.max_concurrency) == (1, None)
+    assert [t.name for t in settings.effective_tenants()] == ["trial", "acme", "big", "plain"]
+
+
+def test_a_tier_field_set_to_its_default_still_counts_as_set() -> None:
+    """A tier saying weight: 1 overrides nothing by accident, but it is still the tier's."""
+    settings = parse_config(
+        {"tiers": [{"name": "t", "weight": 1.0}], "tenants": [{"name": "x", "tier": "t"}]}
+    )
+    assert settings.tenant("x") == TenantConfig(name="x", tier="t", weight=1.0)

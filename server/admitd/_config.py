@@ -110,11 +110,9 @@ class PoolConfig(_Model):
     """Price table, for USD budgets."""
 
 
-class TenantConfig(_Model):
-    """A team, customer or API key sharing the pools. Absent limit = none."""
+class _TenantLimits(_Model):
+    """Weight and limits of a tenant; a tier holds the same fields for its tenants."""
 
-    name: str = Field(min_length=1, max_length=200)
-    """Tenant name callers send."""
     weight: PositiveFloat = 1.0
     """Fair share against other tenants waiting in the same queue."""
     max_concurrency: PositiveInt | None = None
@@ -129,6 +127,36 @@ class TenantConfig(_Model):
     """Daily spend quota in USD (UTC day)."""
     max_queued: PositiveInt | None = None
     """Waiters this tenant may have queued; default ``queue.max_per_tenant``."""
+
+
+TENANT_LIMIT_FIELDS = tuple(_TenantLimits.model_fields)
+
+
+class TierConfig(_TenantLimits):
+    """A named set of weight and limits (e.g. free, pro, enterprise) that tenants share by
+    naming it, so hundreds of tenants need not repeat them. Each tenant gets the tier's
+    limits for itself; a tier is not a pool shared by its tenants."""
+
+    name: str = Field(min_length=1, max_length=200)
+    """Tier name tenants refer to."""
+
+
+class TenantConfig(_TenantLimits):
+    """A team, customer or API key sharing the pools. Absent limit = none (or the tier's)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    """Tenant name callers send."""
+    tier: str | None = None
+    """Tier whose weight and limits apply to every field this entry does not set itself."""
+
+    def with_tier(self, tier: TierConfig) -> TenantConfig:
+        """The effective tenant: this entry's own fields, the tier's for the rest."""
+        inherited = {
+            name: getattr(tier, name)
+            for name in TENANT_LIMIT_FIELDS
+            if name not in self.model_fields_set and name in tier.model_fields_set
+        }
+        return self.model_copy(update=inherited)
 
 
 class BudgetConfig(_Model):
@@ -309,6 +337,8 @@ class Settings(_Model):
     """Metrics, traces and logs."""
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
     """Provider deployments callers name in Acquire; names are unique."""
+    tiers: list[TierConfig] = Field(default_factory=list)
+    """Named sets of weight and limits that tenants refer to with ``tier``; names unique."""
     tenants: list[TenantConfig] = Field(default_factory=_default_tenants)
     """Tenants callers name in Acquire; names are unique."""
     default_tenant: str | None = None
@@ -317,17 +347,23 @@ class Settings(_Model):
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         problems = _cross_problems(
-            self.model_dump(include={"pools", "tenants", "default_tenant", "auth", "tls"})
+            self.model_dump(include={"pools", "tiers", "tenants", "default_tenant", "auth", "tls"})
         )
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
+    def effective_tenants(self) -> list[TenantConfig]:
+        """Every tenant with its tier's fields filled in, in file order."""
+        tiers = {tier.name: tier for tier in self.tiers}
+        return [t.with_tier(tiers[t.tier]) if t.tier else t for t in self.tenants]
+
     def pool(self, name: str) -> PoolConfig | None:
         return next((p for p in self.pools if p.name == name), None)
 
     def tenant(self, name: str) -> TenantConfig | None:
-        return next((t for t in self.tenants if t.name == name), None)
+        """The tenant named ``name``, with its tier's fields filled in."""
+        return next((t for t in self.effective_tenants() if t.name == name), None)
 
 
 def _cross_problems(data: Mapping[str, Any]) -> list[str]:
@@ -337,7 +373,7 @@ def _cross_problems(data: Mapping[str, Any]) -> list[str]:
     field problems gets these reported too, instead of one round of fixes per kind.
     """
     problems: list[str] = []
-    for section in ("pools", "tenants"):
+    for section in ("pools", "tiers", "tenants"):
         seen: dict[str, int] = {}
         for i, name in _names(data.get(section)):
             if name in seen:
@@ -349,6 +385,12 @@ def _cross_problems(data: Mapping[str, Any]) -> list[str]:
     tenants = data.get("tenants")
     names = [name for _, name in _names(tenants)]
     readable = isinstance(tenants, list) and len(names) == len(tenants)
+    tier_names = [name for _, name in _names(data.get("tiers"))]
+    for i, tenant in enumerate(tenants if isinstance(tenants, list) else []):
+        tier = tenant.get("tier") if isinstance(tenant, Mapping) else None
+        if isinstance(tier, str) and tier not in tier_names:
+            shown = ", ".join(repr(n) for n in tier_names) or "none"
+            problems.append(f"tenants[{i}].tier: {tier!r} is not a tier (tiers: {shown})")
     known = ", ".join(repr(n) for n in names) or "none"
     if isinstance(default, str) and readable and default not in names:
         problems.append(f"default_tenant: {default!r} is not a tenant (tenants: {known})")
@@ -530,6 +572,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "budget": BudgetConfig,
     "pools": PoolConfig,
     "tenants": TenantConfig,
+    "tiers": TierConfig,
     "price": Price,
     "tls": TLSConfig,
     "auth": AuthConfig,

@@ -398,7 +398,7 @@ class Engine:
     def _pool(self, name: str) -> PoolConfig:
         if not name:
             raise InvalidArgument("pool", "required")
-        pool = self.settings.pool(name)
+        pool = self.policy.pools.get(name)
         if pool is None:
             raise NotFound("pool", f"unknown pool {name[:MAX_NAME]!r}")
         return pool
@@ -408,9 +408,9 @@ class Engine:
         return self._tenant(name).name if name else None
 
     def _tenant(self, name: str) -> TenantConfig:
-        tenant = self.settings.tenant(name) if name else None
+        tenant = self.policy.tenants.get(name) if name else None
         if tenant is None and self.settings.default_tenant is not None:
-            tenant = self.settings.tenant(self.settings.default_tenant)
+            tenant = self.policy.tenants[self.settings.default_tenant]
         if tenant is not None:
             return tenant
         if not name:

@@ -21,6 +21,9 @@ def nano_usd_per_token(per_million: float) -> float:
 class Policy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.pools = {pool.name: pool for pool in settings.pools}
+        self.tenants = {tenant.name: tenant for tenant in settings.effective_tenants()}
+        """Every tenant by name, its tier's weight and limits filled in."""
         self._limits: dict[tuple[str, str], tuple[Limit, ...]] = {}
 
     def limits(self, pool: PoolConfig, tenant: TenantConfig) -> tuple[Limit, ...]:
@@ -48,7 +51,7 @@ class Policy:
         limits = _limits_of(Scope.GLOBAL, "", self.settings.budget, _DAILY)
         for pool in self.settings.pools:
             limits += _limits_of(Scope.POOL, pool.name, pool, _DAILY + _FLOW)
-        for tenant in self.settings.tenants:
+        for tenant in self.tenants.values():
             limits += _limits_of(Scope.TENANT, tenant.name, tenant, _DAILY + _FLOW)
         return limits
 

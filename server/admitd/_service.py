@@ -174,12 +174,13 @@ def status_response(
                 **limits(f"pool:{pool.name}"),
             )
         )
-    for tenant in engine.settings.tenants:
+    for tenant in policy.tenants.values():
         if not shown(tenant.name):
             continue
         response.tenants.append(
             pb.TenantStatus(
                 name=tenant.name,
+                tier=tenant.tier or "",
                 weight=tenant.weight,
                 in_flight=snap.in_flight_by_tenant.get(tenant.name, 0),
                 queued=snap.queued_by_tenant.get(tenant.name, 0),

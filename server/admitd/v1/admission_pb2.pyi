@@ -463,10 +463,15 @@ class TenantStatus(_message.Message):
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
     USD_PER_DAY_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     weight: _builtins.float
     in_flight: _builtins.int
     queued: _builtins.int
+    tier: _builtins.str
+    """The tier the tenant takes the limits it does not set itself from ("" for none). The
+    limits above are the effective ones.
+    """
     @_builtins.property
     def concurrency(self) -> Global___LimitStatus: ...
     @_builtins.property
@@ -489,10 +494,11 @@ class TenantStatus(_message.Message):
         requests_per_minute: Global___LimitStatus | None = ...,
         tokens_per_day: Global___LimitStatus | None = ...,
         usd_per_day: Global___LimitStatus | None = ...,
+        tier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "in_flight", b"in_flight", "name", b"name", "queued", b"queued", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "in_flight", b"in_flight", "name", b"name", "queued", b"queued", "requests_per_minute", b"requests_per_minute", "tier", b"tier", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
