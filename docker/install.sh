@@ -28,7 +28,7 @@ encodings_dir=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source_dir=${3:-$(dirname "$here")}
 python=${PYTHON:-python3}
-encodings=${ADMITD_ENCODINGS:-o200k_base cl100k_base}
+read -r -a encodings <<<"${ADMITD_ENCODINGS:-o200k_base cl100k_base}"
 seed=${ADMITD_TIKTOKEN_SEED:-}
 
 "$python" -m venv "$prefix"
@@ -42,7 +42,7 @@ mkdir -p "$encodings_dir"
 # sha1(url) in TIKTOKEN_CACHE_DIR after checking their sha256; only the fetch is replaced
 # here (by a read from the seed folder), so the hash check and the cache layout stay
 # tiktoken's own.
-TIKTOKEN_CACHE_DIR="$encodings_dir" "$prefix/bin/python" - "$seed" $encodings <<'PY'
+TIKTOKEN_CACHE_DIR="$encodings_dir" "$prefix/bin/python" - "$seed" "${encodings[@]}" <<'PY'
 import hashlib
 import os
 import sys
@@ -69,7 +69,7 @@ for name in names:
 PY
 
 # Prove the folder is enough on its own: a new process whose every fetch fails.
-TIKTOKEN_CACHE_DIR="$encodings_dir" "$prefix/bin/python" - $encodings <<'PY'
+TIKTOKEN_CACHE_DIR="$encodings_dir" "$prefix/bin/python" - "${encodings[@]}" <<'PY'
 import sys
 
 import tiktoken
