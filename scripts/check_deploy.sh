@@ -128,7 +128,16 @@ for sm in by_kind.get("ServiceMonitor", []):
 (config,) = [c for c in by_kind["ConfigMap"] if "admitd.yaml" in c.get("data", {})]
 with open(out + ".admitd.yaml", "w") as f:
     f.write(config["data"]["admitd.yaml"])
-tls = "tls" in (yaml.safe_load(config["data"]["admitd.yaml"]) or {})
+settings = yaml.safe_load(config["data"]["admitd.yaml"]) or {}
+tls = "tls" in settings
+assert not tls or settings.get("health_listen"), "TLS without a plaintext health port"
+# Kubelet's gRPC probes speak plaintext: with a health-only port (needed under TLS) they ask it.
+(container,) = deployment["spec"]["template"]["spec"]["containers"]
+port_names = {p["containerPort"]: p["name"] for p in container["ports"]}
+for probe in ("livenessProbe", "readinessProbe"):
+    port = container[probe]["grpc"]["port"]
+    wanted = "health" if settings.get("health_listen") else "grpc"
+    assert port_names.get(port) == wanted, f"{probe} on port {port}, not {wanted}"
 print(" ".join(sorted(by_kind)), "(TLS)" if tls else "")
 sys.exit(3 if tls else 0)
 PY
