@@ -11,6 +11,8 @@ import tiktoken
 
 from ._config import Settings
 
+_PIECE = 100_000  # characters: far below the ~1M where tiktoken's regex gives up
+
 
 class TokenCounter:
     def __init__(self, settings: Settings) -> None:
@@ -21,4 +23,14 @@ class TokenCounter:
     def count(self, pool: str, text: str) -> int:
         # Special-token text (e.g. "<|endoftext|>") in a prompt is counted as plain text,
         # which is how providers bill user content.
-        return len(self._by_pool[pool].encode(text, disallowed_special=()))
+        encoding = self._by_pool[pool]
+        try:
+            return len(encoding.encode(text, disallowed_special=()))
+        except ValueError:
+            # tiktoken's regex overflows its backtracking stack on a whitespace run of about
+            # 1M characters (o200k_base); count such a prompt in pieces. A piece boundary may
+            # split a word into more tokens, so the count errs high, as a reservation should.
+            return sum(
+                len(encoding.encode(text[i : i + _PIECE], disallowed_special=()))
+                for i in range(0, len(text), _PIECE)
+            )
