@@ -67,6 +67,7 @@ class Harness:
         self.channel = channel
         self.stub = pb_grpc.AdmissionStub(channel)
         self._tasks: list[asyncio.Task[pb.Lease]] = []
+        self._calls: list[grpc.aio.Call] = []
 
     @property
     def engine(self) -> Any:
@@ -122,7 +123,22 @@ class Harness:
             await asyncio.sleep(0.005)
         raise AssertionError(f"never saw {count} waiters queued on {pool}")
 
+    def track(self, call: Any) -> Any:
+        """Remember a call (e.g. a stream) to cancel when the test ends, passed or not."""
+        self._calls.append(call)
+        return call
+
+    async def until_waiting_here(self, lease_id: str) -> None:
+        """Let an RPC that waits for ``lease_id`` (e.g. WaitTicket) reach the server."""
+        for _ in range(200):
+            if lease_id in self.engine._waiters:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"no RPC ever waited for {lease_id}")
+
     async def close(self) -> None:
+        for call in self._calls:
+            call.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,8 +9,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from admitd import ManualClock, parse_config
-from admitd._engine import AcquireSpec, Engine
+from admitd import AcquireSpec, Engine, ManualClock, parse_config
 from admitd._redis import RedisBackend, connect
 from conftest import Replicas
 from harness import Harness
@@ -137,8 +136,8 @@ async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
     engine = Engine(settings, backend, clock)  # only to build tickets; never started
 
     def ticket(wait: float) -> Any:
-        return engine._ticket(
-            AcquireSpec(tenant="a", pool="p", input_tokens=5, wait_timeout=wait), None
+        return engine.requests.ticket(
+            AcquireSpec(tenant="a", pool="p", input_tokens=5, wait_timeout=wait), deadline=None
         )[0]
 
     holder = await backend.acquire(ticket(0), wait=False)

@@ -7,7 +7,7 @@ else is private (``_module.py``) and may change.
 from ._backend import Backend
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, parse_config
-from ._engine import AcquireSpec, Engine
+from ._engine import Engine
 from ._errors import (
     AdmitdError,
     InvalidArgument,
@@ -18,6 +18,7 @@ from ._errors import (
     Unavailable,
 )
 from ._memory import MemoryBackend
+from ._requests import AcquireSpec
 from ._server import AdmitdServer, serve
 
 __version__ = "0.1.0"

@@ -10,6 +10,11 @@ what it granted in :class:`Progress`. A grant made for a waiter is *unclaimed* u
 holding that waiter's RPC claims it (with several replicas that may be another process).
 Cancelling a waiter whose grant is still unclaimed gives the grant back, and a grant nobody
 claims within ``Ticket.claim_timeout`` (its replica died) is given back by :meth:`expire`.
+
+A *deferred* ticket (``Enqueue``) waits in the same queue with no RPC attached: its grant stays
+unclaimed until a ``GetTicket``/``WaitTicket`` claims it, and when it leaves the queue unserved
+(its wait ran out, it can never fit today, its grant went unclaimed, it was cancelled) the
+backend keeps a :class:`TicketEnd` for one lease TTL, so a later look can say why.
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ def price_nano_usd(input_tokens: int, output_tokens: int, price_in: float, price
     return math.ceil(input_tokens * price_in + output_tokens * price_out - 1e-6)
 
 
+# Seconds an RPC's replica has to claim a grant made for it elsewhere; past it, the grant
+# goes back (that replica died).
+CLAIM_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """A validated, priced request: what a backend needs to queue, check and grant it."""
@@ -79,7 +89,8 @@ class Ticket:
     limits: tuple[Limit, ...]
     ttl: float
     wait: float = 0.0  # how long the caller waits in the queue; a waiter past it is dropped
-    claim_timeout: float = 10.0
+    claim_timeout: float = CLAIM_TIMEOUT
+    deferred: bool = False  # Enqueue: no RPC waits for it; a look claims its grant
     idempotency_key: str = ""
     fingerprint: str = ""  # what an idempotent retry must repeat
     max_queued_tenant: int = 0
@@ -129,8 +140,87 @@ class Denial:
 @dataclass(frozen=True, slots=True)
 class QueueFull:
     scope: Literal["global", "tenant"]
-    depth: int
+    depth: int  # waiters counted against the limit
     limit: int
+    pool_depth: int = 0  # waiters in the pool's queue (a newcomer's position)
+    grants_per_second: float | None = None  # the pool's recent grant rate
+
+
+# Grant rates are counted over windows of this many seconds (a sliding window of two).
+RATE_WINDOW = 30.0
+# A look walks the fair order this far for an exact position; beyond, it approximates.
+MAX_EXACT_POSITION = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpot:
+    """Where a waiter stands in its pool's queue."""
+
+    tenant: str
+    pool: str
+    position: int  # waiters served before it; exact up to MAX_EXACT_POSITION, then approximate
+    depth: int  # waiters in the pool's queue
+    grants_per_second: float | None  # the pool's recent grant rate; None before any grant
+    wait_left: float  # seconds until it leaves the queue unserved
+
+
+EndKind = Literal["timeout", "rejected", "unclaimed", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketEnd:
+    """Why a deferred ticket left the queue without a lease for its caller."""
+
+    kind: EndKind
+    tenant: str
+    denial: Denial | None = None  # "rejected": the daily limit it can never fit today
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """A waiter or ticket now: exactly one of queued, lease (granted) or ended; none of
+    them when it is unknown."""
+
+    queued: QueueSpot | None = None
+    lease: LeaseRecord | None = None
+    claimed: bool = False  # with lease: it had already been claimed before this look
+    ended: TicketEnd | None = None
+
+
+class GrantRate:
+    """Grants per second of one pool, over a sliding window of two fixed windows.
+
+    Before a full window has passed since the first grant, it is the plain average since
+    then. Both backends keep exactly this state (the Redis one in a hash).
+    """
+
+    __slots__ = ("current", "first", "previous", "total", "window")
+
+    def __init__(self, now: float) -> None:
+        self.first = now
+        self.total = 0
+        self.window = math.floor(now / RATE_WINDOW)
+        self.current = 0
+        self.previous = 0
+
+    def add(self, now: float) -> None:
+        self._roll(now)
+        self.current += 1
+        self.total += 1
+
+    def per_second(self, now: float) -> float | None:
+        self._roll(now)
+        span = now - self.first
+        if span < RATE_WINDOW:
+            return (self.total - 1) / span if span > 0 and self.total > 1 else None
+        into = now / RATE_WINDOW - self.window
+        return (self.previous * (1 - into) + self.current) / RATE_WINDOW
+
+    def _roll(self, now: float) -> None:
+        window = math.floor(now / RATE_WINDOW)
+        if window != self.window:
+            self.previous = self.current if window == self.window + 1 else 0
+            self.current, self.window = 0, window
 
 
 @dataclass(slots=True)
@@ -231,6 +321,11 @@ class Backend(Protocol):
 
     async def dispatch(self) -> Progress:
         """Grant what fits now from every queue (after a refill)."""
+        ...
+
+    async def look(self, lease_id: str, *, claim: bool) -> Look:
+        """Where a waiter stands, or what became of a deferred ticket; ``claim`` takes an
+        unclaimed grant for the caller (GetTicket)."""
         ...
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:

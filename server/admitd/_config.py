@@ -190,6 +190,13 @@ class QueueConfig(_Model):
     """Upper bound on any ``wait_timeout``."""
     aging: Seconds = Field(10.0, gt=0)
     """A waiter climbs one priority class per this much waiting, so no class starves."""
+    update_interval: Seconds = Field(1.0, gt=0)
+    """How often a streamed wait (``AcquireStream``) looks at its queue position."""
+    ticket_max_wait: Seconds = Field(3600.0, gt=0)
+    """Longest (and default) wait of a deferred ticket (``Enqueue``) in the queue."""
+    ticket_claim_timeout: Seconds = Field(30.0, gt=0)
+    """A granted ticket not claimed (``GetTicket``/``WaitTicket``) within this time goes
+    back to the pool."""
 
 
 class BackendConfig(_Model):

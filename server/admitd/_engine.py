@@ -1,9 +1,10 @@
-"""The admission engine: validates and prices requests, asks the backend, and holds waiters.
+"""The admission engine: asks the backend, holds waiters, and keeps time.
 
-The policy (limits, costs, reasons, retry delays) is in ``_policy.py``; state and atomicity
-are the backend's. The engine owns what happens in time: waiting with a bound, timers for
-bucket refills and the lease reaper (all on the injected clock), and handing grants made by
-any operation to the RPCs waiting for them.
+Requests are validated and priced in ``_requests.py``; the policy (limits, costs, reasons,
+retry delays, estimates) is in ``_policy.py``; state and atomicity are the backend's. The
+engine owns what happens in time: waiting with a bound, reporting a waiter's place in the
+queue, timers for bucket refills and the lease reaper (all on the injected clock), and
+handing grants made by any operation to the RPCs waiting for them.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import math
-import secrets
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from opentelemetry.trace import Span
 
 from ._backend import (
+    CLAIM_TIMEOUT,
     AcquireResult,
     Backend,
     Denial,
@@ -25,48 +28,30 @@ from ._backend import (
     Kind,
     LeaseGone,
     LeaseRecord,
+    Look,
     NotOwner,
     Progress,
     QueueFull,
+    QueueSpot,
     Settlement,
     Snapshot,
     Ticket,
-    price_nano_usd,
 )
 from ._clock import Clock, ManualClock, TimerHandle
-from ._config import PoolConfig, Settings, TenantConfig
+from ._config import Settings
 from ._errors import InvalidArgument, NotFound, PermissionDenied, Rejected, Unavailable
-from ._policy import Policy, nano_usd_per_token
+from ._policy import Policy, QueueEstimate, wait_estimate
+from ._requests import AcquireSpec, Requests, check_lease_id, check_tokens
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
 
 log = logging.getLogger("admitd")
 
 UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
-MAX_TOKENS = 10_000_000  # per field; larger than any model's context window
-MAX_NAME = 200
-MAX_IDEMPOTENCY_KEY = 256
-MAX_LABELS = 32
-MAX_LABEL_TEXT = 256
-MAX_PROMPT_CHARS = 2_000_000
-PRIORITY_NAMES = ("CRITICAL", "HIGH", "NORMAL", "LOW")
-_EWMA = 0.2  # weight of the newest sample in the hold-time and grant-interval averages
+_EWMA = 0.2  # weight of the newest sample in the hold-time average
 
-
-@dataclass(frozen=True, slots=True)
-class AcquireSpec:
-    """An Acquire as the caller sent it. ``priority`` uses the wire numbering:
-    0 unspecified (= normal), 1 critical, 2 high, 3 normal, 4 low."""
-
-    tenant: str
-    pool: str
-    input_tokens: int = 0
-    max_output_tokens: int = 0
-    priority: int = 0
-    wait_timeout: float = 0.0
-    idempotency_key: str = ""
-    prompt: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+QueueReport = Callable[[QueueEstimate], None]
+"""Called with a waiter's place in the queue whenever it changes (AcquireStream)."""
 
 
 @dataclass(slots=True)
@@ -78,8 +63,6 @@ class _Waiter:
 @dataclass(slots=True)
 class _PoolStats:
     hold_time: float | None = None  # EWMA of how long leases are held
-    grant_interval: float | None = None  # EWMA of time between grants
-    last_grant: float | None = None
     blocked: Denial | None = None  # what held the head of the queue last time
 
 
@@ -95,9 +78,9 @@ class Engine:
         self.settings = settings
         self.telemetry = telemetry or Telemetry(settings)
         self.policy = Policy(settings)
+        self.requests = Requests(settings, self.policy, counter or TokenCounter(settings))
         self.backend = backend
         self.clock = clock
-        self._counter = counter or TokenCounter(settings)
         self._waiters: dict[str, _Waiter] = {}
         self._stats: dict[str, _PoolStats] = {p.name: _PoolStats() for p in settings.pools}
         self._wake: tuple[float, TimerHandle] | None = None
@@ -127,11 +110,11 @@ class Engine:
     async def apply(self, settings: Settings) -> list[str]:
         """Switch to a new configuration without dropping leases or waiters.
 
-        Limits, prices, weights, tenants, pools, queue bounds and lease times apply at once
-        (to queued calls too); lowering a limit revokes nothing, it admits less until usage
-        falls. Returns the changed settings that only a restart applies (they keep their
-        old values: backend, listen, health_listen, tls, observability, queue.aging). The
-        ``auth`` section applies at once, so API keys rotate without a restart.
+        Limits, prices, weights, tiers, tenants, pools, queue bounds, lease times and auth
+        apply at once (limits to queued calls too, so API keys rotate without a restart);
+        lowering a limit revokes nothing, it admits less until usage falls. Returns the
+        changed settings that only a restart applies (they keep their old values: backend,
+        listen, health_listen, tls, observability, queue.aging).
 
         Raises:
             Unavailable: the store did not answer; nothing changed.
@@ -159,7 +142,8 @@ class Engine:
         counter = await asyncio.to_thread(TokenCounter, settings)
         policy = Policy(settings)
         await self.backend.configure(policy.all_limits())
-        self.settings, self.policy, self._counter = settings, policy, counter
+        self.settings, self.policy = settings, policy
+        self.requests = Requests(settings, policy, counter)
         self.limits_published = True
         for pool in settings.pools:
             self._stats.setdefault(pool.name, _PoolStats())
@@ -189,86 +173,105 @@ class Engine:
 
     # -- RPCs -------------------------------------------------------------------------------
 
-    async def acquire(self, spec: AcquireSpec, *, deadline: float | None = None) -> LeaseRecord:
+    async def acquire(
+        self,
+        spec: AcquireSpec,
+        *,
+        deadline: float | None = None,
+        on_queued: QueueReport | None = None,
+    ) -> LeaseRecord:
         """Admit now, wait up to the bounded timeout, or raise :class:`Rejected`.
 
         ``deadline`` is the seconds the caller's RPC has left, when it set one.
+        ``on_queued`` hears the waiter's place in the queue while it waits.
         """
         if self.draining:
             raise _draining()
-        ticket, wait = self._ticket(spec, deadline)
-        with self.telemetry.tracer.start_as_current_span("admitd.Acquire") as span:
+        ticket, wait = self.requests.ticket(spec, deadline=deadline)
+        with self.observed(ticket, "admitd.Acquire") as span:
+            result = await self.submit(ticket, queue=wait > 0, hold=True)
+            lease = result.lease or await self._wait(result, ticket.pool, wait, on_queued)
+            span.set_attribute("admitd.lease_id", lease.lease_id)
+        self.admitted(ticket, lease)
+        return lease
+
+    @contextmanager
+    def observed(self, ticket: Ticket, name: str) -> Iterator[Span]:
+        """A span for one admission decision; rejections and store errors are counted."""
+        with self.telemetry.tracer.start_as_current_span(name) as span:
             span.set_attribute("admitd.tenant", ticket.tenant)
             span.set_attribute("admitd.pool", ticket.pool)
             try:
-                lease = await self._acquire(ticket, wait)
+                yield span
             except Rejected as rejected:
-                self.telemetry.decision(
-                    ticket.pool, ticket.tenant, ticket.priority, rejected.reason.value
-                )
-                span.set_attribute("admitd.rejected", rejected.reason.value)
+                reason = rejected.reason.value
+                self.telemetry.decision(ticket.pool, ticket.tenant, ticket.priority, reason)
+                span.set_attribute("admitd.rejected", reason)
                 raise
             except Unavailable:
                 self.telemetry.store_error()
                 raise
-            span.set_attribute("admitd.lease_id", lease.lease_id)
-            self.telemetry.admitted(
-                ticket.pool, ticket.tenant, ticket.priority, lease.reserved_tokens, lease.queued_for
-            )
-            return lease
 
-    async def _acquire(self, ticket: Ticket, wait: float) -> LeaseRecord:
+    def admitted(self, ticket: Ticket, lease: LeaseRecord) -> None:
+        self.telemetry.admitted(
+            ticket.pool, ticket.tenant, ticket.priority, lease.reserved_tokens, lease.queued_for
+        )
+
+    async def submit(self, ticket: Ticket, *, queue: bool, hold: bool) -> AcquireResult:
+        """Grant ``ticket`` now, or queue it (``queue``), or raise why it was refused.
+
+        ``hold``: an RPC will wait in this process for the grant, so it is registered
+        before the backend is asked (with several replicas, a grant may arrive first).
+        The result has a lease, or is queued.
+        """
         never = self.policy.never_fits(ticket.limits, ticket.tokens, ticket.nano_usd)
         if never is not None:
             raise never
-        # Registered before the backend call: with several replicas a grant may arrive first.
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
-        self._waiters[ticket.lease_id] = waiter
+        waiter = None
+        if hold:
+            waiter = _Waiter(asyncio.get_running_loop().create_future())
+            self._waiters[ticket.lease_id] = waiter
         result: AcquireResult | None = None
         try:
-            result = await self.backend.acquire(ticket, wait=wait > 0)
+            result = await self.backend.acquire(ticket, wait=queue)
         except Unavailable as error:
             if not self._fail_open:
                 raise
-            return self._admit_unchecked(ticket, error)
+            return AcquireResult(lease=self._admit_unchecked(ticket, error))
         except FingerprintMismatch:
             raise InvalidArgument(
                 "idempotency_key", "already used by this tenant for a different request"
             ) from None
         finally:
-            if not (self._waiters.get(ticket.lease_id) is waiter and _still_waiting(result)):
+            if waiter is not None and not (
+                self._waiters.get(ticket.lease_id) is waiter and _still_waiting(result)
+            ):
                 self._waiters.pop(ticket.lease_id, None)
         self._deliver(result.progress)
-        if result.lease is not None:
-            self._granted(result.lease)
-            return result.lease
         if isinstance(result.denial, QueueFull):
-            raise self.policy.queue_full(
-                result.denial,
-                retry_after=self._queue_estimate(ticket.pool, depth=result.denial.depth),
-            )
+            raise self._queue_full(ticket.pool, result.denial)
         if result.denial is not None:
             self._note_blocked(ticket.pool, result.denial)
             raise self.policy.rejection(
-                result.denial, wall=self.clock.wall(), hold_time=self._stats[ticket.pool].hold_time
+                result.denial, wall=self.clock.wall(), hold_time=self._hold_time(ticket.pool)
             )
-        return await self._wait(result, ticket.pool, wait)
+        return result
 
     async def release(
         self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None = None
     ) -> Settlement:
-        _check_lease_id(lease_id)
+        check_lease_id(lease_id)
         if usage is not None:
             for name, value in zip(
                 ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
             ):
-                _check_tokens(name, value)
+                check_tokens(name, value)
         if lease_id.startswith(UNCHECKED_PREFIX):
             return _unchecked_settlement(lease_id, usage)
         with self.telemetry.tracer.start_as_current_span("admitd.Release") as span:
             span.set_attribute("admitd.lease_id", lease_id)
             with _lease_errors(lease_id), self._store_errors():
-                result = await self.backend.release(lease_id, usage, self._owner(tenant))
+                result = await self.backend.release(lease_id, usage, self.requests.owner(tenant))
         settlement = result.settlement
         if not settlement.already_released:
             lease = settlement.lease
@@ -288,7 +291,7 @@ class Engine:
     async def renew(
         self, lease_id: str, extend_by: float, tenant: str | None = None
     ) -> LeaseRecord:
-        _check_lease_id(lease_id)
+        check_lease_id(lease_id)
         if lease_id.startswith(UNCHECKED_PREFIX):
             raise NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
         if extend_by < 0 or not math.isfinite(extend_by):
@@ -299,7 +302,7 @@ class Engine:
             )
         with _lease_errors(lease_id), self._store_errors():
             return await self.backend.renew(
-                lease_id, extend_by or self.settings.lease.ttl, self._owner(tenant)
+                lease_id, extend_by or self.settings.lease.ttl, self.requests.owner(tenant)
             )
 
     async def snapshot(self) -> Snapshot:
@@ -308,6 +311,45 @@ class Engine:
             snapshot = await self.backend.snapshot(limits)
         self.telemetry.observe(snapshot, limits, [pool.name for pool in self.settings.pools])
         return snapshot
+
+    # -- queue positions and deferred tickets -----------------------------------------------
+
+    async def look(self, lease_id: str, *, claim: bool = False) -> Look:
+        """Where a waiter stands, or what became of a deferred ticket (``claim``: take its
+        grant for the caller)."""
+        with self._store_errors():
+            return await self.backend.look(lease_id, claim=claim)
+
+    def estimate(self, spot: QueueSpot) -> QueueEstimate:
+        first = self._first_grant_in(spot.pool)
+        wait = wait_estimate(spot.position, spot.grants_per_second, first)
+        return QueueEstimate(spot.position, spot.depth, wait)
+
+    async def await_grant(self, lease_id: str, seconds: float) -> LeaseRecord | None:
+        """Wait up to ``seconds`` (on the engine's clock) for the grant of a queued deferred
+        ticket; None if it did not come. Leaving does not cancel the ticket."""
+        waiter = self._waiters.get(lease_id)
+        if waiter is None:
+            waiter = self._waiters[lease_id] = _Waiter(asyncio.get_running_loop().create_future())
+        else:
+            waiter.holders += 1
+        self._hasten_reaper()
+        expired = self._sleep(seconds)
+        try:
+            await asyncio.wait((waiter.future, expired), return_when=asyncio.FIRST_COMPLETED)
+            return waiter.future.result() if waiter.future.done() else None
+        finally:
+            expired.cancel()
+            waiter.holders -= 1
+            if waiter.holders == 0:
+                self._waiters.pop(lease_id, None)
+
+    async def cancel(self, lease_id: str) -> None:
+        """Take a waiter out of the queue, or give back its unclaimed grant."""
+        with self._store_errors():
+            self._deliver(await self.backend.cancel(lease_id))
+
+    # -- internals --------------------------------------------------------------------------
 
     @contextmanager
     def _store_errors(self) -> Iterator[None]:
@@ -341,85 +383,9 @@ class Engine:
             queued_for=0.0,
         )
 
-    # -- validation and pricing -------------------------------------------------------------
-
-    def _ticket(self, spec: AcquireSpec, deadline: float | None) -> tuple[Ticket, float]:
-        """Validate every field, count tokens and price the call; nothing is reserved here."""
-        pool = self._pool(spec.pool)
-        tenant = self._tenant(spec.tenant)
-        _check_tokens("input_tokens", spec.input_tokens)
-        _check_tokens("max_output_tokens", spec.max_output_tokens)
-        if not 0 <= spec.priority <= 4:
-            raise InvalidArgument("priority", f"unknown value {spec.priority}")
-        if spec.wait_timeout < 0 or not math.isfinite(spec.wait_timeout):
-            raise InvalidArgument("wait_timeout", "must not be negative")
-        if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidArgument(
-                "idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters"
-            )
-        if len(spec.prompt) > MAX_PROMPT_CHARS:
-            raise InvalidArgument("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
-        _check_labels(spec.labels)
-        input_tokens = spec.input_tokens
-        if input_tokens == 0 and spec.prompt:
-            input_tokens = self._counter.count(pool.name, spec.prompt)
-        if input_tokens + spec.max_output_tokens == 0:
-            raise InvalidArgument(
-                "input_tokens",
-                "the reservation is empty: set input_tokens, prompt or max_output_tokens",
-            )
-        priority = (spec.priority or 3) - 1
-        wait = min(spec.wait_timeout, self.settings.queue.max_wait)
-        if deadline is not None:
-            wait = max(0.0, min(wait, deadline))
-        price_in = nano_usd_per_token(pool.price.input_per_million)
-        price_out = nano_usd_per_token(pool.price.output_per_million)
-        ticket = Ticket(
-            lease_id=secrets.token_hex(16),
-            tenant=tenant.name,
-            pool=pool.name,
-            input_tokens=input_tokens,
-            max_output_tokens=spec.max_output_tokens,
-            nano_usd=price_nano_usd(input_tokens, spec.max_output_tokens, price_in, price_out),
-            price_in=price_in,
-            price_out=price_out,
-            priority=priority,
-            cost=(input_tokens + spec.max_output_tokens) / tenant.weight,
-            limits=self.policy.limits(pool, tenant),
-            ttl=self.settings.lease.ttl,
-            wait=wait,
-            idempotency_key=spec.idempotency_key,
-            fingerprint=f"{pool.name}|{input_tokens}|{spec.max_output_tokens}|{priority}",
-            max_queued_tenant=tenant.max_queued or self.settings.queue.max_per_tenant,
-            max_queued_total=self.settings.queue.max_length,
-        )
-        return ticket, wait
-
-    def _pool(self, name: str) -> PoolConfig:
-        if not name:
-            raise InvalidArgument("pool", "required")
-        pool = self.policy.pools.get(name)
-        if pool is None:
-            raise NotFound("pool", f"unknown pool {name[:MAX_NAME]!r}")
-        return pool
-
-    def _owner(self, name: str | None) -> str | None:
-        """The tenant a Release/Renew acts as: resolved like Acquire's; None = not checked."""
-        return self._tenant(name).name if name else None
-
-    def _tenant(self, name: str) -> TenantConfig:
-        tenant = self.policy.tenants.get(name) if name else None
-        if tenant is None and self.settings.default_tenant is not None:
-            tenant = self.policy.tenants[self.settings.default_tenant]
-        if tenant is not None:
-            return tenant
-        if not name:
-            raise InvalidArgument("tenant", "required (the server has no default tenant)")
-        raise NotFound("tenant", f"unknown tenant {name[:MAX_NAME]!r}")
-
-    # -- waiting ----------------------------------------------------------------------------
-
-    async def _wait(self, result: AcquireResult, pool: str, wait: float) -> LeaseRecord:
+    async def _wait(
+        self, result: AcquireResult, pool: str, wait: float, report: QueueReport | None
+    ) -> LeaseRecord:
         """Wait for the grant of ``result.waiting_on`` (ours, or an earlier idempotent one)."""
         loop = asyncio.get_running_loop()
         lease_id = result.waiting_on
@@ -430,20 +396,26 @@ class Engine:
             waiter.holders += 1
         self._hasten_reaper()
         started = self.clock.now()
-        timeout: asyncio.Future[None] = loop.create_future()
-        timer = self.clock.call_at(started + wait, lambda: _resolve(timeout))
+        timeout = self._sleep(wait)
+        reporter = asyncio.ensure_future(self._report(lease_id, report)) if report else None
         try:
             await asyncio.wait((waiter.future, timeout), return_when=asyncio.FIRST_COMPLETED)
             if waiter.future.done():
                 return waiter.future.result()  # the lease, or Rejected/Unavailable
-            stats = self._stats[pool]
+            spot = None
+            with contextlib.suppress(Unavailable):  # the estimate is a courtesy
+                spot = (await self.backend.look(lease_id, claim=False)).queued
+            estimate = self.estimate(spot) if spot is not None else None
             raise self.policy.queue_timeout(
                 self.clock.now() - started,
-                retry_after=self._queue_estimate(pool, depth=1),
-                blocked_by=stats.blocked,
+                retry_after=self._next_grant_in(pool, spot.grants_per_second if spot else None),
+                blocked_by=self._stats[pool].blocked if pool in self._stats else None,
+                estimate=estimate,
             )
         finally:
-            timer.cancel()
+            timeout.cancel()
+            if reporter is not None:
+                reporter.cancel()
             waiter.holders -= 1
             if waiter.holders == 0:
                 self._waiters.pop(lease_id, None)
@@ -452,6 +424,31 @@ class Engine:
                     # with us, _deliver finds no waiter and gives the lease back.
                     waiter.future.cancel()
                     self._deliver(await asyncio.shield(self.backend.cancel(lease_id)))
+
+    async def _report(self, lease_id: str, report: QueueReport) -> None:
+        """Tell ``report`` where the waiter stands now, and again every
+        ``queue.update_interval`` when that changed, until it leaves the queue."""
+        last: tuple[int, int, float] | None = None
+        while True:
+            look = None
+            with contextlib.suppress(Unavailable):  # try again next time
+                look = await self.backend.look(lease_id, claim=False)
+            if look is not None:
+                if look.queued is None:
+                    return
+                estimate = self.estimate(look.queued)
+                shown = (estimate.position, estimate.depth, round(estimate.wait, 1))
+                if shown != last:
+                    report(estimate)
+                    last = shown
+            await self._sleep(self.settings.queue.update_interval)
+
+    def _sleep(self, seconds: float) -> asyncio.Future[None]:
+        """A future that resolves ``seconds`` from now on the engine's clock."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        handle = self.clock.call_at(self.clock.now() + seconds, lambda: _resolve(future))
+        future.add_done_callback(lambda _: handle.cancel())
+        return future
 
     def _deliver(self, progress: Progress) -> None:
         """Hand grants and refusals from a dispatch pass to their waiting RPCs."""
@@ -470,21 +467,15 @@ class Engine:
 
     def _grant(self, lease: LeaseRecord) -> None:
         """Hand a grant to its waiting RPC if it is ours. A grant for an RPC that has just
-        given up stays unclaimed; that RPC's cancel() gives it back."""
+        given up stays unclaimed (that RPC's cancel() gives it back), as does one for a
+        deferred ticket or another replica's RPC: the reaper comes back in time to give it
+        back if nobody claims it."""
         waiter = self._waiters.get(lease.lease_id)
         if waiter is not None and not waiter.future.done():
             waiter.future.set_result(lease)
-            self._granted(lease)
             self._spawn(self.backend.claim(lease.lease_id))
-
-    def _granted(self, lease: LeaseRecord) -> None:
-        stats = self._stats.get(lease.pool)
-        if stats is None:
-            return
-        now = self.clock.now()
-        if stats.last_grant is not None:
-            stats.grant_interval = _ewma(stats.grant_interval, now - stats.last_grant)
-        stats.last_grant = now
+        else:
+            self._reap_within(CLAIM_TIMEOUT)
 
     def _note_blocked(self, pool: str, denial: Denial) -> None:
         """Remember what holds the queue; when it is a bucket, dispatch again once it refills."""
@@ -505,33 +496,48 @@ class Engine:
         self._wake = (when, self.clock.call_at(when, self._on_wake))
 
     def _on_wake(self) -> None:
+        # Dispatch even with no RPC waiting here: deferred tickets wait without one.
         self._wake = None
-        if self._waiters:
-            self._spawn(self._dispatch())
+        self._spawn(self._dispatch())
 
     async def _dispatch(self) -> None:
         self._deliver(await self.backend.dispatch())
 
-    def _queue_estimate(self, pool: str, *, depth: int) -> float:
-        """Seconds until a retry is likely to be admitted: the blocker's own retry delay plus
-        the waiters ahead at the recent grant rate."""
-        stats = self._stats[pool]
-        first = self.settings.lease.ttl
-        if stats.blocked is not None:
-            first = self.policy.retry_after(
+    def _hold_time(self, pool: str) -> float | None:
+        stats = self._stats.get(pool)
+        return stats.hold_time if stats is not None else None
+
+    def _first_grant_in(self, pool: str) -> float:
+        """Seconds until the pool is likely to grant again, from what this process saw:
+        the blocking limit's own delay, else a typical hold, else one lease TTL."""
+        stats = self._stats.get(pool)
+        if stats is not None and stats.blocked is not None:
+            return self.policy.retry_after(
                 stats.blocked, wall=self.clock.wall(), hold_time=stats.hold_time
             )
-        elif stats.hold_time is not None:
-            first = stats.hold_time
-        per_grant = stats.grant_interval if stats.grant_interval is not None else 0.0
-        return max(0.001, first + depth * per_grant)
+        if stats is not None and stats.hold_time is not None:
+            return stats.hold_time
+        return self.settings.lease.ttl
+
+    def _next_grant_in(self, pool: str, grants_per_second: float | None) -> float:
+        return wait_estimate(0, grants_per_second, self._first_grant_in(pool))
+
+    def _queue_full(self, pool: str, full: QueueFull) -> Rejected:
+        """No room: a retry can succeed once the next waiter has been served."""
+        rate, first = full.grants_per_second, self._first_grant_in(pool)
+        joining = QueueEstimate(
+            full.pool_depth, full.pool_depth, wait_estimate(full.pool_depth, rate, first)
+        )
+        return self.policy.queue_full(
+            full, retry_after=wait_estimate(0, rate, first), estimate=joining
+        )
 
     # -- reaper -----------------------------------------------------------------------------
 
     def _schedule_reaper(self, next_expiry_in: float | None = None) -> None:
         """Look for expired leases every ``reap_interval`` while callers wait for capacity;
-        otherwise not before the earliest expiry, and at least once per TTL (which covers
-        leases granted meanwhile, by other replicas too)."""
+        otherwise not before the earliest expiry (or unclaimed grant's deadline), and at
+        least once per TTL (which covers leases granted meanwhile, by other replicas too)."""
         lease = self.settings.lease
         delay = lease.ttl if next_expiry_in is None else next_expiry_in
         if self._waiters:
@@ -542,7 +548,12 @@ class Engine:
 
     def _hasten_reaper(self) -> None:
         """A caller now waits for capacity: expiries must free it within ``reap_interval``."""
-        soon = self.clock.now() + self.settings.lease.reap_interval
+        self._reap_within(self.settings.lease.reap_interval)
+
+    def _reap_within(self, seconds: float) -> None:
+        """Bring the next reap forward to at most ``seconds`` from now; it then reschedules
+        itself for the next expiry or unclaimed grant's deadline."""
+        soon = self.clock.now() + seconds
         if self._reaper is not None and self._reaper[0] > soon:
             self._reaper[1].cancel()
             self._reaper = (soon, self.clock.call_at(soon, self._on_reap))
@@ -606,28 +617,3 @@ def _draining() -> Unavailable:
 
 def _ewma(old: float | None, sample: float) -> float:
     return sample if old is None else old + _EWMA * (sample - old)
-
-
-def _check_tokens(name: str, value: int) -> None:
-    if value < 0:
-        raise InvalidArgument(name, f"must not be negative, got {value}")
-    if value > MAX_TOKENS:
-        raise InvalidArgument(name, f"at most {MAX_TOKENS}, got {value}")
-
-
-def _check_lease_id(lease_id: str) -> None:
-    if not lease_id:
-        raise InvalidArgument("lease_id", "required")
-    if len(lease_id) > 64:
-        raise InvalidArgument("lease_id", "longer than 64 characters")
-
-
-def _check_labels(labels: Mapping[str, str]) -> None:
-    if len(labels) > MAX_LABELS:
-        raise InvalidArgument("labels", f"at most {MAX_LABELS} entries")
-    for key, value in labels.items():
-        if not key or len(key) > MAX_LABEL_TEXT or len(value) > MAX_LABEL_TEXT:
-            raise InvalidArgument(
-                "labels",
-                f"keys must be 1-{MAX_LABEL_TEXT} and values 0-{MAX_LABEL_TEXT} characters",
-            )

@@ -66,6 +66,19 @@ class FairQueue:
         if self._last_finish.get(key, 0.0) <= self._vtime[entry.priority]:
             self._last_finish.pop(key, None)  # no credit left to remember
 
+    def position(self, target: Entry, now: float, aging: float, exact_up_to: int) -> int:
+        """How many entries are served before ``target``: exact within the first
+        ``exact_up_to`` of the order; beyond, the higher classes plus its rank in its own
+        (aging ignored), which is cheap however long the queue."""
+        for i, entry in enumerate(self.ordered(now, aging)):
+            if entry is target:
+                return i
+            if i >= exact_up_to:
+                break
+        ahead = sum(len(queue) for queue in self._classes[: target.priority])
+        own = bisect.bisect_left(self._classes[target.priority], target)
+        return max(exact_up_to, ahead + own)
+
     def ordered(self, now: float, aging: float) -> Iterator[Entry]:
         """Entries in service order. Do not push or remove while iterating."""
         cursors = [0] * PRIORITY_CLASSES

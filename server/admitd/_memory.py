@@ -7,24 +7,31 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from ._backend import (
+    MAX_EXACT_POSITION,
     AcquireResult,
     Denial,
+    EndKind,
     ExpireResult,
     FingerprintMismatch,
+    GrantRate,
     Kind,
     LeaseGone,
     LeaseRecord,
     Limit,
+    Look,
     NotOwner,
     Progress,
     QueueFull,
+    QueueSpot,
     ReleaseResult,
     Scope,
     Settlement,
     Snapshot,
     Ticket,
+    TicketEnd,
     Unit,
 )
 from ._clock import Clock
@@ -88,6 +95,8 @@ class MemoryBackend:
         self._expired: list[LeaseRecord] = []  # reaped (maybe lazily), not yet reported
         self._defs: dict[str, Limit] | None = None  # limits as configured now, by key
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
+        self._ended: OrderedDict[str, tuple[TicketEnd, float]] = OrderedDict()  # -> drop at
+        self._rates: dict[str, GrantRate] = {}
 
     # -- operations -----------------------------------------------------------------------
 
@@ -100,7 +109,7 @@ class MemoryBackend:
         if daily is not None:
             return AcquireResult(denial=daily)
         if wait:
-            full = self._queue_full(ticket)
+            full = self._queue_full(ticket, now)
             if full is not None:
                 return AcquireResult(denial=full)
         queue = self._queues.setdefault(ticket.pool, FairQueue())
@@ -132,7 +141,11 @@ class MemoryBackend:
             ticket = self._unqueue(lease_id, served=False)
             if ticket.idempotency_key:
                 self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+            self._end(ticket, "cancelled", now)
         elif self._unclaimed.pop(lease_id, None) is not None:
+            lease = self._leases.get(lease_id)
+            if lease is not None:
+                self._end(lease.ticket, "cancelled", now)
             self._give_back(lease_id, now)  # granted while its RPC gave up
             return self._dispatch_all(now)
         return Progress()
@@ -179,25 +192,64 @@ class MemoryBackend:
 
     async def expire(self) -> ExpireResult:
         now = self._tick()
+        given_back = False
         while self._unclaimed:
             lease_id, give_up_at = next(iter(self._unclaimed.items()))
             if give_up_at > now:
                 break
             del self._unclaimed[lease_id]
+            lease = self._leases.get(lease_id)
+            if lease is not None:
+                self._end(lease.ticket, "unclaimed", now)
             self._give_back(lease_id, now)
+            given_back = True
         expired, self._expired = self._expired, []
         self._forget_released(now)
-        progress = self._dispatch_all(now) if expired else Progress()
+        progress = self._dispatch_all(now) if expired or given_back else Progress()
+        # The reaper comes back at the next lease expiry or unclaimed grant's deadline.
+        deadlines = [give_up_at for give_up_at in self._unclaimed.values()][:1]
         while self._expiry:
             at, lease_id = self._expiry[0]
             lease = self._leases.get(lease_id)
             if lease is not None and lease.expires_at == at:
-                return ExpireResult(expired, progress, at - now)
+                deadlines.append(at)
+                break
             heapq.heappop(self._expiry)  # released or renewed since
-        return ExpireResult(expired, progress)
+        return ExpireResult(expired, progress, min(deadlines) - now if deadlines else None)
 
     async def dispatch(self) -> Progress:
         return self._dispatch_all(self._tick())
+
+    async def look(self, lease_id: str, *, claim: bool) -> Look:
+        now = self._tick()
+        waiter = self._waiters.get(lease_id)
+        if waiter is not None:
+            ticket, entry = waiter.ticket, waiter.entry
+            wait_left = entry.enqueued_at + ticket.wait - now
+            if wait_left >= 0:
+                queue = self._queues[ticket.pool]
+                rate = self._rates.get(ticket.pool)
+                return Look(
+                    queued=QueueSpot(
+                        tenant=ticket.tenant,
+                        pool=ticket.pool,
+                        position=queue.position(entry, now, self._aging, MAX_EXACT_POSITION),
+                        depth=len(queue),
+                        grants_per_second=rate.per_second(now) if rate else None,
+                        wait_left=wait_left,
+                    )
+                )
+            self._unqueue(lease_id, served=False)  # its wait ran out; a dispatch had not seen
+            self._end(ticket, "timeout", now)
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            unclaimed = lease_id in self._unclaimed
+            if claim:
+                self._unclaimed.pop(lease_id, None)
+            return Look(lease=lease.record(now), claimed=not unclaimed)
+        self._forget_ended(now)
+        ended = self._ended.get(lease_id)
+        return Look(ended=ended[0]) if ended is not None else Look()
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
         now = self._tick()
@@ -293,6 +345,7 @@ class MemoryBackend:
                 self._daily[key] = self._daily.get(key, 0.0) + amount
         lease = _Lease(ticket, self._day, now, now + ticket.ttl, queued_for)
         self._leases[ticket.lease_id] = lease
+        self._rates.setdefault(ticket.pool, GrantRate(now)).add(now)
         heapq.heappush(self._expiry, (lease.expires_at, ticket.lease_id))
         if ticket.idempotency_key:
             self._remember_key(ticket, ticket.lease_id, now)
@@ -343,6 +396,19 @@ class MemoryBackend:
             self._expired.append(lease.record(now))
             self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
 
+    def _end(self, ticket: Ticket, kind: EndKind, now: float, denial: Denial | None = None) -> None:
+        """Remember why a deferred ticket left unserved, for one lease TTL."""
+        if ticket.deferred:
+            end = TicketEnd(kind, ticket.tenant, denial)
+            self._ended[ticket.lease_id] = (end, now + ticket.ttl)
+
+    def _forget_ended(self, now: float) -> None:
+        while self._ended:
+            lease_id, (_, drop_at) = next(iter(self._ended.items()))
+            if drop_at > now:
+                break
+            del self._ended[lease_id]
+
     def _forget_released(self, now: float) -> None:
         while self._released:
             lease_id, (_, drop_at) = next(iter(self._released.items()))
@@ -383,14 +449,24 @@ class MemoryBackend:
 
     # -- queue ----------------------------------------------------------------------------
 
-    def _queue_full(self, ticket: Ticket) -> QueueFull | None:
+    def _queue_full(self, ticket: Ticket, now: float) -> QueueFull | None:
         mine = self._queued_by_tenant.get(ticket.tenant, 0)
-        if mine >= ticket.max_queued_tenant:
-            return QueueFull("tenant", mine, ticket.max_queued_tenant)
         total = len(self._waiters)
-        if total >= ticket.max_queued_total:
-            return QueueFull("global", total, ticket.max_queued_total)
-        return None
+        scope: Literal["global", "tenant"]
+        if mine >= ticket.max_queued_tenant:
+            scope, depth, limit = "tenant", mine, ticket.max_queued_tenant
+        elif total >= ticket.max_queued_total:
+            scope, depth, limit = "global", total, ticket.max_queued_total
+        else:
+            return None
+        queue, rate = self._queues.get(ticket.pool), self._rates.get(ticket.pool)
+        return QueueFull(
+            scope,
+            depth,
+            limit,
+            pool_depth=len(queue) if queue is not None else 0,
+            grants_per_second=rate.per_second(now) if rate is not None else None,
+        )
 
     def _unqueue(self, lease_id: str, *, served: bool) -> Ticket:
         waiter = self._waiters.pop(lease_id)
@@ -457,8 +533,8 @@ class MemoryBackend:
         for entry in served:
             self._unqueue(entry.lease_id, served=True)
         for entry, denial in never:
-            self._unqueue(entry.lease_id, served=False)
+            self._end(self._unqueue(entry.lease_id, served=False), "rejected", now, denial)
             progress.rejections.append((entry.lease_id, denial))
         for entry in gone:
-            self._unqueue(entry.lease_id, served=False)
+            self._end(self._unqueue(entry.lease_id, served=False), "timeout", now)
         return watched

@@ -4,6 +4,8 @@ state lives in the backend, waiting in the engine."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ._backend import Denial, Kind, Limit, QueueFull, Scope, Unit
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import Reason, Rejected
@@ -11,6 +13,36 @@ from ._errors import Reason, Rejected
 NANO_PER_USD = 1_000_000_000
 MIN_RETRY = 0.001
 DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEstimate:
+    """Where a waiter stands and when it can expect its grant."""
+
+    position: int  # waiters served before it
+    depth: int  # waiters in its pool's queue
+    wait: float  # estimated seconds until its grant
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "queue_position": str(self.position),
+            "queue_depth": str(self.depth),
+            "estimated_wait_seconds": f"{self.wait:.3f}",
+        }
+
+
+def wait_estimate(
+    position: int, grants_per_second: float | None, first_grant_in: float
+) -> float:
+    """Seconds until a waiter with ``position`` waiters ahead of it is granted.
+
+    At the pool's recent grant rate when there is one (it already reflects how long leases
+    are held and how fast buckets refill); before any grant, ``first_grant_in`` (when the
+    blocking limit frees, or a typical hold) for each waiter up to and including it.
+    """
+    if grants_per_second:
+        return max(MIN_RETRY, (position + 1) / grants_per_second)
+    return max(MIN_RETRY, first_grant_in * (position + 1))
 
 
 def nano_usd_per_token(per_million: float) -> float:
@@ -109,27 +141,51 @@ class Policy:
         return max(MIN_RETRY, hold / max(1.0, denial.level))
 
     @staticmethod
-    def queue_full(full: QueueFull, *, retry_after: float) -> Rejected:
+    def queue_full(full: QueueFull, *, retry_after: float, estimate: QueueEstimate) -> Rejected:
+        """The queue has no room. ``estimate``: a waiter joining the back of the pool's
+        queue now; a retry can succeed once a waiter ahead has been served."""
         where = "the queue" if full.scope == "global" else "this tenant's queue"
         return Rejected(
             Reason.QUEUE_FULL,
-            f"{where} is full ({full.depth} of {full.limit} waiting)",
+            f"{where} is full ({full.depth} of {full.limit} waiting); a waiter joining now"
+            f" would wait about {estimate.wait:.1f}s",
             retry_after=retry_after,
-            metadata={"scope": full.scope, "limit": str(full.limit)},
+            metadata={"scope": full.scope, "limit": str(full.limit), **estimate.metadata()},
         )
 
     @staticmethod
-    def queue_timeout(waited: float, *, retry_after: float, blocked_by: Denial | None) -> Rejected:
+    def queue_timeout(
+        waited: float,
+        *,
+        retry_after: float,
+        blocked_by: Denial | None,
+        estimate: QueueEstimate | None,
+    ) -> Rejected:
+        """Not admitted in time. ``estimate``: where the waiter stood when it gave up."""
         metadata = {"waited_seconds": f"{waited:.3f}"}
         detail = ""
+        if estimate is not None:
+            metadata.update(estimate.metadata())
+            detail = f" ({estimate.position} ahead, about {estimate.wait:.1f}s more)"
         if blocked_by is not None:
             metadata.update(_metadata(blocked_by.limit, blocked_by.amount))
-            detail = f"; the queue is held by {_describe(blocked_by.limit)}"
+            detail += f"; the queue is held by {_describe(blocked_by.limit)}"
         return Rejected(
             Reason.QUEUE_TIMEOUT,
             f"not admitted within {waited:.3f}s of waiting{detail}",
             retry_after=retry_after,
             metadata=metadata,
+        )
+
+
+    def ticket_timeout(self, ticket_id: str) -> Rejected:
+        """A deferred ticket left the queue unserved when its wait ran out."""
+        wait = self.settings.queue.ticket_max_wait
+        return Rejected(
+            Reason.QUEUE_TIMEOUT,
+            f"ticket {ticket_id!r} was not admitted within its wait (at most {wait:g}s)",
+            retry_after=MIN_RETRY,  # enqueue again; it waits its turn like anyone
+            metadata={"ticket_id": ticket_id},
         )
 
 

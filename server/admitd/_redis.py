@@ -35,14 +35,17 @@ from ._backend import (
     LeaseGone,
     LeaseRecord,
     Limit,
+    Look,
     NotOwner,
     Progress,
     QueueFull,
+    QueueSpot,
     ReleaseResult,
     Scope,
     Settlement,
     Snapshot,
     Ticket,
+    TicketEnd,
     Unit,
 )
 from ._clock import Clock
@@ -61,6 +64,7 @@ OPERATIONS = (
     "dispatch",
     "snapshot",
     "configure",
+    "look",
 )
 
 
@@ -115,7 +119,14 @@ class RedisBackend:
             result.lease = _lease(doc["lease"])
         elif "full" in doc:
             full = doc["full"]
-            result.denial = QueueFull(full["scope"], int(full["depth"]), int(full["limit"]))
+            rate = full.get("grants_per_second")
+            result.denial = QueueFull(
+                full["scope"],
+                int(full["depth"]),
+                int(full["limit"]),
+                pool_depth=int(full["pool_depth"]),
+                grants_per_second=None if rate is None else float(rate),
+            )
         elif "denial" in doc:
             result.denial = _denial(doc["denial"])
         return result
@@ -160,6 +171,29 @@ class RedisBackend:
 
     async def dispatch(self) -> Progress:
         return _progress((await self._run("dispatch")).get("progress"))
+
+    async def look(self, lease_id: str, *, claim: bool) -> Look:
+        doc = await self._run("look", lease_id, "1" if claim else "0")
+        if "queued" in doc:
+            q = doc["queued"]
+            rate = q.get("grants_per_second")
+            return Look(
+                queued=QueueSpot(
+                    tenant=str(q["tenant"]),
+                    pool=str(q["pool"]),
+                    position=int(q["position"]),
+                    depth=int(q["depth"]),
+                    grants_per_second=None if rate is None else float(rate),
+                    wait_left=float(q["wait_left"]),
+                )
+            )
+        if "lease" in doc:
+            return Look(lease=_lease(doc["lease"]), claimed=bool(doc["claimed"]))
+        if "ended" in doc:
+            e = doc["ended"]
+            denial = _denial(e["denial"]) if isinstance(e.get("denial"), dict) else None
+            return Look(ended=TicketEnd(e["kind"], str(e["tenant"]), denial))
+        return Look()
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
         doc = await self._run("snapshot", json.dumps([_limit_json(limit) for limit in limits]))
@@ -340,6 +374,7 @@ def _ticket_json(t: Ticket) -> str:
             "ttl": t.ttl,
             "wait": t.wait,
             "claim": t.claim_timeout,
+            "def": t.deferred,
             "idem": t.idempotency_key,
             "fp": t.fingerprint,
             "mqt": t.max_queued_tenant,

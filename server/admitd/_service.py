@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ._auth import Authenticator, Principal
 from ._backend import LeaseRecord, Limit, Snapshot
-from ._engine import AcquireSpec, Engine
+from ._engine import Engine
 from ._errors import AdmitdError, InvalidArgument
-from ._policy import NANO_PER_USD
+from ._policy import NANO_PER_USD, QueueEstimate
+from ._requests import AcquireSpec
 from ._status import seconds_to_duration, to_status
+from ._tickets import Tickets, TicketView
 from .v1 import admission_pb2 as pb
 from .v1 import admission_pb2_grpc as pb_grpc
 
@@ -23,9 +26,18 @@ Resp = TypeVar("Resp")
 Handler = Callable[["AdmissionService", Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
-def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn domain errors into their gRPC status (with details); the one place that does."""
+StreamHandler = Callable[
+    ["AdmissionService", Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]
+]
 
+
+async def _abort(context: grpc.aio.ServicerContext[Req, Resp], error: AdmitdError) -> NoReturn:
+    """Turn a domain error into its gRPC status (with details); the one place that does."""
+    await context.abort_with_status(to_status(error))
+    raise AssertionError("abort_with_status returned") from error
+
+
+def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     @wraps(handler)
     async def wrapper(
         self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
@@ -33,8 +45,21 @@ def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await handler(self, request, context)
         except AdmitdError as error:
-            await context.abort_with_status(to_status(error))
-            raise AssertionError("abort_with_status returned") from error
+            await _abort(context, error)
+
+    return wrapper
+
+
+def _translated_stream(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+    @wraps(handler)
+    async def wrapper(
+        self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for response in handler(self, request, context):
+                yield response
+        except AdmitdError as error:
+            await _abort(context, error)
 
     return wrapper
 
@@ -42,6 +67,7 @@ def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class AdmissionService(pb_grpc.AdmissionServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.tickets = Tickets(engine)
         self._auth = Authenticator(engine.settings.auth)
 
     def _caller(self, context: grpc.aio.ServicerContext[Req, Resp]) -> Principal:
@@ -56,9 +82,80 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.AcquireRequest,
         context: grpc.aio.ServicerContext[pb.AcquireRequest, pb.Lease],
     ) -> pb.Lease:
-        caller = self._caller(context)
-        spec = AcquireSpec(
-            tenant=caller.tenant_for(request.tenant),
+        spec = self._spec(request, context)
+        lease = await self.engine.acquire(spec, deadline=context.time_remaining())
+        return self._lease(lease)
+
+    @_translated_stream
+    async def AcquireStream(  # noqa: N802
+        self,
+        request: pb.AcquireStreamRequest,
+        context: grpc.aio.ServicerContext[pb.AcquireStreamRequest, pb.AcquireStreamResponse],
+    ) -> AsyncIterator[pb.AcquireStreamResponse]:
+        spec = self._spec(request.acquire, context)
+        updates: asyncio.Queue[QueueEstimate] = asyncio.Queue()
+        acquire = asyncio.ensure_future(
+            self.engine.acquire(
+                spec, deadline=context.time_remaining(), on_queued=updates.put_nowait
+            )
+        )
+        try:
+            while not acquire.done():
+                update = asyncio.ensure_future(updates.get())
+                await asyncio.wait((acquire, update), return_when=asyncio.FIRST_COMPLETED)
+                if not update.cancel():
+                    yield pb.AcquireStreamResponse(queued=_position(update.result()))
+            yield pb.AcquireStreamResponse(lease=self._lease(acquire.result()))
+        finally:
+            acquire.cancel()  # the caller went away: leave the queue, keep nothing
+
+    @_translated
+    async def Enqueue(  # noqa: N802
+        self,
+        request: pb.EnqueueRequest,
+        context: grpc.aio.ServicerContext[pb.EnqueueRequest, pb.Ticket],
+    ) -> pb.Ticket:
+        return self._ticket(await self.tickets.enqueue(self._spec(request.acquire, context)))
+
+    @_translated
+    async def GetTicket(  # noqa: N802
+        self,
+        request: pb.GetTicketRequest,
+        context: grpc.aio.ServicerContext[pb.GetTicketRequest, pb.Ticket],
+    ) -> pb.Ticket:
+        tenant = self._caller(context).tenant_for(request.tenant)
+        return self._ticket(await self.tickets.get(request.ticket_id, tenant))
+
+    @_translated
+    async def WaitTicket(  # noqa: N802
+        self,
+        request: pb.WaitTicketRequest,
+        context: grpc.aio.ServicerContext[pb.WaitTicketRequest, pb.Ticket],
+    ) -> pb.Ticket:
+        tenant = self._caller(context).tenant_for(request.tenant)
+        wait = min(
+            _seconds(request.wait_timeout, "wait_timeout"), self.engine.settings.queue.max_wait
+        )
+        deadline = context.time_remaining()
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline))
+        return self._ticket(await self.tickets.wait(request.ticket_id, wait, tenant))
+
+    @_translated
+    async def CancelTicket(  # noqa: N802
+        self,
+        request: pb.CancelTicketRequest,
+        context: grpc.aio.ServicerContext[pb.CancelTicketRequest, pb.CancelTicketResponse],
+    ) -> pb.CancelTicketResponse:
+        tenant = self._caller(context).tenant_for(request.tenant)
+        cancelled = await self.tickets.cancel(request.ticket_id, tenant)
+        return pb.CancelTicketResponse(cancelled=cancelled)
+
+    def _spec(
+        self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext[Req, Resp]
+    ) -> AcquireSpec:
+        return AcquireSpec(
+            tenant=self._caller(context).tenant_for(request.tenant),
             pool=request.pool,
             input_tokens=request.input_tokens,
             max_output_tokens=request.max_output_tokens,
@@ -68,8 +165,6 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             prompt=request.prompt,
             labels=dict(request.labels),
         )
-        lease = await self.engine.acquire(spec, deadline=context.time_remaining())
-        return self._lease(lease)
 
     @_translated
     async def Release(  # noqa: N802
@@ -109,9 +204,25 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         caller = self._caller(context)
         return status_response(self.engine, await self.engine.snapshot(), caller.sees_tenant)
 
+    def _ticket(self, view: TicketView) -> pb.Ticket:
+        if view.lease is not None:
+            granted = pb.TicketState.TICKET_STATE_GRANTED
+            return pb.Ticket(ticket_id=view.ticket_id, state=granted, lease=self._lease(view.lease))
+        assert view.estimate is not None
+        return pb.Ticket(
+            ticket_id=view.ticket_id,
+            state=pb.TicketState.TICKET_STATE_QUEUED,
+            position=_position(view.estimate),
+            wait_deadline=self._timestamp(view.wait_left),
+        )
+
+    def _timestamp(self, seconds_from_now: float) -> timestamp_pb2.Timestamp:
+        timestamp = timestamp_pb2.Timestamp()
+        timestamp.FromNanoseconds(round((self.engine.clock.wall() + seconds_from_now) * 1e9))
+        return timestamp
+
     def _lease(self, lease: LeaseRecord) -> pb.Lease:
-        expires_at = timestamp_pb2.Timestamp()
-        expires_at.FromNanoseconds(round((self.engine.clock.wall() + lease.expires_in) * 1e9))
+        expires_at = self._timestamp(lease.expires_in)
         return pb.Lease(
             lease_id=lease.lease_id,
             tenant=lease.tenant,
@@ -122,6 +233,14 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             input_tokens=lease.input_tokens,
             reserved_usd=lease.nano_usd / NANO_PER_USD,
         )
+
+
+def _position(estimate: QueueEstimate) -> pb.QueuePosition:
+    return pb.QueuePosition(
+        position=estimate.position,
+        depth=estimate.depth,
+        estimated_wait=seconds_to_duration(estimate.wait),
+    )
 
 
 def _seconds(duration: duration_pb2.Duration, field: str) -> float:

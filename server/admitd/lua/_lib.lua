@@ -10,9 +10,10 @@
 -- Returns  a JSON document (cjson), decoded by _redis.py.
 --
 -- A ticket (JSON from the engine; stored as sent, because cjson.encode keeps only 14
--- significant digits and would round refill rates and prices) has: id tenant pool in out usd pin pout prio cost ttl wait
--- claim idem fp mqt mqa limits, where each limit is [key, kind, unit, scope, capacity, rate,
--- name, owner] with kind gauge|bucket|daily and unit slot|request|token|nano_usd.
+-- significant digits and would round refill rates and prices) has: id tenant pool in out usd
+-- pin pout prio cost ttl wait claim def idem fp mqt mqa limits, where each limit is [key,
+-- kind, unit, scope, capacity, rate, name, owner] with kind gauge|bucket|daily and unit
+-- slot|request|token|nano_usd; def is true for a deferred ticket (Enqueue).
 
 local base = KEYS[1]
 local function key(...)
@@ -29,6 +30,8 @@ end
 local aging = tonumber(ARGV[2])
 local day = tostring(math.floor(now / 86400))
 local MAX_EXAMINED = 1024
+local MAX_EXACT_POSITION = 1000 -- = _backend.MAX_EXACT_POSITION
+local RATE_WINDOW = 30 -- = _backend.RATE_WINDOW
 local DAY_KEEP = 172800
 local G, B, D = key('gauge'), key('bucket'), key('daily', day)
 
@@ -140,6 +143,48 @@ local function load_lease(id)
           expires = tonumber(v[4]), queued = tonumber(v[5])}
 end
 
+-- Grants per second of a pool, over a sliding window of two fixed windows (the same state
+-- and arithmetic as _backend.GrantRate).
+local function rate_state(pool)
+  local v = redis.call('HMGET', key('rate'), pool .. '|f', pool .. '|t', pool .. '|w',
+                       pool .. '|c', pool .. '|p')
+  if not v[1] then return nil end
+  local r = {first = tonumber(v[1]), total = tonumber(v[2]), win = tonumber(v[3]),
+             cur = tonumber(v[4]), prev = tonumber(v[5])}
+  local w = math.floor(now / RATE_WINDOW)
+  if w ~= r.win then
+    if w == r.win + 1 then r.prev = r.cur else r.prev = 0 end
+    r.cur, r.win = 0, w
+  end
+  return r
+end
+
+local function count_grant(pool)
+  local r = rate_state(pool) or
+    {first = now, total = 0, win = math.floor(now / RATE_WINDOW), cur = 0, prev = 0}
+  redis.call('HSET', key('rate'), pool .. '|f', num(r.first), pool .. '|t', r.total + 1,
+             pool .. '|w', r.win, pool .. '|c', r.cur + 1, pool .. '|p', r.prev)
+end
+
+local function grants_per_second(pool)
+  local r = rate_state(pool)
+  if not r then return nil end
+  local span = now - r.first
+  if span < RATE_WINDOW then
+    if span > 0 and r.total > 1 then return (r.total - 1) / span end
+    return nil
+  end
+  return (r.prev * (1 - (now / RATE_WINDOW - r.win)) + r.cur) / RATE_WINDOW
+end
+
+-- Remember why a deferred ticket left the queue unserved, for one lease TTL.
+local function ended(t, kind, d)
+  if t.def then
+    redis.call('SET', key('ended', t.id), cjson.encode({kind = kind, tenant = t.tenant, denial = d}),
+               'PX', math.ceil(t.ttl * 1000))
+  end
+end
+
 local function reserve(t, raw, queued_for)
   for _, l in ipairs(t.limits) do
     local a = amount(t, l[3])
@@ -159,6 +204,7 @@ local function reserve(t, raw, queued_for)
   redis.call('HINCRBY', key('inflight', 'pool'), t.pool, 1)
   redis.call('HINCRBY', key('inflight', 'tenant'), t.tenant, 1)
   if t.idem ~= '' then remember_key(t) end
+  count_grant(t.pool)
   return record(lease)
 end
 
@@ -200,9 +246,13 @@ local function settle(lease, token_delta, usd_delta)
 end
 
 -- End a grant nobody used: everything it reserved is refunded.
-local function give_back(id)
+-- kind: why, for a deferred ticket's record ("unclaimed" or "cancelled").
+local function give_back(id, kind)
   local lease = load_lease(id)
-  if lease then settle(lease, -(lease.t['in'] + lease.t.out), -lease.t.usd) end
+  if lease then
+    ended(lease.t, kind, nil)
+    settle(lease, -(lease.t['in'] + lease.t.out), -lease.t.usd)
+  end
 end
 
 -- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
@@ -282,10 +332,9 @@ local function new_progress()
   return {grants = {}, rejections = {}, blocked = {}, passed_over = {}}
 end
 
--- Grant waiters of pool in fair order until a pool-wide limit blocks the head. A waiter held
--- back by its own tenant's limit is passed over with the rest of that tenant's waiters.
--- Returns the denial of the watch ticket (when examined and not granted) and its own grant.
-local function dispatch_pool(pool, watch, progress)
+-- The waiters of pool in service order: each call of the returned function gives the next
+-- {member, tag, id, t, raw, enq}, or nil. Strict classes with aging, finish tags within one.
+local function fair_order(pool)
   local cursor = {0, 0, 0, 0}
   local function head(c)
     local m = redis.call('ZRANGE', qkey(c, pool), cursor[c + 1], cursor[c + 1], 'WITHSCORES')
@@ -296,10 +345,7 @@ local function dispatch_pool(pool, watch, progress)
             enq = tonumber(w[2])}
   end
   local heads = {head(0), head(1), head(2), head(3)}
-  local skipped, served, gone, never = {}, {}, {}, {}
-  local watched, own = nil, nil
-  local examined = 0
-  while examined < MAX_EXAMINED do
+  return function()
     local best, bk = nil, nil
     for c = 0, 3 do
       local h = heads[c + 1]
@@ -311,11 +357,28 @@ local function dispatch_pool(pool, watch, progress)
         end
       end
     end
+    if best then
+      local c = best.t.prio
+      cursor[c + 1] = cursor[c + 1] + 1
+      heads[c + 1] = head(c)
+    end
+    return best
+  end
+end
+
+-- Grant waiters of pool in fair order until a pool-wide limit blocks the head. A waiter held
+-- back by its own tenant's limit is passed over with the rest of that tenant's waiters.
+-- Returns the denial of the watch ticket (when examined and not granted) and its own grant.
+local function dispatch_pool(pool, watch, progress)
+  local skipped, served, gone, never = {}, {}, {}, {}
+  local watched, own = nil, nil
+  local examined = 0
+  local next_waiter = fair_order(pool)
+  while examined < MAX_EXAMINED do
+    local best = next_waiter()
     if not best then break end
     examined = examined + 1
-    local t, c = best.t, best.t.prio
-    cursor[c + 1] = cursor[c + 1] + 1
-    heads[c + 1] = head(c)
+    local t = best.t
     if not skipped[t.tenant] then
       if best.id ~= watch and now > best.enq + t.wait then
         table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
@@ -352,10 +415,10 @@ local function dispatch_pool(pool, watch, progress)
   end
   for _, id in ipairs(served) do unqueue(id, true) end
   for _, n in ipairs(never) do
-    unqueue(n[1], false)
+    ended(unqueue(n[1], false), 'rejected', n[2])
     table.insert(progress.rejections, n)
   end
-  for _, id in ipairs(gone) do unqueue(id, false) end
+  for _, id in ipairs(gone) do ended(unqueue(id, false), 'timeout', nil) end
   return watched, own
 end
 

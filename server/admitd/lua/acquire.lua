@@ -1,6 +1,7 @@
 -- acquire: grant now, queue, or deny a ticket; atomic with the dispatch pass it triggers.
 -- ARGV[3] ticket JSON; ARGV[4] "1" to queue when it does not fit now, "0" to fail fast.
--- Returns {lease?, queued?, replayed?, waiting_on?, denial?, full?, mismatch?, progress}.
+-- Returns {lease?, queued?, replayed?, waiting_on?, denial?, full?, mismatch?, progress};
+-- full = {scope, depth, limit, pool_depth, grants_per_second?}.
 reap()
 local t = cjson.decode(ARGV[3])
 local wait = ARGV[4] == '1'
@@ -30,12 +31,18 @@ local d = check(t, true)
 if d then return cjson.encode({denial = denial(t, d), progress = progress}) end
 if wait then
   local mine = tonumber(redis.call('HGET', key('queued', 'tenant'), t.tenant) or '0')
-  if mine >= t.mqt then
-    return cjson.encode({full = {scope = 'tenant', depth = mine, limit = t.mqt}, progress = progress})
-  end
   local total = tonumber(redis.call('GET', key('queued', 'total')) or '0')
-  if total >= t.mqa then
-    return cjson.encode({full = {scope = 'global', depth = total, limit = t.mqa}, progress = progress})
+  local full = nil
+  if mine >= t.mqt then
+    full = {scope = 'tenant', depth = mine, limit = t.mqt}
+  elseif total >= t.mqa then
+    full = {scope = 'global', depth = total, limit = t.mqa}
+  end
+  if full then
+    full.pool_depth = 0
+    for c = 0, 3 do full.pool_depth = full.pool_depth + redis.call('ZCARD', qkey(c, t.pool)) end
+    full.grants_per_second = grants_per_second(t.pool)
+    return cjson.encode({full = full, progress = progress})
   end
 end
 

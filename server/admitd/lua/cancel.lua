@@ -6,9 +6,10 @@ local progress = new_progress()
 local t = unqueue(id, false)
 if t then
   if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
+  ended(t, 'cancelled', nil)
 elseif redis.call('ZREM', key('unclaimed'), id) == 1 then
   redis.call('DEL', key('granted', id))
-  give_back(id) -- granted while its RPC gave up
+  give_back(id, 'cancelled') -- granted while its RPC gave up
   dispatch_all(progress)
 end
 return cjson.encode({progress = progress})

@@ -1,12 +1,13 @@
 -- expire: report leases reaped since the last call (exactly once across replicas), give back
 -- grants nobody claimed in time (their replica died), and dispatch what that freed.
--- Returns {expired, progress, next_expiry_in}.
+-- Returns {expired, progress, next_expiry_in} (seconds to the next lease expiry or unclaimed
+-- grant deadline).
 reap()
 local freed = false
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', num(now))) do
   redis.call('ZREM', key('unclaimed'), id)
   redis.call('DEL', key('granted', id))
-  give_back(id)
+  give_back(id, 'unclaimed')
   freed = true
 end
 local expired = {}
@@ -17,6 +18,12 @@ redis.call('DEL', key('expired'))
 local progress = new_progress()
 if freed or #expired > 0 then dispatch_all(progress) end
 local result = {expired = expired, progress = progress}
-local first = redis.call('ZRANGE', key('expiry'), 0, 0, 'WITHSCORES')
-if #first > 0 then result.next_expiry_in = tonumber(first[2]) - now end
+-- The reaper comes back at the next lease expiry or unclaimed grant's deadline.
+for _, set in ipairs({'expiry', 'unclaimed'}) do
+  local first = redis.call('ZRANGE', key(set), 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local due = tonumber(first[2]) - now
+    if not result.next_expiry_in or due < result.next_expiry_in then result.next_expiry_in = due end
+  end
+end
 return cjson.encode(result)

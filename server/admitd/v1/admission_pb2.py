@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x64mitd/v1/admission.proto\x12\tadmitd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x0e\x41\x63quireRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\x12%\n\x08priority\x18\x05 \x01(\x0e\x32\x13.admitd.v1.Priority\x12/\n\x0cwait_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0e\n\x06prompt\x18\x08 \x01(\t\x12\x35\n\x06labels\x18\t \x03(\x0b\x32%.admitd.v1.AcquireRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdb\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x17\n\x0freserved_tokens\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\nqueued_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x03\x12\x14\n\x0creserved_usd\x18\x08 \x01(\x01\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\"x\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.admitd.v1.Usage\x12#\n\x07outcome\x18\x03 \x01(\x0e\x32\x12.admitd.v1.Outcome\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"q\n\x0fReleaseResponse\x12\x16\n\x0e\x63harged_tokens\x18\x01 \x01(\x03\x12\x17\n\x0frefunded_tokens\x18\x02 \x01(\x03\x12\x18\n\x10\x61lready_released\x18\x03 \x01(\x08\x12\x13\n\x0b\x63harged_usd\x18\x04 \x01(\x01\"^\n\x0cRenewRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12,\n\textend_by\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x12\n\x10GetStatusRequest\"\x9b\x01\n\x0eStatusResponse\x12$\n\x05pools\x18\x01 \x03(\x0b\x32\x15.admitd.v1.PoolStatus\x12(\n\x07tenants\x18\x02 \x03(\x0b\x32\x17.admitd.v1.TenantStatus\x12\'\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x17.admitd.v1.BudgetStatus\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"+\n\x0bLimitStatus\x12\r\n\x05limit\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"\xcb\x02\n\nPoolStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0e\n\x06queued\x18\x03 \x01(\x03\x12+\n\x0b\x63oncurrency\x18\x04 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x31\n\x11tokens_per_minute\x18\x05 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x33\n\x13requests_per_minute\x18\x06 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12.\n\x0etokens_per_day\x18\x07 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12+\n\x0busd_per_day\x18\x08 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x1a\n\x12queued_by_priority\x18\t \x03(\x03\"\xcf\x02\n\x0cTenantStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x11\n\tin_flight\x18\x03 \x01(\x03\x12\x0e\n\x06queued\x18\x04 \x01(\x03\x12+\n\x0b\x63oncurrency\x18\x05 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x31\n\x11tokens_per_minute\x18\x06 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x33\n\x13requests_per_minute\x18\x07 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12.\n\x0etokens_per_day\x18\x08 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12+\n\x0busd_per_day\x18\t \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x0c\n\x04tier\x18\n \x01(\t\"k\n\x0c\x42udgetStatus\x12.\n\x0etokens_per_day\x18\x01 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12+\n\x0busd_per_day\x18\x02 \x01(\x0b\x32\x16.admitd.v1.LimitStatus*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11PRIORITY_CRITICAL\x10\x01\x12\x11\n\rPRIORITY_HIGH\x10\x02\x12\x13\n\x0fPRIORITY_NORMAL\x10\x03\x12\x10\n\x0cPRIORITY_LOW\x10\x04*\x9d\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12!\n\x1dOUTCOME_PROVIDER_RATE_LIMITED\x10\x02\x12\x1a\n\x16OUTCOME_PROVIDER_ERROR\x10\x03\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x04\x12\x15\n\x11OUTCOME_CANCELLED\x10\x05\x32\xfe\x01\n\tAdmission\x12\x36\n\x07\x41\x63quire\x12\x19.admitd.v1.AcquireRequest\x1a\x10.admitd.v1.Lease\x12@\n\x07Release\x12\x19.admitd.v1.ReleaseRequest\x1a\x1a.admitd.v1.ReleaseResponse\x12\x32\n\x05Renew\x12\x17.admitd.v1.RenewRequest\x1a\x10.admitd.v1.Lease\x12\x43\n\tGetStatus\x12\x1b.admitd.v1.GetStatusRequest\x1a\x19.admitd.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61\x64mitd/v1/admission.proto\x12\tadmitd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x0e\x41\x63quireRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x03\x12%\n\x08priority\x18\x05 \x01(\x0e\x32\x13.admitd.v1.Priority\x12/\n\x0cwait_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0e\n\x06prompt\x18\x08 \x01(\t\x12\x35\n\x06labels\x18\t \x03(\x0b\x32%.admitd.v1.AcquireRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdb\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x17\n\x0freserved_tokens\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\nqueued_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x03\x12\x14\n\x0creserved_usd\x18\x08 \x01(\x01\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\"x\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.admitd.v1.Usage\x12#\n\x07outcome\x18\x03 \x01(\x0e\x32\x12.admitd.v1.Outcome\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"q\n\x0fReleaseResponse\x12\x16\n\x0e\x63harged_tokens\x18\x01 \x01(\x03\x12\x17\n\x0frefunded_tokens\x18\x02 \x01(\x03\x12\x18\n\x10\x61lready_released\x18\x03 \x01(\x08\x12\x13\n\x0b\x63harged_usd\x18\x04 \x01(\x01\"^\n\x0cRenewRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12,\n\textend_by\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"c\n\rQueuePosition\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x03\x12\x31\n\x0e\x65stimated_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\x14\x41\x63quireStreamRequest\x12*\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x19.admitd.v1.AcquireRequest\"p\n\x15\x41\x63quireStreamResponse\x12*\n\x06queued\x18\x01 \x01(\x0b\x32\x18.admitd.v1.QueuePositionH\x00\x12!\n\x05lease\x18\x02 \x01(\x0b\x32\x10.admitd.v1.LeaseH\x00\x42\x08\n\x06update\"<\n\x0e\x45nqueueRequest\x12*\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32\x19.admitd.v1.AcquireRequest\"\xc2\x01\n\x06Ticket\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.admitd.v1.TicketState\x12*\n\x08position\x18\x03 \x01(\x0b\x32\x18.admitd.v1.QueuePosition\x12\x1f\n\x05lease\x18\x04 \x01(\x0b\x32\x10.admitd.v1.Lease\x12\x31\n\rwait_deadline\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x10GetTicketRequest\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"g\n\x11WaitTicketRequest\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12/\n\x0cwait_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"8\n\x13\x43\x61ncelTicketRequest\x12\x11\n\tticket_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\")\n\x14\x43\x61ncelTicketResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x12\n\x10GetStatusRequest\"\x9b\x01\n\x0eStatusResponse\x12$\n\x05pools\x18\x01 \x03(\x0b\x32\x15.admitd.v1.PoolStatus\x12(\n\x07tenants\x18\x02 \x03(\x0b\x32\x17.admitd.v1.TenantStatus\x12\'\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x17.admitd.v1.BudgetStatus\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"+\n\x0bLimitStatus\x12\r\n\x05limit\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"\xcb\x02\n\nPoolStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0e\n\x06queued\x18\x03 \x01(\x03\x12+\n\x0b\x63oncurrency\x18\x04 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x31\n\x11tokens_per_minute\x18\x05 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x33\n\x13requests_per_minute\x18\x06 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12.\n\x0etokens_per_day\x18\x07 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12+\n\x0busd_per_day\x18\x08 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x1a\n\x12queued_by_priority\x18\t \x03(\x03\"\xcf\x02\n\x0cTenantStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x11\n\tin_flight\x18\x03 \x01(\x03\x12\x0e\n\x06queued\x18\x04 \x01(\x03\x12+\n\x0b\x63oncurrency\x18\x05 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x31\n\x11tokens_per_minute\x18\x06 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x33\n\x13requests_per_minute\x18\x07 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12.\n\x0etokens_per_day\x18\x08 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12+\n\x0busd_per_day\x18\t \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12\x0c\n\x04tier\x18\n \x01(\t\"k\n\x0c\x42udgetStatus\x12.\n\x0etokens_per_day\x18\x01 \x01(\x0b\x32\x16.admitd.v1.LimitStatus\x12+\n\x0busd_per_day\x18\x02 \x01(\x0b\x32\x16.admitd.v1.LimitStatus*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11PRIORITY_CRITICAL\x10\x01\x12\x11\n\rPRIORITY_HIGH\x10\x02\x12\x13\n\x0fPRIORITY_NORMAL\x10\x03\x12\x10\n\x0cPRIORITY_LOW\x10\x04*\x9d\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12!\n\x1dOUTCOME_PROVIDER_RATE_LIMITED\x10\x02\x12\x1a\n\x16OUTCOME_PROVIDER_ERROR\x10\x03\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x04\x12\x15\n\x11OUTCOME_CANCELLED\x10\x05*^\n\x0bTicketState\x12\x1c\n\x18TICKET_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TICKET_STATE_QUEUED\x10\x01\x12\x18\n\x14TICKET_STATE_GRANTED\x10\x02\x32\xda\x04\n\tAdmission\x12\x36\n\x07\x41\x63quire\x12\x19.admitd.v1.AcquireRequest\x1a\x10.admitd.v1.Lease\x12@\n\x07Release\x12\x19.admitd.v1.ReleaseRequest\x1a\x1a.admitd.v1.ReleaseResponse\x12\x32\n\x05Renew\x12\x17.admitd.v1.RenewRequest\x1a\x10.admitd.v1.Lease\x12\x43\n\tGetStatus\x12\x1b.admitd.v1.GetStatusRequest\x1a\x19.admitd.v1.StatusResponse\x12T\n\rAcquireStream\x12\x1f.admitd.v1.AcquireStreamRequest\x1a .admitd.v1.AcquireStreamResponse0\x01\x12\x37\n\x07\x45nqueue\x12\x19.admitd.v1.EnqueueRequest\x1a\x11.admitd.v1.Ticket\x12;\n\tGetTicket\x12\x1b.admitd.v1.GetTicketRequest\x1a\x11.admitd.v1.Ticket\x12=\n\nWaitTicket\x12\x1c.admitd.v1.WaitTicketRequest\x1a\x11.admitd.v1.Ticket\x12O\n\x0c\x43\x61ncelTicket\x12\x1e.admitd.v1.CancelTicketRequest\x1a\x1f.admitd.v1.CancelTicketResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACQUIREREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ACQUIREREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=2047
-  _globals['_PRIORITY']._serialized_end=2164
-  _globals['_OUTCOME']._serialized_start=2167
-  _globals['_OUTCOME']._serialized_end=2324
+  _globals['_PRIORITY']._serialized_start=2850
+  _globals['_PRIORITY']._serialized_end=2967
+  _globals['_OUTCOME']._serialized_start=2970
+  _globals['_OUTCOME']._serialized_end=3127
+  _globals['_TICKETSTATE']._serialized_start=3129
+  _globals['_TICKETSTATE']._serialized_end=3223
   _globals['_ACQUIREREQUEST']._serialized_start=106
   _globals['_ACQUIREREQUEST']._serialized_end=432
   _globals['_ACQUIREREQUEST_LABELSENTRY']._serialized_start=387
@@ -53,18 +55,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASERESPONSE']._serialized_end=945
   _globals['_RENEWREQUEST']._serialized_start=947
   _globals['_RENEWREQUEST']._serialized_end=1041
-  _globals['_GETSTATUSREQUEST']._serialized_start=1043
-  _globals['_GETSTATUSREQUEST']._serialized_end=1061
-  _globals['_STATUSRESPONSE']._serialized_start=1064
-  _globals['_STATUSRESPONSE']._serialized_end=1219
-  _globals['_LIMITSTATUS']._serialized_start=1221
-  _globals['_LIMITSTATUS']._serialized_end=1264
-  _globals['_POOLSTATUS']._serialized_start=1267
-  _globals['_POOLSTATUS']._serialized_end=1598
-  _globals['_TENANTSTATUS']._serialized_start=1601
-  _globals['_TENANTSTATUS']._serialized_end=1936
-  _globals['_BUDGETSTATUS']._serialized_start=1938
-  _globals['_BUDGETSTATUS']._serialized_end=2045
-  _globals['_ADMISSION']._serialized_start=2327
-  _globals['_ADMISSION']._serialized_end=2581
+  _globals['_QUEUEPOSITION']._serialized_start=1043
+  _globals['_QUEUEPOSITION']._serialized_end=1142
+  _globals['_ACQUIRESTREAMREQUEST']._serialized_start=1144
+  _globals['_ACQUIRESTREAMREQUEST']._serialized_end=1210
+  _globals['_ACQUIRESTREAMRESPONSE']._serialized_start=1212
+  _globals['_ACQUIRESTREAMRESPONSE']._serialized_end=1324
+  _globals['_ENQUEUEREQUEST']._serialized_start=1326
+  _globals['_ENQUEUEREQUEST']._serialized_end=1386
+  _globals['_TICKET']._serialized_start=1389
+  _globals['_TICKET']._serialized_end=1583
+  _globals['_GETTICKETREQUEST']._serialized_start=1585
+  _globals['_GETTICKETREQUEST']._serialized_end=1638
+  _globals['_WAITTICKETREQUEST']._serialized_start=1640
+  _globals['_WAITTICKETREQUEST']._serialized_end=1743
+  _globals['_CANCELTICKETREQUEST']._serialized_start=1745
+  _globals['_CANCELTICKETREQUEST']._serialized_end=1801
+  _globals['_CANCELTICKETRESPONSE']._serialized_start=1803
+  _globals['_CANCELTICKETRESPONSE']._serialized_end=1844
+  _globals['_GETSTATUSREQUEST']._serialized_start=1846
+  _globals['_GETSTATUSREQUEST']._serialized_end=1864
+  _globals['_STATUSRESPONSE']._serialized_start=1867
+  _globals['_STATUSRESPONSE']._serialized_end=2022
+  _globals['_LIMITSTATUS']._serialized_start=2024
+  _globals['_LIMITSTATUS']._serialized_end=2067
+  _globals['_POOLSTATUS']._serialized_start=2070
+  _globals['_POOLSTATUS']._serialized_end=2401
+  _globals['_TENANTSTATUS']._serialized_start=2404
+  _globals['_TENANTSTATUS']._serialized_end=2739
+  _globals['_BUDGETSTATUS']._serialized_start=2741
+  _globals['_BUDGETSTATUS']._serialized_end=2848
+  _globals['_ADMISSION']._serialized_start=3226
+  _globals['_ADMISSION']._serialized_end=3828
 # @@protoc_insertion_point(module_scope)

@@ -84,6 +84,27 @@ OUTCOME_TIMEOUT: Outcome.ValueType  # 4
 OUTCOME_CANCELLED: Outcome.ValueType  # 5
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _TicketState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TicketStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TicketState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TICKET_STATE_UNSPECIFIED: _TicketState.ValueType  # 0
+    TICKET_STATE_QUEUED: _TicketState.ValueType  # 1
+    """Waiting in the queue; position says where."""
+    TICKET_STATE_GRANTED: _TicketState.ValueType  # 2
+    """Granted; lease is the caller's."""
+
+class TicketState(_TicketState, metaclass=_TicketStateEnumTypeWrapper): ...
+
+TICKET_STATE_UNSPECIFIED: TicketState.ValueType  # 0
+TICKET_STATE_QUEUED: TicketState.ValueType  # 1
+"""Waiting in the queue; position says where."""
+TICKET_STATE_GRANTED: TicketState.ValueType  # 2
+"""Granted; lease is the caller's."""
+Global___TicketState: _TypeAlias = TicketState  # noqa: Y015
+
 @_typing.final
 class AcquireRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -326,6 +347,254 @@ class RenewRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
+
+@_typing.final
+class QueuePosition(_message.Message):
+    """Where a waiter stands in its pool's queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    ESTIMATED_WAIT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Waiters that will be served before this one (0: it is next). Exact for the first 1000;
+    beyond, the waiters of higher priority classes plus its rank in its own.
+    """
+    depth: _builtins.int
+    """Waiters in the pool's queue now."""
+    @_builtins.property
+    def estimated_wait(self) -> _duration_pb2.Duration:
+        """Estimated time until the grant, from the pool's recent grant rate."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        depth: _builtins.int = ...,
+        estimated_wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_wait", b"estimated_wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "estimated_wait", b"estimated_wait", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueuePosition: _TypeAlias = QueuePosition  # noqa: Y015
+
+@_typing.final
+class AcquireStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACQUIRE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acquire(self) -> Global___AcquireRequest:
+        """The same request as Acquire's."""
+
+    def __init__(
+        self,
+        *,
+        acquire: Global___AcquireRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acquire", b"acquire"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire", b"acquire"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireStreamRequest: _TypeAlias = AcquireStreamRequest  # noqa: Y015
+
+@_typing.final
+class AcquireStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queued(self) -> Global___QueuePosition:
+        """Still waiting: where, and for about how long."""
+
+    @_builtins.property
+    def lease(self) -> Global___Lease:
+        """Granted; the last message of the stream."""
+
+    def __init__(
+        self,
+        *,
+        queued: Global___QueuePosition | None = ...,
+        lease: Global___Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "queued", b"queued", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "queued", b"queued", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["queued", "lease"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___AcquireStreamResponse: _TypeAlias = AcquireStreamResponse  # noqa: Y015
+
+@_typing.final
+class EnqueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACQUIRE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acquire(self) -> Global___AcquireRequest:
+        """The request to admit later; its wait_timeout bounds the ticket's wait."""
+
+    def __init__(
+        self,
+        *,
+        acquire: Global___AcquireRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acquire", b"acquire"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire", b"acquire"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnqueueRequest: _TypeAlias = EnqueueRequest  # noqa: Y015
+
+@_typing.final
+class Ticket(_message.Message):
+    """A deferred admission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    WAIT_DEADLINE_FIELD_NUMBER: _builtins.int
+    ticket_id: _builtins.str
+    """Also the lease id once granted."""
+    state: Global___TicketState.ValueType
+    @_builtins.property
+    def position(self) -> Global___QueuePosition:
+        """Set while queued."""
+
+    @_builtins.property
+    def lease(self) -> Global___Lease:
+        """Set once granted."""
+
+    @_builtins.property
+    def wait_deadline(self) -> _timestamp_pb2.Timestamp:
+        """While queued: when the ticket leaves the queue unserved."""
+
+    def __init__(
+        self,
+        *,
+        ticket_id: _builtins.str = ...,
+        state: Global___TicketState.ValueType = ...,
+        position: Global___QueuePosition | None = ...,
+        lease: Global___Lease | None = ...,
+        wait_deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "position", b"position", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "position", b"position", "state", b"state", "ticket_id", b"ticket_id", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ticket: _TypeAlias = Ticket  # noqa: Y015
+
+@_typing.final
+class GetTicketRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ticket_id: _builtins.str
+    tenant: _builtins.str
+    """When set, must be the ticket's tenant."""
+    def __init__(
+        self,
+        *,
+        ticket_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "ticket_id", b"ticket_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTicketRequest: _TypeAlias = GetTicketRequest  # noqa: Y015
+
+@_typing.final
+class WaitTicketRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ticket_id: _builtins.str
+    tenant: _builtins.str
+    """When set, must be the ticket's tenant."""
+    @_builtins.property
+    def wait_timeout(self) -> _duration_pb2.Duration:
+        """Longest wait for the grant (also bounded by the RPC deadline and queue.max_wait)."""
+
+    def __init__(
+        self,
+        *,
+        ticket_id: _builtins.str = ...,
+        wait_timeout: _duration_pb2.Duration | None = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait_timeout", b"wait_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "ticket_id", b"ticket_id", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitTicketRequest: _TypeAlias = WaitTicketRequest  # noqa: Y015
+
+@_typing.final
+class CancelTicketRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ticket_id: _builtins.str
+    tenant: _builtins.str
+    """When set, must be the ticket's tenant."""
+    def __init__(
+        self,
+        *,
+        ticket_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "ticket_id", b"ticket_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTicketRequest: _TypeAlias = CancelTicketRequest  # noqa: Y015
+
+@_typing.final
+class CancelTicketResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    cancelled: _builtins.bool
+    """False when the ticket had already been granted and claimed (release its lease), or
+    had left the queue.
+    """
+    def __init__(
+        self,
+        *,
+        cancelled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTicketResponse: _TypeAlias = CancelTicketResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):

@@ -55,6 +55,31 @@ class AdmissionStub:
                 request_serializer=admitd_dot_v1_dot_admission__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=admitd_dot_v1_dot_admission__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.AcquireStream = channel.unary_stream(
+                '/admitd.v1.Admission/AcquireStream',
+                request_serializer=admitd_dot_v1_dot_admission__pb2.AcquireStreamRequest.SerializeToString,
+                response_deserializer=admitd_dot_v1_dot_admission__pb2.AcquireStreamResponse.FromString,
+                _registered_method=True)
+        self.Enqueue = channel.unary_unary(
+                '/admitd.v1.Admission/Enqueue',
+                request_serializer=admitd_dot_v1_dot_admission__pb2.EnqueueRequest.SerializeToString,
+                response_deserializer=admitd_dot_v1_dot_admission__pb2.Ticket.FromString,
+                _registered_method=True)
+        self.GetTicket = channel.unary_unary(
+                '/admitd.v1.Admission/GetTicket',
+                request_serializer=admitd_dot_v1_dot_admission__pb2.GetTicketRequest.SerializeToString,
+                response_deserializer=admitd_dot_v1_dot_admission__pb2.Ticket.FromString,
+                _registered_method=True)
+        self.WaitTicket = channel.unary_unary(
+                '/admitd.v1.Admission/WaitTicket',
+                request_serializer=admitd_dot_v1_dot_admission__pb2.WaitTicketRequest.SerializeToString,
+                response_deserializer=admitd_dot_v1_dot_admission__pb2.Ticket.FromString,
+                _registered_method=True)
+        self.CancelTicket = channel.unary_unary(
+                '/admitd.v1.Admission/CancelTicket',
+                request_serializer=admitd_dot_v1_dot_admission__pb2.CancelTicketRequest.SerializeToString,
+                response_deserializer=admitd_dot_v1_dot_admission__pb2.CancelTicketResponse.FromString,
+                _registered_method=True)
 
 
 class AdmissionServicer:
@@ -89,6 +114,47 @@ class AdmissionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireStream(self, request, context):
+        """Acquire that tells a waiting caller where it stands: a QueuePosition when it is queued
+        and whenever its position or estimated wait changes, then the lease. A rejection ends
+        the stream with the same status (and details) as Acquire's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enqueue(self, request, context):
+        """Deferred admission for batch callers: take a place in the same fair queue and return a
+        ticket at once (already granted when the call fits now). wait_timeout bounds how long
+        the ticket may wait (default and upper bound: the server's queue.ticket_max_wait).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTicket(self, request, context):
+        """A ticket's state now. A granted ticket's lease is claimed by this call; a grant not
+        claimed within queue.ticket_claim_timeout goes back to the pool. A ticket that left the
+        queue unserved fails like Acquire (e.g. QUEUE_TIMEOUT); an unknown one is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitTicket(self, request, context):
+        """Like GetTicket, but first waits up to wait_timeout for the ticket to be granted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTicket(self, request, context):
+        """Leave the queue; a granted ticket not yet claimed gives its reservation back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdmissionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +177,31 @@ def add_AdmissionServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=admitd_dot_v1_dot_admission__pb2.GetStatusRequest.FromString,
                     response_serializer=admitd_dot_v1_dot_admission__pb2.StatusResponse.SerializeToString,
+            ),
+            'AcquireStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.AcquireStream,
+                    request_deserializer=admitd_dot_v1_dot_admission__pb2.AcquireStreamRequest.FromString,
+                    response_serializer=admitd_dot_v1_dot_admission__pb2.AcquireStreamResponse.SerializeToString,
+            ),
+            'Enqueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enqueue,
+                    request_deserializer=admitd_dot_v1_dot_admission__pb2.EnqueueRequest.FromString,
+                    response_serializer=admitd_dot_v1_dot_admission__pb2.Ticket.SerializeToString,
+            ),
+            'GetTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTicket,
+                    request_deserializer=admitd_dot_v1_dot_admission__pb2.GetTicketRequest.FromString,
+                    response_serializer=admitd_dot_v1_dot_admission__pb2.Ticket.SerializeToString,
+            ),
+            'WaitTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitTicket,
+                    request_deserializer=admitd_dot_v1_dot_admission__pb2.WaitTicketRequest.FromString,
+                    response_serializer=admitd_dot_v1_dot_admission__pb2.Ticket.SerializeToString,
+            ),
+            'CancelTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTicket,
+                    request_deserializer=admitd_dot_v1_dot_admission__pb2.CancelTicketRequest.FromString,
+                    response_serializer=admitd_dot_v1_dot_admission__pb2.CancelTicketResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +313,141 @@ class Admission:
             '/admitd.v1.Admission/GetStatus',
             admitd_dot_v1_dot_admission__pb2.GetStatusRequest.SerializeToString,
             admitd_dot_v1_dot_admission__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/admitd.v1.Admission/AcquireStream',
+            admitd_dot_v1_dot_admission__pb2.AcquireStreamRequest.SerializeToString,
+            admitd_dot_v1_dot_admission__pb2.AcquireStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enqueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/admitd.v1.Admission/Enqueue',
+            admitd_dot_v1_dot_admission__pb2.EnqueueRequest.SerializeToString,
+            admitd_dot_v1_dot_admission__pb2.Ticket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/admitd.v1.Admission/GetTicket',
+            admitd_dot_v1_dot_admission__pb2.GetTicketRequest.SerializeToString,
+            admitd_dot_v1_dot_admission__pb2.Ticket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/admitd.v1.Admission/WaitTicket',
+            admitd_dot_v1_dot_admission__pb2.WaitTicketRequest.SerializeToString,
+            admitd_dot_v1_dot_admission__pb2.Ticket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/admitd.v1.Admission/CancelTicket',
+            admitd_dot_v1_dot_admission__pb2.CancelTicketRequest.SerializeToString,
+            admitd_dot_v1_dot_admission__pb2.CancelTicketResponse.FromString,
             options,
             channel_credentials,
             insecure,

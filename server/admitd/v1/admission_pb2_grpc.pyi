@@ -52,6 +52,25 @@ class AdmissionStub:
     """Extend a lease's expiry."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetStatusRequest, _admission_pb2.StatusResponse]
     """Pools, tenants, queues and budgets as the service sees them now."""
+    AcquireStream: _grpc.UnaryStreamMultiCallable[_admission_pb2.AcquireStreamRequest, _admission_pb2.AcquireStreamResponse]
+    """Acquire that tells a waiting caller where it stands: a QueuePosition when it is queued
+    and whenever its position or estimated wait changes, then the lease. A rejection ends
+    the stream with the same status (and details) as Acquire's.
+    """
+    Enqueue: _grpc.UnaryUnaryMultiCallable[_admission_pb2.EnqueueRequest, _admission_pb2.Ticket]
+    """Deferred admission for batch callers: take a place in the same fair queue and return a
+    ticket at once (already granted when the call fits now). wait_timeout bounds how long
+    the ticket may wait (default and upper bound: the server's queue.ticket_max_wait).
+    """
+    GetTicket: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetTicketRequest, _admission_pb2.Ticket]
+    """A ticket's state now. A granted ticket's lease is claimed by this call; a grant not
+    claimed within queue.ticket_claim_timeout goes back to the pool. A ticket that left the
+    queue unserved fails like Acquire (e.g. QUEUE_TIMEOUT); an unknown one is NOT_FOUND.
+    """
+    WaitTicket: _grpc.UnaryUnaryMultiCallable[_admission_pb2.WaitTicketRequest, _admission_pb2.Ticket]
+    """Like GetTicket, but first waits up to wait_timeout for the ticket to be granted."""
+    CancelTicket: _grpc.UnaryUnaryMultiCallable[_admission_pb2.CancelTicketRequest, _admission_pb2.CancelTicketResponse]
+    """Leave the queue; a granted ticket not yet claimed gives its reservation back."""
 
 @_typing.type_check_only
 class AdmissionAsyncStub(AdmissionStub):
@@ -66,6 +85,25 @@ class AdmissionAsyncStub(AdmissionStub):
     """Extend a lease's expiry."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetStatusRequest, _admission_pb2.StatusResponse]  # type: ignore[assignment]
     """Pools, tenants, queues and budgets as the service sees them now."""
+    AcquireStream: _aio.UnaryStreamMultiCallable[_admission_pb2.AcquireStreamRequest, _admission_pb2.AcquireStreamResponse]  # type: ignore[assignment]
+    """Acquire that tells a waiting caller where it stands: a QueuePosition when it is queued
+    and whenever its position or estimated wait changes, then the lease. A rejection ends
+    the stream with the same status (and details) as Acquire's.
+    """
+    Enqueue: _aio.UnaryUnaryMultiCallable[_admission_pb2.EnqueueRequest, _admission_pb2.Ticket]  # type: ignore[assignment]
+    """Deferred admission for batch callers: take a place in the same fair queue and return a
+    ticket at once (already granted when the call fits now). wait_timeout bounds how long
+    the ticket may wait (default and upper bound: the server's queue.ticket_max_wait).
+    """
+    GetTicket: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetTicketRequest, _admission_pb2.Ticket]  # type: ignore[assignment]
+    """A ticket's state now. A granted ticket's lease is claimed by this call; a grant not
+    claimed within queue.ticket_claim_timeout goes back to the pool. A ticket that left the
+    queue unserved fails like Acquire (e.g. QUEUE_TIMEOUT); an unknown one is NOT_FOUND.
+    """
+    WaitTicket: _aio.UnaryUnaryMultiCallable[_admission_pb2.WaitTicketRequest, _admission_pb2.Ticket]  # type: ignore[assignment]
+    """Like GetTicket, but first waits up to wait_timeout for the ticket to be granted."""
+    CancelTicket: _aio.UnaryUnaryMultiCallable[_admission_pb2.CancelTicketRequest, _admission_pb2.CancelTicketResponse]  # type: ignore[assignment]
+    """Leave the queue; a granted ticket not yet claimed gives its reservation back."""
 
 class AdmissionServicer(metaclass=_abc_1.ABCMeta):
     """Admission grants, settles and extends leases on shared LLM provider capacity."""
@@ -101,5 +139,54 @@ class AdmissionServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.StatusResponse, _abc.Awaitable[_admission_pb2.StatusResponse]]:
         """Pools, tenants, queues and budgets as the service sees them now."""
+
+    @_abc_1.abstractmethod
+    def AcquireStream(
+        self,
+        request: _admission_pb2.AcquireStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admission_pb2.AcquireStreamResponse], _abc.AsyncIterator[_admission_pb2.AcquireStreamResponse]]:
+        """Acquire that tells a waiting caller where it stands: a QueuePosition when it is queued
+        and whenever its position or estimated wait changes, then the lease. A rejection ends
+        the stream with the same status (and details) as Acquire's.
+        """
+
+    @_abc_1.abstractmethod
+    def Enqueue(
+        self,
+        request: _admission_pb2.EnqueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.Ticket, _abc.Awaitable[_admission_pb2.Ticket]]:
+        """Deferred admission for batch callers: take a place in the same fair queue and return a
+        ticket at once (already granted when the call fits now). wait_timeout bounds how long
+        the ticket may wait (default and upper bound: the server's queue.ticket_max_wait).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTicket(
+        self,
+        request: _admission_pb2.GetTicketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.Ticket, _abc.Awaitable[_admission_pb2.Ticket]]:
+        """A ticket's state now. A granted ticket's lease is claimed by this call; a grant not
+        claimed within queue.ticket_claim_timeout goes back to the pool. A ticket that left the
+        queue unserved fails like Acquire (e.g. QUEUE_TIMEOUT); an unknown one is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def WaitTicket(
+        self,
+        request: _admission_pb2.WaitTicketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.Ticket, _abc.Awaitable[_admission_pb2.Ticket]]:
+        """Like GetTicket, but first waits up to wait_timeout for the ticket to be granted."""
+
+    @_abc_1.abstractmethod
+    def CancelTicket(
+        self,
+        request: _admission_pb2.CancelTicketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.CancelTicketResponse, _abc.Awaitable[_admission_pb2.CancelTicketResponse]]:
+        """Leave the queue; a granted ticket not yet claimed gives its reservation back."""
 
 def add_AdmissionServicer_to_server(servicer: AdmissionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

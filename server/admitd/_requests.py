@@ -1,0 +1,165 @@
+"""Requests as callers send them: validation, pool and tenant resolution, token counting and
+pricing, turning an :class:`AcquireSpec` into a backend :class:`~admitd._backend.Ticket`.
+
+Everything here is pure and reserves nothing, so a request that fails validation leaves no
+trace. Each problem names the field it is about.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ._backend import CLAIM_TIMEOUT, Ticket, price_nano_usd
+from ._config import PoolConfig, Settings, TenantConfig
+from ._errors import InvalidArgument, NotFound
+from ._policy import Policy, nano_usd_per_token
+from ._tokens import TokenCounter
+
+MAX_TOKENS = 10_000_000  # per field; larger than any model's context window
+MAX_NAME = 200
+MAX_IDEMPOTENCY_KEY = 256
+MAX_LABELS = 32
+MAX_LABEL_TEXT = 256
+MAX_PROMPT_CHARS = 2_000_000
+MAX_LEASE_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireSpec:
+    """An Acquire as the caller sent it. ``priority`` uses the wire numbering:
+    0 unspecified (= normal), 1 critical, 2 high, 3 normal, 4 low."""
+
+    tenant: str
+    pool: str
+    input_tokens: int = 0
+    max_output_tokens: int = 0
+    priority: int = 0
+    wait_timeout: float = 0.0
+    idempotency_key: str = ""
+    prompt: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Requests:
+    """Validates and prices requests against one configuration."""
+
+    def __init__(self, settings: Settings, policy: Policy, counter: TokenCounter) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.counter = counter
+
+    def ticket(
+        self, spec: AcquireSpec, *, deadline: float | None, deferred: bool = False
+    ) -> tuple[Ticket, float]:
+        """Validate every field, count tokens and price the call.
+
+        Returns the ticket and how long it may wait in the queue: ``wait_timeout`` bounded
+        by ``queue.max_wait`` and the RPC's ``deadline``; for a ``deferred`` ticket
+        (Enqueue), ``wait_timeout`` or else ``queue.ticket_max_wait``, bounded by it.
+        """
+        pool = self.pool(spec.pool)
+        tenant = self.tenant(spec.tenant)
+        check_tokens("input_tokens", spec.input_tokens)
+        check_tokens("max_output_tokens", spec.max_output_tokens)
+        if not 0 <= spec.priority <= 4:
+            raise InvalidArgument("priority", f"unknown value {spec.priority}")
+        if spec.wait_timeout < 0 or not math.isfinite(spec.wait_timeout):
+            raise InvalidArgument("wait_timeout", "must not be negative")
+        if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidArgument(
+                "idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters"
+            )
+        if len(spec.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
+        check_labels(spec.labels)
+        input_tokens = spec.input_tokens
+        if input_tokens == 0 and spec.prompt:
+            input_tokens = self.counter.count(pool.name, spec.prompt)
+        if input_tokens + spec.max_output_tokens == 0:
+            raise InvalidArgument(
+                "input_tokens",
+                "the reservation is empty: set input_tokens, prompt or max_output_tokens",
+            )
+        priority = (spec.priority or 3) - 1
+        queue = self.settings.queue
+        if deferred:
+            wait = min(spec.wait_timeout or queue.ticket_max_wait, queue.ticket_max_wait)
+        else:
+            wait = min(spec.wait_timeout, queue.max_wait)
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline))
+        price_in = nano_usd_per_token(pool.price.input_per_million)
+        price_out = nano_usd_per_token(pool.price.output_per_million)
+        ticket = Ticket(
+            lease_id=secrets.token_hex(16),
+            tenant=tenant.name,
+            pool=pool.name,
+            input_tokens=input_tokens,
+            max_output_tokens=spec.max_output_tokens,
+            nano_usd=price_nano_usd(input_tokens, spec.max_output_tokens, price_in, price_out),
+            price_in=price_in,
+            price_out=price_out,
+            priority=priority,
+            cost=(input_tokens + spec.max_output_tokens) / tenant.weight,
+            limits=self.policy.limits(pool, tenant),
+            ttl=self.settings.lease.ttl,
+            wait=wait,
+            claim_timeout=queue.ticket_claim_timeout if deferred else CLAIM_TIMEOUT,
+            deferred=deferred,
+            idempotency_key=spec.idempotency_key,
+            fingerprint=f"{pool.name}|{input_tokens}|{spec.max_output_tokens}|{priority}",
+            max_queued_tenant=tenant.max_queued or queue.max_per_tenant,
+            max_queued_total=queue.max_length,
+        )
+        return ticket, wait
+
+    def pool(self, name: str) -> PoolConfig:
+        if not name:
+            raise InvalidArgument("pool", "required")
+        pool = self.policy.pools.get(name)
+        if pool is None:
+            raise NotFound("pool", f"unknown pool {name[:MAX_NAME]!r}")
+        return pool
+
+    def tenant(self, name: str) -> TenantConfig:
+        """The tenant ``name`` (the default tenant for an unknown or empty one, if set)."""
+        tenant = self.policy.tenants.get(name) if name else None
+        if tenant is None and self.settings.default_tenant is not None:
+            tenant = self.policy.tenants[self.settings.default_tenant]
+        if tenant is not None:
+            return tenant
+        if not name:
+            raise InvalidArgument("tenant", "required (the server has no default tenant)")
+        raise NotFound("tenant", f"unknown tenant {name[:MAX_NAME]!r}")
+
+    def owner(self, name: str | None) -> str | None:
+        """The tenant a Release/Renew acts as: resolved like Acquire's; None = not checked."""
+        return self.tenant(name).name if name else None
+
+
+def check_tokens(name: str, value: int) -> None:
+    if value < 0:
+        raise InvalidArgument(name, f"must not be negative, got {value}")
+    if value > MAX_TOKENS:
+        raise InvalidArgument(name, f"at most {MAX_TOKENS}, got {value}")
+
+
+def check_lease_id(lease_id: str, field: str = "lease_id") -> None:
+    if not lease_id:
+        raise InvalidArgument(field, "required")
+    if len(lease_id) > MAX_LEASE_ID:
+        raise InvalidArgument(field, f"longer than {MAX_LEASE_ID} characters")
+
+
+def check_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument("labels", f"at most {MAX_LABELS} entries")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_TEXT or len(value) > MAX_LABEL_TEXT:
+            raise InvalidArgument(
+                "labels",
+                f"keys must be 1-{MAX_LABEL_TEXT} and values 0-{MAX_LABEL_TEXT} characters",
+            )
