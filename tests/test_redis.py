@@ -104,6 +104,8 @@ async def test_redis_down_fails_closed_and_recovers_by_itself(
     assert "state store unreachable" in failure.message
     assert not await h.server.check_store()
     assert await health(h) == health_pb2.HealthCheckResponse.NOT_SERVING
+    # Alive all the same: a liveness probe must not restart a replica for Redis's outage.
+    assert await health(h, "admitd.liveness") == health_pb2.HealthCheckResponse.SERVING
 
     redis_server.start()  # same port, empty: nothing was persisted
     assert await h.server.check_store()
@@ -111,11 +113,12 @@ async def test_redis_down_fails_closed_and_recovers_by_itself(
     assert (await h.acquire(input_tokens=1)).reserved_tokens == 1
 
 
-async def health(h: Harness) -> int:
+async def health(h: Harness, service: str = "") -> int:
     from grpc_health.v1 import health_pb2_grpc
 
     stub = health_pb2_grpc.HealthStub(h.channel)
-    return int((await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status)
+    request = health_pb2.HealthCheckRequest(service=service)
+    return int((await stub.Check(request, timeout=5)).status)
 
 
 async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(

@@ -29,6 +29,10 @@ from .v1 import admission_pb2, admission_pb2_grpc
 log = logging.getLogger("admitd")
 
 SERVICE_NAME = admission_pb2.DESCRIPTOR.services_by_name["Admission"].full_name
+# For liveness probes: SERVING while the process runs and answers, whatever the store does.
+# Readiness follows the store ("" and the Admission service); restarting a replica because
+# Redis is down would only add a cold start to the outage.
+LIVENESS = "admitd.liveness"
 # The largest request accepted: a prompt at its limit (2M characters, at most 4 UTF-8 bytes
 # each) plus every other field at its limit fits; anything larger is refused by gRPC before
 # it is read into memory.
@@ -113,13 +117,14 @@ class AdmitdServer:
         if metrics:
             self.telemetry.serve(metrics)
         await self.engine.start()
+        await self.health.set(LIVENESS, SERVING)
         await self.check_store()
         self._monitor = asyncio.ensure_future(self._watch())
         log.info("admitd serving", extra={"listen": address, "port": self.port})
         return self.port
 
     async def check_store(self) -> bool:
-        """Health follows the store: SERVING only while it answers (and not draining)."""
+        """Readiness follows the store: SERVING only while it answers (and not draining)."""
         try:
             await self.engine.backend.ping()
             ok = True
