@@ -7,4 +7,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${1:-}"
+if [[ "${1:-}" == *dev* ]]; then
+  # The Python client (clients/python) is type-checked and tested with the server.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e clients/python
+fi
 export PATH="$PWD/.venv/bin:$PATH"

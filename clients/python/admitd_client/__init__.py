@@ -1,0 +1,44 @@
+"""admitd_client: ask admitd before calling an LLM provider.
+
+```python
+from admitd_client import AsyncAdmissionClient
+
+async with AsyncAdmissionClient("localhost:50051", tenant="search") as admitd:
+    async with admitd.lease(
+        pool="openai/gpt-4o", messages=msgs, max_output_tokens=512
+    ) as lease:
+        lease.record(await openai.chat.completions.create(...))
+```
+
+``AdmissionClient`` is the same for blocking code. Everything importable from here is the
+public API; ``_module`` files are private and may change.
+"""
+
+from ._async import AsyncAdmissionClient
+from ._core import ClientOptions, RetryPolicy
+from ._errors import AdmitdError, Reason, Rejected, Unavailable
+from ._lease import Lease, LeaseArgs, Settlement, Usage
+from ._outcome import Outcome, Priority
+from ._sync import AdmissionClient
+from ._tokens import DEFAULT_ENCODING, count_tokens
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_ENCODING",
+    "AdmissionClient",
+    "AdmitdError",
+    "AsyncAdmissionClient",
+    "ClientOptions",
+    "Lease",
+    "LeaseArgs",
+    "Outcome",
+    "Priority",
+    "Reason",
+    "Rejected",
+    "RetryPolicy",
+    "Settlement",
+    "Unavailable",
+    "Usage",
+    "__version__",
+    "count_tokens",
+]

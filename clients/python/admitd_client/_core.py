@@ -1,0 +1,314 @@
+"""Everything both clients do, written once as *plans* that yield effects.
+
+A plan is a generator. It yields an effect — ``Call`` an RPC, ``Sleep``, or ``Offload`` a
+blocking computation — and gets back the effect's result, or has its exception thrown in.
+``AsyncAdmissionClient`` and ``AdmissionClient`` differ only in how they perform effects
+(their ``_drive``), so deadlines, metadata, retries with jittered backoff, the fail-open
+policy, token counting, renewal and settlement exist once; ``Core.rpc`` is the one path
+every RPC takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, TypedDict, TypeVar, cast
+
+import grpc
+from google.protobuf.message import Message
+
+from ._errors import AdmitdError, Unavailable
+from ._lease import Lease, LeaseArgs, Settlement
+from ._outcome import Outcome, Priority, outcome_for
+from ._proto import admission_pb2 as pb
+from ._status import from_rpc_error
+from ._tokens import DEFAULT_ENCODING, count_tokens, encoding_name
+
+log = logging.getLogger("admitd_client")
+
+T = TypeVar("T")
+Method = Literal["Acquire", "Release", "Renew", "GetStatus"]
+OnUnavailable = Literal["fail_closed", "fail_open"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """Effect: one RPC attempt. Result: the response message; raises grpc.RpcError."""
+
+    method: Method
+    request: Message
+    timeout: float
+    metadata: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Effect: wait this many seconds."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Effect: run a blocking function (the async client runs it in a worker thread)."""
+
+    fn: Callable[[], Any]
+
+
+Effect = Call | Sleep | Offload
+Plan = Generator[Effect, Any, T]
+
+# Renewal never runs more often than this, whatever the lease's remaining time says (a
+# client clock far ahead of admitd's would otherwise make it spin).
+MIN_RENEW_INTERVAL = 1.0
+_STOP_RENEWING = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of RPCs that failed with UNAVAILABLE, with capped exponential backoff.
+
+    The delay before retry ``n`` (1-based) is uniformly random in ``[0, cap]`` with
+    ``cap = min(max_backoff, initial_backoff * multiplier ** (n - 1))`` ("full jitter", as
+    gRPC's own retry policy does), so clients that lost admitd together do not come back
+    in lockstep.
+
+    Attributes:
+        max_attempts: Attempts in all, including the first (1 disables retries).
+        initial_backoff: Cap of the first delay, seconds.
+        max_backoff: Largest cap, seconds.
+        multiplier: Growth of the cap per retry.
+    """
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must not be negative and multiplier must be >= 1")
+
+    def backoff(self, retry: int, uniform: float) -> float:
+        """Delay before retry number ``retry`` (1-based), for ``uniform`` in [0, 1]."""
+        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return cap * uniform
+
+
+class ClientOptions(TypedDict, total=False):
+    """Keyword arguments both clients take (besides ``target`` and ``sleep``).
+
+    Keys:
+        tenant: The tenant calls are made for (a lease may override it).
+        metadata: gRPC metadata sent with every RPC (e.g. an auth header).
+        timeout: Deadline in seconds of each RPC attempt (default 10); Acquire gets its
+            ``wait_timeout`` on top.
+        retry: Retries of UNAVAILABLE RPCs (default: 4 attempts, 0.1 s to 2 s backoff).
+        on_unavailable: ``"fail_closed"`` (default) raises ``Unavailable`` when admitd
+            cannot be reached after the retries; ``"fail_open"`` lets the call run with an
+            unadmitted lease (``Lease.admitted`` False, release a no-op) and logs a warning.
+        encoding: tiktoken encoding for pools nothing else names (default o200k_base).
+        pool_encodings: tiktoken encoding per pool name.
+        renew_every: Seconds between background renewals of a ``lease`` block. Default: a
+            third of the lease's remaining time, at least 1 s.
+        credentials: TLS channel credentials; default an insecure channel.
+        channel_options: Extra gRPC channel options.
+        wall: Clock for the lease's remaining time (tests pass admitd's own clock).
+        random: Source of jitter in [0, 1] (tests pass a constant).
+    """
+
+    tenant: str
+    metadata: Sequence[tuple[str, str]]
+    timeout: float
+    retry: RetryPolicy
+    on_unavailable: OnUnavailable
+    encoding: str
+    pool_encodings: Mapping[str, str]
+    renew_every: float | None
+    credentials: grpc.ChannelCredentials | None
+    channel_options: Sequence[tuple[str, Any]]
+    wall: Callable[[], float]
+    random: Callable[[], float]
+
+
+@dataclass
+class Core:
+    """The shared client logic: plans, plus the options they read."""
+
+    tenant: str = ""
+    metadata: Sequence[tuple[str, str]] = ()
+    timeout: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_unavailable: OnUnavailable = "fail_closed"
+    encoding: str = DEFAULT_ENCODING
+    pool_encodings: Mapping[str, str] = field(default_factory=dict)
+    renew_every: float | None = None
+    credentials: grpc.ChannelCredentials | None = None
+    channel_options: Sequence[tuple[str, Any]] = ()
+    wall: Callable[[], float] = time.time
+    random: Callable[[], float] = random.random
+
+    def __post_init__(self) -> None:
+        if self.on_unavailable not in ("fail_closed", "fail_open"):
+            policy = self.on_unavailable
+            raise ValueError(f"on_unavailable: fail_closed or fail_open, not {policy!r}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        self.metadata = tuple(self.metadata)
+
+    def rpc(self, method: Method, request: Message, timeout: float) -> Plan[Any]:
+        """Call ``method``: deadline, metadata, retries; failures become AdmitdError."""
+        attempt = 1
+        while True:
+            try:
+                return (yield Call(method, request, timeout, tuple(self.metadata)))
+            except grpc.RpcError as raw:
+                error = from_rpc_error(raw)
+                if not error.retryable or attempt >= self.retry.max_attempts:
+                    raise error from raw
+            delay = self.retry.backoff(attempt, self.random())
+            log.debug("admitd %s unavailable, retry %d in %.3fs", method, attempt, delay)
+            attempt += 1
+            yield Sleep(delay)
+
+    def acquire(self, args: LeaseArgs) -> Plan[Lease]:
+        """Count input tokens, Acquire, and apply the fail-open policy."""
+        pool = args["pool"]
+        tenant = args.get("tenant") or self.tenant
+        given = [key for key in ("messages", "prompt", "input_tokens") if args.get(key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"pass one of messages, prompt or input_tokens, not {given}")
+        input_tokens = args.get("input_tokens")
+        if input_tokens is None:
+            input_tokens = 0
+            if given:  # messages or prompt: tiktoken may load its encoding, so offload
+                input_tokens = yield Offload(partial(self._count, args))
+        wait = float(args.get("wait_timeout", 0.0))
+        request = pb.AcquireRequest(
+            tenant=tenant,
+            pool=pool,
+            input_tokens=input_tokens,
+            max_output_tokens=args.get("max_output_tokens", 0),
+            priority=cast("pb.Priority.ValueType", int(args.get("priority", Priority.NORMAL))),
+            idempotency_key=args.get("idempotency_key") or uuid.uuid4().hex,
+            labels=dict(args.get("labels") or {}),
+        )
+        if wait > 0:
+            request.wait_timeout.FromNanoseconds(round(wait * 1e9))
+        granted: pb.Lease | None = None
+        try:
+            granted = yield from self.rpc("Acquire", request, self._timeout(args) + wait)
+        except Unavailable as error:
+            if self.on_unavailable == "fail_closed":
+                raise
+            log.warning("admitd unreachable (%s): failing open, %s runs unadmitted", error, pool)
+        return Lease(
+            proto=granted,
+            tenant=tenant,
+            pool=pool,
+            input_tokens=request.input_tokens,
+            max_output_tokens=request.max_output_tokens,
+            request_tenant=tenant,
+        )
+
+    def _count(self, args: LeaseArgs) -> int:
+        encoding = encoding_name(
+            args["pool"],
+            encoding=args.get("encoding"),
+            model=args.get("model"),
+            pool_encodings=self.pool_encodings,
+            default=self.encoding,
+        )
+        messages, prompt = args.get("messages"), args.get("prompt")
+        return count_tokens(messages=messages, prompt=prompt, encoding=encoding)
+
+    def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Plan[Settlement | None]:
+        """Release with the recorded usage (none: admitd charges the full reservation)."""
+        if not lease.admitted:
+            return None  # an unadmitted lease reserved nothing
+        request = pb.ReleaseRequest(
+            lease_id=lease.lease_id,
+            outcome=cast("pb.Outcome.ValueType", int(outcome)),
+            tenant=lease.request_tenant,
+        )
+        usage = lease.usage
+        if usage is not None:
+            request.usage.input_tokens = usage.input_tokens
+            request.usage.output_tokens = usage.output_tokens
+        lease.outcome = outcome
+        reply = yield from self.rpc("Release", request, self.timeout)
+        lease.settlement = Settlement(
+            charged_tokens=reply.charged_tokens,
+            refunded_tokens=reply.refunded_tokens,
+            already_released=reply.already_released,
+            charged_usd=reply.charged_usd,
+        )
+        return lease.settlement
+
+    def settle(self, lease: Lease, error: BaseException | None) -> Plan[None]:
+        """Release at the end of a ``lease`` block; never raises (the block's result wins)."""
+        outcome = lease.outcome if lease.outcome is not None else outcome_for(error)
+        try:
+            yield from self.release(lease, outcome)
+        except Exception as failure:  # e.g. AdmitdError, or a channel closed under the block
+            # The call already happened; the lease expires on its own at its TTL.
+            log.warning("releasing lease %s failed: %s", lease.lease_id, failure)
+
+    def renew(self, lease: Lease) -> Plan[Lease]:
+        """Extend the lease by admitd's configured TTL."""
+        request = pb.RenewRequest(lease_id=lease.lease_id, tenant=lease.request_tenant)
+        lease._renewed((yield from self.rpc("Renew", request, self.timeout)))
+        return lease
+
+    def keep_alive(self, lease: Lease) -> Plan[None]:
+        """Renew ``lease`` until stopped, or until admitd says it is gone."""
+        while True:
+            yield Sleep(self.renew_interval(lease))
+            try:
+                yield from self.renew(lease)
+            except AdmitdError as error:
+                if error.code in _STOP_RENEWING:
+                    lease.lost = True
+                    log.warning("lease %s can no longer be renewed: %s", lease.lease_id, error)
+                    return
+                log.warning("renewing lease %s failed, trying again: %s", lease.lease_id, error)
+
+    def renew_interval(self, lease: Lease) -> float:
+        if self.renew_every is not None:
+            return self.renew_every
+        expires_at = lease.proto.expires_at.ToNanoseconds() / 1e9 if lease.proto else 0.0
+        return max(MIN_RENEW_INTERVAL, (expires_at - self.wall()) / 3)
+
+    def status(self) -> Plan[pb.StatusResponse]:
+        reply: pb.StatusResponse = yield from self.rpc(
+            "GetStatus", pb.GetStatusRequest(), self.timeout
+        )
+        return reply
+
+    def flight_key(self, args: LeaseArgs, singleflight: bool | str) -> str:
+        """Identity of a request for singleflight: the caller's string, or the lease args."""
+        tenant = args.get("tenant") or self.tenant
+        if isinstance(singleflight, str):
+            identity: list[Any] = ["key", tenant, singleflight]
+        else:
+            # A fresh idempotency key or another deadline does not make a different call.
+            fields = {k: v for k, v in args.items() if k not in ("idempotency_key", "timeout")}
+            identity = ["request", tenant, fields]
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _timeout(self, args: LeaseArgs) -> float:
+        return args.get("timeout") or self.timeout

@@ -1,0 +1,94 @@
+"""The client's exceptions: every failed admitd RPC surfaces as one of these.
+
+```
+AdmitdError        an RPC failed: gRPC ``code``, ``message``, ``field_violations``
+├── Rejected       RESOURCE_EXHAUSTED: ``reason`` (a Reason), ``retry_after``, ``metadata``
+└── Unavailable    admitd did not answer (UNAVAILABLE after the retries, or the
+                   deadline passed); under ``on_unavailable="fail_open"`` Acquire
+                   yields an unadmitted lease instead of raising it
+```
+
+``Rejected`` means the call must not run now; ``retry_after`` (seconds) says when a retry can
+succeed, and is None when it never can (the call is bigger than a limit or a daily quota).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+import grpc
+
+
+class Reason(StrEnum):
+    """Why admitd rejected a call (``ErrorInfo.reason`` in the status details)."""
+
+    CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT"
+    TOKEN_RATE_LIMIT = "TOKEN_RATE_LIMIT"
+    REQUEST_RATE_LIMIT = "REQUEST_RATE_LIMIT"
+    TENANT_QUOTA = "TENANT_QUOTA"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    QUEUE_FULL = "QUEUE_FULL"
+    QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
+    UNKNOWN = "UNKNOWN"
+    """A reason this client version does not know (a newer server); see the message."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Reason:
+        return cls.UNKNOWN
+
+
+class AdmitdError(Exception):
+    """An admitd RPC failed.
+
+    Attributes:
+        code: The gRPC status code.
+        message: The server's message (it names the offending field or limit).
+        field_violations: For INVALID_ARGUMENT: request field -> what is wrong with it.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field_violations: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.field_violations = dict(field_violations or {})
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same request may succeed on another attempt right away."""
+        # UNAVAILABLE: no connection, or a draining replica (retrying reaches another one).
+        return self.code is grpc.StatusCode.UNAVAILABLE
+
+
+class Rejected(AdmitdError):
+    """admitd refused the call: it must not run now.
+
+    Attributes:
+        reason: Which limit refused it.
+        retry_after: Seconds after which a retry can succeed; None when it never can.
+        metadata: ``ErrorInfo.metadata`` (``scope``, ``pool``/``tenant``, ``limit``,
+            ``limit_value``, ``requested``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason,
+        retry_after: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})
+
+
+class Unavailable(AdmitdError):
+    """admitd could not be reached (after the retries) or did not answer in time."""

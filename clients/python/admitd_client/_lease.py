@@ -1,0 +1,206 @@
+"""A granted lease as the caller sees it, and the arguments that ask for one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Required, TypedDict
+
+from ._outcome import Outcome, Priority
+from ._proto import admission_pb2 as pb
+from ._usage import read_usage
+
+
+class LeaseArgs(TypedDict, total=False):
+    """What a lease asks for; the keyword arguments of ``lease``, ``acquire`` and ``run``.
+
+    Input tokens come from exactly one of ``messages``, ``prompt`` or ``input_tokens``
+    (none: 0). The reservation is input tokens + ``max_output_tokens``.
+
+    Keys:
+        pool: The pool (provider deployment) the call goes to, e.g. ``"openai/gpt-4o"``.
+        messages: Chat messages, counted with tiktoken (see ``count_tokens``).
+        prompt: Plain text, counted with tiktoken.
+        input_tokens: The input tokens, when the caller knows them.
+        max_output_tokens: Most output tokens the call may produce (the provider's
+            ``max_tokens``); reserved in full until release.
+        wait_timeout: Seconds to wait in admitd's fair queue; 0 (default) rejects at once
+            when the call does not fit now.
+        priority: Queue priority class (default NORMAL).
+        labels: Free-form labels kept with the lease for logs and traces.
+        idempotency_key: Makes retried Acquires return the same lease. Default: a fresh
+            random key per call, so the client's own transport retries never reserve twice.
+        encoding: tiktoken encoding to count with; overrides ``model``.
+        model: Count with the encoding tiktoken knows for this model.
+        tenant: Acquire for this tenant instead of the client's.
+        timeout: Deadline in seconds of each RPC attempt (default: the client's); Acquire
+            gets ``wait_timeout`` on top.
+    """
+
+    pool: Required[str]
+    messages: Sequence[Mapping[str, Any]] | None
+    prompt: str | None
+    input_tokens: int | None
+    max_output_tokens: int
+    wait_timeout: float
+    priority: Priority
+    labels: Mapping[str, str]
+    idempotency_key: str | None
+    encoding: str | None
+    model: str | None
+    tenant: str | None
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a call actually used, as reported by the provider."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What admitd charged at release (``ReleaseResponse``)."""
+
+    charged_tokens: int
+    refunded_tokens: int
+    already_released: bool
+    charged_usd: float
+
+
+class Lease:
+    """A reservation admitted by admitd: tokens plus one concurrency slot, until released.
+
+    Under ``on_unavailable="fail_open"`` a lease can also be *unadmitted*: admitd could not
+    be reached, the call runs anyway, ``admitted`` is False, ``lease_id`` is empty, and
+    releasing it does nothing (no RPC); nothing was reserved, so nothing is refunded.
+
+    Attributes:
+        lease_id: admitd's id of the lease ("" when unadmitted).
+        tenant: The tenant that owns the lease.
+        pool: The pool it was granted on.
+        reserved_tokens: Input tokens + max output tokens held until release.
+        input_tokens: The input tokens reserved (counted or given).
+        max_output_tokens: The output tokens reserved.
+        reserved_usd: Price of the reservation (pool price table; 0 when unadmitted).
+        queued_for: Seconds spent in admitd's queue before the grant.
+        admitted: False for an unadmitted (fail-open) lease.
+        outcome: Set it to report an outcome other than the one the ``lease`` block's
+            exit implies (e.g. a provider error returned rather than raised); after
+            release, the outcome that was reported.
+        settlement: What admitd charged, once released; None before, or when unadmitted,
+            or when the release failed (the lease then expires on its own).
+        renewals: How many times the lease was renewed in the background.
+        lost: True when a renewal found the lease gone (it had expired).
+        proto: The ``admitd.v1.Lease`` message (None when unadmitted).
+    """
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        pool: str,
+        input_tokens: int,
+        max_output_tokens: int,
+        proto: pb.Lease | None,
+        request_tenant: str,
+    ) -> None:
+        self.proto = proto
+        self.admitted = proto is not None
+        self.lease_id = proto.lease_id if proto else ""
+        self.tenant = proto.tenant if proto else tenant
+        self.pool = proto.pool if proto else pool
+        self.input_tokens = input_tokens
+        self.max_output_tokens = max_output_tokens
+        self.reserved_tokens = proto.reserved_tokens if proto else input_tokens + max_output_tokens
+        self.reserved_usd = proto.reserved_usd if proto else 0.0
+        self.queued_for = proto.queued_for.ToTimedelta().total_seconds() if proto else 0.0
+        self.outcome: Outcome | None = None
+        self.settlement: Settlement | None = None
+        self.renewals = 0
+        self.lost = False
+        # Release and Renew name the tenant the caller asked for, which admitd resolves
+        # the same way as at Acquire (an unknown tenant may map to the default one).
+        self.request_tenant = request_tenant
+        self._lock = threading.Lock()  # record() may run in another thread than renewal
+        self._input: int | None = None
+        self._output: int | None = None
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When admitd reclaims the lease unless it is renewed (None when unadmitted)."""
+        if self.proto is None:
+            return None
+        return self.proto.expires_at.ToDatetime(tzinfo=UTC)
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage recorded so far, or None if nothing was (admitd then charges the full
+        reservation).
+
+        A half that was never recorded is taken from the reservation (``input_tokens``,
+        ``max_output_tokens``), as admitd does for absent usage: a caller that records only
+        ``output_tokens`` is not charged as if the input had been free.
+        """
+        with self._lock:
+            if self._input is None and self._output is None:
+                return None
+            return Usage(
+                self.input_tokens if self._input is None else self._input,
+                self.max_output_tokens if self._output is None else self._output,
+            )
+
+    def record(
+        self,
+        response: Any = None,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> bool:
+        """Record the tokens the call used; release reports them and admitd refunds the rest.
+
+        Pass a provider response (OpenAI chat completion or Responses object, Anthropic
+        message, their dicts, or a stream chunk/event), or the counts themselves. Counts are
+        totals: a later reading replaces an earlier one, so recording every stream event
+        leaves the final usage. Objects without usage (most stream chunks) are ignored.
+
+        Args:
+            response: A provider response or stream event.
+            input_tokens: Input tokens used; overrides the response's.
+            output_tokens: Output tokens used; overrides the response's.
+
+        Returns:
+            True when some usage was found and recorded.
+
+        Raises:
+            TypeError: Neither a response nor a count was given.
+            ValueError: A count is negative.
+        """
+        if response is None and input_tokens is None and output_tokens is None:
+            raise TypeError("record() needs a response, input_tokens or output_tokens")
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
+        reading = read_usage(response) if response is not None else None
+        found_in, found_out = reading if reading is not None else (None, None)
+        new_in = input_tokens if input_tokens is not None else found_in
+        new_out = output_tokens if output_tokens is not None else found_out
+        with self._lock:
+            if new_in is not None:
+                self._input = new_in
+            if new_out is not None:
+                self._output = new_out
+        return new_in is not None or new_out is not None
+
+    def _renewed(self, proto: pb.Lease) -> None:
+        self.proto = proto
+        self.renewals += 1
+
+    def __repr__(self) -> str:
+        state = f"id={self.lease_id}" if self.admitted else "unadmitted"
+        tokens = self.reserved_tokens
+        return f"<Lease {state} tenant={self.tenant} pool={self.pool} tokens={tokens}>"

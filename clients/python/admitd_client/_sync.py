@@ -1,0 +1,226 @@
+"""``AdmissionClient``: the blocking client (grpc sync stubs). Logic lives in ``_core``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, Unpack, cast
+
+import grpc
+
+from ._core import Call, ClientOptions, Core, Effect, Plan, Sleep
+from ._lease import Lease, LeaseArgs, Settlement
+from ._outcome import Outcome
+from ._proto import admission_pb2 as pb
+from ._proto import admission_pb2_grpc as pb_grpc
+from ._singleflight import SyncFlights
+from ._version import USER_AGENT
+
+T = TypeVar("T")
+SyncSleep = Callable[[float], None]
+log = logging.getLogger("admitd_client")
+
+
+class _Stopped(BaseException):
+    """Raised out of a renewal thread's sleep when its lease block has ended."""
+
+
+class _Keeper:
+    """A background thread renewing one lease until ``stop``."""
+
+    def __init__(self, client: AdmissionClient, lease: Lease, sleep: SyncSleep | None) -> None:
+        self._stopped = threading.Event()
+        self._sleep_fn = sleep
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(client, lease),
+            name=f"admitd-renew-{lease.lease_id[:8]}",
+            daemon=True,  # never keeps a process alive; the lease then expires at its TTL
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()  # at most one Renew in flight, bounded by its deadline
+
+    def _run(self, client: AdmissionClient, lease: Lease) -> None:
+        try:
+            client._drive(client._core.keep_alive(lease), sleep=self._sleep)
+        except _Stopped:
+            pass
+        except Exception:
+            log.exception("renewing lease %s stopped", lease.lease_id)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stopped.is_set():
+            raise _Stopped
+        if self._sleep_fn is None:
+            stopped = self._stopped.wait(seconds)  # ends at once when the block ends
+        else:
+            self._sleep_fn(seconds)
+            stopped = self._stopped.is_set()
+        if stopped:
+            raise _Stopped
+
+
+class AdmissionClient:
+    """Asks admitd for leases before LLM calls, from blocking code (threads welcome).
+
+    ```python
+    with AdmissionClient("localhost:50051", tenant="search") as admitd:
+        with admitd.lease(
+            pool="openai/gpt-4o", messages=msgs, max_output_tokens=512
+        ) as lease:
+            lease.record(openai.chat.completions.create(...))
+    ```
+
+    The same surface as ``AsyncAdmissionClient``, minus ``await``; background renewal runs
+    in a daemon thread per ``lease`` block.
+
+    Args:
+        target: ``host:port`` of admitd, or a ``grpc.Channel`` the caller owns (it is not
+            closed by ``close``).
+        sleep: How to wait between retries and renewals (default ``time.sleep``, and an
+            interruptible wait for renewals; tests pass one that needs no real time).
+        **options: See ``ClientOptions``: tenant, metadata, timeout, retry,
+            on_unavailable, encoding, pool_encodings, renew_every, credentials, ...
+    """
+
+    def __init__(
+        self,
+        target: str | grpc.Channel,
+        *,
+        sleep: SyncSleep | None = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        self._core = Core(**options)
+        self._owns_channel = isinstance(target, str)
+        if isinstance(target, str):
+            channel_options = [("grpc.primary_user_agent", USER_AGENT), *self._core.channel_options]
+            if self._core.credentials is None:
+                target = grpc.insecure_channel(target, options=channel_options)
+            else:
+                target = grpc.secure_channel(target, self._core.credentials, channel_options)
+        self.channel: grpc.Channel = target
+        self.stub = pb_grpc.AdmissionStub(target)
+        """The raw generated stub, for anything the wrapper does not cover."""
+        self._injected_sleep = sleep
+        self._sleep: SyncSleep = sleep or time.sleep
+        self._flights = SyncFlights()
+
+    def __enter__(self) -> AdmissionClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel, if the client opened it."""
+        if self._owns_channel:
+            self.channel.close()
+
+    @contextlib.contextmanager
+    def lease(self, **args: Unpack[LeaseArgs]) -> Iterator[Lease]:
+        """Hold a lease for the duration of a ``with`` block.
+
+        Entering acquires (counting input tokens with tiktoken unless ``input_tokens`` is
+        given); while the block runs the lease is renewed in a background thread; leaving
+        it releases with the usage recorded by ``lease.record`` and the outcome: OK, or the
+        one the block's exception maps to (a provider 429 -> PROVIDER_RATE_LIMITED, a
+        timeout -> TIMEOUT, KeyboardInterrupt -> CANCELLED, anything else ->
+        PROVIDER_ERROR). A failed release is logged, never raised over the block's result.
+
+        Args:
+            **args: See ``LeaseArgs``: pool, messages / prompt / input_tokens,
+                max_output_tokens, wait_timeout, priority, labels, ...
+
+        Raises:
+            Rejected: admitd refused the call (``reason``, ``retry_after``).
+            Unavailable: admitd could not be reached (only under ``fail_closed``).
+            AdmitdError: Any other failure, e.g. an unknown pool.
+        """
+        lease = self._drive(self._core.acquire(args))
+        keeper = _Keeper(self, lease, self._injected_sleep) if lease.admitted else None
+        failure: BaseException | None = None
+        try:
+            yield lease
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            try:
+                if keeper is not None:
+                    keeper.stop()
+            finally:
+                self._drive(self._core.settle(lease, failure))
+
+    def run(
+        self,
+        call: Callable[[Lease], T],
+        *,
+        singleflight: bool | str = False,
+        **args: Unpack[LeaseArgs],
+    ) -> T:
+        """Run ``call(lease)`` inside ``lease(**args)`` and return its result.
+
+        Args:
+            call: The provider call; it may ``lease.record(...)`` its response.
+            singleflight: Share the work with identical concurrent calls (other threads)
+                in this process: they get the same result (the same object: do not mutate
+                it) from one lease and one provider call. True: identical means the same
+                lease args; a string: the same string (include everything the provider
+                call depends on that the lease args do not show).
+            **args: See ``LeaseArgs``.
+        """
+
+        def once() -> T:
+            with self.lease(**args) as lease:
+                return call(lease)
+
+        if not singleflight:
+            return once()
+        return self._flights.join(self._core.flight_key(args, singleflight), once)
+
+    def acquire(self, **args: Unpack[LeaseArgs]) -> Lease:
+        """Acquire a lease without renewal or automatic release (prefer ``lease``)."""
+        return self._drive(self._core.acquire(args))
+
+    def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Settlement | None:
+        """Release a lease from ``acquire`` (None for an unadmitted lease)."""
+        return self._drive(self._core.release(lease, outcome))
+
+    def renew(self, lease: Lease) -> Lease:
+        """Extend a lease by admitd's configured TTL."""
+        return self._drive(self._core.renew(lease))
+
+    def status(self) -> pb.StatusResponse:
+        """Pools, tenants, queues and budgets as admitd sees them now."""
+        return self._drive(self._core.status())
+
+    def _drive(self, plan: Plan[T], sleep: SyncSleep | None = None) -> T:
+        """Run a plan, performing its effects by blocking."""
+        reply: Any = None
+        failure: BaseException | None = None
+        try:
+            while True:
+                try:
+                    effect = plan.send(reply) if failure is None else plan.throw(failure)
+                except StopIteration as done:
+                    return cast(T, done.value)
+                try:
+                    reply, failure = self._perform(effect, sleep or self._sleep), None
+                except Exception as error:  # handed to the plan, which decides
+                    reply, failure = None, error
+        finally:
+            plan.close()
+
+    def _perform(self, effect: Effect, sleep: SyncSleep) -> Any:
+        if isinstance(effect, Call):
+            method = getattr(self.stub, effect.method)
+            return method(effect.request, timeout=effect.timeout, metadata=effect.metadata)
+        if isinstance(effect, Sleep):
+            return sleep(effect.seconds)
+        return effect.fn()
