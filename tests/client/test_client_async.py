@@ -1,0 +1,396 @@
+"""AsyncAdmissionClient against a real admitd on a socket (ManualClock: no time passes)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+
+from admitd._clock import settle
+from admitd_client import (
+    AdmitdError,
+    AsyncAdmissionClient,
+    Lease,
+    Outcome,
+    Reason,
+    Rejected,
+    RetryPolicy,
+    Settlement,
+    Unavailable,
+)
+from client_support import (
+    COOKBOOK_MESSAGES,
+    GPT4,
+    GPT4O,
+    POOL_METADATA,
+    ClockSleep,
+    Jitter,
+    ProviderRateLimit,
+    aio_channel,
+    dead_target,
+    load,
+    serve,
+    target,
+)
+
+
+class LogSeen(logging.Handler):
+    """Sets ``event`` when the client logs a message containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def test_happy_path_counts_acquires_records_and_releases() -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        async with AsyncAdmissionClient(channel, tenant="a") as client, client.lease(
+            pool=GPT4O, messages=COOKBOOK_MESSAGES, max_output_tokens=100, labels={"job": "t"}
+        ) as lease:
+            assert lease.admitted
+            assert len(lease.lease_id) == 32
+            assert (lease.tenant, lease.pool) == ("a", GPT4O)
+            assert lease.input_tokens == 124  # gpt-4o: o200k_base, as the API counts it
+            assert lease.reserved_tokens == 224
+            assert lease.reserved_usd == pytest.approx(124 * 2.5e-6 + 100 * 10e-6)
+            assert lease.queued_for == 0.0
+            assert lease.expires_at == datetime.fromtimestamp(h.clock.wall() + 30, UTC)
+            assert (await h.pool(GPT4O)).in_flight == 1
+            assert lease.record(load("openai_chat_completion.json")) is True
+        assert lease.outcome is Outcome.OK
+        assert lease.settlement == Settlement(
+            charged_tokens=139,
+            refunded_tokens=85,
+            already_released=False,
+            charged_usd=pytest.approx(124 * 2.5e-6 + 15 * 10e-6),
+        )
+        assert (await h.pool(GPT4O)).in_flight == 0
+        assert sent.methods() == ["Acquire", "Release"]
+        acquire = sent.last("Acquire").request
+        assert (acquire.tenant, acquire.pool, acquire.input_tokens) == ("a", GPT4O, 124)
+        assert acquire.max_output_tokens == 100
+        assert len(acquire.idempotency_key) == 32
+        assert dict(acquire.labels) == {"job": "t"}
+        release = sent.last("Release").request
+        assert (release.lease_id, release.tenant) == (lease.lease_id, "a")
+        assert (release.usage.input_tokens, release.usage.output_tokens) == (124, 15)
+        assert release.outcome == Outcome.OK
+        await channel.close()
+
+
+async def test_counts_with_the_pools_model_and_settles_acquire_release() -> None:
+    async with serve() as h, AsyncAdmissionClient(target(h), tenant="b") as client:
+        lease = await client.acquire(pool=GPT4, messages=COOKBOOK_MESSAGES, max_output_tokens=1)
+        assert lease.input_tokens == 129  # gpt-4: cl100k_base
+        assert lease.reserved_tokens == 130
+        lease.record(input_tokens=129, output_tokens=1)
+        settlement = await client.release(lease)
+        assert settlement is not None
+        assert (settlement.charged_tokens, settlement.refunded_tokens) == (130, 0)
+        again = await client.release(lease)
+        assert again is not None
+        assert again.already_released
+
+
+async def test_rejection_carries_reason_retry_after_and_metadata() -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        client = AsyncAdmissionClient(channel, tenant="a", on_unavailable="fail_open")
+        async with client.lease(pool=GPT4O, input_tokens=10):
+            with pytest.raises(Rejected) as caught:
+                await client.acquire(pool=GPT4O, input_tokens=10, max_output_tokens=5)
+            # The same rejection decoded independently, with googleapis' own messages.
+            raw = await h.fail(h.acquire(pool=GPT4O, tenant="a", input_tokens=10))
+        rejected = caught.value
+        assert isinstance(rejected, AdmitdError)
+        assert rejected.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert rejected.reason is Reason.CONCURRENCY_LIMIT
+        assert rejected.retry_after == raw.retry_after == 30.0  # the holder's lease TTL
+        assert rejected.metadata == raw.metadata == POOL_METADATA
+        assert "max_concurrency" in rejected.message
+        # A rejection is an answer: never retried, never failed open.
+        assert sent.methods() == ["Acquire", "Acquire", "Release"]
+        await channel.close()
+
+
+async def test_token_rate_rejections_say_when_or_never() -> None:
+    async with serve() as h, AsyncAdmissionClient(target(h), tenant="a") as client:
+        held = await client.acquire(pool=GPT4, input_tokens=500)
+        with pytest.raises(Rejected) as later:
+            await client.acquire(pool=GPT4, input_tokens=200)
+        # 100 tokens missing from a bucket refilling at 600/min = 10/s.
+        assert later.value.reason is Reason.TOKEN_RATE_LIMIT
+        assert later.value.retry_after == pytest.approx(10.0)
+        with pytest.raises(Rejected) as never:
+            await client.acquire(pool=GPT4, input_tokens=700)
+        assert never.value.reason is Reason.TOKEN_RATE_LIMIT
+        assert never.value.retry_after is None  # bigger than the bucket: no retry can succeed
+        await client.release(held)
+
+
+async def test_invalid_and_unknown_are_errors_not_rejections() -> None:
+    async with serve() as h, AsyncAdmissionClient(target(h), tenant="a") as client:
+        with pytest.raises(AdmitdError) as invalid:
+            await client.acquire(pool=GPT4O, input_tokens=1, max_output_tokens=-1)
+        assert not isinstance(invalid.value, Rejected)
+        assert invalid.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert list(invalid.value.field_violations) == ["max_output_tokens"]
+        with pytest.raises(AdmitdError) as unknown:
+            await client.acquire(pool="nope", input_tokens=1)
+        assert unknown.value.code is grpc.StatusCode.NOT_FOUND
+        assert "nope" in unknown.value.message
+        with pytest.raises(ValueError, match="not \\['prompt', 'input_tokens'\\]"):
+            await client.acquire(pool=GPT4O, prompt="x", input_tokens=1)
+
+
+async def test_deadlines_and_metadata_on_every_call() -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        client = AsyncAdmissionClient(channel, tenant="a", timeout=3.0, metadata=[("x-team", "s")])
+        lease = await client.acquire(pool=GPT4O, input_tokens=1, wait_timeout=1.5)
+        await client.renew(lease)
+        await client.release(lease)
+        acquire = sent.last("Acquire")
+        assert acquire.timeout == pytest.approx(4.5)  # the wait in the queue on top
+        assert acquire.request.wait_timeout.ToTimedelta() == timedelta(seconds=1.5)
+        assert sent.last("Renew").timeout == sent.last("Release").timeout == 3.0
+        assert all(("x-team", "s") in call.metadata for call in sent.sent)
+        lease = await client.acquire(pool=GPT4O, input_tokens=1, timeout=0.25)  # per call
+        assert sent.last("Acquire").timeout == pytest.approx(0.25)
+        assert not sent.last("Acquire").request.HasField("wait_timeout")
+        await client.release(lease)
+        await channel.close()
+
+
+async def test_fail_closed_retries_with_jitter_then_raises() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    channel, sent = aio_channel(dead_target())
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.1, multiplier=2.0, max_backoff=0.15)
+    jitter = Jitter(0.0, 1.0, 0.5)
+    client = AsyncAdmissionClient(channel, tenant="a", sleep=sleep, random=jitter, retry=policy)
+    ran = False
+    with pytest.raises(Unavailable) as caught:
+        async with client.lease(pool=GPT4O, input_tokens=1):
+            ran = True
+    assert not ran
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    assert sent.methods() == ["Acquire"] * 4
+    # Caps 0.1, 0.15 (0.2 capped), 0.15, each scaled by the injected jitter.
+    assert slept == [0.0, 0.15, 0.075]
+    assert jitter.draws == 3
+    # Every attempt carries the same idempotency key: a retry never reserves twice.
+    assert len({call.request.idempotency_key for call in sent.sent}) == 1
+    await channel.close()
+
+
+async def test_fail_open_runs_the_call_unadmitted(caplog: pytest.LogCaptureFixture) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    channel, sent = aio_channel(dead_target())
+    client = AsyncAdmissionClient(
+        channel, tenant="a", on_unavailable="fail_open", sleep=sleep, random=lambda: 1.0
+    )
+    with caplog.at_level(logging.WARNING, logger="admitd_client"):
+        async with client.lease(pool=GPT4O, input_tokens=7, max_output_tokens=3) as lease:
+            assert not lease.admitted
+            assert (lease.lease_id, lease.expires_at, lease.reserved_tokens) == ("", None, 10)
+            lease.record(input_tokens=7, output_tokens=2)
+    assert lease.settlement is None
+    assert sent.methods() == ["Acquire"] * 4  # the default policy; nothing to release
+    assert slept == [0.1, 0.2, 0.4]  # full jitter at its cap: 0.1 * 2 ** n
+    assert "failing open" in caplog.text
+    await channel.close()
+
+
+async def test_renewal_keeps_a_long_call_alive() -> None:
+    async with serve() as h:  # lease TTL 30 s
+        assert h.clock is not None
+        sleep = ClockSleep(h, limit=4)
+        client = AsyncAdmissionClient(target(h), tenant="a", sleep=sleep, wall=h.clock.wall)
+        async with client.lease(pool=GPT4O, input_tokens=10, max_output_tokens=5) as lease:
+            assert lease.expires_at is not None
+            first_expiry = lease.expires_at
+            # Four renewals later (bounded wait); admitd's clock moved 40 s > the TTL.
+            await asyncio.wait_for(sleep.done.wait(), timeout=30)
+            assert sleep.slept == pytest.approx([10.0] * 4)  # a third of the time left
+            assert (lease.renewals, lease.lost) == (4, False)
+            assert lease.expires_at == first_expiry + timedelta(seconds=40)
+            assert (await h.pool(GPT4O)).in_flight == 1
+            lease.record(input_tokens=10, output_tokens=5)
+        assert lease.settlement is not None
+        assert lease.settlement.charged_tokens == 15
+        assert not lease.settlement.already_released
+        await client.close()
+
+
+async def test_without_renewal_the_same_lease_expires() -> None:
+    async with serve() as h, AsyncAdmissionClient(target(h), tenant="a") as client:
+        lease = await client.acquire(pool=GPT4O, input_tokens=10, max_output_tokens=5)
+        await h.advance(40)
+        assert (await h.pool(GPT4O)).in_flight == 0  # reclaimed at its TTL
+        with pytest.raises(AdmitdError) as caught:
+            await client.release(lease)
+        assert caught.value.code is grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_lease_found_gone_stops_renewing_and_the_block_still_ends() -> None:
+    async with serve() as h:
+        sleep = ClockSleep(h, limit=1)
+        client = AsyncAdmissionClient(target(h), tenant="a", sleep=sleep, renew_every=45.0)
+        gone = LogSeen("can no longer be renewed")
+        logging.getLogger("admitd_client").addHandler(gone)
+        try:
+            async with client.lease(pool=GPT4O, input_tokens=10) as lease:
+                await asyncio.wait_for(gone.event.wait(), timeout=30)  # bounded, not a sleep
+                assert sleep.slept == [45.0]
+                assert lease.lost
+                assert lease.renewals == 0
+        finally:
+            logging.getLogger("admitd_client").removeHandler(gone)
+        assert lease.settlement is None  # its release failed (NOT_FOUND) and was only logged
+        assert not sleep.done.is_set()  # no renewal after NOT_FOUND
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (ProviderRateLimit(), Outcome.PROVIDER_RATE_LIMITED),
+        (TimeoutError("read timed out"), Outcome.TIMEOUT),
+        (ValueError("bad response"), Outcome.PROVIDER_ERROR),
+    ],
+)
+async def test_release_on_exception_reports_the_outcome(
+    error: Exception, outcome: Outcome
+) -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        client = AsyncAdmissionClient(channel, tenant="a")
+        with pytest.raises(type(error)) as caught:
+            async with client.lease(pool=GPT4O, input_tokens=10, max_output_tokens=5) as lease:
+                raise error
+        assert caught.value is error  # the block's own exception, untouched
+        assert lease.outcome is outcome
+        assert sent.last("Release").request.outcome == outcome
+        assert not sent.last("Release").request.HasField("usage")
+        assert lease.settlement is not None
+        assert lease.settlement.charged_tokens == 15  # nothing recorded: the reservation
+        assert (await h.pool(GPT4O)).in_flight == 0
+        await channel.close()
+
+
+async def test_a_cancelled_block_still_releases_as_cancelled() -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        client = AsyncAdmissionClient(channel, tenant="a")
+        entered = asyncio.Event()
+        leases: list[Lease] = []
+
+        async def call() -> None:
+            async with client.lease(pool=GPT4O, input_tokens=10) as lease:
+                leases.append(lease)
+                entered.set()
+                await asyncio.Future()  # a provider call that never answers
+
+        task = asyncio.ensure_future(call())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert leases[0].outcome is Outcome.CANCELLED
+        assert sent.last("Release").request.outcome == Outcome.CANCELLED
+        assert (await h.pool(GPT4O)).in_flight == 0
+        await channel.close()
+
+
+async def test_an_outcome_set_in_the_block_wins() -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        client = AsyncAdmissionClient(channel, tenant="a")
+        async with client.lease(pool=GPT4O, input_tokens=10) as lease:
+            lease.outcome = Outcome.PROVIDER_ERROR  # e.g. an error returned, not raised
+        assert sent.last("Release").request.outcome == Outcome.PROVIDER_ERROR
+        await channel.close()
+
+
+async def test_singleflight_shares_one_lease_and_one_call() -> None:
+    async with serve() as h:
+        channel, sent = aio_channel(target(h))
+        client = AsyncAdmissionClient(channel, tenant="a")
+        started, finish = asyncio.Event(), asyncio.Event()
+        calls: list[str] = []
+
+        async def call(lease: Lease) -> dict[str, Any]:
+            calls.append(lease.lease_id)
+            started.set()
+            await finish.wait()
+            lease.record(input_tokens=2, output_tokens=4)
+            return {"answer": 42}
+
+        args: dict[str, Any] = {"pool": GPT4O, "prompt": "hello world", "max_output_tokens": 10}
+        first = asyncio.ensure_future(client.run(call, singleflight=True, **args))
+        await started.wait()
+        second = asyncio.ensure_future(client.run(call, singleflight=True, **args))
+        await settle()  # the second caller joins the flight (no I/O before it does)
+        finish.set()
+        one, two = await asyncio.gather(first, second)
+        assert one is two
+        assert one == {"answer": 42}
+        assert len(calls) == 1
+        assert sent.methods() == ["Acquire", "Release"]
+
+        # Without singleflight the second identical call asks for a lease of its own, and
+        # the pool (max_concurrency 1) refuses it.
+        started.clear()
+        finish.clear()
+        first = asyncio.ensure_future(client.run(call, **args))
+        await started.wait()
+        with pytest.raises(Rejected):
+            await client.run(call, **args)
+        finish.set()
+        await first
+        await channel.close()
+
+
+async def test_singleflight_by_key_and_errors_are_shared() -> None:
+    async with serve() as h:
+        client = AsyncAdmissionClient(target(h), tenant="a")
+        started, finish = asyncio.Event(), asyncio.Event()
+
+        async def failing(lease: Lease) -> None:
+            started.set()
+            await finish.wait()
+            raise ProviderRateLimit()
+
+        # Different lease args, one key: one flight.
+        first = asyncio.ensure_future(
+            client.run(failing, singleflight="summary:42", pool=GPT4O, input_tokens=10)
+        )
+        await started.wait()
+        second = asyncio.ensure_future(
+            client.run(failing, singleflight="summary:42", pool=GPT4O, input_tokens=99)
+        )
+        await settle()
+        finish.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert [type(r) for r in results] == [ProviderRateLimit, ProviderRateLimit]
+        assert results[0] is results[1]
+        assert (await h.pool(GPT4O)).in_flight == 0
+        await client.close()

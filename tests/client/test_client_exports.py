@@ -1,0 +1,29 @@
+"""The public surface of admitd_client is deliberate: changing it must change this test."""
+
+import admitd_client
+
+
+def test_exported_members() -> None:
+    assert sorted(admitd_client.__all__) == sorted([
+        "DEFAULT_ENCODING", "AdmissionClient", "AdmitdError", "AsyncAdmissionClient",
+        "ClientOptions", "Lease", "LeaseArgs", "Outcome", "Priority", "Reason", "Rejected",
+        "RetryPolicy", "Settlement", "Unavailable", "Usage", "__version__", "count_tokens",
+    ])
+    for name in admitd_client.__all__:
+        assert hasattr(admitd_client, name), name
+
+
+def test_enums_match_the_proto() -> None:
+    from admitd_client._proto import admission_pb2 as pb
+
+    for outcome in admitd_client.Outcome:
+        assert pb.Outcome.Value(f"OUTCOME_{outcome.name}") == outcome
+    for priority in admitd_client.Priority:
+        assert pb.Priority.Value(f"PRIORITY_{priority.name}") == priority
+    assert {f"OUTCOME_{o.name}" for o in admitd_client.Outcome} == set(pb.Outcome.keys()) - {
+        "OUTCOME_UNSPECIFIED"
+    }
+    assert {f"PRIORITY_{p.name}" for p in admitd_client.Priority} == set(pb.Priority.keys()) - {
+        "PRIORITY_UNSPECIFIED"
+    }
+    assert admitd_client.Reason("SOMETHING_NEW") is admitd_client.Reason.UNKNOWN
