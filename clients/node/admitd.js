@@ -1,0 +1,229 @@
+'use strict';
+/**
+ * A tiny admitd client for Node.js: acquire a lease, read a rejection's rich details, release.
+ *
+ *   const { AdmitdClient } = require('./admitd');
+ *   const admitd = new AdmitdClient('localhost:50051', { tenant: 'search' });
+ *   const lease = await admitd.acquire({ pool: 'openai/gpt-4o', inputTokens: 1200, maxOutputTokens: 512 });
+ *   try { ... call the provider ... } finally {
+ *     await admitd.release(lease.lease_id, { inputTokens: 1187, outputTokens: 231 });
+ *   }
+ *
+ * The service is loaded at run time from the repository's contract,
+ * protos/admitd/v1/admission.proto, with @grpc/proto-loader, so it cannot drift from the
+ * server. A rejection is RESOURCE_EXHAUSTED with a google.rpc.Status in the
+ * grpc-status-details-bin trailer; it is decoded with protobufjs from the genuine googleapis
+ * definitions vendored in protos/google/rpc (README.md there says why and from where).
+ */
+
+const crypto = require('node:crypto');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
+
+const REPO_PROTOS = path.resolve(__dirname, '..', '..', 'protos');
+const RPC_PROTOS = path.join(__dirname, 'protos', 'google', 'rpc');
+const DETAILS_KEY = 'grpc-status-details-bin';
+const OUTCOMES = ['OK', 'PROVIDER_RATE_LIMITED', 'PROVIDER_ERROR', 'TIMEOUT', 'CANCELLED'];
+const PRIORITIES = ['CRITICAL', 'HIGH', 'NORMAL', 'LOW'];
+
+/** The Admission service constructor, from admission.proto under `protoDir`. */
+function loadAdmission(protoDir = REPO_PROTOS) {
+  const definition = protoLoader.loadSync('admitd/v1/admission.proto', {
+    includeDirs: [protoDir],
+    keepCase: true, // field names as in the .proto: lease_id, reserved_tokens, ...
+    longs: String, // int64 arrives as a string; converted to Number below
+    enums: String,
+    defaults: true,
+  });
+  return grpc.loadPackageDefinition(definition).admitd.v1.Admission;
+}
+
+let rpcRoot = null;
+
+/** google.rpc Status, ErrorInfo, RetryInfo, BadRequest, ... (loaded once). */
+function rpcTypes() {
+  if (rpcRoot === null) {
+    const files = ['status.proto', 'error_details.proto'].map((name) => path.join(RPC_PROTOS, name));
+    // google/protobuf/{any,duration}.proto are bundled with protobufjs.
+    rpcRoot = new protobuf.Root().loadSync(files, { keepCase: true });
+  }
+  return rpcRoot;
+}
+
+/** Seconds as a google.protobuf.Duration. */
+function duration(seconds) {
+  const whole = Math.floor(seconds);
+  return { seconds: String(whole), nanos: Math.round((seconds - whole) * 1e9) };
+}
+
+function durationSeconds(value) {
+  return value ? Number(value.seconds) + Number(value.nanos) / 1e9 : 0;
+}
+
+/**
+ * The rich details of a failed call: { code, codeName, message, reason, domain, metadata,
+ * retryAfterSeconds (null when absent: no retry can succeed), fieldViolations }.
+ */
+function decodeStatus(error) {
+  const codeName = Object.keys(grpc.status).find((name) => grpc.status[name] === error.code);
+  const decoded = {
+    code: error.code,
+    codeName: codeName || String(error.code),
+    message: error.details || error.message,
+    reason: null,
+    domain: null,
+    metadata: {},
+    retryAfterSeconds: null,
+    fieldViolations: [],
+  };
+  const [raw] = error.metadata ? error.metadata.get(DETAILS_KEY) : [];
+  if (!raw) return decoded;
+  const root = rpcTypes();
+  const status = root.lookupType('google.rpc.Status').decode(raw);
+  for (const any of status.details) {
+    // type_url is "type.googleapis.com/google.rpc.ErrorInfo": the type is named after the /.
+    const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
+    const type = root.lookup(typeName);
+    if (!(type instanceof protobuf.Type)) continue; // a detail type this client does not know
+    const detail = type.toObject(type.decode(any.value), { longs: Number, defaults: true });
+    if (typeName === 'google.rpc.ErrorInfo') {
+      decoded.reason = detail.reason;
+      decoded.domain = detail.domain;
+      decoded.metadata = detail.metadata;
+    } else if (typeName === 'google.rpc.RetryInfo') {
+      decoded.retryAfterSeconds = durationSeconds(detail.retry_delay);
+    } else if (typeName === 'google.rpc.BadRequest') {
+      decoded.fieldViolations = detail.field_violations.map((v) => ({
+        field: v.field,
+        description: v.description,
+      }));
+    }
+  }
+  return decoded;
+}
+
+/** A failed admitd call, with its decoded status (see decodeStatus) as properties. */
+class AdmitdError extends Error {
+  constructor(error) {
+    const status = decodeStatus(error);
+    super(`${status.codeName}: ${status.message}`);
+    this.name = status.codeName === 'RESOURCE_EXHAUSTED' ? 'Rejected' : 'AdmitdError';
+    Object.assign(this, status);
+    this.rejected = status.codeName === 'RESOURCE_EXHAUSTED' && status.reason !== null;
+  }
+}
+
+function leaseObject(lease) {
+  return {
+    lease_id: lease.lease_id,
+    tenant: lease.tenant,
+    pool: lease.pool,
+    input_tokens: Number(lease.input_tokens),
+    reserved_tokens: Number(lease.reserved_tokens),
+    reserved_usd: lease.reserved_usd,
+    expires_at: new Date(
+      Number(lease.expires_at.seconds) * 1000 + Math.floor(lease.expires_at.nanos / 1e6),
+    ).toISOString(),
+    queued_for_seconds: durationSeconds(lease.queued_for),
+  };
+}
+
+class AdmitdClient {
+  /**
+   * @param {string} target host:port of admitd
+   * @param {object} [options]
+   * @param {string} [options.tenant] tenant the calls are made for
+   * @param {grpc.ChannelCredentials} [options.credentials] default: plaintext
+   * @param {Object<string,string>} [options.metadata] sent with every call, e.g.
+   *   { authorization: 'Bearer <key>' }
+   * @param {number} [options.timeoutMs] deadline of each call (Acquire: plus its wait)
+   * @param {string} [options.protoDir] folder holding admitd/v1/admission.proto
+   */
+  constructor(target, options = {}) {
+    const Admission = loadAdmission(options.protoDir);
+    this.tenant = options.tenant || '';
+    this.timeoutMs = options.timeoutMs || 10000;
+    this.metadata = new grpc.Metadata();
+    for (const [key, value] of Object.entries(options.metadata || {})) this.metadata.set(key, value);
+    this.stub = new Admission(target, options.credentials || grpc.credentials.createInsecure());
+  }
+
+  _call(method, request, timeoutMs) {
+    const deadline = new Date(Date.now() + (timeoutMs || this.timeoutMs));
+    return new Promise((resolve, reject) => {
+      this.stub[method](request, this.metadata, { deadline }, (error, response) => {
+        if (error) reject(new AdmitdError(error));
+        else resolve(response);
+      });
+    });
+  }
+
+  /**
+   * Acquire a lease. Rejects with an AdmitdError whose `rejected` is true (and `reason`,
+   * `retryAfterSeconds`, `metadata` set) when admitd refuses the call.
+   */
+  async acquire({
+    pool,
+    inputTokens = 0,
+    maxOutputTokens = 0,
+    prompt = '',
+    waitTimeoutSeconds = 0,
+    priority = 'NORMAL',
+    idempotencyKey = crypto.randomBytes(16).toString('hex'),
+    labels = {},
+    tenant = this.tenant,
+    timeoutMs,
+  }) {
+    if (!PRIORITIES.includes(priority)) throw new Error(`priority: one of ${PRIORITIES}`);
+    const request = {
+      tenant,
+      pool,
+      input_tokens: String(inputTokens),
+      max_output_tokens: String(maxOutputTokens),
+      prompt,
+      priority: `PRIORITY_${priority}`,
+      idempotency_key: idempotencyKey,
+      labels,
+    };
+    if (waitTimeoutSeconds > 0) request.wait_timeout = duration(waitTimeoutSeconds);
+    const budget = (timeoutMs || this.timeoutMs) + waitTimeoutSeconds * 1000;
+    return leaseObject(await this._call('Acquire', request, budget));
+  }
+
+  /**
+   * Release with the tokens actually used: both counts, or neither (then admitd charges the
+   * full reservation). `outcome`: how the provider call ended, one of OUTCOMES.
+   */
+  async release(leaseId, { inputTokens, outputTokens, outcome = 'OK', tenant = this.tenant } = {}) {
+    if (!OUTCOMES.includes(outcome)) throw new Error(`outcome: one of ${OUTCOMES}`);
+    if ((inputTokens === undefined) !== (outputTokens === undefined)) {
+      throw new Error('release: give both inputTokens and outputTokens, or neither');
+    }
+    const request = { lease_id: leaseId, outcome: `OUTCOME_${outcome}`, tenant };
+    if (inputTokens !== undefined) {
+      request.usage = { input_tokens: String(inputTokens), output_tokens: String(outputTokens) };
+    }
+    const reply = await this._call('Release', request);
+    return {
+      charged_tokens: Number(reply.charged_tokens),
+      refunded_tokens: Number(reply.refunded_tokens),
+      already_released: reply.already_released,
+      charged_usd: reply.charged_usd,
+    };
+  }
+
+  /** Extend a lease (0: by the server's lease TTL). */
+  async renew(leaseId, { extendBySeconds = 0, tenant = this.tenant } = {}) {
+    const request = { lease_id: leaseId, tenant };
+    if (extendBySeconds > 0) request.extend_by = duration(extendBySeconds);
+    return leaseObject(await this._call('Renew', request));
+  }
+
+  close() {
+    this.stub.close();
+  }
+}
+
+module.exports = { AdmitdClient, AdmitdError, decodeStatus, loadAdmission, OUTCOMES };

@@ -1,0 +1,122 @@
+#!/usr/bin/env node
+'use strict';
+/**
+ * Command line over admitd.js; prints one JSON object on stdout, so scripts and tests can
+ * drive it (tests/test_node_client.py runs it against a real admitd).
+ *
+ *   node cli.js acquire --target HOST:PORT --tenant T --pool P [--input-tokens N | --prompt TEXT]
+ *                       [--max-output-tokens N] [--wait-timeout SECONDS] [--priority HIGH]
+ *   node cli.js release --target HOST:PORT --lease-id ID [--tenant T]
+ *                       [--used-input-tokens N --used-output-tokens N]
+ *                       [--outcome OK|PROVIDER_RATE_LIMITED|PROVIDER_ERROR|TIMEOUT|CANCELLED]
+ *   node cli.js demo    --target HOST:PORT --tenant T --pool P [acquire's and release's options]
+ *       acquire, acquire the same again (on a pool with max_concurrency 1: rejected), release
+ *
+ * Output: {"ok": true, "lease": {...}} / {"ok": true, "release": {...}} /
+ * {"ok": false, "error": {"codeName", "reason", "retryAfterSeconds", "metadata", ...}}.
+ * Exit status: 0 done, 2 rejected (RESOURCE_EXHAUSTED with a reason), 1 any other failure.
+ */
+
+const { parseArgs } = require('node:util');
+const { AdmitdClient, AdmitdError } = require('./admitd');
+
+const OPTIONS = {
+  target: { type: 'string', default: 'localhost:50051' },
+  tenant: { type: 'string', default: '' },
+  pool: { type: 'string' },
+  'input-tokens': { type: 'string' },
+  'used-input-tokens': { type: 'string' },
+  'used-output-tokens': { type: 'string' },
+  'max-output-tokens': { type: 'string', default: '0' },
+  prompt: { type: 'string', default: '' },
+  'wait-timeout': { type: 'string', default: '0' },
+  priority: { type: 'string', default: 'NORMAL' },
+  'lease-id': { type: 'string' },
+  outcome: { type: 'string', default: 'OK' },
+  'timeout-ms': { type: 'string', default: '10000' },
+};
+
+function count(value, name) {
+  if (value === undefined) return undefined;
+  const number = Number(value);
+  if (!Number.isInteger(number)) throw new Error(`--${name}: an integer, not ${value}`);
+  return number;
+}
+
+function errorObject(error) {
+  if (!(error instanceof AdmitdError)) return { message: error.message };
+  const { code, codeName, message, reason, domain, metadata, retryAfterSeconds, fieldViolations } = error;
+  return { code, codeName, message, reason, domain, metadata, retryAfterSeconds, fieldViolations };
+}
+
+function acquireArgs(values) {
+  return {
+    pool: values.pool,
+    inputTokens: count(values['input-tokens'], 'input-tokens') || 0,
+    maxOutputTokens: count(values['max-output-tokens'], 'max-output-tokens'),
+    prompt: values.prompt,
+    waitTimeoutSeconds: Number(values['wait-timeout']),
+    priority: values.priority,
+  };
+}
+
+function releaseArgs(values) {
+  return {
+    inputTokens: count(values['used-input-tokens'], 'used-input-tokens'),
+    outputTokens: count(values['used-output-tokens'], 'used-output-tokens'),
+    outcome: values.outcome,
+  };
+}
+
+async function run(command, values, client) {
+  if (command === 'acquire') {
+    return { ok: true, lease: await client.acquire(acquireArgs(values)) };
+  }
+  if (command === 'release') {
+    if (!values['lease-id']) throw new Error('release needs --lease-id');
+    return { ok: true, release: await client.release(values['lease-id'], releaseArgs(values)) };
+  }
+  if (command === 'demo') {
+    const lease = await client.acquire(acquireArgs(values));
+    let rejection = null;
+    try {
+      const second = await client.acquire(acquireArgs(values));
+      await client.release(second.lease_id); // it fit after all: give it back
+    } catch (error) {
+      if (!(error instanceof AdmitdError) || !error.rejected) throw error;
+      rejection = errorObject(error);
+    }
+    const release = await client.release(lease.lease_id, releaseArgs(values));
+    return { ok: true, lease, rejection, release };
+  }
+  throw new Error(`unknown command ${JSON.stringify(command)}: acquire, release or demo`);
+}
+
+async function main(argv) {
+  let result;
+  let status = 0;
+  let client = null;
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+    client = new AdmitdClient(values.target, {
+      tenant: values.tenant,
+      timeoutMs: count(values['timeout-ms'], 'timeout-ms'),
+    });
+    result = await run(positionals[0], values, client);
+  } catch (error) {
+    result = { ok: false, error: errorObject(error) };
+    status = error instanceof AdmitdError && error.rejected ? 2 : 1;
+  } finally {
+    if (client !== null) client.close();
+  }
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  return status;
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((status) => {
+    process.exitCode = status;
+  });
+}
+
+module.exports = { main };

@@ -1,0 +1,172 @@
+"""The Node.js example client (clients/node) against a real admitd on a socket.
+
+`node clients/node/cli.js` runs as a subprocess: it acquires a lease, is rejected on a pool
+with max_concurrency 1 and decodes the rich details from the grpc-status-details-bin
+trailer (ErrorInfo reason + RetryInfo delay), and releases with the tokens used.
+
+Node and the npm packages come from scripts/setup_node.sh (scripts/test runs it). When
+either is missing this test fails, in CI and elsewhere alike, saying how to install them:
+it is never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import Harness, start_harness
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_CLIENT = ROOT / "clients" / "node"
+CONFIG: dict[str, Any] = {
+    "lease": {"ttl": "30s"},
+    "pools": [
+        {
+            "name": "p",
+            "max_concurrency": 1,
+            "price": {"input_per_million": 2.5, "output_per_million": 10},
+        }
+    ],
+}
+POOL_METADATA = {
+    "scope": "pool",
+    "pool": "p",
+    "limit": "max_concurrency",
+    "limit_value": "1",
+    "requested": "1",
+}
+
+
+def node_or_fail() -> str:
+    node = shutil.which("node")
+    missing = [] if node else ["node (Node.js 18+)"]
+    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        missing.append("clients/node/node_modules")
+    if missing or node is None:
+        where = "in CI (CI=true)" if os.environ.get("CI") == "true" else "on this machine"
+        pytest.fail(
+            f"{' and '.join(missing)} missing {where}: run `bash scripts/setup_node.sh` "
+            "(as root it installs Debian's nodejs and npm with apt-get; then it runs "
+            "`npm ci --prefix clients/node`). scripts/test does this before the tests.",
+            pytrace=False,
+        )
+    return node
+
+
+async def cli(node: str, h: Harness, command: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """Run ``node clients/node/cli.js COMMAND --target <h> ARGS``: (exit status, its JSON)."""
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(NODE_CLIENT / "cli.js"),
+        command,
+        "--target",
+        f"127.0.0.1:{h.server.port}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    assert err == b"", err.decode()
+    return process.returncode, json.loads(out)
+
+
+def expiry(h: Harness, ttl: float) -> str:
+    assert h.clock is not None
+    moment = datetime.fromtimestamp(h.clock.wall() + ttl, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_acquire_rejection_details_and_release() -> None:
+    node = node_or_fail()
+    h = await start_harness(CONFIG)
+    try:
+        status, out = await cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "p",
+            "--input-tokens", "100", "--max-output-tokens", "50",
+        )  # fmt: skip
+        assert status == 0, out
+        lease = out["lease"]
+        assert len(lease["lease_id"]) == 32
+        assert {k: v for k, v in lease.items() if k != "lease_id"} == {
+            "tenant": "a",
+            "pool": "p",
+            "input_tokens": 100,
+            "reserved_tokens": 150,
+            "reserved_usd": pytest.approx(100 * 2.5e-6 + 50 * 10e-6),
+            "expires_at": expiry(h, 30),
+            "queued_for_seconds": 0,
+        }
+        assert (await h.pool("p")).in_flight == 1  # the lease outlives the process
+
+        status, out = await cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "p", "--input-tokens", "1"
+        )
+        # The same rejection, decoded by the Python harness with googleapis' messages.
+        expected = await h.fail(h.acquire(tenant="a", pool="p", input_tokens=1))
+        assert status == 2, out
+        assert out["ok"] is False
+        error = out["error"]
+        assert (error["codeName"], error["code"]) == ("RESOURCE_EXHAUSTED", 8)
+        assert (error["reason"], error["domain"]) == ("CONCURRENCY_LIMIT", "admitd")
+        assert error["retryAfterSeconds"] == expected.retry_after == 30.0
+        assert error["metadata"] == expected.metadata == POOL_METADATA
+        assert "max_concurrency" in error["message"]
+
+        status, out = await cli(
+            node, h, "release", "--tenant", "a", "--lease-id", lease["lease_id"],
+            "--used-input-tokens", "90", "--used-output-tokens", "20", "--outcome", "OK",
+        )  # fmt: skip
+        assert status == 0, out
+        assert out["release"] == {
+            "charged_tokens": 110,
+            "refunded_tokens": 40,
+            "already_released": False,
+            "charged_usd": pytest.approx(90 * 2.5e-6 + 20 * 10e-6),
+        }
+        assert (await h.pool("p")).in_flight == 0
+
+        status, out = await cli(node, h, "release", "--lease-id", lease["lease_id"])
+        assert status == 0, out
+        assert out["release"]["already_released"] is True
+    finally:
+        await h.close()
+
+
+async def test_demo_in_one_process_and_errors_that_are_not_rejections() -> None:
+    node = node_or_fail()
+    h = await start_harness(CONFIG)
+    try:
+        status, out = await cli(
+            node, h, "demo", "--tenant", "b", "--pool", "p", "--prompt", "hello world",
+            "--max-output-tokens", "8", "--used-input-tokens", "2", "--used-output-tokens", "3",
+        )  # fmt: skip
+        assert status == 0, out
+        # The server counted the prompt: "hello world" is 2 tokens in o200k_base.
+        assert (out["lease"]["input_tokens"], out["lease"]["reserved_tokens"]) == (2, 10)
+        assert out["rejection"]["reason"] == "CONCURRENCY_LIMIT"
+        assert out["rejection"]["retryAfterSeconds"] == 30.0
+        assert out["release"]["charged_tokens"] == 5
+        assert out["release"]["refunded_tokens"] == 5
+        assert (await h.pool("p")).in_flight == 0
+
+        status, out = await cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "p", "--max-output-tokens=-1"
+        )
+        assert status == 1, out
+        assert out["error"]["codeName"] == "INVALID_ARGUMENT"
+        assert out["error"]["reason"] is None
+        assert [v["field"] for v in out["error"]["fieldViolations"]] == ["max_output_tokens"]
+
+        status, out = await cli(node, h, "acquire", "--tenant", "a", "--pool", "nope")
+        assert status == 1, out
+        assert out["error"]["codeName"] == "NOT_FOUND"
+    finally:
+        await h.close()
