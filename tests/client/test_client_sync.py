@@ -168,6 +168,28 @@ async def test_renewal_thread_keeps_a_long_call_alive() -> None:
         assert (await h.pool(GPT4O)).in_flight == 0
 
 
+async def test_leaving_the_block_stops_a_waiting_renewal_thread_at_once() -> None:
+    async with serve() as h:
+        done = threading.Event()
+
+        def scenario() -> None:
+            # The real (interruptible) wait: an hour until the first renewal.
+            client = AdmissionClient(target(h), tenant="a", renew_every=3600.0)
+            with client.lease(pool=GPT4O, input_tokens=10) as lease:
+                assert lease.admitted
+            client.close()
+            done.set()
+
+        worker = threading.Thread(target=scenario)
+        worker.start()
+        # Bounded wait for the block to end; were the renewal thread not stopped, joining
+        # it would take the hour.
+        assert await asyncio.to_thread(done.wait, 30)
+        worker.join()
+        assert [t.name for t in threading.enumerate() if t.name.startswith("admitd-renew")] == []
+        assert (await h.pool(GPT4O)).in_flight == 0
+
+
 async def test_release_on_exception_reports_the_outcome() -> None:
     async with serve() as h:
 
