@@ -498,7 +498,7 @@ class MemoryBackend:
         queue = self._queues.get(pool)
         if queue is None:
             return None
-        skipped: set[str] = set()
+        skipped: dict[str, Denial] = {}  # tenant -> the limit holding its waiters back
         served: list[Entry] = []
         gone: list[Entry] = []
         never: list[tuple[Entry, Denial]] = []
@@ -507,6 +507,8 @@ class MemoryBackend:
             if examined >= MAX_EXAMINED_PER_PASS:
                 break
             if entry.tenant in skipped:
+                if entry.lease_id == watch:
+                    watched = skipped[entry.tenant]  # behind its tenant's held waiter
                 continue
             ticket = self._waiters[entry.lease_id].ticket
             if entry.lease_id != watch and now > entry.enqueued_at + ticket.wait:
@@ -525,7 +527,7 @@ class MemoryBackend:
             if denial.limit.kind is Kind.DAILY:
                 never.append((entry, denial))  # cannot fit before the day turns
             elif denial.limit.scope is Scope.TENANT:
-                skipped.add(entry.tenant)
+                skipped[entry.tenant] = denial
                 progress.passed_over.append(denial)
             else:
                 progress.blocked[pool] = denial

@@ -379,6 +379,9 @@ local function dispatch_pool(pool, watch, progress)
     if not best then break end
     examined = examined + 1
     local t = best.t
+    if skipped[t.tenant] and best.id == watch then
+      watched = skipped[t.tenant] -- behind its own tenant's held waiter
+    end
     if not skipped[t.tenant] then
       if best.id ~= watch and now > best.enq + t.wait then
         table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
@@ -403,7 +406,7 @@ local function dispatch_pool(pool, watch, progress)
           if l[2] == 'daily' then
             table.insert(never, {best.id, denial(t, d)}) -- cannot fit before the day turns
           elseif l[4] == 'tenant' then
-            skipped[t.tenant] = true
+            skipped[t.tenant] = denial(t, d)
             table.insert(progress.passed_over, denial(t, d))
           else
             progress.blocked[pool] = denial(t, d)
