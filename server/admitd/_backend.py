@@ -59,6 +59,7 @@ class Limit:
     owner: str  # pool or tenant name; "" for global
     capacity: float
     rate: float = 0.0  # refill per second (buckets only)
+    shadow: bool = False  # checked and counted, never refusing (shadow mode)
 
 
 def price_nano_usd(input_tokens: int, output_tokens: int, price_in: float, price_out: float) -> int:
@@ -122,6 +123,7 @@ class LeaseRecord:
     expires_in: float  # seconds left at the time of the operation
     queued_for: float  # seconds spent queued before the grant
     held_for: float = 0.0  # seconds since the grant (set on release/expiry)
+    shadowed: str = ""  # key of a shadow-mode limit the call did not fit ("" if none)
 
     @property
     def reserved_tokens(self) -> int:

@@ -106,6 +106,10 @@ class PoolConfig(_Model):
     """This pool's share of the daily budget, in USD (UTC day)."""
     encoding: Annotated[str, AfterValidator(_known_encoding)] = "o200k_base"
     """tiktoken encoding used to count ``prompt`` when ``input_tokens`` is not given."""
+    shadow: bool = False
+    """Shadow mode: this pool's limits are checked and counted (a lease past them still
+    takes its share) but never refuse; a call they would refuse is logged, counted
+    (``admitd_shadow_rejections_total``) and marked in its lease. For rolling out limits."""
     price: Price = Price()
     """Price table, for USD budgets."""
 
@@ -127,6 +131,9 @@ class _TenantLimits(_Model):
     """Daily spend quota in USD (UTC day)."""
     max_queued: PositiveInt | None = None
     """Waiters this tenant may have queued; default ``queue.max_per_tenant``."""
+    shadow: bool = False
+    """Shadow mode for this tenant's own limits: checked and counted, never refusing (see
+    ``pools[].shadow``). Pool limits and the global budget still apply."""
 
 
 TENANT_LIMIT_FIELDS = tuple(_TenantLimits.model_fields)

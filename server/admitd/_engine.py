@@ -216,6 +216,15 @@ class Engine:
         self.telemetry.admitted(
             ticket.pool, ticket.tenant, ticket.priority, lease.reserved_tokens, lease.queued_for
         )
+        if lease.shadowed:
+            reason = self.policy.shadow_reason(lease.shadowed)
+            shown = reason.value if reason is not None else "UNKNOWN"
+            self.telemetry.shadow_rejection(ticket.pool, ticket.tenant, shown)
+            log.warning(
+                "shadow mode: admitted a call %s would refuse",
+                lease.shadowed,
+                extra={"lease_id": lease.lease_id, "tenant": ticket.tenant, "reason": shown},
+            )
 
     async def submit(self, ticket: Ticket, *, queue: bool, hold: bool) -> AcquireResult:
         """Grant ``ticket`` now, or queue it (``queue``), or raise why it was refused.

@@ -53,6 +53,7 @@ class _Lease:
     granted_at: float
     expires_at: float
     queued_for: float
+    shadowed: str = ""
 
     def record(self, now: float) -> LeaseRecord:
         t = self.ticket
@@ -66,6 +67,7 @@ class _Lease:
             expires_in=self.expires_at - now,
             queued_for=self.queued_for,
             held_for=now - self.granted_at,
+            shadowed=self.shadowed,
         )
 
 
@@ -105,7 +107,7 @@ class MemoryBackend:
         replay = self._replay(ticket, now)
         if replay is not None:
             return replay
-        daily = self._check(ticket, now, kinds=(Kind.DAILY,))
+        daily, _ = self._check(ticket, now, kinds=(Kind.DAILY,))
         if daily is not None:
             return AcquireResult(denial=daily)
         if wait:
@@ -314,7 +316,10 @@ class MemoryBackend:
 
     def _check(
         self, ticket: Ticket, now: float, kinds: tuple[Kind, ...] = tuple(Kind)
-    ) -> Denial | None:
+    ) -> tuple[Denial | None, str]:
+        """The first limit the ticket does not fit, and the key of the first shadow-mode
+        limit it does not fit (which does not refuse it)."""
+        shadowed = ""
         for queued_limit in ticket.limits:
             limit = self._current(queued_limit)
             if limit is None or limit.kind not in kinds:
@@ -330,10 +335,14 @@ class MemoryBackend:
                 level = self._daily.get(f"{limit.key}@{self._day}", 0.0)
                 fits = level + amount <= limit.capacity
             if not fits:
-                return Denial(limit, level, amount)
-        return None
+                if not limit.shadow:
+                    return Denial(limit, level, amount), shadowed
+                shadowed = shadowed or limit.key
+        return None, shadowed
 
-    def _reserve(self, ticket: Ticket, now: float, queued_for: float) -> LeaseRecord:
+    def _reserve(
+        self, ticket: Ticket, now: float, queued_for: float, shadowed: str = ""
+    ) -> LeaseRecord:
         for limit in ticket.limits:
             amount = ticket.amount(limit.unit)
             if limit.kind is Kind.GAUGE:
@@ -343,7 +352,7 @@ class MemoryBackend:
             else:
                 key = f"{limit.key}@{self._day}"
                 self._daily[key] = self._daily.get(key, 0.0) + amount
-        lease = _Lease(ticket, self._day, now, now + ticket.ttl, queued_for)
+        lease = _Lease(ticket, self._day, now, now + ticket.ttl, queued_for, shadowed)
         self._leases[ticket.lease_id] = lease
         self._rates.setdefault(ticket.pool, GrantRate(now)).add(now)
         heapq.heappush(self._expiry, (lease.expires_at, ticket.lease_id))
@@ -514,9 +523,9 @@ class MemoryBackend:
             if entry.lease_id != watch and now > entry.enqueued_at + ticket.wait:
                 gone.append(entry)  # its RPC has ended (its replica may have died)
                 continue
-            denial = self._check(ticket, now)
+            denial, shadowed = self._check(ticket, now)
             if denial is None:
-                lease = self._reserve(ticket, now, now - entry.enqueued_at)
+                lease = self._reserve(ticket, now, now - entry.enqueued_at, shadowed)
                 progress.grants.append(lease)
                 if entry.lease_id != watch:
                     self._unclaimed[ticket.lease_id] = now + ticket.claim_timeout

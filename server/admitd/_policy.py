@@ -57,6 +57,7 @@ class Policy:
         self.tenants = {tenant.name: tenant for tenant in settings.effective_tenants()}
         """Every tenant by name, its tier's weight and limits filled in."""
         self._limits: dict[tuple[str, str], tuple[Limit, ...]] = {}
+        self._by_key = {limit.key: limit for limit in self.all_limits()}
 
     def limits(self, pool: PoolConfig, tenant: TenantConfig) -> tuple[Limit, ...]:
         """The limits a call of ``tenant`` to ``pool`` must fit (built once per pair)."""
@@ -78,6 +79,11 @@ class Policy:
             *_limits_of(Scope.TENANT, tenant.name, tenant, _FLOW),
         )
 
+    def shadow_reason(self, key: str) -> Reason | None:
+        """The reason a shadow-mode limit would have refused with."""
+        limit = self._by_key.get(key)
+        return _reason(limit) if limit is not None else None
+
     def all_limits(self) -> list[Limit]:
         """Every limit of the config, each once (for status)."""
         limits = _limits_of(Scope.GLOBAL, "", self.settings.budget, _DAILY)
@@ -89,9 +95,10 @@ class Policy:
 
     @staticmethod
     def never_fits(limits: tuple[Limit, ...], tokens: int, nano_usd: int) -> Rejected | None:
-        """A call bigger than a bucket's capacity or a whole day's quota can never be admitted."""
+        """A call bigger than a bucket's capacity or a whole day's quota can never be admitted
+        (a shadow-mode limit lets it through: it never refuses)."""
         for limit in limits:
-            if limit.kind is Kind.GAUGE:
+            if limit.kind is Kind.GAUGE or limit.shadow:
                 continue
             amount = {Unit.TOKEN: tokens, Unit.NANO_USD: nano_usd}.get(limit.unit, 1)
             if amount > limit.capacity:
@@ -213,7 +220,8 @@ def _limits_of(
         capacity = float(round(value * NANO_PER_USD)) if unit is Unit.NANO_USD else float(value)
         rate = capacity / 60.0 if kind is Kind.BUCKET else 0.0
         key = f"{scope.value}:{owner}:{name}" if owner else f"{scope.value}:{name}"
-        limits.append(Limit(key, kind, unit, scope, name, owner, capacity, rate))
+        shadow = bool(getattr(source, "shadow", False))
+        limits.append(Limit(key, kind, unit, scope, name, owner, capacity, rate, shadow))
     return limits
 
 

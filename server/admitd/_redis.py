@@ -341,11 +341,12 @@ def _limit_json(limit: Limit) -> list[Any]:
         limit.rate,
         limit.name,
         limit.owner,
+        limit.shadow,
     ]
 
 
 def _limit(raw: list[Any]) -> Limit:
-    key, kind, unit, scope, capacity, rate, name, owner = raw
+    key, kind, unit, scope, capacity, rate, name, owner, shadow = raw
     return Limit(
         str(key),
         Kind(kind),
@@ -355,6 +356,7 @@ def _limit(raw: list[Any]) -> Limit:
         str(owner),
         float(capacity),
         float(rate),
+        bool(shadow),
     )
 
 
@@ -395,6 +397,7 @@ def _lease(raw: dict[str, Any]) -> LeaseRecord:
         expires_in=float(raw["expires_in"]),
         queued_for=float(raw["queued_for"]),
         held_for=float(raw["held_for"]),
+        shadowed=str(raw.get("shadowed") or ""),
     )
 
 

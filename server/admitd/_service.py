@@ -232,7 +232,12 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             queued_for=seconds_to_duration(lease.queued_for),
             input_tokens=lease.input_tokens,
             reserved_usd=lease.nano_usd / NANO_PER_USD,
+            shadow_reason=self._shadow_reason(lease),
         )
+
+    def _shadow_reason(self, lease: LeaseRecord) -> str:
+        reason = self.engine.policy.shadow_reason(lease.shadowed) if lease.shadowed else None
+        return reason.value if reason is not None else ""
 
 
 def _position(estimate: QueueEstimate) -> pb.QueuePosition:

@@ -10,7 +10,7 @@ Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_sec
 ``admitd_tokens_charged_total``, ``admitd_tokens_refunded_total``,
 ``admitd_estimate_error_tokens``, ``admitd_lease_expiries_total``, ``admitd_pool_limit``,
 ``admitd_budget_remaining``, ``admitd_store_errors_total``, ``admitd_config_reloads_total``,
-``admitd_unchecked_admissions_total``.
+``admitd_unchecked_admissions_total``, ``admitd_shadow_rejections_total``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ class Telemetry:
         self._unchecked = meter.create_counter(
             "admitd.unchecked.admissions", description="fail_open admissions without the store"
         )
+        self._shadow = meter.create_counter(
+            "admitd.shadow.rejections",
+            description="Admissions a shadow-mode limit would have refused, by reason",
+        )
         meter.create_observable_gauge(
             "admitd.queue.depth", [self._observe_queue], description="Waiters queued"
         )
@@ -146,6 +150,10 @@ class Telemetry:
 
     def unchecked(self, pool: str) -> None:
         self._unchecked.add(1, {"pool": pool})
+
+    def shadow_rejection(self, pool: str, tenant: str, reason: str) -> None:
+        labels = {"pool": pool, "tenant": self.tenant_label(tenant), "reason": reason}
+        self._shadow.add(1, labels)
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant itself for the first ``max_tenant_labels`` tenants seen, else _other."""

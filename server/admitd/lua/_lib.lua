@@ -12,8 +12,9 @@
 -- A ticket (JSON from the engine; stored as sent, because cjson.encode keeps only 14
 -- significant digits and would round refill rates and prices) has: id tenant pool in out usd
 -- pin pout prio cost ttl wait claim def idem fp mqt mqa limits, where each limit is [key,
--- kind, unit, scope, capacity, rate, name, owner] with kind gauge|bucket|daily and unit
--- slot|request|token|nano_usd; def is true for a deferred ticket (Enqueue).
+-- kind, unit, scope, capacity, rate, name, owner, shadow] with kind gauge|bucket|daily and
+-- unit slot|request|token|nano_usd; def is true for a deferred ticket (Enqueue); a shadow
+-- limit is checked and counted but never refuses.
 
 local base = KEYS[1]
 local function key(...)
@@ -56,7 +57,7 @@ local function current(l)
     local v = redis.call('HGET', key('limits'), l[1])
     if v then
       local d = cjson.decode(v)
-      c = {l[1], l[2], l[3], l[4], d[1], d[2], l[7], l[8]}
+      c = {l[1], l[2], l[3], l[4], d[1], d[2], l[7], l[8], d[3]}
     else
       c = false
     end
@@ -77,18 +78,23 @@ local function level_of(queued)
   return tonumber(redis.call('HGET', D, l[1]) or '0')
 end
 
--- The first limit the ticket does not fit: {index (0-based), level, amount}, or nil.
+-- The first limit the ticket does not fit: {index (0-based), level, amount}, or nil; and the
+-- key of the first shadow limit it does not fit (which does not refuse it), or ''.
 local function check(t, only_daily)
+  local shadowed = ''
   for i, queued in ipairs(t.limits) do
     local l = current(queued)
     if l and (not only_daily or l[2] == 'daily') then
       local a, lv = amount(t, l[3]), level_of(l)
       local fits
       if l[2] == 'bucket' then fits = a <= lv else fits = lv + a <= l[5] end
-      if not fits then return {i - 1, lv, a} end
+      if not fits then
+        if not l[9] then return {i - 1, lv, a}, shadowed end
+        if shadowed == '' then shadowed = l[1] end
+      end
     end
   end
-  return nil
+  return nil, shadowed
 end
 
 local function denial(t, d)
@@ -133,14 +139,15 @@ local function record(lease)
   local t = lease.t
   return {id = t.id, tenant = t.tenant, pool = t.pool, ['in'] = t['in'], out = t.out,
           usd = t.usd, expires_in = lease.expires - now, queued_for = lease.queued,
-          held_for = now - lease.granted}
+          held_for = now - lease.granted, shadowed = lease.shadowed}
 end
 
 local function load_lease(id)
-  local v = redis.call('HMGET', key('lease', id), 'ticket', 'day', 'granted', 'expires', 'queued')
+  local v = redis.call('HMGET', key('lease', id), 'ticket', 'day', 'granted', 'expires', 'queued',
+                       'shadowed')
   if not v[1] then return nil end
   return {t = cjson.decode(v[1]), day = v[2], granted = tonumber(v[3]),
-          expires = tonumber(v[4]), queued = tonumber(v[5])}
+          expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or ''}
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
@@ -185,7 +192,7 @@ local function ended(t, kind, d)
   end
 end
 
-local function reserve(t, raw, queued_for)
+local function reserve(t, raw, queued_for, shadowed)
   for _, l in ipairs(t.limits) do
     local a = amount(t, l[3])
     if l[2] == 'gauge' then
@@ -197,9 +204,10 @@ local function reserve(t, raw, queued_for)
       redis.call('EXPIRE', D, DAY_KEEP)
     end
   end
-  local lease = {t = t, day = day, granted = now, expires = now + t.ttl, queued = queued_for}
-  redis.call('HSET', key('lease', t.id), 'ticket', raw, 'day', day,
-             'granted', num(now), 'expires', num(lease.expires), 'queued', num(queued_for))
+  local lease = {t = t, day = day, granted = now, expires = now + t.ttl, queued = queued_for,
+                 shadowed = shadowed}
+  redis.call('HSET', key('lease', t.id), 'ticket', raw, 'day', day, 'granted', num(now),
+             'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed)
   redis.call('ZADD', key('expiry'), num(lease.expires), t.id)
   redis.call('HINCRBY', key('inflight', 'pool'), t.pool, 1)
   redis.call('HINCRBY', key('inflight', 'tenant'), t.tenant, 1)
@@ -386,9 +394,9 @@ local function dispatch_pool(pool, watch, progress)
       if best.id ~= watch and now > best.enq + t.wait then
         table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
       else
-        local d = check(t, false)
+        local d, shadowed = check(t, false)
         if not d then
-          local rec = reserve(t, best.raw, now - best.enq)
+          local rec = reserve(t, best.raw, now - best.enq, shadowed)
           table.insert(served, best.id)
           if best.id == watch then
             own = rec

@@ -198,6 +198,7 @@ class Lease(_message.Message):
     QUEUED_FOR_FIELD_NUMBER: _builtins.int
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     RESERVED_USD_FIELD_NUMBER: _builtins.int
+    SHADOW_REASON_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """128-bit random id, hex encoded."""
     tenant: _builtins.str
@@ -208,6 +209,10 @@ class Lease(_message.Message):
     """Input tokens counted or given."""
     reserved_usd: _builtins.float
     """Price of the reservation in USD, from the pool's price table."""
+    shadow_reason: _builtins.str
+    """Shadow mode: the reason a limit in shadow mode would have refused this call with
+    (it was admitted all the same); "" when every limit fits.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """Wall-clock time after which the lease is reclaimed unless renewed."""
@@ -227,10 +232,11 @@ class Lease(_message.Message):
         queued_for: _duration_pb2.Duration | None = ...,
         input_tokens: _builtins.int = ...,
         reserved_usd: _builtins.float = ...,
+        shadow_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "queued_for", b"queued_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "input_tokens", b"input_tokens", "lease_id", b"lease_id", "pool", b"pool", "queued_for", b"queued_for", "reserved_tokens", b"reserved_tokens", "reserved_usd", b"reserved_usd", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "input_tokens", b"input_tokens", "lease_id", b"lease_id", "pool", b"pool", "queued_for", b"queued_for", "reserved_tokens", b"reserved_tokens", "reserved_usd", b"reserved_usd", "shadow_reason", b"shadow_reason", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
