@@ -346,3 +346,17 @@ async def test_status_cli_reaches_a_tls_server_with_an_api_key(
     assert capsys.readouterr().out.startswith("POOL ")
 
 
+
+
+async def test_a_tenant_key_sees_only_its_own_usage(make_harness: MakeHarness) -> None:
+    h = await make_harness(KEYS)
+    for key, tenant in ((SEARCH_KEY, "a"), (GATEWAY_KEY, "b")):
+        lease = await acquire(h, key, tenant=tenant)
+        await release(h, key, lease.lease_id)
+    own = await h.stub.GetUsage(pb.GetUsageRequest(), metadata=bearer(SEARCH_KEY))
+    assert [r.tenant for r in own.rows] == ["a"]
+    every = await h.stub.GetUsage(pb.GetUsageRequest(), metadata=bearer(GATEWAY_KEY))
+    assert [r.tenant for r in every.rows] == ["a", "b"]
+    asked = pb.GetUsageRequest(tenant="b")
+    failure = await h.fail(h.stub.GetUsage(asked, metadata=bearer(SEARCH_KEY)))
+    assert failure.code is grpc.StatusCode.PERMISSION_DENIED

@@ -271,6 +271,29 @@ class ExpireResult:
     next_expiry_in: float | None = None  # seconds to the earliest remaining expiry
 
 
+# Days the cost ledger keeps (a year of reports, and a month more).
+LEDGER_DAYS = 400
+DAY_SECONDS = 86_400
+
+
+def day_number(wall: float) -> int:
+    """The UTC day of Unix time ``wall``, as days since 1970-01-01 (the ledger's day key)."""
+    return int(wall // DAY_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """What one tenant was charged on one pool on one UTC day (released and expired leases)."""
+
+    day: int  # day_number
+    tenant: str
+    pool: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    nano_usd: int
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Levels of the given limits (same meaning as :attr:`Denial.level`), and occupancy."""
@@ -332,6 +355,10 @@ class Backend(Protocol):
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
         """Current levels and occupancy, for GetStatus."""
+        ...
+
+    async def usage(self, days: list[int]) -> list[UsageRow]:
+        """The cost ledger's rows of these days (``day_number``s)."""
         ...
 
     async def configure(self, limits: list[Limit]) -> None:

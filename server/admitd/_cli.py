@@ -1,6 +1,6 @@
-"""``admitd`` command line: serve, check-config, status, health, hash-key.
+"""``admitd`` command line: serve, check-config, status, usage, health, hash-key.
 
-``status`` and ``health`` reach a TLS server with ``--ca-file`` (and ``--cert-file`` /
+``status``, ``usage`` and ``health`` reach a TLS server with ``--ca-file`` (and ``--cert-file`` /
 ``--key-file`` for mutual TLS) and send the API key in ``ADMITD_API_KEY``, if set.
 
 Exit codes: 0 success, 1 a bad config file, a port that cannot be bound or a server that
@@ -14,7 +14,9 @@ import asyncio
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -38,10 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
     status = commands.add_parser("status", help="print pools, tenants, queues and budgets")
+    usage = commands.add_parser(
+        "usage", help="print tokens and USD charged per day, tenant and pool (the cost ledger)"
+    )
+    usage.add_argument("--from", dest="first", default="", help="first UTC day (default today)")
+    usage.add_argument("--to", dest="last", default="", help="last UTC day (default --from)")
+    usage.add_argument("--tenant", default="", help="only this tenant")
+    usage.add_argument("--pool", default="", help="only this pool")
     health = commands.add_parser(
         "health", help="exit 0 if a server reports SERVING (for container health checks)"
     )
-    for command, timeout in ((status, 5.0), (health, 2.0)):
+    for command, timeout in ((status, 5.0), (usage, 10.0), (health, 2.0)):
         command.add_argument("--target", default="localhost:50051", help="HOST:PORT of a server")
         command.add_argument(
             "--timeout", type=float, default=timeout, help=f"seconds (default {timeout:g})"
@@ -61,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "hash-key":
         return _hash_key(args.new)
-    if args.command in ("health", "status"):
+    if args.command in ("health", "status", "usage"):
         try:
             channel = _channel(args.target, args.ca_file, args.cert_file, args.key_file)
         except OSError as error:
@@ -70,7 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with channel:
             if args.command == "health":
                 return _health(channel, args.target, args.timeout)
-            return _status(channel, args.target, args.timeout)
+            stub = pb_grpc.AdmissionStub(channel)
+            if args.command == "usage":
+                request = pb.GetUsageRequest(
+                    from_day=args.first, to_day=args.last, tenant=args.tenant, pool=args.pool
+                )
+                by_day = partial(stub.GetUsage, request)
+                return _show(by_day, args.target, args.timeout, "usage", render_usage)
+            now = partial(stub.GetStatus, pb.GetStatusRequest())
+            return _show(now, args.target, args.timeout, "status", render_status)
     return _serve(args.config, args.listen)
 
 
@@ -169,22 +186,38 @@ def _health(channel: grpc.Channel, target: str, timeout: float) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def _status(channel: grpc.Channel, target: str, timeout: float) -> int:
+def _show(
+    call: Callable[..., Any],
+    target: str,
+    timeout: float,
+    what: str,
+    render: Callable[[Any], str],
+) -> int:
+    """Make one RPC and print its rendered reply, or say why it failed (exit 1)."""
     try:
-        status = pb_grpc.AdmissionStub(channel).GetStatus(
-            pb.GetStatusRequest(), timeout=timeout, metadata=_metadata()
-        )
+        reply = call(timeout=timeout, metadata=_metadata())
     except grpc.RpcError as error:
         # The sync stub's RpcError is also a grpc.Call carrying code and details.
         code = error.code().name if isinstance(error, grpc.Call) else "ERROR"
         details = error.details() if isinstance(error, grpc.Call) else str(error)
-        print(
-            f"admitd status: cannot get status from {target}: {code}: {details}",
-            file=sys.stderr,
-        )
+        print(f"admitd {what}: cannot get {what} from {target}: {code}: {details}", file=sys.stderr)
         return 1
-    print(render_status(status))
+    print(render(reply))
     return 0
+
+
+def render_usage(usage: pb.GetUsageResponse) -> str:
+    """The cost ledger as a table, with totals."""
+    rows: list[tuple[str, ...]] = [("DAY", "TENANT", "POOL", "CALLS", "INPUT", "OUTPUT", "USD")]
+    for r in usage.rows:
+        numbers = (r.calls, r.input_tokens, r.output_tokens)
+        rows.append((r.day, r.tenant, r.pool, *(f"{n:,}" for n in numbers), f"${r.usd:,.4f}"))
+    totals = [
+        sum(getattr(r, f) for r in usage.rows) for f in ("calls", "input_tokens", "output_tokens")
+    ]
+    usd = sum(r.usd for r in usage.rows)
+    rows.append(("total", "", "", *(f"{n:,}" for n in totals), f"${usd:,.4f}"))
+    return _table(rows, left=3)
 
 
 _LIMITS = (
@@ -230,12 +263,13 @@ def _limit(parent: Message, field: str) -> str:
     return f"{limit.value:,.0f}/{limit.limit:,.0f}"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    """Names left-aligned, numbers right-aligned, two spaces between columns."""
+def _table(rows: list[tuple[str, ...]], left: int = 1) -> str:
+    """The first ``left`` columns (names) left-aligned, numbers right-aligned, two spaces
+    between columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
+            cell.ljust(width) if i < left else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
         for row in rows

@@ -36,6 +36,7 @@ from ._backend import (
     Settlement,
     Snapshot,
     Ticket,
+    UsageRow,
 )
 from ._clock import Clock, ManualClock, TimerHandle
 from ._config import Settings
@@ -48,6 +49,7 @@ from ._tokens import TokenCounter
 log = logging.getLogger("admitd")
 
 UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
+MAX_USAGE_DAYS = 366
 _EWMA = 0.2  # weight of the newest sample in the hold-time average
 
 QueueReport = Callable[[QueueEstimate], None]
@@ -320,6 +322,22 @@ class Engine:
             snapshot = await self.backend.snapshot(limits)
         self.telemetry.observe(snapshot, limits, [pool.name for pool in self.settings.pools])
         return snapshot
+
+    async def usage(
+        self, first: int, last: int, tenant: str | None, pool: str | None
+    ) -> list[UsageRow]:
+        """Cost ledger rows from day ``first`` to ``last`` (``day_number``s, inclusive)."""
+        if last < first:
+            raise InvalidArgument("to_day", "before from_day")
+        if last - first >= MAX_USAGE_DAYS:
+            raise InvalidArgument("to_day", f"at most {MAX_USAGE_DAYS} days from from_day")
+        with self._store_errors():
+            rows = await self.backend.usage(list(range(first, last + 1)))
+        return [
+            row
+            for row in rows
+            if (tenant is None or row.tenant == tenant) and (pool is None or row.pool == pool)
+        ]
 
     # -- queue positions and deferred tickets -----------------------------------------------
 

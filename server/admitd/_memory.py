@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ._backend import (
+    LEDGER_DAYS,
     MAX_EXACT_POSITION,
     AcquireResult,
     Denial,
@@ -33,6 +34,8 @@ from ._backend import (
     Ticket,
     TicketEnd,
     Unit,
+    UsageRow,
+    day_number,
 )
 from ._clock import Clock
 from ._fairqueue import Entry, FairQueue
@@ -87,6 +90,7 @@ class MemoryBackend:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
         self._daily: dict[str, float] = {}  # "key@day" -> used
         self._day = ""
+        self._day_number = 0
         self._leases: dict[str, _Lease] = {}
         self._expiry: list[tuple[float, str]] = []  # heap; stale entries skipped
         self._released: OrderedDict[str, tuple[Settlement, float]] = OrderedDict()
@@ -99,6 +103,8 @@ class MemoryBackend:
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
         self._ended: OrderedDict[str, tuple[TicketEnd, float]] = OrderedDict()  # -> drop at
         self._rates: dict[str, GrantRate] = {}
+        # The cost ledger: (day_number, tenant, pool) -> [calls, input, output, nano-USD].
+        self._ledger: dict[tuple[int, str, str], list[int]] = {}
 
     # -- operations -----------------------------------------------------------------------
 
@@ -168,12 +174,12 @@ class MemoryBackend:
             return ReleaseResult(replace(settlement, already_released=True))
         lease = self._live_lease(lease_id, tenant, now)
         t = lease.ticket
+        used = usage if usage is not None else (t.input_tokens, t.max_output_tokens)
+        charged_tokens, charged_usd = sum(used), t.price_of(*used)
         if usage is None:
-            charged_tokens, charged_usd = t.tokens, t.nano_usd
-        else:
-            charged_tokens = usage[0] + usage[1]
-            charged_usd = t.price_of(*usage)
+            charged_usd = t.nano_usd  # the reservation's own price, to the nano-dollar
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
+        self._charge(t, used, charged_usd)
         settlement = Settlement(
             lease=lease.record(now),
             charged_tokens=charged_tokens,
@@ -276,6 +282,14 @@ class MemoryBackend:
             queued_by_tenant=dict(self._queued_by_tenant),
         )
 
+    async def usage(self, days: list[int]) -> list[UsageRow]:
+        wanted = set(days)
+        return [
+            UsageRow(day, tenant, pool, *row)
+            for (day, tenant, pool), row in sorted(self._ledger.items())
+            if day in wanted
+        ]
+
     async def configure(self, limits: list[Limit]) -> None:
         self._defs = {limit.key: limit for limit in limits}
 
@@ -295,10 +309,14 @@ class MemoryBackend:
     def _tick(self) -> float:
         """Read the clock once per operation; start a new UTC day's counters when it turns."""
         now = self._clock.now()
-        day = utc_day(self._clock.wall())
+        wall = self._clock.wall()
+        day = utc_day(wall)
         if day != self._day:
             self._day = day
             self._daily = {k: v for k, v in self._daily.items() if k.endswith("@" + day)}
+            self._day_number = day_number(wall)
+            oldest = self._day_number - LEDGER_DAYS
+            self._ledger = {k: v for k, v in self._ledger.items() if k[0] > oldest}
         self._reap(now)
         return now
 
@@ -379,6 +397,14 @@ class MemoryBackend:
                 if key in self._daily or delta > 0:
                     self._daily[key] = max(0.0, self._daily.get(key, 0.0) + delta)
 
+    def _charge(self, ticket: Ticket, used: tuple[int, int], nano_usd: int) -> None:
+        """Write a settled lease into the cost ledger, under today's UTC day."""
+        row = self._ledger.setdefault((self._day_number, ticket.tenant, ticket.pool), [0] * 4)
+        row[0] += 1
+        row[1] += used[0]
+        row[2] += used[1]
+        row[3] += nano_usd
+
     def _give_back(self, lease_id: str, now: float) -> None:
         """End a grant nobody used: everything it reserved is refunded."""
         lease = self._leases.get(lease_id)
@@ -404,6 +430,8 @@ class MemoryBackend:
                 continue  # released or renewed since
             self._expired.append(lease.record(now))
             self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
+            t = lease.ticket
+            self._charge(t, (t.input_tokens, t.max_output_tokens), t.nano_usd)
 
     def _end(self, ticket: Ticket, kind: EndKind, now: float, denial: Denial | None = None) -> None:
         """Remember why a deferred ticket left unserved, for one lease TTL."""

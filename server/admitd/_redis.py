@@ -47,6 +47,7 @@ from ._backend import (
     Ticket,
     TicketEnd,
     Unit,
+    UsageRow,
 )
 from ._clock import Clock
 from ._config import BackendConfig
@@ -65,6 +66,7 @@ OPERATIONS = (
     "snapshot",
     "configure",
     "look",
+    "usage",
 )
 
 
@@ -208,6 +210,22 @@ class RedisBackend:
             },
             queued_by_tenant={k: int(v) for k, v in _dict(doc.get("queued_by_tenant")).items()},
         )
+
+    async def usage(self, days: list[int]) -> list[UsageRow]:
+        doc = await self._run("usage", json.dumps(days))
+        rows = [
+            UsageRow(
+                int(r["day"]),
+                str(r["tenant"]),
+                str(r["pool"]),
+                int(r["calls"]),
+                int(r["in"]),
+                int(r["out"]),
+                int(r["usd"]),
+            )
+            for r in _list(doc.get("rows"))
+        ]
+        return sorted(rows, key=lambda r: (r.day, r.tenant, r.pool))
 
     async def configure(self, limits: list[Limit]) -> None:
         await self._run("configure", json.dumps([_limit_json(limit) for limit in limits]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import NoReturn, TypeVar
@@ -11,7 +12,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ._auth import Authenticator, Principal
-from ._backend import LeaseRecord, Limit, Snapshot
+from ._backend import LeaseRecord, Limit, Snapshot, day_number
 from ._engine import Engine
 from ._errors import AdmitdError, InvalidArgument
 from ._policy import NANO_PER_USD, QueueEstimate
@@ -151,6 +152,32 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         cancelled = await self.tickets.cancel(request.ticket_id, tenant)
         return pb.CancelTicketResponse(cancelled=cancelled)
 
+    @_translated
+    async def GetUsage(  # noqa: N802
+        self,
+        request: pb.GetUsageRequest,
+        context: grpc.aio.ServicerContext[pb.GetUsageRequest, pb.GetUsageResponse],
+    ) -> pb.GetUsageResponse:
+        tenant = self._caller(context).tenant_for(request.tenant) or None
+        today = day_number(self.engine.clock.wall())
+        first = _day(request.from_day, "from_day") if request.from_day else today
+        last = _day(request.to_day, "to_day") if request.to_day else first
+        rows = await self.engine.usage(first, last, tenant, request.pool or None)
+        return pb.GetUsageResponse(
+            rows=[
+                pb.UsageRow(
+                    day=_date(row.day),
+                    tenant=row.tenant,
+                    pool=row.pool,
+                    calls=row.calls,
+                    input_tokens=row.input_tokens,
+                    output_tokens=row.output_tokens,
+                    usd=row.nano_usd / NANO_PER_USD,
+                )
+                for row in rows
+            ]
+        )
+
     def _spec(
         self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AcquireSpec:
@@ -246,6 +273,23 @@ def _position(estimate: QueueEstimate) -> pb.QueuePosition:
         depth=estimate.depth,
         estimated_wait=seconds_to_duration(estimate.wait),
     )
+
+
+def _day(text: str, field: str) -> int:
+    """A YYYY-MM-DD date as a ledger day number."""
+    try:
+        date = datetime.date.fromisoformat(text)
+    except ValueError:
+        message = f"expected a date like 2026-11-23, got {text[:40]!r}"
+        raise InvalidArgument(field, message) from None
+    return (date - _EPOCH).days
+
+
+def _date(day: int) -> str:
+    return (_EPOCH + datetime.timedelta(days=day)).isoformat()
+
+
+_EPOCH = datetime.date(1970, 1, 1)
 
 
 def _seconds(duration: duration_pb2.Duration, field: str) -> float:

@@ -30,6 +30,7 @@ else
 end
 local aging = tonumber(ARGV[2])
 local day = tostring(math.floor(now / 86400))
+local LEDGER_KEEP = 400 * 86400 -- = _backend.LEDGER_DAYS, in seconds
 local MAX_EXAMINED = 1024
 local MAX_EXACT_POSITION = 1000 -- = _backend.MAX_EXACT_POSITION
 local RATE_WINDOW = 30 -- = _backend.RATE_WINDOW
@@ -253,6 +254,18 @@ local function settle(lease, token_delta, usd_delta)
   decr_field(key('inflight', 'tenant'), t.tenant, 1)
 end
 
+-- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<calls|in|out|usd>" counters.
+local function charge(t, input, output, usd)
+  local k = key('ledger', day)
+  local f = string.len(t.tenant) .. '/' .. t.tenant .. t.pool .. '|'
+  -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
+  redis.call('HINCRBY', k, f .. 'calls', 1)
+  redis.call('HINCRBY', k, f .. 'in', string.format('%d', input))
+  redis.call('HINCRBY', k, f .. 'out', string.format('%d', output))
+  redis.call('HINCRBY', k, f .. 'usd', string.format('%d', usd))
+  redis.call('EXPIRE', k, LEDGER_KEEP)
+end
+
 -- End a grant nobody used: everything it reserved is refunded.
 -- kind: why, for a deferred ticket's record ("unclaimed" or "cancelled").
 local function give_back(id, kind)
@@ -272,6 +285,7 @@ local function reap()
     if lease then
       redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
       settle(lease, 0, 0) -- the full reservation stays charged
+      charge(lease.t, lease.t['in'], lease.t.out, lease.t.usd)
     else
       redis.call('ZREM', key('expiry'), id)
     end

@@ -16,17 +16,19 @@ if not lease then return cjson.encode({error = 'gone'}) end
 local t = lease.t
 if tenant ~= '' and t.tenant ~= tenant then return cjson.encode({error = 'not_owner'}) end
 local reserved = t['in'] + t.out
-local charged, charged_usd = reserved, t.usd
+local used_in, used_out, charged_usd = t['in'], t.out, t.usd
 if ARGV[4] ~= '' then
   local usage = cjson.decode(ARGV[4])
-  charged = usage[1] + usage[2]
+  used_in, used_out = usage[1], usage[2]
   -- Same rounding as _backend.price_nano_usd: up, with a tolerance for float noise.
-  charged_usd = math.ceil(usage[1] * t.pin + usage[2] * t.pout - 0.000001)
+  charged_usd = math.ceil(used_in * t.pin + used_out * t.pout - 0.000001)
 end
+local charged = used_in + used_out
 local s = {lease = record(lease), charged_tokens = charged,
            refunded_tokens = math.max(0, reserved - charged), charged_nano_usd = charged_usd,
            already_released = false, drop_at = now + t.ttl}
 settle(lease, charged - reserved, charged_usd - t.usd)
+charge(t, used_in, used_out, charged_usd)
 redis.call('ZREM', key('unclaimed'), id)
 redis.call('DEL', key('granted', id))
 redis.call('SET', key('released', id), cjson.encode(s), 'PX', math.ceil(t.ttl * 1000))

@@ -80,6 +80,11 @@ class AdmissionStub:
                 request_serializer=admitd_dot_v1_dot_admission__pb2.CancelTicketRequest.SerializeToString,
                 response_deserializer=admitd_dot_v1_dot_admission__pb2.CancelTicketResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/admitd.v1.Admission/GetUsage',
+                request_serializer=admitd_dot_v1_dot_admission__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=admitd_dot_v1_dot_admission__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AdmissionServicer:
@@ -155,6 +160,14 @@ class AdmissionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """The cost ledger: tokens and USD charged per UTC day, tenant and pool (released leases
+        at their actual usage, expired ones at their full reservation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdmissionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +215,11 @@ def add_AdmissionServicer_to_server(servicer, server):
                     servicer.CancelTicket,
                     request_deserializer=admitd_dot_v1_dot_admission__pb2.CancelTicketRequest.FromString,
                     response_serializer=admitd_dot_v1_dot_admission__pb2.CancelTicketResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=admitd_dot_v1_dot_admission__pb2.GetUsageRequest.FromString,
+                    response_serializer=admitd_dot_v1_dot_admission__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +466,33 @@ class Admission:
             '/admitd.v1.Admission/CancelTicket',
             admitd_dot_v1_dot_admission__pb2.CancelTicketRequest.SerializeToString,
             admitd_dot_v1_dot_admission__pb2.CancelTicketResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/admitd.v1.Admission/GetUsage',
+            admitd_dot_v1_dot_admission__pb2.GetUsageRequest.SerializeToString,
+            admitd_dot_v1_dot_admission__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,10 @@ class AdmissionStub:
     """Like GetTicket, but first waits up to wait_timeout for the ticket to be granted."""
     CancelTicket: _grpc.UnaryUnaryMultiCallable[_admission_pb2.CancelTicketRequest, _admission_pb2.CancelTicketResponse]
     """Leave the queue; a granted ticket not yet claimed gives its reservation back."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetUsageRequest, _admission_pb2.GetUsageResponse]
+    """The cost ledger: tokens and USD charged per UTC day, tenant and pool (released leases
+    at their actual usage, expired ones at their full reservation).
+    """
 
 @_typing.type_check_only
 class AdmissionAsyncStub(AdmissionStub):
@@ -104,6 +108,10 @@ class AdmissionAsyncStub(AdmissionStub):
     """Like GetTicket, but first waits up to wait_timeout for the ticket to be granted."""
     CancelTicket: _aio.UnaryUnaryMultiCallable[_admission_pb2.CancelTicketRequest, _admission_pb2.CancelTicketResponse]  # type: ignore[assignment]
     """Leave the queue; a granted ticket not yet claimed gives its reservation back."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetUsageRequest, _admission_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """The cost ledger: tokens and USD charged per UTC day, tenant and pool (released leases
+    at their actual usage, expired ones at their full reservation).
+    """
 
 class AdmissionServicer(metaclass=_abc_1.ABCMeta):
     """Admission grants, settles and extends leases on shared LLM provider capacity."""
@@ -188,5 +196,15 @@ class AdmissionServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.CancelTicketResponse, _abc.Awaitable[_admission_pb2.CancelTicketResponse]]:
         """Leave the queue; a granted ticket not yet claimed gives its reservation back."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _admission_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admission_pb2.GetUsageResponse, _abc.Awaitable[_admission_pb2.GetUsageResponse]]:
+        """The cost ledger: tokens and USD charged per UTC day, tenant and pool (released leases
+        at their actual usage, expired ones at their full reservation).
+        """
 
 def add_AdmissionServicer_to_server(servicer: AdmissionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
