@@ -6,8 +6,9 @@ import admitd_client
 def test_exported_members() -> None:
     assert sorted(admitd_client.__all__) == sorted([
         "DEFAULT_ENCODING", "AdmissionClient", "AdmitdError", "AsyncAdmissionClient",
-        "ClientOptions", "Lease", "LeaseArgs", "Outcome", "Priority", "Reason", "Rejected",
-        "RetryPolicy", "Settlement", "Unavailable", "Usage", "__version__", "count_tokens",
+        "ClientOptions", "Lease", "LeaseArgs", "Outcome", "Priority", "QueueUpdate", "Reason",
+        "Rejected", "RetryPolicy", "Settlement", "Ticket", "TicketState", "Unavailable", "Usage",
+        "__version__", "count_tokens",
     ])
     for name in admitd_client.__all__:
         assert hasattr(admitd_client, name), name
@@ -26,4 +27,9 @@ def test_enums_match_the_proto() -> None:
     assert {f"PRIORITY_{p.name}" for p in admitd_client.Priority} == set(pb.Priority.keys()) - {
         "PRIORITY_UNSPECIFIED"
     }
+    assert {f"TICKET_STATE_{s.name}" for s in admitd_client.TicketState} == set(
+        pb.TicketState.keys()
+    ) - {"TICKET_STATE_UNSPECIFIED"}
+    for state in admitd_client.TicketState:
+        assert pb.TicketState.Value(f"TICKET_STATE_{state.name}") == state
     assert admitd_client.Reason("SOMETHING_NEW") is admitd_client.Reason.UNKNOWN

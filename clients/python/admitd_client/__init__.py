@@ -10,8 +10,10 @@ async with AsyncAdmissionClient("localhost:50051", tenant="search") as admitd:
         lease.record(await openai.chat.completions.create(...))
 ```
 
-``AdmissionClient`` is the same for blocking code. Everything importable from here is the
-public API; ``_module`` files are private and may change.
+``AdmissionClient`` is the same for blocking code. A wait in admitd's queue can be
+watched (``acquire_stream``, ``lease(on_queue_update=...)``) or deferred (``enqueue`` a
+``Ticket``, poll it with ``get_ticket`` / ``wait_ticket``). Everything importable from
+here is the public API; ``_module`` files are private and may change.
 """
 
 from ._async import AsyncAdmissionClient
@@ -19,6 +21,7 @@ from ._core import ClientOptions, RetryPolicy
 from ._errors import AdmitdError, Reason, Rejected, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement, Usage
 from ._outcome import Outcome, Priority
+from ._queue import QueueUpdate, Ticket, TicketState
 from ._sync import AdmissionClient
 from ._tokens import DEFAULT_ENCODING, count_tokens
 from ._version import __version__
@@ -33,10 +36,13 @@ __all__ = [
     "LeaseArgs",
     "Outcome",
     "Priority",
+    "QueueUpdate",
     "Reason",
     "Rejected",
     "RetryPolicy",
     "Settlement",
+    "Ticket",
+    "TicketState",
     "Unavailable",
     "Usage",
     "__version__",

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, Unpack, cast
 
 import grpc
 
-from ._core import Call, ClientOptions, Core, Effect, Plan, Sleep
+from ._core import ClientOptions, Core
+from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
 from ._lease import Lease, LeaseArgs, Settlement
 from ._outcome import Outcome
 from ._proto import admission_pb2 as pb
 from ._proto import admission_pb2_grpc as pb_grpc
+from ._queue import QueueUpdate, Ticket
 from ._singleflight import AsyncFlights
 from ._version import USER_AGENT
 
 T = TypeVar("T")
 AsyncSleep = Callable[[float], Awaitable[None]]
+OnQueueUpdate = Callable[[QueueUpdate], object]
 
 
 class AsyncAdmissionClient:
@@ -74,7 +77,9 @@ class AsyncAdmissionClient:
             await self.channel.close()
 
     @contextlib.asynccontextmanager
-    async def lease(self, **args: Unpack[LeaseArgs]) -> AsyncIterator[Lease]:
+    async def lease(
+        self, *, on_queue_update: OnQueueUpdate | None = None, **args: Unpack[LeaseArgs]
+    ) -> AsyncIterator[Lease]:
         """Hold a lease for the duration of an ``async with`` block.
 
         Entering acquires (counting input tokens with tiktoken unless ``input_tokens`` is
@@ -85,6 +90,9 @@ class AsyncAdmissionClient:
         A failed release is logged, never raised over the block's own result.
 
         Args:
+            on_queue_update: Called with a ``QueueUpdate`` whenever the wait in admitd's
+                queue moves (the wait is then streamed: AcquireStream). It runs in the
+                event loop: keep it quick. An exception it raises ends the wait.
             **args: See ``LeaseArgs``: pool, messages / prompt / input_tokens,
                 max_output_tokens, wait_timeout, priority, labels, ...
 
@@ -93,7 +101,18 @@ class AsyncAdmissionClient:
             Unavailable: admitd could not be reached (only under ``fail_closed``).
             AdmitdError: Any other failure, e.g. an unknown pool.
         """
-        lease = await self._drive(self._core.acquire(args))
+        plan = self._core.acquire(args, streamed=on_queue_update is not None)
+        async with self.hold(await self._drive(plan, on_queue_update)) as lease:
+            yield lease
+
+    @contextlib.asynccontextmanager
+    async def hold(self, lease: Lease) -> AsyncIterator[Lease]:
+        """Renew and release a lease the caller already has, as a ``lease`` block does.
+
+        For a lease from ``acquire``, ``acquire_stream`` or a granted ticket
+        (``ticket.lease``): renewed in the background while the block runs, released on
+        exit with the recorded usage and the outcome the block's exit implies.
+        """
         keeper = self._keep_alive(lease)
         failure: BaseException | None = None
         try:
@@ -113,6 +132,7 @@ class AsyncAdmissionClient:
         call: Callable[[Lease], Awaitable[T]],
         *,
         singleflight: bool | str = False,
+        on_queue_update: OnQueueUpdate | None = None,
         **args: Unpack[LeaseArgs],
     ) -> T:
         """Run ``call(lease)`` inside ``lease(**args)`` and return its result.
@@ -124,11 +144,12 @@ class AsyncAdmissionClient:
                 and one provider call. True: identical means the same lease args; a string:
                 the same string (include everything the provider call depends on, e.g.
                 model parameters, that the lease args do not show).
+            on_queue_update: As for ``lease`` (with singleflight: the first caller's).
             **args: See ``LeaseArgs``.
         """
 
         async def once() -> T:
-            async with self.lease(**args) as lease:
+            async with self.lease(on_queue_update=on_queue_update, **args) as lease:
                 return await call(lease)
 
         if not singleflight:
@@ -139,6 +160,30 @@ class AsyncAdmissionClient:
         """Acquire a lease without renewal or automatic release (prefer ``lease``)."""
         return await self._drive(self._core.acquire(args))
 
+    async def acquire_stream(
+        self, **args: Unpack[LeaseArgs]
+    ) -> AsyncGenerator[QueueUpdate | Lease, None]:
+        """Acquire, yielding a ``QueueUpdate`` whenever the wait moves, then the ``Lease``.
+
+        ```python
+        async for update in admitd.acquire_stream(pool="openai/gpt-4o", input_tokens=900,
+                                                  max_output_tokens=100, wait_timeout=60):
+            if isinstance(update, Lease):
+                lease = update           # the last item; release it (or client.hold it)
+            else:
+                print(f"{update.position} ahead, about {update.estimated_wait:.0f}s")
+        ```
+
+        A call that fits now yields only the lease. Like ``acquire``: no renewal or
+        automatic release; a rejection raises ``Rejected``. Leaving the loop early
+        cancels the wait (use ``contextlib.aclosing`` to cancel at once rather than when
+        the iterator is collected). UNAVAILABLE is retried only before the first update.
+        """
+        plan = self._core.acquire(args, streamed=True)
+        async with contextlib.aclosing(self._steps(plan)) as steps:
+            async for step in steps:
+                yield step.value if isinstance(step, Done) else step
+
     async def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Settlement | None:
         """Release a lease from ``acquire`` (None for an unadmitted lease)."""
         return await self._drive(self._core.release(lease, outcome))
@@ -146,6 +191,66 @@ class AsyncAdmissionClient:
     async def renew(self, lease: Lease) -> Lease:
         """Extend a lease by admitd's configured TTL."""
         return await self._drive(self._core.renew(lease))
+
+    async def enqueue(self, **args: Unpack[LeaseArgs]) -> Ticket:
+        """Take a place in admitd's fair queue and return a ``Ticket`` at once.
+
+        Deferred admission for batch work: the ticket waits in the queue with no call
+        attached (``wait_timeout``: how long it may; default admitd's
+        ``queue.ticket_max_wait``); it is already granted when the call fits now. Poll it
+        with ``get_ticket`` or ``wait_ticket``; a granted ticket's ``lease`` is claimed by
+        that poll and must be released (``release``, or a ``hold`` block) in time.
+        Tickets never fail open: without admitd there is no queue to hold a place in.
+
+        Args:
+            **args: See ``LeaseArgs``, as for ``acquire``.
+
+        Raises:
+            Rejected: It can never fit (``retry_after`` None) or the queue is full.
+        """
+        return await self._drive(self._core.enqueue(args))
+
+    async def get_ticket(self, ticket: Ticket | str, *, tenant: str | None = None) -> Ticket:
+        """The ticket now (from its object or its id); a granted one's lease is claimed.
+
+        Args:
+            ticket: A ``Ticket``, or a ticket id (e.g. kept from another process).
+            tenant: The ticket's tenant, for an id (default: the client's).
+
+        Raises:
+            Rejected: The ticket left the queue unserved (``QUEUE_TIMEOUT``, or the limit
+                it can no longer fit in).
+            AdmitdError: ``NOT_FOUND``: unknown, cancelled, or granted but not claimed in
+                time (its reservation went back to the pool).
+        """
+        return await self._drive(self._core.get_ticket(ticket, tenant))
+
+    async def wait_ticket(
+        self,
+        ticket: Ticket | str,
+        wait_timeout: float | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> Ticket:
+        """Wait for the ticket's grant and return it, as ``get_ticket`` would.
+
+        Args:
+            ticket: A ``Ticket``, or a ticket id.
+            wait_timeout: Seconds to wait at most (admitd also cuts one wait at its
+                ``queue.max_wait``); the ticket may come back still QUEUED. None: until it
+                is granted, or ends (raising as ``get_ticket`` does).
+            tenant: The ticket's tenant, for an id (default: the client's).
+        """
+        return await self._drive(self._core.wait_ticket(ticket, wait_timeout, tenant))
+
+    async def cancel_ticket(self, ticket: Ticket | str, *, tenant: str | None = None) -> bool:
+        """Leave the queue, or give back a grant not yet claimed.
+
+        Returns:
+            False when there was nothing left to cancel: the lease was claimed (release
+            it instead) or the ticket had ended.
+        """
+        return await self._drive(self._core.cancel_ticket(ticket, tenant))
 
     async def status(self) -> pb.StatusResponse:
         """Pools, tenants, queues and budgets as admitd sees them now."""
@@ -163,8 +268,19 @@ class AsyncAdmissionClient:
         keeper.cancel()
         await asyncio.wait([keeper])  # unlike awaiting it, never re-raises its cancellation
 
-    async def _drive(self, plan: Plan[T]) -> T:
-        """Run a plan, performing its effects with asyncio."""
+    async def _drive(self, plan: Plan[T], emit: OnQueueUpdate | None = None) -> T:
+        """Run a plan to its result; what it emits goes to ``emit``."""
+        async with contextlib.aclosing(self._steps(plan)) as steps:
+            async for step in steps:
+                if isinstance(step, Done):
+                    return cast(T, step.value)
+                if emit is not None:
+                    emit(step)
+        raise AssertionError("a plan ended without a result")
+
+    async def _steps(self, plan: Plan[Any]) -> AsyncGenerator[Any, None]:
+        """Run a plan, performing its effects with asyncio: yields what it emits, then
+        ``Done(result)``."""
         reply: Any = None
         failure: BaseException | None = None
         try:
@@ -172,7 +288,12 @@ class AsyncAdmissionClient:
                 try:
                     effect = plan.send(reply) if failure is None else plan.throw(failure)
                 except StopIteration as done:
-                    return cast(T, done.value)
+                    yield Done(done.value)
+                    return
+                if isinstance(effect, Emit):
+                    reply, failure = None, None
+                    yield effect.value  # an exception the caller raises is not the plan's
+                    continue
                 try:
                     reply, failure = await self._perform(effect), None
                 except Exception as error:  # handed to the plan, which decides
@@ -184,6 +305,13 @@ class AsyncAdmissionClient:
         if isinstance(effect, Call):
             method = getattr(self.stub, effect.method)
             return await method(effect.request, timeout=effect.timeout, metadata=effect.metadata)
+        if isinstance(effect, Open):
+            method = getattr(self.stub, effect.method)
+            return method(effect.request, timeout=effect.timeout, metadata=effect.metadata)
+        if isinstance(effect, Read):
+            message = await cast(grpc.aio.UnaryStreamCall[Any, Any], effect.stream).read()
+            return None if message is grpc.aio.EOF else message
         if isinstance(effect, Sleep):
             return await self._sleep(effect.seconds)
+        assert not isinstance(effect, Emit)
         return await asyncio.to_thread(effect.fn)

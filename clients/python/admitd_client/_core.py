@@ -1,11 +1,14 @@
-"""Everything both clients do, written once as *plans* that yield effects.
+"""Everything both clients do, written once as *plans* that yield effects (``_effects``).
 
-A plan is a generator. It yields an effect — ``Call`` an RPC, ``Sleep``, or ``Offload`` a
-blocking computation — and gets back the effect's result, or has its exception thrown in.
+A plan is a generator. It yields an effect — ``Call`` an RPC, ``Open`` a server stream and
+``Read`` its next message, ``Sleep``, ``Offload`` a blocking computation, or ``Emit`` a
+value to the caller — and gets back the effect's result, or has its exception thrown in.
 ``AsyncAdmissionClient`` and ``AdmissionClient`` differ only in how they perform effects
-(their ``_drive``), so deadlines, metadata, retries with jittered backoff, the fail-open
-policy, token counting, renewal and settlement exist once; ``Core.rpc`` is the one path
-every RPC takes.
+(their ``_steps``; an emitted value goes to a callback, or out of an iterator), so
+deadlines, metadata, retries with jittered backoff, the fail-open policy, token counting,
+streamed waits, tickets, renewal and settlement exist once. ``Core.rpc`` is the one path
+every unary RPC takes and ``Core.open_stream`` its streaming twin; both retry through
+``Core.retry_or_raise``.
 """
 
 from __future__ import annotations
@@ -16,55 +19,30 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypedDict, TypeVar, cast
+from typing import Any, Literal, TypedDict, cast
 
 import grpc
 from google.protobuf.message import Message
 
+from ._effects import Call, Emit, Method, Offload, Open, Plan, Read, Sleep, Stream, StreamMethod
 from ._errors import AdmitdError, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement
 from ._outcome import Outcome, Priority, outcome_for
 from ._proto import admission_pb2 as pb
+from ._queue import QueueUpdate, Ticket
 from ._status import from_rpc_error
 from ._tokens import DEFAULT_ENCODING, count_tokens, encoding_name
 
 log = logging.getLogger("admitd_client")
 
-T = TypeVar("T")
-Method = Literal["Acquire", "Release", "Renew", "GetStatus"]
 OnUnavailable = Literal["fail_closed", "fail_open"]
 
-
-@dataclass(frozen=True)
-class Call:
-    """Effect: one RPC attempt. Result: the response message; raises grpc.RpcError."""
-
-    method: Method
-    request: Message
-    timeout: float
-    metadata: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Effect: wait this many seconds."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Offload:
-    """Effect: run a blocking function (the async client runs it in a worker thread)."""
-
-    fn: Callable[[], Any]
-
-
-Effect = Call | Sleep | Offload
-Plan = Generator[Effect, Any, T]
-
+# One WaitTicket of a wait with no timeout: the wait goes on with the next one (admitd also
+# cuts each one short at its queue.max_wait).
+LONG_POLL = 60.0
 # Renewal never runs more often than this, whatever the lease's remaining time says (a
 # client clock far ahead of admitd's would otherwise make it spin).
 MIN_RENEW_INTERVAL = 1.0
@@ -176,18 +154,78 @@ class Core:
             try:
                 return (yield Call(method, request, timeout, tuple(self.metadata)))
             except grpc.RpcError as raw:
-                error = from_rpc_error(raw)
-                if not error.retryable or attempt >= self.retry.max_attempts:
-                    raise error from raw
-            delay = self.retry.backoff(attempt, self.random())
-            log.debug("admitd %s unavailable, retry %d in %.3fs", method, attempt, delay)
+                yield from self.retry_or_raise(method, raw, attempt)
             attempt += 1
-            yield Sleep(delay)
 
-    def acquire(self, args: LeaseArgs) -> Plan[Lease]:
-        """Count input tokens, Acquire, and apply the fail-open policy."""
-        pool = args["pool"]
-        tenant = args.get("tenant") or self.tenant
+    def open_stream(
+        self, method: StreamMethod, request: Message, timeout: float
+    ) -> Plan[tuple[Stream, Any]]:
+        """Start a server stream and read its first message (None: it ended at once).
+
+        Retried like ``rpc`` until the first message arrives, never after: by then the
+        caller has a place in the queue, which another attempt would not keep.
+        """
+        attempt = 1
+        while True:
+            stream: Stream | None = None
+            try:
+                stream = yield Open(method, request, timeout, tuple(self.metadata))
+                return stream, (yield Read(stream))
+            except grpc.RpcError as raw:
+                yield from self.retry_or_raise(method, raw, attempt)
+            except BaseException:
+                if stream is not None:
+                    stream.cancel()
+                raise
+            attempt += 1
+
+    def read(self, stream: Stream) -> Plan[Any]:
+        """The stream's next message (None at its end); a failure becomes AdmitdError."""
+        try:
+            return (yield Read(stream))
+        except grpc.RpcError as raw:
+            raise from_rpc_error(raw) from raw
+
+    def retry_or_raise(self, method: str, raw: grpc.RpcError, attempt: int) -> Plan[None]:
+        """After failed attempt ``attempt``: raise it as AdmitdError, or back off to retry."""
+        error = from_rpc_error(raw)
+        if not error.retryable or attempt >= self.retry.max_attempts:
+            raise error from raw
+        delay = self.retry.backoff(attempt, self.random())
+        log.debug("admitd %s unavailable, retry %d in %.3fs", method, attempt, delay)
+        yield Sleep(delay)
+
+    def acquire(self, args: LeaseArgs, *, streamed: bool = False) -> Plan[Lease]:
+        """Count input tokens, Acquire, and apply the fail-open policy.
+
+        ``streamed``: wait with AcquireStream, emitting a ``QueueUpdate`` whenever admitd
+        reports the caller's place in the queue.
+        """
+        request = yield from self.acquire_request(args)
+        wait = request.wait_timeout.ToNanoseconds() / 1e9
+        timeout = self._timeout(args) + wait
+        granted: pb.Lease | None = None
+        try:
+            if streamed:
+                granted = yield from self._stream_lease(request, timeout)
+            else:
+                granted = yield from self.rpc("Acquire", request, timeout)
+        except Unavailable as error:
+            if self.on_unavailable == "fail_closed":
+                raise
+            pool = request.pool
+            log.warning("admitd unreachable (%s): failing open, %s runs unadmitted", error, pool)
+        return Lease(
+            proto=granted,
+            tenant=request.tenant,
+            pool=request.pool,
+            input_tokens=request.input_tokens,
+            max_output_tokens=request.max_output_tokens,
+            request_tenant=request.tenant,
+        )
+
+    def acquire_request(self, args: LeaseArgs) -> Plan[pb.AcquireRequest]:
+        """The AcquireRequest ``args`` ask for (counting input tokens when needed)."""
         given = [key for key in ("messages", "prompt", "input_tokens") if args.get(key) is not None]
         if len(given) > 1:
             raise ValueError(f"pass one of messages, prompt or input_tokens, not {given}")
@@ -198,8 +236,8 @@ class Core:
                 input_tokens = yield Offload(partial(self._count, args))
         wait = float(args.get("wait_timeout", 0.0))
         request = pb.AcquireRequest(
-            tenant=tenant,
-            pool=pool,
+            tenant=args.get("tenant") or self.tenant,
+            pool=args["pool"],
             input_tokens=input_tokens,
             max_output_tokens=args.get("max_output_tokens", 0),
             priority=cast("pb.Priority.ValueType", int(args.get("priority", Priority.NORMAL))),
@@ -208,21 +246,64 @@ class Core:
         )
         if wait > 0:
             request.wait_timeout.FromNanoseconds(round(wait * 1e9))
-        granted: pb.Lease | None = None
+        return request
+
+    def _stream_lease(self, request: pb.AcquireRequest, timeout: float) -> Plan[pb.Lease]:
+        wrapped = pb.AcquireStreamRequest(acquire=request)
+        stream, message = yield from self.open_stream("AcquireStream", wrapped, timeout)
         try:
-            granted = yield from self.rpc("Acquire", request, self._timeout(args) + wait)
-        except Unavailable as error:
-            if self.on_unavailable == "fail_closed":
-                raise
-            log.warning("admitd unreachable (%s): failing open, %s runs unadmitted", error, pool)
-        return Lease(
-            proto=granted,
-            tenant=tenant,
-            pool=pool,
-            input_tokens=request.input_tokens,
-            max_output_tokens=request.max_output_tokens,
-            request_tenant=tenant,
-        )
+            while message is not None:
+                if message.WhichOneof("update") == "lease":
+                    lease: pb.Lease = message.lease
+                    return lease
+                if message.HasField("queued"):
+                    yield Emit(QueueUpdate.from_proto(message.queued))
+                message = yield from self.read(stream)
+        except BaseException:  # also GeneratorExit: the caller stopped listening
+            stream.cancel()  # leaves the queue
+            raise
+        raise AdmitdError(grpc.StatusCode.INTERNAL, "AcquireStream ended without a lease")
+
+    def enqueue(self, args: LeaseArgs) -> Plan[Ticket]:
+        """Take a place in the queue for ``args``; a ticket comes back at once."""
+        request = yield from self.acquire_request(args)
+        wrapped = pb.EnqueueRequest(acquire=request)
+        reply = yield from self.rpc("Enqueue", wrapped, self._timeout(args))
+        return Ticket.from_proto(reply, request.tenant)
+
+    def get_ticket(self, ticket: Ticket | str, tenant: str | None) -> Plan[Ticket]:
+        """The ticket now; a granted one's lease is claimed."""
+        ticket_id, owner = self._ticket_ref(ticket, tenant)
+        request = pb.GetTicketRequest(ticket_id=ticket_id, tenant=owner)
+        return Ticket.from_proto((yield from self.rpc("GetTicket", request, self.timeout)), owner)
+
+    def wait_ticket(
+        self, ticket: Ticket | str, wait_timeout: float | None, tenant: str | None
+    ) -> Plan[Ticket]:
+        """Long-poll: once, up to ``wait_timeout`` s; or (None) until granted."""
+        if wait_timeout is not None and wait_timeout < 0:
+            raise ValueError(f"wait_timeout must not be negative, got {wait_timeout}")
+        ticket_id, owner = self._ticket_ref(ticket, tenant)
+        while True:
+            wait = LONG_POLL if wait_timeout is None else wait_timeout
+            request = pb.WaitTicketRequest(ticket_id=ticket_id, tenant=owner)
+            request.wait_timeout.FromNanoseconds(round(wait * 1e9))
+            reply = yield from self.rpc("WaitTicket", request, self.timeout + wait)
+            now = Ticket.from_proto(reply, owner)
+            if now.granted or wait_timeout is not None:
+                return now
+
+    def cancel_ticket(self, ticket: Ticket | str, tenant: str | None) -> Plan[bool]:
+        """Leave the queue; False when there was nothing left to cancel."""
+        ticket_id, owner = self._ticket_ref(ticket, tenant)
+        request = pb.CancelTicketRequest(ticket_id=ticket_id, tenant=owner)
+        reply = yield from self.rpc("CancelTicket", request, self.timeout)
+        return bool(reply.cancelled)
+
+    def _ticket_ref(self, ticket: Ticket | str, tenant: str | None) -> tuple[str, str]:
+        if isinstance(ticket, Ticket):
+            return ticket.id, tenant or ticket.tenant
+        return ticket, tenant or self.tenant
 
     def _count(self, args: LeaseArgs) -> int:
         encoding = encoding_name(

@@ -6,21 +6,24 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar, Unpack, cast
 
 import grpc
 
-from ._core import Call, ClientOptions, Core, Effect, Plan, Sleep
+from ._core import ClientOptions, Core
+from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
 from ._lease import Lease, LeaseArgs, Settlement
 from ._outcome import Outcome
 from ._proto import admission_pb2 as pb
 from ._proto import admission_pb2_grpc as pb_grpc
+from ._queue import QueueUpdate, Ticket
 from ._singleflight import SyncFlights
 from ._version import USER_AGENT
 
 T = TypeVar("T")
 SyncSleep = Callable[[float], None]
+OnQueueUpdate = Callable[[QueueUpdate], object]
 log = logging.getLogger("admitd_client")
 
 
@@ -123,7 +126,9 @@ class AdmissionClient:
             self.channel.close()
 
     @contextlib.contextmanager
-    def lease(self, **args: Unpack[LeaseArgs]) -> Iterator[Lease]:
+    def lease(
+        self, *, on_queue_update: OnQueueUpdate | None = None, **args: Unpack[LeaseArgs]
+    ) -> Iterator[Lease]:
         """Hold a lease for the duration of a ``with`` block.
 
         Entering acquires (counting input tokens with tiktoken unless ``input_tokens`` is
@@ -134,6 +139,9 @@ class AdmissionClient:
         PROVIDER_ERROR). A failed release is logged, never raised over the block's result.
 
         Args:
+            on_queue_update: Called with a ``QueueUpdate`` whenever the wait in admitd's
+                queue moves (the wait is then streamed: AcquireStream), in the calling
+                thread. An exception it raises ends the wait.
             **args: See ``LeaseArgs``: pool, messages / prompt / input_tokens,
                 max_output_tokens, wait_timeout, priority, labels, ...
 
@@ -142,7 +150,18 @@ class AdmissionClient:
             Unavailable: admitd could not be reached (only under ``fail_closed``).
             AdmitdError: Any other failure, e.g. an unknown pool.
         """
-        lease = self._drive(self._core.acquire(args))
+        plan = self._core.acquire(args, streamed=on_queue_update is not None)
+        with self.hold(self._drive(plan, emit=on_queue_update)) as lease:
+            yield lease
+
+    @contextlib.contextmanager
+    def hold(self, lease: Lease) -> Iterator[Lease]:
+        """Renew and release a lease the caller already has, as a ``lease`` block does.
+
+        For a lease from ``acquire``, ``acquire_stream`` or a granted ticket
+        (``ticket.lease``): renewed in a background thread while the block runs, released
+        on exit with the recorded usage and the outcome the block's exit implies.
+        """
         keeper = _Keeper(self, lease, self._injected_sleep) if lease.admitted else None
         failure: BaseException | None = None
         try:
@@ -162,6 +181,7 @@ class AdmissionClient:
         call: Callable[[Lease], T],
         *,
         singleflight: bool | str = False,
+        on_queue_update: OnQueueUpdate | None = None,
         **args: Unpack[LeaseArgs],
     ) -> T:
         """Run ``call(lease)`` inside ``lease(**args)`` and return its result.
@@ -173,11 +193,12 @@ class AdmissionClient:
                 it) from one lease and one provider call. True: identical means the same
                 lease args; a string: the same string (include everything the provider
                 call depends on that the lease args do not show).
+            on_queue_update: As for ``lease`` (with singleflight: the first caller's).
             **args: See ``LeaseArgs``.
         """
 
         def once() -> T:
-            with self.lease(**args) as lease:
+            with self.lease(on_queue_update=on_queue_update, **args) as lease:
                 return call(lease)
 
         if not singleflight:
@@ -188,6 +209,30 @@ class AdmissionClient:
         """Acquire a lease without renewal or automatic release (prefer ``lease``)."""
         return self._drive(self._core.acquire(args))
 
+    def acquire_stream(
+        self, **args: Unpack[LeaseArgs]
+    ) -> Generator[QueueUpdate | Lease, None, None]:
+        """Acquire, yielding a ``QueueUpdate`` whenever the wait moves, then the ``Lease``.
+
+        ```python
+        for update in admitd.acquire_stream(pool="openai/gpt-4o", input_tokens=900,
+                                            max_output_tokens=100, wait_timeout=60):
+            if isinstance(update, Lease):
+                lease = update           # the last item; release it (or client.hold it)
+            else:
+                print(f"{update.position} ahead, about {update.estimated_wait:.0f}s")
+        ```
+
+        The call starts with the first ``next``. A call that fits now yields only the
+        lease. Like ``acquire``: no renewal or automatic release; a rejection raises
+        ``Rejected``. Leaving the loop early cancels the wait (``close()`` the iterator
+        to cancel at once). UNAVAILABLE is retried only before the first update.
+        """
+        plan = self._core.acquire(args, streamed=True)
+        with contextlib.closing(self._steps(plan, self._sleep)) as steps:
+            for step in steps:
+                yield step.value if isinstance(step, Done) else step
+
     def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Settlement | None:
         """Release a lease from ``acquire`` (None for an unadmitted lease)."""
         return self._drive(self._core.release(lease, outcome))
@@ -196,12 +241,59 @@ class AdmissionClient:
         """Extend a lease by admitd's configured TTL."""
         return self._drive(self._core.renew(lease))
 
+    def enqueue(self, **args: Unpack[LeaseArgs]) -> Ticket:
+        """Take a place in admitd's fair queue and return a ``Ticket`` at once.
+
+        See ``AsyncAdmissionClient.enqueue``.
+        """
+        return self._drive(self._core.enqueue(args))
+
+    def get_ticket(self, ticket: Ticket | str, *, tenant: str | None = None) -> Ticket:
+        """The ticket now; a granted one's lease is claimed.
+
+        See ``AsyncAdmissionClient.get_ticket``.
+        """
+        return self._drive(self._core.get_ticket(ticket, tenant))
+
+    def wait_ticket(
+        self,
+        ticket: Ticket | str,
+        wait_timeout: float | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> Ticket:
+        """Wait for the ticket's grant (at most ``wait_timeout`` s; None: until granted).
+
+        See ``AsyncAdmissionClient.wait_ticket``.
+        """
+        return self._drive(self._core.wait_ticket(ticket, wait_timeout, tenant))
+
+    def cancel_ticket(self, ticket: Ticket | str, *, tenant: str | None = None) -> bool:
+        """Leave the queue; False when there was nothing left to cancel.
+
+        See ``AsyncAdmissionClient.cancel_ticket``.
+        """
+        return self._drive(self._core.cancel_ticket(ticket, tenant))
+
     def status(self) -> pb.StatusResponse:
         """Pools, tenants, queues and budgets as admitd sees them now."""
         return self._drive(self._core.status())
 
-    def _drive(self, plan: Plan[T], sleep: SyncSleep | None = None) -> T:
-        """Run a plan, performing its effects by blocking."""
+    def _drive(
+        self, plan: Plan[T], sleep: SyncSleep | None = None, emit: OnQueueUpdate | None = None
+    ) -> T:
+        """Run a plan to its result; what it emits goes to ``emit``."""
+        with contextlib.closing(self._steps(plan, sleep or self._sleep)) as steps:
+            for step in steps:
+                if isinstance(step, Done):
+                    return cast(T, step.value)
+                if emit is not None:
+                    emit(step)
+        raise AssertionError("a plan ended without a result")
+
+    def _steps(self, plan: Plan[Any], sleep: SyncSleep) -> Generator[Any, None, None]:
+        """Run a plan, performing its effects by blocking: yields what it emits, then
+        ``Done(result)``."""
         reply: Any = None
         failure: BaseException | None = None
         try:
@@ -209,18 +301,26 @@ class AdmissionClient:
                 try:
                     effect = plan.send(reply) if failure is None else plan.throw(failure)
                 except StopIteration as done:
-                    return cast(T, done.value)
+                    yield Done(done.value)
+                    return
+                if isinstance(effect, Emit):
+                    reply, failure = None, None
+                    yield effect.value  # an exception the caller raises is not the plan's
+                    continue
                 try:
-                    reply, failure = self._perform(effect, sleep or self._sleep), None
+                    reply, failure = self._perform(effect, sleep), None
                 except Exception as error:  # handed to the plan, which decides
                     reply, failure = None, error
         finally:
             plan.close()
 
     def _perform(self, effect: Effect, sleep: SyncSleep) -> Any:
-        if isinstance(effect, Call):
+        if isinstance(effect, Call | Open):  # Open: a stream's call object, not yet read
             method = getattr(self.stub, effect.method)
             return method(effect.request, timeout=effect.timeout, metadata=effect.metadata)
+        if isinstance(effect, Read):
+            return next(cast(Iterator[Any], effect.stream), None)
         if isinstance(effect, Sleep):
             return sleep(effect.seconds)
+        assert not isinstance(effect, Emit)
         return effect.fn()
