@@ -2,7 +2,9 @@
 
 `node clients/node/cli.js` runs as a subprocess: it acquires a lease, is rejected on a pool
 with max_concurrency 1 and decodes the rich details from the grpc-status-details-bin
-trailer (ErrorInfo reason + RetryInfo delay), and releases with the tokens used.
+trailer (ErrorInfo reason + RetryInfo delay), and releases with the tokens used. It also
+waits in the queue with a streamed wait (AcquireStream), and takes a ticket round trip
+(Enqueue, GetTicket, WaitTicket, CancelTicket).
 
 Node and the npm packages come from scripts/setup_node.sh (scripts/test runs it). When
 either is missing this test fails, in CI and elsewhere alike, saying how to install them:
@@ -60,9 +62,9 @@ def node_or_fail() -> str:
     return node
 
 
-async def cli(node: str, h: Harness, command: str, *args: str) -> tuple[int, dict[str, Any]]:
-    """Run ``node clients/node/cli.js COMMAND --target <h> ARGS``: (exit status, its JSON)."""
-    process = await asyncio.create_subprocess_exec(
+async def start_cli(node: str, h: Harness, command: str, *args: str) -> asyncio.subprocess.Process:
+    """Start ``node clients/node/cli.js COMMAND --target <h> ARGS``."""
+    return await asyncio.create_subprocess_exec(
         node,
         str(NODE_CLIENT / "cli.js"),
         command,
@@ -72,6 +74,19 @@ async def cli(node: str, h: Harness, command: str, *args: str) -> tuple[int, dic
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def finished(process: asyncio.subprocess.Process) -> tuple[int, dict[str, Any]]:
+    """Wait (bounded) for a CLI run to end: (exit status, the JSON it printed last)."""
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    assert err == b"", err.decode()
+    return process.returncode, json.loads(out.splitlines()[-1])
+
+
+async def cli(node: str, h: Harness, command: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """Run ``node clients/node/cli.js COMMAND --target <h> ARGS``: (exit status, its JSON)."""
+    process = await start_cli(node, h, command, *args)
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
     assert err == b"", err.decode()
@@ -168,5 +183,115 @@ async def test_demo_in_one_process_and_errors_that_are_not_rejections() -> None:
         status, out = await cli(node, h, "acquire", "--tenant", "a", "--pool", "nope")
         assert status == 1, out
         assert out["error"]["codeName"] == "NOT_FOUND"
+    finally:
+        await h.close()
+
+
+async def test_a_streamed_wait_reports_its_place_then_the_lease() -> None:
+    node = node_or_fail()
+    h = await start_harness(CONFIG)
+    try:
+        holder = await h.acquire(tenant="a", pool="p", input_tokens=1)
+        process = await start_cli(
+            node, h, "stream", "--tenant", "a", "--pool", "p", "--input-tokens", "3",
+            "--max-output-tokens", "2", "--wait-timeout", "60",
+        )  # fmt: skip
+        assert process.stdout is not None
+        # The first update, printed as it arrives (bounded wait): queued, next in line.
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        first = json.loads(line)["queued"]
+        assert (first["position"], first["depth"]) == (0, 1)
+        assert first["estimated_wait_seconds"] >= 0
+        await h.release(holder.lease_id)
+        status, out = await finished(process)
+        assert status == 0, out
+        assert out["updates"] == [first]
+        lease = out["lease"]
+        assert (lease["tenant"], lease["reserved_tokens"]) == ("a", 5)
+        assert (await h.pool("p")).in_flight == 1
+
+        # Rejected at once (no wait allowed): exit 2 with the same details as Acquire's.
+        status, out = await cli(
+            node, h, "stream", "--tenant", "a", "--pool", "p", "--input-tokens", "1"
+        )
+        expected = await h.fail(h.acquire(tenant="a", pool="p", input_tokens=1))
+        assert status == 2, out
+        assert (out["error"]["codeName"], out["error"]["reason"]) == (
+            "RESOURCE_EXHAUSTED",
+            expected.reason,
+        )
+        assert expected.reason == "CONCURRENCY_LIMIT"
+        # From the pool's average hold time: the released holder was held 0 s (ManualClock).
+        assert out["error"]["retryAfterSeconds"] == expected.retry_after
+        assert out["error"]["metadata"] == expected.metadata == POOL_METADATA
+        assert (await h.release(lease["lease_id"])).charged_tokens == 5
+    finally:
+        await h.close()
+
+
+async def test_a_ticket_round_trip() -> None:
+    node = node_or_fail()
+    h = await start_harness(CONFIG)
+    try:
+        holder = await h.acquire(tenant="a", pool="p", input_tokens=1)
+        status, out = await cli(
+            node, h, "enqueue", "--tenant", "a", "--pool", "p", "--input-tokens", "3",
+            "--max-output-tokens", "2", "--wait-timeout", "600",
+        )  # fmt: skip
+        assert status == 0, out
+        ticket = out["ticket"]
+        assert (ticket["state"], ticket["lease"]) == ("QUEUED", None)
+        assert (ticket["position"]["position"], ticket["position"]["depth"]) == (0, 1)
+        assert ticket["wait_deadline"] == expiry(h, 600)
+        ticket_id = ticket["ticket_id"]
+        status, out = await cli(node, h, "get-ticket", "--tenant", "a", "--ticket-id", ticket_id)
+        assert (status, out["ticket"]["state"]) == (0, "QUEUED"), out
+
+        waiting = await start_cli(
+            node, h, "wait-ticket", "--tenant", "a", "--ticket-id", ticket_id,
+            "--wait-timeout", "30",
+        )  # fmt: skip
+        await h.until_waiting_here(ticket_id)
+        await h.release(holder.lease_id)
+        status, out = await finished(waiting)
+        assert status == 0, out
+        granted = out["ticket"]
+        assert (granted["state"], granted["position"]) == ("GRANTED", None)
+        assert granted["lease"]["lease_id"] == ticket_id
+        assert granted["lease"]["reserved_tokens"] == 5
+
+        # Another ticket queues behind the granted one's lease; it is cancelled once.
+        status, out = await cli(
+            node, h, "enqueue", "--tenant", "a", "--pool", "p", "--input-tokens", "1"
+        )
+        assert (status, out["ticket"]["state"]) == (0, "QUEUED"), out
+        other = out["ticket"]["ticket_id"]
+        status, out = await cli(node, h, "cancel-ticket", "--tenant", "a", "--ticket-id", other)
+        assert (status, out) == (0, {"ok": True, "cancelled": True})
+        status, out = await cli(node, h, "cancel-ticket", "--tenant", "a", "--ticket-id", other)
+        assert (status, out) == (0, {"ok": True, "cancelled": False})
+        status, out = await cli(node, h, "get-ticket", "--tenant", "a", "--ticket-id", other)
+        assert status == 1, out
+        assert out["error"]["codeName"] == "NOT_FOUND"
+
+        # A ticket past its wait: rejected like Acquire, QUEUE_TIMEOUT.
+        status, out = await cli(
+            node, h, "enqueue", "--tenant", "a", "--pool", "p", "--input-tokens", "1",
+            "--wait-timeout", "5",
+        )  # fmt: skip
+        expiring = out["ticket"]["ticket_id"]
+        await h.advance(6)
+        status, out = await cli(node, h, "get-ticket", "--tenant", "a", "--ticket-id", expiring)
+        assert status == 2, out
+        assert out["error"]["reason"] == "QUEUE_TIMEOUT"
+
+        # The granted ticket's lease is released like any other.
+        status, out = await cli(
+            node, h, "release", "--tenant", "a", "--lease-id", ticket_id,
+            "--used-input-tokens", "3", "--used-output-tokens", "1",
+        )  # fmt: skip
+        assert status == 0, out
+        assert (out["release"]["charged_tokens"], out["release"]["refunded_tokens"]) == (4, 1)
+        assert (await h.pool("p")).in_flight == 0
     finally:
         await h.close()

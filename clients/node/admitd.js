@@ -9,6 +9,10 @@
  *     await admitd.release(lease.lease_id, { inputTokens: 1187, outputTokens: 231 });
  *   }
  *
+ * Waits in admitd's queue can be watched, `for await (const update of admitd.acquireStream(...))`
+ * ({ queued: {...} } updates, then { lease: {...} }), or deferred: `enqueue` returns a ticket at
+ * once, and `getTicket` / `waitTicket` / `cancelTicket` follow it until it holds a lease.
+ *
  * The service is loaded at run time from the repository's contract,
  * protos/admitd/v1/admission.proto, with @grpc/proto-loader, so it cannot drift from the
  * server. A rejection is RESOURCE_EXHAUSTED with a google.rpc.Status in the
@@ -36,6 +40,7 @@ function loadAdmission(protoDir = REPO_PROTOS) {
     longs: String, // int64 arrives as a string; converted to Number below
     enums: String,
     defaults: true,
+    oneofs: true, // AcquireStreamResponse.update names the member that is set
   });
   return grpc.loadPackageDefinition(definition).admitd.v1.Admission;
 }
@@ -115,6 +120,10 @@ class AdmitdError extends Error {
   }
 }
 
+function isoTime(timestamp) {
+  return new Date(Number(timestamp.seconds) * 1000 + Math.floor(timestamp.nanos / 1e6)).toISOString();
+}
+
 function leaseObject(lease) {
   return {
     lease_id: lease.lease_id,
@@ -123,10 +132,33 @@ function leaseObject(lease) {
     input_tokens: Number(lease.input_tokens),
     reserved_tokens: Number(lease.reserved_tokens),
     reserved_usd: lease.reserved_usd,
-    expires_at: new Date(
-      Number(lease.expires_at.seconds) * 1000 + Math.floor(lease.expires_at.nanos / 1e6),
-    ).toISOString(),
+    expires_at: isoTime(lease.expires_at),
     queued_for_seconds: durationSeconds(lease.queued_for),
+  };
+}
+
+/** A QueuePosition: waiters ahead (0: next), waiters in the pool's queue, estimated wait. */
+function positionObject(position) {
+  return {
+    position: Number(position.position),
+    depth: Number(position.depth),
+    estimated_wait_seconds: durationSeconds(position.estimated_wait),
+  };
+}
+
+/**
+ * A Ticket: { ticket_id, state: 'QUEUED' | 'GRANTED', position (while queued, else null),
+ * wait_deadline (while queued: when it leaves the queue unserved, ISO time; else null),
+ * lease (once granted, else null) }.
+ */
+function ticketObject(ticket) {
+  const granted = ticket.state === 'TICKET_STATE_GRANTED';
+  return {
+    ticket_id: ticket.ticket_id,
+    state: granted ? 'GRANTED' : 'QUEUED',
+    position: granted ? null : positionObject(ticket.position),
+    wait_deadline: granted ? null : isoTime(ticket.wait_deadline),
+    lease: granted ? leaseObject(ticket.lease) : null,
   };
 }
 
@@ -164,7 +196,81 @@ class AdmitdClient {
    * Acquire a lease. Rejects with an AdmitdError whose `rejected` is true (and `reason`,
    * `retryAfterSeconds`, `metadata` set) when admitd refuses the call.
    */
-  async acquire({
+  async acquire(args) {
+    const { request, budgetMs } = this._acquireRequest(args);
+    return leaseObject(await this._call('Acquire', request, budgetMs));
+  }
+
+  /**
+   * Acquire, telling a waiting caller where it stands: an async iterator of
+   * `{ queued: { position, depth, estimated_wait_seconds } }` whenever the place in the queue
+   * or the estimate changes, then `{ lease: {...} }` (the last item). A rejection is thrown
+   * as for acquire; leaving the loop early cancels the wait (the caller leaves the queue).
+   *
+   *   for await (const update of admitd.acquireStream({ pool, inputTokens, waitTimeoutSeconds: 60 })) {
+   *     if (update.queued) console.log(`${update.queued.position} ahead`);
+   *     else lease = update.lease;
+   *   }
+   */
+  async *acquireStream(args) {
+    const { request, budgetMs } = this._acquireRequest(args);
+    const deadline = new Date(Date.now() + budgetMs);
+    const call = this.stub.AcquireStream({ acquire: request }, this.metadata, { deadline });
+    let done = false;
+    try {
+      for await (const message of call) {
+        if (message.update === 'lease') {
+          done = true;
+          yield { lease: leaseObject(message.lease) };
+          return;
+        }
+        if (message.update === 'queued') yield { queued: positionObject(message.queued) };
+      }
+    } catch (error) {
+      done = true; // the call already ended
+      throw error.code === undefined ? error : new AdmitdError(error);
+    } finally {
+      if (!done) {
+        call.on('error', () => {}); // the CANCELLED status that cancel() causes
+        call.cancel();
+      }
+    }
+    throw new Error('AcquireStream ended without a lease');
+  }
+
+  /**
+   * Deferred admission: take a place in the fair queue and get a ticket at once (see
+   * ticketObject; already GRANTED when the call fits now). Takes acquire's arguments;
+   * `waitTimeoutSeconds` bounds how long the ticket may wait (0: the server's
+   * queue.ticket_max_wait). Rejects like acquire when the call can never fit or the queue is full.
+   */
+  async enqueue(args) {
+    const { request } = this._acquireRequest(args);
+    return ticketObject(await this._call('Enqueue', { acquire: request }, args.timeoutMs));
+  }
+
+  /**
+   * The ticket now; a granted ticket's lease is claimed by this call (release it as usual).
+   * A ticket that left the queue unserved rejects like acquire (reason QUEUE_TIMEOUT, ...);
+   * a cancelled or unknown one with NOT_FOUND.
+   */
+  async getTicket(ticketId, { tenant = this.tenant } = {}) {
+    return ticketObject(await this._call('GetTicket', { ticket_id: ticketId, tenant }));
+  }
+
+  /** Like getTicket, after waiting up to waitTimeoutSeconds for the grant. */
+  async waitTicket(ticketId, { waitTimeoutSeconds = 0, tenant = this.tenant } = {}) {
+    const request = { ticket_id: ticketId, tenant, wait_timeout: duration(waitTimeoutSeconds) };
+    const budget = this.timeoutMs + waitTimeoutSeconds * 1000;
+    return ticketObject(await this._call('WaitTicket', request, budget));
+  }
+
+  /** Leave the queue. False when there was nothing left to cancel (a claimed lease: release it). */
+  async cancelTicket(ticketId, { tenant = this.tenant } = {}) {
+    return (await this._call('CancelTicket', { ticket_id: ticketId, tenant })).cancelled;
+  }
+
+  _acquireRequest({
     pool,
     inputTokens = 0,
     maxOutputTokens = 0,
@@ -188,8 +294,7 @@ class AdmitdClient {
       labels,
     };
     if (waitTimeoutSeconds > 0) request.wait_timeout = duration(waitTimeoutSeconds);
-    const budget = (timeoutMs || this.timeoutMs) + waitTimeoutSeconds * 1000;
-    return leaseObject(await this._call('Acquire', request, budget));
+    return { request, budgetMs: (timeoutMs || this.timeoutMs) + waitTimeoutSeconds * 1000 };
   }
 
   /**

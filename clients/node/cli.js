@@ -11,9 +11,17 @@
  *                       [--outcome OK|PROVIDER_RATE_LIMITED|PROVIDER_ERROR|TIMEOUT|CANCELLED]
  *   node cli.js demo    --target HOST:PORT --tenant T --pool P [acquire's and release's options]
  *       acquire, acquire the same again (on a pool with max_concurrency 1: rejected), release
+ *   node cli.js stream  [acquire's options]      a streamed wait (AcquireStream)
+ *   node cli.js enqueue [acquire's options]      a ticket (--wait-timeout: how long it may wait)
+ *   node cli.js get-ticket    --ticket-id ID [--tenant T]
+ *   node cli.js wait-ticket   --ticket-id ID [--tenant T] [--wait-timeout SECONDS]
+ *   node cli.js cancel-ticket --ticket-id ID [--tenant T]
  *
  * Output: {"ok": true, "lease": {...}} / {"ok": true, "release": {...}} /
+ * {"ok": true, "ticket": {...}} / {"ok": true, "cancelled": true|false} /
  * {"ok": false, "error": {"codeName", "reason", "retryAfterSeconds", "metadata", ...}}.
+ * `stream` first prints a line {"queued": {"position", "depth", "estimated_wait_seconds"}} for
+ * each update as it arrives, then {"ok": true, "updates": [...], "lease": {...}}.
  * Exit status: 0 done, 2 rejected (RESOURCE_EXHAUSTED with a reason), 1 any other failure.
  */
 
@@ -32,6 +40,7 @@ const OPTIONS = {
   'wait-timeout': { type: 'string', default: '0' },
   priority: { type: 'string', default: 'NORMAL' },
   'lease-id': { type: 'string' },
+  'ticket-id': { type: 'string' },
   outcome: { type: 'string', default: 'OK' },
   'timeout-ms': { type: 'string', default: '10000' },
 };
@@ -68,6 +77,11 @@ function releaseArgs(values) {
   };
 }
 
+function ticketId(values) {
+  if (!values['ticket-id']) throw new Error('this command needs --ticket-id');
+  return values['ticket-id'];
+}
+
 async function run(command, values, client) {
   if (command === 'acquire') {
     return { ok: true, lease: await client.acquire(acquireArgs(values)) };
@@ -89,7 +103,29 @@ async function run(command, values, client) {
     const release = await client.release(lease.lease_id, releaseArgs(values));
     return { ok: true, lease, rejection, release };
   }
-  throw new Error(`unknown command ${JSON.stringify(command)}: acquire, release or demo`);
+  if (command === 'stream') {
+    const updates = [];
+    for await (const update of client.acquireStream(acquireArgs(values))) {
+      if (update.lease) return { ok: true, updates, lease: update.lease };
+      updates.push(update.queued);
+      process.stdout.write(`${JSON.stringify(update)}\n`); // as it arrives
+    }
+  }
+  if (command === 'enqueue') {
+    return { ok: true, ticket: await client.enqueue(acquireArgs(values)) };
+  }
+  if (command === 'get-ticket') {
+    return { ok: true, ticket: await client.getTicket(ticketId(values)) };
+  }
+  if (command === 'wait-ticket') {
+    const waitTimeoutSeconds = Number(values['wait-timeout']);
+    return { ok: true, ticket: await client.waitTicket(ticketId(values), { waitTimeoutSeconds }) };
+  }
+  if (command === 'cancel-ticket') {
+    return { ok: true, cancelled: await client.cancelTicket(ticketId(values)) };
+  }
+  const commands = 'acquire, release, demo, stream, enqueue, get-ticket, wait-ticket, cancel-ticket';
+  throw new Error(`unknown command ${JSON.stringify(command)}: ${commands}`);
 }
 
 async function main(argv) {
