@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -68,3 +69,21 @@ async def test_stop_lets_an_in_flight_rpc_finish(make_harness: MakeHarness) -> N
     failure = await h.fail(waiting)
     assert failure.code == grpc.StatusCode.UNAVAILABLE
     assert "draining" in failure.message
+
+
+async def test_an_unexpected_error_is_internal_and_tells_nothing_of_its_insides(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug must not leak its message to callers (grpc would answer UNKNOWN with the
+    exception's text); it is INTERNAL with an incident id the log shares."""
+    h = await make_harness()
+
+    async def broken() -> None:
+        raise RuntimeError("secret internals: redis://user:pw@host")
+
+    h.engine.snapshot = broken  # the one way to reach a bug on purpose
+    failure = await h.fail(h.status())
+    assert failure.code is grpc.StatusCode.INTERNAL
+    assert "secret" not in failure.message
+    incident = failure.message.split()[2].rstrip(";")
+    assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)

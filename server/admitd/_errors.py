@@ -7,8 +7,9 @@
     ├── NotFound            unknown pool/tenant/lease         -> NOT_FOUND
     ├── Unauthenticated     no, or a wrong, credential        -> UNAUTHENTICATED
     ├── PermissionDenied    another tenant's call or lease    -> PERMISSION_DENIED
-    ├── Unavailable         draining                          -> UNAVAILABLE
-    └── Rejected            does not fit (reason, retry_after) -> RESOURCE_EXHAUSTED
+    ├── Unavailable         draining, or the store unreachable -> UNAVAILABLE
+    ├── Rejected            does not fit (reason, retry_after) -> RESOURCE_EXHAUSTED
+    └── Internal            a bug (details only in the log)   -> INTERNAL
 """
 
 from __future__ import annotations
@@ -80,3 +81,7 @@ class Rejected(AdmitdError):
         self.reason = reason
         self.retry_after = retry_after
         self.metadata = dict(metadata or {})
+
+
+class Internal(AdmitdError):
+    """Something the server did not expect; the log has the traceback."""

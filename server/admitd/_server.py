@@ -20,11 +20,11 @@ from ._engine import Engine
 from ._errors import Unavailable
 from ._memory import MemoryBackend
 from ._reload import ConfigWatcher
-from ._service import AdmissionService
+from ._service import AdmissionService, register
 from ._telemetry import Telemetry
 from ._tls import CertificateFiles
 from ._tokens import TokenCounter
-from .v1 import admission_pb2, admission_pb2_grpc
+from .v1 import admission_pb2
 
 log = logging.getLogger("admitd")
 
@@ -81,9 +81,7 @@ class AdmitdServer:
         self.watcher = ConfigWatcher(config_path, self.engine) if config_path else None
         self.health = HealthServicer()
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        admission_pb2_grpc.add_AdmissionServicer_to_server(
-            AdmissionService(self.engine), self._server
-        )
+        register(AdmissionService(self.engine), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import NoReturn, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, message_factory, timestamp_pb2
+from google.protobuf.message import DecodeError, Message
 
 from ._auth import Authenticator, Principal
 from ._backend import LeaseRecord, Limit, Snapshot, day_number
 from ._engine import Engine
-from ._errors import AdmitdError, InvalidArgument
+from ._errors import AdmitdError, Internal, InvalidArgument
 from ._policy import NANO_PER_USD, QueueEstimate
 from ._requests import AcquireSpec
 from ._status import seconds_to_duration, to_status
 from ._tickets import Tickets, TicketView
 from .v1 import admission_pb2 as pb
 from .v1 import admission_pb2_grpc as pb_grpc
+
+log = logging.getLogger("admitd")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -32,8 +37,31 @@ StreamHandler = Callable[
 ]
 
 
-async def _abort(context: grpc.aio.ServicerContext[Req, Resp], error: AdmitdError) -> NoReturn:
-    """Turn a domain error into its gRPC status (with details); the one place that does."""
+class _Undecodable:
+    """A request payload that is not a message of its type; the handler refuses it."""
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.error = InvalidArgument("request", f"not a valid {kind} message: {error}")
+
+
+def _lenient(kind: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
+    def deserialize(payload: bytes) -> Message | _Undecodable:
+        try:
+            return kind.FromString(payload)
+        except DecodeError as error:
+            return _Undecodable(kind.DESCRIPTOR.full_name, str(error))
+
+    return deserialize
+
+
+async def _abort(context: grpc.aio.ServicerContext[Req, Resp], error: Exception) -> NoReturn:
+    """Turn an error into its gRPC status; the one place that does. Domain errors carry
+    their own status (with details); anything else is a bug: INTERNAL, logged in full, with
+    nothing of its internals in the answer."""
+    if not isinstance(error, AdmitdError):
+        incident = secrets.token_hex(4)
+        log.error("internal error %s", incident, exc_info=error)
+        error = Internal(f"internal error {incident}; the server log has the details")
     await context.abort_with_status(to_status(error))
     raise AssertionError("abort_with_status returned") from error
 
@@ -44,8 +72,10 @@ def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         try:
+            if isinstance(request, _Undecodable):
+                raise request.error
             return await handler(self, request, context)
-        except AdmitdError as error:
+        except Exception as error:  # every error is answered, once, here
             await _abort(context, error)
 
     return wrapper
@@ -57,12 +87,39 @@ def _translated_stream(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, 
         self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
+            if isinstance(request, _Undecodable):
+                raise request.error
             async for response in handler(self, request, context):
                 yield response
-        except AdmitdError as error:
+        except Exception as error:
             await _abort(context, error)
 
     return wrapper
+
+
+def register(service: AdmissionService, server: grpc.aio.Server) -> None:
+    """Serve ``service`` on ``server``: the generated ``add_AdmissionServicer_to_server``,
+    except that a payload which does not decode reaches the handler (as ``_Undecodable``),
+    so the caller gets INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN."""
+    descriptor = pb.DESCRIPTOR.services_by_name["Admission"]
+    handlers = {}
+    for method in descriptor.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(service, method.name),
+            request_deserializer=_lenient(request),
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
 class AdmissionService(pb_grpc.AdmissionServicer):

@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from ._errors import (
     AdmitdError,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -33,6 +34,7 @@ _CODES: list[tuple[type[AdmitdError], int]] = [
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (Unavailable, code_pb2.UNAVAILABLE),
     (Rejected, code_pb2.RESOURCE_EXHAUSTED),
+    (Internal, code_pb2.INTERNAL),
 ]
 
 
