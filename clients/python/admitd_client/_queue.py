@@ -44,7 +44,7 @@ class TicketState(IntEnum):
     GRANTED = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # snapshots: compare or key them by ``id``
 class Ticket:
     """A deferred admission, as admitd reported it at one moment; poll for a newer one.
 
