@@ -30,6 +30,7 @@ class Kind(enum.Enum):
     GAUGE = "gauge"  # in use now, e.g. concurrency; freed on release
     BUCKET = "bucket"  # continuous token bucket: capacity, refill per second
     DAILY = "daily"  # used per UTC day
+    GATE = "gate"  # a pool's gate (pause, circuit breaker): only ever in a Denial
 
 
 class Unit(enum.Enum):
@@ -135,8 +136,9 @@ class Denial:
     """The limit a ticket did not fit, and the state of it at that moment."""
 
     limit: Limit
-    level: float  # GAUGE: in use; BUCKET: left in the bucket; DAILY: used today
+    level: float  # GAUGE: in use; BUCKET: left; DAILY: used today; GATE: seconds it stays shut
     amount: float  # what the ticket needed of it
+    cause: str = ""  # GATE: "paused", "open" or "probing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,56 @@ class QueueFull:
     limit: int
     pool_depth: int = 0  # waiters in the pool's queue (a newcomer's position)
     grants_per_second: float | None = None  # the pool's recent grant rate
+
+
+MAX_PAUSE = 600.0  # seconds: a retry-after beyond this is taken as this
+Circuit = Literal["closed", "open", "half_open"]
+Cause = Literal["paused", "open", "probing"]
+
+
+class Outcome(enum.IntEnum):
+    """How the provider call behind a lease ended (the wire's ``admitd.v1.Outcome``)."""
+
+    OK = 1
+    PROVIDER_RATE_LIMITED = 2
+    PROVIDER_ERROR = 3
+    TIMEOUT = 4
+    CANCELLED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Aimd:
+    decrease: float
+    increase: float
+    floor: float
+    cooldown: float
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    failure_rate: float
+    min_calls: int
+    window: float
+    open_for: float
+    probes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A pool's gate as configured (a pause needs no configuration)."""
+
+    pool: str
+    aimd: Aimd | None = None
+    breaker: Breaker | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GateView:
+    """A pool's gate now, for GetStatus and metrics."""
+
+    factor: float  # the AIMD factor on its concurrency and rates
+    circuit: Circuit
+    paused_for: float  # seconds
 
 
 # Grant rates are counted over windows of this many seconds (a sliding window of two).
@@ -303,6 +355,7 @@ class Snapshot:
     in_flight_by_tenant: dict[str, int]
     queued_by_pool: dict[str, list[int]]  # per priority class
     queued_by_tenant: dict[str, int]
+    gates: dict[str, GateView] = field(default_factory=dict)  # pools whose gate is not open
 
 
 class LeaseGone(Exception):
@@ -331,9 +384,15 @@ class Backend(Protocol):
         ...
 
     async def release(
-        self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None
+        self,
+        lease_id: str,
+        usage: tuple[int, int] | None,
+        tenant: str | None,
+        outcome: Outcome = Outcome.OK,
+        retry_after: float = 0.0,
     ) -> ReleaseResult:
-        """Settle (input, output) usage, or the full reservation when None; idempotent."""
+        """Settle (input, output) usage, or the full reservation when None; idempotent.
+        ``outcome`` and a provider's ``retry_after`` move the pool's gate."""
         ...
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
@@ -361,10 +420,10 @@ class Backend(Protocol):
         """The cost ledger's rows of these days (``day_number``s)."""
         ...
 
-    async def configure(self, limits: list[Limit]) -> None:
-        """Every limit as configured now. Checks read capacities and rates from here, so a
-        config change also applies to calls already queued; a key not listed no longer
-        applies."""
+    async def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
+        """Every limit and pool gate as configured now. Checks read capacities and rates
+        from here, so a config change also applies to calls already queued; a key not
+        listed no longer applies."""
         ...
 
     def subscribe(

@@ -89,6 +89,36 @@ class Price(_Model):
     """Price of a million output tokens."""
 
 
+class AdaptiveConfig(_Model):
+    """AIMD on a pool's effective concurrency and rates, from the outcomes callers report
+    at Release (shared by all replicas through the store)."""
+
+    decrease: float = Field(0.5, gt=0, lt=1)
+    """A provider 429 multiplies the effective limits by this."""
+    increase: float = Field(0.02, gt=0, le=1)
+    """Each successful call adds back this fraction of the configured limits."""
+    floor: float = Field(0.05, gt=0, le=1)
+    """The effective limits never go below this fraction of the configured ones."""
+    cooldown: Seconds = Field(1.0, ge=0)
+    """At most one decrease per this long: a burst of 429s from one overload is one step."""
+
+
+class BreakerConfig(_Model):
+    """A circuit breaker on a pool, from the outcomes callers report at Release."""
+
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    """Opens when this share of calls end in a provider error or timeout..."""
+    min_calls: PositiveInt = 20
+    """...over at least this many calls..."""
+    window: Seconds = Field(30.0, gt=0)
+    """...in a sliding window this long."""
+    open_for: Seconds = Field(30.0, gt=0)
+    """Open: every call is refused (POOL_UNAVAILABLE) this long, then it is half-open."""
+    half_open_probes: PositiveInt = 3
+    """Half-open: this many calls go through at once; one success closes, one failure
+    opens it again."""
+
+
 class PoolConfig(_Model):
     """One provider deployment (account x model) with its own limits. Absent limit = none."""
 
@@ -106,6 +136,10 @@ class PoolConfig(_Model):
     """This pool's share of the daily budget, in USD (UTC day)."""
     encoding: Annotated[str, AfterValidator(_known_encoding)] = "o200k_base"
     """tiktoken encoding used to count ``prompt`` when ``input_tokens`` is not given."""
+    adaptive: AdaptiveConfig | None = None
+    """AIMD on this pool's concurrency and rates from reported outcomes; null: off."""
+    breaker: BreakerConfig | None = None
+    """Circuit breaker on this pool's error and timeout rate; null: off."""
     shadow: bool = False
     """Shadow mode: this pool's limits are checked and counted (a lease past them still
     takes its share) but never refuse; a call they would refuse is logged, counted
@@ -588,6 +622,8 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "tenants": TenantConfig,
     "tiers": TierConfig,
     "price": Price,
+    "adaptive": AdaptiveConfig,
+    "breaker": BreakerConfig,
     "tls": TLSConfig,
     "auth": AuthConfig,
     "clients": ClientConfig,

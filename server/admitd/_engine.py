@@ -30,6 +30,7 @@ from ._backend import (
     LeaseRecord,
     Look,
     NotOwner,
+    Outcome,
     Progress,
     QueueFull,
     QueueSpot,
@@ -106,7 +107,7 @@ class Engine:
     async def publish_limits(self) -> None:
         """Tell the store every limit as configured now: checks read capacities and rates
         from there, so calls queued under an older config (on any replica) obey this one."""
-        await self.backend.configure(self.policy.all_limits())
+        await self.backend.configure(self.policy.all_limits(), self.policy.gates())
         self.limits_published = True
 
     async def apply(self, settings: Settings) -> list[str]:
@@ -143,7 +144,7 @@ class Engine:
         # A new encoding takes 0.1-0.3 s to load (known ones are cached): off the loop.
         counter = await asyncio.to_thread(TokenCounter, settings)
         policy = Policy(settings)
-        await self.backend.configure(policy.all_limits())
+        await self.backend.configure(policy.all_limits(), policy.gates())
         self.settings, self.policy = settings, policy
         self.requests = Requests(settings, policy, counter)
         self.limits_published = True
@@ -269,9 +270,18 @@ class Engine:
         return result
 
     async def release(
-        self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None = None
+        self,
+        lease_id: str,
+        usage: tuple[int, int] | None,
+        tenant: str | None = None,
+        outcome: Outcome = Outcome.OK,
+        retry_after: float = 0.0,
     ) -> Settlement:
+        """Settle a lease; ``outcome`` and the provider's ``retry_after`` move its pool's
+        gate (pause, circuit breaker, AIMD)."""
         check_lease_id(lease_id)
+        if retry_after < 0 or not math.isfinite(retry_after):
+            raise InvalidArgument("provider_retry_after", "must not be negative")
         if usage is not None:
             for name, value in zip(
                 ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
@@ -282,7 +292,8 @@ class Engine:
         with self.telemetry.tracer.start_as_current_span("admitd.Release") as span:
             span.set_attribute("admitd.lease_id", lease_id)
             with _lease_errors(lease_id), self._store_errors():
-                result = await self.backend.release(lease_id, usage, self.requests.owner(tenant))
+                owner = self.requests.owner(tenant)
+                result = await self.backend.release(lease_id, usage, owner, outcome, retry_after)
         settlement = result.settlement
         if not settlement.already_released:
             lease = settlement.lease
@@ -511,8 +522,9 @@ class Engine:
         self._wake_on_refill(denial)
 
     def _wake_on_refill(self, denial: Denial) -> None:
-        """When a bucket holds waiters back, dispatch again as soon as it has refilled."""
-        if denial.limit.kind is not Kind.BUCKET:
+        """When a bucket or a shut gate holds waiters back, dispatch again as soon as it
+        has refilled or reopens."""
+        if denial.limit.kind not in (Kind.BUCKET, Kind.GATE):
             return
         delay = self.policy.retry_after(denial, wall=self.clock.wall(), hold_time=None)
         when = self.clock.now() + delay

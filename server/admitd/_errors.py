@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     QUEUE_FULL = "QUEUE_FULL"
     QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
+    POOL_UNAVAILABLE = "POOL_UNAVAILABLE"  # paused by the provider, or its circuit is open
 
 
 class AdmitdError(Exception):

@@ -17,6 +17,7 @@ from ._backend import (
     EndKind,
     ExpireResult,
     FingerprintMismatch,
+    Gate,
     GrantRate,
     Kind,
     LeaseGone,
@@ -24,6 +25,7 @@ from ._backend import (
     Limit,
     Look,
     NotOwner,
+    Outcome,
     Progress,
     QueueFull,
     QueueSpot,
@@ -39,6 +41,9 @@ from ._backend import (
 )
 from ._clock import Clock
 from ._fairqueue import Entry, FairQueue
+from ._gates import GateState, gate_limit
+
+_OPEN = GateState()  # the gate of a pool with no reported outcome yet: always open
 
 # A dispatch pass looks at most this many waiters per pool, so that one tenant with a long
 # queue blocked by its own limits cannot make every release slow.
@@ -57,6 +62,7 @@ class _Lease:
     expires_at: float
     queued_for: float
     shadowed: str = ""
+    probe: bool = False  # went through a half-open circuit as a probe
 
     def record(self, now: float) -> LeaseRecord:
         t = self.ticket
@@ -100,6 +106,8 @@ class MemoryBackend:
         self._queued_by_tenant: dict[str, int] = {}
         self._expired: list[LeaseRecord] = []  # reaped (maybe lazily), not yet reported
         self._defs: dict[str, Limit] | None = None  # limits as configured now, by key
+        self._gate_defs: dict[str, Gate] = {}  # pool -> its gate as configured now
+        self._gates: dict[str, GateState] = {}
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
         self._ended: OrderedDict[str, tuple[TicketEnd, float]] = OrderedDict()  # -> drop at
         self._rates: dict[str, GrantRate] = {}
@@ -116,6 +124,9 @@ class MemoryBackend:
         daily, _ = self._check(ticket, now, kinds=(Kind.DAILY,))
         if daily is not None:
             return AcquireResult(denial=daily)
+        shut = self._shut(ticket.pool, now)
+        if shut is not None and shut.cause == "open":
+            return AcquireResult(denial=shut)  # refused at once, never queued
         if wait:
             full = self._queue_full(ticket, now)
             if full is not None:
@@ -162,7 +173,12 @@ class MemoryBackend:
         self._unclaimed.pop(lease_id, None)
 
     async def release(
-        self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None
+        self,
+        lease_id: str,
+        usage: tuple[int, int] | None,
+        tenant: str | None,
+        outcome: Outcome = Outcome.OK,
+        retry_after: float = 0.0,
     ) -> ReleaseResult:
         now = self._tick()
         self._forget_released(now)
@@ -180,6 +196,8 @@ class MemoryBackend:
             charged_usd = t.nano_usd  # the reservation's own price, to the nano-dollar
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
         self._charge(t, used, charged_usd)
+        gate = self._gates.setdefault(t.pool, GateState())
+        gate.report(self._gate_defs.get(t.pool), outcome, retry_after, lease.probe, now)
         settlement = Settlement(
             lease=lease.record(now),
             charged_tokens=charged_tokens,
@@ -280,6 +298,10 @@ class MemoryBackend:
             in_flight_by_tenant=by_tenant,
             queued_by_pool={p: q.depth_by_class() for p, q in self._queues.items()},
             queued_by_tenant=dict(self._queued_by_tenant),
+            gates={
+                pool: gate.view(self._gate_defs.get(pool), now)
+                for pool, gate in self._gates.items()
+            },
         )
 
     async def usage(self, days: list[int]) -> list[UsageRow]:
@@ -290,8 +312,9 @@ class MemoryBackend:
             if day in wanted
         ]
 
-    async def configure(self, limits: list[Limit]) -> None:
+    async def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
         self._defs = {limit.key: limit for limit in limits}
+        self._gate_defs = {gate.pool: gate for gate in gates}
 
     def subscribe(
         self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
@@ -321,11 +344,21 @@ class MemoryBackend:
         return now
 
     def _current(self, limit: Limit) -> Limit | None:
-        """The limit as configured now (None: no longer configured). Calls queued before a
-        config change carry the limits of their time; capacities are read from here."""
-        if self._defs is None:
-            return limit
-        return self._defs.get(limit.key)
+        """The limit as configured now (None: no longer configured), scaled by its pool's
+        AIMD factor. Calls queued before a config change carry the limits of their time;
+        capacities are read from here."""
+        current = self._defs.get(limit.key) if self._defs is not None else limit
+        gate = self._gates.get(limit.owner) if limit.scope is Scope.POOL else None
+        return gate.effective(current) if gate is not None and current is not None else current
+
+    def _shut(self, pool: str, now: float) -> Denial | None:
+        """Why the pool's gate admits nothing now (paused, open, all probes out), or None."""
+        gate = self._gates.get(pool)
+        closed = gate.closed_for(self._gate_defs.get(pool), now) if gate is not None else None
+        if closed is None:
+            return None
+        cause, seconds = closed
+        return Denial(gate_limit(pool), seconds, 1.0, cause)
 
     def _bucket_level(self, limit: Limit, now: float) -> float:
         limit = self._current(limit) or limit
@@ -370,7 +403,9 @@ class MemoryBackend:
             else:
                 key = f"{limit.key}@{self._day}"
                 self._daily[key] = self._daily.get(key, 0.0) + amount
-        lease = _Lease(ticket, self._day, now, now + ticket.ttl, queued_for, shadowed)
+        probe = self._gates.get(ticket.pool, _OPEN).admit()
+        expires = now + ticket.ttl
+        lease = _Lease(ticket, self._day, now, expires, queued_for, shadowed, probe)
         self._leases[ticket.lease_id] = lease
         self._rates.setdefault(ticket.pool, GrantRate(now)).add(now)
         heapq.heappush(self._expiry, (lease.expires_at, ticket.lease_id))
@@ -381,6 +416,8 @@ class MemoryBackend:
     def _settle(self, lease: _Lease, token_delta: float, usd_delta: float, now: float) -> None:
         """End a lease: free its slots and move token/USD counters by charged - reserved."""
         del self._leases[lease.ticket.lease_id]
+        if lease.probe:
+            self._gates[lease.ticket.pool].release_probe()
         for limit in lease.ticket.limits:
             if limit.unit is Unit.SLOT:
                 self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
@@ -551,6 +588,15 @@ class MemoryBackend:
             if entry.lease_id != watch and now > entry.enqueued_at + ticket.wait:
                 gone.append(entry)  # its RPC has ended (its replica may have died)
                 continue
+            shut = self._shut(pool, now)
+            if shut is not None and shut.cause == "open":
+                never.append((entry, shut))  # refused at once, queued calls too
+                watched = shut if entry.lease_id == watch else watched
+                continue
+            if shut is not None:
+                progress.blocked[pool] = shut
+                watched = shut if entry.lease_id == watch else watched
+                break
             denial, shadowed = self._check(ticket, now)
             if denial is None:
                 lease = self._reserve(ticket, now, now - entry.enqueued_at, shadowed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._backend import Denial, Kind, Limit, QueueFull, Scope, Unit
+from ._backend import Aimd, Breaker, Denial, Gate, Kind, Limit, QueueFull, Scope, Unit
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import Reason, Rejected
 
@@ -79,6 +79,20 @@ class Policy:
             *_limits_of(Scope.TENANT, tenant.name, tenant, _FLOW),
         )
 
+    def gates(self) -> list[Gate]:
+        """Every pool's gate: its AIMD and circuit breaker settings (a pause needs none)."""
+        gates = []
+        for pool in self.settings.pools:
+            a, b = pool.adaptive, pool.breaker
+            aimd = Aimd(a.decrease, a.increase, a.floor, a.cooldown) if a is not None else None
+            breaker = None
+            if b is not None:
+                breaker = Breaker(
+                    b.failure_rate, b.min_calls, b.window, b.open_for, b.half_open_probes
+                )
+            gates.append(Gate(pool.name, aimd, breaker))
+        return gates
+
     def shadow_reason(self, key: str) -> Reason | None:
         """The reason a shadow-mode limit would have refused with."""
         limit = self._by_key.get(key)
@@ -115,6 +129,13 @@ class Policy:
         """Why a call did not fit now, and when a retry can succeed."""
         limit = denial.limit
         retry = self.retry_after(denial, wall=wall, hold_time=hold_time)
+        if limit.kind is Kind.GATE:
+            return Rejected(
+                Reason.POOL_UNAVAILABLE,
+                f"pool {limit.owner!r} {_GATE_STATES.get(denial.cause, 'is unavailable')}",
+                retry_after=retry,
+                metadata={"scope": "pool", "pool": limit.owner, "cause": denial.cause},
+            )
         if limit.kind is Kind.GAUGE:
             state = f"all {limit.capacity:g} slots are in use"
         elif limit.kind is Kind.BUCKET:
@@ -140,6 +161,8 @@ class Policy:
         ``hold_time`` on average (the lease TTL while nothing has been released yet).
         """
         limit = denial.limit
+        if limit.kind is Kind.GATE:
+            return max(MIN_RETRY, denial.level)
         if limit.kind is Kind.BUCKET:
             return max(MIN_RETRY, (denial.amount - denial.level) / limit.rate)
         if limit.kind is Kind.DAILY:
@@ -196,6 +219,12 @@ class Policy:
         )
 
 
+_GATE_STATES = {
+    "paused": "is paused: the provider asked callers to retry later",
+    "open": "is unavailable: its circuit is open after too many provider errors",
+    "probing": "is being probed after an outage: its probe calls are all in flight",
+}
+
 # The limit fields shared by budget, pool and tenant configs: (field, kind, unit).
 _DAILY = (
     ("tokens_per_day", Kind.DAILY, Unit.TOKEN),
@@ -226,6 +255,8 @@ def _limits_of(
 
 
 def _reason(limit: Limit) -> Reason:
+    if limit.kind is Kind.GATE:
+        return Reason.POOL_UNAVAILABLE
     if limit.kind is Kind.GAUGE:
         return Reason.CONCURRENCY_LIMIT
     if limit.kind is Kind.BUCKET:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Collection, Iterator
@@ -31,12 +32,15 @@ from ._backend import (
     Denial,
     ExpireResult,
     FingerprintMismatch,
+    Gate,
+    GateView,
     Kind,
     LeaseGone,
     LeaseRecord,
     Limit,
     Look,
     NotOwner,
+    Outcome,
     Progress,
     QueueFull,
     QueueSpot,
@@ -143,10 +147,17 @@ class RedisBackend:
             )
 
     async def release(
-        self, lease_id: str, usage: tuple[int, int] | None, tenant: str | None
+        self,
+        lease_id: str,
+        usage: tuple[int, int] | None,
+        tenant: str | None,
+        outcome: Outcome = Outcome.OK,
+        retry_after: float = 0.0,
     ) -> ReleaseResult:
         usage_json = "" if usage is None else json.dumps(list(usage))
-        doc = await self._run("release", lease_id, usage_json, tenant or "")
+        doc = await self._run(
+            "release", lease_id, usage_json, tenant or "", str(int(outcome)), repr(retry_after)
+        )
         _raise_lease_error(doc)
         s = doc["settlement"]
         settlement = Settlement(
@@ -209,6 +220,10 @@ class RedisBackend:
                 k: [int(n) for n in _list(v)] for k, v in _dict(doc.get("queued_by_pool")).items()
             },
             queued_by_tenant={k: int(v) for k, v in _dict(doc.get("queued_by_tenant")).items()},
+            gates={
+                pool: GateView(float(g["factor"]), g["circuit"], float(g["paused_for"]))
+                for pool, g in _dict(doc.get("gates")).items()
+            },
         )
 
     async def usage(self, days: list[int]) -> list[UsageRow]:
@@ -227,8 +242,12 @@ class RedisBackend:
         ]
         return sorted(rows, key=lambda r: (r.day, r.tenant, r.pool))
 
-    async def configure(self, limits: list[Limit]) -> None:
-        await self._run("configure", json.dumps([_limit_json(limit) for limit in limits]))
+    async def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
+        await self._run(
+            "configure",
+            json.dumps([_limit_json(limit) for limit in limits]),
+            json.dumps([dataclasses.asdict(gate) for gate in gates]),
+        )
 
     def subscribe(
         self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
@@ -420,7 +439,8 @@ def _lease(raw: dict[str, Any]) -> LeaseRecord:
 
 
 def _denial(raw: dict[str, Any]) -> Denial:
-    return Denial(_limit(raw["limit"]), float(raw["level"]), float(raw["amount"]))
+    limit, cause = _limit(raw["limit"]), str(raw.get("cause") or "")
+    return Denial(limit, float(raw["level"]), float(raw["amount"]), cause)
 
 
 def _progress(raw: Any) -> Progress:

@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2, message_factory, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
 from ._auth import Authenticator, Principal
-from ._backend import LeaseRecord, Limit, Snapshot, day_number
+from ._backend import GateView, LeaseRecord, Limit, Outcome, Snapshot, day_number
 from ._engine import Engine
 from ._errors import AdmitdError, Internal, InvalidArgument
 from ._policy import NANO_PER_USD, QueueEstimate
@@ -262,7 +262,9 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             usage = (request.usage.input_tokens, request.usage.output_tokens)
         if request.outcome not in pb.Outcome.values():
             raise InvalidArgument("outcome", f"unknown value {int(request.outcome)}")
-        settled = await self.engine.release(request.lease_id, usage, tenant)
+        outcome = Outcome(request.outcome or Outcome.OK)
+        retry_after = _seconds(request.provider_retry_after, "provider_retry_after")
+        settled = await self.engine.release(request.lease_id, usage, tenant, outcome, retry_after)
         return pb.ReleaseResponse(
             charged_tokens=settled.charged_tokens,
             refunded_tokens=settled.refunded_tokens,
@@ -390,12 +392,16 @@ def status_response(
     response = pb.StatusResponse(draining=engine.draining)
     for pool in engine.settings.pools:
         queued = snap.queued_by_pool.get(pool.name, [0, 0, 0, 0])
+        gate = snap.gates.get(pool.name, GateView(1.0, "closed", 0.0))
         response.pools.append(
             pb.PoolStatus(
                 name=pool.name,
                 in_flight=snap.in_flight_by_pool.get(pool.name, 0),
                 queued=sum(queued),
                 queued_by_priority=queued,
+                limit_factor=gate.factor,
+                circuit=gate.circuit,
+                paused_for=seconds_to_duration(gate.paused_for),
                 **limits(f"pool:{pool.name}"),
             )
         )

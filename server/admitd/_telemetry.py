@@ -10,13 +10,14 @@ Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_sec
 ``admitd_tokens_charged_total``, ``admitd_tokens_refunded_total``,
 ``admitd_estimate_error_tokens``, ``admitd_lease_expiries_total``, ``admitd_pool_limit``,
 ``admitd_budget_remaining``, ``admitd_store_errors_total``, ``admitd_config_reloads_total``,
-``admitd_unchecked_admissions_total``, ``admitd_shadow_rejections_total``.
+``admitd_unchecked_admissions_total``, ``admitd_shadow_rejections_total``,
+``admitd_pool_limit_factor``, ``admitd_pool_circuit``, ``admitd_pool_paused_seconds``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
@@ -28,11 +29,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ._backend import Kind, Limit, Scope, Snapshot, Unit
+from ._backend import GateView, Kind, Limit, Scope, Snapshot, Unit
 from ._config import Settings
 
 PRIORITY_LABELS = ("critical", "high", "normal", "low")
 OTHER = "_other"
+_CLOSED = GateView(1.0, "closed", 0.0)  # a pool with no gate state yet
+_CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
 WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ERROR_BUCKETS = (-10_000, -1_000, -100, 0, 100, 1_000, 10_000, 100_000)
 
@@ -94,6 +97,22 @@ class Telemetry:
         )
         meter.create_observable_gauge(
             "admitd.pool.limit", [self._observe_pool_limits], description="Configured limits"
+        )
+        meter.create_observable_gauge(
+            "admitd.pool.limit_factor",
+            [self._observe_gate(lambda gate: gate.factor)],
+            description="The adaptive limits' factor on a pool's configured limits",
+        )
+        meter.create_observable_gauge(
+            "admitd.pool.circuit",
+            [self._observe_gate(lambda gate: _CIRCUIT[gate.circuit])],
+            description="A pool's circuit breaker: 0 closed, 1 half-open, 2 open",
+        )
+        meter.create_observable_gauge(
+            "admitd.pool.paused",
+            [self._observe_gate(lambda gate: gate.paused_for)],
+            unit="s",
+            description="Seconds a pool stays paused by a provider's retry-after",
         )
         meter.create_observable_gauge(
             "admitd.budget.remaining",
@@ -193,6 +212,20 @@ class Telemetry:
             for limit in self._limits
             if limit.scope is Scope.POOL and limit.kind is not Kind.DAILY
         ]
+
+    def _observe_gate(
+        self, value: Callable[[GateView], float]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            if self._snapshot is None:
+                return []
+            gates = self._snapshot.gates
+            return [
+                Observation(value(gates.get(pool, _CLOSED)), {"pool": pool})
+                for pool in self._pools
+            ]
+
+        return observe
 
     def _observe_budget(self, options: CallbackOptions) -> Iterable[Observation]:
         if self._snapshot is None:

@@ -30,6 +30,8 @@ class Reason(StrEnum):
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     QUEUE_FULL = "QUEUE_FULL"
     QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
+    POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
+    """The pool is paused by its provider's retry-after, or its circuit is open."""
     UNKNOWN = "UNKNOWN"
     """A reason this client version does not know (a newer server); see the message."""
 

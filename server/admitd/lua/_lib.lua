@@ -35,6 +35,7 @@ local MAX_EXAMINED = 1024
 local MAX_EXACT_POSITION = 1000 -- = _backend.MAX_EXACT_POSITION
 local RATE_WINDOW = 30 -- = _backend.RATE_WINDOW
 local DAY_KEEP = 172800
+local MAX_PAUSE = 600 -- = _backend.MAX_PAUSE
 local G, B, D = key('gauge'), key('bucket'), key('daily', day)
 
 local function num(x)
@@ -47,11 +48,126 @@ local function amount(t, unit)
   return 1
 end
 
+-- Pool gates (the same state machine as _gates.GateState): a provider's pause, a circuit
+-- breaker and an AIMD factor, in hash "gate:<pool>"; their settings in hash "gates".
+local GATE_FIELDS = {'factor', 'decreased_at', 'paused_until', 'circuit', 'opened_until',
+                     'probes', 'win', 'cur', 'failed', 'prev', 'prev_failed'}
+local gate_cache, gate_def_cache = {}, {}
+
+local function gate_def(pool)
+  local d = gate_def_cache[pool]
+  if d == nil then
+    local v = redis.call('HGET', key('gates'), pool)
+    d = v and cjson.decode(v) or false
+    gate_def_cache[pool] = d
+  end
+  return d or nil
+end
+
+local function gate_of(pool)
+  local g = gate_cache[pool]
+  if g == nil then
+    local v = redis.call('HMGET', key('gate', pool), unpack(GATE_FIELDS))
+    g = {factor = tonumber(v[1] or '1'), decreased_at = tonumber(v[2] or '-1e300'),
+         paused_until = tonumber(v[3] or '0'), circuit = v[4] or 'closed',
+         opened_until = tonumber(v[5] or '0'), probes = tonumber(v[6] or '0'),
+         win = tonumber(v[7] or '0'), cur = tonumber(v[8] or '0'),
+         failed = tonumber(v[9] or '0'), prev = tonumber(v[10] or '0'),
+         prev_failed = tonumber(v[11] or '0')}
+    gate_cache[pool] = g
+  end
+  return g
+end
+
+local function gate_save(pool, g)
+  redis.call('HSET', key('gate', pool), 'factor', num(g.factor),
+             'decreased_at', num(g.decreased_at), 'paused_until', num(g.paused_until),
+             'circuit', g.circuit, 'opened_until', num(g.opened_until), 'probes', g.probes,
+             'win', g.win, 'cur', g.cur, 'failed', g.failed, 'prev', g.prev,
+             'prev_failed', g.prev_failed)
+end
+
+-- Why the pool's gate admits nothing now, as a denial (cause paused|open|probing), or nil.
+local function shut(pool)
+  local g = gate_of(pool)
+  local cause, seconds = nil, 0
+  local d = gate_def(pool)
+  local b = d and d.breaker
+  if g.paused_until > now then
+    cause, seconds = 'paused', g.paused_until - now
+  elseif b and b ~= cjson.null then
+    if g.circuit == 'open' then
+      if now < g.opened_until then
+        cause, seconds = 'open', g.opened_until - now
+      else
+        g.circuit, g.probes = 'half_open', 0
+        gate_save(pool, g)
+      end
+    end
+    if not cause and g.circuit == 'half_open' and g.probes >= b.probes then
+      cause, seconds = 'probing', b.open_for / b.probes
+    end
+  end
+  if not cause then return nil end
+  return {limit = {'pool:' .. pool .. ':availability', 'gate', 'request', 'pool', 0, 0,
+                   'availability', pool, false}, level = seconds, amount = 1, cause = cause}
+end
+
+-- A call ended: its outcome (1 ok, 2 rate limited, 3 error, 4 timeout, 5 cancelled) moves
+-- the breaker and the AIMD factor; a provider's retry-after pauses the pool.
+local function report(pool, outcome, retry_after, probe)
+  local g = gate_of(pool)
+  if retry_after > 0 then
+    g.paused_until = math.max(g.paused_until, now + math.min(retry_after, MAX_PAUSE))
+  end
+  local d = gate_def(pool)
+  if d and outcome ~= 5 then
+    local a = d.aimd
+    if a and a ~= cjson.null then
+      if outcome == 2 then
+        if now - g.decreased_at >= a.cooldown then
+          g.factor = math.max(a.floor, g.factor * a.decrease)
+          g.decreased_at = now
+        end
+      elseif outcome == 1 then
+        g.factor = math.min(1, g.factor + a.increase)
+      end
+    end
+    local b = d.breaker
+    if b and b ~= cjson.null then
+      local failed = outcome == 3 or outcome == 4
+      if probe and g.circuit == 'half_open' then -- its slot was freed when it settled
+        if failed then
+          g.circuit, g.opened_until, g.probes = 'open', now + b.open_for, 0
+        else
+          g.circuit, g.probes, g.cur, g.failed, g.prev, g.prev_failed = 'closed', 0, 0, 0, 0, 0
+        end
+      elseif g.circuit == 'closed' then
+        local w = math.floor(now / b.window)
+        if w ~= g.win then
+          if w == g.win + 1 then g.prev, g.prev_failed = g.cur, g.failed
+          else g.prev, g.prev_failed = 0, 0 end
+          g.cur, g.failed, g.win = 0, 0, w
+        end
+        local into = now / b.window - w
+        g.cur = g.cur + 1
+        if failed then g.failed = g.failed + 1 end
+        local calls = g.prev * (1 - into) + g.cur
+        local failures = g.prev_failed * (1 - into) + g.failed
+        if calls >= b.min_calls and failures >= b.failure_rate * calls then
+          g.circuit, g.opened_until, g.probes = 'open', now + b.open_for, 0
+        end
+      end
+    end
+  end
+  gate_save(pool, g)
+end
+
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
 local configured = redis.call('EXISTS', key('limits')) == 1
 local current_cache = {}
-local function current(l)
+local function configured_limit(l)
   if not configured then return l end
   local c = current_cache[l[1]]
   if c == nil then
@@ -65,6 +181,17 @@ local function current(l)
     current_cache[l[1]] = c
   end
   return c or nil
+end
+
+-- ...scaled by its pool's AIMD factor (concurrency, and bucket refill rates).
+local function current(l)
+  local c = configured_limit(l)
+  if not c or c[4] ~= 'pool' or (c[2] ~= 'gauge' and c[2] ~= 'bucket') then return c end
+  local f = gate_of(c[8]).factor
+  if f >= 1 then return c end
+  local s = {unpack(c)}
+  if c[2] == 'gauge' then s[5] = math.max(1, math.floor(c[5] * f)) else s[6] = c[6] * f end
+  return s
 end
 
 local function level_of(queued)
@@ -145,10 +272,11 @@ end
 
 local function load_lease(id)
   local v = redis.call('HMGET', key('lease', id), 'ticket', 'day', 'granted', 'expires', 'queued',
-                       'shadowed')
+                       'shadowed', 'probe')
   if not v[1] then return nil end
   return {t = cjson.decode(v[1]), day = v[2], granted = tonumber(v[3]),
-          expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or ''}
+          expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
+          probe = v[7] == '1'}
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
@@ -205,10 +333,17 @@ local function reserve(t, raw, queued_for, shadowed)
       redis.call('EXPIRE', D, DAY_KEEP)
     end
   end
+  local g = gate_of(t.pool)
+  local probe = g.circuit == 'half_open'
+  if probe then
+    g.probes = g.probes + 1
+    gate_save(t.pool, g)
+  end
   local lease = {t = t, day = day, granted = now, expires = now + t.ttl, queued = queued_for,
-                 shadowed = shadowed}
+                 shadowed = shadowed, probe = probe}
   redis.call('HSET', key('lease', t.id), 'ticket', raw, 'day', day, 'granted', num(now),
-             'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed)
+             'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed,
+             'probe', probe and '1' or '0')
   redis.call('ZADD', key('expiry'), num(lease.expires), t.id)
   redis.call('HINCRBY', key('inflight', 'pool'), t.pool, 1)
   redis.call('HINCRBY', key('inflight', 'tenant'), t.tenant, 1)
@@ -226,6 +361,11 @@ end
 -- End a lease: free its slots and move token/USD counters by charged - reserved.
 local function settle(lease, token_delta, usd_delta)
   local t = lease.t
+  if lease.probe then
+    local g = gate_of(t.pool)
+    g.probes = math.max(0, g.probes - 1)
+    gate_save(t.pool, g)
+  end
   for _, l in ipairs(t.limits) do
     if l[3] == 'slot' then
       decr_field(G, l[1], 1)
@@ -405,8 +545,16 @@ local function dispatch_pool(pool, watch, progress)
       watched = skipped[t.tenant] -- behind its own tenant's held waiter
     end
     if not skipped[t.tenant] then
+      local closed = shut(pool)
       if best.id ~= watch and now > best.enq + t.wait then
         table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
+      elseif closed and closed.cause == 'open' then
+        table.insert(never, {best.id, closed}) -- refused at once, queued calls too
+        if best.id == watch then watched = closed end
+      elseif closed then
+        if best.id == watch then watched = closed end
+        progress.blocked[pool] = closed
+        break
       else
         local d, shadowed = check(t, false)
         if not d then

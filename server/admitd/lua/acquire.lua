@@ -29,6 +29,10 @@ end
 
 local d = check(t, true)
 if d then return cjson.encode({denial = denial(t, d), progress = progress}) end
+local closed = shut(t.pool)
+if closed and closed.cause == 'open' then -- refused at once, never queued
+  return cjson.encode({denial = closed, progress = progress})
+end
 if wait then
   local mine = tonumber(redis.call('HGET', key('queued', 'tenant'), t.tenant) or '0')
   local total = tonumber(redis.call('GET', key('queued', 'total')) or '0')

@@ -1,6 +1,7 @@
 -- release: settle a lease with actual usage (idempotently) and dispatch the freed capacity.
 -- ARGV[3] lease id; ARGV[4] usage JSON [input, output] or "" for the full reservation;
--- ARGV[5] tenant that must own it, or "".
+-- ARGV[5] tenant that must own it, or ""; ARGV[6] outcome (1 ok .. 5 cancelled);
+-- ARGV[7] the provider's retry-after in seconds (0: none).
 -- Returns {settlement, progress} or {error = "gone" | "not_owner"}.
 reap()
 local id, tenant = ARGV[3], ARGV[5]
@@ -29,6 +30,7 @@ local s = {lease = record(lease), charged_tokens = charged,
            already_released = false, drop_at = now + t.ttl}
 settle(lease, charged - reserved, charged_usd - t.usd)
 charge(t, used_in, used_out, charged_usd)
+report(t.pool, tonumber(ARGV[6]), tonumber(ARGV[7]), lease.probe)
 redis.call('ZREM', key('unclaimed'), id)
 redis.call('DEL', key('granted', id))
 redis.call('SET', key('released', id), cjson.encode(s), 'PX', math.ceil(t.ttl * 1000))

@@ -1,6 +1,6 @@
 -- snapshot: levels of the given limits and occupancy, for GetStatus.
 -- ARGV[3] JSON list of limits. Returns {levels, in_flight_by_pool, in_flight_by_tenant,
--- queued_by_pool, queued_by_tenant}.
+-- queued_by_pool, queued_by_tenant, gates = {pool: {factor, circuit, paused_for}}}.
 reap()
 local levels = {}
 for _, l in ipairs(cjson.decode(ARGV[3])) do levels[l[1]] = level_of(l) end
@@ -14,6 +14,16 @@ for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
   queued[pool] = {}
   for c = 0, 3 do queued[pool][c + 1] = redis.call('ZCARD', qkey(c, pool)) end
 end
+local gates = {}
+for _, pool in ipairs(redis.call('HKEYS', key('gates'))) do
+  if redis.call('EXISTS', key('gate', pool)) == 1 then
+    shut(pool) -- an open circuit past its time shows as half-open
+    local g = gate_of(pool)
+    gates[pool] = {factor = g.factor, circuit = g.circuit,
+                   paused_for = math.max(0, g.paused_until - now)}
+  end
+end
 return cjson.encode({levels = levels, in_flight_by_pool = hash(key('inflight', 'pool')),
                      in_flight_by_tenant = hash(key('inflight', 'tenant')),
-                     queued_by_pool = queued, queued_by_tenant = hash(key('queued', 'tenant'))})
+                     queued_by_pool = queued, queued_by_tenant = hash(key('queued', 'tenant')),
+                     gates = gates})

@@ -10,8 +10,8 @@ tokens actually used; the unused part of the reservation is refunded.
 
 Rejections carry google.rpc.Status details (grpc-status-details-bin): an ErrorInfo with
 domain "admitd" and a reason (CONCURRENCY_LIMIT, TOKEN_RATE_LIMIT, REQUEST_RATE_LIMIT,
-TENANT_QUOTA, BUDGET_EXHAUSTED, QUEUE_FULL, QUEUE_TIMEOUT), and a RetryInfo whenever a
-later retry can succeed.
+TENANT_QUOTA, BUDGET_EXHAUSTED, QUEUE_FULL, QUEUE_TIMEOUT, POOL_UNAVAILABLE), and a
+RetryInfo whenever a later retry can succeed.
 """
 
 from collections import abc as _abc
@@ -272,13 +272,23 @@ class ReleaseRequest(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    PROVIDER_RETRY_AFTER_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     outcome: Global___Outcome.ValueType
+    """How the provider call ended. It feeds the pool's circuit breaker (errors, timeouts)
+    and adaptive limits (429s shrink them, successes grow them back) where configured.
+    """
     tenant: _builtins.str
     """When set, must be the lease's owner."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Actual usage. Absent: the full reservation is charged."""
+
+    @_builtins.property
+    def provider_retry_after(self) -> _duration_pb2.Duration:
+        """The provider's retry-after hint (e.g. from a 429): the pool admits nothing for this
+        long, for every caller.
+        """
 
     def __init__(
         self,
@@ -287,10 +297,11 @@ class ReleaseRequest(_message.Message):
         usage: Global___Usage | None = ...,
         outcome: Global___Outcome.ValueType = ...,
         tenant: _builtins.str = ...,
+        provider_retry_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider_retry_after", b"provider_retry_after", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "outcome", b"outcome", "tenant", b"tenant", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "outcome", b"outcome", "provider_retry_after", b"provider_retry_after", "tenant", b"tenant", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -781,9 +792,16 @@ class PoolStatus(_message.Message):
     TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
     USD_PER_DAY_FIELD_NUMBER: _builtins.int
     QUEUED_BY_PRIORITY_FIELD_NUMBER: _builtins.int
+    LIMIT_FACTOR_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    PAUSED_FOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     in_flight: _builtins.int
     queued: _builtins.int
+    limit_factor: _builtins.float
+    """The adaptive limits' factor on the concurrency and rates above (1: as configured)."""
+    circuit: _builtins.str
+    """The circuit breaker: "closed", "open" or "half_open" ("closed" without a breaker)."""
     @_builtins.property
     def concurrency(self) -> Global___LimitStatus: ...
     @_builtins.property
@@ -798,6 +816,10 @@ class PoolStatus(_message.Message):
     def queued_by_priority(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Queued waiters per priority class, CRITICAL first."""
 
+    @_builtins.property
+    def paused_for(self) -> _duration_pb2.Duration:
+        """How long the pool stays paused by a provider's retry-after (0: not paused)."""
+
     def __init__(
         self,
         *,
@@ -810,10 +832,13 @@ class PoolStatus(_message.Message):
         tokens_per_day: Global___LimitStatus | None = ...,
         usd_per_day: Global___LimitStatus | None = ...,
         queued_by_priority: _abc.Iterable[_builtins.int] | None = ...,
+        limit_factor: _builtins.float = ...,
+        circuit: _builtins.str = ...,
+        paused_for: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "paused_for", b"paused_for", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "in_flight", b"in_flight", "name", b"name", "queued", b"queued", "queued_by_priority", b"queued_by_priority", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "concurrency", b"concurrency", "in_flight", b"in_flight", "limit_factor", b"limit_factor", "name", b"name", "paused_for", b"paused_for", "queued", b"queued", "queued_by_priority", b"queued_by_priority", "requests_per_minute", b"requests_per_minute", "tokens_per_day", b"tokens_per_day", "tokens_per_minute", b"tokens_per_minute", "usd_per_day", b"usd_per_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,8 +10,8 @@ tokens actually used; the unused part of the reservation is refunded.
 
 Rejections carry google.rpc.Status details (grpc-status-details-bin): an ErrorInfo with
 domain "admitd" and a reason (CONCURRENCY_LIMIT, TOKEN_RATE_LIMIT, REQUEST_RATE_LIMIT,
-TENANT_QUOTA, BUDGET_EXHAUSTED, QUEUE_FULL, QUEUE_TIMEOUT), and a RetryInfo whenever a
-later retry can succeed.
+TENANT_QUOTA, BUDGET_EXHAUSTED, QUEUE_FULL, QUEUE_TIMEOUT, POOL_UNAVAILABLE), and a
+RetryInfo whenever a later retry can succeed.
 """
 
 from admitd.v1 import admission_pb2 as _admission_pb2
