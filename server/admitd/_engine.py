@@ -190,13 +190,41 @@ class Engine:
         """
         if self.draining:
             raise _draining()
-        ticket, wait = self.requests.ticket(spec, deadline=deadline)
-        with self.observed(ticket, "admitd.Acquire") as span:
-            result = await self.submit(ticket, queue=wait > 0, hold=True)
+        candidates, wait = self.requests.tickets(spec, deadline=deadline)
+        with self.observed(candidates[0], "admitd.Acquire") as span:
+            if len(candidates) == 1:
+                ticket = candidates[0]
+                result = await self.submit(ticket, queue=wait > 0, hold=True)
+            else:
+                result, ticket = await self.admit_any(candidates, queue=wait > 0, hold=True)
             lease = result.lease or await self._wait(result, ticket.pool, wait, on_queued)
             span.set_attribute("admitd.lease_id", lease.lease_id)
         self.admitted(ticket, lease)
         return lease
+
+    async def admit_any(
+        self, candidates: list[Ticket], *, queue: bool, hold: bool
+    ) -> tuple[AcquireResult, Ticket]:
+        """Fallback pools: each candidate in order, fail fast; the first that admits now
+        grants. Otherwise, with ``queue``, the call waits on the candidate whose refusal
+        promises the shortest wait; a candidate that refuses at once (open circuit,
+        never fits) is skipped. Raises the most hopeful refusal when none will do.
+        """
+        refusals: list[Rejected] = []
+        hopeful: list[tuple[float, int, Ticket]] = []
+        for i, ticket in enumerate(candidates):
+            try:
+                return await self.submit(ticket, queue=False, hold=hold), ticket
+            except Rejected as refused:
+                refusals.append(refused)
+                if refused.retry_after is not None and refused.metadata.get("cause") != "open":
+                    hopeful.append((refused.retry_after, i, ticket))
+        if queue and hopeful:
+            chosen = min(hopeful)[2]
+            return await self.submit(chosen, queue=True, hold=hold), chosen
+        refusal = min(refusals, key=lambda r: (r.retry_after is None, r.retry_after or 0.0))
+        refusal.metadata["candidates"] = ",".join(ticket.pool for ticket in candidates)
+        raise refusal
 
     @contextmanager
     def observed(self, ticket: Ticket, name: str) -> Iterator[Span]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._backend import CLAIM_TIMEOUT, Ticket, price_nano_usd
 from ._config import PoolConfig, Settings, TenantConfig
@@ -25,6 +25,7 @@ MAX_LABELS = 32
 MAX_LABEL_TEXT = 256
 MAX_PROMPT_CHARS = 2_000_000
 MAX_LEASE_ID = 64
+MAX_CANDIDATES = 8  # the pool and its fallbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class AcquireSpec:
     idempotency_key: str = ""
     prompt: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    fallback_pools: tuple[str, ...] = ()  # tried in order after ``pool``
 
 
 class Requests:
@@ -50,6 +52,34 @@ class Requests:
         self.settings = settings
         self.policy = policy
         self.counter = counter
+
+    def tickets(
+        self, spec: AcquireSpec, *, deadline: float | None, deferred: bool = False
+    ) -> tuple[list[Ticket], float]:
+        """One ticket per candidate pool (the pool, then its fallbacks, in order), each
+        counted with its pool's encoding and priced with its pool's prices, and how long
+        the call may wait. The candidates share one fingerprint, so an idempotent retry
+        finds the lease whichever candidate granted it."""
+        names = (spec.pool, *spec.fallback_pools)
+        if len(names) > MAX_CANDIDATES:
+            raise InvalidArgument("fallback_pools", f"at most {MAX_CANDIDATES - 1} pools")
+        for i, name in enumerate(spec.fallback_pools):
+            if not name:
+                raise InvalidArgument(f"fallback_pools[{i}]", "empty pool name")
+            if name not in self.policy.pools:
+                raise NotFound(f"fallback_pools[{i}]", f"unknown pool {name[:MAX_NAME]!r}")
+            if name in names[: i + 1]:
+                raise InvalidArgument(f"fallback_pools[{i}]", f"{name!r} is named twice")
+        built = [
+            self.ticket(replace(spec, pool=name), deadline=deadline, deferred=deferred)
+            for name in names
+        ]
+        tickets, wait = [ticket for ticket, _ in built], built[0][1]
+        if len(tickets) > 1:
+            t = tickets[0]
+            shared = _fingerprint(",".join(names), t.input_tokens, t.max_output_tokens, t.priority)
+            tickets = [replace(ticket, fingerprint=shared) for ticket in tickets]
+        return tickets, wait
 
     def ticket(
         self, spec: AcquireSpec, *, deadline: float | None, deferred: bool = False
@@ -110,7 +140,7 @@ class Requests:
             claim_timeout=queue.ticket_claim_timeout if deferred else CLAIM_TIMEOUT,
             deferred=deferred,
             idempotency_key=spec.idempotency_key,
-            fingerprint=f"{pool.name}|{input_tokens}|{spec.max_output_tokens}|{priority}",
+            fingerprint=_fingerprint(pool.name, input_tokens, spec.max_output_tokens, priority),
             max_queued_tenant=tenant.max_queued or queue.max_per_tenant,
             max_queued_total=queue.max_length,
         )
@@ -138,6 +168,11 @@ class Requests:
     def owner(self, name: str | None) -> str | None:
         """The tenant a Release/Renew acts as: resolved like Acquire's; None = not checked."""
         return self.tenant(name).name if name else None
+
+
+def _fingerprint(pools: str, input_tokens: int, max_output_tokens: int, priority: int) -> str:
+    """What an idempotent retry must repeat: the pool(s) asked for and the call's size."""
+    return f"{pools}|{input_tokens}|{max_output_tokens}|{priority}"
 
 
 def check_tokens(name: str, value: int) -> None:

@@ -248,6 +248,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             idempotency_key=request.idempotency_key,
             prompt=request.prompt,
             labels=dict(request.labels),
+            fallback_pools=tuple(request.fallback_pools),
         )
 
     @_translated

@@ -43,9 +43,13 @@ class Tickets:
         engine = self.engine
         if engine.draining:
             raise Unavailable("server is draining; retry on another replica")
-        ticket, _ = engine.requests.ticket(spec, deadline=None, deferred=True)
-        with engine.observed(ticket, "admitd.Enqueue"):
-            result = await engine.submit(ticket, queue=True, hold=False)
+        candidates, _ = engine.requests.tickets(spec, deadline=None, deferred=True)
+        with engine.observed(candidates[0], "admitd.Enqueue"):
+            if len(candidates) == 1:
+                ticket = candidates[0]
+                result = await engine.submit(ticket, queue=True, hold=False)
+            else:
+                result, ticket = await engine.admit_any(candidates, queue=True, hold=False)
         if result.lease is not None:
             engine.admitted(ticket, result.lease)
             return TicketView(result.lease.lease_id, lease=result.lease)

@@ -138,6 +138,7 @@ class AcquireRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    FALLBACK_POOLS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Tenant the call is made for. May be empty when the server has a default tenant."""
     pool: _builtins.str
@@ -165,6 +166,14 @@ class AcquireRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, kept with the lease for logs and traces."""
 
+    @_builtins.property
+    def fallback_pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Pools to fall back on, in order, e.g. azure/gpt-4o after openai/gpt-4o. Each candidate
+        is tried at once (one whose circuit is open, or which cannot fit now, is skipped); if
+        none admits now, the call waits on the one promising the shortest wait. Lease.pool
+        says which pool granted.
+        """
+
     def __init__(
         self,
         *,
@@ -177,10 +186,11 @@ class AcquireRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         prompt: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fallback_pools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "input_tokens", b"input_tokens", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "pool", b"pool", "priority", b"priority", "prompt", b"prompt", "tenant", b"tenant", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback_pools", b"fallback_pools", "idempotency_key", b"idempotency_key", "input_tokens", b"input_tokens", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "pool", b"pool", "priority", b"priority", "prompt", b"prompt", "tenant", b"tenant", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
