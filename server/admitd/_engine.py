@@ -190,7 +190,7 @@ class Engine:
         """
         if self.draining:
             raise _draining()
-        candidates, wait = self.requests.tickets(spec, deadline=deadline)
+        candidates, wait = await self.requests.tickets(spec, deadline=deadline)
         with self.observed(candidates[0], "admitd.Acquire") as span:
             if len(candidates) == 1:
                 ticket = candidates[0]

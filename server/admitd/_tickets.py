@@ -43,7 +43,7 @@ class Tickets:
         engine = self.engine
         if engine.draining:
             raise Unavailable("server is draining; retry on another replica")
-        candidates, _ = engine.requests.tickets(spec, deadline=None, deferred=True)
+        candidates, _ = await engine.requests.tickets(spec, deadline=None, deferred=True)
         with engine.observed(candidates[0], "admitd.Enqueue"):
             if len(candidates) == 1:
                 ticket = candidates[0]
