@@ -1,0 +1,116 @@
+"""Sanity checks on a scenario's results: properties that must hold on any machine, however
+slow or noisy (no timings). Each returns the problems found (empty: all good)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _in_unit(value: Any) -> bool:
+    return _positive(value) and value <= 1 + 1e-9
+
+
+def overhead(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for row in r["rows"]:
+        label = f"{row['server']} c={row['concurrency']}"
+        if not _positive(row["rpc_per_s"]) or not _positive(row["ratio_to_echo"]):
+            problems.append(f"{label}: throughput or ratio to echo not a positive number")
+        if row["errors"]:
+            problems.append(f"{label}: {row['errors']} RPC errors")
+    return problems
+
+
+def fairness(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for run in r["runs"]:
+        label = f"{run['case']} x{run['replicas']}"
+        tenants = run["per_tenant"]
+        starved = [t for t, v in tenants.items() if v["requests"] <= 0]
+        if starved:
+            problems.append(f"{label}: no service for {starved}")
+        for key in ("jain_median", "jain_min", "jain_reservation_median"):
+            if not _in_unit(run[key]):
+                problems.append(f"{label}: {key} {run[key]} not in (0, 1]")
+        if not (isinstance(run["max_service_diff"], float) and run["max_service_diff"] >= 0):
+            problems.append(f"{label}: max service difference {run['max_service_diff']}")
+        if run["provider_429"]:
+            problems.append(f"{label}: {run['provider_429']} provider 429s through admitd")
+        if run["overshoot_tokens"] != 0:
+            problems.append(f"{label}: admitted {run['overshoot_tokens']} tokens over the limit")
+        if run["errors"]:
+            problems.append(f"{label}: {run['errors']} RPC errors")
+        weights = {t: v["weight"] for t, v in tenants.items()}
+        heaviest, lightest = max(weights, key=weights.get), min(weights, key=weights.get)
+        if weights[heaviest] > weights[lightest] and not (
+            tenants[heaviest]["service"] > tenants[lightest]["service"]
+        ):
+            problems.append(
+                f"{label}: {heaviest} (weight {weights[heaviest]}) got no more "
+                f"service than {lightest} (weight {weights[lightest]})"
+            )
+    return problems
+
+
+def limits(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for row in r["rows"]:
+        label = f"{row['client']} c={row['concurrency']}"
+        if row["requests_ok"] <= 0:
+            problems.append(f"{label}: no call served")
+        if row["replicas"]:
+            if row["overshoot_tokens"] != 0:
+                problems.append(
+                    f"{label}: admitted {row['overshoot_tokens']} tokens over the limit"
+                )
+            if row["provider_429"]:
+                problems.append(f"{label}: {row['provider_429']} provider 429s through admitd")
+            if row["max_in_flight"] > r["provider"]["concurrency"]:
+                problems.append(f"{label}: {row['max_in_flight']} calls in flight")
+        elif row["concurrency"] > r["provider"]["concurrency"] and not row["provider_429"]:
+            # Otherwise the provider's limits were never in the way: the comparison is moot.
+            problems.append(f"{label}: naive callers never got a 429 from the provider")
+    return problems
+
+
+def scale(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for row in r["rows"]:
+        label = f"{row['what']}={row['n']} {row['backend']}"
+        if not _positive(row["acquire_p50_ms"]) or not _positive(row["p50_ratio_to_small"]):
+            problems.append(f"{label}: no Acquire latency")
+        if row["errors"]:
+            problems.append(f"{label}: {row['errors']} RPC errors")
+        if row["what"] == "waiters":
+            if row["queued"] < row["n"]:
+                problems.append(f"{label}: only {row['queued']} waiters queued")
+            if not _positive(row["reject_p50_ms"]):
+                problems.append(f"{label}: no fail-fast Acquire timed on the long queue")
+    return problems
+
+
+def profile(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for kind, v in r.items():
+        if kind == "meta":
+            continue
+        if not v["pairs"] or not v["pairs_profiled"]:
+            problems.append(f"{kind}: nothing served")
+        if not any(c.startswith("admitd ") for c in v["categories"]):
+            problems.append(f"{kind}: the profile shows no admitd code")
+    return problems
+
+
+CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "overhead": overhead,
+    "fairness": fairness,
+    "limits": limits,
+    "scale": scale,
+    "profile": profile,
+}

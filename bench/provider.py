@@ -1,0 +1,213 @@
+"""A simulated LLM provider: a real HTTP/1.1 server process (stdlib asyncio, keep-alive).
+
+``python -m bench.provider`` prints ``provider listening on 127.0.0.1 (port N)``.
+
+- ``POST /v1/complete`` ``{"tenant", "input_tokens", "max_output_tokens", "output_tokens"}``:
+  like real providers it charges ``input + max_output`` to a token bucket (capacity one
+  minute of tokens, refilled continuously) when the call starts and refunds the unused output
+  when it ends; a call that does not fit the bucket, or exceeds the concurrency limit, gets
+  ``429`` at once. Latency is ``base_ms + per_token_ms * output_tokens``.
+- ``POST /reset`` ``{"tpm", "concurrency", "base_ms", "per_token_ms", "drain"}``: new limits,
+  counters zeroed; ``drain`` empties the bucket (so a short run is not one initial burst).
+- ``GET /stats``: counters since the reset (the ground truth for overshoot and goodput).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any
+
+
+class Provider:
+    def __init__(self) -> None:
+        self.reset({})
+
+    def reset(self, conf: dict[str, Any]) -> None:
+        self.tpm = float(conf.get("tpm", 600_000))
+        self.concurrency = int(conf.get("concurrency", 16))
+        self.base_ms = float(conf.get("base_ms", 5.0))
+        self.per_token_ms = float(conf.get("per_token_ms", 0.05))
+        self.rate = self.tpm / 60.0
+        self.level = 0.0 if conf.get("drain") else self.tpm
+        self.at = time.monotonic()
+        self.started = self.at
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.ok = 0
+        self.rejected_tpm = 0
+        self.rejected_concurrency = 0
+        self.accepted_tokens = 0.0  # net of refunds: what the provider really served
+        self.min_level = self.level
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.tpm, self.level + (now - self.at) * self.rate)
+        self.at = now
+
+    async def complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        input_tokens = int(body.get("input_tokens", 0))
+        max_output = int(body.get("max_output_tokens", 0))
+        output = min(int(body.get("output_tokens", max_output)), max_output)
+        cost = input_tokens + max_output
+        self._refill()
+        if self.in_flight >= self.concurrency:
+            self.rejected_concurrency += 1
+            return 429, {"reason": "concurrency", "retry_after": 0.05}
+        if cost > self.level:
+            self.rejected_tpm += 1
+            wait = (cost - self.level) / self.rate
+            return 429, {"reason": "tokens", "retry_after": round(wait, 3)}
+        self.level -= cost
+        self.min_level = min(self.min_level, self.level)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep((self.base_ms + self.per_token_ms * output) / 1000)
+        finally:
+            self.in_flight -= 1
+            self._refill()
+            self.level = min(self.tpm, self.level + (max_output - output))
+        self.ok += 1
+        self.accepted_tokens += input_tokens + output
+        return 200, {"input_tokens": input_tokens, "output_tokens": output}
+
+    def stats(self) -> dict[str, Any]:
+        self._refill()
+        return {
+            "elapsed": time.monotonic() - self.started,
+            "tpm": self.tpm,
+            "concurrency": self.concurrency,
+            "ok": self.ok,
+            "rejected_tpm": self.rejected_tpm,
+            "rejected_concurrency": self.rejected_concurrency,
+            "accepted_tokens": self.accepted_tokens,
+            "min_level": self.min_level,
+            "max_in_flight": self.max_in_flight,
+        }
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    method, path, _ = line.decode("latin-1").split(" ", 2)
+    length = 0
+    while True:
+        header = await reader.readline()
+        if header in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    body = await reader.readexactly(length) if length else b""
+    return method, path, body
+
+
+def response(status: int, doc: dict[str, Any]) -> bytes:
+    body = json.dumps(doc).encode()
+    reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error")
+    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def main() -> None:
+    provider = Provider()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await read_request(reader)
+                if request is None:
+                    break
+                method, path, body = request
+                doc = json.loads(body) if body else {}
+                if method == "POST" and path == "/v1/complete":
+                    status, out = await provider.complete(doc)
+                elif method == "POST" and path == "/reset":
+                    provider.reset(doc)
+                    status, out = 200, provider.stats()
+                elif path == "/stats":
+                    status, out = 200, provider.stats()
+                else:
+                    status, out = 404, {"error": path}
+                writer.write(response(status, out))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"provider listening on 127.0.0.1 (port {port})", flush=True)
+    async with server:
+        await stop.wait()
+
+
+class Client:
+    """A keep-alive HTTP/1.1 connection to the provider (one per worker)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def call(self, method: str, path: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self._reader is not None
+        body = json.dumps(doc).encode()
+        head = f"{method} {path} HTTP/1.1\r\nHost: provider\r\nContent-Length: {len(body)}\r\n\r\n"
+        self._writer.write(head.encode() + body)
+        await self._writer.drain()
+        status_line = await self._reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            header = await self._reader.readline()
+            if header in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = header.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        payload = await self._reader.readexactly(length)
+        return status, json.loads(payload)
+
+    async def complete(
+        self, tenant: str, input_tokens: int, max_output: int, output: int
+    ) -> tuple[int, dict[str, Any]]:
+        """One simulated LLM call; the provider reports ``output`` tokens as produced."""
+        body = {
+            "tenant": tenant,
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output,
+            "output_tokens": output,
+        }
+        return await self.call("POST", "/v1/complete", body)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+async def control(port: int, path: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One control call (``/reset``, ``/stats``) from the harness."""
+    client = Client(port)
+    try:
+        _, out = await client.call("POST" if doc is not None else "GET", path, doc or {})
+        return out
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,60 @@
+"""What every scenario shares: the run context, backends, replicas, the unlimited pool."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+
+_PREFIX = itertools.count()
+
+# A pool no benchmark can fill: overhead and scale measure the decision, not a limit.
+UNLIMITED_POOL: dict[str, Any] = {
+    "name": "default",
+    "max_concurrency": 1_000_000,
+    "tokens_per_minute": 10**12,
+    "requests_per_minute": 10**9,
+}
+
+
+@dataclass
+class Ctx:
+    """One bench run: sizes (``smoke``), where files go, and the shared redis-server."""
+
+    smoke: bool
+    workdir: Path
+    out: Path
+    log: Callable[[str], None] = print
+    _redis: procs.Redis | None = field(default=None, repr=False)
+
+    def redis(self) -> procs.Redis:
+        if self._redis is None:
+            self._redis = procs.Redis(self.workdir)
+        return self._redis
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.stop()
+
+
+def backend(ctx: Ctx, kind: str) -> dict[str, Any]:
+    """A ``backend:`` section with a clean store (a fresh key prefix on the shared Redis)."""
+    if kind == "memory":
+        return {"kind": "memory"}
+    return {"kind": "redis", "url": ctx.redis().url, "key_prefix": f"bench{next(_PREFIX)}"}
+
+
+def replicas(ctx: Ctx, config: dict[str, Any], count: int, name: str) -> list[procs.Proc]:
+    """``count`` admitd processes sharing ``config``, started side by side."""
+    started = [procs.admitd(config, ctx.workdir, f"{name}-r{i}", wait=False) for i in range(count)]
+    procs.ready(*started)
+    return started
+
+
+def stop_all(servers: list[procs.Proc]) -> None:
+    for server in servers:
+        server.stop()

@@ -1,0 +1,112 @@
+"""Where the time goes per Acquire+Release: one admitd replica per backend at concurrency
+16, first measured plainly (CPU per pair, per thread, from /proc), then profiled with
+pyinstrument (steady state only, see :mod:`bench.profiled`)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import procs, profiling
+from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
+
+CONCURRENCY = 16
+
+
+def profile(ctx: Ctx) -> dict[str, Any]:
+    duration, warmup = (0.7, 1.0) if ctx.smoke else (8.0, 1.5)
+    out: dict[str, Any] = {}
+    kinds = ("memory", "redis")
+    sessions = {kind: ctx.workdir / f"profile_{kind}.pyisession" for kind in kinds}
+    servers = {
+        kind: procs.admitd(
+            {
+                "backend": backend(ctx, kind),
+                "pools": [UNLIMITED_POOL],
+                "tenants": [{"name": "default"}],
+            },
+            ctx.workdir,
+            f"profile-{kind}",
+            profile=sessions[kind],
+            wait=False,
+        )
+        for kind in kinds
+    }
+    try:
+        procs.ready(*servers.values())
+        for kind in kinds:
+            out[kind] = _one(ctx, servers[kind], kind, duration, warmup, sessions[kind])
+    finally:
+        stop_all(list(servers.values()))
+    return out
+
+
+def _one(
+    ctx: Ctx, server: procs.Proc, kind: str, duration: float, warmup: float, session_path: Path
+) -> dict[str, Any]:
+    plain = _plain(ctx, server, kind, duration)
+    profiled = _profiled(ctx, server, kind, duration, warmup, session_path)
+    session = profiling.Session.load(session_path)
+    text_path = ctx.out / f"profile_{kind}.txt"
+    text_path.write_text(profiling.render_text(session))
+    ctx.log(
+        f"  profile {kind}: {plain['server_cpu_us_per_pair']:.0f} us server CPU per pair "
+        f"(main thread {plain['thread_share'].get('main', 0):.0%})"
+    )
+    return {
+        **plain,
+        "pairs_profiled": profiled["pairs"],
+        "rpc_per_s_profiled": profiled["rpc_per_s"],
+        "profile_text": text_path.name,
+        **profiling.breakdown(session),
+    }
+
+
+def _spec(server: procs.Proc, duration: float, warmup: float) -> dict[str, Any]:
+    return {
+        "mode": "pairs",
+        "targets": [server.target],
+        "concurrency": CONCURRENCY,
+        "duration": duration,
+        "warmup": warmup,
+        "cpu_pids": {"server": server.pid},
+    }
+
+
+def _plain(ctx: Ctx, server: procs.Proc, kind: str, duration: float) -> dict[str, Any]:
+    """CPU per pair of the server (and of redis-server), and how it splits over threads."""
+    spec = _spec(server, duration, 0.5)
+    if kind == "redis":
+        spec["cpu_pids"]["redis"] = ctx.redis().pid
+    before = procs.thread_cpu(server.pid)
+    result = procs.run_load(spec, ctx.workdir, f"profile-plain-{kind}")
+    after = procs.thread_cpu(server.pid)
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    total = sum(used.values()) or 1.0
+    return {
+        "pairs": result["pairs"],
+        "rpc_per_s": result["rpc_per_s"],
+        "server_cpu_us_per_pair": result["cpu_us_per_pair"].get("server"),
+        "redis_cpu_us_per_pair": result["cpu_us_per_pair"].get("redis"),
+        "thread_share": {name: t / total for name, t in sorted(used.items()) if t > 0},
+    }
+
+
+def _profiled(
+    ctx: Ctx, server: procs.Proc, kind: str, duration: float, warmup: float, session_path: Path
+) -> dict[str, Any]:
+    """A second load run, with the profiler on from the end of its warm-up (which covers
+    the load process's start-up) until the load has ended."""
+    load = procs.start_load(_spec(server, duration, warmup), ctx.workdir, f"profile-{kind}")
+    time.sleep(warmup)
+    server.process.send_signal(signal.SIGUSR1)
+    try:
+        result = procs.finish_load(load, duration + warmup + 60)
+    finally:
+        server.process.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 60
+    while not session_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result

@@ -1,0 +1,216 @@
+"""Scale: Acquire latency (concurrency 1) with few vs many tenants configured, and with few
+vs many waiters parked in a queue. The small and the large server of each comparison run
+side by side and are measured alternately, so the ratio between them is taken under the
+same noise."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from admitd_client._proto import admission_pb2 as pb
+from admitd_client._proto import admission_pb2_grpc as pb_grpc
+from bench import metrics, procs
+from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
+
+KINDS = ("memory", "redis")
+
+
+def scale(ctx: Ctx) -> dict[str, Any]:
+    reps, duration = (1, 0.5) if ctx.smoke else (3, 2.0)
+    tenant_counts = (10, 200) if ctx.smoke else (10, 10_000)
+    waiter_counts = (10, 300) if ctx.smoke else (10, 100_000)
+    rows = []
+    for kind in ("memory",) if ctx.smoke else KINDS:
+        rows += _tenants(ctx, kind, tenant_counts, reps, duration)
+    for kind in ("redis",) if ctx.smoke else KINDS:
+        rows += _waiters(ctx, kind, waiter_counts, reps, duration)
+    return {"reps": reps, "duration_s": duration, "rows": rows}
+
+
+def _measure(
+    ctx: Ctx,
+    servers: dict[int, procs.Proc],
+    specs: dict[int, dict[str, Any]],
+    reps: int,
+    label: str,
+) -> dict[int, list[dict[str, Any]]]:
+    """Alternate ``reps`` pairs runs (``specs[size]``) over ``servers`` (keyed by size)."""
+    out: dict[int, list[dict[str, Any]]] = {n: [] for n in servers}
+    sizes = list(servers)
+    for rep in range(reps):
+        for n in sizes if rep % 2 == 0 else sizes[::-1]:
+            pids = {"server": servers[n].pid}
+            if "redis" in label:
+                pids["redis"] = ctx.redis().pid
+            run = {**specs[n], "targets": [servers[n].target], "cpu_pids": pids, "seed": rep}
+            result = procs.run_load(run, ctx.workdir, f"scale-{label}-{n}-{rep}")
+            out[n].append(result)
+            ctx.log(
+                f"  scale {label}={n}: acquire p50 {_f(result['acquire_p50_ms'])} ms, "
+                f"rejected p50 {_f(result['reject_p50_ms'])} ms"
+            )
+    return out
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _rows(
+    what: str, kind: str, results: dict[int, list[dict[str, Any]]], extra: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    small = min(results)
+    rows = []
+    for n, runs in results.items():
+        ratios = [
+            r["acquire_p50_ms"] / s["acquire_p50_ms"]
+            for r, s in zip(runs, results[small], strict=True)
+        ]
+        rows.append(
+            {
+                "what": what,
+                "n": n,
+                "backend": kind,
+                "acquire_p50_ms": metrics.median(r["acquire_p50_ms"] for r in runs),
+                "acquire_p99_ms": metrics.median(r["acquire_p99_ms"] for r in runs),
+                "p50_ratio_to_small": metrics.median(ratios),
+                "pairs_per_s": metrics.median(r["pairs_per_s"] for r in runs),
+                "reject_p50_ms": metrics.median(r["reject_p50_ms"] for r in runs),
+                "reject_p99_ms": metrics.median(r["reject_p99_ms"] for r in runs),
+                "server_cpu_us_per_pair": metrics.median(
+                    r["cpu_us_per_pair"].get("server") for r in runs
+                ),
+                "errors": sum(sum(r["errors"].values()) for r in runs),
+                **extra.get(n, {}),
+            }
+        )
+    return rows
+
+
+def _tenants(
+    ctx: Ctx, kind: str, counts: tuple[int, int], reps: int, duration: float
+) -> list[dict[str, Any]]:
+    names = {n: [f"tenant{i}" for i in range(n)] for n in counts}
+    servers = {
+        n: procs.admitd(
+            {
+                "backend": backend(ctx, kind),
+                "pools": [UNLIMITED_POOL],
+                "tenants": [{"name": t, "max_concurrency": 100} for t in names[n]],
+            },
+            ctx.workdir,
+            f"scale-t{n}-{kind}",
+            wait=False,
+        )
+        for n in counts
+    }
+    try:
+        procs.ready(*servers.values())
+        specs = {
+            n: {
+                "mode": "pairs",
+                "concurrency": 1,
+                "duration": duration,
+                "warmup": 0.3,
+                "tenants": names[n],
+            }
+            for n in counts
+        }
+        results = _measure(ctx, servers, specs, reps, f"tenants-{kind}")
+    finally:
+        stop_all(list(servers.values()))
+    return _rows("tenants", kind, results, {})
+
+
+def _waiters(
+    ctx: Ctx, kind: str, counts: tuple[int, int], reps: int, duration: float
+) -> list[dict[str, Any]]:
+    """Park n waiters on pool ``blocked`` (its one slot held), then time Acquire+Release on
+    pool ``free`` and a fail-fast Acquire on ``blocked``, which joins the long queue's fair
+    order and is turned away."""
+    tenants = [f"tenant{i}" for i in range(10)]
+    setup_timeout = 30.0 if ctx.smoke else 300.0
+    servers: dict[int, procs.Proc] = {}
+    holders: list[Any] = []
+    extra: dict[int, dict[str, Any]] = {}
+    try:
+        for n in counts:
+            config = {
+                "backend": backend(ctx, kind),
+                "lease": {"ttl": 3600},
+                "queue": {"max_length": n + 1000, "max_per_tenant": n + 1000, "max_wait": 3600},
+                "pools": [
+                    UNLIMITED_POOL | {"name": "free"},
+                    {"name": "blocked", "max_concurrency": 1},
+                ],
+                "tenants": [{"name": t} for t in tenants],
+            }
+            servers[n] = procs.admitd(config, ctx.workdir, f"scale-w{n}-{kind}", wait=False)
+        procs.ready(*servers.values())
+        hold_for = setup_timeout + 2 * reps * (duration + 5) + 60
+        for n, server in servers.items():
+            _block(server.target)
+            spec = {
+                "mode": "hold",
+                "targets": [server.target],
+                "count": n,
+                "pool": "blocked",
+                "tenants": tenants,
+                "duration": hold_for,
+            }
+            holders.append(procs.start_load(spec, ctx.workdir, f"scale-hold-{n}-{kind}"))
+        for n, server in servers.items():
+            extra[n] = _wait_queued(server, n, setup_timeout)
+        spec = {
+            "mode": "pairs",
+            "concurrency": 1,
+            "duration": duration,
+            "warmup": 0.3,
+            "pool": "free",
+            "reject_pool": "blocked",
+            "tenants": tenants,
+        }
+        results = _measure(ctx, servers, dict.fromkeys(counts, spec), reps, f"waiters-{kind}")
+        for n, server in servers.items():
+            extra[n]["server_rss_mb"] = _rss_mb(server.pid)
+    finally:
+        stop_all(list(servers.values()))
+        for holder in holders:
+            with contextlib.suppress(RuntimeError):
+                procs.finish_load(holder, 120)
+    return _rows("waiters", kind, results, extra)
+
+
+def _block(target: str) -> None:
+    """Take pool ``blocked``'s only slot (held for the lease TTL)."""
+    with grpc.insecure_channel(target) as channel:
+        request = pb.AcquireRequest(tenant="tenant0", pool="blocked", input_tokens=1)
+        pb_grpc.AdmissionStub(channel).Acquire(request, timeout=10)
+
+
+def _wait_queued(server: procs.Proc, n: int, timeout: float) -> dict[str, Any]:
+    started, queued = time.monotonic(), 0
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.AdmissionStub(channel)
+        while time.monotonic() - started < timeout:
+            status = stub.GetStatus(pb.GetStatusRequest(), timeout=60)
+            queued = next(p.queued for p in status.pools if p.name == "blocked")
+            if queued >= n:
+                break
+            time.sleep(0.5)
+    return {"queued": queued, "setup_s": time.monotonic() - started}
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
