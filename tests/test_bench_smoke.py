@@ -1,0 +1,73 @@
+"""The benchmark harness's smoke mode (``python -m bench.run --smoke``), so it cannot rot.
+
+It runs every scenario at tiny sizes, in its own processes, exactly as a person would.
+Nothing here is timed: the assertions are properties that hold on any machine, however
+slow or busy (the limits are never overshot, admitd never lets the provider answer 429,
+fairness indices are indices, ratios are numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TIME_BOX = 900  # seconds; the smoke run takes about a minute on 2 idle cores
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIME_BOX,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(results) == {"overhead", "fairness", "limits", "scale", "profile"}
+
+    for row in results["overhead"]["rows"]:
+        assert _positive(row["rpc_per_s"]), row
+        assert _positive(row["ratio_to_echo"]), row
+        assert row["errors"] == 0, row
+
+    for run in results["fairness"]["runs"]:
+        assert 0 < run["jain_min"] <= run["jain_median"] <= 1 + 1e-9, run["case"]
+        assert run["max_service_diff"] >= 0
+        assert run["provider_429"] == 0, run["case"]
+        assert run["overshoot_tokens"] == 0, run["case"]
+        assert all(t["requests"] > 0 for t in run["per_tenant"].values()), run["per_tenant"]
+        if run["case"] == "weights_1_2_4":
+            tenants = run["per_tenant"]
+            assert tenants["w4"]["service"] > tenants["w1"]["service"], tenants
+
+    limits = results["limits"]
+    for row in limits["rows"]:
+        assert row["requests_ok"] > 0, row
+        if row["replicas"]:  # through admitd, with honest clients
+            assert row["overshoot_tokens"] == 0, row
+            assert row["provider_429"] == 0, row
+            assert row["max_in_flight"] <= limits["provider"]["concurrency"], row
+    naive = [r for r in limits["rows"] if not r["replicas"]]
+    # The provider's limits really were in the way of callers without admitd.
+    assert any(r["provider_429"] > 0 for r in naive), naive
+
+    for row in results["scale"]["rows"]:
+        assert _positive(row["acquire_p50_ms"]), row
+        assert row["errors"] == 0, row
+        if row["what"] == "waiters":
+            assert row["queued"] >= row["n"], row
+
+    for kind in ("memory", "redis"):
+        profile = results["profile"][kind]
+        assert profile["pairs_profiled"] > 0
+        assert any(part.startswith("admitd ") for part in profile["categories"])
