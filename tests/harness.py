@@ -136,6 +136,14 @@ class Harness:
             await asyncio.sleep(0.005)
         raise AssertionError(f"no RPC ever waited for {lease_id}")
 
+    async def until_following(self, leader: str, count: int = 1) -> None:
+        """Let ``count`` dedup followers of ``leader`` reach this server."""
+        for _ in range(200):
+            if len(self.engine._followers.get(leader, ())) >= count:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never saw {count} followers of {leader}")
+
     async def close(self) -> None:
         for call in self._calls:
             call.cancel()

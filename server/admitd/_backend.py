@@ -11,6 +11,13 @@ holding that waiter's RPC claims it (with several replicas that may be another p
 Cancelling a waiter whose grant is still unclaimed gives the grant back, and a grant nobody
 claims within ``Ticket.claim_timeout`` (its replica died) is given back by :meth:`expire`.
 
+A ticket with a ``dedup_key`` while a call with the same key is in flight for its tenant
+(queued or leased: the *leader*) reserves nothing: the result says whom it ``follows``. When
+the leader's call ends the backend records a :class:`DedupEnd` (its shared result, if it
+released one with outcome OK), reports it in ``Progress.finished`` and keeps it a minute for
+followers that look later (:meth:`Backend.dedup_end`); with Redis, followers on other
+replicas hear of it through ``subscribe``.
+
 A *deferred* ticket (``Enqueue``) waits in the same queue with no RPC attached: its grant stays
 unclaimed until a ``GetTicket``/``WaitTicket`` claims it, and when it leaves the queue unserved
 (its wait ran out, it can never fit today, its grant went unclaimed, it was cancelled) the
@@ -93,6 +100,7 @@ class Ticket:
     wait: float = 0.0  # how long the caller waits in the queue; a waiter past it is dropped
     claim_timeout: float = CLAIM_TIMEOUT
     deferred: bool = False  # Enqueue: no RPC waits for it; a look claims its grant
+    dedup_key: str = ""  # identical calls in flight (same tenant) join one leader
     idempotency_key: str = ""
     fingerprint: str = ""  # what an idempotent retry must repeat
     max_queued_tenant: int = 0
@@ -125,6 +133,8 @@ class LeaseRecord:
     queued_for: float  # seconds spent queued before the grant
     held_for: float = 0.0  # seconds since the grant (set on release/expiry)
     shadowed: str = ""  # key of a shadow-mode limit the call did not fit ("" if none)
+    dedup_leader: str = ""  # the leader's lease id: its own (a leader), or another's
+    shared_result: bytes | None = None  # a follower's: what its leader released with
 
     @property
     def reserved_tokens(self) -> int:
@@ -281,12 +291,26 @@ class GrantRate:
 class Progress:
     """What a dispatch pass did: grants to hand out, waiters that can never fit, the limit
     blocking the head of each pool's queue, and the tenant limits that made it pass waiters
-    over (both for refill wake-ups and estimates)."""
+    over (both for refill wake-ups and estimates); and dedup leaders whose call ended."""
 
     grants: list[LeaseRecord] = field(default_factory=list)
     rejections: list[tuple[str, Denial]] = field(default_factory=list)
     blocked: dict[str, Denial] = field(default_factory=dict)
     passed_over: list[Denial] = field(default_factory=list)
+    finished: list[DedupEnd] = field(default_factory=list)
+
+
+# Seconds a finished dedup leader's end is kept for followers that look late.
+DEDUP_KEEP = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DedupEnd:
+    """A dedup leader's call ended: with its shared result, or without one (failed,
+    cancelled, expired, or released without a result: its followers must retry)."""
+
+    leader: str  # the leader's lease id
+    result: bytes | None
 
 
 @dataclass(slots=True)
@@ -298,6 +322,7 @@ class AcquireResult:
     denial: Denial | QueueFull | None = None
     replayed: bool = False  # an idempotent retry of an earlier Acquire
     waiting_on: str = ""  # lease id of the waiter to wait for (an earlier one when replayed)
+    follows: str = ""  # a dedup follower: the leader's lease id; nothing was reserved
     progress: Progress = field(default_factory=Progress)
 
 
@@ -390,9 +415,11 @@ class Backend(Protocol):
         tenant: str | None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
+        result: bytes | None = None,
     ) -> ReleaseResult:
         """Settle (input, output) usage, or the full reservation when None; idempotent.
-        ``outcome`` and a provider's ``retry_after`` move the pool's gate."""
+        ``outcome`` and a provider's ``retry_after`` move the pool's gate; a dedup leader's
+        ``result`` (with outcome OK) goes to its followers."""
         ...
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
@@ -426,10 +453,19 @@ class Backend(Protocol):
         listed no longer applies."""
         ...
 
+    async def dedup_end(self, leader: str) -> DedupEnd | None:
+        """How a dedup leader's call ended, if it did in the last minute."""
+        ...
+
     def subscribe(
-        self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
+        self,
+        waiting: Callable[[], Collection[str]],
+        deliver: Callable[[LeaseRecord], None],
+        finish: Callable[[DedupEnd], None],
     ) -> None:
-        """Deliver grants made elsewhere (other replicas) for the waiters this process holds."""
+        """Deliver grants made elsewhere (other replicas) for the waiters this process holds,
+        and the ends of dedup leaders its followers wait for (``waiting`` lists those as
+        ``end:<leader>``)."""
         ...
 
     async def ping(self) -> None:

@@ -218,6 +218,8 @@ class LeaseConfig(_Model):
     """Largest ``extend_by`` a Renew may ask for."""
     reap_interval: Seconds = Field(1.0, gt=0)
     """How often expired leases are looked for."""
+    max_shared_result: int = Field(65_536, ge=0, le=4 * 1024 * 1024)
+    """Largest result (bytes) a dedup leader may share with its followers at Release."""
 
 
 class QueueConfig(_Model):

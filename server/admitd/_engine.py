@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from opentelemetry.trace import Span
 
@@ -23,6 +23,7 @@ from ._backend import (
     CLAIM_TIMEOUT,
     AcquireResult,
     Backend,
+    DedupEnd,
     Denial,
     FingerprintMismatch,
     Kind,
@@ -41,8 +42,16 @@ from ._backend import (
 )
 from ._clock import Clock, ManualClock, TimerHandle
 from ._config import Settings
-from ._errors import InvalidArgument, NotFound, PermissionDenied, Rejected, Unavailable
-from ._policy import Policy, QueueEstimate, wait_estimate
+from ._errors import (
+    Aborted,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    Rejected,
+    Unavailable,
+)
+from ._policy import MIN_RETRY, Policy, QueueEstimate, wait_estimate
 from ._requests import AcquireSpec, Requests, check_lease_id, check_tokens
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
@@ -85,6 +94,7 @@ class Engine:
         self.backend = backend
         self.clock = clock
         self._waiters: dict[str, _Waiter] = {}
+        self._followers: dict[str, set[asyncio.Future[DedupEnd]]] = {}  # dedup leader -> them
         self._stats: dict[str, _PoolStats] = {p.name: _PoolStats() for p in settings.pools}
         self._wake: tuple[float, TimerHandle] | None = None
         self._reaper: tuple[float, TimerHandle] | None = None
@@ -102,7 +112,7 @@ class Engine:
         with contextlib.suppress(Unavailable):  # the health check reports a dead store
             await self.publish_limits()
         self._schedule_reaper()
-        self.backend.subscribe(lambda: self._waiters.keys(), self._grant)
+        self.backend.subscribe(self._awaited, self._grant, self._finish)
 
     async def publish_limits(self) -> None:
         """Tell the store every limit as configured now: checks read capacities and rates
@@ -197,9 +207,13 @@ class Engine:
                 result = await self.submit(ticket, queue=wait > 0, hold=True)
             else:
                 result, ticket = await self.admit_any(candidates, queue=wait > 0, hold=True)
+            if result.follows:
+                return await self._follow(ticket, result.follows, wait)
             lease = result.lease or await self._wait(result, ticket.pool, wait, on_queued)
             span.set_attribute("admitd.lease_id", lease.lease_id)
         self.admitted(ticket, lease)
+        if ticket.dedup_key:
+            lease = replace(lease, dedup_leader=lease.lease_id)
         return lease
 
     async def admit_any(
@@ -304,12 +318,17 @@ class Engine:
         tenant: str | None = None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
+        result: bytes | None = None,
     ) -> Settlement:
         """Settle a lease; ``outcome`` and the provider's ``retry_after`` move its pool's
-        gate (pause, circuit breaker, AIMD)."""
+        gate (pause, circuit breaker, AIMD); a dedup leader's ``result`` goes to the calls
+        that joined it."""
         check_lease_id(lease_id)
         if retry_after < 0 or not math.isfinite(retry_after):
             raise InvalidArgument("provider_retry_after", "must not be negative")
+        most = self.settings.lease.max_shared_result
+        if result is not None and len(result) > most:
+            raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
         if usage is not None:
             for name, value in zip(
                 ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
@@ -321,8 +340,10 @@ class Engine:
             span.set_attribute("admitd.lease_id", lease_id)
             with _lease_errors(lease_id), self._store_errors():
                 owner = self.requests.owner(tenant)
-                result = await self.backend.release(lease_id, usage, owner, outcome, retry_after)
-        settlement = result.settlement
+                released = await self.backend.release(
+                    lease_id, usage, owner, outcome, retry_after, result
+                )
+        settlement = released.settlement
         if not settlement.already_released:
             lease = settlement.lease
             stats = self._stats.get(lease.pool)
@@ -335,7 +356,7 @@ class Engine:
                 settlement.charged_tokens,
                 settlement.refunded_tokens,
             )
-        self._deliver(result.progress)
+        self._deliver(released.progress)
         return settlement
 
     async def renew(
@@ -516,8 +537,81 @@ class Engine:
         future.add_done_callback(lambda _: handle.cancel())
         return future
 
+    async def _follow(self, ticket: Ticket, leader: str, wait: float) -> LeaseRecord:
+        """A dedup follower: wait (at most ``wait``) for the leader's call to end, and take
+        its shared result; nothing is reserved for the follower."""
+        if wait <= 0:
+            self.telemetry.followed(ticket.pool, ticket.tenant, "in_flight")
+            raise Aborted(
+                Reason.DEDUP_IN_FLIGHT,
+                "an identical call (same dedup_key) is in flight; set wait_timeout to wait"
+                " for its result",
+                retry_after=MIN_RETRY,
+                metadata={"dedup_leader": leader},
+            )
+        started = self.clock.now()
+        future: asyncio.Future[DedupEnd] = asyncio.get_running_loop().create_future()
+        self._followers.setdefault(leader, set()).add(future)
+        self._hasten_reaper()  # a leader that dies ends at its expiry, for its followers too
+        expired = self._sleep(wait)
+        try:
+            with contextlib.suppress(Unavailable):  # the listener still tells us
+                end = await self.backend.dedup_end(leader)  # it may have ended already
+                if end is not None:
+                    self._finish(end)
+            await asyncio.wait((future, expired), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            expired.cancel()
+            followers = self._followers.get(leader, set())
+            followers.discard(future)
+            if not followers:
+                self._followers.pop(leader, None)
+        if not future.done():
+            self.telemetry.followed(ticket.pool, ticket.tenant, "in_flight")
+            raise Aborted(
+                Reason.DEDUP_IN_FLIGHT,
+                f"the identical call joined was still in flight after {wait:g}s",
+                retry_after=MIN_RETRY,
+                metadata={"dedup_leader": leader},
+            )
+        shared = future.result().result
+        how = "failed" if shared is None else "shared"
+        self.telemetry.followed(ticket.pool, ticket.tenant, how)
+        if shared is None:
+            raise Aborted(
+                Reason.DEDUP_LEADER_FAILED,
+                "the identical call joined ended without a result to share; retry",
+                retry_after=MIN_RETRY,
+                metadata={"dedup_leader": leader},
+            )
+        return LeaseRecord(
+            lease_id="",
+            tenant=ticket.tenant,
+            pool=ticket.pool,
+            input_tokens=0,
+            max_output_tokens=0,
+            nano_usd=0,
+            expires_in=0.0,
+            queued_for=self.clock.now() - started,
+            dedup_leader=leader,
+            shared_result=shared,
+        )
+
+    def _finish(self, end: DedupEnd) -> None:
+        """A dedup leader's call ended: its followers here get how."""
+        for future in self._followers.pop(end.leader, ()):
+            if not future.done():
+                future.set_result(end)
+
+    def _awaited(self) -> list[str]:
+        """What this process waits to hear of: grants of its waiters, ends of the dedup
+        leaders its followers joined (``end:<leader>``)."""
+        return [*self._waiters, *(f"end:{leader}" for leader in self._followers)]
+
     def _deliver(self, progress: Progress) -> None:
-        """Hand grants and refusals from a dispatch pass to their waiting RPCs."""
+        """Hand grants, refusals and dedup ends from a dispatch pass to their RPCs."""
+        for end in progress.finished:
+            self._finish(end)
         for lease in progress.grants:
             self._grant(lease)
         for lease_id, denial in progress.rejections:
@@ -607,7 +701,7 @@ class Engine:
         least once per TTL (which covers leases granted meanwhile, by other replicas too)."""
         lease = self.settings.lease
         delay = lease.ttl if next_expiry_in is None else next_expiry_in
-        if self._waiters:
+        if self._waiters or self._followers:
             delay = lease.reap_interval
         delay = min(max(delay, lease.reap_interval), lease.ttl)
         when = self.clock.now() + delay

@@ -9,6 +9,7 @@
     ├── PermissionDenied    another tenant's call or lease    -> PERMISSION_DENIED
     ├── Unavailable         draining, or the store unreachable -> UNAVAILABLE
     ├── Rejected            does not fit (reason, retry_after) -> RESOURCE_EXHAUSTED
+    │   └── Aborted         a joined (dedup) call has no result for it: retry -> ABORTED
     └── Internal            a bug (details only in the log)   -> INTERNAL
 """
 
@@ -29,6 +30,8 @@ class Reason(enum.StrEnum):
     QUEUE_FULL = "QUEUE_FULL"
     QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
     POOL_UNAVAILABLE = "POOL_UNAVAILABLE"  # paused by the provider, or its circuit is open
+    DEDUP_IN_FLIGHT = "DEDUP_IN_FLIGHT"  # an identical call is in flight; not waited for
+    DEDUP_LEADER_FAILED = "DEDUP_LEADER_FAILED"  # the joined call ended without a result
 
 
 class AdmitdError(Exception):
@@ -82,6 +85,11 @@ class Rejected(AdmitdError):
         self.reason = reason
         self.retry_after = retry_after
         self.metadata = dict(metadata or {})
+
+
+class Aborted(Rejected):
+    """A dedup follower gets no shared result (its leader failed, or it did not wait): it
+    should retry, and may then lead itself. ABORTED, with the same details as Rejected."""
 
 
 class Internal(AdmitdError):

@@ -10,9 +10,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ._backend import (
+    DEDUP_KEEP,
     LEDGER_DAYS,
     MAX_EXACT_POSITION,
     AcquireResult,
+    DedupEnd,
     Denial,
     EndKind,
     ExpireResult,
@@ -111,6 +113,9 @@ class MemoryBackend:
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
         self._ended: OrderedDict[str, tuple[TicketEnd, float]] = OrderedDict()  # -> drop at
         self._rates: dict[str, GrantRate] = {}
+        self._dedup: dict[tuple[str, str], str] = {}  # (tenant, dedup key) -> leader id
+        self._dedup_ends: OrderedDict[str, tuple[DedupEnd, float]] = OrderedDict()  # -> drop at
+        self._finished: list[DedupEnd] = []  # dedup ends not yet reported in a Progress
         # The cost ledger: (day_number, tenant, pool) -> [calls, input, output, nano-USD].
         self._ledger: dict[tuple[int, str, str], list[int]] = {}
 
@@ -121,6 +126,10 @@ class MemoryBackend:
         replay = self._replay(ticket, now)
         if replay is not None:
             return replay
+        if ticket.dedup_key:
+            leader = self._dedup.get((ticket.tenant, ticket.dedup_key))
+            if leader is not None:
+                return AcquireResult(follows=leader, progress=self._progress())
         daily, _ = self._check(ticket, now, kinds=(Kind.DAILY,))
         if daily is not None:
             return AcquireResult(denial=daily)
@@ -137,8 +146,11 @@ class MemoryBackend:
         self._queued_by_tenant[ticket.tenant] = self._queued_by_tenant.get(ticket.tenant, 0) + 1
         if ticket.idempotency_key:
             self._remember_key(ticket, ticket.lease_id, now)
+        if ticket.dedup_key:
+            self._dedup[(ticket.tenant, ticket.dedup_key)] = ticket.lease_id
         progress = Progress()
         own_denial = self._dispatch_pool(ticket.pool, now, progress, watch=ticket.lease_id)
+        progress.finished = self._take_finished()
         result = AcquireResult(waiting_on=ticket.lease_id, progress=progress)
         for i, lease in enumerate(progress.grants):
             if lease.lease_id == ticket.lease_id:
@@ -151,6 +163,8 @@ class MemoryBackend:
         self._unqueue(ticket.lease_id, served=False)
         if ticket.idempotency_key:
             self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+        if ticket.dedup_key:  # refused in the same step: nobody can have joined it
+            self._dedup.pop((ticket.tenant, ticket.dedup_key), None)
         result.denial = own_denial or progress.blocked.get(ticket.pool)
         return result
 
@@ -162,12 +176,9 @@ class MemoryBackend:
                 self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
             self._end(ticket, "cancelled", now)
         elif self._unclaimed.pop(lease_id, None) is not None:
-            lease = self._leases.get(lease_id)
-            if lease is not None:
-                self._end(lease.ticket, "cancelled", now)
-            self._give_back(lease_id, now)  # granted while its RPC gave up
+            self._give_back(lease_id, "cancelled", now)  # granted while its RPC gave up
             return self._dispatch_all(now)
-        return Progress()
+        return self._progress()
 
     async def claim(self, lease_id: str) -> None:
         self._unclaimed.pop(lease_id, None)
@@ -179,6 +190,7 @@ class MemoryBackend:
         tenant: str | None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
+        result: bytes | None = None,
     ) -> ReleaseResult:
         now = self._tick()
         self._forget_released(now)
@@ -198,6 +210,7 @@ class MemoryBackend:
         self._charge(t, used, charged_usd)
         gate = self._gates.setdefault(t.pool, GateState())
         gate.report(self._gate_defs.get(t.pool), outcome, retry_after, lease.probe, now)
+        self._finish(t, result if outcome is Outcome.OK else None, now)
         settlement = Settlement(
             lease=lease.record(now),
             charged_tokens=charged_tokens,
@@ -224,14 +237,11 @@ class MemoryBackend:
             if give_up_at > now:
                 break
             del self._unclaimed[lease_id]
-            lease = self._leases.get(lease_id)
-            if lease is not None:
-                self._end(lease.ticket, "unclaimed", now)
-            self._give_back(lease_id, now)
+            self._give_back(lease_id, "unclaimed", now)
             given_back = True
         expired, self._expired = self._expired, []
         self._forget_released(now)
-        progress = self._dispatch_all(now) if expired or given_back else Progress()
+        progress = self._dispatch_all(now) if expired or given_back else self._progress()
         # The reaper comes back at the next lease expiry or unclaimed grant's deadline.
         deadlines = [give_up_at for give_up_at in self._unclaimed.values()][:1]
         while self._expiry:
@@ -304,6 +314,16 @@ class MemoryBackend:
             },
         )
 
+    async def dedup_end(self, leader: str) -> DedupEnd | None:
+        now = self._tick()
+        while self._dedup_ends:
+            first, (_, drop_at) = next(iter(self._dedup_ends.items()))
+            if drop_at > now:
+                break
+            del self._dedup_ends[first]
+        known = self._dedup_ends.get(leader)
+        return known[0] if known is not None else None
+
     async def usage(self, days: list[int]) -> list[UsageRow]:
         wanted = set(days)
         return [
@@ -317,7 +337,10 @@ class MemoryBackend:
         self._gate_defs = {gate.pool: gate for gate in gates}
 
     def subscribe(
-        self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
+        self,
+        waiting: Callable[[], Collection[str]],
+        deliver: Callable[[LeaseRecord], None],
+        finish: Callable[[DedupEnd], None],
     ) -> None:
         """Nothing to do: every grant is made in this process and returned by the call."""
 
@@ -442,11 +465,12 @@ class MemoryBackend:
         row[2] += used[1]
         row[3] += nano_usd
 
-    def _give_back(self, lease_id: str, now: float) -> None:
+    def _give_back(self, lease_id: str, why: EndKind, now: float) -> None:
         """End a grant nobody used: everything it reserved is refunded."""
         lease = self._leases.get(lease_id)
         if lease is not None:
             t = lease.ticket
+            self._end(t, why, now)
             self._settle(lease, -t.tokens, -t.nano_usd, now)
 
     def _live_lease(self, lease_id: str, tenant: str | None, now: float) -> _Lease:
@@ -469,12 +493,34 @@ class MemoryBackend:
             self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
             t = lease.ticket
             self._charge(t, (t.input_tokens, t.max_output_tokens), t.nano_usd)
+            self._finish(t, None, now)
 
     def _end(self, ticket: Ticket, kind: EndKind, now: float, denial: Denial | None = None) -> None:
-        """Remember why a deferred ticket left unserved, for one lease TTL."""
+        """A waiter or grant left unserved: remember why for a deferred ticket (one lease
+        TTL), and tell the dedup followers of a leader to retry."""
         if ticket.deferred:
             end = TicketEnd(kind, ticket.tenant, denial)
             self._ended[ticket.lease_id] = (end, now + ticket.ttl)
+        self._finish(ticket, None, now)
+
+    def _finish(self, ticket: Ticket, result: bytes | None, now: float) -> None:
+        """A dedup leader's call ended, with a result for its followers or without."""
+        if not ticket.dedup_key:
+            return
+        key = (ticket.tenant, ticket.dedup_key)
+        if self._dedup.get(key) == ticket.lease_id:
+            del self._dedup[key]
+        end = DedupEnd(ticket.lease_id, result)
+        self._dedup_ends[ticket.lease_id] = (end, now + DEDUP_KEEP)
+        self._finished.append(end)
+
+    def _take_finished(self) -> list[DedupEnd]:
+        finished, self._finished = self._finished, []
+        return finished
+
+    def _progress(self) -> Progress:
+        """An operation's Progress when it dispatched nothing (finished dedup leaders)."""
+        return Progress(finished=self._take_finished())
 
     def _forget_ended(self, now: float) -> None:
         while self._ended:
@@ -558,6 +604,7 @@ class MemoryBackend:
         progress = Progress()
         for pool in list(self._queues):
             self._dispatch_pool(pool, now, progress)
+        progress.finished = self._take_finished()
         return progress
 
     def _dispatch_pool(

@@ -12,6 +12,7 @@ lost. Redis being unreachable surfaces as :class:`~admitd.Unavailable` (fail clo
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -29,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._backend import (
     AcquireResult,
+    DedupEnd,
     Denial,
     ExpireResult,
     FingerprintMismatch,
@@ -71,6 +73,7 @@ OPERATIONS = (
     "configure",
     "look",
     "usage",
+    "dedup_end",
 )
 
 
@@ -119,6 +122,7 @@ class RedisBackend:
             queued=bool(doc.get("queued")),
             replayed=bool(doc.get("replayed")),
             waiting_on=str(doc.get("waiting_on", "")),
+            follows=str(doc.get("follows", "")),
             progress=_progress(doc.get("progress")),
         )
         if "lease" in doc:
@@ -153,11 +157,12 @@ class RedisBackend:
         tenant: str | None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
+        result: bytes | None = None,
     ) -> ReleaseResult:
         usage_json = "" if usage is None else json.dumps(list(usage))
-        doc = await self._run(
-            "release", lease_id, usage_json, tenant or "", str(int(outcome)), repr(retry_after)
-        )
+        shared = base64.b64encode(result).decode() if result is not None else ""
+        args = (lease_id, usage_json, tenant or "", str(int(outcome)), repr(retry_after), shared)
+        doc = await self._run("release", *args)
         _raise_lease_error(doc)
         s = doc["settlement"]
         settlement = Settlement(
@@ -226,6 +231,10 @@ class RedisBackend:
             },
         )
 
+    async def dedup_end(self, leader: str) -> DedupEnd | None:
+        doc = await self._run("dedup_end", leader)
+        return _dedup_end(doc) if doc else None
+
     async def usage(self, days: list[int]) -> list[UsageRow]:
         doc = await self._run("usage", json.dumps(days))
         rows = [
@@ -250,11 +259,15 @@ class RedisBackend:
         )
 
     def subscribe(
-        self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
+        self,
+        waiting: Callable[[], Collection[str]],
+        deliver: Callable[[LeaseRecord], None],
+        finish: Callable[[DedupEnd], None],
     ) -> None:
-        """Deliver grants made (by any replica) for the waiters this process holds."""
+        """Deliver grants made (by any replica) for the waiters this process holds, and the
+        ends of the dedup leaders its followers wait for."""
         if self._listener is None:
-            self._listener = asyncio.ensure_future(self._listen(waiting, deliver))
+            self._listener = asyncio.ensure_future(self._listen(waiting, deliver, finish))
 
     async def ping(self) -> None:
         with _store_errors():
@@ -282,7 +295,10 @@ class RedisBackend:
         return doc
 
     async def _listen(
-        self, waiting: Callable[[], Collection[str]], deliver: Callable[[LeaseRecord], None]
+        self,
+        waiting: Callable[[], Collection[str]],
+        deliver: Callable[[LeaseRecord], None],
+        finish: Callable[[DedupEnd], None],
     ) -> None:
         """Pub/sub for prompt delivery, plus a poll of this process's waiters, so that a lost
         message (or a reconnect) only delays a grant, never loses it.
@@ -306,18 +322,32 @@ class RedisBackend:
                         else:
                             wanted = list(ids)
                         if wanted:
-                            await self._fetch_grants(wanted, deliver)
+                            await self._fetch(wanted, deliver, finish)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
                 log.warning("grant listener: %s; retrying", error)
                 await asyncio.sleep(self._poll_interval)
 
-    async def _fetch_grants(self, ids: list[str], deliver: Callable[[LeaseRecord], None]) -> None:
-        values = await self._client.mget([f"{self._base}:granted:{i}" for i in ids])
-        for value in values:
-            if value is not None:
-                deliver(_lease(json.loads(value)))
+    async def _fetch(
+        self,
+        ids: list[str],
+        deliver: Callable[[LeaseRecord], None],
+        finish: Callable[[DedupEnd], None],
+    ) -> None:
+        """The grants of waiter ids, and the ends of ``end:<leader>`` ids, that exist."""
+        keys = [
+            f"{self._base}:dedupend:{i[4:]}" if i[:4] == "end:" else f"{self._base}:granted:{i}"
+            for i in ids
+        ]
+        for wanted, value in zip(ids, await self._client.mget(keys), strict=True):
+            if value is None:
+                continue
+            doc = json.loads(value)
+            if wanted.startswith("end:"):
+                finish(_dedup_end(doc))
+            else:
+                deliver(_lease(doc))
 
 
 def connect(config: BackendConfig) -> aioredis.Redis:
@@ -414,6 +444,7 @@ def _ticket_json(t: Ticket) -> str:
             "wait": t.wait,
             "claim": t.claim_timeout,
             "def": t.deferred,
+            "dd": t.dedup_key,
             "idem": t.idempotency_key,
             "fp": t.fingerprint,
             "mqt": t.max_queued_tenant,
@@ -450,4 +481,10 @@ def _progress(raw: Any) -> Progress:
         rejections=[(str(r[0]), _denial(r[1])) for r in _list(raw.get("rejections"))],
         blocked={pool: _denial(d) for pool, d in _dict(raw.get("blocked")).items()},
         passed_over=[_denial(d) for d in _list(raw.get("passed_over"))],
+        finished=[_dedup_end(e) for e in _list(raw.get("finished"))],
     )
+
+
+def _dedup_end(raw: dict[str, Any]) -> DedupEnd:
+    result = raw.get("result")
+    return DedupEnd(str(raw["leader"]), base64.b64decode(result) if result else None)

@@ -48,6 +48,7 @@ class AcquireSpec:
     prompt: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     fallback_pools: tuple[str, ...] = ()  # tried in order after ``pool``
+    dedup_key: str = ""  # identical calls in flight for the tenant share one lease
 
 
 class Requests:
@@ -109,10 +110,11 @@ class Requests:
             raise InvalidArgument("priority", f"unknown value {spec.priority}")
         if spec.wait_timeout < 0 or not math.isfinite(spec.wait_timeout):
             raise InvalidArgument("wait_timeout", "must not be negative")
-        if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidArgument(
-                "idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters"
-            )
+        for name, key in (("idempotency_key", spec.idempotency_key), ("dedup_key", spec.dedup_key)):
+            if len(key) > MAX_IDEMPOTENCY_KEY:
+                raise InvalidArgument(name, f"longer than {MAX_IDEMPOTENCY_KEY} characters")
+        if deferred and spec.dedup_key:
+            raise InvalidArgument("dedup_key", "joining a call in flight needs a waiting RPC")
         if len(spec.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
         check_labels(spec.labels)
@@ -150,6 +152,7 @@ class Requests:
             wait=wait,
             claim_timeout=queue.ticket_claim_timeout if deferred else CLAIM_TIMEOUT,
             deferred=deferred,
+            dedup_key=spec.dedup_key,
             idempotency_key=spec.idempotency_key,
             fingerprint=_fingerprint(pool.name, input_tokens, spec.max_output_tokens, priority),
             max_queued_tenant=tenant.max_queued or queue.max_per_tenant,

@@ -249,6 +249,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             prompt=request.prompt,
             labels=dict(request.labels),
             fallback_pools=tuple(request.fallback_pools),
+            dedup_key=request.dedup_key,
         )
 
     @_translated
@@ -265,7 +266,10 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             raise InvalidArgument("outcome", f"unknown value {int(request.outcome)}")
         outcome = Outcome(request.outcome or Outcome.OK)
         retry_after = _seconds(request.provider_retry_after, "provider_retry_after")
-        settled = await self.engine.release(request.lease_id, usage, tenant, outcome, retry_after)
+        shared = request.result or None  # proto bytes have no presence: empty means none
+        settled = await self.engine.release(
+            request.lease_id, usage, tenant, outcome, retry_after, shared
+        )
         return pb.ReleaseResponse(
             charged_tokens=settled.charged_tokens,
             refunded_tokens=settled.refunded_tokens,
@@ -320,11 +324,22 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             input_tokens=lease.input_tokens,
             reserved_usd=lease.nano_usd / NANO_PER_USD,
             shadow_reason=self._shadow_reason(lease),
+            dedup_role=_dedup_role(lease),
+            shared_result=lease.shared_result or b"",
+            dedup_leader_id=lease.dedup_leader,
         )
 
     def _shadow_reason(self, lease: LeaseRecord) -> str:
         reason = self.engine.policy.shadow_reason(lease.shadowed) if lease.shadowed else None
         return reason.value if reason is not None else ""
+
+
+def _dedup_role(lease: LeaseRecord) -> pb.DedupRole.ValueType:
+    if not lease.dedup_leader:
+        return pb.DedupRole.DEDUP_ROLE_UNSPECIFIED
+    if lease.dedup_leader == lease.lease_id:
+        return pb.DedupRole.DEDUP_ROLE_LEADER
+    return pb.DedupRole.DEDUP_ROLE_FOLLOWER
 
 
 def _position(estimate: QueueEstimate) -> pb.QueuePosition:

@@ -15,6 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ._errors import (
+    Aborted,
     AdmitdError,
     Internal,
     InvalidArgument,
@@ -33,6 +34,7 @@ _CODES: list[tuple[type[AdmitdError], int]] = [
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (Unavailable, code_pb2.UNAVAILABLE),
+    (Aborted, code_pb2.ABORTED),
     (Rejected, code_pb2.RESOURCE_EXHAUSTED),
     (Internal, code_pb2.INTERNAL),
 ]

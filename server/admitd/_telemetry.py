@@ -11,7 +11,8 @@ Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_sec
 ``admitd_estimate_error_tokens``, ``admitd_lease_expiries_total``, ``admitd_pool_limit``,
 ``admitd_budget_remaining``, ``admitd_store_errors_total``, ``admitd_config_reloads_total``,
 ``admitd_unchecked_admissions_total``, ``admitd_shadow_rejections_total``,
-``admitd_pool_limit_factor``, ``admitd_pool_circuit``, ``admitd_pool_paused_seconds``.
+``admitd_pool_limit_factor``, ``admitd_pool_circuit``, ``admitd_pool_paused_seconds``,
+``admitd_dedup_followers_total``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ class Telemetry:
         )
         self._unchecked = meter.create_counter(
             "admitd.unchecked.admissions", description="fail_open admissions without the store"
+        )
+        self._followers = meter.create_counter(
+            "admitd.dedup.followers",
+            description="Calls that joined an identical call in flight, by how they ended",
         )
         self._shadow = meter.create_counter(
             "admitd.shadow.rejections",
@@ -169,6 +174,12 @@ class Telemetry:
 
     def unchecked(self, pool: str) -> None:
         self._unchecked.add(1, {"pool": pool})
+
+    def followed(self, pool: str, tenant: str, result: str) -> None:
+        """A dedup follower ended: ``shared`` (got its leader's result), ``failed``
+        (the leader had none) or ``in_flight`` (it did not wait long enough)."""
+        labels = {"pool": pool, "tenant": self.tenant_label(tenant), "result": result}
+        self._followers.add(1, labels)
 
     def shadow_rejection(self, pool: str, tenant: str, reason: str) -> None:
         labels = {"pool": pool, "tenant": self.tenant_label(tenant), "reason": reason}

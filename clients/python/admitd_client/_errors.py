@@ -32,6 +32,10 @@ class Reason(StrEnum):
     QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
     POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
     """The pool is paused by its provider's retry-after, or its circuit is open."""
+    DEDUP_IN_FLIGHT = "DEDUP_IN_FLIGHT"
+    """An identical call (same dedup_key) is in flight and this one did not wait for it."""
+    DEDUP_LEADER_FAILED = "DEDUP_LEADER_FAILED"
+    """The identical call this one joined ended without a result to share: retry."""
     UNKNOWN = "UNKNOWN"
     """A reason this client version does not know (a newer server); see the message."""
 

@@ -36,6 +36,7 @@ local MAX_EXACT_POSITION = 1000 -- = _backend.MAX_EXACT_POSITION
 local RATE_WINDOW = 30 -- = _backend.RATE_WINDOW
 local DAY_KEEP = 172800
 local MAX_PAUSE = 600 -- = _backend.MAX_PAUSE
+local DEDUP_KEEP = 60 -- = _backend.DEDUP_KEEP
 local G, B, D = key('gauge'), key('bucket'), key('daily', day)
 
 local function num(x)
@@ -313,12 +314,33 @@ local function grants_per_second(pool)
   return (r.prev * (1 - (now / RATE_WINDOW - r.win)) + r.cur) / RATE_WINDOW
 end
 
--- Remember why a deferred ticket left the queue unserved, for one lease TTL.
+-- Dedup: "dedup:<len>/<tenant><key>" names the leader in flight; "dedupend:<leader>" keeps
+-- how its call ended (with its shared result, base64) for a minute; FINISHED goes back in
+-- this script's progress, and "end:<leader>" on the grants channel tells other replicas.
+local FINISHED = {}
+
+local function dedup_key(t)
+  return key('dedup', string.len(t.tenant) .. '/' .. t.tenant .. t.dd)
+end
+
+local function dedup_finish(t, result)
+  if (t.dd or '') == '' then return end
+  local k = dedup_key(t)
+  if redis.call('GET', k) == t.id then redis.call('DEL', k) end
+  local e = {leader = t.id, result = result}
+  redis.call('SET', key('dedupend', t.id), cjson.encode(e), 'PX', DEDUP_KEEP * 1000)
+  table.insert(FINISHED, e)
+  redis.call('PUBLISH', key('grants'), 'end:' .. t.id)
+end
+
+-- A waiter or grant left unserved: remember why for a deferred ticket (one lease TTL), and
+-- tell the dedup followers of a leader to retry.
 local function ended(t, kind, d)
   if t.def then
     redis.call('SET', key('ended', t.id), cjson.encode({kind = kind, tenant = t.tenant, denial = d}),
                'PX', math.ceil(t.ttl * 1000))
   end
+  dedup_finish(t, nil)
 end
 
 local function reserve(t, raw, queued_for, shadowed)
@@ -426,6 +448,7 @@ local function reap()
       redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
       settle(lease, 0, 0) -- the full reservation stays charged
       charge(lease.t, lease.t['in'], lease.t.out, lease.t.usd)
+      dedup_finish(lease.t, nil)
     else
       redis.call('ZREM', key('expiry'), id)
     end
@@ -491,7 +514,7 @@ local function unqueue(id, served)
 end
 
 local function new_progress()
-  return {grants = {}, rejections = {}, blocked = {}, passed_over = {}}
+  return {grants = {}, rejections = {}, blocked = {}, passed_over = {}, finished = FINISHED}
 end
 
 -- The waiters of pool in service order: each call of the returned function gives the next

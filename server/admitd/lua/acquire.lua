@@ -1,6 +1,7 @@
 -- acquire: grant now, queue, or deny a ticket; atomic with the dispatch pass it triggers.
 -- ARGV[3] ticket JSON; ARGV[4] "1" to queue when it does not fit now, "0" to fail fast.
--- Returns {lease?, queued?, replayed?, waiting_on?, denial?, full?, mismatch?, progress};
+-- Returns {lease?, queued?, replayed?, waiting_on?, follows?, denial?, full?, mismatch?,
+-- progress};
 -- full = {scope, depth, limit, pool_depth, grants_per_second?}.
 reap()
 local t = cjson.decode(ARGV[3])
@@ -25,6 +26,11 @@ if t.idem ~= '' then
     end
     -- the lease expired: a retry may reserve again
   end
+end
+
+if (t.dd or '') ~= '' then
+  local leader = redis.call('GET', dedup_key(t))
+  if leader then return cjson.encode({follows = leader, progress = progress}) end
 end
 
 local d = check(t, true)
@@ -52,9 +58,11 @@ end
 
 push(t, ARGV[3])
 if t.idem ~= '' then remember_key(t) end
+if (t.dd or '') ~= '' then redis.call('SET', dedup_key(t), t.id) end
 local watched, own = dispatch_pool(t.pool, t.id, progress)
 if own then return cjson.encode({lease = own, waiting_on = t.id, progress = progress}) end
 if wait then return cjson.encode({queued = true, waiting_on = t.id, progress = progress}) end
 unqueue(t.id, false)
 if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
+if (t.dd or '') ~= '' then redis.call('DEL', dedup_key(t)) end -- nobody could have joined
 return cjson.encode({denial = watched or progress.blocked[t.pool], progress = progress})

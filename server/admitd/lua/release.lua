@@ -1,7 +1,8 @@
 -- release: settle a lease with actual usage (idempotently) and dispatch the freed capacity.
 -- ARGV[3] lease id; ARGV[4] usage JSON [input, output] or "" for the full reservation;
 -- ARGV[5] tenant that must own it, or ""; ARGV[6] outcome (1 ok .. 5 cancelled);
--- ARGV[7] the provider's retry-after in seconds (0: none).
+-- ARGV[7] the provider's retry-after in seconds (0: none); ARGV[8] a dedup leader's result
+-- for its followers (base64), or "" for none.
 -- Returns {settlement, progress} or {error = "gone" | "not_owner"}.
 reap()
 local id, tenant = ARGV[3], ARGV[5]
@@ -31,6 +32,7 @@ local s = {lease = record(lease), charged_tokens = charged,
 settle(lease, charged - reserved, charged_usd - t.usd)
 charge(t, used_in, used_out, charged_usd)
 report(t.pool, tonumber(ARGV[6]), tonumber(ARGV[7]), lease.probe)
+if ARGV[6] == '1' and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else dedup_finish(t, nil) end
 redis.call('ZREM', key('unclaimed'), id)
 redis.call('DEL', key('granted', id))
 redis.call('SET', key('released', id), cjson.encode(s), 'PX', math.ceil(t.ttl * 1000))

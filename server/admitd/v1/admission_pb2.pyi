@@ -84,6 +84,29 @@ OUTCOME_TIMEOUT: Outcome.ValueType  # 4
 OUTCOME_CANCELLED: Outcome.ValueType  # 5
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _DedupRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DedupRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DedupRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEDUP_ROLE_UNSPECIFIED: _DedupRole.ValueType  # 0
+    """No dedup_key."""
+    DEDUP_ROLE_LEADER: _DedupRole.ValueType  # 1
+    """This call leads: it holds the lease; Release it with a result to share."""
+    DEDUP_ROLE_FOLLOWER: _DedupRole.ValueType  # 2
+    """This call joined a leader: no lease (nothing reserved, nothing to release)."""
+
+class DedupRole(_DedupRole, metaclass=_DedupRoleEnumTypeWrapper): ...
+
+DEDUP_ROLE_UNSPECIFIED: DedupRole.ValueType  # 0
+"""No dedup_key."""
+DEDUP_ROLE_LEADER: DedupRole.ValueType  # 1
+"""This call leads: it holds the lease; Release it with a result to share."""
+DEDUP_ROLE_FOLLOWER: DedupRole.ValueType  # 2
+"""This call joined a leader: no lease (nothing reserved, nothing to release)."""
+Global___DedupRole: _TypeAlias = DedupRole  # noqa: Y015
+
 class _TicketState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -139,6 +162,7 @@ class AcquireRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     FALLBACK_POOLS_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Tenant the call is made for. May be empty when the server has a default tenant."""
     pool: _builtins.str
@@ -156,6 +180,14 @@ class AcquireRequest(_message.Message):
     """
     prompt: _builtins.str
     """Text to count input tokens from when input_tokens is 0."""
+    dedup_key: _builtins.str
+    """In-flight deduplication: while a call of this tenant with the same dedup_key is in
+    flight (queued or leased), this one joins it instead of reserving: it waits (at most
+    wait_timeout) for the leader's Release and gets the result the leader shares
+    (Lease.shared_result, role FOLLOWER, no lease to release), or ABORTED with reason
+    DEDUP_LEADER_FAILED when the leader ends without one (retry: you may lead). Works
+    across replicas. Not for Enqueue.
+    """
     @_builtins.property
     def wait_timeout(self) -> _duration_pb2.Duration:
         """0 or absent: reject at once when the call does not fit now. Otherwise wait in the queue
@@ -187,10 +219,11 @@ class AcquireRequest(_message.Message):
         prompt: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         fallback_pools: _abc.Iterable[_builtins.str] | None = ...,
+        dedup_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback_pools", b"fallback_pools", "idempotency_key", b"idempotency_key", "input_tokens", b"input_tokens", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "pool", b"pool", "priority", b"priority", "prompt", b"prompt", "tenant", b"tenant", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_key", b"dedup_key", "fallback_pools", b"fallback_pools", "idempotency_key", b"idempotency_key", "input_tokens", b"input_tokens", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "pool", b"pool", "priority", b"priority", "prompt", b"prompt", "tenant", b"tenant", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -209,6 +242,9 @@ class Lease(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     RESERVED_USD_FIELD_NUMBER: _builtins.int
     SHADOW_REASON_FIELD_NUMBER: _builtins.int
+    DEDUP_ROLE_FIELD_NUMBER: _builtins.int
+    SHARED_RESULT_FIELD_NUMBER: _builtins.int
+    DEDUP_LEADER_ID_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """128-bit random id, hex encoded."""
     tenant: _builtins.str
@@ -223,6 +259,12 @@ class Lease(_message.Message):
     """Shadow mode: the reason a limit in shadow mode would have refused this call with
     (it was admitted all the same); "" when every limit fits.
     """
+    dedup_role: Global___DedupRole.ValueType
+    """With a dedup_key: whether this call leads or followed one."""
+    shared_result: _builtins.bytes
+    """A follower's: the result its leader shared at Release."""
+    dedup_leader_id: _builtins.str
+    """With a dedup_key: the leader's lease id (this lease's own for the leader)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """Wall-clock time after which the lease is reclaimed unless renewed."""
@@ -243,10 +285,13 @@ class Lease(_message.Message):
         input_tokens: _builtins.int = ...,
         reserved_usd: _builtins.float = ...,
         shadow_reason: _builtins.str = ...,
+        dedup_role: Global___DedupRole.ValueType = ...,
+        shared_result: _builtins.bytes = ...,
+        dedup_leader_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "queued_for", b"queued_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "input_tokens", b"input_tokens", "lease_id", b"lease_id", "pool", b"pool", "queued_for", b"queued_for", "reserved_tokens", b"reserved_tokens", "reserved_usd", b"reserved_usd", "shadow_reason", b"shadow_reason", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_leader_id", b"dedup_leader_id", "dedup_role", b"dedup_role", "expires_at", b"expires_at", "input_tokens", b"input_tokens", "lease_id", b"lease_id", "pool", b"pool", "queued_for", b"queued_for", "reserved_tokens", b"reserved_tokens", "reserved_usd", b"reserved_usd", "shadow_reason", b"shadow_reason", "shared_result", b"shared_result", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,6 +328,7 @@ class ReleaseRequest(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     PROVIDER_RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     outcome: Global___Outcome.ValueType
     """How the provider call ended. It feeds the pool's circuit breaker (errors, timeouts)
@@ -290,6 +336,10 @@ class ReleaseRequest(_message.Message):
     """
     tenant: _builtins.str
     """When set, must be the lease's owner."""
+    result: _builtins.bytes
+    """A dedup leader's result for the calls that joined it (with outcome OK; at most the
+    server's lease.max_shared_result bytes, 64 KiB by default). Empty: none to share.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Actual usage. Absent: the full reservation is charged."""
@@ -308,10 +358,11 @@ class ReleaseRequest(_message.Message):
         outcome: Global___Outcome.ValueType = ...,
         tenant: _builtins.str = ...,
         provider_retry_after: _duration_pb2.Duration | None = ...,
+        result: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider_retry_after", b"provider_retry_after", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "outcome", b"outcome", "provider_retry_after", b"provider_retry_after", "tenant", b"tenant", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "outcome", b"outcome", "provider_retry_after", b"provider_retry_after", "result", b"result", "tenant", b"tenant", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
