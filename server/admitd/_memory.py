@@ -42,6 +42,7 @@ from ._backend import (
     day_number,
 )
 from ._clock import Clock
+from ._expiring import Expiring
 from ._fairqueue import Entry, FairQueue
 from ._gates import GateState, gate_limit
 
@@ -101,8 +102,9 @@ class MemoryBackend:
         self._day_number = 0
         self._leases: dict[str, _Lease] = {}
         self._expiry: list[tuple[float, str]] = []  # heap; stale entries skipped
-        self._released: OrderedDict[str, tuple[Settlement, float]] = OrderedDict()
-        self._idempotency: OrderedDict[tuple[str, str], tuple[str, str, float]] = OrderedDict()
+        self._released: Expiring[str, Settlement] = Expiring()  # for retried releases
+        # (tenant, idempotency key) -> (the waiter or lease it names, its fingerprint)
+        self._idempotency: Expiring[tuple[str, str], tuple[str, str]] = Expiring()
         self._queues: dict[str, FairQueue] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._queued_by_tenant: dict[str, int] = {}
@@ -111,10 +113,10 @@ class MemoryBackend:
         self._gate_defs: dict[str, Gate] = {}  # pool -> its gate as configured now
         self._gates: dict[str, GateState] = {}
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
-        self._ended: OrderedDict[str, tuple[TicketEnd, float]] = OrderedDict()  # -> drop at
+        self._ended: Expiring[str, TicketEnd] = Expiring()  # why deferred tickets ended
         self._rates: dict[str, GrantRate] = {}
         self._dedup: dict[tuple[str, str], str] = {}  # (tenant, dedup key) -> leader id
-        self._dedup_ends: OrderedDict[str, tuple[DedupEnd, float]] = OrderedDict()  # -> drop at
+        self._dedup_ends: Expiring[str, DedupEnd] = Expiring()
         self._finished: list[DedupEnd] = []  # dedup ends not yet reported in a Progress
         # The cost ledger: (day_number, tenant, pool) -> [calls, input, output, nano-USD].
         self._ledger: dict[tuple[int, str, str], list[int]] = {}
@@ -162,7 +164,7 @@ class MemoryBackend:
             return result
         self._unqueue(ticket.lease_id, served=False)
         if ticket.idempotency_key:
-            self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+            self._idempotency.pop((ticket.tenant, ticket.idempotency_key))
         if ticket.dedup_key:  # refused in the same step: nobody can have joined it
             self._dedup.pop((ticket.tenant, ticket.dedup_key), None)
         result.denial = own_denial or progress.blocked.get(ticket.pool)
@@ -173,7 +175,7 @@ class MemoryBackend:
         if lease_id in self._waiters:
             ticket = self._unqueue(lease_id, served=False)
             if ticket.idempotency_key:
-                self._idempotency.pop((ticket.tenant, ticket.idempotency_key), None)
+                self._idempotency.pop((ticket.tenant, ticket.idempotency_key))
             self._end(ticket, "cancelled", now)
         elif self._unclaimed.pop(lease_id, None) is not None:
             self._give_back(lease_id, "cancelled", now)  # granted while its RPC gave up
@@ -193,10 +195,8 @@ class MemoryBackend:
         result: bytes | None = None,
     ) -> ReleaseResult:
         now = self._tick()
-        self._forget_released(now)
-        done = self._released.get(lease_id)
-        if done is not None:
-            settlement = done[0]
+        settlement = self._released.get(lease_id, now)
+        if settlement is not None:
             if tenant and settlement.lease.tenant != tenant:
                 raise NotOwner(settlement.lease.tenant)
             return ReleaseResult(replace(settlement, already_released=True))
@@ -219,7 +219,7 @@ class MemoryBackend:
             already_released=False,
         )
         # Kept for one TTL so that a retried Release gets the same answer.
-        self._released[lease_id] = (settlement, now + t.ttl)
+        self._released.put(lease_id, settlement, now + t.ttl)
         return ReleaseResult(settlement, self._dispatch_all(now))
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
@@ -240,7 +240,7 @@ class MemoryBackend:
             self._give_back(lease_id, "unclaimed", now)
             given_back = True
         expired, self._expired = self._expired, []
-        self._forget_released(now)
+        self._released.prune(now)
         progress = self._dispatch_all(now) if expired or given_back else self._progress()
         # The reaper comes back at the next lease expiry or unclaimed grant's deadline.
         deadlines = [give_up_at for give_up_at in self._unclaimed.values()][:1]
@@ -283,9 +283,7 @@ class MemoryBackend:
             if claim:
                 self._unclaimed.pop(lease_id, None)
             return Look(lease=lease.record(now), claimed=not unclaimed)
-        self._forget_ended(now)
-        ended = self._ended.get(lease_id)
-        return Look(ended=ended[0]) if ended is not None else Look()
+        return Look(ended=self._ended.get(lease_id, now))
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
         now = self._tick()
@@ -315,14 +313,7 @@ class MemoryBackend:
         )
 
     async def dedup_end(self, leader: str) -> DedupEnd | None:
-        now = self._tick()
-        while self._dedup_ends:
-            first, (_, drop_at) = next(iter(self._dedup_ends.items()))
-            if drop_at > now:
-                break
-            del self._dedup_ends[first]
-        known = self._dedup_ends.get(leader)
-        return known[0] if known is not None else None
+        return self._dedup_ends.get(leader, self._tick())
 
     async def usage(self, days: list[int]) -> list[UsageRow]:
         wanted = set(days)
@@ -500,7 +491,7 @@ class MemoryBackend:
         TTL), and tell the dedup followers of a leader to retry."""
         if ticket.deferred:
             end = TicketEnd(kind, ticket.tenant, denial)
-            self._ended[ticket.lease_id] = (end, now + ticket.ttl)
+            self._ended.put(ticket.lease_id, end, now + ticket.ttl)
         self._finish(ticket, None, now)
 
     def _finish(self, ticket: Ticket, result: bytes | None, now: float) -> None:
@@ -511,7 +502,7 @@ class MemoryBackend:
         if self._dedup.get(key) == ticket.lease_id:
             del self._dedup[key]
         end = DedupEnd(ticket.lease_id, result)
-        self._dedup_ends[ticket.lease_id] = (end, now + DEDUP_KEEP)
+        self._dedup_ends.put(ticket.lease_id, end, now + DEDUP_KEEP)
         self._finished.append(end)
 
     def _take_finished(self) -> list[DedupEnd]:
@@ -522,39 +513,20 @@ class MemoryBackend:
         """An operation's Progress when it dispatched nothing (finished dedup leaders)."""
         return Progress(finished=self._take_finished())
 
-    def _forget_ended(self, now: float) -> None:
-        while self._ended:
-            lease_id, (_, drop_at) = next(iter(self._ended.items()))
-            if drop_at > now:
-                break
-            del self._ended[lease_id]
-
-    def _forget_released(self, now: float) -> None:
-        while self._released:
-            lease_id, (_, drop_at) = next(iter(self._released.items()))
-            if drop_at > now:
-                break
-            del self._released[lease_id]
-
     # -- idempotency ----------------------------------------------------------------------
 
     def _remember_key(self, ticket: Ticket, ref: str, now: float) -> None:
         key = (ticket.tenant, ticket.idempotency_key)
-        self._idempotency[key] = (ref, ticket.fingerprint, now + ticket.ttl)
-        self._idempotency.move_to_end(key)
+        self._idempotency.put(key, (ref, ticket.fingerprint), now + ticket.ttl)
 
     def _replay(self, ticket: Ticket, now: float) -> AcquireResult | None:
-        while self._idempotency:
-            first, (_, _, drop_at) = next(iter(self._idempotency.items()))
-            if drop_at > now:
-                break
-            del self._idempotency[first]
         if not ticket.idempotency_key:
+            self._idempotency.prune(now)
             return None
-        known = self._idempotency.get((ticket.tenant, ticket.idempotency_key))
+        known = self._idempotency.get((ticket.tenant, ticket.idempotency_key), now)
         if known is None:
             return None
-        ref, fingerprint, _ = known
+        ref, fingerprint = known
         if fingerprint != ticket.fingerprint:
             raise FingerprintMismatch(ticket.idempotency_key)
         if ref in self._waiters:
@@ -562,9 +534,9 @@ class MemoryBackend:
         lease = self._leases.get(ref)
         if lease is not None:
             return AcquireResult(lease=lease.record(now), replayed=True)
-        done = self._released.get(ref)
+        done = self._released.get(ref, now)
         if done is not None:
-            return AcquireResult(lease=replace(done[0].lease, expires_in=0.0), replayed=True)
+            return AcquireResult(lease=replace(done.lease, expires_in=0.0), replayed=True)
         return None  # the lease expired: a retry may reserve again
 
     # -- queue ----------------------------------------------------------------------------
