@@ -1,0 +1,670 @@
+"""Invariants of admission, checked step by step by a hypothesis state machine against the
+reference model in ``model.py``, on both backends.
+
+Rules: acquire (fail-fast and queued), release (with random usage, above the reservation
+too, and of leases that already ended), renew, advance the clock (leases expire and are
+reaped, waiters time out or are granted by refills and expiries), cancel a waiter.
+
+At every step:
+
+- in-flight calls never exceed a concurrency limit;
+- tokens and requests reserved from a bucket within any window, net of refunds, never exceed
+  its capacity plus its refill over the window; a daily quota is exceeded only by usage
+  above a reservation (honest overuse);
+- every lease ends exactly once: a second release says ``already_released``, a release or
+  renew of an expired lease is NOT_FOUND;
+- a refund never exceeds the reservation, and is exactly reservation - usage;
+- the server agrees with the model: the same admit / queue / reject decision with the same
+  reason, the same waiters granted by each dispatch, and the same levels, in-flight and
+  queue counts afterwards.
+
+The engine and backend are driven in-process (``EngineDriver``: Engine + MemoryBackend or
+RedisBackend on a ManualClock, a fresh store per run), and once more through gRPC
+(``GrpcDriver``: a real server on a socket). Settings and seeds: ``fuzzing.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from fuzzing import fuzz_settings, run_machine
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from model import EPS, Model
+
+from admitd import (
+    AcquireSpec,
+    Engine,
+    ManualClock,
+    MemoryBackend,
+    NotFound,
+    Rejected,
+    parse_config,
+)
+from admitd._clock import settle
+from admitd._redis import RedisBackend, connect
+from admitd.v1 import admission_pb2 as pb
+from harness import Harness, decode, seconds, start_harness
+from redis_server import RedisServer
+
+CONFIG: dict[str, Any] = {
+    "pools": [
+        {
+            "name": "p",
+            "max_concurrency": 4,
+            "tokens_per_minute": 2400,
+            "requests_per_minute": 30,
+            "tokens_per_day": 20_000,
+            "price": {"input_per_million": 1.0, "output_per_million": 3.0},
+        }
+    ],
+    "tenants": [
+        {"name": "a", "weight": 1.0, "max_concurrency": 2, "tokens_per_minute": 600},
+        {"name": "b", "weight": 2.0, "tokens_per_day": 3000},
+        {"name": "c", "weight": 0.5, "requests_per_minute": 12, "usd_per_day": 0.004},
+    ],
+    "budget": {"usd_per_day": 0.05},
+    # max_wait is off the 0.25 s grid the clock moves on, so a queue timeout never ties with
+    # a reaper tick (their order would be arbitrary).
+    "queue": {"max_length": 4, "max_per_tenant": 2, "max_wait": 7.9, "aging": 5.0},
+    "lease": {"ttl": 8.0, "max_extend": 60.0, "reap_interval": 1.0},
+    "observability": {"metrics_listen": None},
+}
+TENANTS = ("a", "b", "c")
+# Mostly small calls, so that buckets admit several at once; sometimes a call bigger than a
+# bucket (never fits) or than the pool's remaining minute.
+INPUT = st.one_of(*[st.integers(1, 150)] * 4, st.sampled_from([700, 2500]))
+WAITS = (2.1, 4.6, 9.1)  # 9.1 is cut to max_wait
+STEPS = (0.25, 0.5, 1.0, 2.5, 5.0, 12.0)
+SETTLE_TIMEOUT = 10.0  # real seconds for the server to settle after a step (never reached)
+
+
+@dataclass
+class Answer:
+    """An RPC's outcome, the same from the engine and through gRPC."""
+
+    kind: str  # lease | rejected | not_found | settled | renewed | other
+    lease_id: str = ""
+    queued_for: float = 0.0
+    reason: str = ""
+    charged: int = 0
+    refunded: int = 0
+    already: bool = False
+    detail: str = ""
+
+
+@dataclass
+class ServerState:
+    levels: dict[str, float]  # by limit key; USD in nano-USD
+    in_flight_pool: dict[str, int]
+    in_flight_tenant: dict[str, int]
+    queued_pool: dict[str, list[int]]
+    queued_tenant: dict[str, int]
+
+    @property
+    def queued(self) -> int:
+        return sum(sum(v) for v in self.queued_pool.values())
+
+
+# -- drivers ----------------------------------------------------------------------------------
+
+
+class Driver:
+    """Common to both ways of reaching the server: a ManualClock moved timer by timer, and
+    waiting (in real time, bounded) until every RPC a step affected has its answer."""
+
+    clock: ManualClock
+    redis: bool
+
+    def time(self) -> float:
+        """Now, in the time base of the backend (Redis scripts see Unix seconds)."""
+        return self.clock.wall() if self.redis else self.clock.now()
+
+    async def state(self) -> ServerState:
+        raise NotImplementedError
+
+    async def quiesce(
+        self, tasks: list[asyncio.Task[Answer]], overdue: Callable[[], list[Any]] = list
+    ) -> ServerState:
+        """Until every RPC still running is a waiter the server counts as queued, and every
+        waiter whose wait has run out has its answer (a timed-out waiter leaves the queue
+        before its RPC ends, so the counts alone can match too early)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            await settle()
+            snapshot = await self.state()
+            running = sum(1 for task in tasks if not task.done())
+            if running == snapshot.queued and all(task.done() for task in overdue()):
+                return snapshot
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"server never settled: {running} RPCs running, {snapshot.queued} queued"
+                    " (an Acquire that neither answers nor waits in the queue?)"
+                )
+            await asyncio.sleep(0.002)
+
+    async def advance(
+        self, dt: float, tasks: list[asyncio.Task[Answer]], deadlines: dict[Any, float]
+    ) -> None:
+        """Move the clock to each due timer in turn and let its effects finish before the
+        next one fires, so that what a timer starts (Redis I/O too) happens at its time.
+        ``deadlines``: when each waiting task's wait runs out (backend time base)."""
+
+        def overdue() -> list[Any]:
+            return [task for task, at in deadlines.items() if at <= self.time() + 1e-9]
+
+        target = self.clock.now() + dt
+        for _ in range(10_000):
+            due = [w for w, _, timer in self.clock._timers if not timer.cancelled]
+            nxt = min(due, default=None)
+            if nxt is None or nxt > target:
+                break
+            await self.clock.advance(max(0.0, nxt - self.clock.now()))
+            await self.quiesce(tasks, overdue)
+        await self.clock.advance(target - self.clock.now())
+        await self.quiesce(tasks, overdue)
+
+
+class EngineDriver(Driver):
+    """The engine and a backend in this process, no gRPC."""
+
+    def __init__(self, backend: dict[str, Any]) -> None:
+        self.settings = parse_config({**CONFIG, "backend": backend}, "<test>")
+        self.clock = ManualClock()
+        self.redis = backend["kind"] == "redis"
+        if self.redis:
+            store: Any = RedisBackend(
+                connect(self.settings.backend),
+                key_prefix=backend["key_prefix"],
+                aging=self.settings.queue.aging,
+                clock=self.clock,
+            )
+        else:
+            store = MemoryBackend(self.clock, aging=self.settings.queue.aging)
+        self.engine = Engine(self.settings, store, self.clock)
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+    def acquire(self, tenant: str, inp: int, out: int, priority: int, wait: float) -> Any:
+        spec = AcquireSpec(
+            tenant=tenant,
+            pool="p",
+            input_tokens=inp,
+            max_output_tokens=out,
+            priority=priority,
+            wait_timeout=wait,
+        )
+        return self.engine.acquire(spec)
+
+    async def call(self, coro: Any) -> Answer:
+        try:
+            result = await coro
+        except Rejected as rejected:
+            return Answer("rejected", reason=rejected.reason.value, detail=rejected.message)
+        except NotFound as error:
+            return Answer("not_found", detail=error.message)
+        except Exception as error:  # any other error is an answer the model never predicts
+            return Answer("other", detail=repr(error))
+        if hasattr(result, "charged_tokens"):
+            return Answer(
+                "settled",
+                charged=result.charged_tokens,
+                refunded=result.refunded_tokens,
+                already=result.already_released,
+            )
+        return Answer("lease", lease_id=result.lease_id, queued_for=result.queued_for)
+
+    async def release(self, lease_id: str, usage: tuple[int, int] | None) -> Answer:
+        return await self.call(self.engine.release(lease_id, usage))
+
+    async def renew(self, lease_id: str, extend_by: float) -> Answer:
+        answer = await self.call(self.engine.renew(lease_id, extend_by))
+        return Answer("renewed") if answer.kind == "lease" else answer
+
+    async def state(self) -> ServerState:
+        snap = await self.engine.snapshot()
+        return ServerState(
+            dict(snap.levels),
+            dict(snap.in_flight_by_pool),
+            dict(snap.in_flight_by_tenant),
+            {k: list(v) for k, v in snap.queued_by_pool.items() if sum(v)},
+            dict(snap.queued_by_tenant),
+        )
+
+
+class GrpcDriver(Driver):
+    """The same through a real gRPC server on a socket."""
+
+    def __init__(self, backend: dict[str, Any]) -> None:
+        self.backend = backend
+        self.redis = backend["kind"] == "redis"
+        self.h: Harness | None = None
+
+    async def start(self) -> None:
+        self.h = await start_harness({**CONFIG, "backend": self.backend})
+        assert self.h.clock is not None
+        self.clock = self.h.clock
+
+    async def close(self) -> None:
+        if self.h is not None:
+            await self.h.close()
+
+    @property
+    def harness(self) -> Harness:
+        assert self.h is not None
+        return self.h
+
+    def acquire(self, tenant: str, inp: int, out: int, priority: int, wait: float) -> Any:
+        request = pb.AcquireRequest(
+            tenant=tenant,
+            pool="p",
+            input_tokens=inp,
+            max_output_tokens=out,
+            priority=priority,  # type: ignore[arg-type]
+        )
+        request.wait_timeout.CopyFrom(seconds(wait))
+        return self.harness.stub.Acquire(request, timeout=120)
+
+    async def call(self, coro: Any) -> Answer:
+        try:
+            result = await coro
+        except grpc.aio.AioRpcError as error:
+            failure = decode(error)
+            if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return Answer("rejected", reason=failure.reason, detail=failure.message)
+            if failure.code == grpc.StatusCode.NOT_FOUND:
+                return Answer("not_found", detail=failure.message)
+            return Answer("other", detail=f"{failure.code.name} {failure.message}")
+        if isinstance(result, pb.ReleaseResponse):
+            return Answer(
+                "settled",
+                charged=result.charged_tokens,
+                refunded=result.refunded_tokens,
+                already=result.already_released,
+            )
+        queued_for = result.queued_for.seconds + result.queued_for.nanos / 1e9
+        return Answer("lease", lease_id=result.lease_id, queued_for=queued_for)
+
+    async def release(self, lease_id: str, usage: tuple[int, int] | None) -> Answer:
+        request = pb.ReleaseRequest(lease_id=lease_id)
+        if usage is not None:
+            request.usage.input_tokens, request.usage.output_tokens = usage
+        return await self.call(self.harness.stub.Release(request, timeout=10))
+
+    async def renew(self, lease_id: str, extend_by: float) -> Answer:
+        request = pb.RenewRequest(lease_id=lease_id)
+        if extend_by:
+            request.extend_by.CopyFrom(seconds(extend_by))
+        answer = await self.call(self.harness.stub.Renew(request, timeout=10))
+        return Answer("renewed") if answer.kind == "lease" else answer
+
+    async def state(self) -> ServerState:
+        status = await self.harness.status()
+        levels: dict[str, float] = {}
+        names = {"concurrency": "max_concurrency"}
+        fields = ("concurrency", "tokens_per_minute", "requests_per_minute", "tokens_per_day")
+        for scope, items in (("pool", status.pools), ("tenant", status.tenants)):
+            for item in items:
+                for name in (*fields, "usd_per_day"):
+                    if item.HasField(name):
+                        value = getattr(item, name).value
+                        if name == "usd_per_day":
+                            value = float(round(value * 1e9))
+                        levels[f"{scope}:{item.name}:{names.get(name, name)}"] = value
+        for name in ("tokens_per_day", "usd_per_day"):
+            if status.budget.HasField(name):
+                value = getattr(status.budget, name).value
+                levels[f"global:{name}"] = (
+                    float(round(value * 1e9)) if name == "usd_per_day" else value
+                )
+        return ServerState(
+            levels,
+            {p.name: p.in_flight for p in status.pools if p.in_flight},
+            {t.name: t.in_flight for t in status.tenants if t.in_flight},
+            {p.name: list(p.queued_by_priority) for p in status.pools if p.queued},
+            {t.name: t.queued for t in status.tenants if t.queued},
+        )
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+
+class AdmissionMachine(RuleBasedStateMachine):
+    make_driver: Callable[[], Any]  # set by each test
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.driver = type(self).make_driver()
+        self.runner.run(self.driver.start())
+        self.model = Model(CONFIG, self.driver.time())
+        self.start_time = self.model.now
+        self.calls = itertools.count(1)
+        self.tasks: dict[str, asyncio.Task[Answer]] = {}  # call id -> a waiting Acquire
+        self.server_id: dict[str, str] = {}  # call id -> lease id (once granted)
+        self.requested: dict[str, tuple[int, int]] = {}  # call id -> (input, output)
+        self.released_at: dict[str, float] = {}  # call id -> real time of its release
+        self.log: list[str] = []
+
+    def teardown(self) -> None:
+        try:
+            for task in self.tasks.values():
+                task.cancel()
+            self.runner.run(self.driver.close())
+        finally:
+            self.runner.close()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def fail(self, message: str) -> None:
+        raise AssertionError(f"{message}\nlast steps:\n  " + "\n  ".join(self.log[-15:]))
+
+    def check_pass(self, pas: Any, done: dict[str, Answer], what: str) -> None:
+        """The model's dispatch pass against the waiters the server answered in this step."""
+        if pas.mismatches:
+            self.fail(f"{what}: {pas.mismatches}")
+        for cid in pas.grants:
+            answer = done.pop(cid, None)
+            if answer is None or answer.kind != "lease":
+                self.fail(f"{what}: model granted waiter {cid}, server answered {answer}")
+            self.granted(cid, answer)
+        for cid, limit in pas.rejections:
+            answer = done.pop(cid, None)
+            if answer is None or answer.reason != limit.reason:
+                self.fail(f"{what}: model rejected waiter {cid} ({limit.key}), server: {answer}")
+            del self.tasks[cid]
+
+    def granted(self, cid: str, answer: Answer) -> None:
+        self.server_id[cid] = answer.lease_id
+        self.tasks.pop(cid, None)
+
+    def finished(self) -> dict[str, Answer]:
+        return {cid: task.result() for cid, task in self.tasks.items() if task.done()}
+
+    async def answered(self, coro: Any) -> asyncio.Task[Answer]:
+        return asyncio.ensure_future(self.driver.call(coro))
+
+    # -- rules ----------------------------------------------------------------------------
+
+    # Two rules, so that acquires are drawn more often than anything else.
+    @rule(
+        tenant=st.sampled_from(TENANTS),
+        inp=INPUT,
+        out=st.integers(0, 100),
+        priority=st.integers(0, 4),
+    )
+    def acquire_now(self, tenant: str, inp: int, out: int, priority: int) -> None:
+        self.runner.run(self._acquire(tenant, inp, out, priority, 0.0))
+
+    @rule(
+        tenant=st.sampled_from(TENANTS),
+        inp=INPUT,
+        out=st.integers(0, 100),
+        priority=st.integers(0, 4),
+        wait=st.sampled_from(WAITS),
+    )
+    def acquire_waiting(self, tenant: str, inp: int, out: int, priority: int, wait: float) -> None:
+        self.runner.run(self._acquire(tenant, inp, out, priority, wait))
+
+    async def _acquire(self, tenant: str, inp: int, out: int, priority: int, wait: float) -> None:
+        cid = f"c{next(self.calls)}"
+        self.requested[cid] = (inp, out)
+        self.log.append(f"{cid} = acquire({tenant}, {inp}+{out}, prio {priority}, wait {wait})")
+        self.model.at(self.driver.time())
+        task = await self.answered(self.driver.acquire(tenant, inp, out, priority, wait))
+        await self.driver.quiesce([*self.tasks.values(), task])
+        done = self.finished()
+        own = task.result() if task.done() else None
+        ticket = self.model.ticket(cid, tenant, "p", inp, out, priority, wait)
+
+        def observed(i: str) -> bool:
+            answer = own if i == cid else done.get(i)
+            return answer is not None and answer.kind == "lease"
+
+        kind, value, pas = self.model.acquire(ticket, wait=ticket.wait > 0, observed=observed)
+        self.log.append(f"   model {kind} {getattr(value, 'key', value)}; server {own}")
+        self.check_pass(pas, done, f"acquire {cid}")
+        if done:
+            self.fail(f"acquire {cid}: waiters answered that the model did not expect: {done}")
+        if kind == "lease":
+            if own is None or own.kind != "lease":
+                self.fail(f"acquire {cid}: model admits, server answered {own}")
+            self.granted(cid, own)
+        elif kind == "queued":
+            if own is not None:
+                self.fail(f"acquire {cid}: model queues it, server answered {own}")
+            self.tasks[cid] = task
+        elif kind == "full":
+            if own is None or own.reason != "QUEUE_FULL":
+                self.fail(f"acquire {cid}: model says queue full ({value}), server: {own}")
+        else:
+            reason = value.reason if value is not None else "?"
+            if own is None or own.kind != "rejected" or own.reason != reason:
+                self.fail(f"acquire {cid}: model rejects ({reason}), server answered {own}")
+
+    def _lease_target(self, data: st.DataObject) -> str:
+        """Mostly a live lease; sometimes one that has ended (released or expired)."""
+        live = sorted(set(self.server_id) & set(self.model.leases))
+        if live and data.draw(st.integers(0, 3), label="live?"):
+            return data.draw(st.sampled_from(live), label="live lease")
+        return data.draw(st.sampled_from(sorted(self.server_id)), label="any lease")
+
+    @precondition(lambda self: self.server_id)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        cid = self._lease_target(data)
+        inp, out = self.requested[cid]
+        usage = data.draw(
+            st.none() | st.tuples(st.integers(0, 2 * inp + 10), st.integers(0, 2 * out + 10)),
+            label="usage",
+        )
+        self.runner.run(self._release(cid, usage))
+
+    async def _release(self, cid: str, usage: tuple[int, int] | None) -> None:
+        self.log.append(f"release({cid}, {usage})")
+        self.model.at(self.driver.time())
+        answer = await self.driver.release(self.server_id[cid], usage)
+        await self.driver.quiesce(list(self.tasks.values()))
+        done = self.finished()
+        kind, settled, pas = self.model.release(
+            cid, usage, lambda i: i in done and done[i].kind == "lease"
+        )
+        self.log.append(f"   model {kind} {settled}; server {answer}")
+        self.check_pass(pas, done, f"release {cid}")
+        if done:
+            self.fail(f"release {cid}: waiters answered that the model did not expect: {done}")
+        if kind == "settled":
+            reserved = sum(self.requested[cid])
+            if answer.kind != "settled" or answer.already:
+                self.fail(f"release {cid}: model settles it, server answered {answer}")
+            assert (answer.charged, answer.refunded) == (settled.charged, settled.refunded)
+            assert 0 <= answer.refunded <= reserved
+            assert answer.refunded == max(0, reserved - answer.charged)
+            self.released_at[cid] = time.monotonic()
+        elif kind == "already":
+            if answer.kind == "not_found" and self._redis_forgot(cid):
+                del self.model.released[cid]  # see _redis_forgot
+                return
+            if answer.kind != "settled" or not answer.already:
+                self.fail(f"release {cid}: ended once already, server answered {answer}")
+            assert answer.charged == settled.charged
+        elif answer.kind != "not_found":
+            self.fail(f"release {cid}: the lease expired (or was forgotten), server: {answer}")
+
+    def _redis_forgot(self, cid: str) -> bool:
+        """Redis drops a released lease's record after one TTL of *real* time (its key
+        expiry); a run slower than that may see it gone before the model does."""
+        released = self.released_at.get(cid)
+        ttl = float(CONFIG["lease"]["ttl"])
+        return self.driver.redis and released is not None and time.monotonic() - released > ttl
+
+    @precondition(lambda self: self.server_id)
+    @rule(data=st.data(), extend_by=st.sampled_from([0.0, 0.5, 3.0, 12.0, 25.0]))
+    def renew(self, data: st.DataObject, extend_by: float) -> None:
+        cid = self._lease_target(data)
+        self.runner.run(self._renew(cid, extend_by))
+
+    async def _renew(self, cid: str, extend_by: float) -> None:
+        self.log.append(f"renew({cid}, {extend_by})")
+        self.model.at(self.driver.time())
+        answer = await self.driver.renew(self.server_id[cid], extend_by)
+        live = self.model.renew(cid, extend_by)
+        self.log.append(f"   model {'renewed' if live else 'gone'}; server {answer}")
+        if answer.kind != ("renewed" if live else "not_found"):
+            self.fail(f"renew {cid}: model {'renews' if live else 'NOT_FOUND'}, server {answer}")
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        cid = data.draw(st.sampled_from(sorted(self.tasks)), label="waiter")
+        self.runner.run(self._cancel(cid))
+
+    async def _cancel(self, cid: str) -> None:
+        self.log.append(f"cancel({cid})")
+        task = self.tasks.pop(cid)
+        task.cancel()
+        await self.driver.quiesce(list(self.tasks.values()))
+        self.model.at(self.driver.time())
+        self.model.remove(cid, served=False)
+        if done := self.finished():
+            self.fail(f"cancel {cid}: waiters answered that the model did not expect: {done}")
+
+    @rule(dt=st.sampled_from(STEPS))
+    def advance(self, dt: float) -> None:
+        self.runner.run(self._advance(dt))
+
+    async def _advance(self, dt: float) -> None:
+        self.log.append(f"advance({dt})")
+        t0 = self.model.now
+        deadlines = {task: self.model.waiters[cid].deadline for cid, task in self.tasks.items()}
+        await self.driver.advance(dt, list(self.tasks.values()), deadlines)
+        t1 = self.driver.time()
+        done = self.finished()
+        self.log.append(f"   server answered {done}")
+        # What the server did in between, in time order: grants (at enqueue + queued_for;
+        # one dispatch pass grants several at one time) and queue timeouts (at deadlines).
+        events: list[tuple[float, str, str]] = []
+        for cid, answer in done.items():
+            waiter = self.model.waiters[cid]
+            if answer.kind == "lease":
+                events.append((waiter.enq + answer.queued_for, "grant", cid))
+            elif answer.reason == "QUEUE_TIMEOUT":
+                if not t0 - EPS < waiter.deadline <= t1 + EPS:
+                    self.fail(
+                        f"{cid} timed out, its deadline {waiter.deadline} is not in ({t0}, {t1}]"
+                    )
+                events.append((waiter.deadline, "timeout", cid))
+            elif answer.kind != "rejected":
+                self.fail(f"waiter {cid} answered {answer}")
+        events.sort(key=lambda e: (e[0], e[1] == "grant"))
+        i = 0
+        while i < len(events):
+            at, kind, cid = events[i]
+            if kind == "timeout":
+                self.model.at(at)
+                self.model.remove(cid, served=False)
+                del self.tasks[cid]
+                done.pop(cid)
+                i += 1
+                continue
+            group = {c for t, k, c in events[i:] if k == "grant" and t - at <= 1e-6}
+            i += len(group)
+            self.model.at(at)
+            pas = self.model.dispatch(lambda c, group=group: c in group)  # type: ignore[misc]
+            self.check_pass(pas, done, f"dispatch at {at:.6f}")
+        self.model.at(t1)
+        for cid, answer in list(done.items()):  # rejected while waiting: the day's quota
+            verdict, limit = self.model.check(self.model.waiters[cid].ticket, kinds=("daily",))
+            if verdict != "denied" or limit is None or limit.reason != answer.reason:
+                self.fail(f"waiter {cid} rejected {answer}, the model says {verdict} {limit}")
+            self.model.remove(cid, served=False)
+            del self.tasks[cid]
+        for cid in self.tasks:
+            if self.model.waiters[cid].deadline <= t1 - EPS:
+                self.fail(f"waiter {cid} is still waiting past its deadline")
+
+    # -- invariants -----------------------------------------------------------------------
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        server = self.runner.run(self.driver.state())
+        self.model.at(self.driver.time())
+        pools, tenants = self.model.in_flight()
+        queued_pools, queued_tenants = self.model.queued()
+        for name, limit in self.model.all_limits.items():
+            if limit.kind == "gauge":
+                in_use = server.levels.get(name, 0.0)
+                if in_use > limit.capacity:
+                    self.fail(f"{name}: {in_use} in flight > {limit.capacity}")
+        if (server.in_flight_pool, server.in_flight_tenant) != (pools, tenants):
+            self.fail(
+                f"in flight: server {server.in_flight_pool} {server.in_flight_tenant},"
+                f" model {pools} {tenants}"
+            )
+        if (server.queued_pool, server.queued_tenant) != (queued_pools, queued_tenants):
+            self.fail(
+                f"queued: server {server.queued_pool} {server.queued_tenant},"
+                f" model {queued_pools} {queued_tenants}"
+            )
+        expected = self.model.levels()
+        for key, value in expected.items():
+            got = server.levels.get(key)
+            tolerance = 1e-3 if self.model.all_limits[key].kind == "bucket" else EPS
+            if got is None or abs(got - value) > tolerance:
+                self.fail(f"{key}: server {got}, model {value}")
+        problems = self.model.window_violations(self.start_time)
+        problems += self.model.daily_violations(server.levels)
+        if problems:
+            self.fail(f"limits exceeded: {problems}")
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+def backend(kind: str, request: pytest.FixtureRequest) -> Callable[[], dict[str, Any]]:
+    """A fresh store per run: memory, or a new key prefix in the shared Redis."""
+    if kind == "memory":
+        return lambda: {"kind": "memory"}
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    # A generous store timeout: a slow reply on a loaded machine is not what this tests.
+    prefix = "sm-{}"
+    return lambda: {
+        "kind": "redis",
+        "url": server.url,
+        "key_prefix": prefix.format(uuid.uuid4().hex),
+        "timeout": 5,
+    }
+
+
+def machine(driver: type[Driver], store: Callable[[], dict[str, Any]]) -> type[AdmissionMachine]:
+    class Machine(AdmissionMachine):
+        make_driver = staticmethod(lambda: driver(store()))  # type: ignore[assignment,arg-type]
+
+    Machine.__name__ = f"{driver.__name__}Machine"
+    return Machine
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_engine_and_backend_agree_with_the_model(kind: str, request: pytest.FixtureRequest) -> None:
+    settings = fuzz_settings(max_examples=60 if kind == "memory" else 40, step_count=50)
+    cls = machine(EngineDriver, backend(kind, request))
+    run_machine(cls, settings)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_grpc_server_agrees_with_the_model(kind: str, request: pytest.FixtureRequest) -> None:
+    settings = fuzz_settings(max_examples=10, step_count=30)
+    cls = machine(GrpcDriver, backend(kind, request))
+    run_machine(cls, settings)
