@@ -131,7 +131,7 @@ class Harness:
     async def until_waiting_here(self, lease_id: str) -> None:
         """Let an RPC that waits for ``lease_id`` (e.g. WaitTicket) reach the server."""
         for _ in range(200):
-            if lease_id in self.engine._waiters:
+            if self.engine.waiting.waits_for(lease_id):
                 return
             await asyncio.sleep(0.005)
         raise AssertionError(f"no RPC ever waited for {lease_id}")
@@ -139,7 +139,7 @@ class Harness:
     async def until_following(self, leader: str, count: int = 1) -> None:
         """Let ``count`` dedup followers of ``leader`` reach this server."""
         for _ in range(200):
-            if len(self.engine._followers.get(leader, ())) >= count:
+            if self.engine.waiting.followers_of(leader) >= count:
                 return
             await asyncio.sleep(0.005)
         raise AssertionError(f"never saw {count} followers of {leader}")

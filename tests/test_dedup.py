@@ -82,11 +82,8 @@ async def test_followers_join_a_leader_still_queued(make_harness: MakeHarness) -
     leading = h.acquire_later(input_tokens=1, dedup_key="k", wait_timeout=60)
     await h.until_queued("p", 1)
     follower = h.acquire_later(input_tokens=1, dedup_key="k", wait_timeout=60)
-    for _ in range(200):  # the follower joins the waiting leader, not the queue
-        if h.engine._followers:
-            break
-        await h.advance(0)
-    assert (await h.pool("p")).queued == 1
+    await h.until_following(next(iter(h.engine.waiting.awaited())))  # the waiting leader
+    assert (await h.pool("p")).queued == 1  # the follower joined it, not the queue
     await h.release(holder.lease_id)
     leader = await leading
     await share(h, leader.lease_id, b"done")

@@ -13,17 +13,15 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from opentelemetry.trace import Span
 
 from ._backend import (
-    CLAIM_TIMEOUT,
     AcquireResult,
     Backend,
-    DedupEnd,
     Denial,
     FingerprintMismatch,
     Kind,
@@ -34,7 +32,6 @@ from ._backend import (
     Outcome,
     Progress,
     QueueFull,
-    QueueSpot,
     Settlement,
     Snapshot,
     Ticket,
@@ -43,41 +40,24 @@ from ._backend import (
 from ._clock import Clock, ManualClock, TimerHandle
 from ._config import Settings
 from ._errors import (
-    Aborted,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Reason,
     Rejected,
     Unavailable,
 )
-from ._policy import MIN_RETRY, Policy, QueueEstimate, wait_estimate
+from ._estimates import PoolHistory
+from ._policy import Policy
+from ._reload import live
 from ._requests import AcquireSpec, Requests, check_lease_id, check_tokens
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
+from ._waiting import QueueReport, Waiting
 
 log = logging.getLogger("admitd")
 
 UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
 MAX_USAGE_DAYS = 366
-_EWMA = 0.2  # weight of the newest sample in the hold-time average
-
-QueueReport = Callable[[QueueEstimate], None]
-"""Called with a waiter's place in the queue whenever it changes (AcquireStream)."""
-
-
-@dataclass(slots=True)
-class _Waiter:
-    future: asyncio.Future[LeaseRecord]
-    holders: int = 1  # RPCs waiting on it (idempotent retries share one waiter)
-
-
-@dataclass(slots=True)
-class _PoolStats:
-    hold_time: float | None = None  # EWMA of how long leases are held
-    blocked: Denial | None = None  # what held the head of the queue last time
-
-
 class Engine:
     def __init__(
         self,
@@ -93,9 +73,8 @@ class Engine:
         self.requests = Requests(settings, self.policy, counter or TokenCounter(settings))
         self.backend = backend
         self.clock = clock
-        self._waiters: dict[str, _Waiter] = {}
-        self._followers: dict[str, set[asyncio.Future[DedupEnd]]] = {}  # dedup leader -> them
-        self._stats: dict[str, _PoolStats] = {p.name: _PoolStats() for p in settings.pools}
+        self.waiting = Waiting(self)
+        self.history = PoolHistory(self)
         self._wake: tuple[float, TimerHandle] | None = None
         self._reaper: tuple[float, TimerHandle] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,7 +91,8 @@ class Engine:
         with contextlib.suppress(Unavailable):  # the health check reports a dead store
             await self.publish_limits()
         self._schedule_reaper()
-        self.backend.subscribe(self._awaited, self._grant, self._finish)
+        w = self.waiting
+        self.backend.subscribe(w.awaited, w.grant, w.finish)
 
     async def publish_limits(self) -> None:
         """Tell the store every limit as configured now: checks read capacities and rates
@@ -126,31 +106,13 @@ class Engine:
         Limits, prices, weights, tiers, tenants, pools, queue bounds, lease times and auth
         apply at once (limits to queued calls too, so API keys rotate without a restart);
         lowering a limit revokes nothing, it admits less until usage falls. Returns the
-        changed settings that only a restart applies (they keep their old values: backend,
-        listen, health_listen, tls, observability, queue.aging).
+        changed settings that only a restart applies (they keep their old values; see
+        ``_reload.RESTART_ONLY``).
 
         Raises:
             Unavailable: the store did not answer; nothing changed.
         """
-        old = self.settings
-        restart_only = {
-            "backend": settings.backend != old.backend,
-            "listen": settings.listen != old.listen,
-            "health_listen": settings.health_listen != old.health_listen,
-            "tls": settings.tls != old.tls,
-            "observability": settings.observability != old.observability,
-            "queue.aging": settings.queue.aging != old.queue.aging,
-        }
-        settings = settings.model_copy(
-            update={
-                "backend": old.backend,
-                "listen": old.listen,
-                "health_listen": old.health_listen,
-                "tls": old.tls,
-                "observability": old.observability,
-                "queue": settings.queue.model_copy(update={"aging": old.queue.aging}),
-            }
-        )
+        settings, restart_only = live(self.settings, settings)
         # A new encoding takes 0.1-0.3 s to load (known ones are cached): off the loop.
         counter = await asyncio.to_thread(TokenCounter, settings)
         policy = Policy(settings)
@@ -158,10 +120,8 @@ class Engine:
         self.settings, self.policy = settings, policy
         self.requests = Requests(settings, policy, counter)
         self.limits_published = True
-        for pool in settings.pools:
-            self._stats.setdefault(pool.name, _PoolStats())
-        self._deliver(await self.backend.dispatch())  # raised limits may admit waiters now
-        return [name for name, changed in restart_only.items() if changed]
+        self.deliver(await self.backend.dispatch())  # raised limits may admit waiters now
+        return restart_only
 
     async def idle(self) -> None:
         """Wait until the background work started by timers and grants has finished."""
@@ -171,9 +131,7 @@ class Engine:
     def drain(self) -> None:
         """Admit nothing more; every waiter gets UNAVAILABLE so its client goes elsewhere."""
         self.draining = True
-        for waiter in self._waiters.values():
-            if not waiter.future.done():
-                waiter.future.set_exception(_draining())
+        self.waiting.drain(_draining())
 
     async def close(self) -> None:
         self.drain()
@@ -208,8 +166,10 @@ class Engine:
             else:
                 result, ticket = await self.admit_any(candidates, queue=wait > 0, hold=True)
             if result.follows:
-                return await self._follow(ticket, result.follows, wait)
-            lease = result.lease or await self._wait(result, ticket.pool, wait, on_queued)
+                return await self.waiting.end_of(ticket, result.follows, wait)
+            lease = result.lease or await self.waiting.grant_of(
+                result, ticket.pool, wait, on_queued
+            )
             span.set_attribute("admitd.lease_id", lease.lease_id)
         self.admitted(ticket, lease)
         if ticket.dedup_key:
@@ -281,10 +241,7 @@ class Engine:
         never = self.policy.never_fits(ticket.limits, ticket.tokens, ticket.nano_usd)
         if never is not None:
             raise never
-        waiter = None
-        if hold:
-            waiter = _Waiter(asyncio.get_running_loop().create_future())
-            self._waiters[ticket.lease_id] = waiter
+        waiter = self.waiting.hold(ticket.lease_id) if hold else None
         result: AcquireResult | None = None
         try:
             result = await self.backend.acquire(ticket, wait=queue)
@@ -297,17 +254,15 @@ class Engine:
                 "idempotency_key", "already used by this tenant for a different request"
             ) from None
         finally:
-            if waiter is not None and not (
-                self._waiters.get(ticket.lease_id) is waiter and _still_waiting(result)
-            ):
-                self._waiters.pop(ticket.lease_id, None)
-        self._deliver(result.progress)
+            if waiter is not None:
+                self.waiting.unhold(ticket.lease_id, waiter, result)
+        self.deliver(result.progress)
         if isinstance(result.denial, QueueFull):
-            raise self._queue_full(ticket.pool, result.denial)
+            raise self.history.queue_full(ticket.pool, result.denial)
         if result.denial is not None:
             self._note_blocked(ticket.pool, result.denial)
             raise self.policy.rejection(
-                result.denial, wall=self.clock.wall(), hold_time=self._hold_time(ticket.pool)
+                result.denial, wall=self.clock.wall(), hold_time=self.history.hold_time(ticket.pool)
             )
         return result
 
@@ -346,9 +301,7 @@ class Engine:
         settlement = released.settlement
         if not settlement.already_released:
             lease = settlement.lease
-            stats = self._stats.get(lease.pool)
-            if stats is not None:
-                stats.hold_time = _ewma(stats.hold_time, lease.held_for)
+            self.history.held(lease.pool, lease.held_for)
             self.telemetry.settled(
                 lease.pool,
                 lease.tenant,
@@ -356,7 +309,7 @@ class Engine:
                 settlement.charged_tokens,
                 settlement.refunded_tokens,
             )
-        self._deliver(released.progress)
+        self.deliver(released.progress)
         return settlement
 
     async def renew(
@@ -407,34 +360,10 @@ class Engine:
         with self._store_errors():
             return await self.backend.look(lease_id, claim=claim)
 
-    def estimate(self, spot: QueueSpot) -> QueueEstimate:
-        first = self._first_grant_in(spot.pool)
-        wait = wait_estimate(spot.position, spot.grants_per_second, first)
-        return QueueEstimate(spot.position, spot.depth, wait)
-
-    async def await_grant(self, lease_id: str, seconds: float) -> LeaseRecord | None:
-        """Wait up to ``seconds`` (on the engine's clock) for the grant of a queued deferred
-        ticket; None if it did not come. Leaving does not cancel the ticket."""
-        waiter = self._waiters.get(lease_id)
-        if waiter is None:
-            waiter = self._waiters[lease_id] = _Waiter(asyncio.get_running_loop().create_future())
-        else:
-            waiter.holders += 1
-        self._hasten_reaper()
-        expired = self._sleep(seconds)
-        try:
-            await asyncio.wait((waiter.future, expired), return_when=asyncio.FIRST_COMPLETED)
-            return waiter.future.result() if waiter.future.done() else None
-        finally:
-            expired.cancel()
-            waiter.holders -= 1
-            if waiter.holders == 0:
-                self._waiters.pop(lease_id, None)
-
     async def cancel(self, lease_id: str) -> None:
         """Take a waiter out of the queue, or give back its unclaimed grant."""
         with self._store_errors():
-            self._deliver(await self.backend.cancel(lease_id))
+            self.deliver(await self.backend.cancel(lease_id))
 
     # -- internals --------------------------------------------------------------------------
 
@@ -470,177 +399,24 @@ class Engine:
             queued_for=0.0,
         )
 
-    async def _wait(
-        self, result: AcquireResult, pool: str, wait: float, report: QueueReport | None
-    ) -> LeaseRecord:
-        """Wait for the grant of ``result.waiting_on`` (ours, or an earlier idempotent one)."""
-        loop = asyncio.get_running_loop()
-        lease_id = result.waiting_on
-        waiter = self._waiters.get(lease_id)
-        if waiter is None:
-            waiter = self._waiters[lease_id] = _Waiter(loop.create_future())
-        elif result.replayed:
-            waiter.holders += 1
-        self._hasten_reaper()
-        started = self.clock.now()
-        timeout = self._sleep(wait)
-        reporter = asyncio.ensure_future(self._report(lease_id, report)) if report else None
-        try:
-            await asyncio.wait((waiter.future, timeout), return_when=asyncio.FIRST_COMPLETED)
-            if waiter.future.done():
-                return waiter.future.result()  # the lease, or Rejected/Unavailable
-            spot = None
-            with contextlib.suppress(Unavailable):  # the estimate is a courtesy
-                spot = (await self.backend.look(lease_id, claim=False)).queued
-            estimate = self.estimate(spot) if spot is not None else None
-            raise self.policy.queue_timeout(
-                self.clock.now() - started,
-                retry_after=self._next_grant_in(pool, spot.grants_per_second if spot else None),
-                blocked_by=self._stats[pool].blocked if pool in self._stats else None,
-                estimate=estimate,
-            )
-        finally:
-            timeout.cancel()
-            if reporter is not None:
-                reporter.cancel()
-            waiter.holders -= 1
-            if waiter.holders == 0:
-                self._waiters.pop(lease_id, None)
-                if not waiter.future.done() or waiter.future.exception() is not None:
-                    # Timed out, cancelled or drained: leave the queue. If a grant raced
-                    # with us, _deliver finds no waiter and gives the lease back.
-                    waiter.future.cancel()
-                    self._deliver(await asyncio.shield(self.backend.cancel(lease_id)))
-
-    async def _report(self, lease_id: str, report: QueueReport) -> None:
-        """Tell ``report`` where the waiter stands now, and again every
-        ``queue.update_interval`` when that changed, until it leaves the queue."""
-        last: tuple[int, int, float] | None = None
-        while True:
-            look = None
-            with contextlib.suppress(Unavailable):  # try again next time
-                look = await self.backend.look(lease_id, claim=False)
-            if look is not None:
-                if look.queued is None:
-                    return
-                estimate = self.estimate(look.queued)
-                shown = (estimate.position, estimate.depth, round(estimate.wait, 1))
-                if shown != last:
-                    report(estimate)
-                    last = shown
-            await self._sleep(self.settings.queue.update_interval)
-
-    def _sleep(self, seconds: float) -> asyncio.Future[None]:
-        """A future that resolves ``seconds`` from now on the engine's clock."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        handle = self.clock.call_at(self.clock.now() + seconds, lambda: _resolve(future))
-        future.add_done_callback(lambda _: handle.cancel())
-        return future
-
-    async def _follow(self, ticket: Ticket, leader: str, wait: float) -> LeaseRecord:
-        """A dedup follower: wait (at most ``wait``) for the leader's call to end, and take
-        its shared result; nothing is reserved for the follower."""
-        if wait <= 0:
-            self.telemetry.followed(ticket.pool, ticket.tenant, "in_flight")
-            raise Aborted(
-                Reason.DEDUP_IN_FLIGHT,
-                "an identical call (same dedup_key) is in flight; set wait_timeout to wait"
-                " for its result",
-                retry_after=MIN_RETRY,
-                metadata={"dedup_leader": leader},
-            )
-        started = self.clock.now()
-        future: asyncio.Future[DedupEnd] = asyncio.get_running_loop().create_future()
-        self._followers.setdefault(leader, set()).add(future)
-        self._hasten_reaper()  # a leader that dies ends at its expiry, for its followers too
-        expired = self._sleep(wait)
-        try:
-            with contextlib.suppress(Unavailable):  # the listener still tells us
-                end = await self.backend.dedup_end(leader)  # it may have ended already
-                if end is not None:
-                    self._finish(end)
-            await asyncio.wait((future, expired), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            expired.cancel()
-            followers = self._followers.get(leader, set())
-            followers.discard(future)
-            if not followers:
-                self._followers.pop(leader, None)
-        if not future.done():
-            self.telemetry.followed(ticket.pool, ticket.tenant, "in_flight")
-            raise Aborted(
-                Reason.DEDUP_IN_FLIGHT,
-                f"the identical call joined was still in flight after {wait:g}s",
-                retry_after=MIN_RETRY,
-                metadata={"dedup_leader": leader},
-            )
-        shared = future.result().result
-        how = "failed" if shared is None else "shared"
-        self.telemetry.followed(ticket.pool, ticket.tenant, how)
-        if shared is None:
-            raise Aborted(
-                Reason.DEDUP_LEADER_FAILED,
-                "the identical call joined ended without a result to share; retry",
-                retry_after=MIN_RETRY,
-                metadata={"dedup_leader": leader},
-            )
-        return LeaseRecord(
-            lease_id="",
-            tenant=ticket.tenant,
-            pool=ticket.pool,
-            input_tokens=0,
-            max_output_tokens=0,
-            nano_usd=0,
-            expires_in=0.0,
-            queued_for=self.clock.now() - started,
-            dedup_leader=leader,
-            shared_result=shared,
-        )
-
-    def _finish(self, end: DedupEnd) -> None:
-        """A dedup leader's call ended: its followers here get how."""
-        for future in self._followers.pop(end.leader, ()):
-            if not future.done():
-                future.set_result(end)
-
-    def _awaited(self) -> list[str]:
-        """What this process waits to hear of: grants of its waiters, ends of the dedup
-        leaders its followers joined (``end:<leader>``)."""
-        return [*self._waiters, *(f"end:{leader}" for leader in self._followers)]
-
-    def _deliver(self, progress: Progress) -> None:
-        """Hand grants, refusals and dedup ends from a dispatch pass to their RPCs."""
+    def deliver(self, progress: Progress) -> None:
+        """Hand grants, refusals and dedup ends from a dispatch pass to their RPCs, and
+        note what blocks the queues (refill wake-ups, estimates)."""
         for end in progress.finished:
-            self._finish(end)
+            self.waiting.finish(end)
         for lease in progress.grants:
-            self._grant(lease)
+            self.waiting.grant(lease)
         for lease_id, denial in progress.rejections:
-            waiter = self._waiters.get(lease_id)
-            if waiter is not None and not waiter.future.done():
-                waiter.future.set_exception(
-                    self.policy.rejection(denial, wall=self.clock.wall(), hold_time=None)
-                )
+            refusal = self.policy.rejection(denial, wall=self.clock.wall(), hold_time=None)
+            self.waiting.refuse(lease_id, refusal)
         for pool, denial in progress.blocked.items():
             self._note_blocked(pool, denial)
         for denial in progress.passed_over:
             self._wake_on_refill(denial)
 
-    def _grant(self, lease: LeaseRecord) -> None:
-        """Hand a grant to its waiting RPC if it is ours. A grant for an RPC that has just
-        given up stays unclaimed (that RPC's cancel() gives it back), as does one for a
-        deferred ticket or another replica's RPC: the reaper comes back in time to give it
-        back if nobody claims it."""
-        waiter = self._waiters.get(lease.lease_id)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_result(lease)
-            self._spawn(self.backend.claim(lease.lease_id))
-        else:
-            self._reap_within(CLAIM_TIMEOUT)
-
     def _note_blocked(self, pool: str, denial: Denial) -> None:
         """Remember what holds the queue; when it is a bucket, dispatch again once it refills."""
-        if pool in self._stats:
-            self._stats[pool].blocked = denial
+        self.history.blocked(pool, denial)
         self._wake_on_refill(denial)
 
     def _wake_on_refill(self, denial: Denial) -> None:
@@ -659,39 +435,10 @@ class Engine:
     def _on_wake(self) -> None:
         # Dispatch even with no RPC waiting here: deferred tickets wait without one.
         self._wake = None
-        self._spawn(self._dispatch())
+        self.spawn(self._dispatch())
 
     async def _dispatch(self) -> None:
-        self._deliver(await self.backend.dispatch())
-
-    def _hold_time(self, pool: str) -> float | None:
-        stats = self._stats.get(pool)
-        return stats.hold_time if stats is not None else None
-
-    def _first_grant_in(self, pool: str) -> float:
-        """Seconds until the pool is likely to grant again, from what this process saw:
-        the blocking limit's own delay, else a typical hold, else one lease TTL."""
-        stats = self._stats.get(pool)
-        if stats is not None and stats.blocked is not None:
-            return self.policy.retry_after(
-                stats.blocked, wall=self.clock.wall(), hold_time=stats.hold_time
-            )
-        if stats is not None and stats.hold_time is not None:
-            return stats.hold_time
-        return self.settings.lease.ttl
-
-    def _next_grant_in(self, pool: str, grants_per_second: float | None) -> float:
-        return wait_estimate(0, grants_per_second, self._first_grant_in(pool))
-
-    def _queue_full(self, pool: str, full: QueueFull) -> Rejected:
-        """No room: a retry can succeed once the next waiter has been served."""
-        rate, first = full.grants_per_second, self._first_grant_in(pool)
-        joining = QueueEstimate(
-            full.pool_depth, full.pool_depth, wait_estimate(full.pool_depth, rate, first)
-        )
-        return self.policy.queue_full(
-            full, retry_after=wait_estimate(0, rate, first), estimate=joining
-        )
+        self.deliver(await self.backend.dispatch())
 
     # -- reaper -----------------------------------------------------------------------------
 
@@ -701,17 +448,13 @@ class Engine:
         least once per TTL (which covers leases granted meanwhile, by other replicas too)."""
         lease = self.settings.lease
         delay = lease.ttl if next_expiry_in is None else next_expiry_in
-        if self._waiters or self._followers:
+        if self.waiting:
             delay = lease.reap_interval
         delay = min(max(delay, lease.reap_interval), lease.ttl)
         when = self.clock.now() + delay
         self._reaper = (when, self.clock.call_at(when, self._on_reap))
 
-    def _hasten_reaper(self) -> None:
-        """A caller now waits for capacity: expiries must free it within ``reap_interval``."""
-        self._reap_within(self.settings.lease.reap_interval)
-
-    def _reap_within(self, seconds: float) -> None:
+    def reap_within(self, seconds: float) -> None:
         """Bring the next reap forward to at most ``seconds`` from now; it then reschedules
         itself for the next expiry or unclaimed grant's deadline."""
         soon = self.clock.now() + seconds
@@ -721,7 +464,7 @@ class Engine:
 
     def _on_reap(self) -> None:
         self._reaper = None
-        self._spawn(self._reap())
+        self.spawn(self._reap())
 
     async def _reap(self) -> None:
         next_expiry_in = None
@@ -734,12 +477,13 @@ class Engine:
                     "lease expired",
                     extra={"lease_id": lease.lease_id, "tenant": lease.tenant, "pool": lease.pool},
                 )
-            self._deliver(result.progress)
+            self.deliver(result.progress)
         finally:
             if not self.draining:
                 self._schedule_reaper(next_expiry_in)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Run ``coro`` in the background; :meth:`idle` waits for it."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -756,11 +500,6 @@ def _lease_errors(lease_id: str) -> Iterator[None]:
         raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _unchecked_settlement(lease_id: str, usage: tuple[int, int] | None) -> Settlement:
     """Release of a lease admitted unchecked: nothing was reserved, so nothing to settle."""
     charged = sum(usage) if usage is not None else 0
@@ -768,13 +507,5 @@ def _unchecked_settlement(lease_id: str, usage: tuple[int, int] | None) -> Settl
     return Settlement(lease, charged, 0, 0, already_released=False)
 
 
-def _still_waiting(result: AcquireResult | None) -> bool:
-    return result is not None and result.queued and not result.replayed
-
-
 def _draining() -> Unavailable:
     return Unavailable("server is draining; retry on another replica")
-
-
-def _ewma(old: float | None, sample: float) -> float:
-    return sample if old is None else old + _EWMA * (sample - old)

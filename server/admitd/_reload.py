@@ -11,14 +11,36 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from ._config import ConfigError, load_config
-from ._engine import Engine
+from ._config import ConfigError, Settings, load_config
+
+if TYPE_CHECKING:
+    from ._engine import Engine  # the engine applies changes with live()
 
 log = logging.getLogger("admitd")
 
 Outcome = Literal["unchanged", "applied", "invalid"]
+
+RESTART_ONLY = ("backend", "listen", "health_listen", "tls", "observability", "queue.aging")
+"""Settings a running server keeps until it restarts: they bind ports, open connections or
+shape state already in the store. Everything else applies live (see :func:`live`)."""
+
+
+def live(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """``new`` as a running server can apply it: the restart-only settings keep their old
+    values. Also returns the names of those that changed (to be logged)."""
+    changed = [name for name in RESTART_ONLY if _get(new, name) != _get(old, name)]
+    update = {name: getattr(old, name) for name in RESTART_ONLY if "." not in name}
+    update["queue"] = new.queue.model_copy(update={"aging": old.queue.aging})
+    return new.model_copy(update=update), changed
+
+
+def _get(settings: Settings, dotted: str) -> object:
+    value: object = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 class ConfigWatcher:

@@ -66,7 +66,7 @@ class Tickets:
         look = await self.engine.look(ticket_id)
         if look.queued is not None and seconds > 0:
             self._check_owner(ticket_id, look.queued.tenant, tenant)
-            await self.engine.await_grant(ticket_id, seconds)
+            await self.engine.waiting.grant_of_ticket(ticket_id, seconds)
             look = await self.engine.look(ticket_id)
         return await self._view(ticket_id, look, tenant)
 
@@ -85,7 +85,8 @@ class Tickets:
         self._check_owner(ticket_id, _tenant_of(look), tenant)
         if look.queued is not None:
             spot = look.queued
-            return TicketView(ticket_id, self.engine.estimate(spot), wait_left=spot.wait_left)
+            estimate = self.engine.history.estimate(spot)
+            return TicketView(ticket_id, estimate, wait_left=spot.wait_left)
         if look.lease is not None:
             if not look.claimed:  # checked the owner first: only the owner claims
                 look = await self.engine.look(ticket_id, claim=True)
