@@ -3,6 +3,8 @@ exact scenario (both backends)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from conftest import MakeHarness
@@ -34,3 +36,43 @@ async def test_a_fail_fast_call_behind_its_tenants_held_waiter_is_rejected_at_on
     assert (await h.pool("p")).queued == 1  # the waiter keeps its place
     assert not waiting.done()
     await h.acquire(tenant="b", input_tokens=1)  # other tenants are not held back
+
+
+async def test_a_grant_racing_with_a_queue_timeout_is_not_lost(make_harness: MakeHarness) -> None:
+    """Found by scripts/soak.py (the daily token count moved by more than was charged). When
+    a waiter's wait runs out, the engine asks the backend where the waiter stood (for the
+    QUEUE_TIMEOUT estimate) before leaving the queue; with Redis that is a round trip, and a
+    grant arriving meanwhile was claimed for the waiter, which then answered QUEUE_TIMEOUT
+    anyway and did not give the grant back: the caller never learnt of a lease that held a
+    slot until it expired, full reservation charged. Here the holder's release lands exactly
+    in that window; the caller must end up with the lease, or with nothing held."""
+    h = await make_harness({"pools": [{"name": "p", "max_concurrency": 1}]})
+    holder = await h.acquire(input_tokens=1)
+    waiting = h.acquire_later(input_tokens=1, wait_timeout=1)
+    await h.until_queued("p", 1)
+    backend = h.engine.backend
+    look = backend.look
+    released: list[bool] = []
+
+    async def look_while_released(lease_id: str, *, claim: bool) -> object:
+        if not released:
+            released.append(True)
+            await h.engine.release(holder.lease_id, None)  # grants the waiter meanwhile
+        return await look(lease_id, claim=claim)
+
+    backend.look = look_while_released
+    try:
+        await h.advance(1.0)
+        await asyncio.wait_for(asyncio.wait({waiting}), 10)
+        assert released, "the race was not provoked"
+        error = waiting.exception()
+        if error is None:
+            assert (await h.pool("p")).in_flight == 1
+            assert not (await h.release(waiting.result().lease_id)).already_released
+        else:
+            assert isinstance(error, grpc.aio.AioRpcError)
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (await h.pool("p")).in_flight == 0, "QUEUE_TIMEOUT, yet a lease is held"
+    finally:
+        backend.look = look
+    assert (await h.pool("p")).in_flight == 0
