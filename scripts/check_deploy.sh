@@ -59,7 +59,7 @@ step "hadolint Dockerfile"
 hadolint Dockerfile
 step "docker/admitd.yaml is the embedded default"
 env -u ADMITD_REDIS_URL -u ADMITD_REDIS_PASSWORD python3 - <<'PY'
-from admitd._config import EMBEDDED_DEFAULT, load_config
+from admitd import EMBEDDED_DEFAULT, load_config
 
 assert load_config("docker/admitd.yaml") == EMBEDDED_DEFAULT, "docker/admitd.yaml differs"
 PY

@@ -6,7 +6,8 @@ else is private (``_module.py``) and may change.
 
 from ._backend import Backend
 from ._clock import Clock, ManualClock, SystemClock
-from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, parse_config
+from ._config import EMBEDDED_DEFAULT, Settings
+from ._config_load import ConfigError, load_config, parse_config
 from ._engine import Engine
 from ._errors import (
     AdmitdError,

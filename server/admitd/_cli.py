@@ -22,7 +22,8 @@ import grpc
 from google.protobuf.message import Message
 
 from ._auth import hash_key
-from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, validate_listen
+from ._config import EMBEDDED_DEFAULT, Settings, validate_listen
+from ._config_load import ConfigError, load_config
 from ._logging import configure_logging
 from .v1 import admission_pb2 as pb
 from .v1 import admission_pb2_grpc as pb_grpc

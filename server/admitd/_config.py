@@ -1,11 +1,8 @@
-"""Configuration: one validated pydantic model, loaded from YAML.
+"""Configuration: one validated pydantic model (loaded from YAML by ``_config_load``).
 
 Every field has a default, so an empty file (or no file at all) is a working embedded setup.
 Durations are written like ``120s``, ``1.5m``, ``250ms`` or ``2h`` (a bare number is seconds).
-:func:`load_config` reports every problem at once, each on one line that starts with its path
-in the file, e.g. ``pools[1].tokens_per_minute: Input should be greater than 0``. Problems
-found before there are paths (bad YAML syntax, a key written twice, bytes that are not UTF-8)
-start with their place instead: ``line 4, column 1: duplicate key 'listen' (first at line 1)``.
+Checks between entries are in ``_config_checks``.
 
 Types are strict: YAML already knows numbers from strings, so ``max_concurrency: "10"`` or
 ``max_concurrency: yes`` is a mistake worth reporting rather than a value to coerce.
@@ -13,24 +10,21 @@ Types are strict: YAML already knows numbers from strings, so ``max_concurrency:
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tiktoken
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     model_validator,
 )
+
+from ._config_checks import cross_problems
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -44,7 +38,7 @@ def _parse_duration(value: Any) -> Any:
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
+    raise ValueError(f"{_DURATION_HINT}, got {show(value)}")
 
 
 def _known_encoding(name: str) -> str:
@@ -354,7 +348,7 @@ def _default_pools() -> list[PoolConfig]:
     return [PoolConfig(name="default")]
 
 
-def _default_tenants() -> list[TenantConfig]:
+def default_tenants() -> list[TenantConfig]:
     return [TenantConfig(name="default")]
 
 
@@ -389,14 +383,14 @@ class Settings(_Model):
     """Provider deployments callers name in Acquire; names are unique."""
     tiers: list[TierConfig] = Field(default_factory=list)
     """Named sets of weight and limits that tenants refer to with ``tier``; names unique."""
-    tenants: list[TenantConfig] = Field(default_factory=_default_tenants)
+    tenants: list[TenantConfig] = Field(default_factory=default_tenants)
     """Tenants callers name in Acquire; names are unique."""
     default_tenant: str | None = None
     """Tenant whose limits apply to callers naming an unknown (or no) tenant; null = reject."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        problems = _cross_problems(
+        problems = cross_problems(
             self.model_dump(include={"pools", "tiers", "tenants", "default_tenant", "auth", "tls"})
         )
         if problems:
@@ -416,87 +410,6 @@ class Settings(_Model):
         return next((t for t in self.effective_tenants() if t.name == name), None)
 
 
-def _cross_problems(data: Mapping[str, Any]) -> list[str]:
-    """Checks between entries: unique pool and tenant names, ``default_tenant`` is a tenant.
-
-    They read plain (possibly invalid) data and skip what they cannot read, so a file with
-    field problems gets these reported too, instead of one round of fixes per kind.
-    """
-    problems: list[str] = []
-    for section in ("pools", "tiers", "tenants"):
-        seen: dict[str, int] = {}
-        for i, name in _names(data.get(section)):
-            if name in seen:
-                problems.append(
-                    f"{section}[{i}].name: duplicate {name!r} (also {section}[{seen[name]}])"
-                )
-            seen.setdefault(name, i)
-    default = data.get("default_tenant")
-    tenants = data.get("tenants")
-    names = [name for _, name in _names(tenants)]
-    readable = isinstance(tenants, list) and len(names) == len(tenants)
-    tier_names = [name for _, name in _names(data.get("tiers"))]
-    for i, tenant in enumerate(tenants if isinstance(tenants, list) else []):
-        tier = tenant.get("tier") if isinstance(tenant, Mapping) else None
-        if isinstance(tier, str) and tier not in tier_names:
-            shown = ", ".join(repr(n) for n in tier_names) or "none"
-            problems.append(f"tenants[{i}].tier: {tier!r} is not a tier (tiers: {shown})")
-    known = ", ".join(repr(n) for n in names) or "none"
-    if isinstance(default, str) and readable and default not in names:
-        problems.append(f"default_tenant: {default!r} is not a tenant (tenants: {known})")
-    auth = data.get("auth")
-    if isinstance(auth, Mapping):
-        clients = auth.get("clients") or []
-        if isinstance(clients, list):
-            problems += _client_problems(clients, names if readable else None, data.get("tls"))
-        if auth.get("allow_anonymous") is False and not clients:
-            problems.append("auth.allow_anonymous: false with no auth.clients lets nobody in")
-    return problems
-
-
-def _client_problems(
-    clients: list[Any], tenants: list[str] | None, tls: Any
-) -> list[str]:
-    problems: list[str] = []
-    seen: dict[tuple[str, Any], int] = {}
-    mutual_tls = isinstance(tls, Mapping) and tls.get("client_ca_file") is not None
-    for i, client in enumerate(clients):
-        if not isinstance(client, Mapping):
-            continue
-        for field in ("name", "api_key_sha256", "cert_common_name"):
-            value = client.get(field)
-            if not isinstance(value, str):
-                continue
-            if (field, value) in seen:
-                shown = "" if field == "api_key_sha256" else f" {value!r}"  # never a hash
-                first = seen[(field, value)]
-                problems.append(
-                    f"auth.clients[{i}].{field}: duplicate{shown} (also auth.clients[{first}])"
-                )
-            seen.setdefault((field, value), i)
-        tenant = client.get("tenant")
-        if isinstance(tenant, str) and tenants is not None and tenant not in tenants:
-            known = ", ".join(repr(n) for n in tenants) or "none"
-            problems.append(
-                f"auth.clients[{i}].tenant: {tenant!r} is not a tenant (tenants: {known})"
-            )
-        if client.get("cert_common_name") is not None and not mutual_tls:
-            problems.append(
-                f"auth.clients[{i}].cert_common_name: needs tls.client_ca_file (mutual TLS)"
-            )
-    return problems
-
-
-def _names(entries: Any) -> list[tuple[int, str]]:
-    if not isinstance(entries, list):
-        return []
-    return [
-        (i, entry["name"])
-        for i, entry in enumerate(entries)
-        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
-    ]
-
-
 EMBEDDED_DEFAULT = Settings(
     pools=[
         PoolConfig(
@@ -509,166 +422,7 @@ EMBEDDED_DEFAULT = Settings(
 which every caller falls back to."""
 
 
-class ConfigError(Exception):
-    """A configuration that cannot be used; ``problems`` lists each, one line, path first."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(
-            f"{source}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems)
-        )
-
-
-def parse_config(data: Any, source: str = "<config>") -> Settings:
-    """Validate already-parsed YAML data (``None`` means an empty file).
-
-    Raises:
-        ConfigError: listing every problem found.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(source, [f"(top level): expected a mapping, got {_show(data)}"])
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-    problems = [p for err in errors for p in _describe(err)]
-    if not any(err["type"] == "value_error" and not err["loc"] for err in errors):
-        # Field problems stop pydantic before the cross checks: run them on the raw data.
-        defaults = {"tenants": [t.model_dump() for t in _default_tenants()]}
-        problems += _cross_problems({**defaults, **data})
-    raise ConfigError(source, problems)
-
-
-ENVIRONMENT = {
-    "ADMITD_REDIS_URL": ("backend", "url"),
-    "ADMITD_REDIS_PASSWORD": ("backend", "password"),
-}
-"""Environment variables that override a field of the file: secrets stay out of it (and out
-of a Kubernetes ConfigMap), e.g. set from a Secret."""
-
-
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a YAML file, with the overrides of :data:`ENVIRONMENT` taken from
-    ``environ`` (default ``os.environ``).
-
-    Raises:
-        ConfigError: listing every problem found, each with its path in the file.
-    """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, [f"(file): {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise ConfigError(source, [f"line {line}: not UTF-8 text"]) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [_describe_yaml(exc)]) from None
-    return parse_config(_overridden(data, os.environ if environ is None else environ), source)
-
-
-def _overridden(data: Any, environ: Mapping[str, str]) -> Any:
-    if not isinstance(data, Mapping | None):
-        return data  # parse_config says what is wrong with it
-    data = dict(data or {})
-    for variable, (section, field) in ENVIRONMENT.items():
-        value = environ.get(variable)
-        if value and isinstance(data.get(section, {}), Mapping):
-            data[section] = {**data.get(section, {}), field: value}
-    return data
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that rejects a key written twice (PyYAML silently keeps the last one,
-    which would drop, say, a whole ``pools`` section without a word)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            # Merge keys (<<) may legitimately be overridden; complex keys are not ours.
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node)
-            if key in first_line:
-                raise yaml.constructor.ConstructorError(
-                    problem=f"duplicate key {key!r} (first at line {first_line[key]})",
-                    problem_mark=key_node.start_mark,
-                )
-            first_line[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def _describe_yaml(exc: yaml.YAMLError) -> str:
-    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
-        return f"(yaml): {exc}"
-    mark = exc.problem_mark
-    text = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
-    if exc.context and exc.context_mark is not None:
-        start = exc.context_mark
-        text += f" ({exc.context} started at line {start.line + 1}, column {start.column + 1})"
-    return text
-
-
-# Sections whose entries are these models, to suggest field names for a misspelt key.
-_SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "backend": BackendConfig,
-    "lease": LeaseConfig,
-    "queue": QueueConfig,
-    "budget": BudgetConfig,
-    "pools": PoolConfig,
-    "tenants": TenantConfig,
-    "tiers": TierConfig,
-    "price": Price,
-    "adaptive": AdaptiveConfig,
-    "breaker": BreakerConfig,
-    "tls": TLSConfig,
-    "auth": AuthConfig,
-    "clients": ClientConfig,
-}
-
-
-def _describe(error: Any) -> list[str]:
-    loc = tuple(error.get("loc", ()))
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    kind = str(error.get("type", ""))
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    value = error.get("input")
-    if kind == "value_error" and not loc:
-        # Cross checks name their own paths, one problem per line.
-        return message.splitlines()
-    if kind == "extra_forbidden":
-        message = "unknown field" + _suggestion(loc)
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        message = f"expected a mapping, got {_show(value)}"
-    elif kind == "list_type":
-        message = f"expected a list, got {_show(value)}"
-    elif kind == "too_short":
-        message = message.replace(" after validation", "")
-    elif kind.endswith(("_type", "_parsing")) or kind == "literal_error":
-        message = f"{message}, got {_show(value)}"
-    return [f"{path or '(top level)'}: {message}"]
-
-
-def _suggestion(loc: tuple[Any, ...]) -> str:
-    sections = [part for part in loc[:-1] if isinstance(part, str)]
-    model = _SECTION_MODELS.get(sections[-1]) if sections else Settings
-    if model is None or not isinstance(loc[-1], str):
-        return ""
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A value as the YAML author wrote it, so a quoted number or a ``yes`` is recognisable."""
     if value is None:
         return "null"

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ._config import ConfigError, Settings, load_config
+from ._config import Settings
+from ._config_load import ConfigError, load_config
 
 if TYPE_CHECKING:
     from ._engine import Engine  # the engine applies changes with live()
