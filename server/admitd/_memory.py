@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
@@ -37,24 +36,17 @@ from ._backend import (
     Snapshot,
     Ticket,
     TicketEnd,
-    Unit,
     UsageRow,
     day_number,
 )
 from ._clock import Clock
+from ._counters import Counters
 from ._expiring import Expiring
 from ._fairqueue import Entry, FairQueue
-from ._gates import GateState, gate_limit
-
-_OPEN = GateState()  # the gate of a pool with no reported outcome yet: always open
 
 # A dispatch pass looks at most this many waiters per pool, so that one tenant with a long
 # queue blocked by its own limits cannot make every release slow.
 MAX_EXAMINED_PER_PASS = 1024
-
-
-def utc_day(wall: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(wall))
 
 
 @dataclass(slots=True)
@@ -95,10 +87,7 @@ class MemoryBackend:
     def __init__(self, clock: Clock, *, aging: float) -> None:
         self._clock = clock
         self._aging = aging
-        self._gauges: dict[str, float] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
-        self._daily: dict[str, float] = {}  # "key@day" -> used
-        self._day = ""
+        self._counters = Counters()
         self._day_number = 0
         self._leases: dict[str, _Lease] = {}
         self._expiry: list[tuple[float, str]] = []  # heap; stale entries skipped
@@ -109,9 +98,6 @@ class MemoryBackend:
         self._waiters: dict[str, _Waiter] = {}
         self._queued_by_tenant: dict[str, int] = {}
         self._expired: list[LeaseRecord] = []  # reaped (maybe lazily), not yet reported
-        self._defs: dict[str, Limit] | None = None  # limits as configured now, by key
-        self._gate_defs: dict[str, Gate] = {}  # pool -> its gate as configured now
-        self._gates: dict[str, GateState] = {}
         self._unclaimed: OrderedDict[str, float] = OrderedDict()  # granted waiter -> give up at
         self._ended: Expiring[str, TicketEnd] = Expiring()  # why deferred tickets ended
         self._rates: dict[str, GrantRate] = {}
@@ -132,10 +118,10 @@ class MemoryBackend:
             leader = self._dedup.get((ticket.tenant, ticket.dedup_key))
             if leader is not None:
                 return AcquireResult(follows=leader, progress=self._progress())
-        daily, _ = self._check(ticket, now, kinds=(Kind.DAILY,))
+        daily, _ = self._counters.check(ticket, now, kinds=(Kind.DAILY,))
         if daily is not None:
             return AcquireResult(denial=daily)
-        shut = self._shut(ticket.pool, now)
+        shut = self._counters.shut(ticket.pool, now)
         if shut is not None and shut.cause == "open":
             return AcquireResult(denial=shut)  # refused at once, never queued
         if wait:
@@ -177,6 +163,8 @@ class MemoryBackend:
             if ticket.idempotency_key:
                 self._idempotency.pop((ticket.tenant, ticket.idempotency_key))
             self._end(ticket, "cancelled", now)
+            # It may have been the head that held its pool back: who is behind may fit now.
+            return self._dispatch_all(now)
         elif self._unclaimed.pop(lease_id, None) is not None:
             self._give_back(lease_id, "cancelled", now)  # granted while its RPC gave up
             return self._dispatch_all(now)
@@ -208,8 +196,7 @@ class MemoryBackend:
             charged_usd = t.nano_usd  # the reservation's own price, to the nano-dollar
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
         self._charge(t, used, charged_usd)
-        gate = self._gates.setdefault(t.pool, GateState())
-        gate.report(self._gate_defs.get(t.pool), outcome, retry_after, lease.probe, now)
+        self._counters.report(t.pool, outcome, retry_after, lease.probe, now)
         self._finish(t, result if outcome is Outcome.OK else None, now)
         settlement = Settlement(
             lease=lease.record(now),
@@ -287,14 +274,7 @@ class MemoryBackend:
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
         now = self._tick()
-        levels = {}
-        for limit in limits:
-            if limit.kind is Kind.GAUGE:
-                levels[limit.key] = self._gauges.get(limit.key, 0.0)
-            elif limit.kind is Kind.BUCKET:
-                levels[limit.key] = self._bucket_level(limit, now)
-            else:
-                levels[limit.key] = self._daily.get(f"{limit.key}@{self._day}", 0.0)
+        levels = {limit.key: self._counters.level(limit, now) for limit in limits}
         by_pool: dict[str, int] = {}
         by_tenant: dict[str, int] = {}
         for lease in self._leases.values():
@@ -306,10 +286,7 @@ class MemoryBackend:
             in_flight_by_tenant=by_tenant,
             queued_by_pool={p: q.depth_by_class() for p, q in self._queues.items()},
             queued_by_tenant=dict(self._queued_by_tenant),
-            gates={
-                pool: gate.view(self._gate_defs.get(pool), now)
-                for pool, gate in self._gates.items()
-            },
+            gates=self._counters.gates(now),
         )
 
     async def dedup_end(self, leader: str) -> DedupEnd | None:
@@ -324,8 +301,7 @@ class MemoryBackend:
         ]
 
     async def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
-        self._defs = {limit.key: limit for limit in limits}
-        self._gate_defs = {gate.pool: gate for gate in gates}
+        self._counters.configure(limits, gates)
 
     def subscribe(
         self,
@@ -347,79 +323,19 @@ class MemoryBackend:
         """Read the clock once per operation; start a new UTC day's counters when it turns."""
         now = self._clock.now()
         wall = self._clock.wall()
-        day = utc_day(wall)
-        if day != self._day:
-            self._day = day
-            self._daily = {k: v for k, v in self._daily.items() if k.endswith("@" + day)}
+        if self._counters.turn_day(wall):
             self._day_number = day_number(wall)
             oldest = self._day_number - LEDGER_DAYS
             self._ledger = {k: v for k, v in self._ledger.items() if k[0] > oldest}
         self._reap(now)
         return now
 
-    def _current(self, limit: Limit) -> Limit | None:
-        """The limit as configured now (None: no longer configured), scaled by its pool's
-        AIMD factor. Calls queued before a config change carry the limits of their time;
-        capacities are read from here."""
-        current = self._defs.get(limit.key) if self._defs is not None else limit
-        gate = self._gates.get(limit.owner) if limit.scope is Scope.POOL else None
-        return gate.effective(current) if gate is not None and current is not None else current
-
-    def _shut(self, pool: str, now: float) -> Denial | None:
-        """Why the pool's gate admits nothing now (paused, open, all probes out), or None."""
-        gate = self._gates.get(pool)
-        closed = gate.closed_for(self._gate_defs.get(pool), now) if gate is not None else None
-        if closed is None:
-            return None
-        cause, seconds = closed
-        return Denial(gate_limit(pool), seconds, 1.0, cause)
-
-    def _bucket_level(self, limit: Limit, now: float) -> float:
-        limit = self._current(limit) or limit
-        level, at = self._buckets.get(limit.key, (limit.capacity, now))
-        return min(limit.capacity, level + (now - at) * limit.rate)
-
-    def _check(
-        self, ticket: Ticket, now: float, kinds: tuple[Kind, ...] = tuple(Kind)
-    ) -> tuple[Denial | None, str]:
-        """The first limit the ticket does not fit, and the key of the first shadow-mode
-        limit it does not fit (which does not refuse it)."""
-        shadowed = ""
-        for queued_limit in ticket.limits:
-            limit = self._current(queued_limit)
-            if limit is None or limit.kind not in kinds:
-                continue
-            amount = ticket.amount(limit.unit)
-            if limit.kind is Kind.GAUGE:
-                level = self._gauges.get(limit.key, 0.0)
-                fits = level + amount <= limit.capacity
-            elif limit.kind is Kind.BUCKET:
-                level = self._bucket_level(limit, now)
-                fits = amount <= level
-            else:
-                level = self._daily.get(f"{limit.key}@{self._day}", 0.0)
-                fits = level + amount <= limit.capacity
-            if not fits:
-                if not limit.shadow:
-                    return Denial(limit, level, amount), shadowed
-                shadowed = shadowed or limit.key
-        return None, shadowed
-
     def _reserve(
         self, ticket: Ticket, now: float, queued_for: float, shadowed: str = ""
     ) -> LeaseRecord:
-        for limit in ticket.limits:
-            amount = ticket.amount(limit.unit)
-            if limit.kind is Kind.GAUGE:
-                self._gauges[limit.key] = self._gauges.get(limit.key, 0.0) + amount
-            elif limit.kind is Kind.BUCKET:
-                self._buckets[limit.key] = (self._bucket_level(limit, now) - amount, now)
-            else:
-                key = f"{limit.key}@{self._day}"
-                self._daily[key] = self._daily.get(key, 0.0) + amount
-        probe = self._gates.get(ticket.pool, _OPEN).admit()
+        probe = self._counters.take(ticket, now)
         expires = now + ticket.ttl
-        lease = _Lease(ticket, self._day, now, expires, queued_for, shadowed, probe)
+        lease = _Lease(ticket, self._counters.day, now, expires, queued_for, shadowed, probe)
         self._leases[ticket.lease_id] = lease
         self._rates.setdefault(ticket.pool, GrantRate(now)).add(now)
         heapq.heappush(self._expiry, (lease.expires_at, ticket.lease_id))
@@ -430,23 +346,7 @@ class MemoryBackend:
     def _settle(self, lease: _Lease, token_delta: float, usd_delta: float, now: float) -> None:
         """End a lease: free its slots and move token/USD counters by charged - reserved."""
         del self._leases[lease.ticket.lease_id]
-        if lease.probe:
-            self._gates[lease.ticket.pool].release_probe()
-        for limit in lease.ticket.limits:
-            if limit.unit is Unit.SLOT:
-                self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
-                continue
-            delta = {Unit.TOKEN: token_delta, Unit.NANO_USD: usd_delta}.get(limit.unit, 0.0)
-            if delta == 0:
-                continue
-            if limit.kind is Kind.BUCKET:
-                # A refund never lifts a bucket above capacity; overuse may put it in debt.
-                level = self._bucket_level(limit, now) - delta
-                self._buckets[limit.key] = (min(limit.capacity, level), now)
-            elif limit.kind is Kind.DAILY:
-                key = f"{limit.key}@{lease.day}"
-                if key in self._daily or delta > 0:
-                    self._daily[key] = max(0.0, self._daily.get(key, 0.0) + delta)
+        self._counters.give(lease.ticket, lease.day, token_delta, usd_delta, lease.probe, now)
 
     def _charge(self, ticket: Ticket, used: tuple[int, int], nano_usd: int) -> None:
         """Write a settled lease into the cost ledger, under today's UTC day."""
@@ -607,7 +507,7 @@ class MemoryBackend:
             if entry.lease_id != watch and now > entry.enqueued_at + ticket.wait:
                 gone.append(entry)  # its RPC has ended (its replica may have died)
                 continue
-            shut = self._shut(pool, now)
+            shut = self._counters.shut(pool, now)
             if shut is not None and shut.cause == "open":
                 never.append((entry, shut))  # refused at once, queued calls too
                 watched = shut if entry.lease_id == watch else watched
@@ -616,7 +516,7 @@ class MemoryBackend:
                 progress.blocked[pool] = shut
                 watched = shut if entry.lease_id == watch else watched
                 break
-            denial, shadowed = self._check(ticket, now)
+            denial, shadowed = self._counters.check(ticket, now)
             if denial is None:
                 lease = self._reserve(ticket, now, now - entry.enqueued_at, shadowed)
                 progress.grants.append(lease)

@@ -1,0 +1,151 @@
+"""The memory backend's limit state: every limit's level and every pool's gate.
+
+Gauges count what is in use (concurrency), buckets what is left (refilled continuously),
+daily counters what was used on the current UTC day. Levels are read against each limit as
+configured *now* (``configure``), scaled by its pool's AIMD factor, so a config change or an
+adaptive step also applies to calls already queued. The memory backend calls these inside
+its atomic steps; ``lua/_lib.lua`` is the same state machine for Redis.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._backend import Denial, Gate, GateView, Kind, Limit, Outcome, Scope, Ticket, Unit
+from ._gates import GateState, gate_limit
+
+_OPEN = GateState()  # the gate of a pool with no reported outcome yet: always open
+
+
+def utc_day(wall: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+
+
+class Counters:
+    def __init__(self) -> None:
+        self._gauges: dict[str, float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
+        self._daily: dict[str, float] = {}  # "key@day" -> used
+        self.day = ""  # the current UTC day, YYYY-MM-DD
+        self._defs: dict[str, Limit] | None = None  # limits as configured now, by key
+        self._gate_defs: dict[str, Gate] = {}  # pool -> its gate as configured now
+        self._gates: dict[str, GateState] = {}
+
+    def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
+        self._defs = {limit.key: limit for limit in limits}
+        self._gate_defs = {gate.pool: gate for gate in gates}
+
+    def turn_day(self, wall: float) -> bool:
+        """Start a new UTC day's counters if it has turned; True when it did."""
+        day = utc_day(wall)
+        if day == self.day:
+            return False
+        self.day = day
+        self._daily = {k: v for k, v in self._daily.items() if k.endswith("@" + day)}
+        return True
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def current(self, limit: Limit) -> Limit | None:
+        """The limit as configured now (None: no longer configured), scaled by its pool's
+        AIMD factor. Calls queued before a config change carry the limits of their time;
+        capacities are read from here."""
+        current = self._defs.get(limit.key) if self._defs is not None else limit
+        gate = self._gates.get(limit.owner) if limit.scope is Scope.POOL else None
+        return gate.effective(current) if gate is not None and current is not None else current
+
+    def level(self, limit: Limit, now: float) -> float:
+        """In use (gauge), left (bucket) or used today (daily)."""
+        if limit.kind is Kind.GAUGE:
+            return self._gauges.get(limit.key, 0.0)
+        if limit.kind is Kind.BUCKET:
+            current = self.current(limit) or limit
+            level, at = self._buckets.get(limit.key, (current.capacity, now))
+            return min(current.capacity, level + (now - at) * current.rate)
+        return self._daily.get(f"{limit.key}@{self.day}", 0.0)
+
+    def check(
+        self, ticket: Ticket, now: float, kinds: tuple[Kind, ...] = tuple(Kind)
+    ) -> tuple[Denial | None, str]:
+        """The first limit the ticket does not fit, and the key of the first shadow-mode
+        limit it does not fit (which does not refuse it)."""
+        shadowed = ""
+        for queued_limit in ticket.limits:
+            limit = self.current(queued_limit)
+            if limit is None or limit.kind not in kinds:
+                continue
+            amount, level = ticket.amount(limit.unit), self.level(limit, now)
+            if limit.kind is Kind.BUCKET:
+                fits = amount <= level  # what is left must cover it
+            else:
+                fits = level + amount <= limit.capacity
+            if not fits:
+                if not limit.shadow:
+                    return Denial(limit, level, amount), shadowed
+                shadowed = shadowed or limit.key
+        return None, shadowed
+
+    def shut(self, pool: str, now: float) -> Denial | None:
+        """Why the pool's gate admits nothing now (paused, open, all probes out), or None."""
+        gate = self._gates.get(pool)
+        closed = gate.closed_for(self._gate_defs.get(pool), now) if gate is not None else None
+        if closed is None:
+            return None
+        cause, seconds = closed
+        return Denial(gate_limit(pool), seconds, 1.0, cause)
+
+    def gates(self, now: float) -> dict[str, GateView]:
+        defs = self._gate_defs
+        return {pool: gate.view(defs.get(pool), now) for pool, gate in self._gates.items()}
+
+    # -- moving -----------------------------------------------------------------------------
+
+    def take(self, ticket: Ticket, now: float) -> bool:
+        """Reserve everything ``ticket`` needs; True when it goes through a half-open
+        circuit as a probe."""
+        for limit in ticket.limits:
+            amount = ticket.amount(limit.unit)
+            if limit.kind is Kind.GAUGE:
+                self._gauges[limit.key] = self._gauges.get(limit.key, 0.0) + amount
+            elif limit.kind is Kind.BUCKET:
+                self._buckets[limit.key] = (self.level(limit, now) - amount, now)
+            else:
+                key = f"{limit.key}@{self.day}"
+                self._daily[key] = self._daily.get(key, 0.0) + amount
+        return self._gates.get(ticket.pool, _OPEN).admit()
+
+    def give(
+        self,
+        ticket: Ticket,
+        day: str,
+        token_delta: float,
+        usd_delta: float,
+        probe: bool,
+        now: float,
+    ) -> None:
+        """End a lease taken on ``day``: free its slots and move token/USD counters by
+        charged - reserved."""
+        if probe:
+            self._gates[ticket.pool].release_probe()
+        for limit in ticket.limits:
+            if limit.unit is Unit.SLOT:
+                self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
+                continue
+            delta = {Unit.TOKEN: token_delta, Unit.NANO_USD: usd_delta}.get(limit.unit, 0.0)
+            if delta == 0:
+                continue
+            if limit.kind is Kind.BUCKET:
+                # A refund never lifts a bucket above capacity; overuse may put it in debt.
+                capacity = (self.current(limit) or limit).capacity
+                self._buckets[limit.key] = (min(capacity, self.level(limit, now) - delta), now)
+            elif limit.kind is Kind.DAILY:
+                key = f"{limit.key}@{day}"
+                if key in self._daily or delta > 0:
+                    self._daily[key] = max(0.0, self._daily.get(key, 0.0) + delta)
+
+    def report(
+        self, pool: str, outcome: Outcome, retry_after: float, probe: bool, now: float
+    ) -> None:
+        """A call ended: move the pool's gate (pause, circuit breaker, AIMD)."""
+        gate = self._gates.setdefault(pool, GateState())
+        gate.report(self._gate_defs.get(pool), outcome, retry_after, probe, now)
