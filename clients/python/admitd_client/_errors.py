@@ -2,7 +2,8 @@
 
 ```
 AdmitdError        an RPC failed: gRPC ``code``, ``message``, ``field_violations``
-├── Rejected       RESOURCE_EXHAUSTED: ``reason`` (a Reason), ``retry_after``, ``metadata``
+├── Rejected       RESOURCE_EXHAUSTED, or ABORTED (a dedup follower without a result):
+│                  ``reason`` (a Reason), ``retry_after``, ``metadata``
 └── Unavailable    admitd did not answer (UNAVAILABLE after the retries, or the
                    deadline passed); under ``on_unavailable="fail_open"`` Acquire
                    yields an unadmitted lease instead of raising it
@@ -10,6 +11,9 @@ AdmitdError        an RPC failed: gRPC ``code``, ``message``, ``field_violations
 
 ``Rejected`` means the call must not run now; ``retry_after`` (seconds) says when a retry can
 succeed, and is None when it never can (the call is bigger than a limit or a daily quota).
+Its ``code`` is ABORTED for ``DEDUP_LEADER_FAILED`` and ``DEDUP_IN_FLIGHT``: the identical
+call this one joined ended without a result, or this one did not wait for it; a retry may
+lead a call of its own.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ class Rejected(AdmitdError):
         reason: Which limit refused it.
         retry_after: Seconds after which a retry can succeed; None when it never can.
         metadata: ``ErrorInfo.metadata`` (``scope``, ``pool``/``tenant``, ``limit``,
-            ``limit_value``, ``requested``).
+            ``limit_value``, ``requested``; ``cause`` for POOL_UNAVAILABLE: ``paused``,
+            ``open`` or ``probing``; ``candidates`` with fallback pools;
+            ``dedup_leader`` for the dedup reasons).
     """
 
     def __init__(
@@ -89,8 +95,9 @@ class Rejected(AdmitdError):
         reason: Reason,
         retry_after: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED,
     ) -> None:
-        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        super().__init__(code, message)
         self.reason = reason
         self.retry_after = retry_after
         self.metadata = dict(metadata or {})

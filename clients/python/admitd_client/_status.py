@@ -25,6 +25,9 @@ M = TypeVar("M", rpc.ErrorInfo, rpc.RetryInfo, rpc.BadRequest)
 # No answer from admitd: fail-open applies to both; only UNAVAILABLE is retried (a spent
 # deadline would only be spent again).
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# A refusal with a reason: a limit (RESOURCE_EXHAUSTED), or a dedup follower that gets no
+# result (ABORTED: its leader failed, or it did not wait).
+_REFUSALS = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
 def from_rpc_error(error: grpc.RpcError) -> AdmitdError:
@@ -38,14 +41,18 @@ def from_rpc_error(error: grpc.RpcError) -> AdmitdError:
     if code in _UNREACHABLE:
         return Unavailable(code, message)
     info = _first(status, "ErrorInfo", rpc.ErrorInfo)
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and info is not None:
+    if code in _REFUSALS and info is not None:
         retry = _first(status, "RetryInfo", rpc.RetryInfo)
         retry_after = None
         if retry is not None:
             delay = retry.retry_delay
             retry_after = delay.seconds + delay.nanos / 1e9
         return Rejected(
-            message, reason=Reason(info.reason), retry_after=retry_after, metadata=info.metadata
+            message,
+            reason=Reason(info.reason),
+            retry_after=retry_after,
+            metadata=info.metadata,
+            code=code,
         )
     bad = _first(status, "BadRequest", rpc.BadRequest)
     violations = {v.field: v.description for v in bad.field_violations} if bad else {}
