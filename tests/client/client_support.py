@@ -90,12 +90,15 @@ POOL_METADATA = {
 class ProviderRateLimit(Exception):
     """Shaped like openai.RateLimitError and anthropic.RateLimitError (both APIStatusError
     subclasses with ``status_code`` 429 and the httpx ``response``); neither SDK is imported,
-    and the name says nothing: the status code is what is recognised."""
+    and the name says nothing: the status code is what is recognised. ``headers``: the
+    response's (default: a 20 s ``retry-after``, which pauses the pool when reported)."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
         super().__init__("Error code: 429 - {'error': {'type': 'rate_limit_error'}}")
         self.status_code = 429
-        self.response = SimpleNamespace(status_code=429, headers={"retry-after": "20"})
+        self.response = SimpleNamespace(
+            status_code=429, headers={"retry-after": "20"} if headers is None else headers
+        )
 
 
 @contextlib.asynccontextmanager

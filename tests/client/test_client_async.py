@@ -289,6 +289,11 @@ async def test_release_on_exception_reports_the_outcome(
         assert caught.value is error  # the block's own exception, untouched
         assert lease.outcome is outcome
         assert sent.last("Release").request.outcome == outcome
+        # Only the 429 carries a retry-after (20 s): it pauses the pool.
+        hint = 20.0 if outcome is Outcome.PROVIDER_RATE_LIMITED else None
+        assert lease.provider_retry_after == hint
+        paused = (await h.pool(GPT4O)).paused_for.ToTimedelta().total_seconds()
+        assert paused == (hint or 0.0)
         assert not sent.last("Release").request.HasField("usage")
         assert lease.settlement is not None
         assert lease.settlement.charged_tokens == 15  # nothing recorded: the reservation

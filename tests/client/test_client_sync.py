@@ -196,7 +196,7 @@ async def test_release_on_exception_reports_the_outcome() -> None:
         def scenario() -> list[int]:
             channel, sent = sync_channel(target(h))
             client = AdmissionClient(channel, tenant="a")
-            error = ProviderRateLimit()
+            error = ProviderRateLimit(headers={})  # no retry-after: the pool is not paused
             with pytest.raises(ProviderRateLimit), client.lease(pool=GPT4O, input_tokens=5):
                 raise error
             with pytest.raises(KeyboardInterrupt), client.lease(pool=GPT4O, input_tokens=5):

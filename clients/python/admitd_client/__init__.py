@@ -12,15 +12,19 @@ async with AsyncAdmissionClient("localhost:50051", tenant="search") as admitd:
 
 ``AdmissionClient`` is the same for blocking code. A wait in admitd's queue can be
 watched (``acquire_stream``, ``lease(on_queue_update=...)``) or deferred (``enqueue`` a
-``Ticket``, poll it with ``get_ticket`` / ``wait_ticket``). Everything importable from
-here is the public API; ``_module`` files are private and may change.
+``Ticket``, poll it with ``get_ticket`` / ``wait_ticket``). A lease may name
+``fallback_pools``, and identical calls in flight can share one provider call
+(``dedup_key``; ``run(..., share=, unshare=)``). ``usage`` reads the cost ledger
+(``UsageRow``). Everything importable from here is the public API; ``_module`` files are
+private and may change.
 """
 
 from ._async import AsyncAdmissionClient
 from ._core import ClientOptions, RetryPolicy
 from ._errors import AdmitdError, Reason, Rejected, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement, Usage
-from ._outcome import Outcome, Priority
+from ._ledger import UsageRow
+from ._outcome import DedupRole, Outcome, Priority
 from ._queue import QueueUpdate, Ticket, TicketState
 from ._sync import AdmissionClient
 from ._tokens import DEFAULT_ENCODING, count_tokens
@@ -32,6 +36,7 @@ __all__ = [
     "AdmitdError",
     "AsyncAdmissionClient",
     "ClientOptions",
+    "DedupRole",
     "Lease",
     "LeaseArgs",
     "Outcome",
@@ -45,6 +50,7 @@ __all__ = [
     "TicketState",
     "Unavailable",
     "Usage",
+    "UsageRow",
     "__version__",
     "count_tokens",
 ]

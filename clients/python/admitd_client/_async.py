@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from datetime import date
 from typing import Any, TypeVar, Unpack, cast
 
 import grpc
 
+from . import _sharing
 from ._core import ClientOptions, Core
 from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
 from ._lease import Lease, LeaseArgs, Settlement
+from ._ledger import UsageRow
 from ._outcome import Outcome
 from ._proto import admission_pb2 as pb
 from ._proto import admission_pb2_grpc as pb_grpc
@@ -86,8 +89,15 @@ class AsyncAdmissionClient:
         given); while the block runs the lease is renewed in the background; leaving it
         releases with the usage recorded by ``lease.record`` and the outcome: OK, or the
         one the block's exception maps to (a provider 429 -> PROVIDER_RATE_LIMITED, a
-        timeout -> TIMEOUT, cancellation -> CANCELLED, anything else -> PROVIDER_ERROR).
-        A failed release is logged, never raised over the block's own result.
+        timeout -> TIMEOUT, cancellation -> CANCELLED, anything else -> PROVIDER_ERROR),
+        with the provider's retry-after when the exception carries one (it pauses the
+        pool for everyone). A failed release is logged, never raised over the block's own
+        result.
+
+        With a ``dedup_key`` the block runs for a follower too: check ``lease.role`` and
+        use ``lease.shared_result`` instead of calling the provider (``run`` does this for
+        you); a leader gives its result with ``lease.share(data)``. A follower whose
+        leader ended without a result asks again, once (it may lead this time).
 
         Args:
             on_queue_update: Called with a ``QueueUpdate`` whenever the wait in admitd's
@@ -101,7 +111,7 @@ class AsyncAdmissionClient:
             Unavailable: admitd could not be reached (only under ``fail_closed``).
             AdmitdError: Any other failure, e.g. an unknown pool.
         """
-        plan = self._core.acquire(args, streamed=on_queue_update is not None)
+        plan = self._core.acquire(args, streamed=on_queue_update is not None, rejoin=True)
         async with self.hold(await self._drive(plan, on_queue_update)) as lease:
             yield lease
 
@@ -132,10 +142,27 @@ class AsyncAdmissionClient:
         call: Callable[[Lease], Awaitable[T]],
         *,
         singleflight: bool | str = False,
+        share: Callable[[T], bytes] | None = None,
+        unshare: Callable[[bytes], T] | None = None,
         on_queue_update: OnQueueUpdate | None = None,
         **args: Unpack[LeaseArgs],
     ) -> T:
         """Run ``call(lease)`` inside ``lease(**args)`` and return its result.
+
+        With a ``dedup_key``, identical calls in flight anywhere (other processes too)
+        make one provider call: the leader runs ``call`` and shares ``share(result)`` when
+        it releases; the others (followers, which reserve nothing) wait for it, at most
+        ``wait_timeout``, and return ``unshare(shared)`` without running ``call``. A
+        follower whose leader ended without a result (it failed) asks again once, and may
+        lead; a second failure raises ``Rejected`` (``DEDUP_LEADER_FAILED``), as does
+        ``DEDUP_IN_FLIGHT`` when it may not wait.
+
+        ```python
+        answer = await admitd.run(ask, pool="openai/gpt-4o", messages=msgs,
+                                  max_output_tokens=512, wait_timeout=60,
+                                  dedup_key=sha256(model + json.dumps(msgs)),
+                                  share=lambda a: json.dumps(a).encode(), unshare=json.loads)
+        ```
 
         Args:
             call: The provider call; it may ``lease.record(...)`` its response.
@@ -144,13 +171,27 @@ class AsyncAdmissionClient:
                 and one provider call. True: identical means the same lease args; a string:
                 the same string (include everything the provider call depends on, e.g.
                 model parameters, that the lease args do not show).
+            share: With a ``dedup_key``: the result as bytes for the followers (at most
+                admitd's ``lease.max_shared_result``, 64 KiB by default).
+            unshare: With a ``dedup_key``: the shared bytes back to a result.
             on_queue_update: As for ``lease`` (with singleflight: the first caller's).
             **args: See ``LeaseArgs``.
+
+        Raises:
+            TypeError: A ``dedup_key`` without ``share`` and ``unshare``.
         """
+        _sharing.check(args, share, unshare)
 
         async def once() -> T:
-            async with self.lease(on_queue_update=on_queue_update, **args) as lease:
-                return await call(lease)
+            streamed = on_queue_update is not None
+            plan = self._core.acquire(args, streamed=streamed, rejoin=True)
+            lease = await self._drive(plan, on_queue_update)
+            if _sharing.follows(lease):
+                return _sharing.unshared(lease, unshare)
+            async with self.hold(lease):
+                result = await call(lease)
+                _sharing.offer(lease, result, share)
+                return result
 
         if not singleflight:
             return await once()
@@ -184,8 +225,14 @@ class AsyncAdmissionClient:
             async for step in steps:
                 yield step.value if isinstance(step, Done) else step
 
-    async def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Settlement | None:
-        """Release a lease from ``acquire`` (None for an unadmitted lease)."""
+    async def release(self, lease: Lease, outcome: Outcome | None = None) -> Settlement | None:
+        """Release a lease from ``acquire`` (None when there is none to release: unadmitted,
+        or a dedup follower).
+
+        Reports the recorded usage, ``outcome`` (default: ``lease.outcome``, else what an
+        error given to ``lease.record_error`` implies, else OK), the provider's retry-after
+        (``lease.provider_retry_after``, else that error's) and a leader's shared result.
+        """
         return await self._drive(self._core.release(lease, outcome))
 
     async def renew(self, lease: Lease) -> Lease:
@@ -252,12 +299,35 @@ class AsyncAdmissionClient:
         """
         return await self._drive(self._core.cancel_ticket(ticket, tenant))
 
+    async def usage(
+        self,
+        *,
+        from_day: date | str | None = None,
+        to_day: date | str | None = None,
+        tenant: str | None = None,
+        pool: str | None = None,
+    ) -> list[UsageRow]:
+        """admitd's cost ledger: tokens and USD charged per UTC day, tenant and pool.
+
+        Args:
+            from_day: First UTC day (a ``date``, or ``"YYYY-MM-DD"``); default today.
+            to_day: Last UTC day; default ``from_day``. At most 366 days in all.
+            tenant: Only this tenant; default every tenant the caller may see (an API key
+                bound to a tenant sees only its own).
+            pool: Only this pool; default all.
+
+        Returns:
+            The rows, by day, then tenant, then pool.
+        """
+        return await self._drive(self._core.usage(from_day, to_day, tenant, pool))
+
     async def status(self) -> pb.StatusResponse:
-        """Pools, tenants, queues and budgets as admitd sees them now."""
+        """Pools, tenants, queues and budgets as admitd sees them now (a pool's
+        ``limit_factor``, ``circuit`` and ``paused_for`` say what its gates do)."""
         return await self._drive(self._core.status())
 
     def _keep_alive(self, lease: Lease) -> asyncio.Task[None] | None:
-        if not lease.admitted:
+        if not lease.lease_id:  # unadmitted, or a dedup follower: nothing to renew
             return None
         return asyncio.ensure_future(self._drive(self._core.keep_alive(lease)))
 

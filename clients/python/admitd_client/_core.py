@@ -6,8 +6,9 @@ value to the caller — and gets back the effect's result, or has its exception 
 ``AsyncAdmissionClient`` and ``AdmissionClient`` differ only in how they perform effects
 (their ``_steps``; an emitted value goes to a callback, or out of an iterator), so
 deadlines, metadata, retries with jittered backoff, the fail-open policy, token counting,
-streamed waits, tickets, renewal and settlement exist once. ``Core.rpc`` is the one path
-every unary RPC takes and ``Core.open_stream`` its streaming twin; both retry through
+streamed waits, tickets, renewal, settlement (outcome, the provider's retry-after, a dedup
+leader's result) and the ledger exist once. ``Core.rpc`` is the one path every unary RPC
+takes and ``Core.open_stream`` its streaming twin; both retry through
 ``Core.retry_or_raise``.
 """
 
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
 from typing import Any, Literal, TypedDict, cast
 
@@ -28,11 +30,13 @@ import grpc
 from google.protobuf.message import Message
 
 from ._effects import Call, Emit, Method, Offload, Open, Plan, Read, Sleep, Stream, StreamMethod
-from ._errors import AdmitdError, Unavailable
+from ._errors import AdmitdError, Reason, Rejected, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement
-from ._outcome import Outcome, Priority, outcome_for
+from ._ledger import UsageRow, day_text
+from ._outcome import DedupRole, Outcome, Priority, outcome_for
 from ._proto import admission_pb2 as pb
 from ._queue import QueueUpdate, Ticket
+from ._retry_after import retry_after_for
 from ._status import from_rpc_error
 from ._tokens import DEFAULT_ENCODING, count_tokens, encoding_name
 
@@ -46,6 +50,11 @@ LONG_POLL = 60.0
 # Renewal never runs more often than this, whatever the lease's remaining time says (a
 # client clock far ahead of admitd's would otherwise make it spin).
 MIN_RENEW_INTERVAL = 1.0
+# A dedup follower whose leader ended without a result (DEDUP_LEADER_FAILED) tries this many
+# more times in a ``lease`` block or ``run``: the leader has ended, so the retry leads a call
+# of its own, or joins the one another former follower now leads. Once is enough for that;
+# a second failure means the calls keep failing, which the caller should hear.
+REJOIN_RETRIES = 1
 _STOP_RENEWING = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.PERMISSION_DENIED,
@@ -195,21 +204,33 @@ class Core:
         log.debug("admitd %s unavailable, retry %d in %.3fs", method, attempt, delay)
         yield Sleep(delay)
 
-    def acquire(self, args: LeaseArgs, *, streamed: bool = False) -> Plan[Lease]:
+    def acquire(
+        self, args: LeaseArgs, *, streamed: bool = False, rejoin: bool = False
+    ) -> Plan[Lease]:
         """Count input tokens, Acquire, and apply the fail-open policy.
 
         ``streamed``: wait with AcquireStream, emitting a ``QueueUpdate`` whenever admitd
-        reports the caller's place in the queue.
+        reports the caller's place in the queue. ``rejoin``: a dedup follower told
+        DEDUP_LEADER_FAILED asks again, ``REJOIN_RETRIES`` times (the same request: its
+        idempotency key was not kept for a follower).
         """
         request = yield from self.acquire_request(args)
         wait = request.wait_timeout.ToNanoseconds() / 1e9
         timeout = self._timeout(args) + wait
         granted: pb.Lease | None = None
+        rejoins = REJOIN_RETRIES if rejoin and request.dedup_key else 0
         try:
-            if streamed:
-                granted = yield from self._stream_lease(request, timeout)
-            else:
-                granted = yield from self.rpc("Acquire", request, timeout)
+            while granted is None:
+                try:
+                    if streamed:
+                        granted = yield from self._stream_lease(request, timeout)
+                    else:
+                        granted = yield from self.rpc("Acquire", request, timeout)
+                except Rejected as refused:
+                    if refused.reason is not Reason.DEDUP_LEADER_FAILED or rejoins == 0:
+                        raise
+                    rejoins -= 1
+                    log.debug("dedup leader of %s failed: asking again", request.dedup_key)
         except Unavailable as error:
             if self.on_unavailable == "fail_closed":
                 raise
@@ -238,6 +259,8 @@ class Core:
         request = pb.AcquireRequest(
             tenant=args.get("tenant") or self.tenant,
             pool=args["pool"],
+            fallback_pools=list(args.get("fallback_pools") or ()),
+            dedup_key=args.get("dedup_key") or "",
             input_tokens=input_tokens,
             max_output_tokens=args.get("max_output_tokens", 0),
             priority=cast("pb.Priority.ValueType", int(args.get("priority", Priority.NORMAL))),
@@ -306,20 +329,42 @@ class Core:
         return ticket, tenant or self.tenant
 
     def _count(self, args: LeaseArgs) -> int:
-        encoding = encoding_name(
-            args["pool"],
-            encoding=args.get("encoding"),
-            model=args.get("model"),
-            pool_encodings=self.pool_encodings,
-            default=self.encoding,
-        )
+        """Input tokens in each candidate pool's encoding; the largest, as admitd takes one
+        count for every candidate (a reservation errs high; release charges the actual)."""
+        encodings = {
+            encoding_name(
+                pool,
+                encoding=args.get("encoding"),
+                model=args.get("model"),
+                pool_encodings=self.pool_encodings,
+                default=self.encoding,
+            )
+            for pool in (args["pool"], *(args.get("fallback_pools") or ()))
+        }
         messages, prompt = args.get("messages"), args.get("prompt")
-        return count_tokens(messages=messages, prompt=prompt, encoding=encoding)
+        return max(count_tokens(messages=messages, prompt=prompt, encoding=e) for e in encodings)
 
-    def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Plan[Settlement | None]:
-        """Release with the recorded usage (none: admitd charges the full reservation)."""
-        if not lease.admitted:
-            return None  # an unadmitted lease reserved nothing
+    def release(
+        self,
+        lease: Lease,
+        outcome: Outcome | None = None,
+        error: BaseException | None = None,
+    ) -> Plan[Settlement | None]:
+        """Release with the recorded usage (none: admitd charges the full reservation).
+
+        The outcome: ``outcome``; else ``lease.outcome``; else the one the error recorded
+        with ``lease.record_error``, or else ``error`` (the block's), implies; else OK. The
+        provider's retry-after: ``lease.provider_retry_after``, else the one that error
+        carries. A dedup leader's shared result goes with an OK outcome.
+        """
+        if not lease.lease_id:
+            return None  # unadmitted, or a dedup follower: nothing reserved
+        failure = lease._error if lease._error is not None else error
+        if outcome is None:
+            outcome = lease.outcome if lease.outcome is not None else outcome_for(failure)
+        retry_after = lease.provider_retry_after
+        if retry_after is None:
+            retry_after = retry_after_for(failure, self.wall())
         request = pb.ReleaseRequest(
             lease_id=lease.lease_id,
             outcome=cast("pb.Outcome.ValueType", int(outcome)),
@@ -329,8 +374,12 @@ class Core:
         if usage is not None:
             request.usage.input_tokens = usage.input_tokens
             request.usage.output_tokens = usage.output_tokens
-        lease.outcome = outcome
-        reply = yield from self.rpc("Release", request, self.timeout)
+        if retry_after is not None and retry_after > 0:
+            request.provider_retry_after.FromNanoseconds(round(retry_after * 1e9))
+        if lease.role is DedupRole.LEADER and lease._shared and outcome is Outcome.OK:
+            request.result = lease._shared
+        lease.outcome, lease.provider_retry_after = outcome, retry_after
+        reply = yield from self._release(request)
         lease.settlement = Settlement(
             charged_tokens=reply.charged_tokens,
             refunded_tokens=reply.refunded_tokens,
@@ -339,11 +388,25 @@ class Core:
         )
         return lease.settlement
 
+    def _release(self, request: pb.ReleaseRequest) -> Plan[pb.ReleaseResponse]:
+        try:
+            reply: pb.ReleaseResponse = yield from self.rpc("Release", request, self.timeout)
+        except AdmitdError as error:
+            if not request.result or "result" not in error.field_violations:
+                raise
+            # Too big for admitd's lease.max_shared_result. Releasing anyway frees the slot
+            # now and sends the followers back to retry, instead of at the lease's expiry.
+            log.warning("admitd refused the shared result, released without it: %s", error)
+            bare = pb.ReleaseRequest()
+            bare.CopyFrom(request)
+            bare.ClearField("result")
+            reply = yield from self.rpc("Release", bare, self.timeout)
+        return reply
+
     def settle(self, lease: Lease, error: BaseException | None) -> Plan[None]:
         """Release at the end of a ``lease`` block; never raises (the block's result wins)."""
-        outcome = lease.outcome if lease.outcome is not None else outcome_for(error)
         try:
-            yield from self.release(lease, outcome)
+            yield from self.release(lease, None, error)
         except Exception as failure:  # e.g. AdmitdError, or a channel closed under the block
             # The call already happened; the lease expires on its own at its TTL.
             log.warning("releasing lease %s failed: %s", lease.lease_id, failure)
@@ -372,6 +435,23 @@ class Core:
             return self.renew_every
         expires_at = lease.proto.expires_at.ToNanoseconds() / 1e9 if lease.proto else 0.0
         return max(MIN_RENEW_INTERVAL, (expires_at - self.wall()) / 3)
+
+    def usage(
+        self,
+        from_day: date | str | None,
+        to_day: date | str | None,
+        tenant: str | None,
+        pool: str | None,
+    ) -> Plan[list[UsageRow]]:
+        """The cost ledger's rows, by day, then tenant, then pool."""
+        request = pb.GetUsageRequest(
+            from_day=day_text(from_day),
+            to_day=day_text(to_day),
+            tenant=tenant or "",
+            pool=pool or "",
+        )
+        reply = yield from self.rpc("GetUsage", request, self.timeout)
+        return [UsageRow.from_proto(row) for row in reply.rows]
 
     def status(self) -> Plan[pb.StatusResponse]:
         reply: pb.StatusResponse = yield from self.rpc(

@@ -15,7 +15,15 @@ from google.protobuf.message import Message
 
 T = TypeVar("T")
 Method = Literal[
-    "Acquire", "Release", "Renew", "GetStatus", "Enqueue", "GetTicket", "WaitTicket", "CancelTicket"
+    "Acquire",
+    "Release",
+    "Renew",
+    "GetStatus",
+    "Enqueue",
+    "GetTicket",
+    "WaitTicket",
+    "CancelTicket",
+    "GetUsage",
 ]
 StreamMethod = Literal["AcquireStream"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Required, TypedDict
 
-from ._outcome import Outcome, Priority
+from ._outcome import DedupRole, Outcome, Priority
 from ._proto import admission_pb2 as pb
 from ._usage import read_usage
 
@@ -19,8 +19,20 @@ class LeaseArgs(TypedDict, total=False):
     Input tokens come from exactly one of ``messages``, ``prompt`` or ``input_tokens``
     (none: 0). The reservation is input tokens + ``max_output_tokens``.
 
+    With ``fallback_pools``, admitd takes one input-token count for every candidate, so
+    ``messages`` or ``prompt`` is counted in the encoding of each candidate (see
+    ``encoding_name``; ``encoding``/``model`` name one for all) and the largest count is
+    sent: a reservation errs high, and release charges what the provider reported.
+
     Keys:
         pool: The pool (provider deployment) the call goes to, e.g. ``"openai/gpt-4o"``.
+        fallback_pools: Pools to fall back on, in order, when ``pool`` cannot admit the
+            call now (or its circuit is open); ``Lease.pool`` says which one granted.
+        dedup_key: Deduplicate identical calls in flight (this tenant, any process): a call
+            with the key of one in flight joins it instead of reserving (``Lease.role``
+            FOLLOWER, the leader's ``shared_result``). A follower waits for the leader at
+            most ``wait_timeout``: with 0 it is refused at once (``DEDUP_IN_FLIGHT``).
+            Make the key name everything the answer depends on (model, prompt, parameters).
         messages: Chat messages, counted with tiktoken (see ``count_tokens``).
         prompt: Plain text, counted with tiktoken.
         input_tokens: The input tokens, when the caller knows them.
@@ -40,6 +52,8 @@ class LeaseArgs(TypedDict, total=False):
     """
 
     pool: Required[str]
+    fallback_pools: Sequence[str]
+    dedup_key: str | None
     messages: Sequence[Mapping[str, Any]] | None
     prompt: str | None
     input_tokens: int | None
@@ -79,10 +93,16 @@ class Lease:
     be reached, the call runs anyway, ``admitted`` is False, ``lease_id`` is empty, and
     releasing it does nothing (no RPC); nothing was reserved, so nothing is refunded.
 
+    With a ``dedup_key``, the lease either leads (``role`` LEADER: an ordinary lease whose
+    holder makes the call and ``share``s its result) or follows (``role`` FOLLOWER): an
+    identical call was in flight and has ended; its result is ``shared_result``, there is
+    no ``lease_id``, nothing to renew or release, and the provider must not be called.
+
     Attributes:
-        lease_id: admitd's id of the lease ("" when unadmitted).
+        lease_id: admitd's id of the lease ("" when unadmitted, or for a dedup follower).
         tenant: The tenant that owns the lease.
-        pool: The pool it was granted on.
+        pool: The pool it was granted on (with ``fallback_pools``: the candidate that
+            admitted it).
         reserved_tokens: Input tokens + max output tokens held until release.
         input_tokens: The input tokens reserved (counted or given).
         max_output_tokens: The output tokens reserved.
@@ -92,6 +112,14 @@ class Lease:
         outcome: Set it to report an outcome other than the one the ``lease`` block's
             exit implies (e.g. a provider error returned rather than raised); after
             release, the outcome that was reported.
+        provider_retry_after: Seconds the provider asked callers to wait (its
+            ``retry-after``), reported at release: admitd pauses the pool that long for
+            everyone. Read from a provider 429 the ``lease`` block raises (or
+            ``record_error`` records); set it yourself for other cases. After release:
+            what was reported (None: nothing).
+        role: ``DedupRole.LEADER`` or ``FOLLOWER`` with a ``dedup_key``; else None.
+        shared_result: A follower's: the bytes its leader shared. None otherwise.
+        dedup_leader_id: With a ``dedup_key``: the leader's lease id (a leader's own).
         settlement: What admitd charged, once released; None before, or when unadmitted,
             or when the release failed (the lease then expires on its own).
         renewals: How many times the lease was renewed in the background.
@@ -120,6 +148,11 @@ class Lease:
         self.reserved_usd = proto.reserved_usd if proto else 0.0
         self.queued_for = proto.queued_for.ToTimedelta().total_seconds() if proto else 0.0
         self.outcome: Outcome | None = None
+        self.provider_retry_after: float | None = None
+        self.role = DedupRole(proto.dedup_role) if proto and proto.dedup_role else None
+        follower = self.role is DedupRole.FOLLOWER
+        self.shared_result: bytes | None = proto.shared_result if proto and follower else None
+        self.dedup_leader_id = proto.dedup_leader_id if proto else ""
         self.settlement: Settlement | None = None
         self.renewals = 0
         self.lost = False
@@ -129,6 +162,8 @@ class Lease:
         self._lock = threading.Lock()  # record() may run in another thread than renewal
         self._input: int | None = None
         self._output: int | None = None
+        self._error: BaseException | None = None
+        self._shared: bytes | None = None
 
     @property
     def expires_at(self) -> datetime | None:
@@ -196,11 +231,39 @@ class Lease:
                 self._output = new_out
         return new_in is not None or new_out is not None
 
+    def record_error(self, error: BaseException) -> None:
+        """Report a provider call that failed with ``error`` although the block ends well.
+
+        For an error the code catches (e.g. to answer from a cache): release then reports
+        the outcome it implies (a 429 -> PROVIDER_RATE_LIMITED, ...) and the provider's
+        retry-after it carries, as if the ``lease`` block had raised it. An explicit
+        ``outcome`` or ``provider_retry_after`` still wins.
+        """
+        self._error = error
+
+    def share(self, result: bytes) -> None:
+        """Give a dedup leader's result to the calls that joined it, at release.
+
+        Sent only by a leader (``role`` LEADER) whose call ends with outcome OK; ignored
+        otherwise, so code may call it whatever the role. At most admitd's
+        ``lease.max_shared_result`` bytes (64 KiB by default): a result admitd refuses is
+        dropped with a warning and the lease released without it (the followers then
+        retry). An empty result shares nothing.
+
+        Raises:
+            TypeError: ``result`` is not bytes.
+        """
+        if not isinstance(result, bytes | bytearray | memoryview):
+            raise TypeError(f"share() takes bytes, not {type(result).__name__}")
+        self._shared = bytes(result)
+
     def _renewed(self, proto: pb.Lease) -> None:
         self.proto = proto
         self.renewals += 1
 
     def __repr__(self) -> str:
         state = f"id={self.lease_id}" if self.admitted else "unadmitted"
+        if self.role is DedupRole.FOLLOWER:
+            state = f"following={self.dedup_leader_id}"
         tokens = self.reserved_tokens
         return f"<Lease {state} tenant={self.tenant} pool={self.pool} tokens={tokens}>"

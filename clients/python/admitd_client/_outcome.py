@@ -32,6 +32,15 @@ class Priority(IntEnum):
     LOW = 4
 
 
+class DedupRole(IntEnum):
+    """A deduplicated call's part (``admitd.v1.DedupRole``): it leads, or it joined a leader."""
+
+    LEADER = 1
+    """It holds the lease and makes the provider call; it shares its result at release."""
+    FOLLOWER = 2
+    """It joined an identical call in flight: no lease, no provider call, the leader's result."""
+
+
 _CANCELLED = (asyncio.CancelledError, KeyboardInterrupt, GeneratorExit)
 _TIMEOUT_STATUS = {408, 504}
 _CHAIN_DEPTH = 5  # how far to follow wrapped exceptions

@@ -7,13 +7,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from datetime import date
 from typing import Any, TypeVar, Unpack, cast
 
 import grpc
 
+from . import _sharing
 from ._core import ClientOptions, Core
 from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
 from ._lease import Lease, LeaseArgs, Settlement
+from ._ledger import UsageRow
 from ._outcome import Outcome
 from ._proto import admission_pb2 as pb
 from ._proto import admission_pb2_grpc as pb_grpc
@@ -136,7 +139,14 @@ class AdmissionClient:
         it releases with the usage recorded by ``lease.record`` and the outcome: OK, or the
         one the block's exception maps to (a provider 429 -> PROVIDER_RATE_LIMITED, a
         timeout -> TIMEOUT, KeyboardInterrupt -> CANCELLED, anything else ->
-        PROVIDER_ERROR). A failed release is logged, never raised over the block's result.
+        PROVIDER_ERROR), with the provider's retry-after when the exception carries one
+        (it pauses the pool for everyone). A failed release is logged, never raised over
+        the block's result.
+
+        With a ``dedup_key`` the block runs for a follower too: check ``lease.role`` and
+        use ``lease.shared_result`` instead of calling the provider (``run`` does this for
+        you); a leader gives its result with ``lease.share(data)``. A follower whose
+        leader ended without a result asks again, once (it may lead this time).
 
         Args:
             on_queue_update: Called with a ``QueueUpdate`` whenever the wait in admitd's
@@ -150,7 +160,7 @@ class AdmissionClient:
             Unavailable: admitd could not be reached (only under ``fail_closed``).
             AdmitdError: Any other failure, e.g. an unknown pool.
         """
-        plan = self._core.acquire(args, streamed=on_queue_update is not None)
+        plan = self._core.acquire(args, streamed=on_queue_update is not None, rejoin=True)
         with self.hold(self._drive(plan, emit=on_queue_update)) as lease:
             yield lease
 
@@ -162,7 +172,8 @@ class AdmissionClient:
         (``ticket.lease``): renewed in a background thread while the block runs, released
         on exit with the recorded usage and the outcome the block's exit implies.
         """
-        keeper = _Keeper(self, lease, self._injected_sleep) if lease.admitted else None
+        # Unadmitted, or a dedup follower (no lease id): nothing to renew.
+        keeper = _Keeper(self, lease, self._injected_sleep) if lease.lease_id else None
         failure: BaseException | None = None
         try:
             yield lease
@@ -181,10 +192,16 @@ class AdmissionClient:
         call: Callable[[Lease], T],
         *,
         singleflight: bool | str = False,
+        share: Callable[[T], bytes] | None = None,
+        unshare: Callable[[bytes], T] | None = None,
         on_queue_update: OnQueueUpdate | None = None,
         **args: Unpack[LeaseArgs],
     ) -> T:
         """Run ``call(lease)`` inside ``lease(**args)`` and return its result.
+
+        With a ``dedup_key``, identical calls in flight anywhere make one provider call:
+        the leader runs ``call`` and shares ``share(result)``; followers return
+        ``unshare(shared)`` without running it. See ``AsyncAdmissionClient.run``.
 
         Args:
             call: The provider call; it may ``lease.record(...)`` its response.
@@ -193,13 +210,26 @@ class AdmissionClient:
                 it) from one lease and one provider call. True: identical means the same
                 lease args; a string: the same string (include everything the provider
                 call depends on that the lease args do not show).
+            share: With a ``dedup_key``: the result as bytes for the followers.
+            unshare: With a ``dedup_key``: the shared bytes back to a result.
             on_queue_update: As for ``lease`` (with singleflight: the first caller's).
             **args: See ``LeaseArgs``.
+
+        Raises:
+            TypeError: A ``dedup_key`` without ``share`` and ``unshare``.
         """
+        _sharing.check(args, share, unshare)
 
         def once() -> T:
-            with self.lease(on_queue_update=on_queue_update, **args) as lease:
-                return call(lease)
+            streamed = on_queue_update is not None
+            plan = self._core.acquire(args, streamed=streamed, rejoin=True)
+            lease = self._drive(plan, emit=on_queue_update)
+            if _sharing.follows(lease):
+                return _sharing.unshared(lease, unshare)
+            with self.hold(lease):
+                result = call(lease)
+                _sharing.offer(lease, result, share)
+                return result
 
         if not singleflight:
             return once()
@@ -233,8 +263,9 @@ class AdmissionClient:
             for step in steps:
                 yield step.value if isinstance(step, Done) else step
 
-    def release(self, lease: Lease, outcome: Outcome = Outcome.OK) -> Settlement | None:
-        """Release a lease from ``acquire`` (None for an unadmitted lease)."""
+    def release(self, lease: Lease, outcome: Outcome | None = None) -> Settlement | None:
+        """Release a lease from ``acquire`` (None when there is none to release: unadmitted,
+        or a dedup follower). See ``AsyncAdmissionClient.release``."""
         return self._drive(self._core.release(lease, outcome))
 
     def renew(self, lease: Lease) -> Lease:
@@ -274,6 +305,20 @@ class AdmissionClient:
         See ``AsyncAdmissionClient.cancel_ticket``.
         """
         return self._drive(self._core.cancel_ticket(ticket, tenant))
+
+    def usage(
+        self,
+        *,
+        from_day: date | str | None = None,
+        to_day: date | str | None = None,
+        tenant: str | None = None,
+        pool: str | None = None,
+    ) -> list[UsageRow]:
+        """admitd's cost ledger: tokens and USD charged per UTC day, tenant and pool.
+
+        See ``AsyncAdmissionClient.usage``.
+        """
+        return self._drive(self._core.usage(from_day, to_day, tenant, pool))
 
     def status(self) -> pb.StatusResponse:
         """Pools, tenants, queues and budgets as admitd sees them now."""
