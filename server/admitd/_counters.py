@@ -4,7 +4,7 @@ Gauges count what is in use (concurrency), buckets what is left (refilled contin
 daily counters what was used on the current UTC day. Levels are read against each limit as
 configured *now* (``configure``), scaled by its pool's AIMD factor, so a config change or an
 adaptive step also applies to calls already queued. The memory backend calls these inside
-its atomic steps; ``lua/_lib.lua`` is the same state machine for Redis.
+its atomic steps; ``lua/_lib3_limits.lua`` is the same state machine for Redis.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Redis backend: many admitd replicas share one set of limits, one fair queue and one
 lease table. Each operation is one Lua script (``lua/<operation>.lua``, with the shared state
-machine ``lua/_lib.lua`` in front), registered once with redis-py ``register_script``, which
+machine ``lua/_lib*.lua`` in front), registered once with redis-py ``register_script``, which
 uses EVALSHA and reloads a script after ``SCRIPT FLUSH``.
 
 Time is Redis ``TIME``, so replicas agree (tests pass their injected clock instead). A grant
@@ -78,8 +78,11 @@ OPERATIONS = (
 
 
 def _load_scripts() -> dict[str, str]:
+    """Each operation's script: the library's parts (``_lib<n>_*.lua``, in order) in front
+    of the operation's own file, as one script."""
     folder = resources.files("admitd") / "lua"
-    lib = (folder / "_lib.lua").read_text()
+    parts = sorted(f.name for f in folder.iterdir() if f.name.startswith("_lib"))
+    lib = "\n".join((folder / name).read_text() for name in parts)
     return {op: lib + "\n" + (folder / f"{op}.lua").read_text() for op in OPERATIONS}
 
 

@@ -7,6 +7,7 @@ local t = unqueue(id, false)
 if t then
   if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
   ended(t, 'cancelled', nil)
+  dispatch_all(progress) -- it may have been the head holding the queue: who is behind may fit
 elseif redis.call('ZREM', key('unclaimed'), id) == 1 then
   redis.call('DEL', key('granted', id))
   give_back(id, 'cancelled') -- granted while its RPC gave up

@@ -1,0 +1,173 @@
+-- Library part 5 of 5 (see _lib1_base.lua): the fair queue and its dispatch pass.
+
+-- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
+local function fkey(cls, pool, tenant)
+  return cls .. '|' .. string.len(pool) .. '|' .. pool .. tenant
+end
+
+local function vkey(cls, pool)
+  return cls .. '|' .. pool
+end
+
+local function qkey(cls, pool)
+  return key('q', cls, pool)
+end
+
+local function push(t, raw)
+  local cls = t.prio
+  local fk = fkey(cls, t.pool, t.tenant)
+  local v = tonumber(redis.call('HGET', key('vtime'), vkey(cls, t.pool)) or '0')
+  local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
+  local tag = math.max(v, last) + t.cost
+  redis.call('HSET', key('lastf'), fk, num(tag))
+  local member = string.format('%016d', redis.call('INCR', key('seq'))) .. '|' .. t.id
+  redis.call('ZADD', qkey(cls, t.pool), num(tag), member)
+  redis.call('HSET', key('w', t.id), 'ticket', raw, 'enq', num(now),
+             'member', member, 'tag', num(tag))
+  redis.call('HINCRBY', key('queued', 'tenant'), t.tenant, 1)
+  redis.call('INCR', key('queued', 'total'))
+  redis.call('SADD', key('queued', 'pools'), t.pool)
+end
+
+-- Take a waiter out; served advances virtual time, otherwise its tag is given back.
+local function unqueue(id, served)
+  local w = redis.call('HMGET', key('w', id), 'ticket', 'member', 'tag')
+  if not w[1] then return nil end
+  local t, tag = cjson.decode(w[1]), tonumber(w[3])
+  local cls = t.prio
+  redis.call('ZREM', qkey(cls, t.pool), w[2])
+  redis.call('DEL', key('w', id))
+  local fk, vk = fkey(cls, t.pool, t.tenant), vkey(cls, t.pool)
+  local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
+  local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
+  if served then
+    if tag > v then
+      v = tag
+      redis.call('HSET', key('vtime'), vk, num(v))
+    end
+  elseif last == tag then
+    last = tag - t.cost
+    redis.call('HSET', key('lastf'), fk, num(last))
+  end
+  if last <= v then redis.call('HDEL', key('lastf'), fk) end
+  decr_field(key('queued', 'tenant'), t.tenant, 1)
+  redis.call('DECR', key('queued', 'total'))
+  local left = 0
+  for c = 0, 3 do left = left + redis.call('ZCARD', qkey(c, t.pool)) end
+  if left == 0 then redis.call('SREM', key('queued', 'pools'), t.pool) end
+  return t
+end
+
+local function new_progress()
+  return {grants = {}, rejections = {}, blocked = {}, passed_over = {}, finished = FINISHED}
+end
+
+-- The waiters of pool in service order: each call of the returned function gives the next
+-- {member, tag, id, t, raw, enq}, or nil. Strict classes with aging, finish tags within one.
+local function fair_order(pool)
+  local cursor = {0, 0, 0, 0}
+  local function head(c)
+    local m = redis.call('ZRANGE', qkey(c, pool), cursor[c + 1], cursor[c + 1], 'WITHSCORES')
+    if #m == 0 then return false end
+    local id = string.sub(m[1], 18)
+    local w = redis.call('HMGET', key('w', id), 'ticket', 'enq')
+    return {member = m[1], tag = tonumber(m[2]), id = id, t = cjson.decode(w[1]), raw = w[1],
+            enq = tonumber(w[2])}
+  end
+  local heads = {head(0), head(1), head(2), head(3)}
+  return function()
+    local best, bk = nil, nil
+    for c = 0, 3 do
+      local h = heads[c + 1]
+      if h then
+        local k = {c - math.floor((now - h.enq) / aging), c, h.tag, h.member}
+        if not bk or k[1] < bk[1] or (k[1] == bk[1] and (k[2] < bk[2] or (k[2] == bk[2]
+            and (k[3] < bk[3] or (k[3] == bk[3] and k[4] < bk[4]))))) then
+          best, bk = h, k
+        end
+      end
+    end
+    if best then
+      local c = best.t.prio
+      cursor[c + 1] = cursor[c + 1] + 1
+      heads[c + 1] = head(c)
+    end
+    return best
+  end
+end
+
+-- Grant waiters of pool in fair order until a pool-wide limit blocks the head. A waiter held
+-- back by its own tenant's limit is passed over with the rest of that tenant's waiters.
+-- Returns the denial of the watch ticket (when examined and not granted) and its own grant.
+local function dispatch_pool(pool, watch, progress)
+  local skipped, served, gone, never = {}, {}, {}, {}
+  local watched, own = nil, nil
+  local examined = 0
+  local next_waiter = fair_order(pool)
+  while examined < MAX_EXAMINED do
+    local best = next_waiter()
+    if not best then break end
+    examined = examined + 1
+    local t = best.t
+    if skipped[t.tenant] and best.id == watch then
+      watched = skipped[t.tenant] -- behind its own tenant's held waiter
+    end
+    if not skipped[t.tenant] then
+      local closed = shut(pool)
+      if best.id ~= watch and now > best.enq + t.wait then
+        table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
+      elseif closed and closed.cause == 'open' then
+        table.insert(never, {best.id, closed}) -- refused at once, queued calls too
+        if best.id == watch then watched = closed end
+      elseif closed then
+        if best.id == watch then watched = closed end
+        progress.blocked[pool] = closed
+        break
+      else
+        local d, shadowed = check(t, false)
+        if not d then
+          local rec = reserve(t, best.raw, now - best.enq, shadowed)
+          table.insert(served, best.id)
+          if best.id == watch then
+            own = rec
+          else
+            table.insert(progress.grants, rec)
+            -- Unclaimed until the replica holding the RPC takes it (pub/sub or polling).
+            redis.call('SET', key('granted', best.id), cjson.encode(rec),
+                       'PX', math.floor((t.claim + 60) * 1000))
+            redis.call('ZADD', key('unclaimed'), num(now + t.claim), best.id)
+            redis.call('PUBLISH', key('grants'), best.id)
+          end
+        else
+          if best.id == watch then watched = denial(t, d) end
+          local l = t.limits[d[1] + 1]
+          if l[2] == 'daily' then
+            table.insert(never, {best.id, denial(t, d)}) -- cannot fit before the day turns
+          elseif l[4] == 'tenant' then
+            skipped[t.tenant] = denial(t, d)
+            table.insert(progress.passed_over, denial(t, d))
+          else
+            progress.blocked[pool] = denial(t, d)
+            break
+          end
+        end
+      end
+    end
+  end
+  for _, id in ipairs(served) do unqueue(id, true) end
+  for _, n in ipairs(never) do
+    ended(unqueue(n[1], false), 'rejected', n[2])
+    table.insert(progress.rejections, n)
+  end
+  for _, id in ipairs(gone) do ended(unqueue(id, false), 'timeout', nil) end
+  return watched, own
+end
+
+local function dispatch_all(progress)
+  for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
+    dispatch_pool(pool, '', progress)
+  end
+  return progress
+end
+
+-- cjson encodes an empty table as {}; the Python side accepts both {} and [] for lists.
