@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -121,8 +122,13 @@ def test_render_status_aligns_columns_and_shows_limits() -> None:
                 concurrency=_limit(64, 3),
                 tokens_per_minute=_limit(800_000, 799_000),
                 usd_per_day=_limit(400, 1.5),
+                limit_factor=1.0,
+                circuit="closed",
             ),
             pb.PoolStatus(name="local"),
+            pb.PoolStatus(
+                name="azure", circuit="half_open", limit_factor=0.25, paused_for=Duration(seconds=7)
+            ),
         ],
         tenants=[pb.TenantStatus(name="search", weight=4, tokens_per_day=_limit(5e6, 1234))],
         budget=pb.BudgetStatus(usd_per_day=_limit(500, 1.5)),
@@ -130,13 +136,14 @@ def test_render_status_aligns_columns_and_shows_limits() -> None:
     text = render_status(status)
     pools, tenants, budget = (block.splitlines() for block in text.split("\n\n"))
     assert pools[0].split() == [
-        "POOL", "IN-FLIGHT", "QUEUED", "CONCURRENCY", "TPM", "LEFT", "RPM", "LEFT",
+        "POOL", "STATE", "IN-FLIGHT", "QUEUED", "CONCURRENCY", "TPM", "LEFT", "RPM", "LEFT",
         "TOKENS", "TODAY", "USD", "TODAY",
     ]  # fmt: skip
     assert pools[1].split() == [
-        "openai/gpt-4o", "3", "12", "3/64", "799,000/800,000", "-", "-", "$1.50/$400.00",
+        "openai/gpt-4o", "ok", "3", "12", "3/64", "799,000/800,000", "-", "-", "$1.50/$400.00",
     ]  # fmt: skip
-    assert pools[2].split() == ["local", "0", "0", "-", "-", "-", "-", "-"]
+    assert pools[2].split() == ["local", "ok", "0", "0", "-", "-", "-", "-", "-"]
+    assert pools[3].split()[:2] == ["azure", "paused:7s,half-open,limits:0.25x"]
     assert tenants[1].split() == ["search", "4", "0", "0", "-", "-", "-", "1,234/5,000,000", "-"]
     assert budget[1].split() == ["global", "-", "$1.50/$500.00"]
     for block in (pools, tenants, budget):
@@ -196,7 +203,7 @@ def test_serve_health_status_and_sigterm(
         assert main(["status", "--target", target]) == 0
         rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
                 if line.strip()}  # fmt: skip
-        assert rows["openai/gpt-4o"][1:4] == ["0", "0", "0/8"]
+        assert rows["openai/gpt-4o"][1:5] == ["ok", "0", "0", "0/8"]
         assert rows["openai/gpt-4o"][4] == "100,000/100,000"
         assert rows["search"][1:4] == ["4", "0", "0"]
         assert rows["search"][-2] == "0/5,000,000"

@@ -235,11 +235,14 @@ def render_status(status: pb.StatusResponse) -> str:
     """Render a status as aligned tables: pools, tenants, then the global budget.
 
     Rate buckets (TPM, RPM) show tokens left/capacity; concurrency and daily quotas show
-    used/limit; ``-`` means no limit.
+    used/limit; ``-`` means no limit. A pool's STATE is ``ok``, or why it admits less or
+    nothing: paused by its provider, its circuit open or half-open, its adaptive limits
+    scaled down.
     """
-    pools: list[tuple[str, ...]] = [("POOL", "IN-FLIGHT", "QUEUED", *_LIMIT_HEADINGS)]
+    pools: list[tuple[str, ...]] = [("POOL", "STATE", "IN-FLIGHT", "QUEUED", *_LIMIT_HEADINGS)]
     for p in status.pools:
-        pools.append((p.name, str(p.in_flight), str(p.queued), *(_limit(p, f) for f in _LIMITS)))
+        limits = (_limit(p, f) for f in _LIMITS)
+        pools.append((p.name, _pool_state(p), str(p.in_flight), str(p.queued), *limits))
     tenants: list[tuple[str, ...]] = [("TENANT", "WEIGHT", "IN-FLIGHT", "QUEUED", *_LIMIT_HEADINGS)]
     for t in status.tenants:
         limits = (_limit(t, f) for f in _LIMITS)
@@ -248,10 +251,20 @@ def render_status(status: pb.StatusResponse) -> str:
         ("BUDGET", "TOKENS TODAY", "USD TODAY"),
         ("global", _limit(status.budget, "tokens_per_day"), _limit(status.budget, "usd_per_day")),
     ]
-    parts = [_table(pools), _table(tenants), _table(budget)]
+    parts = [_table(pools, left=2), _table(tenants), _table(budget)]
     if status.draining:
         parts.insert(0, "DRAINING: admitting nothing")
     return "\n\n".join(parts)
+
+
+def _pool_state(pool: pb.PoolStatus) -> str:
+    paused = pool.paused_for.ToTimedelta().total_seconds()
+    states = [f"paused:{paused:.0f}s"] if paused > 0 else []
+    if pool.circuit in ("open", "half_open"):
+        states.append(pool.circuit.replace("_", "-"))
+    if 0 < pool.limit_factor < 1:
+        states.append(f"limits:{pool.limit_factor:.2f}x")
+    return ",".join(states) or "ok"
 
 
 def _limit(parent: Message, field: str) -> str:
