@@ -204,7 +204,7 @@ def test_serve_health_status_and_sigterm(
         rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
                 if line.strip()}  # fmt: skip
         assert rows["openai/gpt-4o"][1:5] == ["ok", "0", "0", "0/8"]
-        assert rows["openai/gpt-4o"][4] == "100,000/100,000"
+        assert rows["openai/gpt-4o"][5] == "100,000/100,000"
         assert rows["search"][1:4] == ["4", "0", "0"]
         assert rows["search"][-2] == "0/5,000,000"
 
