@@ -3,8 +3,10 @@
 `node clients/node/cli.js` runs as a subprocess: it acquires a lease, is rejected on a pool
 with max_concurrency 1 and decodes the rich details from the grpc-status-details-bin
 trailer (ErrorInfo reason + RetryInfo delay), and releases with the tokens used. It also
-waits in the queue with a streamed wait (AcquireStream), and takes a ticket round trip
-(Enqueue, GetTicket, WaitTicket, CancelTicket).
+waits in the queue with a streamed wait (AcquireStream), takes a ticket round trip
+(Enqueue, GetTicket, WaitTicket, CancelTicket), falls back on a second pool, joins a dedup
+leader and gets its result, pauses a pool with a provider's retry-after, and reads the
+cost ledger (GetUsage).
 
 Node and the npm packages come from scripts/setup_node.sh (scripts/test runs it). When
 either is missing this test fails, in CI and elsewhere alike, saying how to install them:
@@ -14,6 +16,7 @@ it is never skipped.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -118,6 +121,9 @@ async def test_acquire_rejection_details_and_release() -> None:
             "reserved_usd": pytest.approx(100 * 2.5e-6 + 50 * 10e-6),
             "expires_at": expiry(h, 30),
             "queued_for_seconds": 0,
+            "dedup_role": None,
+            "dedup_leader_id": "",
+            "shared_result": None,
         }
         assert (await h.pool("p")).in_flight == 1  # the lease outlives the process
 
@@ -293,5 +299,61 @@ async def test_a_ticket_round_trip() -> None:
         assert status == 0, out
         assert (out["release"]["charged_tokens"], out["release"]["refunded_tokens"]) == (4, 1)
         assert (await h.pool("p")).in_flight == 0
+    finally:
+        await h.close()
+
+
+async def test_fallback_pools_dedup_retry_after_and_usage() -> None:
+    node = node_or_fail()
+    pools = [CONFIG["pools"][0], {"name": "q"}]
+    h = await start_harness({**CONFIG, "pools": pools})
+    try:
+        holder = await h.acquire(tenant="a", pool="p", input_tokens=1)  # p's one slot
+        status, out = await cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "p", "--fallback-pools", "q",
+            "--input-tokens", "3",
+        )  # fmt: skip
+        assert (status, out["lease"]["pool"]) == (0, "q"), out  # the fallback granted
+        await h.release(out["lease"]["lease_id"])
+
+        status, out = await cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "q", "--dedup-key", "k",
+            "--input-tokens", "3",
+        )  # fmt: skip
+        leader = out["lease"]
+        assert (status, leader["dedup_role"]) == (0, "LEADER"), out
+        status, out = await cli(  # an identical call that may not wait: refused, ABORTED
+            node, h, "acquire", "--tenant", "a", "--pool", "q", "--dedup-key", "k",
+            "--input-tokens", "3",
+        )  # fmt: skip
+        assert status == 2, out
+        assert (out["error"]["codeName"], out["error"]["reason"]) == ("ABORTED", "DEDUP_IN_FLIGHT")
+        joining = await start_cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "q", "--dedup-key", "k",
+            "--input-tokens", "3", "--wait-timeout", "30",
+        )  # fmt: skip
+        await h.until_following(leader["lease_id"])
+        status, out = await cli(
+            node, h, "release", "--tenant", "a", "--lease-id", leader["lease_id"],
+            "--result", "the answer", "--provider-retry-after", "5",
+        )  # fmt: skip
+        assert status == 0, out
+        status, out = await finished(joining)
+        follower = out["lease"]
+        assert status == 0, out
+        assert (follower["dedup_role"], follower["lease_id"]) == ("FOLLOWER", "")
+        assert base64.b64decode(follower["shared_result"]) == b"the answer"
+        assert follower["dedup_leader_id"] == leader["lease_id"]
+        # The leader's provider said retry after 5 s: q is paused for every caller.
+        assert (await h.pool("q")).paused_for.ToTimedelta().total_seconds() == 5.0
+
+        await h.release(holder.lease_id, (1, 0))
+        status, out = await cli(node, h, "usage", "--tenant", "a")
+        assert status == 0, out
+        assert [(r["pool"], r["calls"], r["input_tokens"]) for r in out["rows"]] == [
+            ("p", 1, 1),
+            ("q", 2, 6),
+        ]
+        assert out["rows"][0]["day"] == "2026-01-01"
     finally:
         await h.close()

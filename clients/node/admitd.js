@@ -13,9 +13,16 @@
  * ({ queued: {...} } updates, then { lease: {...} }), or deferred: `enqueue` returns a ticket at
  * once, and `getTicket` / `waitTicket` / `cancelTicket` follow it until it holds a lease.
  *
+ * An acquire may name `fallbackPools` (lease.pool says which granted) and a `dedupKey`: an
+ * identical call in flight is joined (lease.dedup_role 'FOLLOWER', lease.shared_result: the
+ * leader's result; nothing to release) instead of reserving. Release reports the outcome, a
+ * provider's retry-after (`providerRetryAfterSeconds`: admitd pauses the pool for everyone)
+ * and a leader's `result` for its followers. `getUsage` reads the cost ledger.
+ *
  * The service is loaded at run time from the repository's contract,
  * protos/admitd/v1/admission.proto, with @grpc/proto-loader, so it cannot drift from the
- * server. A rejection is RESOURCE_EXHAUSTED with a google.rpc.Status in the
+ * server. A rejection is RESOURCE_EXHAUSTED (ABORTED for a dedup follower that gets no result:
+ * DEDUP_LEADER_FAILED, DEDUP_IN_FLIGHT) with a google.rpc.Status in the
  * grpc-status-details-bin trailer; it is decoded with protobufjs from the genuine googleapis
  * definitions vendored in protos/google/rpc (README.md there says why and from where).
  */
@@ -31,6 +38,8 @@ const RPC_PROTOS = path.join(__dirname, 'protos', 'google', 'rpc');
 const DETAILS_KEY = 'grpc-status-details-bin';
 const OUTCOMES = ['OK', 'PROVIDER_RATE_LIMITED', 'PROVIDER_ERROR', 'TIMEOUT', 'CANCELLED'];
 const PRIORITIES = ['CRITICAL', 'HIGH', 'NORMAL', 'LOW'];
+// Status codes of a refusal with a reason: a limit, or a dedup follower without a result.
+const REFUSALS = ['RESOURCE_EXHAUSTED', 'ABORTED'];
 
 /** The Admission service constructor, from admission.proto under `protoDir`. */
 function loadAdmission(protoDir = REPO_PROTOS) {
@@ -114,9 +123,9 @@ class AdmitdError extends Error {
   constructor(error) {
     const status = decodeStatus(error);
     super(`${status.codeName}: ${status.message}`);
-    this.name = status.codeName === 'RESOURCE_EXHAUSTED' ? 'Rejected' : 'AdmitdError';
+    this.rejected = REFUSALS.includes(status.codeName) && status.reason !== null;
+    this.name = this.rejected ? 'Rejected' : 'AdmitdError';
     Object.assign(this, status);
-    this.rejected = status.codeName === 'RESOURCE_EXHAUSTED' && status.reason !== null;
   }
 }
 
@@ -124,7 +133,15 @@ function isoTime(timestamp) {
   return new Date(Number(timestamp.seconds) * 1000 + Math.floor(timestamp.nanos / 1e6)).toISOString();
 }
 
+const DEDUP_ROLES = { DEDUP_ROLE_LEADER: 'LEADER', DEDUP_ROLE_FOLLOWER: 'FOLLOWER' };
+
+/**
+ * A Lease. With a dedupKey: dedup_role 'LEADER' (release it with a `result` to share) or
+ * 'FOLLOWER' (no lease_id, nothing to release; shared_result: the leader's result, a Buffer),
+ * and dedup_leader_id; without: null, null and ''.
+ */
 function leaseObject(lease) {
+  const role = DEDUP_ROLES[lease.dedup_role] || null;
   return {
     lease_id: lease.lease_id,
     tenant: lease.tenant,
@@ -134,6 +151,9 @@ function leaseObject(lease) {
     reserved_usd: lease.reserved_usd,
     expires_at: isoTime(lease.expires_at),
     queued_for_seconds: durationSeconds(lease.queued_for),
+    dedup_role: role,
+    dedup_leader_id: lease.dedup_leader_id,
+    shared_result: role === 'FOLLOWER' ? Buffer.from(lease.shared_result) : null,
   };
 }
 
@@ -272,6 +292,8 @@ class AdmitdClient {
 
   _acquireRequest({
     pool,
+    fallbackPools = [],
+    dedupKey = '',
     inputTokens = 0,
     maxOutputTokens = 0,
     prompt = '',
@@ -286,6 +308,8 @@ class AdmitdClient {
     const request = {
       tenant,
       pool,
+      fallback_pools: fallbackPools,
+      dedup_key: dedupKey,
       input_tokens: String(inputTokens),
       max_output_tokens: String(maxOutputTokens),
       prompt,
@@ -299,9 +323,23 @@ class AdmitdClient {
 
   /**
    * Release with the tokens actually used: both counts, or neither (then admitd charges the
-   * full reservation). `outcome`: how the provider call ended, one of OUTCOMES.
+   * full reservation). `outcome`: how the provider call ended, one of OUTCOMES (it feeds the
+   * pool's circuit breaker and adaptive limits). `providerRetryAfterSeconds`: the provider's
+   * retry-after (e.g. from a 429's `retry-after` header): admitd pauses the pool that long for
+   * every caller. `result` (a Buffer or a string): a dedup leader's result for the calls that
+   * joined it (with outcome OK; at most the server's lease.max_shared_result, 64 KiB by default).
    */
-  async release(leaseId, { inputTokens, outputTokens, outcome = 'OK', tenant = this.tenant } = {}) {
+  async release(
+    leaseId,
+    {
+      inputTokens,
+      outputTokens,
+      outcome = 'OK',
+      tenant = this.tenant,
+      providerRetryAfterSeconds = 0,
+      result = null,
+    } = {},
+  ) {
     if (!OUTCOMES.includes(outcome)) throw new Error(`outcome: one of ${OUTCOMES}`);
     if ((inputTokens === undefined) !== (outputTokens === undefined)) {
       throw new Error('release: give both inputTokens and outputTokens, or neither');
@@ -310,6 +348,10 @@ class AdmitdClient {
     if (inputTokens !== undefined) {
       request.usage = { input_tokens: String(inputTokens), output_tokens: String(outputTokens) };
     }
+    if (providerRetryAfterSeconds > 0) {
+      request.provider_retry_after = duration(providerRetryAfterSeconds);
+    }
+    if (result !== null) request.result = Buffer.isBuffer(result) ? result : Buffer.from(result);
     const reply = await this._call('Release', request);
     return {
       charged_tokens: Number(reply.charged_tokens),
@@ -317,6 +359,26 @@ class AdmitdClient {
       already_released: reply.already_released,
       charged_usd: reply.charged_usd,
     };
+  }
+
+  /**
+   * The cost ledger: tokens and USD charged per UTC day, tenant and pool, as rows { day
+   * ('YYYY-MM-DD'), tenant, pool, calls, input_tokens, output_tokens, usd }, by day, then
+   * tenant, then pool. fromDay defaults to today (UTC), toDay to fromDay; tenant '' means every
+   * tenant the caller may see, pool '' every pool.
+   */
+  async getUsage({ fromDay = '', toDay = '', tenant = '', pool = '' } = {}) {
+    const request = { from_day: fromDay, to_day: toDay, tenant, pool };
+    const reply = await this._call('GetUsage', request);
+    return reply.rows.map((row) => ({
+      day: row.day,
+      tenant: row.tenant,
+      pool: row.pool,
+      calls: Number(row.calls),
+      input_tokens: Number(row.input_tokens),
+      output_tokens: Number(row.output_tokens),
+      usd: row.usd,
+    }));
   }
 
   /** Extend a lease (0: by the server's lease TTL). */

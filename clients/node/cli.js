@@ -6,9 +6,11 @@
  *
  *   node cli.js acquire --target HOST:PORT --tenant T --pool P [--input-tokens N | --prompt TEXT]
  *                       [--max-output-tokens N] [--wait-timeout SECONDS] [--priority HIGH]
+ *                       [--fallback-pools P2,P3] [--dedup-key KEY]
  *   node cli.js release --target HOST:PORT --lease-id ID [--tenant T]
  *                       [--used-input-tokens N --used-output-tokens N]
  *                       [--outcome OK|PROVIDER_RATE_LIMITED|PROVIDER_ERROR|TIMEOUT|CANCELLED]
+ *                       [--provider-retry-after SECONDS] [--result TEXT]
  *   node cli.js demo    --target HOST:PORT --tenant T --pool P [acquire's and release's options]
  *       acquire, acquire the same again (on a pool with max_concurrency 1: rejected), release
  *   node cli.js stream  [acquire's options]      a streamed wait (AcquireStream)
@@ -16,13 +18,17 @@
  *   node cli.js get-ticket    --ticket-id ID [--tenant T]
  *   node cli.js wait-ticket   --ticket-id ID [--tenant T] [--wait-timeout SECONDS]
  *   node cli.js cancel-ticket --ticket-id ID [--tenant T]
+ *   node cli.js usage   [--from-day YYYY-MM-DD] [--to-day YYYY-MM-DD] [--tenant T] [--pool P]
  *
  * Output: {"ok": true, "lease": {...}} / {"ok": true, "release": {...}} /
  * {"ok": true, "ticket": {...}} / {"ok": true, "cancelled": true|false} /
+ * {"ok": true, "rows": [...]} /
  * {"ok": false, "error": {"codeName", "reason", "retryAfterSeconds", "metadata", ...}}.
+ * A dedup follower's lease.shared_result is printed in base64.
  * `stream` first prints a line {"queued": {"position", "depth", "estimated_wait_seconds"}} for
  * each update as it arrives, then {"ok": true, "updates": [...], "lease": {...}}.
- * Exit status: 0 done, 2 rejected (RESOURCE_EXHAUSTED with a reason), 1 any other failure.
+ * Exit status: 0 done, 2 rejected (RESOURCE_EXHAUSTED, or ABORTED, with a reason), 1 any other
+ * failure.
  */
 
 const { parseArgs } = require('node:util');
@@ -42,6 +48,12 @@ const OPTIONS = {
   'lease-id': { type: 'string' },
   'ticket-id': { type: 'string' },
   outcome: { type: 'string', default: 'OK' },
+  'fallback-pools': { type: 'string', default: '' },
+  'dedup-key': { type: 'string', default: '' },
+  'provider-retry-after': { type: 'string', default: '0' },
+  result: { type: 'string' },
+  'from-day': { type: 'string', default: '' },
+  'to-day': { type: 'string', default: '' },
   'timeout-ms': { type: 'string', default: '10000' },
 };
 
@@ -66,6 +78,8 @@ function acquireArgs(values) {
     prompt: values.prompt,
     waitTimeoutSeconds: Number(values['wait-timeout']),
     priority: values.priority,
+    fallbackPools: values['fallback-pools'].split(',').filter((name) => name !== ''),
+    dedupKey: values['dedup-key'],
   };
 }
 
@@ -74,7 +88,15 @@ function releaseArgs(values) {
     inputTokens: count(values['used-input-tokens'], 'used-input-tokens'),
     outputTokens: count(values['used-output-tokens'], 'used-output-tokens'),
     outcome: values.outcome,
+    providerRetryAfterSeconds: Number(values['provider-retry-after']),
+    result: values.result === undefined ? null : values.result,
   };
+}
+
+/** JSON.stringify replacer: a Buffer (a shared result) as base64 rather than a byte array. */
+function base64Buffers(key, value) {
+  const raw = this[key]; // before Buffer's own toJSON
+  return Buffer.isBuffer(raw) ? raw.toString('base64') : value;
 }
 
 function ticketId(values) {
@@ -124,7 +146,13 @@ async function run(command, values, client) {
   if (command === 'cancel-ticket') {
     return { ok: true, cancelled: await client.cancelTicket(ticketId(values)) };
   }
-  const commands = 'acquire, release, demo, stream, enqueue, get-ticket, wait-ticket, cancel-ticket';
+  if (command === 'usage') {
+    const { tenant, pool } = values;
+    const range = { fromDay: values['from-day'], toDay: values['to-day'] };
+    return { ok: true, rows: await client.getUsage({ ...range, tenant, pool: pool || '' }) };
+  }
+  const commands =
+    'acquire, release, demo, stream, enqueue, get-ticket, wait-ticket, cancel-ticket, usage';
   throw new Error(`unknown command ${JSON.stringify(command)}: ${commands}`);
 }
 
@@ -145,7 +173,7 @@ async function main(argv) {
   } finally {
     if (client !== null) client.close();
   }
-  process.stdout.write(`${JSON.stringify(result)}\n`);
+  process.stdout.write(`${JSON.stringify(result, base64Buffers)}\n`);
   return status;
 }
 
