@@ -11,6 +11,7 @@ import yaml
 
 from admitd import Unavailable, parse_config
 from admitd._reload import ConfigWatcher
+from admitd.v1 import admission_pb2 as pb
 from conftest import MakeHarness, Replicas
 from harness import DEFAULT_CONFIG, Harness, start_harness
 from redis_server import RedisServer
@@ -167,3 +168,20 @@ async def test_limits_reach_a_store_that_was_down_at_start(
         assert (await h.fail(h.acquire(input_tokens=1))).reason == "CONCURRENCY_LIMIT"
     finally:
         await h.close()
+
+
+async def test_gates_come_back_after_redis_restarts_empty(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """A restarted Redis keeps nothing: the replica notices the outage and publishes its
+    limits and pool gates again, so a circuit breaker still works afterwards."""
+    breaker = {"min_calls": 1, "failure_rate": 1, "open_for": "60s"}
+    (h,) = await replicas(1, {"pools": [{"name": "p", "breaker": breaker}]})
+    redis_server.kill()
+    assert not await h.server.check_store()
+    redis_server.start()  # empty
+    await h.server.housekeeping()
+    lease = await h.acquire(input_tokens=1)
+    error = pb.Outcome.OUTCOME_PROVIDER_ERROR
+    await h.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id, outcome=error), timeout=10)
+    assert (await h.fail(h.acquire(input_tokens=1))).reason == "POOL_UNAVAILABLE"

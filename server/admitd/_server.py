@@ -129,6 +129,8 @@ class AdmitdServer:
         except Unavailable as error:
             log.warning("state store unreachable: %s", error.message)
             ok = False
+            # It may come back empty (a restarted Redis keeps nothing): publish again then.
+            self.engine.limits_published = False
         # fail_open keeps admitting (unchecked) without the store, so it stays SERVING.
         serving = ok or self.settings.backend.on_store_error == "fail_open"
         if not self._stopped.is_set():
@@ -136,19 +138,24 @@ class AdmitdServer:
                 await self.health.set(service, SERVING if serving else NOT_SERVING)
         return ok
 
-    async def _watch(self, interval: float = 1.0, snapshot_every: int = 5) -> None:
+    async def _watch(
+        self, interval: float = 1.0, snapshot_every: int = 5, publish_every: int = 30
+    ) -> None:
         for tick in itertools.count(1):
             await asyncio.sleep(interval)  # real time: probes, not admission logic
-            await self.housekeeping(snapshot=tick % snapshot_every == 0)
+            await self.housekeeping(
+                snapshot=tick % snapshot_every == 0, publish=tick % publish_every == 0
+            )
 
-    async def housekeeping(self, *, snapshot: bool = False) -> None:
+    async def housekeeping(self, *, snapshot: bool = False, publish: bool = False) -> None:
         """What the server does every second: health follows the store; a store that was
-        down at start (or during a config change) gets this replica's limits once it
-        answers; the config file is looked at; gauges follow a snapshot when asked."""
+        down (at start, during a config change, or restarted empty between two looks)
+        gets this replica's limits and gates once it answers, and every half minute
+        anyway (``publish``); the config file is looked at; gauges follow a snapshot."""
         if not await self.check_store():
             return
         with contextlib.suppress(Unavailable):
-            if not self.engine.limits_published:
+            if publish or not self.engine.limits_published:
                 await self.engine.publish_limits()
             if snapshot:
                 await self.engine.snapshot()
