@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from test_faults import until
 
 from conftest import MakeHarness
 
@@ -76,3 +77,28 @@ async def test_a_grant_racing_with_a_queue_timeout_is_not_lost(make_harness: Mak
     finally:
         backend.look = look
     assert (await h.pool("p")).in_flight == 0
+
+
+async def test_a_waiter_behind_a_head_that_left_is_admitted_at_once(
+    make_harness: MakeHarness,
+) -> None:
+    """Found while building the state machine's model. A waiter held back by the pool blocks
+    the ones behind it (no overtaking). When that head leaves (its RPC is cancelled, or its
+    wait runs out) the waiters behind it may fit at once, but leaving ran no dispatch: they
+    waited for an unrelated event, here the refill the departed head needed (45 s), and may
+    time out though their capacity was there all along."""
+    h = await make_harness({"pools": [{"name": "p", "tokens_per_minute": 600}]})
+    await h.acquire(tenant="a", input_tokens=550)  # 50 tokens left, 10 more each second
+    head = h.acquire_later(tenant="a", input_tokens=500, wait_timeout=60)  # needs 45 s
+    await h.until_queued("p", 1)
+    behind = h.acquire_later(tenant="a", input_tokens=40, wait_timeout=60)  # fits, FIFO
+    await h.until_queued("p", 2)
+    assert not behind.done()
+
+    head.cancel()
+
+    async def admitted() -> bool:
+        return behind.done()
+
+    await until(admitted, 5, "the waiter behind the departed head admitted, no time passing")
+    assert (await behind).reserved_tokens == 40
