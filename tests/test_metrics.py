@@ -79,3 +79,16 @@ async def test_lease_expiries_are_counted(make_harness: MakeHarness) -> None:
     await h.acquire(input_tokens=1)
     await h.advance(5)
     assert value(await scrape(h), "admitd_lease_expiries_total", pool="p") == 1
+
+
+async def test_overuse_is_recorded_as_an_under_estimate(make_harness: MakeHarness) -> None:
+    """Histograms take no negative values: usage above the reservation is recorded by its
+    size with direction "under" instead of being dropped."""
+    h = await make_harness({"observability": {"metrics_listen": "127.0.0.1:0"}})
+    over = await h.acquire(input_tokens=100)
+    await h.release(over.lease_id, (60, 0))  # reserved 40 too many
+    under = await h.acquire(input_tokens=100)
+    await h.release(under.lease_id, (100, 25))  # used 25 more than reserved
+    text = await scrape(h)
+    assert value(text, "admitd_estimate_error_tokens_sum", pool="p", direction="over") == 40
+    assert value(text, "admitd_estimate_error_tokens_sum", pool="p", direction="under") == 25

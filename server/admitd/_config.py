@@ -253,8 +253,9 @@ class BackendConfig(_Model):
     environment variable (e.g. from a Kubernetes Secret) to writing it here."""
     key_prefix: str = Field("admitd", min_length=1, max_length=100, pattern=r"^[^{}]+$")
     """Namespace of every key (used as the Redis Cluster hash tag)."""
-    timeout: Seconds = Field(0.5, gt=0)
-    """Connect and command timeout: a slow or dead Redis fails fast instead of stalling RPCs."""
+    timeout: Seconds = Field(1.0, gt=0)
+    """Connect and command timeout: a slow or dead Redis fails fast instead of stalling RPCs.
+    Too short, and a busy host's late replies fail calls whose script did run."""
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     """Redis unreachable: ``fail_closed`` answers UNAVAILABLE (health NOT_SERVING);
     ``fail_open`` admits every call unchecked, with a warning, until Redis answers again."""

@@ -359,7 +359,9 @@ def connect(config: BackendConfig) -> aioredis.Redis:
     options: dict[str, Any] = {
         "socket_timeout": config.timeout,
         "socket_connect_timeout": config.timeout,
-        "health_check_interval": 10,
+        # A connection idle over a second is pinged (and reconnected) before use, so the
+        # pooled connections a restarted Redis broke do not each fail one real call.
+        "health_check_interval": 1,
     }
     if config.password is not None:
         options["password"] = config.password  # a password in the URL takes precedence

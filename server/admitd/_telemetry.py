@@ -38,7 +38,7 @@ OTHER = "_other"
 _CLOSED = GateView(1.0, "closed", 0.0)  # a pool with no gate state yet
 _CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
 WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-ERROR_BUCKETS = (-10_000, -1_000, -100, 0, 100, 1_000, 10_000, 100_000)
+ERROR_BUCKETS = (0, 10, 100, 1_000, 10_000, 100_000)  # tokens, by direction
 
 
 class Telemetry:
@@ -71,7 +71,8 @@ class Telemetry:
         self._refunded = meter.create_counter("admitd.tokens.refunded", description="Refunded")
         self._estimate_error = meter.create_histogram(
             "admitd.estimate.error.tokens",
-            description="Reserved minus charged tokens",
+            description="How far a reservation was from the tokens charged: direction over"
+            " (reserved more, refunded) or under (used more than reserved)",
             explicit_bucket_boundaries_advisory=ERROR_BUCKETS,
         )
         self._expiries = meter.create_counter(
@@ -161,7 +162,9 @@ class Telemetry:
         labels = {"pool": pool, "tenant": self.tenant_label(tenant)}
         self._charged.add(charged, labels)
         self._refunded.add(refunded, labels)
-        self._estimate_error.record(reserved - charged, {"pool": pool})
+        # Histograms take no negative values: overuse is recorded as its size, "under".
+        direction = "over" if reserved >= charged else "under"
+        self._estimate_error.record(abs(reserved - charged), {"pool": pool, "direction": direction})
 
     def expired(self, pool: str) -> None:
         self._expiries.add(1, {"pool": pool})
