@@ -106,6 +106,9 @@ class AdmitdServer:
         address = listen or self.settings.listen
         tls = self.settings.tls
         credentials = CertificateFiles(tls).credentials() if tls is not None else None
+        # grpc's health servicer starts out SERVING: say NOT_SERVING until the store answers.
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, NOT_SERVING)
         self.port = _bind(self._server, address, credentials)
         if self._health_server is not None and self.settings.health_listen is not None:
             self.health_port = _bind(self._health_server, self.settings.health_listen, None)
