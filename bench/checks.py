@@ -87,7 +87,7 @@ def scale(r: dict[str, Any]) -> list[str]:
             problems.append(f"{label}: no Acquire latency")
         if row["errors"]:
             problems.append(f"{label}: {row['errors']} RPC errors")
-        if row["what"] == "waiters":
+        if row["what"] in ("waiters", "tickets"):
             if row["queued"] < row["n"]:
                 problems.append(f"{label}: only {row['queued']} waiters queued")
             if not _positive(row["reject_p50_ms"]):

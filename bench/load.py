@@ -167,29 +167,41 @@ def _ms(value: float | None) -> float | None:
 
 
 async def hold(spec: dict[str, Any]) -> dict[str, Any]:
-    """Park ``count`` waiting Acquires (in batches) and keep them until ``duration`` ends."""
+    """Park ``count`` waiting Acquires and keep them until ``duration`` ends (or, with
+    ``tickets``, Enqueue that many deferred tickets, which wait in the same queue with no
+    RPC held, and return). They are sent in batches at ``rate`` per second: a burst of
+    thousands at once would measure how admitd copes with the burst, not with the queue."""
     stub_list = stubs(spec["targets"], channels=int(spec.get("channels", 8)))
     count, pool = int(spec["count"]), spec["pool"]
     tenants: list[str] = spec.get("tenants") or ["default"]
     end = time.monotonic() + float(spec["duration"])
     outcome: dict[str, int] = {}
 
+    tickets = bool(spec.get("tickets"))  # Enqueue (no RPC held) instead of Acquire
+
     async def one(i: int) -> None:
         left = end - time.monotonic()
         request = acquire_request(tenants[i % len(tenants)], pool, 10, 10, left)
+        stub = stub_list[i % len(stub_list)]
         try:
-            await stub_list[i % len(stub_list)].Acquire(request, timeout=left + 2)
-            outcome["granted"] = outcome.get("granted", 0) + 1
+            if tickets:
+                ticket = await stub.Enqueue(pb.EnqueueRequest(acquire=request), timeout=30)
+                name = pb.TicketState.Name(ticket.state)
+            else:
+                await stub.Acquire(request, timeout=left + 2)
+                name = "granted"
         except grpc.aio.AioRpcError as error:
-            outcome[error.code().name] = outcome.get(error.code().name, 0) + 1
+            name = error.code().name
+        outcome[name] = outcome.get(name, 0) + 1
 
     tasks = []
-    batch = int(spec.get("batch", 2000))
+    batch = int(spec.get("batch", 100))
+    pause = batch / float(spec.get("rate", 1000))
     for start in range(0, count, batch):
         if time.monotonic() >= end:
             break
         tasks += [asyncio.ensure_future(one(i)) for i in range(start, min(count, start + batch))]
-        await asyncio.sleep(0.05)  # let the batch reach the server before the next
+        await asyncio.sleep(pause)
     await asyncio.gather(*tasks)
     return {"started": len(tasks), "outcome": outcome}
 

@@ -68,13 +68,20 @@ def conditions(results: dict[str, dict[str, Any]]) -> str:
         for x in (meta.get("load_before", [0])[0], meta.get("load_after", [0])[0])
     ]
     dirty = " (server/ had uncommitted changes)" if m.get("server_tree_dirty") else ""
+    problems = [f"{name}: {p}" for name, r in results.items() for p in r["meta"]["problems"]]
+    verdict = (
+        "Sanity checks that FAILED: " + "; ".join(problems) + "."
+        if problems
+        else "Every sanity check passed (bench/checks.py)."
+    )
     return (
         f"Measured {m['date']} at commit `{str(m['commit'])[:12]}`{dirty}; {m['cpus']} x "
         f"{m['cpu_model']}, Python {m['python']}; 1-minute load average "
         f"{min(loads):.1f}-{max(loads):.1f} during the runs (other test suites shared the "
         "machine). Scenario run times: "
         + ", ".join(f"{n} {r['meta']['seconds']:.0f} s" for n, r in results.items())
-        + "."
+        + ". "
+        + verdict
     )
 
 
@@ -227,7 +234,10 @@ def scale(r: dict[str, Any]) -> str:
             f(row["p50_ratio_to_small"], 2),
             f(row["server_cpu_us_per_pair"]),
             f"{f(row.get('reject_p50_ms'), 2)} / {f(row.get('reject_p99_ms'), 2)}",
+            str(row["errors"]),
+            f(row.get("queued")),
             f(row.get("setup_s"), 0),
+            f"{row['idle_cpu_share']:.0%}" if row.get("idle_cpu_share") is not None else "-",
             f(row.get("server_rss_mb"), 0),
         ]
         for row in r["rows"]
@@ -235,10 +245,13 @@ def scale(r: dict[str, Any]) -> str:
     return (
         f"### Scale (concurrency 1, median of {r['reps']} runs of {r['duration_s']:g} s)\n\n"
         "Tenants: that many configured; each Acquire names a random one. Waiters: that many "
-        "Acquires parked on a blocked pool; timed are Acquire+Release on another pool, and a "
+        "Acquires parked on a blocked pool (RPCs held open); tickets: the same queue filled "
+        "with Enqueue tickets (no RPC held). Timed are Acquire+Release on another pool, and a "
         "fail-fast Acquire on the blocked pool, which takes its place in the long queue's "
         "fair order and is turned away. Ratio = p50 / p50 of the small case, measured "
-        "alternately in the same run.\n\n"
+        "alternately in the same run. Parked = waiters actually queued (of n); setup = time "
+        f"to park them at up to {r['hold_rate']:,}/s; idle CPU = share of a core the server "
+        "used while holding them with nothing else to do.\n\n"
         + table(
             [
                 "what",
@@ -248,7 +261,10 @@ def scale(r: dict[str, Any]) -> str:
                 "p50 ratio",
                 "server CPU us/pair",
                 "fail-fast on long queue p50 / p99 ms",
+                "RPC errors",
+                "parked",
                 "setup s",
+                "idle CPU",
                 "server RSS MB",
             ],
             rows,
@@ -265,7 +281,10 @@ def profile(r: dict[str, Any]) -> str:
         main_us = (v["server_cpu_us_per_pair"] or 0) * v["thread_share"].get("main", 0)
         threads = ", ".join(f"{n} {s:.0%}" for n, s in v["thread_share"].items() if s >= 0.01)
         redis = (
-            f"; redis-server {f(v['redis_cpu_us_per_pair'])} us"
+            f"; redis-server {f(v['redis_cpu_us_per_pair'])} us, of which the scripts "
+            f"(EVALSHA) took {f(v.get('script_us_per_call'))} us per call as Redis counts it, "
+            f"and the {f(v.get('script_commands_per_call'), 1)} Redis commands each script "
+            f"ran only {f(v.get('script_commands_us_per_call'))} us of that: the rest is Lua"
             if v.get("redis_cpu_us_per_pair")
             else ""
         )

@@ -42,7 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SCENARIOS),
         help=f"comma-separated subset of {','.join(SCENARIOS)}",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: redraw the plots and BENCHMARKS.md from the results folder",
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        out = args.out or RESULTS
+        markdown = _markdown(out)
+        report.render(out, markdown, report.load_all(out))
+        print(f"wrote {markdown}")
+        return 0
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
@@ -70,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 **environment,
                 "load_after": os.getloadavg(),
             }
-            report.write_json(out, name, results[name])
             problems = checks.CHECKS[name](results[name])
+            results[name]["meta"]["problems"] = problems
+            report.write_json(out, name, results[name])
             failures += [f"{name}: {p}" for p in problems]
             print(
                 f"   {name} done in {time.monotonic() - started:.0f}s"
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.close()
     if not args.smoke:
-        markdown = procs.ROOT / "BENCHMARKS.md" if out == RESULTS else out / "BENCHMARKS.md"
+        markdown = _markdown(out)
         report.render(out, markdown, report.load_all(out))
         print(f"wrote {markdown}")
     if args.smoke and not failures:  # on failure the logs stay for a look
@@ -90,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _markdown(out: Path) -> Path:
+    """BENCHMARKS.md at the repository root for bench/results, else next to the results."""
+    return procs.ROOT / "BENCHMARKS.md" if out.resolve() == RESULTS else out / "BENCHMARKS.md"
 
 
 def conditions() -> dict[str, Any]:

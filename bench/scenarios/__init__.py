@@ -6,19 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.scenarios import fairness, limits, overhead, profile, scale
 from bench.scenarios._common import Ctx
-from bench.scenarios.fairness import fairness
-from bench.scenarios.limits import limits
-from bench.scenarios.overhead import overhead
-from bench.scenarios.profile import profile
-from bench.scenarios.scale import scale
 
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
-    "overhead": overhead,
-    "fairness": fairness,
-    "limits": limits,
-    "scale": scale,
-    "profile": profile,
+    "overhead": overhead.run,
+    "fairness": fairness.run,
+    "limits": limits.run,
+    "scale": scale.run,
+    "profile": profile.run,
 }
 
 __all__ = ["SCENARIOS", "Ctx"]

@@ -57,7 +57,7 @@ def cases(workers: int) -> dict[str, list[dict[str, Any]]]:
     return {"weights_1_2_4": weighted, "mixed_8_tenants": mixed}
 
 
-def fairness(ctx: Ctx) -> dict[str, Any]:
+def run(ctx: Ctx) -> dict[str, Any]:
     duration, window, ramp = (2.5, 1.0, 0.5) if ctx.smoke else (30.0, 2.0, 2.0)
     chosen = cases(workers=6 if ctx.smoke else 10)
     plan = list(itertools.product(chosen, [1, 3]))

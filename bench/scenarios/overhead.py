@@ -17,7 +17,7 @@ from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
 SERVERS = ("echo", "memory", "redis")
 
 
-def overhead(ctx: Ctx) -> dict[str, Any]:
+def run(ctx: Ctx) -> dict[str, Any]:
     concurrency = [1, 16] if ctx.smoke else [1, 16, 64, 256]
     reps, duration, warmup = (1, 0.5, 0.3) if ctx.smoke else (5, 2.0, 0.5)
     config = {"pools": [UNLIMITED_POOL], "tenants": [{"name": "default"}]}

@@ -15,7 +15,7 @@ from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
 CONCURRENCY = 16
 
 
-def profile(ctx: Ctx) -> dict[str, Any]:
+def run(ctx: Ctx) -> dict[str, Any]:
     duration, warmup = (0.7, 1.0) if ctx.smoke else (8.0, 1.5)
     out: dict[str, Any] = {}
     kinds = ("memory", "redis")
@@ -80,9 +80,12 @@ def _plain(ctx: Ctx, server: procs.Proc, kind: str, duration: float) -> dict[str
     spec = _spec(server, duration, 0.5)
     if kind == "redis":
         spec["cpu_pids"]["redis"] = ctx.redis().pid
+    if kind == "redis":
+        _redis_stats(ctx)  # zeroed
     before = procs.thread_cpu(server.pid)
     result = procs.run_load(spec, ctx.workdir, f"profile-plain-{kind}")
     after = procs.thread_cpu(server.pid)
+    scripts = _redis_stats(ctx) if kind == "redis" else {}
     used = {name: after[name] - before.get(name, 0.0) for name in after}
     total = sum(used.values()) or 1.0
     return {
@@ -91,6 +94,31 @@ def _plain(ctx: Ctx, server: procs.Proc, kind: str, duration: float) -> dict[str
         "server_cpu_us_per_pair": result["cpu_us_per_pair"].get("server"),
         "redis_cpu_us_per_pair": result["cpu_us_per_pair"].get("redis"),
         "thread_share": {name: t / total for name, t in sorted(used.items()) if t > 0},
+        **scripts,
+    }
+
+
+def _redis_stats(ctx: Ctx) -> dict[str, Any]:
+    """Redis's own accounting since the last call (then zeroed): the scripts (EVALSHA) and
+    the commands they ran inside, per script call."""
+    import redis
+
+    client = redis.Redis(port=ctx.redis().port)
+    try:
+        stats = client.info("commandstats")
+        client.config_resetstat()
+    finally:
+        client.close()
+    calls = {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in stats.items()}
+    scripts, script_us = calls.pop("evalsha", (0, 0))
+    if not scripts:
+        return {}
+    inner = {k: v for k, v in calls.items() if k not in ("info", "config|resetstat", "ping")}
+    return {
+        "script_calls": scripts,
+        "script_us_per_call": script_us / scripts,
+        "script_commands_per_call": sum(c for c, _ in inner.values()) / scripts,
+        "script_commands_us_per_call": sum(u for _, u in inner.values()) / scripts,
     }
 
 

@@ -5,7 +5,6 @@ same noise."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from bench import metrics, procs
 from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
 
 KINDS = ("memory", "redis")
+HOLD_RATE = 1500  # waiters parked per second
 
 
-def scale(ctx: Ctx) -> dict[str, Any]:
+def run(ctx: Ctx) -> dict[str, Any]:
     reps, duration = (1, 0.5) if ctx.smoke else (3, 2.0)
     tenant_counts = (10, 200) if ctx.smoke else (10, 10_000)
     waiter_counts = (10, 300) if ctx.smoke else (10, 100_000)
@@ -28,8 +28,10 @@ def scale(ctx: Ctx) -> dict[str, Any]:
     for kind in ("memory",) if ctx.smoke else KINDS:
         rows += _tenants(ctx, kind, tenant_counts, reps, duration)
     for kind in ("redis",) if ctx.smoke else KINDS:
-        rows += _waiters(ctx, kind, waiter_counts, reps, duration)
-    return {"reps": reps, "duration_s": duration, "rows": rows}
+        rows += _waiters(ctx, kind, waiter_counts, reps, duration, tickets=False)
+    for kind in ("memory",) if ctx.smoke else KINDS:
+        rows += _waiters(ctx, kind, waiter_counts, reps, duration, tickets=True)
+    return {"reps": reps, "duration_s": duration, "hold_rate": HOLD_RATE, "rows": rows}
 
 
 def _measure(
@@ -128,16 +130,22 @@ def _tenants(
 
 
 def _waiters(
-    ctx: Ctx, kind: str, counts: tuple[int, int], reps: int, duration: float
+    ctx: Ctx, kind: str, counts: tuple[int, int], reps: int, duration: float, *, tickets: bool
 ) -> list[dict[str, Any]]:
     """Park n waiters on pool ``blocked`` (its one slot held), then time Acquire+Release on
     pool ``free`` and a fail-fast Acquire on ``blocked``, which joins the long queue's fair
-    order and is turned away."""
+    order and is turned away. Also measured: how long parking took, the servers' CPU use
+    while idle with the waiters, their memory, and what the parked calls got in the end.
+
+    The waiters are Acquire RPCs held open, or (``tickets``) deferred tickets from Enqueue:
+    the same queue entries without an RPC each, so the queue's own cost shows apart from
+    the cost of holding that many RPCs."""
+    what = "tickets" if tickets else "waiters"
     tenants = [f"tenant{i}" for i in range(10)]
-    setup_timeout = 30.0 if ctx.smoke else 300.0
+    setup_timeout = 30.0 if ctx.smoke else 240.0
     servers: dict[int, procs.Proc] = {}
-    holders: list[Any] = []
-    extra: dict[int, dict[str, Any]] = {}
+    holders: dict[int, Any] = {}
+    extra: dict[int, dict[str, Any]] = {n: {} for n in counts}
     try:
         for n in counts:
             config = {
@@ -150,7 +158,8 @@ def _waiters(
                 ],
                 "tenants": [{"name": t} for t in tenants],
             }
-            servers[n] = procs.admitd(config, ctx.workdir, f"scale-w{n}-{kind}", wait=False)
+            name = f"scale-{what}{n}-{kind}"
+            servers[n] = procs.admitd(config, ctx.workdir, name, wait=False)
         procs.ready(*servers.values())
         hold_for = setup_timeout + 2 * reps * (duration + 5) + 60
         for n, server in servers.items():
@@ -162,10 +171,14 @@ def _waiters(
                 "pool": "blocked",
                 "tenants": tenants,
                 "duration": hold_for,
+                "rate": HOLD_RATE,
+                "tickets": tickets,
             }
-            holders.append(procs.start_load(spec, ctx.workdir, f"scale-hold-{n}-{kind}"))
+            holders[n] = procs.start_load(spec, ctx.workdir, f"scale-hold-{what}{n}-{kind}")
+        started = time.monotonic()
         for n, server in servers.items():
-            extra[n] = _wait_queued(server, n, setup_timeout)
+            extra[n].update(_wait_queued(server, n, started, setup_timeout))
+        extra = _idle_cpu(servers, extra, 1.0 if ctx.smoke else 5.0)
         spec = {
             "mode": "pairs",
             "concurrency": 1,
@@ -175,15 +188,17 @@ def _waiters(
             "reject_pool": "blocked",
             "tenants": tenants,
         }
-        results = _measure(ctx, servers, dict.fromkeys(counts, spec), reps, f"waiters-{kind}")
+        results = _measure(ctx, servers, dict.fromkeys(counts, spec), reps, f"{what}-{kind}")
         for n, server in servers.items():
             extra[n]["server_rss_mb"] = _rss_mb(server.pid)
     finally:
         stop_all(list(servers.values()))
-        for holder in holders:
-            with contextlib.suppress(RuntimeError):
-                procs.finish_load(holder, 120)
-    return _rows("waiters", kind, results, extra)
+        for n, holder in holders.items():
+            try:
+                extra[n]["parked_calls_ended"] = procs.finish_load(holder, 120)["outcome"]
+            except RuntimeError as error:
+                extra[n]["parked_calls_ended"] = str(error)
+    return _rows(what, kind, results, extra)
 
 
 def _block(target: str) -> None:
@@ -193,17 +208,38 @@ def _block(target: str) -> None:
         pb_grpc.AdmissionStub(channel).Acquire(request, timeout=10)
 
 
-def _wait_queued(server: procs.Proc, n: int, timeout: float) -> dict[str, Any]:
-    started, queued = time.monotonic(), 0
+def _wait_queued(server: procs.Proc, n: int, started: float, timeout: float) -> dict[str, Any]:
+    """Poll the queue depth until n are parked, it stops growing for 30 s, or time is up."""
+    queued, grew_at, failures = 0, time.monotonic(), 0
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.AdmissionStub(channel)
-        while time.monotonic() - started < timeout:
-            status = stub.GetStatus(pb.GetStatusRequest(), timeout=60)
-            queued = next(p.queued for p in status.pools if p.name == "blocked")
-            if queued >= n:
-                break
+        while time.monotonic() - started < timeout and time.monotonic() - grew_at < 30:
+            try:
+                status = stub.GetStatus(pb.GetStatusRequest(), timeout=30)
+            except grpc.RpcError:
+                failures += 1  # e.g. UNAVAILABLE: the store timed out; try again
+            else:
+                now_queued = next(p.queued for p in status.pools if p.name == "blocked")
+                if now_queued > queued:
+                    queued, grew_at = now_queued, time.monotonic()
+                if queued >= n:
+                    break
             time.sleep(0.5)
-    return {"queued": queued, "setup_s": time.monotonic() - started}
+    return {"queued": queued, "setup_s": grew_at - started, "status_failures": failures}
+
+
+def _idle_cpu(
+    servers: dict[int, procs.Proc], extra: dict[int, dict[str, Any]], seconds: float
+) -> dict[int, dict[str, Any]]:
+    """Share of a core each server burns while nothing but its parked waiters is there."""
+    before = {n: procs.cpu_seconds(s.pid) for n, s in servers.items()}
+    time.sleep(seconds)
+    for n, server in servers.items():
+        after, start = procs.cpu_seconds(server.pid), before[n]
+        extra[n]["idle_cpu_share"] = (
+            None if after is None or start is None else ((after - start) / seconds)
+        )
+    return extra
 
 
 def _rss_mb(pid: int) -> float | None:
