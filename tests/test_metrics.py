@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from conftest import MakeHarness
 from harness import Harness
@@ -92,3 +97,59 @@ async def test_overuse_is_recorded_as_an_under_estimate(make_harness: MakeHarnes
     text = await scrape(h)
     assert value(text, "admitd_estimate_error_tokens_sum", pool="p", direction="over") == 40
     assert value(text, "admitd_estimate_error_tokens_sum", pool="p", direction="under") == 25
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace collector on a real socket: keeps every span it is sent.
+
+    A thread-pool server, not grpc.aio: admitd flushes its spans at shutdown from the event
+    loop's thread, and a collector on that loop could not answer until it returned."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def Export(  # noqa: N802 (the OTLP service's method name)
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.spans.extend(scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _attributes(span: Any) -> dict[str, str]:
+    return {a.key: a.value.string_value for a in span.attributes}
+
+
+async def test_acquire_and_release_are_traced_to_the_otlp_endpoint(
+    make_harness: MakeHarness,
+) -> None:
+    collector = _Collector()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        h = await make_harness(
+            {
+                "observability": {"otlp_endpoint": f"http://127.0.0.1:{port}"},
+                "pools": [{"name": "p", "max_concurrency": 1}],
+            }
+        )
+        lease = await h.acquire(tenant="b", input_tokens=10)
+        await h.fail(h.acquire(tenant="b", input_tokens=10))
+        await h.release(lease.lease_id, (10, 0))
+        await h.close()  # shutting down flushes the batch of spans
+    finally:
+        server.stop(grace=None)
+    by_name: dict[str, list[dict[str, str]]] = {}
+    for span in collector.spans:
+        by_name.setdefault(span.name, []).append(_attributes(span))
+    acquired, refused = by_name["admitd.Acquire"]
+    assert acquired == {"admitd.tenant": "b", "admitd.pool": "p", "admitd.lease_id": lease.lease_id}
+    assert refused == {
+        "admitd.tenant": "b",
+        "admitd.pool": "p",
+        "admitd.rejected": "CONCURRENCY_LIMIT",
+    }
+    assert by_name["admitd.Release"] == [{"admitd.lease_id": lease.lease_id}]

@@ -58,6 +58,8 @@ log = logging.getLogger("admitd")
 
 UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
 MAX_USAGE_DAYS = 366
+
+
 class Engine:
     def __init__(
         self,
@@ -203,7 +205,7 @@ class Engine:
     @contextmanager
     def observed(self, ticket: Ticket, name: str) -> Iterator[Span]:
         """A span for one admission decision; rejections and store errors are counted."""
-        with self.telemetry.tracer.start_as_current_span(name) as span:
+        with self.telemetry.span(name) as span:
             span.set_attribute("admitd.tenant", ticket.tenant)
             span.set_attribute("admitd.pool", ticket.pool)
             try:
@@ -291,7 +293,7 @@ class Engine:
                 check_tokens(name, value)
         if lease_id.startswith(UNCHECKED_PREFIX):
             return _unchecked_settlement(lease_id, usage)
-        with self.telemetry.tracer.start_as_current_span("admitd.Release") as span:
+        with self.telemetry.span("admitd.Release") as span:
             span.set_attribute("admitd.lease_id", lease_id)
             with _lease_errors(lease_id), self._store_errors():
                 owner = self.requests.owner(tenant)
