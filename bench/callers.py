@@ -101,13 +101,14 @@ class Run:
                 await asyncio.sleep(0.05)
                 continue
             granted = self.now()
-            status, _ = await client.complete(name, input_tokens, max_output, output)
+            status, body = await client.complete(name, input_tokens, max_output, output)
             if status == 200:
                 release = release_request(lease.lease_id, input_tokens, output)
-            else:  # the provider refused: nothing was used
+            else:  # the provider refused: nothing was used; pass on its hint, as callers should
                 self.counts["provider_429"] += 1
                 release = release_request(lease.lease_id, 0, 0)
                 release.outcome = pb.OUTCOME_PROVIDER_RATE_LIMITED
+                release.provider_retry_after.FromNanoseconds(int(body["retry_after"] * 1e9))
             try:
                 await stub.Release(release, timeout=10)
             except grpc.aio.AioRpcError:

@@ -79,6 +79,29 @@ def limits(r: dict[str, Any]) -> list[str]:
     return problems
 
 
+def adaptive(r: dict[str, Any]) -> list[str]:
+    problems = []
+    off, *on = r["rows"]
+    for row in r["rows"]:
+        if row["requests_ok"] <= 0:
+            problems.append(f"{row['client']}: no call served")
+        if row["max_in_flight"] > r["configured"]["max_concurrency"]:
+            problems.append(f"{row['client']}: {row['max_in_flight']} calls in flight")
+    if off["adaptive"] is not None or not on or any(row["adaptive"] is None for row in on):
+        problems.append("the first run must have adaptive limits off and the others on")
+    elif not off["provider_429"]:
+        # Otherwise the provider's lower limits were never in the way: the comparison is moot.
+        problems.append("adaptive off: the provider never refused a call")
+    # A full run is long enough for the controller to settle; a smoke run may not be.
+    for row in on if not r["meta"]["smoke"] else []:
+        if row["provider_429"] * 4 > off["provider_429"]:
+            problems.append(
+                f"{row['client']}: {row['provider_429']} provider 429s, not a quarter of "
+                f"the {off['provider_429']} without adaptive limits"
+            )
+    return problems
+
+
 def scale(r: dict[str, Any]) -> list[str]:
     problems = []
     for row in r["rows"]:
@@ -111,6 +134,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "overhead": overhead,
     "fairness": fairness,
     "limits": limits,
+    "adaptive": adaptive,
     "scale": scale,
     "profile": profile,
 }

@@ -224,6 +224,45 @@ def limits(r: dict[str, Any]) -> str:
     )
 
 
+def adaptive(r: dict[str, Any]) -> str:
+    p, c = r["provider"], r["configured"]
+    rows = [
+        [
+            row["client"],
+            f"{row['provider_429']} ({row['provider_429_tpm']}/{row['provider_429_concurrency']})",
+            f"{row['provider_429_share']:.1%}" if row["provider_429_share"] is not None else "-",
+            str(row["requests_ok"]),
+            f(row["goodput_share"], 2),
+            str(row["max_in_flight"]),
+            f"{f(row['wait_p50_ms'], 1)} / {f(row['wait_p99_ms'], 1)}",
+        ]
+        for row in r["rows"]
+    ]
+    return (
+        f"### Adaptive limits ({r['duration_s']:g} s per run, {r['workers']} backlogged "
+        f"callers, 1 replica on Redis)\n\n"
+        f"The provider really allows {p['tpm']:,} tokens/min and {p['concurrency']} calls at "
+        f"once; admitd is configured for {c['tokens_per_minute']:,} and "
+        f"{c['max_concurrency']}. Callers report a provider 429 at Release "
+        "(`OUTCOME_PROVIDER_RATE_LIMITED`, with the provider's retry-after hint, which "
+        "pauses the pool) and try again through admitd. 429 share = 429s / calls the "
+        "provider answered; goodput = tokens served / what the provider's real limit "
+        "allowed over the run.\n\n"
+        + table(
+            [
+                "pool",
+                "provider 429s (tpm/conc)",
+                "429 share",
+                "calls served",
+                "goodput",
+                "max in flight",
+                "wait p50 / p99 ms",
+            ],
+            rows,
+        )
+    )
+
+
 def scale(r: dict[str, Any]) -> str:
     rows = [
         [
@@ -307,6 +346,7 @@ SECTIONS = {
     "overhead": overhead,
     "fairness": fairness,
     "limits": limits,
+    "adaptive": adaptive,
     "scale": scale,
     "profile": profile,
 }

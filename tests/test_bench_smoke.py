@@ -33,7 +33,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
-    assert set(results) == {"overhead", "fairness", "limits", "scale", "profile"}
+    assert set(results) == {"overhead", "fairness", "limits", "adaptive", "scale", "profile"}
 
     for row in results["overhead"]["rows"]:
         assert _positive(row["rpc_per_s"]), row
@@ -60,6 +60,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
     naive = [r for r in limits["rows"] if not r["replicas"]]
     # The provider's limits really were in the way of callers without admitd.
     assert any(r["provider_429"] > 0 for r in naive), naive
+
+    off, *on = results["adaptive"]["rows"]
+    assert off["adaptive"] is None
+    assert on
+    assert all(row["adaptive"] is not None for row in on)
+    assert all(row["requests_ok"] > 0 for row in results["adaptive"]["rows"])
+    # Configured above the provider's real limits, admitd without adaptive limits lets the
+    # provider refuse calls.
+    assert off["provider_429"] > 0, off
 
     for row in results["scale"]["rows"]:
         assert _positive(row["acquire_p50_ms"]), row

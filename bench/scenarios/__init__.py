@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.scenarios import fairness, limits, overhead, profile, scale
+from bench.scenarios import adaptive, fairness, limits, overhead, profile, scale
 from bench.scenarios._common import Ctx
 
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "overhead": overhead.run,
     "fairness": fairness.run,
     "limits": limits.run,
+    "adaptive": adaptive.run,
     "scale": scale.run,
     "profile": profile.run,
 }

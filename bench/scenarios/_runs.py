@@ -40,18 +40,21 @@ def provider_run(
     duration: float,
     replica_count: int = 0,
     kind: str = "redis",
+    pool_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``replica_count`` admitd processes (0: naive clients) in front of the provider.
 
     Times in the result are seconds from the run's zero (``epoch``, wall clock), taken just
     before the provider's bucket is emptied; admitd's bucket is emptied after it
     (``drained_at``), so admitd's bucket is never fuller than the provider's.
+    admitd's pool has the provider's limits unless ``pool_config`` says otherwise.
     """
     tpm = int(provider_conf["tpm"])
     pool = {
         "name": "default",
         "max_concurrency": int(provider_conf["concurrency"]),
         "tokens_per_minute": tpm,
+        **(pool_config or {}),
     }
     config = {
         "backend": backend(ctx, kind),
@@ -77,7 +80,7 @@ def provider_run(
         asyncio.run(control(provider.port, "/reset", {**provider_conf, "drain": True}))
         if servers:
             drained_at = time.time() - epoch  # before the drain: in admitd's favour
-            drain_admitd(servers[0].target, "default", tpm)
+            drain_admitd(servers[0].target, "default", int(pool["tokens_per_minute"]))
         procs.go(load, epoch)
         result = procs.finish_load(load, duration + 90)
         stats = asyncio.run(control(provider.port, "/stats"))
