@@ -120,13 +120,15 @@ def scale(r: dict[str, Any]) -> list[str]:
 
 def profile(r: dict[str, Any]) -> list[str]:
     problems = []
-    for kind, v in r.items():
-        if kind == "meta":
-            continue
+    for kind in ("memory", "redis"):
+        v = r[kind]
         if not v["pairs"] or not v["pairs_profiled"]:
             problems.append(f"{kind}: nothing served")
         if not any(c.startswith("admitd ") for c in v["categories"]):
             problems.append(f"{kind}: the profile shows no admitd code")
+    for label, us in r["telemetry"]["us_per_pair"].items():
+        if not _positive(us):
+            problems.append(f"telemetry {label}: {us} us per pair")
     return problems
 
 

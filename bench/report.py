@@ -314,9 +314,8 @@ def scale(r: dict[str, Any]) -> str:
 
 def profile(r: dict[str, Any]) -> str:
     parts = []
-    for kind, v in r.items():
-        if kind == "meta":
-            continue
+    for kind in ("memory", "redis"):
+        v = r[kind]
         main_us = (v["server_cpu_us_per_pair"] or 0) * v["thread_share"].get("main", 0)
         threads = ", ".join(f"{n} {s:.0%}" for n, s in v["thread_share"].items() if s >= 0.01)
         redis = (
@@ -339,6 +338,13 @@ def profile(r: dict[str, Any]) -> str:
             + "\n\nInclusive time of chosen functions:\n\n"
             + table(["function", "share", "us/pair"], funcs)
         )
+    costs = r["telemetry"]["us_per_pair"]
+    parts.append(
+        "#### Telemetry\n\nThe spans, counters and histograms of one served Acquire+Release, "
+        "timed alone (median of 5 runs): "
+        + ", ".join(f"{f(us, 1)} us with {label}" for label, us in costs.items())
+        + "."
+    )
     return "### Profile (concurrency 16, pyinstrument, steady state)\n\n" + "\n\n".join(parts)
 
 

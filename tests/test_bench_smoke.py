@@ -80,3 +80,4 @@ def test_bench_smoke(tmp_path: Path) -> None:
         profile = results["profile"][kind]
         assert profile["pairs_profiled"] > 0
         assert any(part.startswith("admitd ") for part in profile["categories"])
+    assert all(_positive(us) for us in results["profile"]["telemetry"]["us_per_pair"].values())

@@ -1,13 +1,19 @@
 """Where the time goes per Acquire+Release: one admitd replica per backend at concurrency
 16, first measured plainly (CPU per pair, per thread, from /proc), then profiled with
-pyinstrument (steady state only, see :mod:`bench.profiled`)."""
+pyinstrument (steady state only, see :mod:`bench.profiled`). Also timed in this process:
+what the telemetry of one served pair costs (its spans, counters and histograms)."""
 
 from __future__ import annotations
 
 import signal
+import statistics
 import time
+import timeit
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from bench import procs, profiling
 from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
@@ -40,7 +46,70 @@ def run(ctx: Ctx) -> dict[str, Any]:
             out[kind] = _one(ctx, servers[kind], kind, duration, warmup, sessions[kind])
     finally:
         stop_all(list(servers.values()))
+    out["telemetry"] = telemetry_cost(ctx)
     return out
+
+
+def telemetry_cost(ctx: Ctx) -> dict[str, Any]:
+    """The telemetry one served Acquire+Release reports, timed alone: a span each, the
+    admitted and settled events (counters and histograms); median of 5 runs, per pair.
+    Without an exporter, and with spans exported to an OTLP collector (a thread-pool gRPC
+    server in this process that counts what it receives)."""
+    from admitd._config_load import parse_config
+
+    collector, port = _collector()
+    try:
+        endpoint = {"observability": {"otlp_endpoint": f"http://127.0.0.1:{port}"}}
+        plans = {"no exporter": parse_config({}), "OTLP spans": parse_config(endpoint)}
+        result = {label: _telemetry_pair_us(ctx, settings) for label, settings in plans.items()}
+    finally:
+        collector.stop(grace=None)
+    ctx.log(
+        "  telemetry per pair: " + ", ".join(f"{label} {us:.1f} us" for label, us in result.items())
+    )
+    return {"us_per_pair": result}
+
+
+def _telemetry_pair_us(ctx: Ctx, settings: Any) -> float:
+    from admitd._telemetry import Telemetry
+
+    telemetry = Telemetry(settings)
+
+    def pair() -> None:
+        with telemetry.span("admitd.Acquire") as span:
+            span.set_attribute("admitd.tenant", "default")
+        telemetry.admitted("default", "default", 2, 300, 0.0)
+        with telemetry.span("admitd.Release") as span:
+            span.set_attribute("admitd.lease_id", "0" * 32)
+        telemetry.settled("default", "default", 300, 250, 50)
+
+    number = 2_000 if ctx.smoke else 20_000
+    try:
+        runs = [timeit.timeit(pair, number=number) / number * 1e6 for _ in range(5)]
+    finally:
+        telemetry.close()
+    return statistics.median(runs)
+
+
+def _collector() -> tuple[grpc.Server, int]:
+    from opentelemetry.proto.collector.trace.v1 import (
+        trace_service_pb2 as otlp,
+    )
+    from opentelemetry.proto.collector.trace.v1 import (
+        trace_service_pb2_grpc as otlp_grpc,
+    )
+
+    class Collector(otlp_grpc.TraceServiceServicer):
+        def Export(  # noqa: N802 (the OTLP service's method name)
+            self, request: otlp.ExportTraceServiceRequest, context: Any
+        ) -> otlp.ExportTraceServiceResponse:
+            return otlp.ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    otlp_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
 
 
 def _one(
