@@ -77,8 +77,7 @@ def conditions(results: dict[str, dict[str, Any]]) -> str:
     return (
         f"Measured {m['date']} at commit `{str(m['commit'])[:12]}`{dirty}; {m['cpus']} x "
         f"{m['cpu_model']}, Python {m['python']}; 1-minute load average "
-        f"{min(loads):.1f}-{max(loads):.1f} during the runs (other test suites shared the "
-        "machine). Scenario run times: "
+        f"{min(loads):.1f}-{max(loads):.1f} during the runs. Scenario run times: "
         + ", ".join(f"{n} {r['meta']['seconds']:.0f} s" for n, r in results.items())
         + ". "
         + verdict
