@@ -213,7 +213,7 @@ class GateView:
 # Grant rates are counted over windows of this many seconds (a sliding window of two).
 RATE_WINDOW = 30.0
 # A look walks the fair order this far for an exact position; beyond, it approximates.
-MAX_EXACT_POSITION = 1000
+MAX_EXACT_POSITION = 100
 
 
 @dataclass(frozen=True, slots=True)

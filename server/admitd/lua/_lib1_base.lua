@@ -33,7 +33,7 @@ local aging = tonumber(ARGV[2])
 local day = tostring(math.floor(now / 86400))
 local LEDGER_KEEP = 400 * 86400 -- = _backend.LEDGER_DAYS, in seconds
 local MAX_EXAMINED = 1024
-local MAX_EXACT_POSITION = 1000 -- = _backend.MAX_EXACT_POSITION
+local MAX_EXACT_POSITION = 100 -- = _backend.MAX_EXACT_POSITION
 local RATE_WINDOW = 30 -- = _backend.RATE_WINDOW
 local DAY_KEEP = 172800
 local MAX_PAUSE = 600 -- = _backend.MAX_PAUSE

@@ -11,7 +11,7 @@ if w[1] then
   local wait_left = enq + t.wait - now
   if wait_left >= 0 then
     local position, exact = 0, false
-    local next_waiter = fair_order(t.pool)
+    local next_waiter = fair_order(t.pool, true)
     while position <= MAX_EXACT_POSITION do
       local h = next_waiter()
       if not h then break end

@@ -436,7 +436,7 @@ class QueuePosition(_message.Message):
     DEPTH_FIELD_NUMBER: _builtins.int
     ESTIMATED_WAIT_FIELD_NUMBER: _builtins.int
     position: _builtins.int
-    """Waiters that will be served before this one (0: it is next). Exact for the first 1000;
+    """Waiters that will be served before this one (0: it is next). Exact for the first 100;
     beyond, the waiters of higher priority classes plus its rank in its own.
     """
     depth: _builtins.int
