@@ -74,8 +74,14 @@ def conditions(results: dict[str, dict[str, Any]]) -> str:
         if problems
         else "Every sanity check passed (bench/checks.py)."
     )
+    others = [
+        f"{name} at `{str(r['meta']['commit'])[:12]}` ({r['meta']['date']})"
+        for name, r in results.items()
+        if r["meta"].get("commit") != m.get("commit")
+    ]
+    rerun = f" (re-run later: {', '.join(others)})" if others else ""
     return (
-        f"Measured {m['date']} at commit `{str(m['commit'])[:12]}`{dirty}; {m['cpus']} x "
+        f"Measured {m['date']} at commit `{str(m['commit'])[:12]}`{dirty}{rerun}; {m['cpus']} x "
         f"{m['cpu_model']}, Python {m['python']}; 1-minute load average "
         f"{min(loads):.1f}-{max(loads):.1f} during the runs. Scenario run times: "
         + ", ".join(f"{n} {r['meta']['seconds']:.0f} s" for n, r in results.items())

@@ -1,6 +1,6 @@
 """Run the benchmarks.
 
-``python -m bench.run`` runs every scenario at full size (15-25 min on 2 cores) and writes
+``python -m bench.run`` runs every scenario at full size (about 35 min on 2 cores) and writes
 ``bench/results/*.json``, the PNG plots and the tables of ``BENCHMARKS.md``.
 ``python -m bench.run --smoke`` runs them tiny (about a minute), writes the JSON to a
 temporary folder, and exits 1 if a sanity check fails (what CI runs).
