@@ -215,3 +215,20 @@ async def test_a_lost_grant_message_only_delays_the_grant(
     await a.release(holder.lease_id)
     lease = await asyncio.wait_for(waiting, 10)  # found by b's poll of its waiters' grants
     assert not (await b.release(lease.lease_id)).already_released
+
+
+def test_the_poll_looks_up_every_waiter_once_per_cycle_not_all_at_every_poll() -> None:
+    from admitd._redis import POLL_CYCLE, _PollRotation
+
+    polls_per_cycle = 6
+    rotation = _PollRotation(POLL_CYCLE / polls_per_cycle)
+    waiting = [f"w{i}" for i in range(60)]
+    cycle = [rotation.next(waiting) for _ in range(polls_per_cycle)]
+    assert [len(ids) for ids in cycle] == [10] * polls_per_cycle
+    assert sorted(i for ids in cycle for i in ids) == sorted(waiting)
+    # A waiter that arrived during the cycle is looked up in the next one.
+    waiting.append("late")
+    assert "late" in [i for _ in range(polls_per_cycle) for i in rotation.next(waiting)]
+    # One waiter alone is looked up at every poll.
+    alone = _PollRotation(POLL_CYCLE / polls_per_cycle)
+    assert [alone.next(["only"]) for _ in range(3)] == [["only"]] * 3
