@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
@@ -58,7 +59,7 @@ class Telemetry:
         self._http_thread: threading.Thread | None = None
         self.metrics_port = 0
 
-        tally = _Tallies(meter)
+        tally = partial(_Tally, meter)  # (name, label names, description)
         self._decisions = tally(
             "admitd.decisions",
             ("pool", "tenant", "priority", "decision", "reason"),
@@ -291,9 +292,10 @@ class _Tally:
     update under the GIL (well under a microsecond); the cost moves to the scrape.
     """
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+    def __init__(self, meter: Meter, name: str, names: tuple[str, ...], description: str) -> None:
         self._names = names
         self._values: dict[tuple[str, ...], float] = {}
+        meter.create_observable_counter(name, [self.observe], description=description)
 
     def add(self, amount: float, labels: tuple[str, ...]) -> None:
         self._values[labels] = self._values.get(labels, 0) + amount
@@ -302,15 +304,3 @@ class _Tally:
         # dict.copy is atomic under the GIL, so a scrape never sees a dict mid-resize.
         values = self._values.copy()
         return [Observation(v, dict(zip(self._names, k, strict=True))) for k, v in values.items()]
-
-
-class _Tallies:
-    """Makes a :class:`_Tally` and registers it as an observable counter of ``meter``."""
-
-    def __init__(self, meter: Meter) -> None:
-        self._meter = meter
-
-    def __call__(self, name: str, labels: tuple[str, ...], description: str) -> _Tally:
-        tally = _Tally(labels)
-        self._meter.create_observable_counter(name, [tally.observe], description=description)
-        return tally
