@@ -391,7 +391,7 @@ def connect(config: BackendConfig) -> aioredis.Redis:
         options["password"] = config.password  # a password in the URL takes precedence
     if config.sentinels:
         hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in config.sentinels]
-        sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)
         client: aioredis.Redis = sentinel.master_for(config.sentinel_service)
         return client
     return aioredis.Redis.from_url(config.url, **options)
