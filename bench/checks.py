@@ -1,10 +1,10 @@
 """Sanity checks on a scenario's results: properties that must hold on any machine, however
-slow or noisy (no timings). Each returns the problems found (empty: all good)."""
+slow or noisy (no timings), one function per scenario; :mod:`bench.scenarios` registers
+them. Each returns the problems found (empty: all good)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 
@@ -46,8 +46,9 @@ def fairness(r: dict[str, Any]) -> list[str]:
             problems.append(f"{label}: admitted {run['overshoot_tokens']} tokens over the limit")
         if run["errors"]:
             problems.append(f"{label}: {run['errors']} RPC errors")
-        weights = {t: v["weight"] for t, v in tenants.items()}
-        heaviest, lightest = max(weights, key=weights.get), min(weights, key=weights.get)
+        weights: dict[str, float] = {t: v["weight"] for t, v in tenants.items()}
+        heaviest = max(weights, key=lambda t: weights[t])
+        lightest = min(weights, key=lambda t: weights[t])
         if weights[heaviest] > weights[lightest] and not (
             tenants[heaviest]["service"] > tenants[lightest]["service"]
         ):
@@ -130,13 +131,3 @@ def profile(r: dict[str, Any]) -> list[str]:
         if not _positive(us):
             problems.append(f"telemetry {label}: {us} us per pair")
     return problems
-
-
-CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "overhead": overhead,
-    "fairness": fairness,
-    "limits": limits,
-    "adaptive": adaptive,
-    "scale": scale,
-    "profile": profile,
-}

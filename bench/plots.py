@@ -1,34 +1,32 @@
-"""PNG plots of a full run (matplotlib is imported here and nowhere else)."""
+"""PNG plots of a full run, one function per scenario (each takes the scenario's results and
+returns a figure); :mod:`bench.scenarios` registers them. matplotlib is imported here and
+nowhere else, and only when a plot is drawn: smoke runs and checks need none."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 DPI = 90
 
 
-def draw(out: Path, results: dict[str, dict[str, Any]]) -> None:
-    for name, plot in (
-        ("overhead", overhead),
-        ("fairness", fairness),
-        ("limits", limits),
-        ("scale", scale),
-    ):
-        if name in results:
-            fig = plot(results[name])
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=DPI)
-            plt.close(fig)
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
 
 
 def overhead(r: dict[str, Any]) -> Any:
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
+    fig, (ax1, ax2, ax3) = _pyplot().subplots(1, 3, figsize=(13, 4))
     for server in ("echo", "memory", "redis"):
         rows = [row for row in r["rows"] if row["server"] == server]
         xs = [row["concurrency"] for row in rows]
@@ -49,7 +47,7 @@ def overhead(r: dict[str, Any]) -> Any:
 
 def fairness(r: dict[str, Any]) -> Any:
     runs = r["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.8), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(runs), figsize=(4 * len(runs), 3.8), squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
         for tenant, points in run["series"].items():
             ax.plot([p[0] for p in points], [p[1] / 1000 for p in points], label=tenant)
@@ -62,7 +60,7 @@ def fairness(r: dict[str, Any]) -> Any:
 
 def limits(r: dict[str, Any]) -> Any:
     rows = r["rows"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = _pyplot().subplots(1, 2, figsize=(10, 4))
     for client in dict.fromkeys(row["client"] for row in rows):
         mine = [row for row in rows if row["client"] == client]
         xs = [row["concurrency"] for row in mine]
@@ -80,7 +78,7 @@ def limits(r: dict[str, Any]) -> Any:
 
 def scale(r: dict[str, Any]) -> Any:
     rows = r["rows"]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = _pyplot().subplots(figsize=(9, 4))
     labels = [f"{row['what']}={row['n']:,}\n{row['backend']}" for row in rows]
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [row["acquire_p50_ms"] for row in rows], 0.4, label="p50")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import checks, procs, report
+from bench import procs, report
 from bench.scenarios import SCENARIOS, Ctx
 
 RESULTS = procs.ROOT / "bench" / "results"
@@ -43,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SCENARIOS)}",
     )
     parser.add_argument(
+        "--list", action="store_true", help="print the scenario names, one a line, and exit"
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="run nothing: redraw the plots and BENCHMARKS.md from the results folder",
     )
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(SCENARIOS))
+        return 0
     if args.report:
         out = args.out or RESULTS
         markdown = _markdown(out)
@@ -74,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             started = time.monotonic()
             print(f"== {name}", flush=True)
-            results[name] = SCENARIOS[name](ctx)
+            results[name] = SCENARIOS[name].run(ctx)
             results[name]["meta"] = {
                 "smoke": args.smoke,
                 "seconds": round(time.monotonic() - started, 1),
                 **environment,
                 "load_after": os.getloadavg(),
             }
-            problems = checks.CHECKS[name](results[name])
+            problems = SCENARIOS[name].check(results[name])
             results[name]["meta"]["problems"] = problems
             report.write_json(out, name, results[name])
             failures += [f"{name}: {p}" for p in problems]

@@ -33,7 +33,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
-    assert set(results) == {"overhead", "fairness", "limits", "adaptive", "scale", "profile"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert set(results) == set(listed.stdout.split())  # every registered scenario ran
+    assert all(r["meta"]["problems"] == [] for r in results.values())
 
     for row in results["overhead"]["rows"]:
         assert _positive(row["rpc_per_s"]), row

@@ -1,21 +1,45 @@
-"""The scenarios. Each takes the run context and returns a JSON-ready dict, which
-:mod:`bench.run` writes to ``<out>/<scenario>.json`` and checks with :mod:`bench.checks`."""
+"""The scenarios, each registered once, here: its name, how it runs, what must hold of its
+results (:mod:`bench.checks`), its section of BENCHMARKS.md (:mod:`bench.sections`) and its
+plot (:mod:`bench.plots`, drawn in full runs only). The command line's choices, the checks,
+the report and the smoke test (through ``python -m bench.run --list``) all read this one
+registry, so a new scenario is added in one place."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from bench import checks, plots, sections
 from bench.scenarios import adaptive, fairness, limits, overhead, profile, scale
 from bench.scenarios._common import Ctx
 
-SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
-    "overhead": overhead.run,
-    "fairness": fairness.run,
-    "limits": limits.run,
-    "adaptive": adaptive.run,
-    "scale": scale.run,
-    "profile": profile.run,
+Results = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: ``run`` returns JSON-ready results, which :mod:`bench.run` writes to
+    ``<out>/<name>.json``; ``check`` lists the sanity problems in them (empty: all good);
+    ``section`` renders them as markdown; ``plot`` (optional) draws them as a figure."""
+
+    name: str
+    run: Callable[[Ctx], Results]
+    check: Callable[[Results], list[str]]
+    section: Callable[[Results], str]
+    plot: Callable[[Results], Any] | None = None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("overhead", overhead.run, checks.overhead, sections.overhead, plots.overhead),
+        Scenario("fairness", fairness.run, checks.fairness, sections.fairness, plots.fairness),
+        Scenario("limits", limits.run, checks.limits, sections.limits, plots.limits),
+        Scenario("adaptive", adaptive.run, checks.adaptive, sections.adaptive),
+        Scenario("scale", scale.run, checks.scale, sections.scale, plots.scale),
+        Scenario("profile", profile.run, checks.profile, sections.profile),
+    ]
 }
 
-__all__ = ["SCENARIOS", "Ctx"]
+__all__ = ["SCENARIOS", "Ctx", "Results", "Scenario"]

@@ -1,0 +1,283 @@
+"""The tables of BENCHMARKS.md, one function per scenario (each takes the scenario's
+results and returns its markdown section); :mod:`bench.scenarios` registers them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def f(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def overhead(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["server"],
+            str(row["concurrency"]),
+            f(row["rpc_per_s"]),
+            f"{f(row['ratio_to_echo'], 2)} ({f(row['ratio_min'], 2)}-{f(row['ratio_max'], 2)})",
+            f"{f(row['acquire_p50_ms'], 2)} / {f(row['acquire_p99_ms'], 2)}",
+            f"{f(row['pair_p50_ms'], 2)} / {f(row['pair_p99_ms'], 2)}",
+            f(row["server_cpu_us_per_pair"]),
+            f(row["redis_cpu_us_per_pair"]),
+            f(row["load_cpu_us_per_pair"]),
+        ]
+        for row in r["rows"]
+    ]
+    return (
+        f"### Overhead (median of {r['reps']} runs of {r['duration_s']:g} s)\n\n"
+        "RPC/s counts Acquire and Release (2 RPCs per pair). Ratio = admitd RPC/s / echo "
+        "RPC/s measured moments apart in the same repetition (median, with min-max over "
+        "repetitions). CPU columns: CPU time per Acquire+Release pair of the server process, "
+        "of redis-server, and of the load generator, over the measured window.\n\n"
+        + table(
+            [
+                "server",
+                "concurrency",
+                "RPC/s",
+                "ratio to echo",
+                "Acquire p50 / p99 ms",
+                "pair p50 / p99 ms",
+                "server CPU us/pair",
+                "redis CPU us/pair",
+                "client CPU us/pair",
+            ],
+            rows,
+        )
+        + "\n\n![overhead](bench/results/overhead.png)"
+    )
+
+
+def fairness(r: dict[str, Any]) -> str:
+    rows = []
+    for run in r["runs"]:
+        waits = "; ".join(
+            f"{k} {f(v['p50_ms'])}/{f(v['p99_ms'])}" for k, v in run["wait_by_priority"].items()
+        )
+        shares = " ".join(f"{f(t['share_of_fair'], 2)}" for t in run["per_tenant"].values())
+        rows.append(
+            [
+                run["case"],
+                str(run["replicas"]),
+                f"{f(run['jain_median'], 3)} ({f(run['jain_min'], 3)})",
+                f"{f(run['jain_reservation_median'], 3)} ({f(run['jain_reservation_min'], 3)})",
+                f"{f(run['max_service_diff'])} ({f(run['max_service_diff_in_calls'], 1)})",
+                f"{f(run['max_reservation_diff'])} ({f(run['max_reservation_diff_in_calls'], 1)})",
+                shares,
+                waits,
+                str(run["provider_429"]),
+                f(run["served_share"], 2),
+            ]
+        )
+    p = r["provider"]
+    return (
+        f"### Fairness ({r['duration_s']:g} s per run, Redis backend, first {r['ramp_s']:g} s "
+        f"skipped; provider {p['tpm']:,} tokens/min, concurrency {p['concurrency']}, latency "
+        f"{p['base_ms']:g} ms + {p['per_token_ms']:g} ms per output token)\n\n"
+        f"Jain = weighted Jain's index of service / weight per {r['window_s']:g} s window "
+        '(median, min in brackets); "VTC" measures service as input + 2 x output tokens, '
+        '"reservation" as input + max output tokens (what admitd\'s fair queue charges). '
+        "Max diff = the largest difference in weighted service between two tenants over any "
+        "interval (VTC's measure), in tokens and in units of the largest single call. Share "
+        "= each tenant's service / weight over its fair share (1.00 = exact), in tenant "
+        "order (w1 w2 w4, or m0..m7). Queue wait p50/p99 in ms per priority class. Served = "
+        "tokens used / what the provider's limit allowed.\n\n"
+        + table(
+            [
+                "case",
+                "replicas",
+                "Jain VTC",
+                "Jain reservation",
+                "max diff VTC",
+                "max diff reservation",
+                "share / fair",
+                "queue wait p50/p99 ms",
+                "provider 429s",
+                "served",
+            ],
+            rows,
+        )
+        + "\n\n![fairness](bench/results/fairness.png)"
+    )
+
+
+def limits(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["client"],
+            str(row["concurrency"]),
+            f(row["admitted_per_min"]),
+            f(row["limit_per_min"]),
+            f(row["overshoot_tokens"]) if row["replicas"] else "n/a",
+            f(row["headroom_tokens"]),
+            f"{row['provider_429']} ({row['provider_429_tpm']}/{row['provider_429_concurrency']})",
+            str(row["gave_up"]),
+            str(row["max_in_flight"]),
+            f(row["goodput_share"], 2),
+            f"{f(row['wait_p50_ms'], 1)} / {f(row['wait_p99_ms'], 1)}",
+        ]
+        for row in r["rows"]
+    ]
+    p = r["provider"]
+    return (
+        f"### Limits hold ({r['duration_s']:g} s per run; provider {p['tpm']:,} tokens/min, "
+        f"concurrency {p['concurrency']})\n\n"
+        "Tokens/min = tokens used by calls admitted in the run / its length. Overshoot = the "
+        "most that tokens used by calls granted up to any moment exceeded what the limit "
+        "allowed since admitd's bucket was emptied (0 = never); headroom = how close it came "
+        "(tokens). 429s = provider refusals (tokens/concurrency). Goodput = tokens the "
+        "provider served / what its limit allowed over the run. Wait = time from the first "
+        "attempt to the start of the successful call (admitd queueing, or backoff).\n\n"
+        + table(
+            [
+                "client",
+                "concurrency",
+                "tokens/min",
+                "limit",
+                "overshoot",
+                "headroom",
+                "429s (tpm/conc)",
+                "gave up",
+                "max in flight",
+                "goodput",
+                "wait p50 / p99 ms",
+            ],
+            rows,
+        )
+        + "\n\n![limits](bench/results/limits.png)"
+    )
+
+
+def adaptive(r: dict[str, Any]) -> str:
+    p, c = r["provider"], r["configured"]
+    rows = [
+        [
+            row["client"],
+            f"{row['provider_429']} ({row['provider_429_tpm']}/{row['provider_429_concurrency']})",
+            f"{row['provider_429_share']:.1%}" if row["provider_429_share"] is not None else "-",
+            str(row["requests_ok"]),
+            f(row["goodput_share"], 2),
+            str(row["max_in_flight"]),
+            f"{f(row['wait_p50_ms'], 1)} / {f(row['wait_p99_ms'], 1)}",
+        ]
+        for row in r["rows"]
+    ]
+    return (
+        f"### Adaptive limits ({r['duration_s']:g} s per run, {r['workers']} backlogged "
+        f"callers, 1 replica on Redis)\n\n"
+        f"The provider really allows {p['tpm']:,} tokens/min and {p['concurrency']} calls at "
+        f"once; admitd is configured for {c['tokens_per_minute']:,} and "
+        f"{c['max_concurrency']}. Callers report a provider 429 at Release "
+        "(`OUTCOME_PROVIDER_RATE_LIMITED`, with the provider's retry-after hint, which "
+        "pauses the pool) and try again through admitd. 429 share = 429s / calls the "
+        "provider answered; goodput = tokens served / what the provider's real limit "
+        "allowed over the run.\n\n"
+        + table(
+            [
+                "pool",
+                "provider 429s (tpm/conc)",
+                "429 share",
+                "calls served",
+                "goodput",
+                "max in flight",
+                "wait p50 / p99 ms",
+            ],
+            rows,
+        )
+    )
+
+
+def scale(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["what"],
+            f(row["n"]),
+            row["backend"],
+            f"{f(row['acquire_p50_ms'], 2)} / {f(row['acquire_p99_ms'], 2)}",
+            f(row["p50_ratio_to_small"], 2),
+            f(row["server_cpu_us_per_pair"]),
+            f"{f(row.get('reject_p50_ms'), 2)} / {f(row.get('reject_p99_ms'), 2)}",
+            str(row["errors"]),
+            f(row.get("queued")),
+            f(row.get("setup_s"), 0),
+            f"{row['idle_cpu_share']:.0%}" if row.get("idle_cpu_share") is not None else "-",
+            f(row.get("server_rss_mb"), 0),
+        ]
+        for row in r["rows"]
+    ]
+    return (
+        f"### Scale (concurrency 1, median of {r['reps']} runs of {r['duration_s']:g} s)\n\n"
+        "Tenants: that many configured; each Acquire names a random one. Waiters: that many "
+        "Acquires parked on a blocked pool (RPCs held open); tickets: the same queue filled "
+        "with Enqueue tickets (no RPC held). Timed are Acquire+Release on another pool, and a "
+        "fail-fast Acquire on the blocked pool, which takes its place in the long queue's "
+        "fair order and is turned away. Ratio = p50 / p50 of the small case, measured "
+        "alternately in the same run. Parked = waiters actually queued (of n); setup = time "
+        f"to park them at up to {r['hold_rate']:,}/s; idle CPU = share of a core the server "
+        "used while holding them with nothing else to do.\n\n"
+        + table(
+            [
+                "what",
+                "n",
+                "backend",
+                "Acquire p50 / p99 ms",
+                "p50 ratio",
+                "server CPU us/pair",
+                "fail-fast on long queue p50 / p99 ms",
+                "RPC errors",
+                "parked",
+                "setup s",
+                "idle CPU",
+                "server RSS MB",
+            ],
+            rows,
+        )
+        + "\n\n![scale](bench/results/scale.png)"
+    )
+
+
+def profile(r: dict[str, Any]) -> str:
+    parts = []
+    for kind in ("memory", "redis"):
+        v = r[kind]
+        main_us = (v["server_cpu_us_per_pair"] or 0) * v["thread_share"].get("main", 0)
+        threads = ", ".join(f"{n} {s:.0%}" for n, s in v["thread_share"].items() if s >= 0.01)
+        redis = (
+            f"; redis-server {f(v['redis_cpu_us_per_pair'])} us, of which the scripts "
+            f"(EVALSHA) took {f(v.get('script_us_per_call'))} us per call as Redis counts it, "
+            f"and the {f(v.get('script_commands_per_call'), 1)} Redis commands each script "
+            f"ran only {f(v.get('script_commands_us_per_call'))} us of that: the rest is Lua"
+            if v.get("redis_cpu_us_per_pair")
+            else ""
+        )
+        rows = [[c, f"{s:.0%}", f(s * main_us)] for c, s in v["categories"].items() if s >= 0.01]
+        funcs = [[name, f"{s:.0%}", f(s * main_us)] for name, s in v["functions"].items()]
+        parts.append(
+            f"#### {kind} backend\n\n"
+            f"Server CPU {f(v['server_cpu_us_per_pair'])} us per Acquire+Release pair"
+            f"{redis} (threads: {threads}). Main-thread busy time by part "
+            f"(us = share x main-thread CPU per pair); full tree in "
+            f"`bench/results/{v['profile_text']}`:\n\n"
+            + table(["part", "share", "us/pair"], rows)
+            + "\n\nInclusive time of chosen functions:\n\n"
+            + table(["function", "share", "us/pair"], funcs)
+        )
+    costs = r["telemetry"]["us_per_pair"]
+    parts.append(
+        "#### Telemetry\n\nThe spans, counters and histograms of one served Acquire+Release, "
+        "timed alone (median of 5 runs): "
+        + ", ".join(f"{f(us, 1)} us with {label}" for label, us in costs.items())
+        + "."
+    )
+    return "### Profile (concurrency 16, pyinstrument, steady state)\n\n" + "\n\n".join(parts)
