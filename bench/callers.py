@@ -81,7 +81,7 @@ class Run:
 
     async def through_admitd(
         self,
-        stub: pb_grpc.AdmissionStub,
+        stub: pb_grpc.AdmissionAsyncStub,
         client: Client,
         tenant: dict[str, Any],
         group: dict[str, Any],

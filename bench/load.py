@@ -27,8 +27,8 @@ from admitd_client._proto import admission_pb2_grpc as pb_grpc
 from bench import metrics, procs
 
 
-def stubs(targets: list[str], channels: int = 1) -> list[pb_grpc.AdmissionStub]:
-    out = []
+def stubs(targets: list[str], channels: int = 1) -> list[pb_grpc.AdmissionAsyncStub]:
+    out: list[pb_grpc.AdmissionAsyncStub] = []
     for target in targets:
         for i in range(channels):
             # A distinct option per channel keeps grpc from sharing one subchannel.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from pyinstrument.session import Session
 
 from bench import procs, profiling
 from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
@@ -92,21 +93,18 @@ def _telemetry_pair_us(ctx: Ctx, settings: Any) -> float:
 
 
 def _collector() -> tuple[grpc.Server, int]:
-    from opentelemetry.proto.collector.trace.v1 import (
-        trace_service_pb2 as otlp,
-    )
-    from opentelemetry.proto.collector.trace.v1 import (
-        trace_service_pb2_grpc as otlp_grpc,
-    )
+    """An OTLP trace collector that accepts every export and keeps nothing: the request is
+    not even decoded, and an empty message is a valid ``ExportTraceServiceResponse``."""
 
-    class Collector(otlp_grpc.TraceServiceServicer):
-        def Export(  # noqa: N802 (the OTLP service's method name)
-            self, request: otlp.ExportTraceServiceRequest, context: Any
-        ) -> otlp.ExportTraceServiceResponse:
-            return otlp.ExportTraceServiceResponse()
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b""
 
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    otlp_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    service = "opentelemetry.proto.collector.trace.v1.TraceService"
+    rpc: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(export)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {"Export": rpc}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port
@@ -117,7 +115,7 @@ def _one(
 ) -> dict[str, Any]:
     plain = _plain(ctx, server, kind, duration)
     profiled = _profiled(ctx, server, kind, duration, warmup, session_path)
-    session = profiling.Session.load(session_path)
+    session = Session.load(session_path)
     text_path = ctx.out / f"profile_{kind}.txt"
     text_path.write_text(profiling.render_text(session))
     ctx.log(
