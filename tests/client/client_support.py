@@ -8,10 +8,13 @@ client; time never passes for real: sleeps are injected and advance the server's
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
+import struct
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +132,24 @@ def load(name: str) -> Any:
     if name.endswith(".jsonl"):
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     return json.loads(text)
+
+
+def png(width: int, height: int) -> bytes:
+    """A real, all-black PNG image of this size (greyscale, 8 bits)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * ((width + 1) * height))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
+        b"IEND", b""
+    )
+
+
+def png_base64(width: int, height: int) -> str:
+    return base64.b64encode(png(width, height)).decode()
 
 
 def as_object(value: Any) -> Any:

@@ -260,7 +260,10 @@ async def test_singleflight_across_threads() -> None:
 
 def test_client_side_validation() -> None:
     client = AdmissionClient(dead_target(), tenant="a")
-    with pytest.raises(ValueError, match="pass one of messages, prompt or input_tokens"):
+    with pytest.raises(
+        TypeError, match=r"acquire\(\) takes one of request, messages, prompt, input_tokens; got "
+        "messages, prompt"
+    ):
         client.acquire(pool=GPT4O, messages=[], prompt="x")
     client.close()
     assert issubclass(Rejected, AdmitdError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import tiktoken
 
@@ -36,7 +38,8 @@ def test_message_overhead() -> None:
     # A name costs its tokens plus one.
     named = [{"role": "user", "name": "bob", "content": "hello world"}]
     assert count_tokens(messages=named) == 9 + 1 + 1
-    # Text parts are counted; an image part is not.
+    # Text parts are counted; an image by URL at the largest bill of OpenAI's tile
+    # formula (85 + 170 x 8 tiles of 512 px, for a 768 x 2048 image).
     parts = [
         {
             "role": "user",
@@ -46,7 +49,7 @@ def test_message_overhead() -> None:
             ],
         }
     ]
-    assert count_tokens(messages=parts) == 9
+    assert count_tokens(messages=parts) == 9 + 1445
     # Prompt and messages together add up.
     assert count_tokens(prompt="hello world", messages=[{"role": "user", "content": ""}]) == 2 + 7
 
@@ -62,9 +65,22 @@ def test_encoding_for_a_pool() -> None:
     assert DEFAULT_ENCODING == "o200k_base"
     assert encoding_name("openai/gpt-4o") == "o200k_base"
     assert encoding_name("openai/gpt-4") == "cl100k_base"
-    assert encoding_name("anthropic/claude-sonnet-4") == "o200k_base"  # unknown: default
+    assert encoding_name("default") == "o200k_base"  # not a model: the default
+    # Claude has no public tokenizer: cl100k_base, scaled up where a count is reserved.
+    assert encoding_name("anthropic/claude-sonnet-4") == "cl100k_base"
     assert encoding_name("x", pool_encodings={"x": "cl100k_base"}) == "cl100k_base"
     assert encoding_name("openai/gpt-4o", model="gpt-4") == "cl100k_base"
     assert encoding_name("openai/gpt-4", encoding="o200k_base", model="gpt-4") == "o200k_base"
-    with pytest.raises(KeyError):
-        encoding_name("p", model="no-such-model")
+
+
+
+def test_an_unknown_model_is_counted_with_the_default_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="admitd_client"):
+        assert encoding_name("p", model="no-such-model-1") == "o200k_base"
+        assert encoding_name("p", model="no-such-model-1") == "o200k_base"
+        assert encoding_name("p", model="no-such-model-1", default="cl100k_base") == "cl100k_base"
+    assert [r.getMessage() for r in caplog.records] == [
+        "no tokenizer known for model 'no-such-model-1': counting with o200k_base"
+    ]

@@ -26,7 +26,7 @@ WHOLE = [
     ("openai_response.json", Usage(36, 87)),
     ("anthropic_message.json", Usage(2095, 503)),
     # Anthropic counts cached prompt tokens beside input_tokens: 21 + 188086 written + 0 read.
-    ("anthropic_message_cached.json", Usage(188_107, 393)),
+    ("anthropic_message_cached.json", Usage(188_107, 393, 0, 188_086)),
     # Gemini bills thinking as output: 7 candidates + 120 thoughts.
     ("gemini_response.json", Usage(8, 127)),
 ]

@@ -20,7 +20,7 @@ private and may change.
 """
 
 from ._async import AsyncAdmissionClient
-from ._core import ClientOptions, RetryPolicy
+from ._calls import ClientOptions, RetryPolicy
 from ._errors import AdmitdError, Reason, Rejected, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement, Usage
 from ._ledger import UsageRow

@@ -11,9 +11,10 @@ from typing import Any, TypeVar, Unpack, cast
 import grpc
 
 from . import _sharing
-from ._core import ClientOptions, Core
+from ._calls import ClientOptions
+from ._core import Core
 from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
-from ._lease import Lease, LeaseArgs, Settlement
+from ._lease import Lease, LeaseArgs, Settlement, check_lease_args
 from ._ledger import UsageRow
 from ._outcome import Outcome
 from ._proto import admission_pb2 as pb
@@ -79,10 +80,9 @@ class AsyncAdmissionClient:
         if self._owns_channel:
             await self.channel.close()
 
-    @contextlib.asynccontextmanager
-    async def lease(
+    def lease(
         self, *, on_queue_update: OnQueueUpdate | None = None, **args: Unpack[LeaseArgs]
-    ) -> AsyncIterator[Lease]:
+    ) -> contextlib.AbstractAsyncContextManager[Lease]:
         """Hold a lease for the duration of an ``async with`` block.
 
         Entering acquires (counting input tokens with tiktoken unless ``input_tokens`` is
@@ -103,15 +103,23 @@ class AsyncAdmissionClient:
             on_queue_update: Called with a ``QueueUpdate`` whenever the wait in admitd's
                 queue moves (the wait is then streamed: AcquireStream). It runs in the
                 event loop: keep it quick. An exception it raises ends the wait.
-            **args: See ``LeaseArgs``: pool, messages / prompt / input_tokens,
+            **args: See ``LeaseArgs``: pool, request / messages / prompt / input_tokens,
                 max_output_tokens, wait_timeout, priority, labels, ...
 
         Raises:
+            TypeError: At once, for an argument a lease does not take.
             Rejected: admitd refused the call (``reason``, ``retry_after``).
             Unavailable: admitd could not be reached (only under ``fail_closed``).
             AdmitdError: Any other failure, e.g. an unknown pool.
         """
-        plan = self._core.acquire(args, streamed=on_queue_update is not None, rejoin=True)
+        streamed = on_queue_update is not None
+        plan = self._core.acquire(args, streamed=streamed, rejoin=True, where="lease")
+        return self._lease(plan, on_queue_update)
+
+    @contextlib.asynccontextmanager
+    async def _lease(
+        self, plan: Plan[Lease], on_queue_update: OnQueueUpdate | None
+    ) -> AsyncIterator[Lease]:
         async with self.hold(await self._drive(plan, on_queue_update)) as lease:
             yield lease
 
@@ -181,6 +189,7 @@ class AsyncAdmissionClient:
             TypeError: A ``dedup_key`` without ``share`` and ``unshare``.
         """
         _sharing.check(args, share, unshare)
+        check_lease_args(args, "run")
 
         async def once() -> T:
             streamed = on_queue_update is not None
@@ -220,7 +229,7 @@ class AsyncAdmissionClient:
         cancels the wait (use ``contextlib.aclosing`` to cancel at once rather than when
         the iterator is collected). UNAVAILABLE is retried only before the first update.
         """
-        plan = self._core.acquire(args, streamed=True)
+        plan = self._core.acquire(args, streamed=True, where="acquire_stream")
         async with contextlib.aclosing(self._steps(plan)) as steps:
             async for step in steps:
                 yield step.value if isinstance(step, Done) else step

@@ -7,9 +7,8 @@ value to the caller — and gets back the effect's result, or has its exception 
 (their ``_steps``; an emitted value goes to a callback, or out of an iterator), so
 deadlines, metadata, retries with jittered backoff, the fail-open policy, token counting,
 streamed waits, tickets, renewal, settlement (outcome, the provider's retry-after, a dedup
-leader's result) and the ledger exist once. ``Core.rpc`` is the one path every unary RPC
-takes and ``Core.open_stream`` its streaming twin; both retry through
-``Core.retry_or_raise``.
+leader's result) and the ledger exist once. ``Caller.rpc`` (``_calls``) is the one path
+every unary RPC takes and ``Caller.open_stream`` its streaming twin.
 """
 
 from __future__ import annotations
@@ -17,32 +16,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from functools import partial
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, cast
 
 import grpc
-from google.protobuf.message import Message
 
-from ._effects import Call, Emit, Method, Offload, Open, Plan, Read, Sleep, Stream, StreamMethod
+from ._calls import Caller
+from ._effects import Emit, Offload, Plan, Sleep
 from ._errors import AdmitdError, Reason, Rejected, Unavailable
-from ._lease import Lease, LeaseArgs, Settlement
+from ._lease import Lease, LeaseArgs, Settlement, check_lease_args
 from ._ledger import UsageRow, day_text
+from ._models import pool_for, scale_for_model
 from ._outcome import DedupRole, Outcome, Priority, outcome_for
 from ._proto import admission_pb2 as pb
 from ._queue import QueueUpdate, Ticket
+from ._reserve import Reservation, reserve
 from ._retry_after import retry_after_for
-from ._status import from_rpc_error
-from ._tokens import DEFAULT_ENCODING, count_tokens, encoding_name
+from ._tokens import count_tokens, encoding_name
 
 log = logging.getLogger("admitd_client")
-
-OnUnavailable = Literal["fail_closed", "fail_open"]
 
 # One WaitTicket of a wait with no timeout: the wait goes on with the next one (admitd also
 # cuts each one short at its queue.max_wait).
@@ -55,6 +50,9 @@ MIN_RENEW_INTERVAL = 1.0
 # of its own, or joins the one another former follower now leads. Once is enough for that;
 # a second failure means the calls keep failing, which the caller should hear.
 REJOIN_RETRIES = 1
+# Usage fields an admitd that prices cached input takes (cached input is part of
+# input_tokens, so an admitd without them charges it at the full input price).
+_CACHE_FIELDS = ("cached_input_tokens", "cache_write_input_tokens")
 _STOP_RENEWING = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.PERMISSION_DENIED,
@@ -62,159 +60,32 @@ _STOP_RENEWING = {
 }
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of RPCs that failed with UNAVAILABLE, with capped exponential backoff.
-
-    The delay before retry ``n`` (1-based) is uniformly random in ``[0, cap]`` with
-    ``cap = min(max_backoff, initial_backoff * multiplier ** (n - 1))`` ("full jitter", as
-    gRPC's own retry policy does), so clients that lost admitd together do not come back
-    in lockstep.
-
-    Attributes:
-        max_attempts: Attempts in all, including the first (1 disables retries).
-        initial_backoff: Cap of the first delay, seconds.
-        max_backoff: Largest cap, seconds.
-        multiplier: Growth of the cap per retry.
-    """
-
-    max_attempts: int = 4
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
-            raise ValueError("backoffs must not be negative and multiplier must be >= 1")
-
-    def backoff(self, retry: int, uniform: float) -> float:
-        """Delay before retry number ``retry`` (1-based), for ``uniform`` in [0, 1]."""
-        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
-        return cap * uniform
-
-
-class ClientOptions(TypedDict, total=False):
-    """Keyword arguments both clients take (besides ``target`` and ``sleep``).
-
-    Keys:
-        tenant: The tenant calls are made for (a lease may override it).
-        metadata: gRPC metadata sent with every RPC (e.g. an auth header).
-        timeout: Deadline in seconds of each RPC attempt (default 10); Acquire gets its
-            ``wait_timeout`` on top.
-        retry: Retries of UNAVAILABLE RPCs (default: 4 attempts, 0.1 s to 2 s backoff).
-        on_unavailable: ``"fail_closed"`` (default) raises ``Unavailable`` when admitd
-            cannot be reached after the retries; ``"fail_open"`` lets the call run with an
-            unadmitted lease (``Lease.admitted`` False, release a no-op) and logs a warning.
-        encoding: tiktoken encoding for pools nothing else names (default o200k_base).
-        pool_encodings: tiktoken encoding per pool name.
-        renew_every: Seconds between background renewals of a ``lease`` block. Default: a
-            third of the lease's remaining time, at least 1 s.
-        credentials: TLS channel credentials; default an insecure channel.
-        channel_options: Extra gRPC channel options.
-        wall: Clock for the lease's remaining time (tests pass admitd's own clock).
-        random: Source of jitter in [0, 1] (tests pass a constant).
-    """
-
-    tenant: str
-    metadata: Sequence[tuple[str, str]]
-    timeout: float
-    retry: RetryPolicy
-    on_unavailable: OnUnavailable
-    encoding: str
-    pool_encodings: Mapping[str, str]
-    renew_every: float | None
-    credentials: grpc.ChannelCredentials | None
-    channel_options: Sequence[tuple[str, Any]]
-    wall: Callable[[], float]
-    random: Callable[[], float]
-
-
 @dataclass
-class Core:
-    """The shared client logic: plans, plus the options they read."""
-
-    tenant: str = ""
-    metadata: Sequence[tuple[str, str]] = ()
-    timeout: float = 10.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    on_unavailable: OnUnavailable = "fail_closed"
-    encoding: str = DEFAULT_ENCODING
-    pool_encodings: Mapping[str, str] = field(default_factory=dict)
-    renew_every: float | None = None
-    credentials: grpc.ChannelCredentials | None = None
-    channel_options: Sequence[tuple[str, Any]] = ()
-    wall: Callable[[], float] = time.time
-    random: Callable[[], float] = random.random
-
-    def __post_init__(self) -> None:
-        if self.on_unavailable not in ("fail_closed", "fail_open"):
-            policy = self.on_unavailable
-            raise ValueError(f"on_unavailable: fail_closed or fail_open, not {policy!r}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
-        self.metadata = tuple(self.metadata)
-
-    def rpc(self, method: Method, request: Message, timeout: float) -> Plan[Any]:
-        """Call ``method``: deadline, metadata, retries; failures become AdmitdError."""
-        attempt = 1
-        while True:
-            try:
-                return (yield Call(method, request, timeout, tuple(self.metadata)))
-            except grpc.RpcError as raw:
-                yield from self.retry_or_raise(method, raw, attempt)
-            attempt += 1
-
-    def open_stream(
-        self, method: StreamMethod, request: Message, timeout: float
-    ) -> Plan[tuple[Stream, Any]]:
-        """Start a server stream and read its first message (None: it ended at once).
-
-        Retried like ``rpc`` until the first message arrives, never after: by then the
-        caller has a place in the queue, which another attempt would not keep.
-        """
-        attempt = 1
-        while True:
-            stream: Stream | None = None
-            try:
-                stream = yield Open(method, request, timeout, tuple(self.metadata))
-                return stream, (yield Read(stream))
-            except grpc.RpcError as raw:
-                yield from self.retry_or_raise(method, raw, attempt)
-            except BaseException:
-                if stream is not None:
-                    stream.cancel()
-                raise
-            attempt += 1
-
-    def read(self, stream: Stream) -> Plan[Any]:
-        """The stream's next message (None at its end); a failure becomes AdmitdError."""
-        try:
-            return (yield Read(stream))
-        except grpc.RpcError as raw:
-            raise from_rpc_error(raw) from raw
-
-    def retry_or_raise(self, method: str, raw: grpc.RpcError, attempt: int) -> Plan[None]:
-        """After failed attempt ``attempt``: raise it as AdmitdError, or back off to retry."""
-        error = from_rpc_error(raw)
-        if not error.retryable or attempt >= self.retry.max_attempts:
-            raise error from raw
-        delay = self.retry.backoff(attempt, self.random())
-        log.debug("admitd %s unavailable, retry %d in %.3fs", method, attempt, delay)
-        yield Sleep(delay)
+class Core(Caller):
+    """The shared client logic: plans, plus the options they read (``Caller``)."""
 
     def acquire(
-        self, args: LeaseArgs, *, streamed: bool = False, rejoin: bool = False
+        self,
+        args: LeaseArgs,
+        *,
+        streamed: bool = False,
+        rejoin: bool = False,
+        where: str = "acquire",
     ) -> Plan[Lease]:
         """Count input tokens, Acquire, and apply the fail-open policy.
 
+        The arguments are checked now (``TypeError`` naming ``where``, the caller's
+        method), before the plan runs.
         ``streamed``: wait with AcquireStream, emitting a ``QueueUpdate`` whenever admitd
         reports the caller's place in the queue. ``rejoin``: a dedup follower told
         DEDUP_LEADER_FAILED asks again, ``REJOIN_RETRIES`` times (the same request: its
         idempotency key was not kept for a follower).
         """
-        request = yield from self.acquire_request(args)
+        check_lease_args(args, where)
+        return self._acquire(args, streamed, rejoin)
+
+    def _acquire(self, args: LeaseArgs, streamed: bool, rejoin: bool) -> Plan[Lease]:
+        request, reservation = yield from self._request(args)
         wait = request.wait_timeout.ToNanoseconds() / 1e9
         timeout = self._timeout(args) + wait
         granted: pb.Lease | None = None
@@ -236,7 +107,7 @@ class Core:
                 raise
             pool = request.pool
             log.warning("admitd unreachable (%s): failing open, %s runs unadmitted", error, pool)
-        return Lease(
+        lease = Lease(
             proto=granted,
             tenant=request.tenant,
             pool=request.pool,
@@ -244,32 +115,44 @@ class Core:
             max_output_tokens=request.max_output_tokens,
             request_tenant=request.tenant,
         )
+        if reservation is not None:
+            lease.model, lease.api = reservation.model, reservation.api
+        return lease
 
-    def acquire_request(self, args: LeaseArgs) -> Plan[pb.AcquireRequest]:
-        """The AcquireRequest ``args`` ask for (counting input tokens when needed)."""
-        given = [key for key in ("messages", "prompt", "input_tokens") if args.get(key) is not None]
-        if len(given) > 1:
-            raise ValueError(f"pass one of messages, prompt or input_tokens, not {given}")
+    def _request(self, args: LeaseArgs) -> Plan[tuple[pb.AcquireRequest, Reservation | None]]:
+        """The AcquireRequest ``args`` ask for (counting input tokens when needed), and the
+        reservation a provider ``request`` implies."""
+        reservation: Reservation | None = None
         input_tokens = args.get("input_tokens")
-        if input_tokens is None:
+        max_output = args.get("max_output_tokens")
+        provider_request = args.get("request")
+        if provider_request is not None:  # tokenizing may load an encoding: offload
+            reservation = yield Offload(partial(reserve, args.get("api"), provider_request))
+            input_tokens = reservation.input_tokens
+            max_output = reservation.max_output_tokens if max_output is None else max_output
+        elif input_tokens is None:
             input_tokens = 0
-            if given:  # messages or prompt: tiktoken may load its encoding, so offload
+            if args.get("messages") is not None or args.get("prompt") is not None:
                 input_tokens = yield Offload(partial(self._count, args))
+        pool = args.get("pool")
+        if not pool:
+            assert reservation is not None, "check_lease_args lets no lease without a pool by"
+            pool = pool_for(reservation.api, reservation.model, self.model_pools)
         wait = float(args.get("wait_timeout", 0.0))
         request = pb.AcquireRequest(
             tenant=args.get("tenant") or self.tenant,
-            pool=args["pool"],
+            pool=pool,
             fallback_pools=list(args.get("fallback_pools") or ()),
             dedup_key=args.get("dedup_key") or "",
             input_tokens=input_tokens,
-            max_output_tokens=args.get("max_output_tokens", 0),
+            max_output_tokens=max_output or 0,
             priority=cast("pb.Priority.ValueType", int(args.get("priority", Priority.NORMAL))),
             idempotency_key=args.get("idempotency_key") or uuid.uuid4().hex,
             labels=dict(args.get("labels") or {}),
         )
         if wait > 0:
             request.wait_timeout.FromNanoseconds(round(wait * 1e9))
-        return request
+        return request, reservation
 
     def _stream_lease(self, request: pb.AcquireRequest, timeout: float) -> Plan[pb.Lease]:
         wrapped = pb.AcquireStreamRequest(acquire=request)
@@ -289,7 +172,11 @@ class Core:
 
     def enqueue(self, args: LeaseArgs) -> Plan[Ticket]:
         """Take a place in the queue for ``args``; a ticket comes back at once."""
-        request = yield from self.acquire_request(args)
+        check_lease_args(args, "enqueue")
+        return self._enqueue(args)
+
+    def _enqueue(self, args: LeaseArgs) -> Plan[Ticket]:
+        request, _ = yield from self._request(args)
         wrapped = pb.EnqueueRequest(acquire=request)
         reply = yield from self.rpc("Enqueue", wrapped, self._timeout(args))
         return Ticket.from_proto(reply, request.tenant)
@@ -342,7 +229,9 @@ class Core:
             for pool in (args["pool"], *(args.get("fallback_pools") or ()))
         }
         messages, prompt = args.get("messages"), args.get("prompt")
-        return max(count_tokens(messages=messages, prompt=prompt, encoding=e) for e in encodings)
+        count = max(count_tokens(messages=messages, prompt=prompt, encoding=e) for e in encodings)
+        # A Claude pool (or model): no public tokenizer, so the estimate is scaled up.
+        return scale_for_model(args.get("model") or args["pool"], count)
 
     def release(
         self,
@@ -374,6 +263,9 @@ class Core:
         if usage is not None:
             request.usage.input_tokens = usage.input_tokens
             request.usage.output_tokens = usage.output_tokens
+            for name in _CACHE_FIELDS:  # sent once the contract has them; part of input
+                if name in request.usage.DESCRIPTOR.fields_by_name:
+                    setattr(request.usage, name, getattr(usage, name))
         if retry_after is not None and retry_after > 0:
             request.provider_retry_after.FromNanoseconds(round(retry_after * 1e9))
         if lease.role is DedupRole.LEADER and lease._shared and outcome is Outcome.OK:

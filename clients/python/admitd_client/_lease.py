@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Required, TypedDict
+from typing import Any, TypedDict
 
+from ._models import Api
 from ._outcome import DedupRole, Outcome, Priority
 from ._proto import admission_pb2 as pb
-from ._usage import read_usage
+from ._usage import Reading, finished_call, read_usage, recognised
+
+log = logging.getLogger("admitd_client")
 
 
 class LeaseArgs(TypedDict, total=False):
     """What a lease asks for; the keyword arguments of ``lease``, ``acquire`` and ``run``.
 
-    Input tokens come from exactly one of ``messages``, ``prompt`` or ``input_tokens``
-    (none: 0). The reservation is input tokens + ``max_output_tokens``.
+    Input tokens come from exactly one of ``request``, ``messages``, ``prompt`` or
+    ``input_tokens`` (none: 0). The reservation is input tokens + ``max_output_tokens``.
+    Unknown keys raise ``TypeError`` at once (``max_tokens`` is the provider's name: pass
+    ``max_output_tokens``, or the whole provider request as ``request``).
+
+    ``request`` is the provider call as it stands: the keyword arguments given to OpenAI's
+    ``chat.completions.create`` / ``responses.create`` or Anthropic's ``messages.create``.
+    The reservation is derived from it (see ``_reserve``: messages, system, tools and
+    images as each provider counts them; output from ``max_tokens``,
+    ``max_completion_tokens`` or ``max_output_tokens``), and ``pool`` defaults to the
+    client's ``model_pools[model]``, else ``<provider>/<model>``.
 
     With ``fallback_pools``, admitd takes one input-token count for every candidate, so
     ``messages`` or ``prompt`` is counted in the encoding of each candidate (see
@@ -25,7 +39,12 @@ class LeaseArgs(TypedDict, total=False):
     sent: a reservation errs high, and release charges what the provider reported.
 
     Keys:
-        pool: The pool (provider deployment) the call goes to, e.g. ``"openai/gpt-4o"``.
+        pool: The pool (provider deployment) the call goes to, e.g. ``"openai/gpt-4o"``;
+            required unless ``request`` names the model.
+        request: The provider request (keyword arguments of the SDK's create call).
+        api: Which call ``request`` is for: ``"openai.chat"``, ``"openai.responses"`` or
+            ``"anthropic.messages"``; default: guessed from its shape (``input``:
+            Responses; ``system`` or a Claude model: Anthropic; else chat).
         fallback_pools: Pools to fall back on, in order, when ``pool`` cannot admit the
             call now (or its circuit is open); ``Lease.pool`` says which one granted.
         dedup_key: Deduplicate identical calls in flight (this tenant, any process): a call
@@ -51,7 +70,9 @@ class LeaseArgs(TypedDict, total=False):
             gets ``wait_timeout`` on top.
     """
 
-    pool: Required[str]
+    pool: str
+    request: Mapping[str, Any] | None
+    api: Api | None
     fallback_pools: Sequence[str]
     dedup_key: str | None
     messages: Sequence[Mapping[str, Any]] | None
@@ -68,12 +89,53 @@ class LeaseArgs(TypedDict, total=False):
     timeout: float | None
 
 
+LEASE_ARGS = frozenset(LeaseArgs.__optional_keys__ | LeaseArgs.__required_keys__)
+# The provider's names for lease arguments, and arguments of the provider call itself.
+_RENAMED = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens"}
+_INPUTS = ("request", "messages", "prompt", "input_tokens")
+_PROVIDER_ARGS = {"tools", "functions", "system", "input", "instructions", "stream", "n"}
+
+
+def check_lease_args(args: Mapping[str, Any], where: str = "lease") -> None:
+    """Refuse what a lease cannot take, before anything is sent.
+
+    Raises:
+        TypeError: An unknown key (with the name meant, when one is close), neither
+            ``pool`` nor ``request``, or more than one source of input tokens.
+    """
+    for name in sorted(set(args) - LEASE_ARGS):
+        if name in _RENAMED:
+            hint = f"; admitd calls it {_RENAMED[name]!r} (or pass the provider request: request=)"
+        elif name in _PROVIDER_ARGS:
+            hint = "; pass the whole provider request as request= to reserve for it"
+        else:
+            close = difflib.get_close_matches(name, LEASE_ARGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
+    if not args.get("pool") and args.get("request") is None:
+        raise TypeError(f"{where}() needs pool= (or request= naming the model)")
+    given = [name for name in _INPUTS if args.get(name) is not None]
+    if len(given) > 1:
+        raise TypeError(f"{where}() takes one of {', '.join(_INPUTS)}; got {', '.join(given)}")
+
+
 @dataclass(frozen=True)
 class Usage:
-    """Tokens a call actually used, as reported by the provider."""
+    """Tokens a call actually used, as reported by the provider.
+
+    Attributes:
+        input_tokens: All input tokens, cached ones included.
+        output_tokens: Output tokens (thinking included).
+        cached_input_tokens: The part of ``input_tokens`` read from the provider's prompt
+            cache (OpenAI ``cached_tokens``, Anthropic ``cache_read_input_tokens``).
+        cache_write_input_tokens: The part of ``input_tokens`` written to the prompt cache
+            (Anthropic ``cache_creation_input_tokens``).
+    """
 
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +168,8 @@ class Lease:
         reserved_tokens: Input tokens + max output tokens held until release.
         input_tokens: The input tokens reserved (counted or given).
         max_output_tokens: The output tokens reserved.
+        model: The model of a lease asked for with ``request``; else None.
+        api: The provider call of a lease asked for with ``request``; else None.
         reserved_usd: Price of the reservation (pool price table; 0 when unadmitted).
         queued_for: Seconds spent in admitd's queue before the grant.
         admitted: False for an unadmitted (fail-open) lease.
@@ -144,6 +208,8 @@ class Lease:
         self.pool = proto.pool if proto else pool
         self.input_tokens = input_tokens
         self.max_output_tokens = max_output_tokens
+        self.model: str | None = None
+        self.api: Api | None = None
         self.reserved_tokens = proto.reserved_tokens if proto else input_tokens + max_output_tokens
         self.reserved_usd = proto.reserved_usd if proto else 0.0
         self.queued_for = proto.queued_for.ToTimedelta().total_seconds() if proto else 0.0
@@ -160,8 +226,7 @@ class Lease:
         # the same way as at Acquire (an unknown tenant may map to the default one).
         self.request_tenant = request_tenant
         self._lock = threading.Lock()  # record() may run in another thread than renewal
-        self._input: int | None = None
-        self._output: int | None = None
+        self._reading = Reading(None, None)
         self._error: BaseException | None = None
         self._shared: bytes | None = None
 
@@ -182,12 +247,18 @@ class Lease:
         ``output_tokens`` is not charged as if the input had been free.
         """
         with self._lock:
-            if self._input is None and self._output is None:
-                return None
-            return Usage(
-                self.input_tokens if self._input is None else self._input,
-                self.max_output_tokens if self._output is None else self._output,
-            )
+            got = self._reading
+        inputs = got.input_tokens
+        if inputs is None and got.uncached_input is not None:  # Anthropic's parts
+            inputs = got.uncached_input + (got.cache_read or 0) + (got.cache_write or 0)
+        if inputs is None and got.output_tokens is None:
+            return None
+        return Usage(
+            self.input_tokens if inputs is None else inputs,
+            self.max_output_tokens if got.output_tokens is None else got.output_tokens,
+            got.cache_read or 0,
+            got.cache_write or 0,
+        )
 
     def record(
         self,
@@ -199,13 +270,17 @@ class Lease:
         """Record the tokens the call used; release reports them and admitd refunds the rest.
 
         Pass a provider response (OpenAI chat completion or Responses object, Anthropic
-        message, their dicts, or a stream chunk/event), or the counts themselves. Counts are
-        totals: a later reading replaces an earlier one, so recording every stream event
-        leaves the final usage. Objects without usage (most stream chunks) are ignored.
+        message, their dicts, or a stream chunk/event; a consumed Anthropic
+        ``MessageStream`` or OpenAI ``ChatCompletionStream``; a ``with_raw_response``
+        object), or the counts themselves. Counts are totals: a later reading replaces an
+        earlier one, so recording every stream event leaves the final usage. Stream events
+        without usage are ignored; any other object without usage (an unconsumed stream, a
+        shape this client does not know) is logged as a warning naming its type, as admitd
+        then charges the reservation.
 
         Args:
             response: A provider response or stream event.
-            input_tokens: Input tokens used; overrides the response's.
+            input_tokens: Input tokens used (all of them); overrides the response's.
             output_tokens: Output tokens used; overrides the response's.
 
         Returns:
@@ -220,16 +295,40 @@ class Lease:
         for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
-        reading = read_usage(response) if response is not None else None
-        found_in, found_out = reading if reading is not None else (None, None)
-        new_in = input_tokens if input_tokens is not None else found_in
-        new_out = output_tokens if output_tokens is not None else found_out
+        reading = Reading(None, None)
+        if response is not None:
+            reading = self._read(response) or reading
+        if input_tokens is not None:
+            reading = reading._replace(input_tokens=input_tokens)
+        if output_tokens is not None:
+            reading = reading._replace(output_tokens=output_tokens)
+        found = {k: v for k, v in reading._asdict().items() if v is not None}
         with self._lock:
-            if new_in is not None:
-                self._input = new_in
-            if new_out is not None:
-                self._output = new_out
-        return new_in is not None or new_out is not None
+            self._reading = self._reading._replace(**found)
+        return any(
+            value is not None
+            for value in (reading.input_tokens, reading.uncached_input, reading.output_tokens)
+        )
+
+    def _read(self, response: Any) -> Reading | None:
+        reading = read_usage(response)
+        if reading is None and not recognised(response):
+            finished = finished_call(response)
+            reading = read_usage(finished) if finished is not None else None
+            if reading is None:
+                kind = type(response)
+                log.warning(
+                    "lease %s: record() found no usage in a %s.%s, so nothing was recorded "
+                    "from it; unless usage is recorded, admitd charges the whole reservation "
+                    "(%d tokens). Record the final response or each stream event (OpenAI "
+                    "chat streams need stream_options={'include_usage': True}), or use "
+                    "admitd_client.wrap().",
+                    self.lease_id or "(unadmitted)",
+                    kind.__module__,
+                    kind.__qualname__,
+                    self.reserved_tokens,
+                )
+        return reading
 
     def record_error(self, error: BaseException) -> None:
         """Report a provider call that failed with ``error`` although the block ends well.

@@ -13,9 +13,10 @@ from typing import Any, TypeVar, Unpack, cast
 import grpc
 
 from . import _sharing
-from ._core import ClientOptions, Core
+from ._calls import ClientOptions
+from ._core import Core
 from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
-from ._lease import Lease, LeaseArgs, Settlement
+from ._lease import Lease, LeaseArgs, Settlement, check_lease_args
 from ._ledger import UsageRow
 from ._outcome import Outcome
 from ._proto import admission_pb2 as pb
@@ -128,10 +129,9 @@ class AdmissionClient:
         if self._owns_channel:
             self.channel.close()
 
-    @contextlib.contextmanager
     def lease(
         self, *, on_queue_update: OnQueueUpdate | None = None, **args: Unpack[LeaseArgs]
-    ) -> Iterator[Lease]:
+    ) -> contextlib.AbstractContextManager[Lease]:
         """Hold a lease for the duration of a ``with`` block.
 
         Entering acquires (counting input tokens with tiktoken unless ``input_tokens`` is
@@ -152,15 +152,21 @@ class AdmissionClient:
             on_queue_update: Called with a ``QueueUpdate`` whenever the wait in admitd's
                 queue moves (the wait is then streamed: AcquireStream), in the calling
                 thread. An exception it raises ends the wait.
-            **args: See ``LeaseArgs``: pool, messages / prompt / input_tokens,
+            **args: See ``LeaseArgs``: pool, request / messages / prompt / input_tokens,
                 max_output_tokens, wait_timeout, priority, labels, ...
 
         Raises:
+            TypeError: At once, for an argument a lease does not take.
             Rejected: admitd refused the call (``reason``, ``retry_after``).
             Unavailable: admitd could not be reached (only under ``fail_closed``).
             AdmitdError: Any other failure, e.g. an unknown pool.
         """
-        plan = self._core.acquire(args, streamed=on_queue_update is not None, rejoin=True)
+        streamed = on_queue_update is not None
+        plan = self._core.acquire(args, streamed=streamed, rejoin=True, where="lease")
+        return self._lease(plan, on_queue_update)
+
+    @contextlib.contextmanager
+    def _lease(self, plan: Plan[Lease], on_queue_update: OnQueueUpdate | None) -> Iterator[Lease]:
         with self.hold(self._drive(plan, emit=on_queue_update)) as lease:
             yield lease
 
@@ -219,6 +225,7 @@ class AdmissionClient:
             TypeError: A ``dedup_key`` without ``share`` and ``unshare``.
         """
         _sharing.check(args, share, unshare)
+        check_lease_args(args, "run")
 
         def once() -> T:
             streamed = on_queue_update is not None
@@ -258,7 +265,7 @@ class AdmissionClient:
         ``Rejected``. Leaving the loop early cancels the wait (``close()`` the iterator
         to cancel at once). UNAVAILABLE is retried only before the first update.
         """
-        plan = self._core.acquire(args, streamed=True)
+        plan = self._core.acquire(args, streamed=True, where="acquire_stream")
         with contextlib.closing(self._steps(plan, self._sleep)) as steps:
             for step in steps:
                 yield step.value if isinstance(step, Done) else step
