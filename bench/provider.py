@@ -1,31 +1,48 @@
 """A simulated LLM provider: a real HTTP/1.1 server process (stdlib asyncio, keep-alive).
 
-``python -m bench.provider`` prints ``provider listening on 127.0.0.1 (port N)``.
+``python -m bench.provider`` prints ``provider listening on 127.0.0.1 (port N)``. It is the
+one simulated provider of the benchmarks and the tests: the official ``openai`` and
+``anthropic`` SDKs talk to it (``base_url=http://127.0.0.1:N/v1``, any API key).
+
+- ``POST /v1/chat/completions``, ``/v1/responses`` (OpenAI) and ``/v1/messages``
+  (Anthropic), streamed or not, with input counted as each provider documents and prompt
+  caching: see ``provider_apis`` and ``provider_count``. ``POST /faults`` queues scripted
+  faults (429 with ``retry-after``/``retry-after-ms``, 503, 529, a hang) for the next of
+  these calls; ``/stats`` lists every call as ``calls`` (api, model, stream, input, output
+  and cache tokens, or the fault that answered it).
 
 - ``POST /v1/complete`` ``{"tenant", "input_tokens", "max_output_tokens", "output_tokens"}``:
   like real providers it charges ``input + max_output`` to a token bucket (capacity one
   minute of tokens, refilled continuously) when the call starts and refunds the unused output
   when it ends; a call that does not fit the bucket, or exceeds the concurrency limit, gets
   ``429`` at once. Latency is ``base_ms + per_token_ms * output_tokens``.
-- ``POST /reset`` ``{"tpm", "concurrency", "base_ms", "per_token_ms", "drain"}``: new limits,
-  counters zeroed; ``drain`` empties the bucket (so a short run is not one initial burst).
+- ``POST /reset`` ``{"tpm", "concurrency", "base_ms", "per_token_ms", "drain", "reply"}``: new
+  limits, counters zeroed, calls, faults and the prompt cache forgotten; ``drain`` empties
+  the bucket (so a short run is not one initial burst); ``reply`` is the text the LLM APIs
+  answer.
 - ``GET /stats``: counters since the reset (the ground truth for overshoot and goodput).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
+
+from bench.provider_apis import Apis
 
 
 class Provider:
     def __init__(self) -> None:
+        self.apis = Apis()
         self.reset({})
 
     def reset(self, conf: dict[str, Any]) -> None:
+        self.apis.reset(conf)
         self.tpm = float(conf.get("tpm", 600_000))
         self.concurrency = int(conf.get("concurrency", 16))
         self.base_ms = float(conf.get("base_ms", 5.0))
@@ -86,32 +103,77 @@ class Provider:
             "accepted_tokens": self.accepted_tokens,
             "min_level": self.min_level,
             "max_in_flight": self.max_in_flight,
+            "calls": self.apis.calls,
         }
 
 
-async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] | None:
+Request = tuple[str, str, dict[str, str], bytes]
+_API_PATHS = {
+    "/v1/chat/completions": "openai.chat",
+    "/v1/responses": "openai.responses",
+    "/v1/messages": "anthropic.messages",
+}
+_REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 503: "Service Unavailable"}
+# How long a scripted hang waits for the client to give up and close the connection.
+HANG_LIMIT = 60.0
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
     line = await reader.readline()
     if not line:
         return None
-    method, path, _ = line.decode("latin-1").split(" ", 2)
-    length = 0
+    method, target, _ = line.decode("latin-1").split(" ", 2)
+    headers: dict[str, str] = {}
     while True:
         header = await reader.readline()
         if header in (b"\r\n", b"\n", b""):
             break
         name, _, value = header.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
     body = await reader.readexactly(length) if length else b""
-    return method, path, body
+    return method, target.partition("?")[0], headers, body
 
 
-def response(status: int, doc: dict[str, Any]) -> bytes:
+def response(status: int, doc: Any, headers: dict[str, str] | None = None) -> bytes:
     body = json.dumps(doc).encode()
-    reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error")
-    head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+    )
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
     head += f"Content-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
+
+
+async def send_events(writer: asyncio.StreamWriter, events: AsyncIterator[str]) -> None:
+    """A server-sent event stream, in HTTP/1.1 chunks (one per event)."""
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    writer.write((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+    async for event in events:
+        data = event.encode()
+        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+
+
+async def answer_api(
+    provider: Provider, api: str, body: dict[str, Any], reader: asyncio.StreamReader
+) -> tuple[int, dict[str, str], Any] | None:
+    """An LLM API's answer, or None for a scripted hang (the client gave up)."""
+    fault = provider.apis.fault(api)
+    if fault is not None and fault.get("hang"):
+        with contextlib.suppress(TimeoutError):  # nothing is sent until the client gives up
+            await asyncio.wait_for(reader.read(), HANG_LIMIT)
+        return None
+    if fault is not None:
+        return provider.apis.error(api, fault)
+    handler = {
+        "openai.chat": provider.apis.chat,
+        "openai.responses": provider.apis.responses,
+        "anthropic.messages": provider.apis.messages,
+    }[api]
+    return handler(body)
 
 
 async def main() -> None:
@@ -123,10 +185,24 @@ async def main() -> None:
                 request = await read_request(reader)
                 if request is None:
                     break
-                method, path, body = request
+                method, path, _, body = request
                 doc = json.loads(body) if body else {}
-                if method == "POST" and path == "/v1/complete":
+                extra: dict[str, str] = {}
+                out: Any
+                if method == "POST" and path in _API_PATHS:
+                    answer = await answer_api(provider, _API_PATHS[path], doc, reader)
+                    if answer is None:
+                        break  # a hang: the client closed the connection
+                    status, extra, out = answer
+                    if not isinstance(out, dict):
+                        await send_events(writer, out)
+                        await writer.drain()
+                        continue
+                elif method == "POST" and path == "/v1/complete":
                     status, out = await provider.complete(doc)
+                elif method == "POST" and path == "/faults":
+                    provider.apis.faults.extend(doc.get("faults", []))
+                    status, out = 200, {"queued": len(provider.apis.faults)}
                 elif method == "POST" and path == "/reset":
                     provider.reset(doc)
                     status, out = 200, provider.stats()
@@ -134,10 +210,12 @@ async def main() -> None:
                     status, out = 200, provider.stats()
                 else:
                     status, out = 404, {"error": path}
-                writer.write(response(status, out))
+                writer.write(response(status, out, extra))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            return  # shutting down: the connection goes with the process
         finally:
             writer.close()
 

@@ -11,9 +11,16 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
+import re
+import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ import grpc
 from harness import Harness, start_harness
 
 DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
 
 # gpt-4o counts with o200k_base, gpt-4 with cl100k_base (tiktoken's model table); the
 # second pool has a token bucket of 600 tokens refilling at 10 tokens/s.
@@ -143,8 +151,8 @@ def png(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\0" * ((width + 1) * height))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
 
 
@@ -284,3 +292,57 @@ class ThreadClockSleep:
             return
         self.slept.append(seconds)
         asyncio.run_coroutine_threadsafe(self.harness.advance(seconds), self.loop).result()
+
+
+class FakeProvider:
+    """The simulated provider (``python -m bench.provider``) as a real HTTP server process.
+
+    The official SDKs talk to it at ``openai_url`` / ``anthropic_url``; ``reset``,
+    ``faults`` and ``calls`` script it and read what it saw.
+    """
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.provider"],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        line, deadline = b"", time.monotonic() + 60
+        while b"\n" not in line and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
+            if ready:
+                line += os.read(self.process.stdout.fileno(), 256)
+        found = re.search(rb"\(port (\d+)\)", line)
+        if found is None:
+            self.close()
+            raise RuntimeError(f"the fake provider did not start: {line!r}")
+        self.port = int(found.group(1))
+        self.openai_url = f"http://127.0.0.1:{self.port}/v1"
+        self.anthropic_url = f"http://127.0.0.1:{self.port}"
+
+    def _post(self, path: str, doc: dict[str, Any] | None) -> Any:
+        data = None if doc is None else json.dumps(doc).encode()
+        request = urllib.request.Request(f"{self.anthropic_url}{path}", data=data)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def reset(self, **conf: Any) -> None:
+        self._post("/reset", conf)
+
+    def faults(self, *faults: dict[str, Any]) -> None:
+        """Answer the next API calls, in order, with these faults."""
+        self._post("/faults", {"faults": list(faults)})
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every API call since the reset: usage it reported, or the fault it got."""
+        return list(self._post("/stats", None)["calls"])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()

@@ -8,7 +8,7 @@ def test_exported_members() -> None:
         "DEFAULT_ENCODING", "AdmissionClient", "AdmitdError", "AsyncAdmissionClient",
         "ClientOptions", "DedupRole", "Lease", "LeaseArgs", "Outcome", "Priority", "QueueUpdate",
         "Reason", "Rejected", "RetryPolicy", "Settlement", "Ticket", "TicketState", "Unavailable",
-        "Usage", "UsageRow", "__version__", "count_tokens",
+        "Usage", "UsageRow", "__version__", "count_tokens", "wrap",
     ])
     for name in admitd_client.__all__:
         assert hasattr(admitd_client, name), name

@@ -29,6 +29,7 @@ from ._queue import QueueUpdate, Ticket, TicketState
 from ._sync import AdmissionClient
 from ._tokens import DEFAULT_ENCODING, count_tokens
 from ._version import __version__
+from ._wrap import wrap
 
 __all__ = [
     "DEFAULT_ENCODING",
@@ -53,4 +54,5 @@ __all__ = [
     "UsageRow",
     "__version__",
     "count_tokens",
+    "wrap",
 ]

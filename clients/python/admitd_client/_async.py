@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import date
-from typing import Any, TypeVar, Unpack, cast
+from typing import TypeVar, Unpack
 
 import grpc
 
 from . import _sharing
+from ._aio import AsyncDriver, AsyncSleep, OnQueueUpdate
 from ._calls import ClientOptions
 from ._core import Core
-from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
+from ._effects import Done, Plan
 from ._lease import Lease, LeaseArgs, Settlement, check_lease_args
 from ._ledger import UsageRow
 from ._outcome import Outcome
@@ -24,11 +25,9 @@ from ._singleflight import AsyncFlights
 from ._version import USER_AGENT
 
 T = TypeVar("T")
-AsyncSleep = Callable[[float], Awaitable[None]]
-OnQueueUpdate = Callable[[QueueUpdate], object]
 
 
-class AsyncAdmissionClient:
+class AsyncAdmissionClient(AsyncDriver):
     """Asks admitd for leases before LLM calls, from asyncio code.
 
     ```python
@@ -334,63 +333,3 @@ class AsyncAdmissionClient:
         """Pools, tenants, queues and budgets as admitd sees them now (a pool's
         ``limit_factor``, ``circuit`` and ``paused_for`` say what its gates do)."""
         return await self._drive(self._core.status())
-
-    def _keep_alive(self, lease: Lease) -> asyncio.Task[None] | None:
-        if not lease.lease_id:  # unadmitted, or a dedup follower: nothing to renew
-            return None
-        return asyncio.ensure_future(self._drive(self._core.keep_alive(lease)))
-
-    @staticmethod
-    async def _stop(keeper: asyncio.Task[None] | None) -> None:
-        if keeper is None:
-            return
-        keeper.cancel()
-        await asyncio.wait([keeper])  # unlike awaiting it, never re-raises its cancellation
-
-    async def _drive(self, plan: Plan[T], emit: OnQueueUpdate | None = None) -> T:
-        """Run a plan to its result; what it emits goes to ``emit``."""
-        async with contextlib.aclosing(self._steps(plan)) as steps:
-            async for step in steps:
-                if isinstance(step, Done):
-                    return cast(T, step.value)
-                if emit is not None:
-                    emit(step)
-        raise AssertionError("a plan ended without a result")
-
-    async def _steps(self, plan: Plan[Any]) -> AsyncGenerator[Any, None]:
-        """Run a plan, performing its effects with asyncio: yields what it emits, then
-        ``Done(result)``."""
-        reply: Any = None
-        failure: BaseException | None = None
-        try:
-            while True:
-                try:
-                    effect = plan.send(reply) if failure is None else plan.throw(failure)
-                except StopIteration as done:
-                    yield Done(done.value)
-                    return
-                if isinstance(effect, Emit):
-                    reply, failure = None, None
-                    yield effect.value  # an exception the caller raises is not the plan's
-                    continue
-                try:
-                    reply, failure = await self._perform(effect), None
-                except Exception as error:  # handed to the plan, which decides
-                    reply, failure = None, error
-        finally:
-            plan.close()
-
-    async def _perform(self, effect: Effect) -> Any:
-        if isinstance(effect, Call):
-            method = getattr(self.stub, effect.method)
-            return await method(effect.request, timeout=effect.timeout, metadata=effect.metadata)
-        if isinstance(effect, Open):
-            method = getattr(self.stub, effect.method)
-            return method(effect.request, timeout=effect.timeout, metadata=effect.metadata)
-        if isinstance(effect, Read):
-            message = await cast(grpc.aio.UnaryStreamCall[Any, Any], effect.stream).read()
-            return None if message is grpc.aio.EOF else message
-        if isinstance(effect, Sleep):
-            return await self._sleep(effect.seconds)
-        assert not isinstance(effect, Emit)
-        return await asyncio.to_thread(effect.fn)

@@ -1,8 +1,9 @@
 """The effects a plan (``_core``) yields, and each client performs in its own way.
 
 ``Call`` and ``Open``/``Read`` are the RPCs, ``Sleep`` waits, ``Offload`` runs blocking
-work (in a worker thread under asyncio), and ``Emit`` hands a value to the caller: an
-iterator yields it, a callback receives it.
+work (in a worker thread under asyncio), ``Invoke`` calls the provider while a lease is
+renewed, and ``Emit`` hands a value to the caller: an iterator yields it, a callback
+receives it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from google.protobuf.message import Message
+
+from ._lease import Lease
 
 T = TypeVar("T")
 Method = Literal[
@@ -82,7 +85,17 @@ class Offload:
     fn: Callable[[], Any]
 
 
-Effect = Call | Open | Read | Emit | Sleep | Offload
+@dataclass(frozen=True)
+class Invoke:
+    """Effect: call the provider (``fn()``; awaited by the async client) while ``lease`` is
+    renewed in the background. A cancellation (or KeyboardInterrupt) during the call
+    releases the lease with outcome CANCELLED before it propagates."""
+
+    fn: Callable[[], Any]
+    lease: Lease
+
+
+Effect = Call | Open | Read | Emit | Sleep | Offload | Invoke
 Plan = Generator[Effect, Any, T]
 
 

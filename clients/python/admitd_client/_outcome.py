@@ -54,7 +54,8 @@ def outcome_for(error: BaseException | None) -> Outcome:
         return Outcome.CANCELLED
     for link in _chain(error):
         status = _status_code(link)
-        if status == 429 or _named(link, "RateLimitError"):
+        # 529: Anthropic's "overloaded", the provider asking everyone to slow down.
+        if status in (429, 529) or _named(link, "RateLimitError"):
             return Outcome.PROVIDER_RATE_LIMITED
         if status in _TIMEOUT_STATUS or isinstance(link, TimeoutError) or _named(link, "Timeout"):
             return Outcome.TIMEOUT

@@ -9,7 +9,8 @@ No SDK is imported: OpenAI's and Anthropic's ``APIStatusError`` subclasses and h
 ``httpx.Headers``, or any mapping) are read case-insensitively, in the order OpenAI's SDK
 reads them: ``retry-after-ms`` (milliseconds, sent by OpenAI), then ``retry-after`` as
 seconds (fractions allowed), then ``retry-after`` as an HTTP date. Only a response with
-status 429 (RFC 6585) or 503 (RFC 9110 section 10.2.3) counts, and wrapped errors are
+status 429 (RFC 6585), 503 (RFC 9110 section 10.2.3) or Anthropic's 529 (overloaded)
+counts, and wrapped errors are
 followed through ``__cause__``/``__context__``. Other rate-limit headers (OpenAI's
 ``x-ratelimit-reset-*``) describe a quota window, not a pause, and are not read.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 from ._outcome import _chain, _status_code
 
-_HINTED_STATUS = {429, 503}
+_HINTED_STATUS = {429, 503, 529}
 MAX_HINT = 86_400.0
 """A longer hint is taken as a day (admitd caps a pause further, at its own maximum)."""
 

@@ -15,7 +15,7 @@ import grpc
 from . import _sharing
 from ._calls import ClientOptions
 from ._core import Core
-from ._effects import Call, Done, Effect, Emit, Open, Plan, Read, Sleep
+from ._effects import Call, Done, Effect, Emit, Invoke, Open, Plan, Read, Sleep
 from ._lease import Lease, LeaseArgs, Settlement, check_lease_args
 from ._ledger import UsageRow
 from ._outcome import Outcome
@@ -374,5 +374,19 @@ class AdmissionClient:
             return next(cast(Iterator[Any], effect.stream), None)
         if isinstance(effect, Sleep):
             return sleep(effect.seconds)
+        if isinstance(effect, Invoke):
+            return self._invoke(effect)
         assert not isinstance(effect, Emit)
         return effect.fn()
+
+    def _invoke(self, effect: Invoke) -> Any:
+        lease = effect.lease
+        keeper = _Keeper(self, lease, self._injected_sleep) if lease.lease_id else None
+        try:
+            return effect.fn()
+        except KeyboardInterrupt as interrupted:
+            self._drive(self._core.settle(lease, interrupted))
+            raise
+        finally:
+            if keeper is not None:
+                keeper.stop()
