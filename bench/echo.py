@@ -53,7 +53,7 @@ def handler() -> grpc.GenericRpcHandler:
 
 
 async def main() -> None:
-    # admitd's own options (admitd._server.SERVER_OPTIONS), without importing the server.
+    # admitd's own options (admitd._api.server.SERVER_OPTIONS), without importing the server.
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 9 * 1024 * 1024)]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handler(),))

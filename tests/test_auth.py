@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admitd import AdmitdServer, ManualClock, parse_config
-from admitd._auth import hash_key
+from admitd._api.auth import hash_key
 from admitd._cli import main as cli
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc

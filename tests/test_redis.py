@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from admitd import AcquireSpec, Engine, ManualClock, parse_config
-from admitd._redis import RedisBackend, connect
+from admitd._backends.redis.backend import RedisBackend, connect
 from conftest import Replicas
 from harness import Harness
 from redis_server import RedisServer
@@ -218,7 +218,7 @@ async def test_a_lost_grant_message_only_delays_the_grant(
 
 
 def test_the_poll_looks_up_every_waiter_once_per_cycle_not_all_at_every_poll() -> None:
-    from admitd._redis import POLL_CYCLE, _PollRotation
+    from admitd._backends.redis.backend import POLL_CYCLE, _PollRotation
 
     polls_per_cycle = 6
     rotation = _PollRotation(POLL_CYCLE / polls_per_cycle)

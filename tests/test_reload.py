@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from admitd import Unavailable, parse_config
-from admitd._reload import ConfigWatcher
+from admitd._api.watch import ConfigWatcher
 from admitd.v1 import admission_pb2 as pb
 from conftest import MakeHarness, Replicas
 from harness import DEFAULT_CONFIG, Harness, start_harness

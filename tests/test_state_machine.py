@@ -49,8 +49,8 @@ from admitd import (
     Rejected,
     parse_config,
 )
+from admitd._backends.redis.backend import RedisBackend, connect
 from admitd._clock import settle
-from admitd._redis import RedisBackend, connect
 from admitd.v1 import admission_pb2 as pb
 from harness import Harness, decode, seconds, start_harness
 from redis_server import RedisServer

@@ -56,7 +56,7 @@ def telemetry_cost(ctx: Ctx) -> dict[str, Any]:
     admitted and settled events (counters and histograms); median of 5 runs, per pair.
     Without an exporter, and with spans exported to an OTLP collector (a thread-pool gRPC
     server in this process that counts what it receives)."""
-    from admitd._config_load import parse_config
+    from admitd import parse_config
 
     collector, port = _collector()
     try:

@@ -4,10 +4,11 @@ The pieces a program embedding or testing admitd needs are re-exported here; eve
 else is private (``_module.py``) and may change.
 """
 
-from ._backend import Backend
+from ._api.server import AdmitdServer, serve
+from ._backends import Backend
+from ._backends.memory import MemoryBackend
 from ._clock import Clock, ManualClock, SystemClock
-from ._config import EMBEDDED_DEFAULT, Settings
-from ._config_load import ConfigError, load_config, parse_config
+from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, parse_config
 from ._engine import Engine
 from ._errors import (
     AdmitdError,
@@ -18,9 +19,7 @@ from ._errors import (
     Rejected,
     Unavailable,
 )
-from ._memory import MemoryBackend
 from ._requests import AcquireSpec
-from ._server import AdmitdServer, serve
 
 __version__ = "0.1.0"
 

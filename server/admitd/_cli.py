@@ -21,9 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from ._auth import hash_key
-from ._config import EMBEDDED_DEFAULT, Settings, validate_listen
-from ._config_load import ConfigError, load_config
+from ._api.auth import hash_key
+from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, validate_listen
 from ._logging import configure_logging
 from .v1 import admission_pb2 as pb
 from .v1 import admission_pb2_grpc as pb_grpc
@@ -155,7 +154,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def _serve(config: str | None, listen: str | None) -> int:
-    from ._server import serve  # imports grpc server machinery only when serving
+    from ._api.server import serve  # imports grpc server machinery only when serving
 
     try:
         settings: Settings = load_config(config) if config else EMBEDDED_DEFAULT

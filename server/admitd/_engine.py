@@ -19,9 +19,20 @@ from dataclasses import replace
 
 from opentelemetry.trace import Span
 
-from ._backend import (
+from ._backends import Backend
+from ._clock import Clock, ManualClock, TimerHandle
+from ._config import Settings
+from ._config.live import live
+from ._errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Rejected,
+    Unavailable,
+)
+from ._estimates import PoolHistory
+from ._model import (
     AcquireResult,
-    Backend,
     Denial,
     FingerprintMismatch,
     Kind,
@@ -37,18 +48,7 @@ from ._backend import (
     Ticket,
     UsageRow,
 )
-from ._clock import Clock, ManualClock, TimerHandle
-from ._config import Settings
-from ._errors import (
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Rejected,
-    Unavailable,
-)
-from ._estimates import PoolHistory
 from ._policy import Policy
-from ._reload import live
 from ._requests import AcquireSpec, Requests, check_lease_id, check_tokens
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
@@ -109,7 +109,7 @@ class Engine:
         apply at once (limits to queued calls too, so API keys rotate without a restart);
         lowering a limit revokes nothing, it admits less until usage falls. Returns the
         changed settings that only a restart applies (they keep their old values; see
-        ``_reload.RESTART_ONLY``).
+        ``_config/live.py``).
 
         Raises:
             Unavailable: the store did not answer; nothing changed.

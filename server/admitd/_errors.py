@@ -1,4 +1,4 @@
-"""Domain errors. The gRPC layer maps each to a status code in one place (``_status.py``).
+"""Domain errors. The gRPC layer maps each to a status code in one place (``_api/status.py``).
 
 ::
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._backend import Denial, QueueFull, QueueSpot
 from ._errors import Rejected
+from ._model import Denial, QueueFull, QueueSpot
 from ._policy import QueueEstimate, wait_estimate
 
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._backend import Aimd, Breaker, Denial, Gate, Kind, Limit, QueueFull, Scope, Unit
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import Reason, Rejected
+from ._model import Aimd, Breaker, Denial, Gate, Kind, Limit, QueueFull, Scope, Unit
 
 NANO_PER_USD = 1_000_000_000
 MIN_RETRY = 0.001

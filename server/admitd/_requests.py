@@ -1,5 +1,5 @@
 """Requests as callers send them: validation, pool and tenant resolution, token counting and
-pricing, turning an :class:`AcquireSpec` into a backend :class:`~admitd._backend.Ticket`.
+pricing, turning an :class:`AcquireSpec` into a backend :class:`~admitd._model.Ticket`.
 
 Everything here is pure and reserves nothing, so a request that fails validation leaves no
 trace. Each problem names the field it is about.
@@ -13,9 +13,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ._backend import CLAIM_TIMEOUT, Ticket, price_nano_usd
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import InvalidArgument, NotFound
+from ._model import CLAIM_TIMEOUT, Ticket, price_nano_usd
 from ._policy import Policy, nano_usd_per_token
 from ._tokens import TokenCounter
 

@@ -32,8 +32,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ._backend import GateView, Kind, Limit, Scope, Snapshot, Unit
 from ._config import Settings
+from ._model import GateView, Kind, Limit, Scope, Snapshot, Unit
 
 PRIORITY_LABELS = ("critical", "high", "normal", "low")
 OTHER = "_other"

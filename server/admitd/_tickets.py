@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._backend import LeaseRecord, Look
 from ._engine import Engine
 from ._errors import NotFound, PermissionDenied, Rejected, Unavailable
+from ._model import LeaseRecord, Look
 from ._policy import QueueEstimate
 from ._requests import AcquireSpec, check_lease_id
 

@@ -2,7 +2,7 @@
 
 An RPC waits here for a grant (a queued Acquire or AcquireStream, a WaitTicket) or for the
 end of the dedup leader it joined. Grants, refusals and leader ends come from this process's
-own operations (in their :class:`~admitd._backend.Progress`) or, with Redis, from other
+own operations (in their :class:`~admitd._model.Progress`) or, with Redis, from other
 replicas' (through ``Backend.subscribe``): either way :meth:`Waiting.grant`,
 :meth:`Waiting.refuse` and :meth:`Waiting.finish` hand them over. Every wait is bounded, on
 the engine's clock; an RPC that gives up leaves the queue and keeps nothing.
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._backend import CLAIM_TIMEOUT, AcquireResult, DedupEnd, LeaseRecord, Ticket
 from ._errors import Aborted, Reason, Rejected, Unavailable
+from ._model import CLAIM_TIMEOUT, AcquireResult, DedupEnd, LeaseRecord, Ticket
 from ._policy import MIN_RETRY, QueueEstimate
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ._backend import (
+from ..._clock import Clock
+from ..._model import (
     DEDUP_KEEP,
     LEDGER_DAYS,
     MAX_EXACT_POSITION,
@@ -19,7 +20,6 @@ from ._backend import (
     ExpireResult,
     FingerprintMismatch,
     Gate,
-    GrantRate,
     Kind,
     LeaseGone,
     LeaseRecord,
@@ -39,10 +39,10 @@ from ._backend import (
     UsageRow,
     day_number,
 )
-from ._clock import Clock
-from ._counters import Counters
-from ._expiring import Expiring
-from ._fairqueue import Entry, FairQueue
+from .counters import Counters
+from .expiring import Expiring
+from .fairqueue import Entry, FairQueue
+from .rate import GrantRate
 
 # A dispatch pass looks at most this many waiters per pool, so that one tenant with a long
 # queue blocked by its own limits cannot make every release slow.

@@ -15,7 +15,7 @@ from typing import cast
 
 import grpc
 
-from ._config import TLSConfig
+from .._config import TLSConfig
 
 log = logging.getLogger("admitd")
 

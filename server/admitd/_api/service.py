@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,19 +10,20 @@ from functools import wraps
 from typing import NoReturn, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, message_factory, timestamp_pb2
+from google.protobuf import message_factory, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
-from ._auth import Authenticator, Principal
-from ._backend import GateView, LeaseRecord, Limit, Outcome, Snapshot, day_number
-from ._engine import Engine
-from ._errors import AdmitdError, Internal, InvalidArgument
-from ._policy import NANO_PER_USD, QueueEstimate
-from ._requests import AcquireSpec
-from ._status import seconds_to_duration, to_status
-from ._tickets import Tickets, TicketView
-from .v1 import admission_pb2 as pb
-from .v1 import admission_pb2_grpc as pb_grpc
+from .._engine import Engine
+from .._errors import AdmitdError, Internal, InvalidArgument
+from .._model import LeaseRecord, Outcome, day_number
+from .._policy import NANO_PER_USD, QueueEstimate
+from .._requests import AcquireSpec
+from .._tickets import Tickets, TicketView
+from ..v1 import admission_pb2 as pb
+from ..v1 import admission_pb2_grpc as pb_grpc
+from . import messages
+from .auth import Authenticator, Principal
+from .status import seconds_to_duration, to_status
 
 log = logging.getLogger("admitd")
 
@@ -162,7 +162,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
                 update = asyncio.ensure_future(updates.get())
                 await asyncio.wait((acquire, update), return_when=asyncio.FIRST_COMPLETED)
                 if not update.cancel():
-                    yield pb.AcquireStreamResponse(queued=_position(update.result()))
+                    yield pb.AcquireStreamResponse(queued=messages.position(update.result()))
             yield pb.AcquireStreamResponse(lease=self._lease(acquire.result()))
         finally:
             acquire.cancel()  # the caller went away: leave the queue, keep nothing
@@ -192,7 +192,8 @@ class AdmissionService(pb_grpc.AdmissionServicer):
     ) -> pb.Ticket:
         tenant = self._caller(context).tenant_for(request.tenant)
         wait = min(
-            _seconds(request.wait_timeout, "wait_timeout"), self.engine.settings.queue.max_wait
+            messages.seconds(request.wait_timeout, "wait_timeout"),
+            self.engine.settings.queue.max_wait,
         )
         deadline = context.time_remaining()
         if deadline is not None:
@@ -217,13 +218,13 @@ class AdmissionService(pb_grpc.AdmissionServicer):
     ) -> pb.GetUsageResponse:
         tenant = self._caller(context).tenant_for(request.tenant) or None
         today = day_number(self.engine.clock.wall())
-        first = _day(request.from_day, "from_day") if request.from_day else today
-        last = _day(request.to_day, "to_day") if request.to_day else first
+        first = messages.day(request.from_day, "from_day") if request.from_day else today
+        last = messages.day(request.to_day, "to_day") if request.to_day else first
         rows = await self.engine.usage(first, last, tenant, request.pool or None)
         return pb.GetUsageResponse(
             rows=[
                 pb.UsageRow(
-                    day=_date(row.day),
+                    day=messages.date(row.day),
                     tenant=row.tenant,
                     pool=row.pool,
                     calls=row.calls,
@@ -244,7 +245,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             input_tokens=request.input_tokens,
             max_output_tokens=request.max_output_tokens,
             priority=int(request.priority),
-            wait_timeout=_seconds(request.wait_timeout, "wait_timeout"),
+            wait_timeout=messages.seconds(request.wait_timeout, "wait_timeout"),
             idempotency_key=request.idempotency_key,
             prompt=request.prompt,
             labels=dict(request.labels),
@@ -265,7 +266,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         if request.outcome not in pb.Outcome.values():
             raise InvalidArgument("outcome", f"unknown value {int(request.outcome)}")
         outcome = Outcome(request.outcome or Outcome.OK)
-        retry_after = _seconds(request.provider_retry_after, "provider_retry_after")
+        retry_after = messages.seconds(request.provider_retry_after, "provider_retry_after")
         shared = request.result or None  # proto bytes have no presence: empty means none
         settled = await self.engine.release(
             request.lease_id, usage, tenant, outcome, retry_after, shared
@@ -282,7 +283,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         self, request: pb.RenewRequest, context: grpc.aio.ServicerContext[pb.RenewRequest, pb.Lease]
     ) -> pb.Lease:
         tenant = self._caller(context).tenant_for(request.tenant)
-        extend_by = _seconds(request.extend_by, "extend_by")
+        extend_by = messages.seconds(request.extend_by, "extend_by")
         lease = await self.engine.renew(request.lease_id, extend_by, tenant)
         return self._lease(lease)
 
@@ -292,8 +293,8 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.GetStatusRequest,
         context: grpc.aio.ServicerContext[pb.GetStatusRequest, pb.StatusResponse],
     ) -> pb.StatusResponse:
-        caller = self._caller(context)
-        return status_response(self.engine, await self.engine.snapshot(), caller.sees_tenant)
+        shown = self._caller(context).sees_tenant
+        return messages.status_response(self.engine, await self.engine.snapshot(), shown)
 
     def _ticket(self, view: TicketView) -> pb.Ticket:
         if view.lease is not None:
@@ -303,7 +304,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         return pb.Ticket(
             ticket_id=view.ticket_id,
             state=pb.TicketState.TICKET_STATE_QUEUED,
-            position=_position(view.estimate),
+            position=messages.position(view.estimate),
             wait_deadline=self._timestamp(view.wait_left),
         )
 
@@ -324,7 +325,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             input_tokens=lease.input_tokens,
             reserved_usd=lease.nano_usd / NANO_PER_USD,
             shadow_reason=self._shadow_reason(lease),
-            dedup_role=_dedup_role(lease),
+            dedup_role=messages.dedup_role(lease),
             shared_result=lease.shared_result or b"",
             dedup_leader_id=lease.dedup_leader,
         )
@@ -332,107 +333,3 @@ class AdmissionService(pb_grpc.AdmissionServicer):
     def _shadow_reason(self, lease: LeaseRecord) -> str:
         reason = self.engine.policy.shadow_reason(lease.shadowed) if lease.shadowed else None
         return reason.value if reason is not None else ""
-
-
-def _dedup_role(lease: LeaseRecord) -> pb.DedupRole.ValueType:
-    if not lease.dedup_leader:
-        return pb.DedupRole.DEDUP_ROLE_UNSPECIFIED
-    if lease.dedup_leader == lease.lease_id:
-        return pb.DedupRole.DEDUP_ROLE_LEADER
-    return pb.DedupRole.DEDUP_ROLE_FOLLOWER
-
-
-def _position(estimate: QueueEstimate) -> pb.QueuePosition:
-    return pb.QueuePosition(
-        position=estimate.position,
-        depth=estimate.depth,
-        estimated_wait=seconds_to_duration(estimate.wait),
-    )
-
-
-def _day(text: str, field: str) -> int:
-    """A YYYY-MM-DD date as a ledger day number."""
-    try:
-        date = datetime.date.fromisoformat(text)
-    except ValueError:
-        message = f"expected a date like 2026-11-23, got {text[:40]!r}"
-        raise InvalidArgument(field, message) from None
-    return (date - _EPOCH).days
-
-
-def _date(day: int) -> str:
-    return (_EPOCH + datetime.timedelta(days=day)).isoformat()
-
-
-_EPOCH = datetime.date(1970, 1, 1)
-
-
-def _seconds(duration: duration_pb2.Duration, field: str) -> float:
-    if duration.seconds < 0 or duration.nanos < 0:
-        raise InvalidArgument(field, "must not be negative")
-    if duration.nanos >= 1_000_000_000:
-        raise InvalidArgument(field, "nanos must be below 1e9")
-    if duration.seconds > 10 * 365 * 86_400:
-        raise InvalidArgument(field, "absurdly long")
-    return duration.seconds + duration.nanos / 1e9
-
-
-def status_response(
-    engine: Engine, snap: Snapshot, shown: Callable[[str], bool] = lambda _: True
-) -> pb.StatusResponse:
-    """GetStatus from the config and a backend snapshot, with the tenants ``shown``."""
-    policy = engine.policy
-    by_key = {limit.key: limit for limit in policy.all_limits()}
-
-    def limit_status(key: str) -> pb.LimitStatus | None:
-        limit: Limit | None = by_key.get(key)
-        if limit is None:
-            return None
-        scale = NANO_PER_USD if key.endswith("usd_per_day") else 1
-        return pb.LimitStatus(limit=limit.capacity / scale, value=snap.levels.get(key, 0.0) / scale)
-
-    def limits(prefix: str) -> dict[str, pb.LimitStatus]:
-        names = (
-            "max_concurrency",
-            "tokens_per_minute",
-            "requests_per_minute",
-            "tokens_per_day",
-            "usd_per_day",
-        )
-        found = {name: limit_status(f"{prefix}:{name}") for name in names}
-        out = {name: status for name, status in found.items() if status is not None}
-        if "max_concurrency" in out:
-            out["concurrency"] = out.pop("max_concurrency")
-        return out
-
-    response = pb.StatusResponse(draining=engine.draining)
-    for pool in engine.settings.pools:
-        queued = snap.queued_by_pool.get(pool.name, [0, 0, 0, 0])
-        gate = snap.gates.get(pool.name, GateView(1.0, "closed", 0.0))
-        response.pools.append(
-            pb.PoolStatus(
-                name=pool.name,
-                in_flight=snap.in_flight_by_pool.get(pool.name, 0),
-                queued=sum(queued),
-                queued_by_priority=queued,
-                limit_factor=gate.factor,
-                circuit=gate.circuit,
-                paused_for=seconds_to_duration(gate.paused_for),
-                **limits(f"pool:{pool.name}"),
-            )
-        )
-    for tenant in policy.tenants.values():
-        if not shown(tenant.name):
-            continue
-        response.tenants.append(
-            pb.TenantStatus(
-                name=tenant.name,
-                tier=tenant.tier or "",
-                weight=tenant.weight,
-                in_flight=snap.in_flight_by_tenant.get(tenant.name, 0),
-                queued=snap.queued_by_tenant.get(tenant.name, 0),
-                **limits(f"tenant:{tenant.name}"),
-            )
-        )
-    response.budget.CopyFrom(pb.BudgetStatus(**limits("global")))
-    return response

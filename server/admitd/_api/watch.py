@@ -2,8 +2,9 @@
 
 Polling the content (not inotify on the path) also sees Kubernetes' ConfigMap updates, which
 swap a ``..data`` symlink instead of writing the file. A valid change is applied without a
-restart (see :meth:`Engine.apply`); an invalid one is refused with a log line and a metric,
-and the last good configuration stays in force.
+restart (see :meth:`~admitd.Engine.apply`; ``_config/live.py`` says what waits for a
+restart); an invalid one is refused with a log line and a metric, and the last good
+configuration stays in force.
 """
 
 from __future__ import annotations
@@ -11,37 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from ._config import Settings
-from ._config_load import ConfigError, load_config
-
-if TYPE_CHECKING:
-    from ._engine import Engine  # the engine applies changes with live()
+from .._config import ConfigError, load_config
+from .._engine import Engine
 
 log = logging.getLogger("admitd")
 
 Outcome = Literal["unchanged", "applied", "invalid"]
-
-RESTART_ONLY = ("backend", "listen", "health_listen", "tls", "observability", "queue.aging")
-"""Settings a running server keeps until it restarts: they bind ports, open connections or
-shape state already in the store. Everything else applies live (see :func:`live`)."""
-
-
-def live(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
-    """``new`` as a running server can apply it: the restart-only settings keep their old
-    values. Also returns the names of those that changed (to be logged)."""
-    changed = [name for name in RESTART_ONLY if _get(new, name) != _get(old, name)]
-    update = {name: getattr(old, name) for name in RESTART_ONLY if "." not in name}
-    update["queue"] = new.queue.model_copy(update={"aging": old.queue.aging})
-    return new.model_copy(update=update), changed
-
-
-def _get(settings: Settings, dotted: str) -> object:
-    value: object = settings
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
 
 
 class ConfigWatcher:

@@ -2,7 +2,7 @@
 tiers, clients' tenants), credentials that can work.
 
 They read plain, possibly invalid, data and skip what they cannot read, so a file with field
-problems gets these reported too, in the same round (``_config_load.parse_config``); the
+problems gets these reported too, in the same round (``load.parse_config``); the
 ``Settings`` model runs them on valid data, so settings built in code are checked as well.
 """
 

@@ -4,15 +4,15 @@ Gauges count what is in use (concurrency), buckets what is left (refilled contin
 daily counters what was used on the current UTC day. Levels are read against each limit as
 configured *now* (``configure``), scaled by its pool's AIMD factor, so a config change or an
 adaptive step also applies to calls already queued. The memory backend calls these inside
-its atomic steps; ``lua/_lib3_limits.lua`` is the same state machine for Redis.
+its atomic steps; ``_backends/redis/lua/_lib3_limits.lua`` is the same state machine for Redis.
 """
 
 from __future__ import annotations
 
 import time
 
-from ._backend import Denial, Gate, GateView, Kind, Limit, Outcome, Scope, Ticket, Unit
-from ._gates import GateState, gate_limit
+from ..._model import Denial, Gate, GateView, Kind, Limit, Outcome, Scope, Ticket, Unit
+from .gates import GateState, gate_limit
 
 _OPEN = GateState()  # the gate of a pool with no reported outcome yet: always open
 

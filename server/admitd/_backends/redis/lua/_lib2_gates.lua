@@ -1,6 +1,6 @@
 -- Library part 2 of 5 (see _lib1_base.lua): pool gates.
 
--- Pool gates (the same state machine as _gates.GateState): a provider's pause, a circuit
+-- Pool gates (the same state machine as _backends/memory/gates.py): a provider's pause, a circuit
 -- breaker and an AIMD factor, in hash "gate:<pool>"; their settings in hash "gates".
 local GATE_FIELDS = {'factor', 'decreased_at', 'paused_until', 'circuit', 'opened_until',
                      'probes', 'win', 'cur', 'failed', 'prev', 'prev_failed'}

@@ -47,7 +47,7 @@ local function load_lease(id)
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
--- and arithmetic as _backend.GrantRate).
+-- and arithmetic as _backends/memory/rate.py).
 local function rate_state(pool)
   local v = redis.call('HMGET', key('rate'), pool .. '|f', pool .. '|t', pool .. '|w',
                        pool .. '|c', pool .. '|p')

@@ -17,8 +17,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ._config import AuthConfig, ClientConfig
-from ._errors import PermissionDenied, Unauthenticated
+from .._config import AuthConfig, ClientConfig
+from .._errors import PermissionDenied, Unauthenticated
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "

@@ -15,7 +15,7 @@
 
 The state is the store's, changed in the same atomic step as the release that reports the
 outcome, so all replicas see one gate: :class:`GateState` for the memory backend, the same
-arithmetic in ``lua/_lib2_gates.lua`` for Redis.
+arithmetic in ``_backends/redis/lua/_lib2_gates.lua`` for Redis.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ._backend import (
+from ..._model import (
     MAX_PAUSE,
     Breaker,
     Cause,

@@ -12,9 +12,7 @@ lost. Redis being unreachable surfaces as :class:`~admitd.Unavailable` (fail clo
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -30,36 +28,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._backend import (
+from ..._clock import Clock
+from ..._config import BackendConfig
+from ..._errors import Unavailable
+from ..._model import (
     AcquireResult,
     DedupEnd,
-    Denial,
     ExpireResult,
-    FingerprintMismatch,
     Gate,
-    GateView,
-    Kind,
-    LeaseGone,
     LeaseRecord,
     Limit,
     Look,
-    NotOwner,
     Outcome,
     Progress,
-    QueueFull,
-    QueueSpot,
     ReleaseResult,
-    Scope,
-    Settlement,
     Snapshot,
     Ticket,
-    TicketEnd,
-    Unit,
     UsageRow,
 )
-from ._clock import Clock
-from ._config import BackendConfig
-from ._errors import Unavailable
+from . import codec
 
 log = logging.getLogger("admitd")
 
@@ -87,7 +74,7 @@ OPERATIONS = (
 def _load_scripts() -> dict[str, str]:
     """Each operation's script: the library's parts (``_lib<n>_*.lua``, in order) in front
     of the operation's own file, as one script."""
-    folder = resources.files("admitd") / "lua"
+    folder = resources.files(__package__) / "lua"
     parts = sorted(f.name for f in folder.iterdir() if f.name.startswith("_lib"))
     lib = "\n".join((folder / name).read_text() for name in parts)
     return {op: lib + "\n" + (folder / f"{op}.lua").read_text() for op in OPERATIONS}
@@ -125,34 +112,11 @@ class RedisBackend:
     # -- operations -----------------------------------------------------------------------
 
     async def acquire(self, ticket: Ticket, *, wait: bool) -> AcquireResult:
-        doc = await self._run("acquire", _ticket_json(ticket), "1" if wait else "0")
-        if doc.get("mismatch"):
-            raise FingerprintMismatch(ticket.idempotency_key)
-        result = AcquireResult(
-            queued=bool(doc.get("queued")),
-            replayed=bool(doc.get("replayed")),
-            waiting_on=str(doc.get("waiting_on", "")),
-            follows=str(doc.get("follows", "")),
-            progress=_progress(doc.get("progress")),
-        )
-        if "lease" in doc:
-            result.lease = _lease(doc["lease"])
-        elif "full" in doc:
-            full = doc["full"]
-            rate = full.get("grants_per_second")
-            result.denial = QueueFull(
-                full["scope"],
-                int(full["depth"]),
-                int(full["limit"]),
-                pool_depth=int(full["pool_depth"]),
-                grants_per_second=None if rate is None else float(rate),
-            )
-        elif "denial" in doc:
-            result.denial = _denial(doc["denial"])
-        return result
+        doc = await self._run("acquire", codec.ticket_json(ticket), "1" if wait else "0")
+        return codec.acquire_result(doc, ticket)
 
     async def cancel(self, lease_id: str) -> Progress:
-        return _progress((await self._run("cancel", lease_id)).get("progress"))
+        return codec.progress((await self._run("cancel", lease_id)).get("progress"))
 
     async def claim(self, lease_id: str) -> None:
         with _store_errors():
@@ -169,104 +133,35 @@ class RedisBackend:
         retry_after: float = 0.0,
         result: bytes | None = None,
     ) -> ReleaseResult:
-        usage_json = "" if usage is None else json.dumps(list(usage))
-        shared = base64.b64encode(result).decode() if result is not None else ""
-        args = (lease_id, usage_json, tenant or "", str(int(outcome)), repr(retry_after), shared)
-        doc = await self._run("release", *args)
-        _raise_lease_error(doc)
-        s = doc["settlement"]
-        settlement = Settlement(
-            lease=_lease(s["lease"]),
-            charged_tokens=int(s["charged_tokens"]),
-            refunded_tokens=int(s["refunded_tokens"]),
-            charged_nano_usd=int(s["charged_nano_usd"]),
-            already_released=bool(s["already_released"]),
-        )
-        return ReleaseResult(settlement, _progress(doc.get("progress")))
+        args = codec.release_args(lease_id, usage, tenant, outcome, retry_after, result)
+        return codec.release_result(await self._run("release", *args))
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         doc = await self._run("renew", lease_id, repr(extend_by), tenant or "")
-        _raise_lease_error(doc)
-        return _lease(doc["lease"])
+        codec.raise_lease_error(doc)
+        return codec.lease(doc["lease"])
 
     async def expire(self) -> ExpireResult:
-        doc = await self._run("expire")
-        expired = [_lease(item) for item in _list(doc.get("expired"))]
-        next_in = doc.get("next_expiry_in")
-        return ExpireResult(
-            expired, _progress(doc.get("progress")), None if next_in is None else float(next_in)
-        )
+        return codec.expire_result(await self._run("expire"))
 
     async def dispatch(self) -> Progress:
-        return _progress((await self._run("dispatch")).get("progress"))
+        return codec.progress((await self._run("dispatch")).get("progress"))
 
     async def look(self, lease_id: str, *, claim: bool) -> Look:
-        doc = await self._run("look", lease_id, "1" if claim else "0")
-        if "queued" in doc:
-            q = doc["queued"]
-            rate = q.get("grants_per_second")
-            return Look(
-                queued=QueueSpot(
-                    tenant=str(q["tenant"]),
-                    pool=str(q["pool"]),
-                    position=int(q["position"]),
-                    depth=int(q["depth"]),
-                    grants_per_second=None if rate is None else float(rate),
-                    wait_left=float(q["wait_left"]),
-                )
-            )
-        if "lease" in doc:
-            return Look(lease=_lease(doc["lease"]), claimed=bool(doc["claimed"]))
-        if "ended" in doc:
-            e = doc["ended"]
-            denial = _denial(e["denial"]) if isinstance(e.get("denial"), dict) else None
-            return Look(ended=TicketEnd(e["kind"], str(e["tenant"]), denial))
-        return Look()
+        return codec.look(await self._run("look", lease_id, "1" if claim else "0"))
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
-        doc = await self._run("snapshot", json.dumps([_limit_json(limit) for limit in limits]))
-        return Snapshot(
-            levels={k: float(v) for k, v in _dict(doc.get("levels")).items()},
-            in_flight_by_pool={k: int(v) for k, v in _dict(doc.get("in_flight_by_pool")).items()},
-            in_flight_by_tenant={
-                k: int(v) for k, v in _dict(doc.get("in_flight_by_tenant")).items()
-            },
-            queued_by_pool={
-                k: [int(n) for n in _list(v)] for k, v in _dict(doc.get("queued_by_pool")).items()
-            },
-            queued_by_tenant={k: int(v) for k, v in _dict(doc.get("queued_by_tenant")).items()},
-            gates={
-                pool: GateView(float(g["factor"]), g["circuit"], float(g["paused_for"]))
-                for pool, g in _dict(doc.get("gates")).items()
-            },
-        )
+        return codec.snapshot(await self._run("snapshot", codec.limits_json(limits)))
 
     async def dedup_end(self, leader: str) -> DedupEnd | None:
         doc = await self._run("dedup_end", leader)
-        return _dedup_end(doc) if doc else None
+        return codec.dedup_end(doc) if doc else None
 
     async def usage(self, days: list[int]) -> list[UsageRow]:
-        doc = await self._run("usage", json.dumps(days))
-        rows = [
-            UsageRow(
-                int(r["day"]),
-                str(r["tenant"]),
-                str(r["pool"]),
-                int(r["calls"]),
-                int(r["in"]),
-                int(r["out"]),
-                int(r["usd"]),
-            )
-            for r in _list(doc.get("rows"))
-        ]
-        return sorted(rows, key=lambda r: (r.day, r.tenant, r.pool))
+        return codec.usage_rows(await self._run("usage", json.dumps(days)))
 
     async def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
-        await self._run(
-            "configure",
-            json.dumps([_limit_json(limit) for limit in limits]),
-            json.dumps([dataclasses.asdict(gate) for gate in gates]),
-        )
+        await self._run("configure", codec.limits_json(limits), codec.gates_json(gates))
 
     def subscribe(
         self,
@@ -328,7 +223,7 @@ class RedisBackend:
                         )
                         ids = waiting()
                         if message is not None:
-                            data = _text(message["data"])
+                            data = codec.text(message["data"])
                             wanted = [data] if data in ids else []
                         else:
                             wanted = rotation.next(ids)
@@ -356,9 +251,9 @@ class RedisBackend:
                 continue
             doc = json.loads(value)
             if wanted.startswith("end:"):
-                finish(_dedup_end(doc))
+                finish(codec.dedup_end(doc))
             else:
-                deliver(_lease(doc))
+                deliver(codec.lease(doc))
 
 
 class _PollRotation:
@@ -404,116 +299,3 @@ def _store_errors() -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as error:
         raise Unavailable(f"state store unreachable: {error}") from None
-
-
-def _raise_lease_error(doc: dict[str, Any]) -> None:
-    error = doc.get("error")
-    if error == "gone":
-        raise LeaseGone()
-    if error == "not_owner":
-        raise NotOwner()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _list(value: Any) -> list[Any]:
-    # cjson encodes an empty Lua table as {}.
-    return list(value) if isinstance(value, list) else []
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return dict(value) if isinstance(value, dict) else {}
-
-
-def _limit_json(limit: Limit) -> list[Any]:
-    return [
-        limit.key,
-        limit.kind.value,
-        limit.unit.value,
-        limit.scope.value,
-        limit.capacity,
-        limit.rate,
-        limit.name,
-        limit.owner,
-        limit.shadow,
-    ]
-
-
-def _limit(raw: list[Any]) -> Limit:
-    key, kind, unit, scope, capacity, rate, name, owner, shadow = raw
-    return Limit(
-        str(key),
-        Kind(kind),
-        Unit(unit),
-        Scope(scope),
-        str(name),
-        str(owner),
-        float(capacity),
-        float(rate),
-        bool(shadow),
-    )
-
-
-def _ticket_json(t: Ticket) -> str:
-    return json.dumps(
-        {
-            "id": t.lease_id,
-            "tenant": t.tenant,
-            "pool": t.pool,
-            "in": t.input_tokens,
-            "out": t.max_output_tokens,
-            "usd": t.nano_usd,
-            "pin": t.price_in,
-            "pout": t.price_out,
-            "prio": t.priority,
-            "cost": t.cost,
-            "ttl": t.ttl,
-            "wait": t.wait,
-            "claim": t.claim_timeout,
-            "def": t.deferred,
-            "dd": t.dedup_key,
-            "idem": t.idempotency_key,
-            "fp": t.fingerprint,
-            "mqt": t.max_queued_tenant,
-            "mqa": t.max_queued_total,
-            "limits": [_limit_json(limit) for limit in t.limits],
-        }
-    )
-
-
-def _lease(raw: dict[str, Any]) -> LeaseRecord:
-    return LeaseRecord(
-        lease_id=str(raw["id"]),
-        tenant=str(raw["tenant"]),
-        pool=str(raw["pool"]),
-        input_tokens=int(raw["in"]),
-        max_output_tokens=int(raw["out"]),
-        nano_usd=int(raw["usd"]),
-        expires_in=float(raw["expires_in"]),
-        queued_for=float(raw["queued_for"]),
-        held_for=float(raw["held_for"]),
-        shadowed=str(raw.get("shadowed") or ""),
-    )
-
-
-def _denial(raw: dict[str, Any]) -> Denial:
-    limit, cause = _limit(raw["limit"]), str(raw.get("cause") or "")
-    return Denial(limit, float(raw["level"]), float(raw["amount"]), cause)
-
-
-def _progress(raw: Any) -> Progress:
-    raw = _dict(raw)
-    return Progress(
-        grants=[_lease(g) for g in _list(raw.get("grants"))],
-        rejections=[(str(r[0]), _denial(r[1])) for r in _list(raw.get("rejections"))],
-        blocked={pool: _denial(d) for pool, d in _dict(raw.get("blocked")).items()},
-        passed_over=[_denial(d) for d in _list(raw.get("passed_over"))],
-        finished=[_dedup_end(e) for e in _list(raw.get("finished"))],
-    )
-
-
-def _dedup_end(raw: dict[str, Any]) -> DedupEnd:
-    result = raw.get("result")
-    return DedupEnd(str(raw["leader"]), base64.b64decode(result) if result else None)

@@ -1,8 +1,8 @@
-"""Configuration: one validated pydantic model (loaded from YAML by ``_config_load``).
+"""Configuration: one validated pydantic model (loaded from YAML by ``load.py``).
 
 Every field has a default, so an empty file (or no file at all) is a working embedded setup.
-Durations are written like ``120s``, ``1.5m``, ``250ms`` or ``2h`` (a bare number is seconds).
-Checks between entries are in ``_config_checks``.
+Durations are written like ``120s``, ``1.5m``, ``250ms`` or ``2h`` (a bare number is seconds;
+the field types are in ``fields.py``). Checks between entries are in ``checks.py``.
 
 Types are strict: YAML already knows numbers from strings, so ``max_concurrency: "10"`` or
 ``max_concurrency: yes`` is a mistake worth reporting rather than a value to coerce.
@@ -10,57 +10,20 @@ Types are strict: YAML already knows numbers from strings, so ``max_concurrency:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import tiktoken
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    model_validator,
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from .checks import cross_problems
+from .fields import (
+    KeyHash,
+    KnownEncoding,
+    PositiveFloat,
+    PositiveInt,
+    ReadableFile,
+    Seconds,
+    validate_listen,
 )
-
-from ._config_checks import cross_problems
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.ASCII)
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_DURATION_HINT = "expected a duration like 120s, 1.5m, 250ms or 2h"
-
-
-def _parse_duration(value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"{_DURATION_HINT}, got {show(value)}")
-
-
-def _known_encoding(name: str) -> str:
-    known = tiktoken.list_encoding_names()
-    if name not in known:
-        raise ValueError(f"unknown tiktoken encoding {name!r} (known: {', '.join(sorted(known))})")
-    return name
-
-
-def validate_listen(listen: str) -> str:
-    """Return ``listen`` if it is ``host:port`` (port 0-65535), else raise ``ValueError``."""
-    host, sep, port = listen.rpartition(":")
-    if not (sep and host and port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise ValueError(f"expected host:port, got {listen!r}")
-    return listen
-
-
-Seconds = Annotated[float, BeforeValidator(_parse_duration)]
-"""A duration in seconds, written in the file as ``120s``, ``2m``, ``250ms`` or a number."""
-
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class _Model(BaseModel):
@@ -128,7 +91,7 @@ class PoolConfig(_Model):
     """This pool's share of the daily budget, in tokens (UTC day)."""
     usd_per_day: PositiveFloat | None = None
     """This pool's share of the daily budget, in USD (UTC day)."""
-    encoding: Annotated[str, AfterValidator(_known_encoding)] = "o200k_base"
+    encoding: KnownEncoding = "o200k_base"
     """tiktoken encoding used to count ``prompt`` when ``input_tokens`` is not given."""
     adaptive: AdaptiveConfig | None = None
     """AIMD on this pool's concurrency and rates from reported outcomes; null: off."""
@@ -274,29 +237,6 @@ class ObservabilityConfig(_Model):
     """``json``: one structured object per line (with lease id and tenant where known)."""
 
 
-def _readable(path: str) -> str:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as error:
-        raise ValueError(f"cannot read {path!r}: {error.strerror or error}") from None
-    return path
-
-
-ReadableFile = Annotated[str, AfterValidator(_readable)]
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _sha256_hex(value: str) -> str:
-    if not _SHA256_HEX.match(value):
-        # The value is not echoed: it may be the secret key itself, pasted by mistake.
-        raise ValueError(
-            "expected the SHA-256 of the API key, 64 lowercase hex digits"
-            " (admitd hash-key computes it)"
-        )
-    return value
-
-
 class TLSConfig(_Model):
     """TLS on the gRPC port. The files are read again when they change on disk, so a
     rotated certificate (cert-manager) is used for new connections without a restart."""
@@ -315,7 +255,7 @@ class ClientConfig(_Model):
 
     name: str = Field(min_length=1, max_length=200)
     """For logs and error messages; never a secret."""
-    api_key_sha256: Annotated[str, AfterValidator(_sha256_hex)] | None = None
+    api_key_sha256: KeyHash | None = None
     """SHA-256 (lowercase hex) of the API key the client sends as ``authorization: Bearer
     <key>``. Only the hash is stored; ``admitd hash-key`` computes it."""
     cert_common_name: str | None = Field(None, min_length=1, max_length=200)
@@ -421,18 +361,3 @@ EMBEDDED_DEFAULT = Settings(
 )
 """``admitd serve`` without ``--config``: memory backend, pool ``default``, tenant ``default``
 which every caller falls back to."""
-
-
-def show(value: Any) -> str:
-    """A value as the YAML author wrote it, so a quoted number or a ``yes`` is recognisable."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)

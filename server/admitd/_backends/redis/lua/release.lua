@@ -22,7 +22,7 @@ local used_in, used_out, charged_usd = t['in'], t.out, t.usd
 if ARGV[4] ~= '' then
   local usage = cjson.decode(ARGV[4])
   used_in, used_out = usage[1], usage[2]
-  -- Same rounding as _backend.price_nano_usd: up, with a tolerance for float noise.
+  -- Same rounding as _model.price_nano_usd: up, with a tolerance for float noise.
   charged_usd = math.ceil(used_in * t.pin + used_out * t.pout - 0.000001)
 end
 local charged = used_in + used_out

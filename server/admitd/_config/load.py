@@ -16,7 +16,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ._config import (
+from .checks import cross_problems
+from .fields import show
+from .model import (
     AdaptiveConfig,
     AuthConfig,
     BackendConfig,
@@ -32,9 +34,7 @@ from ._config import (
     TierConfig,
     TLSConfig,
     default_tenants,
-    show,
 )
-from ._config_checks import cross_problems
 
 
 class ConfigError(Exception):

@@ -13,18 +13,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from ._backend import Backend
-from ._clock import Clock, SystemClock
-from ._config import Settings
-from ._engine import Engine
-from ._errors import Unavailable
-from ._memory import MemoryBackend
-from ._reload import ConfigWatcher
-from ._service import AdmissionService, register
-from ._telemetry import Telemetry
-from ._tls import CertificateFiles
-from ._tokens import TokenCounter
-from .v1 import admission_pb2
+from .._backends import Backend, make_backend
+from .._clock import Clock, SystemClock
+from .._config import Settings
+from .._engine import Engine
+from .._errors import Unavailable
+from .._telemetry import Telemetry
+from .._tokens import TokenCounter
+from ..v1 import admission_pb2
+from .service import AdmissionService, register
+from .tls import CertificateFiles
+from .watch import ConfigWatcher
 
 log = logging.getLogger("admitd")
 
@@ -43,21 +42,6 @@ SERVER_OPTIONS = [
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def make_backend(settings: Settings, clock: Clock, *, test_clock: bool = False) -> Backend:
-    """The configured backend. Redis reads its own TIME unless a test injects its clock."""
-    config = settings.backend
-    if config.kind == "memory":
-        return MemoryBackend(clock, aging=settings.queue.aging)
-    from ._redis import RedisBackend, connect
-
-    return RedisBackend(
-        connect(config),
-        key_prefix=config.key_prefix,
-        aging=settings.queue.aging,
-        clock=clock if test_clock else None,
-    )
 
 
 class AdmitdServer:
