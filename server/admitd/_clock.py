@@ -48,6 +48,39 @@ class SystemClock:
         return loop.call_later(max(0.0, when - self.now()), callback)
 
 
+class Alarm:
+    """One timer on a clock that can be set and moved: ``fire`` runs when it goes off, and
+    the alarm is then unset (the engine's refill wake-up and lease reaper)."""
+
+    def __init__(self, clock: Clock, fire: Callable[[], None]) -> None:
+        self._clock = clock
+        self._fire = fire
+        self._set: tuple[float, TimerHandle] | None = None
+
+    def set(self, when: float) -> None:
+        """Go off at ``when``, instead of when it was set to."""
+        self.cancel()
+        self._set = (when, self._clock.call_at(when, self._go_off))
+
+    def sooner(self, when: float, *, arm: bool = True) -> None:
+        """Go off at ``when`` if that is sooner than it is set to; if it is not set, only
+        with ``arm``."""
+        if self._set is None:
+            if arm:
+                self.set(when)
+        elif when < self._set[0]:
+            self.set(when)
+
+    def cancel(self) -> None:
+        if self._set is not None:
+            self._set[1].cancel()
+            self._set = None
+
+    def _go_off(self) -> None:
+        self._set = None
+        self._fire()
+
+
 class _ManualTimer:
     __slots__ = ("callback", "cancelled")
 

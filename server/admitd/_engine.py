@@ -1,10 +1,12 @@
 """The admission engine: asks the backend, holds waiters, and keeps time.
 
 Requests are validated and priced in ``_requests.py``; the policy (limits, costs, reasons,
-retry delays, estimates) is in ``_policy.py``; state and atomicity are the backend's. The
-engine owns what happens in time: waiting with a bound, reporting a waiter's place in the
-queue, timers for bucket refills and the lease reaper (all on the injected clock), and
-handing grants made by any operation to the RPCs waiting for them.
+retry delays, every refusal text) is in ``_policy.py``; state and atomicity are the
+backend's, reached only through :class:`~admitd._store.Store` (one path that translates and
+counts store errors and delivers every operation's progress). The engine owns what happens
+in time: the bounded waits (``_waits.py``), the lease reaper (``_reaper.py``) and refill
+wake-ups, all on the injected clock, and handing grants made by any operation to the RPCs
+waiting for them (``_waiting.py``).
 """
 
 from __future__ import annotations
@@ -12,34 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine
 from dataclasses import replace
 
-from opentelemetry.trace import Span
-
 from ._backends import Backend
-from ._clock import Clock, ManualClock, TimerHandle
+from ._clock import Alarm, Clock, ManualClock
 from ._config import Settings
 from ._config.live import live
-from ._errors import (
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Rejected,
-    Unavailable,
-)
+from ._errors import Rejected, Unavailable
 from ._estimates import PoolHistory
 from ._model import (
+    CLAIM_TIMEOUT,
     AcquireResult,
     Denial,
-    FingerprintMismatch,
     Kind,
-    LeaseGone,
     LeaseRecord,
     Look,
-    NotOwner,
     Outcome,
     Progress,
     QueueFull,
@@ -48,16 +38,16 @@ from ._model import (
     Ticket,
     UsageRow,
 )
-from ._policy import Policy
-from ._requests import AcquireSpec, Requests, check_lease_id, check_tokens
+from ._policy import UNCHECKED_PREFIX, Policy, draining
+from ._reaper import Reaper
+from ._requests import AcquireSpec, Requests, check_days
+from ._store import Store, unchecked_settlement
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
-from ._waiting import QueueReport, Waiting
+from ._waiting import Waiting
+from ._waits import QueueReport, Waits
 
 log = logging.getLogger("admitd")
-
-UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
-MAX_USAGE_DAYS = 366
 
 
 class Engine:
@@ -75,10 +65,26 @@ class Engine:
         self.requests = Requests(settings, self.policy, counter or TokenCounter(settings))
         self.backend = backend
         self.clock = clock
-        self.waiting = Waiting(self)
-        self.history = PoolHistory(self)
-        self._wake: tuple[float, TimerHandle] | None = None
-        self._reaper: tuple[float, TimerHandle] | None = None
+        self.store = Store(backend, self.telemetry, self.deliver)
+        self.waiting = Waiting(clock)
+        self.history = PoolHistory(clock)
+        self.reaper = Reaper(
+            clock,
+            self.store,
+            self.telemetry,
+            self.waiting,
+            settings=lambda: self.settings,
+            spawn=self.spawn,
+        )
+        self.waits = Waits(
+            self.waiting,
+            self.store,
+            self.history,
+            self.telemetry,
+            policy=lambda: self.policy,
+            reap_soon=lambda: self.reaper.within(self.settings.lease.reap_interval),
+        )
+        self._wake = Alarm(clock, lambda: self.spawn(self._dispatch()))
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.limits_published = False  # False until the store has this config's limits
@@ -92,14 +98,13 @@ class Engine:
         """Publish the limits to the store, start the reaper and grant delivery."""
         with contextlib.suppress(Unavailable):  # the health check reports a dead store
             await self.publish_limits()
-        self._schedule_reaper()
-        w = self.waiting
-        self.backend.subscribe(w.awaited, w.grant, w.finish)
+        self.reaper.start()
+        self.backend.subscribe(self.waiting.awaited, self._grant, self.waiting.finish)
 
     async def publish_limits(self) -> None:
         """Tell the store every limit as configured now: checks read capacities and rates
         from there, so calls queued under an older config (on any replica) obey this one."""
-        await self.backend.configure(self.policy.all_limits(), self.policy.gates())
+        await self.store.call(self.backend.configure, self.policy.all_limits(), self.policy.gates())
         self.limits_published = True
 
     async def apply(self, settings: Settings) -> list[str]:
@@ -118,12 +123,16 @@ class Engine:
         # A new encoding takes 0.1-0.3 s to load (known ones are cached): off the loop.
         counter = await asyncio.to_thread(TokenCounter, settings)
         policy = Policy(settings)
-        await self.backend.configure(policy.all_limits(), policy.gates())
+        await self.store.call(self.backend.configure, policy.all_limits(), policy.gates())
         self.settings, self.policy = settings, policy
         self.requests = Requests(settings, policy, counter)
         self.limits_published = True
-        self.deliver(await self.backend.dispatch())  # raised limits may admit waiters now
+        await self.store.call(self.backend.dispatch)  # raised limits may admit waiters now
         return restart_only
+
+    async def ping(self) -> None:
+        """Raise :class:`~admitd.Unavailable` unless the store answers."""
+        await self.store.call(self.backend.ping)
 
     async def idle(self) -> None:
         """Wait until the background work started by timers and grants has finished."""
@@ -133,18 +142,18 @@ class Engine:
     def drain(self) -> None:
         """Admit nothing more; every waiter gets UNAVAILABLE so its client goes elsewhere."""
         self.draining = True
-        self.waiting.drain(_draining())
+        self.reaper.stopping = True
+        self.waiting.drain(draining())
 
     async def close(self) -> None:
         self.drain()
-        for timer in (self._reaper, self._wake):
-            if timer is not None:
-                timer[1].cancel()
+        self.reaper.cancel()
+        self._wake.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.backend.close()
 
-    # -- RPCs -------------------------------------------------------------------------------
+    # -- admission --------------------------------------------------------------------------
 
     async def acquire(
         self,
@@ -159,33 +168,32 @@ class Engine:
         ``on_queued`` hears the waiter's place in the queue while it waits.
         """
         if self.draining:
-            raise _draining()
+            raise draining()
         candidates, wait = await self.requests.tickets(spec, deadline=deadline)
-        with self.observed(candidates[0], "admitd.Acquire") as span:
-            if len(candidates) == 1:
-                ticket = candidates[0]
-                result = await self.submit(ticket, queue=wait > 0, hold=True)
-            else:
-                result, ticket = await self.admit_any(candidates, queue=wait > 0, hold=True)
+        first = candidates[0]
+        deciding = self.telemetry.deciding
+        with deciding("admitd.Acquire", first.pool, first.tenant, first.priority) as span:
+            result, ticket = await self.admit(candidates, queue=wait > 0, hold=True)
             if result.follows:
-                return await self.waiting.end_of(ticket, result.follows, wait)
-            lease = result.lease or await self.waiting.grant_of(
-                result, ticket.pool, wait, on_queued
-            )
+                return await self.waits.for_leader(ticket, result.follows, wait)
+            lease = result.lease or await self.waits.for_grant(result, ticket.pool, wait, on_queued)
             span.set_attribute("admitd.lease_id", lease.lease_id)
         self.admitted(ticket, lease)
         if ticket.dedup_key:
             lease = replace(lease, dedup_leader=lease.lease_id)
         return lease
 
-    async def admit_any(
+    async def admit(
         self, candidates: list[Ticket], *, queue: bool, hold: bool
     ) -> tuple[AcquireResult, Ticket]:
-        """Fallback pools: each candidate in order, fail fast; the first that admits now
-        grants. Otherwise, with ``queue``, the call waits on the candidate whose refusal
-        promises the shortest wait; a candidate that refuses at once (open circuit,
-        never fits) is skipped. Raises the most hopeful refusal when none will do.
+        """:meth:`submit` the ticket of the pool asked for, or of the first of its fallback
+        pools that admits now (each tried in order, fail fast). Otherwise, with ``queue``,
+        the call waits on the candidate whose refusal promises the shortest wait; one that
+        refuses at once (open circuit, never fits) is skipped. Raises the most hopeful
+        refusal when none will do.
         """
+        if len(candidates) == 1:
+            return await self.submit(candidates[0], queue=queue, hold=hold), candidates[0]
         refusals: list[Rejected] = []
         hopeful: list[tuple[float, int, Ticket]] = []
         for i, ticket in enumerate(candidates):
@@ -201,23 +209,6 @@ class Engine:
         refusal = min(refusals, key=lambda r: (r.retry_after is None, r.retry_after or 0.0))
         refusal.metadata["candidates"] = ",".join(ticket.pool for ticket in candidates)
         raise refusal
-
-    @contextmanager
-    def observed(self, ticket: Ticket, name: str) -> Iterator[Span]:
-        """A span for one admission decision; rejections and store errors are counted."""
-        with self.telemetry.span(name) as span:
-            span.set_attribute("admitd.tenant", ticket.tenant)
-            span.set_attribute("admitd.pool", ticket.pool)
-            try:
-                yield span
-            except Rejected as rejected:
-                reason = rejected.reason.value
-                self.telemetry.decision(ticket.pool, ticket.tenant, ticket.priority, reason)
-                span.set_attribute("admitd.rejected", reason)
-                raise
-            except Unavailable:
-                self.telemetry.store_error()
-                raise
 
     def admitted(self, ticket: Ticket, lease: LeaseRecord) -> None:
         self.telemetry.admitted(
@@ -246,27 +237,24 @@ class Engine:
         waiter = self.waiting.hold(ticket.lease_id) if hold else None
         result: AcquireResult | None = None
         try:
-            result = await self.backend.acquire(ticket, wait=queue)
+            result = await self.store.call(self.backend.acquire, ticket, wait=queue)
         except Unavailable as error:
-            if not self._fail_open:
+            if self.settings.backend.on_store_error != "fail_open":
                 raise
-            return AcquireResult(lease=self._admit_unchecked(ticket, error))
-        except FingerprintMismatch:
-            raise InvalidArgument(
-                "idempotency_key", "already used by this tenant for a different request"
-            ) from None
+            self.unchecked_admissions += 1
+            return AcquireResult(lease=self.store.admit_unchecked(ticket, error))
         finally:
             if waiter is not None:
                 self.waiting.unhold(ticket.lease_id, waiter, result)
-        self.deliver(result.progress)
         if isinstance(result.denial, QueueFull):
-            raise self.history.queue_full(ticket.pool, result.denial)
+            raise self.history.queue_full(ticket.pool, result.denial, self.policy)
         if result.denial is not None:
             self._note_blocked(ticket.pool, result.denial)
-            raise self.policy.rejection(
-                result.denial, wall=self.clock.wall(), hold_time=self.history.hold_time(ticket.pool)
-            )
+            hold_time = self.history.hold_time(ticket.pool)
+            raise self.policy.rejection(result.denial, wall=self.clock.wall(), hold_time=hold_time)
         return result
+
+    # -- leases -----------------------------------------------------------------------------
 
     async def release(
         self,
@@ -280,26 +268,15 @@ class Engine:
         """Settle a lease; ``outcome`` and the provider's ``retry_after`` move its pool's
         gate (pause, circuit breaker, AIMD); a dedup leader's ``result`` goes to the calls
         that joined it."""
-        check_lease_id(lease_id)
-        if retry_after < 0 or not math.isfinite(retry_after):
-            raise InvalidArgument("provider_retry_after", "must not be negative")
-        most = self.settings.lease.max_shared_result
-        if result is not None and len(result) > most:
-            raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
-        if usage is not None:
-            for name, value in zip(
-                ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
-            ):
-                check_tokens(name, value)
+        self.requests.check_release(lease_id, usage, retry_after, result)
         if lease_id.startswith(UNCHECKED_PREFIX):
-            return _unchecked_settlement(lease_id, usage)
+            return unchecked_settlement(lease_id, usage)
         with self.telemetry.span("admitd.Release") as span:
             span.set_attribute("admitd.lease_id", lease_id)
-            with _lease_errors(lease_id), self._store_errors():
-                owner = self.requests.owner(tenant)
-                released = await self.backend.release(
-                    lease_id, usage, owner, outcome, retry_after, result
-                )
+            owner = self.requests.owner(tenant)
+            released = await self.store.call(
+                self.backend.release, lease_id, usage, owner, outcome, retry_after, result
+            )
         settlement = released.settlement
         if not settlement.already_released:
             lease = settlement.lease
@@ -311,30 +288,18 @@ class Engine:
                 settlement.charged_tokens,
                 settlement.refunded_tokens,
             )
-        self.deliver(released.progress)
         return settlement
 
     async def renew(
         self, lease_id: str, extend_by: float, tenant: str | None = None
     ) -> LeaseRecord:
-        check_lease_id(lease_id)
-        if lease_id.startswith(UNCHECKED_PREFIX):
-            raise NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
-        if extend_by < 0 or not math.isfinite(extend_by):
-            raise InvalidArgument("extend_by", "must not be negative")
-        if extend_by > self.settings.lease.max_extend:
-            raise InvalidArgument(
-                "extend_by", f"at most {self.settings.lease.max_extend:g}s (lease.max_extend)"
-            )
-        with _lease_errors(lease_id), self._store_errors():
-            return await self.backend.renew(
-                lease_id, extend_by or self.settings.lease.ttl, self.requests.owner(tenant)
-            )
+        extend_by = self.requests.check_renew(lease_id, extend_by)
+        owner = self.requests.owner(tenant)
+        return await self.store.call(self.backend.renew, lease_id, extend_by, owner)
 
     async def snapshot(self) -> Snapshot:
         limits = self.policy.all_limits()
-        with self._store_errors():
-            snapshot = await self.backend.snapshot(limits)
+        snapshot = await self.store.call(self.backend.snapshot, limits)
         self.telemetry.observe(snapshot, limits, [pool.name for pool in self.settings.pools])
         return snapshot
 
@@ -342,64 +307,24 @@ class Engine:
         self, first: int, last: int, tenant: str | None, pool: str | None
     ) -> list[UsageRow]:
         """Cost ledger rows from day ``first`` to ``last`` (``day_number``s, inclusive)."""
-        if last < first:
-            raise InvalidArgument("to_day", "before from_day")
-        if last - first >= MAX_USAGE_DAYS:
-            raise InvalidArgument("to_day", f"at most {MAX_USAGE_DAYS} days from from_day")
-        with self._store_errors():
-            rows = await self.backend.usage(list(range(first, last + 1)))
+        days = check_days(first, last)
+        rows = await self.store.call(self.backend.usage, days)
         return [
             row
             for row in rows
             if (tenant is None or row.tenant == tenant) and (pool is None or row.pool == pool)
         ]
 
-    # -- queue positions and deferred tickets -----------------------------------------------
-
     async def look(self, lease_id: str, *, claim: bool = False) -> Look:
         """Where a waiter stands, or what became of a deferred ticket (``claim``: take its
         grant for the caller)."""
-        with self._store_errors():
-            return await self.backend.look(lease_id, claim=claim)
+        return await self.store.call(self.backend.look, lease_id, claim=claim)
 
     async def cancel(self, lease_id: str) -> None:
         """Take a waiter out of the queue, or give back its unclaimed grant."""
-        with self._store_errors():
-            self.deliver(await self.backend.cancel(lease_id))
+        await self.store.call(self.backend.cancel, lease_id)
 
-    # -- internals --------------------------------------------------------------------------
-
-    @contextmanager
-    def _store_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except Unavailable:
-            self.telemetry.store_error()
-            raise
-
-    @property
-    def _fail_open(self) -> bool:
-        return self.settings.backend.on_store_error == "fail_open"
-
-    def _admit_unchecked(self, ticket: Ticket, error: Unavailable) -> LeaseRecord:
-        """fail_open: the store is down, so admit without reserving anything (and say so)."""
-        self.unchecked_admissions += 1
-        self.telemetry.unchecked(ticket.pool)
-        log.warning(
-            "admitting unchecked, store unreachable: %s",
-            error.message,
-            extra={"tenant": ticket.tenant, "pool": ticket.pool},
-        )
-        return LeaseRecord(
-            lease_id=UNCHECKED_PREFIX + ticket.lease_id,
-            tenant=ticket.tenant,
-            pool=ticket.pool,
-            input_tokens=ticket.input_tokens,
-            max_output_tokens=ticket.max_output_tokens,
-            nano_usd=ticket.nano_usd,
-            expires_in=ticket.ttl,
-            queued_for=0.0,
-        )
+    # -- what the store decided -------------------------------------------------------------
 
     def deliver(self, progress: Progress) -> None:
         """Hand grants, refusals and dedup ends from a dispatch pass to their RPCs, and
@@ -407,7 +332,7 @@ class Engine:
         for end in progress.finished:
             self.waiting.finish(end)
         for lease in progress.grants:
-            self.waiting.grant(lease)
+            self._grant(lease)
         for lease_id, denial in progress.rejections:
             refusal = self.policy.rejection(denial, wall=self.clock.wall(), hold_time=None)
             self.waiting.refuse(lease_id, refusal)
@@ -416,6 +341,15 @@ class Engine:
         for denial in progress.passed_over:
             self._wake_on_refill(denial)
 
+    def _grant(self, lease: LeaseRecord) -> None:
+        """A grant made here or on another replica: an RPC waiting here takes and claims
+        it. Any other stays unclaimed, and the reaper comes back in time to give it back
+        if nobody claims it."""
+        if self.waiting.grant(lease):
+            self.spawn(self.store.call(self.backend.claim, lease.lease_id))
+        else:
+            self.reaper.within(CLAIM_TIMEOUT)
+
     def _note_blocked(self, pool: str, denial: Denial) -> None:
         """Remember what holds the queue; when it is a bucket, dispatch again once it refills."""
         self.history.blocked(pool, denial)
@@ -423,91 +357,24 @@ class Engine:
 
     def _wake_on_refill(self, denial: Denial) -> None:
         """When a bucket or a shut gate holds waiters back, dispatch again as soon as it
-        has refilled or reopens."""
+        has refilled or reopens (even with no RPC waiting here: deferred tickets wait
+        without one)."""
         if denial.limit.kind not in (Kind.BUCKET, Kind.GATE):
             return
         delay = self.policy.retry_after(denial, wall=self.clock.wall(), hold_time=None)
-        when = self.clock.now() + delay
-        if self._wake is not None:
-            if self._wake[0] <= when:
-                return
-            self._wake[1].cancel()
-        self._wake = (when, self.clock.call_at(when, self._on_wake))
-
-    def _on_wake(self) -> None:
-        # Dispatch even with no RPC waiting here: deferred tickets wait without one.
-        self._wake = None
-        self.spawn(self._dispatch())
+        self._wake.sooner(self.clock.now() + delay)
 
     async def _dispatch(self) -> None:
-        self.deliver(await self.backend.dispatch())
+        await self.store.call(self.backend.dispatch)
 
-    # -- reaper -----------------------------------------------------------------------------
-
-    def _schedule_reaper(self, next_expiry_in: float | None = None) -> None:
-        """Look for expired leases every ``reap_interval`` while callers wait for capacity;
-        otherwise not before the earliest expiry (or unclaimed grant's deadline), and at
-        least once per TTL (which covers leases granted meanwhile, by other replicas too)."""
-        lease = self.settings.lease
-        delay = lease.ttl if next_expiry_in is None else next_expiry_in
-        if self.waiting:
-            delay = lease.reap_interval
-        delay = min(max(delay, lease.reap_interval), lease.ttl)
-        when = self.clock.now() + delay
-        self._reaper = (when, self.clock.call_at(when, self._on_reap))
-
-    def reap_within(self, seconds: float) -> None:
-        """Bring the next reap forward to at most ``seconds`` from now; it then reschedules
-        itself for the next expiry or unclaimed grant's deadline."""
-        soon = self.clock.now() + seconds
-        if self._reaper is not None and self._reaper[0] > soon:
-            self._reaper[1].cancel()
-            self._reaper = (soon, self.clock.call_at(soon, self._on_reap))
-
-    def _on_reap(self) -> None:
-        self._reaper = None
-        self.spawn(self._reap())
-
-    async def _reap(self) -> None:
-        next_expiry_in = None
-        try:
-            result = await self.backend.expire()
-            next_expiry_in = result.next_expiry_in
-            for lease in result.expired:
-                self.telemetry.expired(lease.pool)
-                log.info(
-                    "lease expired",
-                    extra={"lease_id": lease.lease_id, "tenant": lease.tenant, "pool": lease.pool},
-                )
-            self.deliver(result.progress)
-        finally:
-            if not self.draining:
-                self._schedule_reaper(next_expiry_in)
-
-    def spawn(self, coro: Coroutine[object, object, None]) -> None:
-        """Run ``coro`` in the background; :meth:`idle` waits for it."""
-        task = asyncio.ensure_future(coro)
+    def spawn(self, coro: Coroutine[object, object, object]) -> None:
+        """Run ``coro`` in the background; :meth:`idle` waits for it. A store outage it
+        meets was counted on the way (``Store.call``); the next timer tries again."""
+        task = asyncio.ensure_future(_quietly(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-@contextmanager
-def _lease_errors(lease_id: str) -> Iterator[None]:
-    """The backend's lease errors, as the caller sees them."""
-    try:
-        yield
-    except LeaseGone:
-        raise NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released") from None
-    except NotOwner:
-        raise PermissionDenied(f"lease {lease_id!r} belongs to another tenant") from None
-
-
-def _unchecked_settlement(lease_id: str, usage: tuple[int, int] | None) -> Settlement:
-    """Release of a lease admitted unchecked: nothing was reserved, so nothing to settle."""
-    charged = sum(usage) if usage is not None else 0
-    lease = LeaseRecord(lease_id, "", "", 0, 0, 0, 0.0, 0.0)
-    return Settlement(lease, charged, 0, 0, already_released=False)
-
-
-def _draining() -> Unavailable:
-    return Unavailable("server is draining; retry on another replica")
+async def _quietly(coro: Coroutine[object, object, object]) -> None:
+    with contextlib.suppress(Unavailable):
+        await coro

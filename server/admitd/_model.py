@@ -9,6 +9,7 @@ each backend (``_backends/``) stores and returns it, and the Redis backend's cod
 
 from __future__ import annotations
 
+import datetime
 import enum
 import math
 from dataclasses import dataclass, field
@@ -299,6 +300,9 @@ LEDGER_DAYS = 400
 DAY_SECONDS = 86_400
 
 
+EPOCH = datetime.date(1970, 1, 1)  # day number 0
+
+
 def day_number(wall: float) -> int:
     """The UTC day of Unix time ``wall``, as days since 1970-01-01 (the ledger's day key)."""
     return int(wall // DAY_SECONDS)
@@ -332,9 +336,17 @@ class Snapshot:
 class LeaseGone(Exception):
     """Release/Renew of a lease that is unknown or expired."""
 
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(lease_id)
+        self.lease_id = lease_id
+
 
 class NotOwner(Exception):
     """Release/Renew by a tenant that does not own the lease."""
+
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(lease_id)
+        self.lease_id = lease_id
 
 
 class FingerprintMismatch(Exception):

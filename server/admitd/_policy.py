@@ -1,18 +1,39 @@
 """Admission policy in one place: which limits a call must fit, what it costs, and what a
-rejection says (reason, message, retry delay). Everything here is pure and reads the config;
-state lives in the backend, waiting in the engine."""
+caller is told when it gets no lease (reason, message, retry delay): every refusal text of
+the core is built here, field validation messages in ``_requests.py``. Everything here is
+pure and reads the config; state lives in the backend, waiting in the engine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ._config import PoolConfig, Settings, TenantConfig
-from ._errors import Reason, Rejected
-from ._model import Aimd, Breaker, Denial, Gate, Kind, Limit, QueueFull, Scope, Unit
+from ._errors import (
+    Aborted,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    Rejected,
+    Unavailable,
+)
+from ._model import (
+    Aimd,
+    Breaker,
+    Denial,
+    Gate,
+    Kind,
+    Limit,
+    QueueFull,
+    Scope,
+    TicketEnd,
+    Unit,
+)
 
 NANO_PER_USD = 1_000_000_000
 MIN_RETRY = 0.001
 DAY = 86_400.0
+UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,16 +228,84 @@ class Policy:
             metadata=metadata,
         )
 
+    def ticket_ended(
+        self, ticket_id: str, end: TicketEnd | None, *, wall: float
+    ) -> NotFound | Rejected:
+        """Why a ticket has neither a place in the queue nor a lease (``end`` None: unknown,
+        or it ended over a lease TTL ago): the rejection an Acquire would have got."""
+        if end is None:
+            return NotFound(
+                "ticket_id", f"no ticket {ticket_id!r}: unknown, or ended over a lease TTL ago"
+            )
+        if end.kind == "rejected" and end.denial is not None:
+            return self.rejection(end.denial, wall=wall, hold_time=None)
+        if end.kind == "timeout":
+            wait = self.settings.queue.ticket_max_wait
+            return Rejected(
+                Reason.QUEUE_TIMEOUT,
+                f"ticket {ticket_id!r} was not admitted within its wait (at most {wait:g}s)",
+                retry_after=MIN_RETRY,  # enqueue again; it waits its turn like anyone
+                metadata={"ticket_id": ticket_id},
+            )
+        if end.kind == "unclaimed":
+            claim = self.settings.queue.ticket_claim_timeout
+            return NotFound(
+                "ticket_id",
+                f"ticket {ticket_id!r} was granted but not claimed within {claim:g}s;"
+                " its reservation went back to the pool",
+            )
+        return NotFound("ticket_id", f"ticket {ticket_id!r} was cancelled")
 
-    def ticket_timeout(self, ticket_id: str) -> Rejected:
-        """A deferred ticket left the queue unserved when its wait ran out."""
-        wait = self.settings.queue.ticket_max_wait
-        return Rejected(
-            Reason.QUEUE_TIMEOUT,
-            f"ticket {ticket_id!r} was not admitted within its wait (at most {wait:g}s)",
-            retry_after=MIN_RETRY,  # enqueue again; it waits its turn like anyone
-            metadata={"ticket_id": ticket_id},
-        )
+
+# -- what a caller is told besides a rejection ---------------------------------------------
+
+
+def draining() -> Unavailable:
+    return Unavailable("server is draining; retry on another replica")
+
+
+def lease_gone(lease_id: str) -> NotFound:
+    return NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released")
+
+
+def not_owner(lease_id: str, what: str = "lease") -> PermissionDenied:
+    """Another tenant's lease or ticket (``what``)."""
+    return PermissionDenied(f"{what} {lease_id!r} belongs to another tenant")
+
+
+def unchecked_not_renewable() -> NotFound:
+    return NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
+
+
+def idempotency_key_reused() -> InvalidArgument:
+    return InvalidArgument(
+        "idempotency_key", "already used by this tenant for a different request"
+    )
+
+
+def dedup_in_flight(leader: str, waited: float | None) -> Aborted:
+    """A dedup follower whose leader is still in flight: it did not wait (``waited``
+    None), or not long enough."""
+    detail = (
+        "set wait_timeout to wait for its result"
+        if waited is None
+        else f"still in flight after {waited:g}s"
+    )
+    return Aborted(
+        Reason.DEDUP_IN_FLIGHT,
+        f"an identical call (same dedup_key) is in flight: {detail}",
+        retry_after=MIN_RETRY,
+        metadata={"dedup_leader": leader},
+    )
+
+
+def dedup_leader_failed(leader: str) -> Aborted:
+    return Aborted(
+        Reason.DEDUP_LEADER_FAILED,
+        "the identical call joined ended without a result to share; retry",
+        retry_after=MIN_RETRY,
+        metadata={"dedup_leader": leader},
+    )
 
 
 _GATE_STATES = {

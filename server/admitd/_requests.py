@@ -1,13 +1,15 @@
 """Requests as callers send them: validation, pool and tenant resolution, token counting and
 pricing, turning an :class:`AcquireSpec` into a backend :class:`~admitd._model.Ticket`.
 
-Everything here is pure and reserves nothing, so a request that fails validation leaves no
-trace. Each problem names the field it is about.
+Every request field is validated here, and only here (the gRPC layer converts wire types
+and passes the values on). Everything here is pure and reserves nothing, so a request that
+fails validation leaves no trace. Each problem names the field it is about.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import math
 import secrets
 from collections.abc import Mapping
@@ -15,8 +17,8 @@ from dataclasses import dataclass, field, replace
 
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import InvalidArgument, NotFound
-from ._model import CLAIM_TIMEOUT, Ticket, price_nano_usd
-from ._policy import Policy, nano_usd_per_token
+from ._model import CLAIM_TIMEOUT, EPOCH, Outcome, Ticket, price_nano_usd
+from ._policy import UNCHECKED_PREFIX, Policy, nano_usd_per_token, unchecked_not_renewable
 from ._tokens import TokenCounter
 
 MAX_TOKENS = 10_000_000  # per field; larger than any model's context window
@@ -31,6 +33,8 @@ MAX_CANDIDATES = 8  # the pool and its fallbacks
 # 2M-character prompt does not stall every other RPC for seconds; shorter ones are counted
 # inline, where a thread hop would cost more than the count (about 1 us a character).
 COUNT_INLINE_CHARS = 4_000
+MAX_USAGE_DAYS = 366
+MAX_DURATION = 10 * 365 * 86_400  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,84 @@ class Requests:
     def owner(self, name: str | None) -> str | None:
         """The tenant a Release/Renew acts as: resolved like Acquire's; None = not checked."""
         return self.tenant(name).name if name else None
+
+    def check_release(
+        self,
+        lease_id: str,
+        usage: tuple[int, int] | None,
+        retry_after: float,
+        result: bytes | None,
+    ) -> None:
+        check_lease_id(lease_id)
+        if retry_after < 0 or not math.isfinite(retry_after):
+            raise InvalidArgument("provider_retry_after", "must not be negative")
+        most = self.settings.lease.max_shared_result
+        if result is not None and len(result) > most:
+            raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
+        if usage is not None:
+            for name, value in zip(
+                ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
+            ):
+                check_tokens(name, value)
+
+    def check_renew(self, lease_id: str, extend_by: float) -> float:
+        """The seconds a Renew extends the lease by (0: one lease TTL)."""
+        check_lease_id(lease_id)
+        if lease_id.startswith(UNCHECKED_PREFIX):
+            raise unchecked_not_renewable()
+        if extend_by < 0 or not math.isfinite(extend_by):
+            raise InvalidArgument("extend_by", "must not be negative")
+        if extend_by > self.settings.lease.max_extend:
+            raise InvalidArgument(
+                "extend_by", f"at most {self.settings.lease.max_extend:g}s (lease.max_extend)"
+            )
+        return extend_by or self.settings.lease.ttl
+
+    def ticket_wait(self, wait_timeout: float, deadline: float | None) -> float:
+        """How long a WaitTicket waits: at most ``queue.max_wait`` and the RPC's deadline."""
+        wait = min(wait_timeout, self.settings.queue.max_wait)
+        return wait if deadline is None else max(0.0, min(wait, deadline))
+
+
+def check_days(first: int, last: int) -> list[int]:
+    """The ledger days from ``first`` to ``last`` (``day_number``s, inclusive)."""
+    if last < first:
+        raise InvalidArgument("to_day", "before from_day")
+    if last - first >= MAX_USAGE_DAYS:
+        raise InvalidArgument("to_day", f"at most {MAX_USAGE_DAYS} days from from_day")
+    return list(range(first, last + 1))
+
+
+def duration(seconds: int, nanos: int, field: str) -> float:
+    """A wire duration (``google.protobuf.Duration``'s fields) in seconds."""
+    if seconds < 0 or nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if nanos >= 1_000_000_000:
+        raise InvalidArgument(field, "nanos must be below 1e9")
+    if seconds > MAX_DURATION:
+        raise InvalidArgument(field, "absurdly long")
+    return seconds + nanos / 1e9
+
+
+def day(text: str, field: str) -> int:
+    """A YYYY-MM-DD date as a ledger day number."""
+    try:
+        date = datetime.date.fromisoformat(text)
+    except ValueError:
+        message = f"expected a date like 2026-11-23, got {text[:40]!r}"
+        raise InvalidArgument(field, message) from None
+    days: int = (date - EPOCH).days
+    return days
+
+
+def outcome(value: int) -> Outcome:
+    """A wire ``admitd.v1.Outcome`` (0, unspecified, is OK)."""
+    if value == 0:
+        return Outcome.OK
+    try:
+        return Outcome(value)
+    except ValueError:
+        raise InvalidArgument("outcome", f"unknown value {value}") from None
 
 
 def _fingerprint(pools: str, input_tokens: int, max_output_tokens: int, priority: int) -> str:

@@ -18,8 +18,8 @@ Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_sec
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from wsgiref.simple_server import WSGIServer
 
@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ._config import Settings
+from ._errors import Rejected
 from ._model import GateView, Kind, Limit, Scope, Snapshot, Unit
 
 PRIORITY_LABELS = ("critical", "high", "normal", "low")
@@ -149,6 +150,21 @@ class Telemetry:
         if self._tracer is None:
             return nullcontext(trace.INVALID_SPAN)
         return self._tracer.start_as_current_span(name)
+
+    @contextmanager
+    def deciding(self, name: str, pool: str, tenant: str, priority: int) -> Iterator[trace.Span]:
+        """The span of one admission decision (Acquire, Enqueue); a rejection is counted
+        with its reason (an admission is counted by :meth:`admitted`)."""
+        with self.span(name) as span:
+            span.set_attribute("admitd.tenant", tenant)
+            span.set_attribute("admitd.pool", pool)
+            try:
+                yield span
+            except Rejected as rejected:
+                reason = rejected.reason.value
+                self.decision(pool, tenant, priority, reason)
+                span.set_attribute("admitd.rejected", reason)
+                raise
 
     # -- events -----------------------------------------------------------------------------
 

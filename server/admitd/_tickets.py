@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._engine import Engine
-from ._errors import NotFound, PermissionDenied, Rejected, Unavailable
 from ._model import LeaseRecord, Look
-from ._policy import QueueEstimate
+from ._policy import QueueEstimate, draining, not_owner
 from ._requests import AcquireSpec, check_lease_id
 
 
@@ -42,14 +41,11 @@ class Tickets:
         """
         engine = self.engine
         if engine.draining:
-            raise Unavailable("server is draining; retry on another replica")
+            raise draining()
         candidates, _ = await engine.requests.tickets(spec, deadline=None, deferred=True)
-        with engine.observed(candidates[0], "admitd.Enqueue"):
-            if len(candidates) == 1:
-                ticket = candidates[0]
-                result = await engine.submit(ticket, queue=True, hold=False)
-            else:
-                result, ticket = await engine.admit_any(candidates, queue=True, hold=False)
+        first = candidates[0]
+        with engine.telemetry.deciding("admitd.Enqueue", first.pool, first.tenant, first.priority):
+            result, ticket = await engine.admit(candidates, queue=True, hold=False)
         if result.lease is not None:
             engine.admitted(ticket, result.lease)
             return TicketView(result.lease.lease_id, lease=result.lease)
@@ -66,7 +62,7 @@ class Tickets:
         look = await self.engine.look(ticket_id)
         if look.queued is not None and seconds > 0:
             self._check_owner(ticket_id, look.queued.tenant, tenant)
-            await self.engine.waiting.grant_of_ticket(ticket_id, seconds)
+            await self.engine.waits.for_ticket(ticket_id, seconds)
             look = await self.engine.look(ticket_id)
         return await self._view(ticket_id, look, tenant)
 
@@ -85,39 +81,19 @@ class Tickets:
         self._check_owner(ticket_id, _tenant_of(look), tenant)
         if look.queued is not None:
             spot = look.queued
-            estimate = self.engine.history.estimate(spot)
+            estimate = self.engine.history.estimate(spot, self.engine.policy)
             return TicketView(ticket_id, estimate, wait_left=spot.wait_left)
         if look.lease is not None:
             if not look.claimed:  # checked the owner first: only the owner claims
                 look = await self.engine.look(ticket_id, claim=True)
             if look.lease is not None:
                 return TicketView(ticket_id, lease=look.lease)
-        raise self._ended(ticket_id, look)
-
-    def _ended(self, ticket_id: str, look: Look) -> NotFound | Rejected:
-        """Why a ticket has neither a place nor a lease, as the caller sees it."""
-        end, engine = look.ended, self.engine
-        if end is None:
-            return NotFound(
-                "ticket_id", f"no ticket {ticket_id!r}: unknown, or ended over a lease TTL ago"
-            )
-        if end.kind == "rejected" and end.denial is not None:
-            return engine.policy.rejection(end.denial, wall=engine.clock.wall(), hold_time=None)
-        if end.kind == "timeout":
-            return engine.policy.ticket_timeout(ticket_id)
-        if end.kind == "unclaimed":
-            claim = engine.settings.queue.ticket_claim_timeout
-            return NotFound(
-                "ticket_id",
-                f"ticket {ticket_id!r} was granted but not claimed within {claim:g}s;"
-                " its reservation went back to the pool",
-            )
-        return NotFound("ticket_id", f"ticket {ticket_id!r} was cancelled")
+        raise self.engine.policy.ticket_ended(ticket_id, look.ended, wall=self.engine.clock.wall())
 
     def _check_owner(self, ticket_id: str, owner: str | None, tenant: str | None) -> None:
         wanted = self.engine.requests.owner(tenant)
         if wanted is not None and owner is not None and owner != wanted:
-            raise PermissionDenied(f"ticket {ticket_id!r} belongs to another tenant")
+            raise not_owner(ticket_id, "ticket")
 
 
 def _tenant_of(look: Look) -> str | None:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from google.protobuf import duration_pb2
 
+from .. import _requests as requests
 from .._engine import Engine
-from .._errors import InvalidArgument
-from .._model import GateView, LeaseRecord, Limit, Snapshot
+from .._model import EPOCH, GateView, LeaseRecord, Limit, Snapshot
 from .._policy import NANO_PER_USD, QueueEstimate
 from ..v1 import admission_pb2 as pb
 from .status import seconds_to_duration
@@ -32,31 +32,14 @@ def position(estimate: QueueEstimate) -> pb.QueuePosition:
     )
 
 
-def day(text: str, field: str) -> int:
-    """A YYYY-MM-DD date as a ledger day number."""
-    try:
-        date = datetime.date.fromisoformat(text)
-    except ValueError:
-        message = f"expected a date like 2026-11-23, got {text[:40]!r}"
-        raise InvalidArgument(field, message) from None
-    return (date - EPOCH).days
-
-
 def date(day: int) -> str:
+    """A ledger day number as YYYY-MM-DD."""
     return (EPOCH + datetime.timedelta(days=day)).isoformat()
 
 
-EPOCH = datetime.date(1970, 1, 1)
-
-
 def seconds(duration: duration_pb2.Duration, field: str) -> float:
-    if duration.seconds < 0 or duration.nanos < 0:
-        raise InvalidArgument(field, "must not be negative")
-    if duration.nanos >= 1_000_000_000:
-        raise InvalidArgument(field, "nanos must be below 1e9")
-    if duration.seconds > 10 * 365 * 86_400:
-        raise InvalidArgument(field, "absurdly long")
-    return duration.seconds + duration.nanos / 1e9
+    """A duration field's value, checked (``_requests.duration``)."""
+    return requests.duration(duration.seconds, duration.nanos, field)
 
 
 def status_response(

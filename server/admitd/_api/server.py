@@ -111,7 +111,7 @@ class AdmitdServer:
     async def check_store(self) -> bool:
         """Readiness follows the store: SERVING only while it answers (and not draining)."""
         try:
-            await self.engine.backend.ping()
+            await self.engine.ping()
             ok = True
         except Unavailable as error:
             log.warning("state store unreachable: %s", error.message)

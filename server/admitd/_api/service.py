@@ -13,9 +13,10 @@ import grpc
 from google.protobuf import message_factory, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
+from .. import _requests as requests
 from .._engine import Engine
 from .._errors import AdmitdError, Internal, InvalidArgument
-from .._model import LeaseRecord, Outcome, day_number
+from .._model import LeaseRecord, day_number
 from .._policy import NANO_PER_USD, QueueEstimate
 from .._requests import AcquireSpec
 from .._tickets import Tickets, TicketView
@@ -191,13 +192,8 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         context: grpc.aio.ServicerContext[pb.WaitTicketRequest, pb.Ticket],
     ) -> pb.Ticket:
         tenant = self._caller(context).tenant_for(request.tenant)
-        wait = min(
-            messages.seconds(request.wait_timeout, "wait_timeout"),
-            self.engine.settings.queue.max_wait,
-        )
-        deadline = context.time_remaining()
-        if deadline is not None:
-            wait = max(0.0, min(wait, deadline))
+        wait_timeout = messages.seconds(request.wait_timeout, "wait_timeout")
+        wait = self.engine.requests.ticket_wait(wait_timeout, context.time_remaining())
         return self._ticket(await self.tickets.wait(request.ticket_id, wait, tenant))
 
     @_translated
@@ -218,8 +214,8 @@ class AdmissionService(pb_grpc.AdmissionServicer):
     ) -> pb.GetUsageResponse:
         tenant = self._caller(context).tenant_for(request.tenant) or None
         today = day_number(self.engine.clock.wall())
-        first = messages.day(request.from_day, "from_day") if request.from_day else today
-        last = messages.day(request.to_day, "to_day") if request.to_day else first
+        first = requests.day(request.from_day, "from_day") if request.from_day else today
+        last = requests.day(request.to_day, "to_day") if request.to_day else first
         rows = await self.engine.usage(first, last, tenant, request.pool or None)
         return pb.GetUsageResponse(
             rows=[
@@ -263,9 +259,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         usage = None
         if request.HasField("usage"):
             usage = (request.usage.input_tokens, request.usage.output_tokens)
-        if request.outcome not in pb.Outcome.values():
-            raise InvalidArgument("outcome", f"unknown value {int(request.outcome)}")
-        outcome = Outcome(request.outcome or Outcome.OK)
+        outcome = requests.outcome(int(request.outcome))
         retry_after = messages.seconds(request.provider_retry_after, "provider_retry_after")
         shared = request.result or None  # proto bytes have no presence: empty means none
         settled = await self.engine.release(

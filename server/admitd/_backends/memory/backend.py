@@ -186,7 +186,7 @@ class MemoryBackend:
         settlement = self._released.get(lease_id, now)
         if settlement is not None:
             if tenant and settlement.lease.tenant != tenant:
-                raise NotOwner(settlement.lease.tenant)
+                raise NotOwner(lease_id)
             return ReleaseResult(replace(settlement, already_released=True))
         lease = self._live_lease(lease_id, tenant, now)
         t = lease.ticket
@@ -369,7 +369,7 @@ class MemoryBackend:
         if lease is None:
             raise LeaseGone(lease_id)
         if tenant and lease.ticket.tenant != tenant:
-            raise NotOwner(lease.ticket.tenant)
+            raise NotOwner(lease_id)
         return lease
 
     def _reap(self, now: float) -> None:

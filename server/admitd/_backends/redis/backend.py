@@ -134,11 +134,11 @@ class RedisBackend:
         result: bytes | None = None,
     ) -> ReleaseResult:
         args = codec.release_args(lease_id, usage, tenant, outcome, retry_after, result)
-        return codec.release_result(await self._run("release", *args))
+        return codec.release_result(await self._run("release", *args), lease_id)
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         doc = await self._run("renew", lease_id, repr(extend_by), tenant or "")
-        codec.raise_lease_error(doc)
+        codec.raise_lease_error(doc, lease_id)
         return codec.lease(doc["lease"])
 
     async def expire(self) -> ExpireResult:

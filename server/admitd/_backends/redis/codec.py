@@ -91,8 +91,8 @@ def acquire_result(doc: dict[str, Any], ticket: Ticket) -> AcquireResult:
     return result
 
 
-def release_result(doc: dict[str, Any]) -> ReleaseResult:
-    raise_lease_error(doc)
+def release_result(doc: dict[str, Any], lease_id: str) -> ReleaseResult:
+    raise_lease_error(doc, lease_id)
     s = doc["settlement"]
     settlement = Settlement(
         lease=lease(s["lease"]),
@@ -170,12 +170,12 @@ def usage_rows(doc: dict[str, Any]) -> list[UsageRow]:
     return sorted(rows, key=lambda r: (r.day, r.tenant, r.pool))
 
 
-def raise_lease_error(doc: dict[str, Any]) -> None:
+def raise_lease_error(doc: dict[str, Any], lease_id: str) -> None:
     error = doc.get("error")
     if error == "gone":
-        raise LeaseGone()
+        raise LeaseGone(lease_id)
     if error == "not_owner":
-        raise NotOwner()
+        raise NotOwner(lease_id)
 
 
 def text(value: Any) -> str:

@@ -1,0 +1,109 @@
+"""The engine's one path to the backend: every backend call goes through :meth:`Store.call`.
+
+That one place translates what a backend raises into what a caller is told (an unknown or
+expired lease, another tenant's lease, an idempotency key reused), counts the store being
+unreachable (``admitd_store_errors_total``: RPCs, background dispatch and expiry, health
+pings alike), and hands the :class:`~admitd._model.Progress` an operation reports (grants,
+refusals, dedup ends) to the engine, whichever operation made it. It is the server's twin of
+the Python client's ``Core.rpc``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from ._backends import Backend
+from ._errors import Unavailable
+from ._model import (
+    AcquireResult,
+    ExpireResult,
+    FingerprintMismatch,
+    LeaseGone,
+    LeaseRecord,
+    NotOwner,
+    Progress,
+    ReleaseResult,
+    Settlement,
+    Ticket,
+)
+from ._policy import UNCHECKED_PREFIX, idempotency_key_reused, lease_gone, not_owner
+from ._telemetry import Telemetry
+
+log = logging.getLogger("admitd")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Store:
+    """The backend, as the engine calls it.
+
+    Args:
+        backend: the backend every call goes to (``store.backend``).
+        telemetry: counts store errors.
+        deliver: hears the progress of every operation that reports one.
+    """
+
+    def __init__(
+        self, backend: Backend, telemetry: Telemetry, deliver: Callable[[Progress], None]
+    ) -> None:
+        self.backend = backend
+        self._telemetry = telemetry
+        self._deliver = deliver
+
+    async def call(
+        self, operation: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Run one backend operation (a method of ``self.backend``).
+
+        Raises:
+            Unavailable: the store did not answer (counted).
+            NotFound: the lease is unknown, expired or released.
+            PermissionDenied: the lease belongs to another tenant.
+            InvalidArgument: an idempotency key reused for a different request.
+        """
+        try:
+            result = await operation(*args, **kwargs)
+        except Unavailable:
+            self._telemetry.store_error()
+            raise
+        except LeaseGone as gone:
+            raise lease_gone(gone.lease_id) from None
+        except NotOwner as other:
+            raise not_owner(other.lease_id) from None
+        except FingerprintMismatch:
+            raise idempotency_key_reused() from None
+        if isinstance(result, Progress):
+            self._deliver(result)
+        elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult):
+            self._deliver(result.progress)
+        return result
+
+    def admit_unchecked(self, ticket: Ticket, error: Unavailable) -> LeaseRecord:
+        """fail_open: the store is down, so admit without reserving anything (and say so:
+        a warning, a metric, and a lease id that says so)."""
+        self._telemetry.unchecked(ticket.pool)
+        log.warning(
+            "admitting unchecked, store unreachable: %s",
+            error.message,
+            extra={"tenant": ticket.tenant, "pool": ticket.pool},
+        )
+        return LeaseRecord(
+            lease_id=UNCHECKED_PREFIX + ticket.lease_id,
+            tenant=ticket.tenant,
+            pool=ticket.pool,
+            input_tokens=ticket.input_tokens,
+            max_output_tokens=ticket.max_output_tokens,
+            nano_usd=ticket.nano_usd,
+            expires_in=ticket.ttl,
+            queued_for=0.0,
+        )
+
+
+def unchecked_settlement(lease_id: str, usage: tuple[int, int] | None) -> Settlement:
+    """Release of a lease admitted unchecked: nothing was reserved, so nothing to settle."""
+    charged = sum(usage) if usage is not None else 0
+    lease = LeaseRecord(lease_id, "", "", 0, 0, 0, 0.0, 0.0)
+    return Settlement(lease, charged, 0, 0, already_released=False)

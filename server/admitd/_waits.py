@@ -1,0 +1,174 @@
+"""How an RPC waits, bounded, for what the store decides: a queued Acquire for its grant
+(telling an AcquireStream where it stands meanwhile), a WaitTicket for its ticket's grant,
+a dedup follower for the end of the call it joined.
+
+Every wait is bounded on the injected clock (``Waiting.sleep``); an RPC that gives up leaves
+the queue and keeps nothing. What reaches a waiting RPC arrives through
+:class:`~admitd._waiting.Waiting`; every look at the store goes through
+:meth:`~admitd._store.Store.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from ._errors import Unavailable
+from ._estimates import PoolHistory
+from ._model import AcquireResult, LeaseRecord, QueueSpot, Ticket
+from ._policy import Policy, QueueEstimate, dedup_in_flight, dedup_leader_failed
+from ._store import Store
+from ._telemetry import Telemetry
+from ._waiting import Waiting
+
+QueueReport = Callable[[QueueEstimate], None]
+"""Called with a waiter's place in the queue whenever it changes (AcquireStream)."""
+
+
+class Waits:
+    """The bounded waits of the engine's RPCs.
+
+    Args:
+        waiting: where grants and leader ends reach the RPCs of this process.
+        store: the one path to the backend.
+        history: what this process saw of each pool, for estimates.
+        telemetry: counts how dedup followers end.
+        policy: the policy in force (a config reload replaces it while RPCs wait).
+        reap_soon: called when an RPC starts waiting, so that the reaper comes round
+            within ``lease.reap_interval`` (an expiry may free what it waits for).
+    """
+
+    def __init__(
+        self,
+        waiting: Waiting,
+        store: Store,
+        history: PoolHistory,
+        telemetry: Telemetry,
+        *,
+        policy: Callable[[], Policy],
+        reap_soon: Callable[[], None],
+    ) -> None:
+        self._waiting = waiting
+        self._store = store
+        self._history = history
+        self._telemetry = telemetry
+        self._policy = policy
+        self._reap_soon = reap_soon
+
+    async def for_grant(
+        self,
+        result: AcquireResult,
+        pool: str,
+        wait: float,
+        report: QueueReport | None,
+    ) -> LeaseRecord:
+        """Wait for the grant of ``result.waiting_on`` (ours, or an earlier idempotent one),
+        at most ``wait``; ``report`` hears where it stands meanwhile. On a timeout, cancel
+        or drain it leaves the queue (a grant racing with that is given back).
+
+        Raises:
+            Rejected: QUEUE_TIMEOUT, or a refusal made while it waited.
+            Unavailable: the server is draining.
+        """
+        lease_id = result.waiting_on
+        waiter = self._waiting.join(lease_id, shared=result.replayed)
+        self._reap_soon()
+        started = self._waiting.clock.now()
+        timeout = self._waiting.sleep(wait)
+        reporter = asyncio.ensure_future(self._report(lease_id, report)) if report else None
+        try:
+            if await self._waiting.until(waiter.future, timeout):
+                return waiter.future.result()  # the lease, or Rejected/Unavailable
+            spot = await self._spot(lease_id)
+            if waiter.future.done():  # granted (and claimed) while we looked: it is ours
+                return waiter.future.result()
+            waited = self._waiting.clock.now() - started
+            raise self._history.queue_timeout(pool, waited, spot, self._policy())
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+            if self._waiting.leave(lease_id, waiter):
+                backend = self._store.backend
+                await asyncio.shield(self._store.call(backend.cancel, lease_id))
+
+    async def _spot(self, lease_id: str) -> QueueSpot | None:
+        """Where the waiter stands now; None when the store does not say (the estimate is a
+        courtesy)."""
+        with contextlib.suppress(Unavailable):
+            return (await self._store.call(self._store.backend.look, lease_id, claim=False)).queued
+        return None
+
+    async def _report(self, lease_id: str, report: QueueReport) -> None:
+        """Tell ``report`` where the waiter stands now, and again every
+        ``queue.update_interval`` when that changed, until it leaves the queue."""
+        last: tuple[int, int, float] | None = None
+        while True:
+            look = None
+            with contextlib.suppress(Unavailable):  # try again next time
+                look = await self._store.call(self._store.backend.look, lease_id, claim=False)
+            if look is not None:
+                if look.queued is None:
+                    return
+                estimate = self._history.estimate(look.queued, self._policy())
+                shown = (estimate.position, estimate.depth, round(estimate.wait, 1))
+                if shown != last:
+                    report(estimate)
+                    last = shown
+            await self._waiting.sleep(self._policy().settings.queue.update_interval)
+
+    async def for_ticket(self, lease_id: str, seconds: float) -> LeaseRecord | None:
+        """Wait up to ``seconds`` for the grant of a queued deferred ticket; None if it did
+        not come. Leaving does not cancel the ticket."""
+        waiter = self._waiting.join(lease_id, shared=True)
+        self._reap_soon()
+        try:
+            if await self._waiting.until(waiter.future, self._waiting.sleep(seconds)):
+                return waiter.future.result()
+            return None
+        finally:
+            self._waiting.leave(lease_id, waiter)
+
+    async def for_leader(self, ticket: Ticket, leader: str, wait: float) -> LeaseRecord:
+        """A dedup follower: wait (at most ``wait``) for the leader's call to end, and take
+        the result it shares; nothing is reserved for the follower.
+
+        Raises:
+            Aborted: the leader is still in flight, or ended without a result to share.
+        """
+        if wait <= 0:
+            self._telemetry.followed(ticket.pool, ticket.tenant, "in_flight")
+            raise dedup_in_flight(leader, None)
+        started = self._waiting.clock.now()
+        future = self._waiting.follow(leader)
+        self._reap_soon()  # a leader that dies ends at its expiry: the reaper must come round
+        timeout = self._waiting.sleep(wait)
+        try:
+            with contextlib.suppress(Unavailable):  # the listener still tells us
+                backend = self._store.backend
+                end = await self._store.call(backend.dedup_end, leader)  # it may be over
+                if end is not None:
+                    self._waiting.finish(end)
+            await self._waiting.until(future, timeout)
+        finally:
+            timeout.cancel()
+            self._waiting.unfollow(leader, future)
+        shared = future.result().result if future.done() else None
+        how = "shared" if shared is not None else "failed" if future.done() else "in_flight"
+        self._telemetry.followed(ticket.pool, ticket.tenant, how)
+        if not future.done():
+            raise dedup_in_flight(leader, wait)
+        if shared is None:
+            raise dedup_leader_failed(leader)
+        return LeaseRecord(
+            lease_id="",
+            tenant=ticket.tenant,
+            pool=ticket.pool,
+            input_tokens=0,
+            max_output_tokens=0,
+            nano_usd=0,
+            expires_in=0.0,
+            queued_for=self._waiting.clock.now() - started,
+            dedup_leader=leader,
+            shared_result=shared,
+        )
