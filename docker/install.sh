@@ -32,10 +32,15 @@ read -r -a encodings <<<"${ADMITD_ENCODINGS:-o200k_base cl100k_base}"
 seed=${ADMITD_TIKTOKEN_SEED:-}
 
 "$python" -m venv "$prefix"
-# The constraints pin every runtime distribution, so two builds of one commit get the same
-# packages; scripts/check_deploy.sh fails when they no longer cover what pyproject.toml needs.
-"$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-  --constraint "$here/constraints.txt" "$source_dir"
+# Exactly the lock: every distribution pinned and checked against its sha256
+# (requirements/runtime.txt, written by scripts/lock: the versions the tests ran with), wheels
+# only, so nothing is compiled. --no-deps because the lock is the whole closure; pip check
+# proves it. admitd itself is built by the locked setuptools.
+pip=("$prefix/bin/python" -m pip --quiet --disable-pip-version-check --no-input)
+"${pip[@]}" install --require-hashes --no-deps --only-binary :all: \
+  -r "$source_dir/requirements/runtime.txt"
+"${pip[@]}" install --no-deps --no-build-isolation "$source_dir"
+"${pip[@]}" check
 
 mkdir -p "$encodings_dir"
 # tiktoken fetches through tiktoken.load.read_file and caches the bytes under

@@ -5,7 +5,7 @@
 #   scripts/check_proto_compat.sh            # compare with the last release
 #   scripts/check_proto_compat.sh v0.2.0     # compare with a given tag
 # CI clones shallowly without tags: `git fetch --tags --force` first, or the release is not
-# found. buf comes from the dev tools (PyPI buf-bin, scripts/_venv.sh "[dev]").
+# found. buf comes from the dev tools (PyPI buf-bin, scripts/install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:-$(git describe --tags --abbrev=0 --match 'v[0-9]*' HEAD 2>/dev/null || true)}

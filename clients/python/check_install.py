@@ -5,7 +5,9 @@
 
 In a fresh virtual environment, ``pip install clients/python`` must bring admitd-client with
 exactly grpcio, protobuf and tiktoken as its requirements, and nothing beyond what those
-three need in turn: not the server package (admitd), not googleapis-common-protos. Then
+three need in turn: not the server package (admitd), not googleapis-common-protos. pip
+resolves the client's own ranges, as a user's pip would, within the versions the lock pins
+(requirements/dev.txt, given as constraints), so the check installs what the tests ran. Then
 ``import admitd_client`` must work there without importing either, and the wheel must ship
 ``py.typed`` and the generated ``.pyi`` stubs. Exit 1 with every problem found.
 """
@@ -13,6 +15,7 @@ three need in turn: not the server package (admitd), not googleapis-common-proto
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import venv
 from pathlib import Path
 
 CLIENT = Path(__file__).resolve().parent
+LOCK = CLIENT.parent.parent / "requirements" / "dev.txt"
 REQUIRED = ["grpcio", "protobuf", "tiktoken"]
 NEVER = ["admitd", "googleapis-common-protos", "grpcio-status"]
 
@@ -68,6 +72,22 @@ def pip_names(python: Path) -> set[str]:
     return {entry["name"].lower().replace("_", "-") for entry in json.loads(out)}
 
 
+def lock_constraints(scratch: Path) -> Path:
+    """Write the lock's ``name==version`` lines without their hashes, as a constraints file.
+
+    A hash in a constraints file would put pip in hash-checking mode, which cannot install a
+    source folder; the versions alone keep this install on what the tests ran with.
+    """
+    pins = [
+        line.split(" ")[0]
+        for line in LOCK.read_text().splitlines()
+        if line and not line[0].isspace() and not line.startswith(("#", "-"))
+    ]
+    path = scratch / "constraints.txt"
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="admitd-client-install-") as scratch:
         env_dir = Path(scratch) / "venv"
@@ -78,9 +98,13 @@ def main() -> int:
         # build/ there could slip removed modules into the wheel.
         source = Path(scratch) / "admitd-client"
         shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        # PIP_CONSTRAINT, not --constraint: it reaches the isolated build environment too, so
+        # the locked setuptools builds the wheel.
+        constraints = lock_constraints(Path(scratch))
         subprocess.run(
             [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", source],
             check=True,
+            env={**os.environ, "PIP_CONSTRAINT": str(constraints)},
         )
         found = json.loads(
             subprocess.run(
