@@ -203,9 +203,18 @@ async def test_fail_open_runs_the_call_unadmitted(caplog: pytest.LogCaptureFixtu
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
+    def wall() -> float:  # time passes only in the client's sleeps
+        return 1_000_000.0 + sum(slept)
+
     channel, sent = aio_channel(dead_target())
     client = AsyncAdmissionClient(
-        channel, tenant="a", on_unavailable="fail_open", sleep=sleep, random=lambda: 1.0
+        channel,
+        tenant="a",
+        on_unavailable="fail_open",
+        sleep=sleep,
+        random=lambda: 1.0,
+        timeout=1.0,
+        wall=wall,
     )
     with caplog.at_level(logging.WARNING, logger="admitd_client"):
         async with client.lease(pool=GPT4O, input_tokens=7, max_output_tokens=3) as lease:
@@ -213,8 +222,9 @@ async def test_fail_open_runs_the_call_unadmitted(caplog: pytest.LogCaptureFixtu
             assert (lease.lease_id, lease.expires_at, lease.reserved_tokens) == ("", None, 10)
             lease.record(input_tokens=7, output_tokens=2)
     assert lease.settlement is None
-    assert sent.methods() == ["Acquire"] * 4  # the default policy; nothing to release
-    assert slept == [0.1, 0.2, 0.4]  # full jitter at its cap: 0.1 * 2 ** n
+    # The default policy: retried while the deadline (1 s) leaves room; nothing to release.
+    assert sent.methods() == ["Acquire"] * 4
+    assert slept == [0.1, 0.2, 0.4]  # full jitter at its cap: 0.1 * 2 ** n; 0.8 is too late
     assert "failing open" in caplog.text
     await channel.close()
 

@@ -22,7 +22,6 @@ from ._proto import admission_pb2 as pb
 from ._proto import admission_pb2_grpc as pb_grpc
 from ._queue import QueueUpdate, Ticket
 from ._singleflight import AsyncFlights
-from ._version import USER_AGENT
 
 T = TypeVar("T")
 
@@ -57,7 +56,7 @@ class AsyncAdmissionClient(AsyncDriver):
         self._core = Core(**options)
         self._owns_channel = isinstance(target, str)
         if isinstance(target, str):
-            channel_options = [("grpc.primary_user_agent", USER_AGENT), *self._core.channel_options]
+            channel_options = self._core.channel_args()
             if self._core.credentials is None:
                 target = grpc.aio.insecure_channel(target, options=channel_options)
             else:

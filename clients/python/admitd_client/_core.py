@@ -271,7 +271,7 @@ class Core(Caller):
         if lease.role is DedupRole.LEADER and lease._shared and outcome is Outcome.OK:
             request.result = lease._shared
         lease.outcome, lease.provider_retry_after = outcome, retry_after
-        reply = yield from self._release(request)
+        reply = yield from self._release(request, self._until_expiry(lease))
         lease.settlement = Settlement(
             charged_tokens=reply.charged_tokens,
             refunded_tokens=reply.refunded_tokens,
@@ -280,9 +280,17 @@ class Core(Caller):
         )
         return lease.settlement
 
-    def _release(self, request: pb.ReleaseRequest) -> Plan[pb.ReleaseResponse]:
+    def _until_expiry(self, lease: Lease) -> float:
+        """Seconds left until admitd reclaims the lease: Release is retried that long (it is
+        idempotent, and until then an unreleased lease holds its slot)."""
+        expires_at = lease.proto.expires_at.ToNanoseconds() / 1e9 if lease.proto else 0.0
+        return max(expires_at - self.wall(), self.timeout)
+
+    def _release(self, request: pb.ReleaseRequest, budget: float) -> Plan[pb.ReleaseResponse]:
         try:
-            reply: pb.ReleaseResponse = yield from self.rpc("Release", request, self.timeout)
+            reply: pb.ReleaseResponse = yield from self.rpc(
+                "Release", request, self.timeout, budget
+            )
         except AdmitdError as error:
             if not request.result or "result" not in error.field_violations:
                 raise
@@ -292,7 +300,7 @@ class Core(Caller):
             bare = pb.ReleaseRequest()
             bare.CopyFrom(request)
             bare.ClearField("result")
-            reply = yield from self.rpc("Release", bare, self.timeout)
+            reply = yield from self.rpc("Release", bare, self.timeout, budget)
         return reply
 
     def settle(self, lease: Lease, error: BaseException | None) -> Plan[None]:
@@ -300,8 +308,9 @@ class Core(Caller):
         try:
             yield from self.release(lease, None, error)
         except Exception as failure:  # e.g. AdmitdError, or a channel closed under the block
-            # The call already happened; the lease expires on its own at its TTL.
-            log.warning("releasing lease %s failed: %s", lease.lease_id, failure)
+            # Retried until the lease's expiry (Unavailable), or refused for good: the
+            # call already happened, and admitd reclaims the lease at its TTL.
+            log.error("releasing lease %s failed: %s", lease.lease_id, failure)
 
     def renew(self, lease: Lease) -> Plan[Lease]:
         """Extend the lease by admitd's configured TTL."""

@@ -4,9 +4,10 @@
 AdmitdError        an RPC failed: gRPC ``code``, ``message``, ``field_violations``
 ├── Rejected       RESOURCE_EXHAUSTED, or ABORTED (a dedup follower without a result):
 │                  ``reason`` (a Reason), ``retry_after``, ``metadata``
-└── Unavailable    admitd did not answer (UNAVAILABLE after the retries, or the
-                   deadline passed); under ``on_unavailable="fail_open"`` Acquire
-                   yields an unadmitted lease instead of raising it
+└── Unavailable    admitd did not answer (UNAVAILABLE or CANCELLED by the server after
+                   the retries, or the deadline passed); under
+                   ``on_unavailable="fail_open"`` Acquire yields an unadmitted lease
+                   instead of raising it
 ```
 
 ``Rejected`` means the call must not run now; ``retry_after`` (seconds) says when a retry can
@@ -73,7 +74,9 @@ class AdmitdError(Exception):
     def retryable(self) -> bool:
         """True when the same request may succeed on another attempt right away."""
         # UNAVAILABLE: no connection, or a draining replica (retrying reaches another one).
-        return self.code is grpc.StatusCode.UNAVAILABLE
+        # CANCELLED: the server side ended the call (a replica shutting down); a caller's
+        # own cancellation never arrives as an RPC error.
+        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 class Rejected(AdmitdError):

@@ -22,9 +22,14 @@ _TYPE_PREFIX = "google.rpc."
 
 M = TypeVar("M", rpc.ErrorInfo, rpc.RetryInfo, rpc.BadRequest)
 
-# No answer from admitd: fail-open applies to both; only UNAVAILABLE is retried (a spent
-# deadline would only be spent again).
-_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# No answer from admitd: fail-open applies to all three. UNAVAILABLE and CANCELLED (which the
+# server side caused: a caller's own cancellation is not an RPC error) are retried; a spent
+# deadline only while the RPC's own deadline is not (``Caller.retry_or_raise``).
+_UNREACHABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 # A refusal with a reason: a limit (RESOURCE_EXHAUSTED), or a dedup follower that gets no
 # result (ABORTED: its leader failed, or it did not wait).
 _REFUSALS = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
