@@ -197,6 +197,9 @@ class GateView:
 RATE_WINDOW = 30.0
 # A look walks the fair order this far for an exact position; beyond, it approximates.
 MAX_EXACT_POSITION = 100
+# A dispatch pass looks at most this many waiters per pool, so that one tenant with a long
+# queue blocked by its own limits cannot make every release slow.
+MAX_EXAMINED = 1024
 
 
 @dataclass(frozen=True, slots=True)
