@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-class Kind(enum.Enum):
+class Kind(enum.StrEnum):
     GAUGE = "gauge"  # in use now, e.g. concurrency; freed on release
     BUCKET = "bucket"  # continuous token bucket: capacity, refill per second
     DAILY = "daily"  # used per UTC day
     GATE = "gate"  # a pool's gate (pause, circuit breaker): only ever in a Denial
 
 
-class Unit(enum.Enum):
+class Unit(enum.StrEnum):
     """What a limit counts, and so how much a call takes of it."""
 
     SLOT = "slot"  # one per call, given back on release
@@ -32,7 +32,7 @@ class Unit(enum.Enum):
     NANO_USD = "nano_usd"  # price of the reservation in 1e-9 USD; settled likewise
 
 
-class Scope(enum.Enum):
+class Scope(enum.StrEnum):
     POOL = "pool"
     TENANT = "tenant"
     GLOBAL = "global"
@@ -53,15 +53,37 @@ class Limit:
     shadow: bool = False  # checked and counted, never refusing (shadow mode)
 
 
+def limit_key(scope: Scope, owner: str, name: str) -> str:
+    """A limit's key in the store: ``pool:<pool>:<field>``, ``tenant:<tenant>:<field>``,
+    ``global:<field>``."""
+    return f"{scope.value}:{owner}:{name}" if owner else f"{scope.value}:{name}"
+
+
+GATE_LIMIT_NAME = "availability"  # the stand-in limit of a pool's gate (a Denial names it)
+
+
+def gate_limit(pool: str) -> Limit:
+    """The stand-in limit a pool gate's refusal names (reason POOL_UNAVAILABLE)."""
+    key = limit_key(Scope.POOL, pool, GATE_LIMIT_NAME)
+    return Limit(key, Kind.GATE, Unit.REQUEST, Scope.POOL, GATE_LIMIT_NAME, pool, 0.0)
+
+
+# Prices are rounded up, less this much: float noise must not add a nano-dollar.
+PRICE_SLACK = 1e-6
+
+
 def price_nano_usd(input_tokens: int, output_tokens: int, price_in: float, price_out: float) -> int:
     """Nano-USD for this usage, rounded up so that a budget is never under-counted.
-    Reservations and settlements are both priced with this one function."""
-    return math.ceil(input_tokens * price_in + output_tokens * price_out - 1e-6)
+    Reservations and settlements are both priced with this one function (and release.lua
+    with the same arithmetic)."""
+    return math.ceil(input_tokens * price_in + output_tokens * price_out - PRICE_SLACK)
 
 
 # Seconds an RPC's replica has to claim a grant made for it elsewhere; past it, the grant
 # goes back (that replica died).
 CLAIM_TIMEOUT = 10.0
+# Priority classes: 0 = CRITICAL, 1 = HIGH, 2 = NORMAL, 3 = LOW.
+PRIORITY_CLASSES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +156,12 @@ class Denial:
     cause: str = ""  # GATE: "paused", "open" or "probing"
 
 
+FullScope = Literal["global", "tenant"]  # which queue bound a newcomer would break
+
+
 @dataclass(frozen=True, slots=True)
 class QueueFull:
-    scope: Literal["global", "tenant"]
+    scope: FullScope
     depth: int  # waiters counted against the limit
     limit: int
     pool_depth: int = 0  # waiters in the pool's queue (a newcomer's position)
@@ -145,7 +170,7 @@ class QueueFull:
 
 MAX_PAUSE = 600.0  # seconds: a retry-after beyond this is taken as this
 Circuit = Literal["closed", "open", "half_open"]
-Cause = Literal["paused", "open", "probing"]
+Cause = Literal["paused", "open", "probing"]  # why a pool's gate is shut
 
 
 class Outcome(enum.IntEnum):
@@ -215,6 +240,8 @@ class QueueSpot:
 
 
 EndKind = Literal["timeout", "rejected", "unclaimed", "cancelled"]
+# Backend.subscribe's ``waiting`` names the end of a dedup leader as this prefix + its id.
+END_PREFIX = "end:"
 
 
 @dataclass(frozen=True, slots=True)

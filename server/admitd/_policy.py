@@ -28,6 +28,7 @@ from ._model import (
     Scope,
     TicketEnd,
     Unit,
+    limit_key,
 )
 
 NANO_PER_USD = 1_000_000_000
@@ -337,7 +338,7 @@ def _limits_of(
             continue
         capacity = float(round(value * NANO_PER_USD)) if unit is Unit.NANO_USD else float(value)
         rate = capacity / 60.0 if kind is Kind.BUCKET else 0.0
-        key = f"{scope.value}:{owner}:{name}" if owner else f"{scope.value}:{name}"
+        key = limit_key(scope, owner, name)
         shadow = bool(getattr(source, "shadow", False))
         limits.append(Limit(key, kind, unit, scope, name, owner, capacity, rate, shadow))
     return limits

@@ -18,7 +18,7 @@ from typing import Any
 
 from ._clock import Clock
 from ._errors import AdmitdError
-from ._model import AcquireResult, DedupEnd, LeaseRecord
+from ._model import END_PREFIX, AcquireResult, DedupEnd, LeaseRecord
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ class Waiting:
     def awaited(self) -> list[str]:
         """What this process waits to hear of: the grants of its waiters, and the ends of
         the dedup leaders its followers joined (``end:<leader>``)."""
-        return [*self._waiters, *(f"end:{leader}" for leader in self._followers)]
+        return [*self._waiters, *(END_PREFIX + leader for leader in self._followers)]
 
     # -- registering ------------------------------------------------------------------------
 

@@ -11,8 +11,19 @@ from __future__ import annotations
 
 import time
 
-from ..._model import Denial, Gate, GateView, Kind, Limit, Outcome, Scope, Ticket, Unit
-from .gates import GateState, gate_limit
+from ..._model import (
+    Denial,
+    Gate,
+    GateView,
+    Kind,
+    Limit,
+    Outcome,
+    Scope,
+    Ticket,
+    Unit,
+    gate_limit,
+)
+from .gates import GateState
 
 _OPEN = GateState()  # the gate of a pool with no reported outcome yet: always open
 

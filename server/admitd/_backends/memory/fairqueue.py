@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-PRIORITY_CLASSES = 4
+from ..._model import PRIORITY_CLASSES
 
 
 @dataclass(order=True, slots=True)

@@ -34,15 +34,7 @@ from ..._model import (
     Limit,
     Outcome,
     Scope,
-    Unit,
 )
-
-
-def gate_limit(pool: str) -> Limit:
-    """The stand-in limit a gate's refusal names (reason POOL_UNAVAILABLE)."""
-    return Limit(
-        f"pool:{pool}:availability", Kind.GATE, Unit.REQUEST, Scope.POOL, "availability", pool, 0.0
-    )
 
 
 class GateState:

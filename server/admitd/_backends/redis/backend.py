@@ -1,7 +1,9 @@
 """The Redis backend: many admitd replicas share one set of limits, one fair queue and one
 lease table. Each operation is one Lua script (``lua/<operation>.lua``, with the shared state
-machine ``lua/_lib*.lua`` in front), registered once with redis-py ``register_script``, which
-uses EVALSHA and reloads a script after ``SCRIPT FLUSH``.
+machine ``lua/_lib*.lua`` and the prologue written from Python in front: ``scripts.py``),
+registered once with redis-py ``register_script``, which uses EVALSHA and reloads a script
+after ``SCRIPT FLUSH``. Everything sent to or read from a script goes through ``codec.py``.
+Its twin is the memory backend, ``_backends/memory/backend.py``.
 
 Time is Redis ``TIME``, so replicas agree (tests pass their injected clock instead). A grant
 made for a waiter held by another replica is published on ``<prefix>:grants``; the replica
@@ -19,7 +21,6 @@ import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,6 +33,7 @@ from ..._clock import Clock
 from ..._config import BackendConfig
 from ..._errors import Unavailable
 from ..._model import (
+    END_PREFIX,
     AcquireResult,
     DedupEnd,
     ExpireResult,
@@ -47,6 +49,7 @@ from ..._model import (
     UsageRow,
 )
 from . import codec
+from .scripts import load_scripts
 
 log = logging.getLogger("admitd")
 
@@ -54,31 +57,6 @@ log = logging.getLogger("admitd")
 # (seconds). Well under CLAIM_TIMEOUT: a grant whose message was lost must be found, even by
 # a waiter that arrived just after a cycle began (up to two cycles), before it goes back.
 POLL_CYCLE = 3.0
-
-OPERATIONS = (
-    "acquire",
-    "cancel",
-    "claim",
-    "release",
-    "renew",
-    "expire",
-    "dispatch",
-    "snapshot",
-    "configure",
-    "look",
-    "usage",
-    "dedup_end",
-)
-
-
-def _load_scripts() -> dict[str, str]:
-    """Each operation's script: the library's parts (``_lib<n>_*.lua``, in order) in front
-    of the operation's own file, as one script."""
-    folder = resources.files(__package__) / "lua"
-    parts = sorted(f.name for f in folder.iterdir() if f.name.startswith("_lib"))
-    lib = "\n".join((folder / name).read_text() for name in parts)
-    return {op: lib + "\n" + (folder / f"{op}.lua").read_text() for op in OPERATIONS}
-
 
 class RedisBackend:
     """State in Redis under ``{key_prefix}:*`` (one hash tag: one Cluster slot).
@@ -105,7 +83,7 @@ class RedisBackend:
         self._aging = aging
         self._clock = clock
         self._poll_interval = poll_interval
-        self._scripts = {op: client.register_script(src) for op, src in _load_scripts().items()}
+        self._scripts = {op: client.register_script(src) for op, src in load_scripts().items()}
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -211,7 +189,7 @@ class RedisBackend:
         Stops on ``_closing`` as well as on cancellation: redis-py turns a cancellation that
         lands while ``get_message`` waits out its timeout into a plain timeout (it returns
         None), so a cancelled listener could otherwise poll on forever."""
-        channel = f"{self._base}:grants"
+        channel = f"{self._base}:{codec.GRANTS}"
         rotation = _PollRotation(self._poll_interval)
         while not self._closing:
             try:
@@ -242,15 +220,18 @@ class RedisBackend:
         finish: Callable[[DedupEnd], None],
     ) -> None:
         """The grants of waiter ids, and the ends of ``end:<leader>`` ids, that exist."""
+        ends = len(END_PREFIX)
         keys = [
-            f"{self._base}:dedupend:{i[4:]}" if i[:4] == "end:" else f"{self._base}:granted:{i}"
+            f"{self._base}:{codec.DEDUP_END}:{i[ends:]}"
+            if i.startswith(END_PREFIX)
+            else f"{self._base}:{codec.GRANTED}:{i}"
             for i in ids
         ]
         for wanted, value in zip(ids, await self._client.mget(keys), strict=True):
             if value is None:
                 continue
             doc = json.loads(value)
-            if wanted.startswith("end:"):
+            if wanted.startswith(END_PREFIX):
                 finish(codec.dedup_end(doc))
             else:
                 deliver(codec.lease(doc))

@@ -1,11 +1,17 @@
-"""The wire schema between the Redis backend and its Lua scripts, in one place: how tickets
-and limits are sent to the scripts, and how the scripts' JSON documents are read back."""
+"""The wire schema between the Redis backend and its Lua scripts, in one place: what the
+two share (the schema below, and the constants of ``_model`` the scripts use), how tickets
+and limits are sent to the scripts, and how the scripts' JSON documents are read back.
+
+The scripts get the shared part from a prologue written from here (``scripts.py``) and use
+its names, never a copy of a value (``tests/test_lua_schema.py`` fails on a copy).
+"""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import json
+import operator
 from typing import Any
 
 from ..._model import (
@@ -35,6 +41,69 @@ from ..._model import (
     Unit,
     UsageRow,
 )
+
+# -- the schema -------------------------------------------------------------------------------
+
+LIMIT_FIELDS = ("key", "kind", "unit", "scope", "capacity", "rate", "name", "owner", "shadow")
+"""A limit on the wire: a JSON array of these fields of :class:`~admitd._model.Limit`, in
+this order (Lua: ``l[L_KIND]``)."""
+
+CONFIGURED_FIELDS = ("capacity", "rate", "shadow")
+"""What configure.lua keeps of each configured limit, by key, as a JSON array in this order
+(Lua: ``c[C_RATE]``)."""
+
+TICKET_KEYS = {
+    "lease_id": "id",
+    "tenant": "tenant",
+    "pool": "pool",
+    "input_tokens": "in",
+    "max_output_tokens": "out",
+    "nano_usd": "usd",
+    "price_in": "pin",
+    "price_out": "pout",
+    "priority": "prio",
+    "cost": "cost",
+    "ttl": "ttl",
+    "wait": "wait",
+    "claim_timeout": "claim",
+    "deferred": "def",
+    "dedup_key": "dd",
+    "idempotency_key": "idem",
+    "fingerprint": "fp",
+    "max_queued_tenant": "mqt",
+    "max_queued_total": "mqa",
+    "limits": "limits",
+}
+"""A ticket's JSON keys by :class:`~admitd._model.Ticket` field (Lua: ``t[T.tenant]``). Short,
+as every look and dispatch decodes waiters' tickets; a lease record the scripts return uses
+the same keys for the ticket's fields."""
+
+GRANTS = "grants"
+"""The channel (``<prefix>:grants``) a grant's lease id, or ``end:<leader>``, is published on."""
+GRANTED = "granted"
+"""``<prefix>:granted:<lease id>``: a grant its RPC has not claimed yet, as a lease record."""
+DEDUP_END = "dedupend"
+"""``<prefix>:dedupend:<leader>``: how a dedup leader's call ended (kept a minute)."""
+
+SHARED_CONSTANTS = (
+    "DAY_SECONDS",
+    "DEDUP_KEEP",
+    "END_PREFIX",
+    "LEDGER_DAYS",
+    "MAX_EXACT_POSITION",
+    "MAX_EXAMINED",
+    "MAX_PAUSE",
+    "PRICE_SLACK",
+    "PRIORITY_CLASSES",
+    "RATE_WINDOW",
+)
+"""The constants of ``_model`` the scripts use, under the same names."""
+
+_LIMIT = operator.attrgetter(*LIMIT_FIELDS)
+_TICKET_FIELDS = tuple(name for name in TICKET_KEYS if name != "limits")
+_TICKET = operator.attrgetter(*_TICKET_FIELDS)
+_TICKET_WIRE = tuple(TICKET_KEYS[name] for name in _TICKET_FIELDS)
+
 
 # -- to the scripts ---------------------------------------------------------------------------
 
@@ -191,70 +260,43 @@ def as_dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def limit_json(limit: Limit) -> list[Any]:
-    return [
-        limit.key,
-        limit.kind.value,
-        limit.unit.value,
-        limit.scope.value,
-        limit.capacity,
-        limit.rate,
-        limit.name,
-        limit.owner,
-        limit.shadow,
-    ]
+def limit_json(limit: Limit) -> tuple[Any, ...]:
+    """The limit's :data:`LIMIT_FIELDS` (kinds, units and scopes are strings)."""
+    values: tuple[Any, ...] = _LIMIT(limit)
+    return values
 
 
 def limit(raw: list[Any]) -> Limit:
-    key, kind, unit, scope, capacity, rate, name, owner, shadow = raw
+    f = dict(zip(LIMIT_FIELDS, raw, strict=True))
     return Limit(
-        str(key),
-        Kind(kind),
-        Unit(unit),
-        Scope(scope),
-        str(name),
-        str(owner),
-        float(capacity),
-        float(rate),
-        bool(shadow),
+        key=str(f["key"]),
+        kind=Kind(f["kind"]),
+        unit=Unit(f["unit"]),
+        scope=Scope(f["scope"]),
+        name=str(f["name"]),
+        owner=str(f["owner"]),
+        capacity=float(f["capacity"]),
+        rate=float(f["rate"]),
+        shadow=bool(f["shadow"]),
     )
 
 
 def ticket_json(t: Ticket) -> str:
-    return json.dumps(
-        {
-            "id": t.lease_id,
-            "tenant": t.tenant,
-            "pool": t.pool,
-            "in": t.input_tokens,
-            "out": t.max_output_tokens,
-            "usd": t.nano_usd,
-            "pin": t.price_in,
-            "pout": t.price_out,
-            "prio": t.priority,
-            "cost": t.cost,
-            "ttl": t.ttl,
-            "wait": t.wait,
-            "claim": t.claim_timeout,
-            "def": t.deferred,
-            "dd": t.dedup_key,
-            "idem": t.idempotency_key,
-            "fp": t.fingerprint,
-            "mqt": t.max_queued_tenant,
-            "mqa": t.max_queued_total,
-            "limits": [limit_json(limit) for limit in t.limits],
-        }
-    )
+    doc = dict(zip(_TICKET_WIRE, _TICKET(t), strict=True))
+    doc[TICKET_KEYS["limits"]] = [_LIMIT(limit) for limit in t.limits]
+    return json.dumps(doc)
 
 
 def lease(raw: dict[str, Any]) -> LeaseRecord:
+    """A lease record (lua/_lib4_leases.lua ``record``): the ticket's keys for its fields."""
+    k = TICKET_KEYS
     return LeaseRecord(
-        lease_id=str(raw["id"]),
-        tenant=str(raw["tenant"]),
-        pool=str(raw["pool"]),
-        input_tokens=int(raw["in"]),
-        max_output_tokens=int(raw["out"]),
-        nano_usd=int(raw["usd"]),
+        lease_id=str(raw[k["lease_id"]]),
+        tenant=str(raw[k["tenant"]]),
+        pool=str(raw[k["pool"]]),
+        input_tokens=int(raw[k["input_tokens"]]),
+        max_output_tokens=int(raw[k["max_output_tokens"]]),
+        nano_usd=int(raw[k["nano_usd"]]),
         expires_in=float(raw["expires_in"]),
         queued_for=float(raw["queued_for"]),
         held_for=float(raw["held_for"]),

@@ -1,7 +1,8 @@
 -- Library part 2 of 5 (see _lib1_base.lua): pool gates.
 
--- Pool gates (the same state machine as _backends/memory/gates.py): a provider's pause, a circuit
--- breaker and an AIMD factor, in hash "gate:<pool>"; their settings in hash "gates".
+-- Pool gates (the same state machine as its twin, _backends/memory/gates.py): a provider's
+-- pause, a circuit breaker and an AIMD factor, in hash "gate:<pool>"; their settings in hash
+-- "gates".
 local GATE_FIELDS = {'factor', 'decreased_at', 'paused_until', 'circuit', 'opened_until',
                      'probes', 'win', 'cur', 'failed', 'prev', 'prev_failed'}
 local gate_cache, gate_def_cache = {}, {}
@@ -21,7 +22,7 @@ local function gate_of(pool)
   if g == nil then
     local v = redis.call('HMGET', key('gate', pool), unpack(GATE_FIELDS))
     g = {factor = tonumber(v[1] or '1'), decreased_at = tonumber(v[2] or '-1e300'),
-         paused_until = tonumber(v[3] or '0'), circuit = v[4] or 'closed',
+         paused_until = tonumber(v[3] or '0'), circuit = v[4] or CIRCUIT_CLOSED,
          opened_until = tonumber(v[5] or '0'), probes = tonumber(v[6] or '0'),
          win = tonumber(v[7] or '0'), cur = tonumber(v[8] or '0'),
          failed = tonumber(v[9] or '0'), prev = tonumber(v[10] or '0'),
@@ -46,55 +47,55 @@ local function shut(pool)
   local d = gate_def(pool)
   local b = d and d.breaker
   if g.paused_until > now then
-    cause, seconds = 'paused', g.paused_until - now
+    cause, seconds = CAUSE_PAUSED, g.paused_until - now
   elseif b and b ~= cjson.null then
-    if g.circuit == 'open' then
+    if g.circuit == CIRCUIT_OPEN then
       if now < g.opened_until then
-        cause, seconds = 'open', g.opened_until - now
+        cause, seconds = CAUSE_OPEN, g.opened_until - now
       else
-        g.circuit, g.probes = 'half_open', 0
+        g.circuit, g.probes = CIRCUIT_HALF_OPEN, 0
         gate_save(pool, g)
       end
     end
-    if not cause and g.circuit == 'half_open' and g.probes >= b.probes then
-      cause, seconds = 'probing', b.open_for / b.probes
+    if not cause and g.circuit == CIRCUIT_HALF_OPEN and g.probes >= b.probes then
+      cause, seconds = CAUSE_PROBING, b.open_for / b.probes
     end
   end
   if not cause then return nil end
-  return {limit = {'pool:' .. pool .. ':availability', 'gate', 'request', 'pool', 0, 0,
-                   'availability', pool, false}, level = seconds, amount = 1, cause = cause}
+  return {limit = gate_limit(pool), level = seconds, amount = 1, cause = cause}
 end
 
--- A call ended: its outcome (1 ok, 2 rate limited, 3 error, 4 timeout, 5 cancelled) moves
--- the breaker and the AIMD factor; a provider's retry-after pauses the pool.
+-- A call ended: its outcome (OUTCOME_*) moves the breaker and the AIMD factor; a provider's
+-- retry-after pauses the pool.
 local function report(pool, outcome, retry_after, probe)
   local g = gate_of(pool)
   if retry_after > 0 then
     g.paused_until = math.max(g.paused_until, now + math.min(retry_after, MAX_PAUSE))
   end
   local d = gate_def(pool)
-  if d and outcome ~= 5 then
+  if d and outcome ~= OUTCOME_CANCELLED then
     local a = d.aimd
     if a and a ~= cjson.null then
-      if outcome == 2 then
+      if outcome == OUTCOME_PROVIDER_RATE_LIMITED then
         if now - g.decreased_at >= a.cooldown then
           g.factor = math.max(a.floor, g.factor * a.decrease)
           g.decreased_at = now
         end
-      elseif outcome == 1 then
+      elseif outcome == OUTCOME_OK then
         g.factor = math.min(1, g.factor + a.increase)
       end
     end
     local b = d.breaker
     if b and b ~= cjson.null then
-      local failed = outcome == 3 or outcome == 4
-      if probe and g.circuit == 'half_open' then -- its slot was freed when it settled
+      local failed = outcome == OUTCOME_PROVIDER_ERROR or outcome == OUTCOME_TIMEOUT
+      if probe and g.circuit == CIRCUIT_HALF_OPEN then -- its slot was freed when it settled
         if failed then
-          g.circuit, g.opened_until, g.probes = 'open', now + b.open_for, 0
+          g.circuit, g.opened_until, g.probes = CIRCUIT_OPEN, now + b.open_for, 0
         else
-          g.circuit, g.probes, g.cur, g.failed, g.prev, g.prev_failed = 'closed', 0, 0, 0, 0, 0
+          g.circuit, g.probes = CIRCUIT_CLOSED, 0
+          g.cur, g.failed, g.prev, g.prev_failed = 0, 0, 0, 0
         end
-      elseif g.circuit == 'closed' then
+      elseif g.circuit == CIRCUIT_CLOSED then
         local w = math.floor(now / b.window)
         if w ~= g.win then
           if w == g.win + 1 then g.prev, g.prev_failed = g.cur, g.failed
@@ -107,7 +108,7 @@ local function report(pool, outcome, retry_after, probe)
         local calls = g.prev * (1 - into) + g.cur
         local failures = g.prev_failed * (1 - into) + g.failed
         if calls >= b.min_calls and failures >= b.failure_rate * calls then
-          g.circuit, g.opened_until, g.probes = 'open', now + b.open_for, 0
+          g.circuit, g.opened_until, g.probes = CIRCUIT_OPEN, now + b.open_for, 0
         end
       end
     end

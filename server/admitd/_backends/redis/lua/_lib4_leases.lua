@@ -1,15 +1,18 @@
 -- Library part 4 of 5 (see _lib1_base.lua): idempotency, leases, grant rates, dedup,
--- the cost ledger and the reaper.
+-- the cost ledger and the reaper. Its twins are _backends/memory/leases.py and rate.py.
+
+local REAP_BATCH = 1000 -- leases reaped by one operation at most (the next one reaps on)
 
 local function idem_key(t)
-  return key('idem', string.len(t.tenant) .. '/' .. t.tenant .. '/' .. t.idem)
+  local tenant = t[T.tenant]
+  return key('idem', string.len(tenant) .. '/' .. tenant .. '/' .. t[T.idempotency_key])
 end
 
 -- Deadlines are kept in the values and compared with now (which tests inject); the Redis
 -- TTL (real time) only collects garbage.
 local function remember_key(t)
-  redis.call('SET', idem_key(t), t.id .. '|' .. num(now + t.ttl) .. '|' .. t.fp,
-             'PX', math.ceil(t.ttl * 1000))
+  local entry = t[T.lease_id] .. '|' .. num(now + t[T.ttl]) .. '|' .. t[T.fingerprint]
+  redis.call('SET', idem_key(t), entry, 'PX', math.ceil(t[T.ttl] * 1000))
 end
 
 -- The idempotency entry of t's key: ref, fingerprint; nil when absent or past its deadline.
@@ -30,11 +33,13 @@ local function released(id)
   return s
 end
 
+-- A lease as the engine sees it (codec.lease): the ticket's keys for the ticket's fields.
 local function record(lease)
   local t = lease.t
-  return {id = t.id, tenant = t.tenant, pool = t.pool, ['in'] = t['in'], out = t.out,
-          usd = t.usd, expires_in = lease.expires - now, queued_for = lease.queued,
-          held_for = now - lease.granted, shadowed = lease.shadowed}
+  return {[T.lease_id] = t[T.lease_id], [T.tenant] = t[T.tenant], [T.pool] = t[T.pool],
+          [T.input_tokens] = t[T.input_tokens], [T.max_output_tokens] = t[T.max_output_tokens],
+          [T.nano_usd] = t[T.nano_usd], expires_in = lease.expires - now,
+          queued_for = lease.queued, held_for = now - lease.granted, shadowed = lease.shadowed}
 end
 
 local function load_lease(id)
@@ -80,63 +85,65 @@ local function grants_per_second(pool)
   return (r.prev * (1 - (now / RATE_WINDOW - r.win)) + r.cur) / RATE_WINDOW
 end
 
--- Dedup: "dedup:<len>/<tenant><key>" names the leader in flight; "dedupend:<leader>" keeps
--- how its call ended (with its shared result, base64) for a minute; FINISHED goes back in
--- this script's progress, and "end:<leader>" on the grants channel tells other replicas.
+-- Dedup: "dedup:<len>/<tenant><key>" names the leader in flight; DEDUP_END:<leader> keeps
+-- how its call ended (with its shared result, base64) for DEDUP_KEEP seconds; FINISHED goes
+-- back in this script's progress, and END_PREFIX .. <leader> on the GRANTS channel tells
+-- other replicas.
 local FINISHED = {}
 
 local function dedup_key(t)
-  return key('dedup', string.len(t.tenant) .. '/' .. t.tenant .. t.dd)
+  local tenant = t[T.tenant]
+  return key('dedup', string.len(tenant) .. '/' .. tenant .. t[T.dedup_key])
 end
 
 local function dedup_finish(t, result)
-  if (t.dd or '') == '' then return end
+  if (t[T.dedup_key] or '') == '' then return end
   local k = dedup_key(t)
-  if redis.call('GET', k) == t.id then redis.call('DEL', k) end
-  local e = {leader = t.id, result = result}
-  redis.call('SET', key('dedupend', t.id), cjson.encode(e), 'PX', DEDUP_KEEP * 1000)
+  if redis.call('GET', k) == t[T.lease_id] then redis.call('DEL', k) end
+  local e = {leader = t[T.lease_id], result = result}
+  redis.call('SET', key(DEDUP_END, t[T.lease_id]), cjson.encode(e), 'PX', DEDUP_KEEP * 1000)
   table.insert(FINISHED, e)
-  redis.call('PUBLISH', key('grants'), 'end:' .. t.id)
+  redis.call('PUBLISH', key(GRANTS), END_PREFIX .. t[T.lease_id])
 end
 
 -- A waiter or grant left unserved: remember why for a deferred ticket (one lease TTL), and
 -- tell the dedup followers of a leader to retry.
 local function ended(t, kind, d)
-  if t.def then
-    redis.call('SET', key('ended', t.id), cjson.encode({kind = kind, tenant = t.tenant, denial = d}),
-               'PX', math.ceil(t.ttl * 1000))
+  if t[T.deferred] then
+    local e = cjson.encode({kind = kind, tenant = t[T.tenant], denial = d})
+    redis.call('SET', key('ended', t[T.lease_id]), e, 'PX', math.ceil(t[T.ttl] * 1000))
   end
   dedup_finish(t, nil)
 end
 
 local function reserve(t, raw, queued_for, shadowed)
-  for _, l in ipairs(t.limits) do
-    local a = amount(t, l[3])
-    if l[2] == 'gauge' then
-      redis.call('HINCRBYFLOAT', G, l[1], a)
-    elseif l[2] == 'bucket' then
+  for _, l in ipairs(t[T.limits]) do
+    local a = amount(t, l[L_UNIT])
+    if l[L_KIND] == KIND_GAUGE then
+      redis.call('HINCRBYFLOAT', G, l[L_KEY], a)
+    elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
     else
-      redis.call('HINCRBYFLOAT', D, l[1], a)
+      redis.call('HINCRBYFLOAT', D, l[L_KEY], a)
       redis.call('EXPIRE', D, DAY_KEEP)
     end
   end
-  local g = gate_of(t.pool)
-  local probe = g.circuit == 'half_open'
+  local g = gate_of(t[T.pool])
+  local probe = g.circuit == CIRCUIT_HALF_OPEN
   if probe then
     g.probes = g.probes + 1
-    gate_save(t.pool, g)
+    gate_save(t[T.pool], g)
   end
-  local lease = {t = t, day = day, granted = now, expires = now + t.ttl, queued = queued_for,
+  local lease = {t = t, day = day, granted = now, expires = now + t[T.ttl], queued = queued_for,
                  shadowed = shadowed, probe = probe}
-  redis.call('HSET', key('lease', t.id), 'ticket', raw, 'day', day, 'granted', num(now),
+  redis.call('HSET', key('lease', t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', num(now),
              'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed,
              'probe', probe and '1' or '0')
-  redis.call('ZADD', key('expiry'), num(lease.expires), t.id)
-  redis.call('HINCRBY', key('inflight', 'pool'), t.pool, 1)
-  redis.call('HINCRBY', key('inflight', 'tenant'), t.tenant, 1)
-  if t.idem ~= '' then remember_key(t) end
-  count_grant(t.pool)
+  redis.call('ZADD', key('expiry'), num(lease.expires), t[T.lease_id])
+  redis.call('HINCRBY', key('inflight', SCOPE_POOL), t[T.pool], 1)
+  redis.call('HINCRBY', key('inflight', SCOPE_TENANT), t[T.tenant], 1)
+  if t[T.idempotency_key] ~= '' then remember_key(t) end
+  count_grant(t[T.pool])
   return record(lease)
 end
 
@@ -150,25 +157,26 @@ end
 local function settle(lease, token_delta, usd_delta)
   local t = lease.t
   if lease.probe then
-    local g = gate_of(t.pool)
+    local g = gate_of(t[T.pool])
     g.probes = math.max(0, g.probes - 1)
-    gate_save(t.pool, g)
+    gate_save(t[T.pool], g)
   end
-  for _, l in ipairs(t.limits) do
-    if l[3] == 'slot' then
-      decr_field(G, l[1], 1)
+  for _, l in ipairs(t[T.limits]) do
+    local unit = l[L_UNIT]
+    if unit == UNIT_SLOT then
+      decr_field(G, l[L_KEY], 1)
     else
       local delta = 0
-      if l[3] == 'token' then delta = token_delta elseif l[3] == 'nano_usd' then delta = usd_delta end
+      if unit == UNIT_TOKEN then delta = token_delta elseif unit == UNIT_NANO_USD then delta = usd_delta end
       if delta ~= 0 then
-        if l[2] == 'bucket' then
+        if l[L_KIND] == KIND_BUCKET then
           -- A refund never lifts a bucket above capacity; overuse may put it in debt.
-          set_bucket(l, math.min((current(l) or l)[5], level_of(l) - delta))
-        elseif l[2] == 'daily' then
-          local dk = key('daily', lease.day)
-          if delta > 0 or redis.call('HEXISTS', dk, l[1]) == 1 then
-            if tonumber(redis.call('HINCRBYFLOAT', dk, l[1], delta)) < 0 then
-              redis.call('HSET', dk, l[1], 0)
+          set_bucket(l, math.min((current(l) or l)[L_CAPACITY], level_of(l) - delta))
+        elseif l[L_KIND] == KIND_DAILY then
+          local dk = key(KIND_DAILY, lease.day)
+          if delta > 0 or redis.call('HEXISTS', dk, l[L_KEY]) == 1 then
+            if tonumber(redis.call('HINCRBYFLOAT', dk, l[L_KEY], delta)) < 0 then
+              redis.call('HSET', dk, l[L_KEY], 0)
             end
             redis.call('EXPIRE', dk, DAY_KEEP)
           end
@@ -176,16 +184,17 @@ local function settle(lease, token_delta, usd_delta)
       end
     end
   end
-  redis.call('DEL', key('lease', t.id))
-  redis.call('ZREM', key('expiry'), t.id)
-  decr_field(key('inflight', 'pool'), t.pool, 1)
-  decr_field(key('inflight', 'tenant'), t.tenant, 1)
+  redis.call('DEL', key('lease', t[T.lease_id]))
+  redis.call('ZREM', key('expiry'), t[T.lease_id])
+  decr_field(key('inflight', SCOPE_POOL), t[T.pool], 1)
+  decr_field(key('inflight', SCOPE_TENANT), t[T.tenant], 1)
 end
 
 -- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<calls|in|out|usd>" counters.
 local function charge(t, input, output, usd)
   local k = key('ledger', day)
-  local f = string.len(t.tenant) .. '/' .. t.tenant .. t.pool .. '|'
+  local tenant = t[T.tenant]
+  local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
   redis.call('HINCRBY', k, f .. 'calls', 1)
   redis.call('HINCRBY', k, f .. 'in', string.format('%d', input))
@@ -195,26 +204,28 @@ local function charge(t, input, output, usd)
 end
 
 -- End a grant nobody used: everything it reserved is refunded.
--- kind: why, for a deferred ticket's record ("unclaimed" or "cancelled").
+-- kind: why, for a deferred ticket's record (END_UNCLAIMED or END_CANCELLED).
 local function give_back(id, kind)
   local lease = load_lease(id)
   if lease then
-    ended(lease.t, kind, nil)
-    settle(lease, -(lease.t['in'] + lease.t.out), -lease.t.usd)
+    local t = lease.t
+    ended(t, kind, nil)
+    settle(lease, -(t[T.input_tokens] + t[T.max_output_tokens]), -t[T.nano_usd])
   end
 end
 
 -- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
 -- them (once, whichever replica runs it).
 local function reap()
-  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', num(now), 'LIMIT', 0, 1000)
+  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', num(now), 'LIMIT', 0, REAP_BATCH)
   for _, id in ipairs(ids) do
     local lease = load_lease(id)
     if lease then
       redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
       settle(lease, 0, 0) -- the full reservation stays charged
-      charge(lease.t, lease.t['in'], lease.t.out, lease.t.usd)
-      dedup_finish(lease.t, nil)
+      local t = lease.t
+      charge(t, t[T.input_tokens], t[T.max_output_tokens], t[T.nano_usd]) -- as reserved
+      dedup_finish(t, nil)
     else
       redis.call('ZREM', key('expiry'), id)
     end

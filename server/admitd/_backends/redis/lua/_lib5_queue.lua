@@ -1,6 +1,9 @@
--- Library part 5 of 5 (see _lib1_base.lua): the fair queue and its dispatch pass.
+-- Library part 5 of 5 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
+-- are _backends/memory/fairqueue.py and queue.py, and the dispatch pass of backend.py.
 
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
+local SEQ_DIGITS = 16 -- a member is the sequence number in this many digits, '|', the id
+local GRANTED_KEEP = 60 -- seconds a grant's record outlives its claim deadline
 local function fkey(cls, pool, tenant)
   return cls .. '|' .. string.len(pool) .. '|' .. pool .. tenant
 end
@@ -14,19 +17,20 @@ local function qkey(cls, pool)
 end
 
 local function push(t, raw)
-  local cls = t.prio
-  local fk = fkey(cls, t.pool, t.tenant)
-  local v = tonumber(redis.call('HGET', key('vtime'), vkey(cls, t.pool)) or '0')
+  local cls = t[T.priority]
+  local fk = fkey(cls, t[T.pool], t[T.tenant])
+  local v = tonumber(redis.call('HGET', key('vtime'), vkey(cls, t[T.pool])) or '0')
   local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
-  local tag = math.max(v, last) + t.cost
+  local tag = math.max(v, last) + t[T.cost]
   redis.call('HSET', key('lastf'), fk, num(tag))
-  local member = string.format('%016d', redis.call('INCR', key('seq'))) .. '|' .. t.id
-  redis.call('ZADD', qkey(cls, t.pool), num(tag), member)
-  redis.call('HSET', key('w', t.id), 'ticket', raw, 'enq', num(now),
+  local seq = string.format('%0' .. SEQ_DIGITS .. 'd', redis.call('INCR', key('seq')))
+  local member = seq .. '|' .. t[T.lease_id]
+  redis.call('ZADD', qkey(cls, t[T.pool]), num(tag), member)
+  redis.call('HSET', key('w', t[T.lease_id]), 'ticket', raw, 'enq', num(now),
              'member', member, 'tag', num(tag))
-  redis.call('HINCRBY', key('queued', 'tenant'), t.tenant, 1)
+  redis.call('HINCRBY', key('queued', SCOPE_TENANT), t[T.tenant], 1)
   redis.call('INCR', key('queued', 'total'))
-  redis.call('SADD', key('queued', 'pools'), t.pool)
+  redis.call('SADD', key('queued', 'pools'), t[T.pool])
 end
 
 -- Take a waiter out; served advances virtual time, otherwise its tag is given back.
@@ -34,10 +38,10 @@ local function unqueue(id, served)
   local w = redis.call('HMGET', key('w', id), 'ticket', 'member', 'tag')
   if not w[1] then return nil end
   local t, tag = cjson.decode(w[1]), tonumber(w[3])
-  local cls = t.prio
-  redis.call('ZREM', qkey(cls, t.pool), w[2])
+  local cls = t[T.priority]
+  redis.call('ZREM', qkey(cls, t[T.pool]), w[2])
   redis.call('DEL', key('w', id))
-  local fk, vk = fkey(cls, t.pool, t.tenant), vkey(cls, t.pool)
+  local fk, vk = fkey(cls, t[T.pool], t[T.tenant]), vkey(cls, t[T.pool])
   local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
   local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
   if served then
@@ -46,15 +50,15 @@ local function unqueue(id, served)
       redis.call('HSET', key('vtime'), vk, num(v))
     end
   elseif last == tag then
-    last = tag - t.cost
+    last = tag - t[T.cost]
     redis.call('HSET', key('lastf'), fk, num(last))
   end
   if last <= v then redis.call('HDEL', key('lastf'), fk) end
-  decr_field(key('queued', 'tenant'), t.tenant, 1)
+  decr_field(key('queued', SCOPE_TENANT), t[T.tenant], 1)
   redis.call('DECR', key('queued', 'total'))
   local left = 0
-  for c = 0, 3 do left = left + redis.call('ZCARD', qkey(c, t.pool)) end
-  if left == 0 then redis.call('SREM', key('queued', 'pools'), t.pool) end
+  for c = 0, PRIORITY_CLASSES - 1 do left = left + redis.call('ZCARD', qkey(c, t[T.pool])) end
+  if left == 0 then redis.call('SREM', key('queued', 'pools'), t[T.pool]) end
   return t
 end
 
@@ -68,11 +72,12 @@ local function fair_order(pool, light)
   -- light: only ids, tags and enqueue times (where a waiter stands); else each waiter's
   -- ticket too, decoded (dispatch). A look walks up to MAX_EXACT_POSITION waiters, and
   -- decoding each one's ticket was most of its time.
-  local cursor = {0, 0, 0, 0}
+  local cursor = {}
+  for c = 1, PRIORITY_CLASSES do cursor[c] = 0 end
   local function head(c)
     local m = redis.call('ZRANGE', qkey(c, pool), cursor[c + 1], cursor[c + 1], 'WITHSCORES')
     if #m == 0 then return false end
-    local id = string.sub(m[1], 18)
+    local id = string.sub(m[1], SEQ_DIGITS + 2)
     local h = {c = c, member = m[1], tag = tonumber(m[2]), id = id}
     if light then
       h.enq = tonumber(redis.call('HGET', key('w', id), 'enq'))
@@ -82,10 +87,11 @@ local function fair_order(pool, light)
     end
     return h
   end
-  local heads = {head(0), head(1), head(2), head(3)}
+  local heads = {}
+  for c = 0, PRIORITY_CLASSES - 1 do heads[c + 1] = head(c) end
   return function()
     local best, bk = nil, nil
-    for c = 0, 3 do
+    for c = 0, PRIORITY_CLASSES - 1 do
       local h = heads[c + 1]
       if h then
         local k = {c - math.floor((now - h.enq) / aging), c, h.tag, h.member}
@@ -116,14 +122,14 @@ local function dispatch_pool(pool, watch, progress)
     if not best then break end
     examined = examined + 1
     local t = best.t
-    if skipped[t.tenant] and best.id == watch then
-      watched = skipped[t.tenant] -- behind its own tenant's held waiter
+    if skipped[t[T.tenant]] and best.id == watch then
+      watched = skipped[t[T.tenant]] -- behind its own tenant's held waiter
     end
-    if not skipped[t.tenant] then
+    if not skipped[t[T.tenant]] then
       local closed = shut(pool)
-      if best.id ~= watch and now > best.enq + t.wait then
+      if best.id ~= watch and now > best.enq + t[T.wait] then
         table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
-      elseif closed and closed.cause == 'open' then
+      elseif closed and closed.cause == CAUSE_OPEN then
         table.insert(never, {best.id, closed}) -- refused at once, queued calls too
         if best.id == watch then watched = closed end
       elseif closed then
@@ -140,18 +146,18 @@ local function dispatch_pool(pool, watch, progress)
           else
             table.insert(progress.grants, rec)
             -- Unclaimed until the replica holding the RPC takes it (pub/sub or polling).
-            redis.call('SET', key('granted', best.id), cjson.encode(rec),
-                       'PX', math.floor((t.claim + 60) * 1000))
-            redis.call('ZADD', key('unclaimed'), num(now + t.claim), best.id)
-            redis.call('PUBLISH', key('grants'), best.id)
+            local keep = math.floor((t[T.claim_timeout] + GRANTED_KEEP) * 1000)
+            redis.call('SET', key(GRANTED, best.id), cjson.encode(rec), 'PX', keep)
+            redis.call('ZADD', key('unclaimed'), num(now + t[T.claim_timeout]), best.id)
+            redis.call('PUBLISH', key(GRANTS), best.id)
           end
         else
           if best.id == watch then watched = denial(t, d) end
-          local l = t.limits[d[1] + 1]
-          if l[2] == 'daily' then
+          local l = t[T.limits][d.index]
+          if l[L_KIND] == KIND_DAILY then
             table.insert(never, {best.id, denial(t, d)}) -- cannot fit before the day turns
-          elseif l[4] == 'tenant' then
-            skipped[t.tenant] = denial(t, d)
+          elseif l[L_SCOPE] == SCOPE_TENANT then
+            skipped[t[T.tenant]] = denial(t, d)
             table.insert(progress.passed_over, denial(t, d))
           else
             progress.blocked[pool] = denial(t, d)
@@ -163,10 +169,10 @@ local function dispatch_pool(pool, watch, progress)
   end
   for _, id in ipairs(served) do unqueue(id, true) end
   for _, n in ipairs(never) do
-    ended(unqueue(n[1], false), 'rejected', n[2])
+    ended(unqueue(n[1], false), END_REJECTED, n[2])
     table.insert(progress.rejections, n)
   end
-  for _, id in ipairs(gone) do ended(unqueue(id, false), 'timeout', nil) end
+  for _, id in ipairs(gone) do ended(unqueue(id, false), END_TIMEOUT, nil) end
   return watched, own
 end
 

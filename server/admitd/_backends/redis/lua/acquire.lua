@@ -8,10 +8,10 @@ local t = cjson.decode(ARGV[3])
 local wait = ARGV[4] == '1'
 local progress = new_progress()
 
-if t.idem ~= '' then
+if t[T.idempotency_key] ~= '' then
   local ref, fp = known_key(t)
   if ref then
-    if fp ~= t.fp then return cjson.encode({mismatch = true}) end
+    if fp ~= t[T.fingerprint] then return cjson.encode({mismatch = true}) end
     if redis.call('EXISTS', key('w', ref)) == 1 then
       return cjson.encode({queued = true, replayed = true, waiting_on = ref, progress = progress})
     end
@@ -28,41 +28,45 @@ if t.idem ~= '' then
   end
 end
 
-if (t.dd or '') ~= '' then
+if (t[T.dedup_key] or '') ~= '' then
   local leader = redis.call('GET', dedup_key(t))
   if leader then return cjson.encode({follows = leader, progress = progress}) end
 end
 
 local d = check(t, true)
 if d then return cjson.encode({denial = denial(t, d), progress = progress}) end
-local closed = shut(t.pool)
-if closed and closed.cause == 'open' then -- refused at once, never queued
+local closed = shut(t[T.pool])
+if closed and closed.cause == CAUSE_OPEN then -- refused at once, never queued
   return cjson.encode({denial = closed, progress = progress})
 end
 if wait then
-  local mine = tonumber(redis.call('HGET', key('queued', 'tenant'), t.tenant) or '0')
+  local mine = tonumber(redis.call('HGET', key('queued', SCOPE_TENANT), t[T.tenant]) or '0')
   local total = tonumber(redis.call('GET', key('queued', 'total')) or '0')
   local full = nil
-  if mine >= t.mqt then
-    full = {scope = 'tenant', depth = mine, limit = t.mqt}
-  elseif total >= t.mqa then
-    full = {scope = 'global', depth = total, limit = t.mqa}
+  if mine >= t[T.max_queued_tenant] then
+    full = {scope = FULL_TENANT, depth = mine, limit = t[T.max_queued_tenant]}
+  elseif total >= t[T.max_queued_total] then
+    full = {scope = FULL_GLOBAL, depth = total, limit = t[T.max_queued_total]}
   end
   if full then
     full.pool_depth = 0
-    for c = 0, 3 do full.pool_depth = full.pool_depth + redis.call('ZCARD', qkey(c, t.pool)) end
-    full.grants_per_second = grants_per_second(t.pool)
+    for c = 0, PRIORITY_CLASSES - 1 do
+      full.pool_depth = full.pool_depth + redis.call('ZCARD', qkey(c, t[T.pool]))
+    end
+    full.grants_per_second = grants_per_second(t[T.pool])
     return cjson.encode({full = full, progress = progress})
   end
 end
 
 push(t, ARGV[3])
-if t.idem ~= '' then remember_key(t) end
-if (t.dd or '') ~= '' then redis.call('SET', dedup_key(t), t.id) end
-local watched, own = dispatch_pool(t.pool, t.id, progress)
-if own then return cjson.encode({lease = own, waiting_on = t.id, progress = progress}) end
-if wait then return cjson.encode({queued = true, waiting_on = t.id, progress = progress}) end
-unqueue(t.id, false)
-if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
-if (t.dd or '') ~= '' then redis.call('DEL', dedup_key(t)) end -- nobody could have joined
-return cjson.encode({denial = watched or progress.blocked[t.pool], progress = progress})
+if t[T.idempotency_key] ~= '' then remember_key(t) end
+if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
+local watched, own = dispatch_pool(t[T.pool], t[T.lease_id], progress)
+if own then return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = progress}) end
+if wait then return cjson.encode({queued = true, waiting_on = t[T.lease_id], progress = progress}) end
+unqueue(t[T.lease_id], false)
+if t[T.idempotency_key] ~= '' then redis.call('DEL', idem_key(t)) end
+if (t[T.dedup_key] or '') ~= '' then -- refused in the step that made it a leader: nobody joined
+  redis.call('DEL', dedup_key(t))
+end
+return cjson.encode({denial = watched or progress.blocked[t[T.pool]], progress = progress})

@@ -5,12 +5,12 @@ local id = ARGV[3]
 local progress = new_progress()
 local t = unqueue(id, false)
 if t then
-  if t.idem ~= '' then redis.call('DEL', idem_key(t)) end
-  ended(t, 'cancelled', nil)
+  if t[T.idempotency_key] ~= '' then redis.call('DEL', idem_key(t)) end
+  ended(t, END_CANCELLED, nil)
   dispatch_all(progress) -- it may have been the head holding the queue: who is behind may fit
 elseif redis.call('ZREM', key('unclaimed'), id) == 1 then
-  redis.call('DEL', key('granted', id))
-  give_back(id, 'cancelled') -- granted while its RPC gave up
+  redis.call('DEL', key(GRANTED, id))
+  give_back(id, END_CANCELLED) -- granted while its RPC gave up
   dispatch_all(progress)
 end
 return cjson.encode({progress = progress})

@@ -6,8 +6,10 @@ local limits = cjson.decode(ARGV[3])
 redis.call('DEL', key('limits'))
 for _, l in ipairs(limits) do
   -- The capacity and rate as sent (cjson.encode would round them to 14 digits).
-  local shadow = l[9] and 'true' or 'false'
-  redis.call('HSET', key('limits'), l[1], '[' .. num(l[5]) .. ',' .. num(l[6]) .. ',' .. shadow .. ']')
+  local c = {}
+  c[C_CAPACITY], c[C_RATE] = num(l[L_CAPACITY]), num(l[L_RATE])
+  c[C_SHADOW] = l[L_SHADOW] and 'true' or 'false'
+  redis.call('HSET', key('limits'), l[L_KEY], '[' .. table.concat(c, ',') .. ']')
 end
 redis.call('DEL', key('gates'))
 for _, g in ipairs(cjson.decode(ARGV[4])) do

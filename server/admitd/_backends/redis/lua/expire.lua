@@ -6,8 +6,8 @@ reap()
 local freed = false
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', num(now))) do
   redis.call('ZREM', key('unclaimed'), id)
-  redis.call('DEL', key('granted', id))
-  give_back(id, 'unclaimed')
+  redis.call('DEL', key(GRANTED, id))
+  give_back(id, END_UNCLAIMED)
   freed = true
 end
 local expired = {}
@@ -19,8 +19,8 @@ local progress = new_progress()
 if freed or #expired > 0 then dispatch_all(progress) end
 local result = {expired = expired, progress = progress}
 -- The reaper comes back at the next lease expiry or unclaimed grant's deadline.
-for _, set in ipairs({'expiry', 'unclaimed'}) do
-  local first = redis.call('ZRANGE', key(set), 0, 0, 'WITHSCORES')
+for _, set in ipairs({key('expiry'), key('unclaimed')}) do
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
   if #first > 0 then
     local due = tonumber(first[2]) - now
     if not result.next_expiry_in or due < result.next_expiry_in then result.next_expiry_in = due end

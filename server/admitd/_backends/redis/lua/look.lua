@@ -8,10 +8,10 @@ local id = ARGV[3]
 local w = redis.call('HMGET', key('w', id), 'ticket', 'enq', 'member')
 if w[1] then
   local t, enq = cjson.decode(w[1]), tonumber(w[2])
-  local wait_left = enq + t.wait - now
+  local wait_left = enq + t[T.wait] - now
   if wait_left >= 0 then
     local position, exact = 0, false
-    local next_waiter = fair_order(t.pool, true)
+    local next_waiter = fair_order(t[T.pool], true)
     while position <= MAX_EXACT_POSITION do
       local h = next_waiter()
       if not h then break end
@@ -22,25 +22,25 @@ if w[1] then
       position = position + 1
     end
     local depth = 0
-    for c = 0, 3 do depth = depth + redis.call('ZCARD', qkey(c, t.pool)) end
+    for c = 0, PRIORITY_CLASSES - 1 do depth = depth + redis.call('ZCARD', qkey(c, t[T.pool])) end
     if not exact then
       -- Beyond the exact walk: the higher classes plus its rank in its own (aging ignored).
-      local ahead = redis.call('ZRANK', qkey(t.prio, t.pool), w[3]) or 0
-      for c = 0, t.prio - 1 do ahead = ahead + redis.call('ZCARD', qkey(c, t.pool)) end
+      local ahead = redis.call('ZRANK', qkey(t[T.priority], t[T.pool]), w[3]) or 0
+      for c = 0, t[T.priority] - 1 do ahead = ahead + redis.call('ZCARD', qkey(c, t[T.pool])) end
       position = math.max(MAX_EXACT_POSITION, ahead)
     end
-    return cjson.encode({queued = {tenant = t.tenant, pool = t.pool, position = position,
-                                   depth = depth, grants_per_second = grants_per_second(t.pool),
+    return cjson.encode({queued = {tenant = t[T.tenant], pool = t[T.pool], position = position,
+                                   depth = depth, grants_per_second = grants_per_second(t[T.pool]),
                                    wait_left = wait_left}})
   end
-  ended(unqueue(id, false), 'timeout', nil) -- its wait ran out; a dispatch had not seen
+  ended(unqueue(id, false), END_TIMEOUT, nil) -- its wait ran out; a dispatch had not seen
 end
 local lease = load_lease(id)
 if lease then
   local unclaimed = redis.call('ZSCORE', key('unclaimed'), id)
   if ARGV[4] == '1' and unclaimed then
     redis.call('ZREM', key('unclaimed'), id)
-    redis.call('DEL', key('granted', id))
+    redis.call('DEL', key(GRANTED, id))
   end
   return cjson.encode({lease = record(lease), claimed = not unclaimed})
 end

@@ -5,7 +5,7 @@ reap()
 local id, tenant = ARGV[3], ARGV[5]
 local lease = load_lease(id)
 if not lease then return cjson.encode({error = 'gone'}) end
-if tenant ~= '' and lease.t.tenant ~= tenant then return cjson.encode({error = 'not_owner'}) end
+if tenant ~= '' and lease.t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
 lease.expires = now + tonumber(ARGV[4])
 redis.call('HSET', key('lease', id), 'expires', num(lease.expires))
 redis.call('ZADD', key('expiry'), num(lease.expires), id)

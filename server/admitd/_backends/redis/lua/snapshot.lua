@@ -3,7 +3,7 @@
 -- queued_by_pool, queued_by_tenant, gates = {pool: {factor, circuit, paused_for}}}.
 reap()
 local levels = {}
-for _, l in ipairs(cjson.decode(ARGV[3])) do levels[l[1]] = level_of(l) end
+for _, l in ipairs(cjson.decode(ARGV[3])) do levels[l[L_KEY]] = level_of(l) end
 local function hash(k)
   local flat, out = redis.call('HGETALL', k), {}
   for i = 1, #flat, 2 do out[flat[i]] = tonumber(flat[i + 1]) end
@@ -12,7 +12,7 @@ end
 local queued = {}
 for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
   queued[pool] = {}
-  for c = 0, 3 do queued[pool][c + 1] = redis.call('ZCARD', qkey(c, pool)) end
+  for c = 0, PRIORITY_CLASSES - 1 do queued[pool][c + 1] = redis.call('ZCARD', qkey(c, pool)) end
 end
 local gates = {}
 for _, pool in ipairs(redis.call('HKEYS', key('gates'))) do
@@ -23,7 +23,7 @@ for _, pool in ipairs(redis.call('HKEYS', key('gates'))) do
                    paused_for = math.max(0, g.paused_until - now)}
   end
 end
-return cjson.encode({levels = levels, in_flight_by_pool = hash(key('inflight', 'pool')),
-                     in_flight_by_tenant = hash(key('inflight', 'tenant')),
-                     queued_by_pool = queued, queued_by_tenant = hash(key('queued', 'tenant')),
+return cjson.encode({levels = levels, in_flight_by_pool = hash(key('inflight', SCOPE_POOL)),
+                     in_flight_by_tenant = hash(key('inflight', SCOPE_TENANT)),
+                     queued_by_pool = queued, queued_by_tenant = hash(key('queued', SCOPE_TENANT)),
                      gates = gates})

@@ -1,0 +1,135 @@
+"""What the Redis scripts share with Python is written once, in Python.
+
+The loader puts a prologue in front of every script (``scripts.lua_prologue``): constants,
+the positions of a limit's fields, the values of kinds, units, scopes, outcomes and states,
+the ticket's keys, the Redis key names Python reads, the gate's stand-in limit. These tests
+check that Lua sees exactly Python's values, and that no script types one of them again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import redis
+
+from admitd import _model
+from admitd._backends.redis import codec
+from admitd._backends.redis.scripts import OPERATIONS, load_scripts, lua_prologue
+from redis_server import RedisServer
+
+LUA = Path(codec.__file__).parent / "lua"
+
+# Declared by the prologue: ``local NAME = value`` and ``local function NAME``.
+# Declared by the prologue: ``local NAME = value`` and ``local function NAME``.
+DECLARED = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z_0-9]*)", re.M)
+STRING = re.compile(r"'([^'\\]*)'|\"([^\"\\]*)\"")
+INDEX = re.compile(r"\[\d+\]")  # an argument's or a reply's position: ARGV[3], v[1]
+NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.])")
+KEY_NAME = re.compile(r"\bkey\('([^']*)'")
+# Lua-only numbers: 0, 1 and 2, and the unit conversions of Redis (PX milliseconds, TIME
+# microseconds). Any other number is a named local (its own, or the prologue's).
+PLAIN_NUMBERS = {"0", "1", "2", "1000", "1000000"}
+# The Redis key names Python reads; every other key name is the scripts' own.
+PYTHON_KEYS = {codec.GRANTS, codec.GRANTED, codec.DEDUP_END}
+
+
+def _code(path: Path) -> list[tuple[int, str]]:
+    """The lines of a script without their comments (no script has ``--`` in a string)."""
+    return [(n, line.split("--")[0]) for n, line in enumerate(path.read_text().splitlines(), 1)]
+
+
+def _prologue_values() -> set[str]:
+    """The string values the prologue declares for kinds, units, scopes, states and the
+    dedup end prefix (not key names: a script may name its own key ``gate``)."""
+    values = set()
+    for line in lua_prologue().splitlines():
+        match = re.match(r"^local [A-Z_]+ = '([^']*)'$", line)
+        if match:
+            values.add(match.group(1))
+    return values - PYTHON_KEYS
+
+
+SCRIPTS = sorted(LUA.glob("*.lua"))
+
+
+def test_the_prologue_is_valid_lua_every_script_has_it_and_names_are_not_declared_twice() -> None:
+    prologue = lua_prologue()
+    shared = set(DECLARED.findall(prologue))
+    assert {"RATE_WINDOW", "MAX_EXAMINED", "L_KIND", "KIND_DAILY", "T", "gate_limit"} <= shared
+    for op, script in load_scripts().items():
+        assert script.startswith(prologue), op
+    assert set(load_scripts()) == set(OPERATIONS)
+    for path in SCRIPTS:
+        again = shared & set(DECLARED.findall(path.read_text()))
+        assert not again, f"{path.name} declares again what the prologue declares: {again}"
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_a_script_names_what_python_owns_instead_of_copying_it(path: Path) -> None:
+    owned = _prologue_values()
+    ticket_keys = "|".join(re.escape(key) for key in codec.TICKET_KEYS.values())
+    ticket_field = re.compile(rf"\b(?:t|lease\.t)(?:\.({ticket_keys})\b|\['({ticket_keys})'\])")
+    positional = re.compile(r"\b[lcsd]\[\d")
+    own_constant = re.compile(r"^local [A-Z][A-Z_0-9]* = ")
+    problems = []
+    for n, code in _code(path):
+        where = f"{path.name}:{n}: {code.strip()}"
+        if ticket_field.search(code):
+            problems.append(f"{where}  (a ticket field: t[T.<field>])")
+        if positional.search(code):
+            problems.append(f"{where}  (a limit field by position: l[L_<FIELD>])")
+        for name in KEY_NAME.findall(code):
+            if name in PYTHON_KEYS:
+                problems.append(f"{where}  (the key name {name!r} is the prologue's)")
+        for single, double in STRING.findall(KEY_NAME.sub("key(", code)):
+            if (single or double) in owned:
+                problems.append(f"{where}  ({single or double!r} is the prologue's)")
+        if not own_constant.match(code):
+            numbers = set(NUMBER.findall(INDEX.sub("", STRING.sub("", code)))) - PLAIN_NUMBERS
+            if numbers:
+                problems.append(f"{where}  (name the number: {', '.join(sorted(numbers))})")
+    assert not problems, "\n".join(problems)
+
+
+def test_lua_sees_what_python_owns(shared_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(shared_redis.url)
+    names = [*codec.SHARED_CONSTANTS, "L_KIND", "L_SHADOW", "C_RATE", "KIND_GATE", "UNIT_NANO_USD"]
+    script = lua_prologue() + (
+        "return cjson.encode({values = {"
+        + ", ".join(f"{name} = {name}" for name in names)
+        + "}, gate = gate_limit('p'), ticket = T})"
+    )
+    seen = json.loads(client.eval(script, 0))
+    for name in codec.SHARED_CONSTANTS:
+        assert seen["values"][name] == pytest.approx(getattr(_model, name)), name
+    assert seen["values"]["L_KIND"] == codec.LIMIT_FIELDS.index("kind") + 1
+    assert seen["values"]["L_SHADOW"] == codec.LIMIT_FIELDS.index("shadow") + 1
+    assert seen["values"]["C_RATE"] == codec.CONFIGURED_FIELDS.index("rate") + 1
+    assert seen["values"]["KIND_GATE"] == _model.Kind.GATE.value
+    assert seen["values"]["UNIT_NANO_USD"] == _model.Unit.NANO_USD.value
+    assert codec.limit(seen["gate"]) == _model.gate_limit("p")
+    assert seen["ticket"] == codec.TICKET_KEYS
+    client.close()
+
+
+def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
+    limit = _model.Limit("pool:p:rpm", _model.Kind.BUCKET, _model.Unit.REQUEST,
+                         _model.Scope.POOL, "requests_per_minute", "p", 60.0, 1.0, True)
+    ticket = _model.Ticket(
+        lease_id="x", tenant="a", pool="p", input_tokens=3, max_output_tokens=4, nano_usd=5,
+        price_in=0.5, price_out=1.5, priority=2, cost=7.0, limits=(limit,), ttl=9.0,
+    )
+    doc = json.loads(codec.ticket_json(ticket))
+    assert set(doc) == set(codec.TICKET_KEYS.values())
+    for field, key in codec.TICKET_KEYS.items():
+        if field != "limits":
+            assert doc[key] == getattr(ticket, field), field
+    (raw,) = doc[codec.TICKET_KEYS["limits"]]
+    assert raw == [
+        getattr(limit, f).value if f in ("kind", "unit", "scope") else getattr(limit, f)
+        for f in codec.LIMIT_FIELDS
+    ]
+    assert codec.limit(raw) == limit
