@@ -1,4 +1,4 @@
-"""A small reference model of admission, written from DESIGN.md and README.md ("How admission
+"""A small reference model of admission, written from README.md ("How admission
 works"), for the state-machine test (``test_state_machine.py``). Pure Python; it imports
 nothing from admitd.
 

@@ -1,11 +1,11 @@
 """Every invalid input gets its exact error, names its field, and reserves nothing.
 
-DESIGN.md, Semantics 1: negative or absurd token counts, empty lease ids and unknown pools are
-INVALID_ARGUMENT / NOT_FOUND with a message that names the field (and, for INVALID_ARGUMENT, a
-``BadRequest.FieldViolation`` for it); nothing is reserved for an invalid request. Each invalid
-Acquire runs against a server whose every limit has room for exactly one full-size call, so
-a slot, token, request or quota leaked by the refused call would make the full-size call after
-it fail.
+README.md ("How admission works", bad input): negative or absurd token counts, empty lease
+ids and unknown pools are INVALID_ARGUMENT / NOT_FOUND with a message that names the field
+(and, for INVALID_ARGUMENT, a ``BadRequest.FieldViolation`` for it); nothing is reserved for
+an invalid request. Each invalid Acquire runs against a server whose every limit has room
+for exactly one full-size call, so a slot, token, request or quota leaked by the refused call
+would make the full-size call after it fail.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ a busy tenant's waiters get increasing tags, so each tenant is served FIFO.
 
 Between classes the order is strict, except that a waiter climbs one class per ``aging``
 seconds of waiting, so a saturated higher class delays a lower one but never starves it.
+
+Its twin is ``_backends/redis/lua/_lib5_queue.lua`` (``push``, ``unqueue``, ``fair_order``).
 """
 
 from __future__ import annotations
