@@ -50,15 +50,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the test helpers that start processes
+sys.path.insert(0, str(ROOT / "tests"))  # tests/support: the helpers that start processes
 
 import grpc  # noqa: E402
 from google.protobuf import duration_pb2  # noqa: E402
-from processes import AdmitdProcess, rss_bytes  # noqa: E402
 
 from admitd.v1 import admission_pb2 as pb  # noqa: E402
 from admitd.v1 import admission_pb2_grpc as pb_grpc  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from support.processes import AdmitdProcess, rss_bytes  # noqa: E402
+from support.redis_server import RedisServer  # noqa: E402
 
 POOLS = ("gpt-4o", "claude", "small")
 GOOD = {"OK", "RESOURCE_EXHAUSTED", "NOT_FOUND"}

@@ -1,35 +1,40 @@
 """Shared fixtures: a real admitd server on a socket (port 0) with a manual clock.
 
-``BACKENDS`` lists every backend; the conformance scenarios run against each of them, each
-test with a clean store.
+``BACKENDS`` (``support.parts``) lists every backend; the conformance scenarios run against
+each of them, each test with a clean store. Helpers live in ``tests/support``; a test module
+imports them from there, never from this file (pytest provides the fixtures by name).
+
+Markers (``pyproject.toml``): ``redis`` and ``node`` say which outside part a test needs;
+``support.plugin`` applies them from the fixtures a test uses (``shared_redis``,
+``redis_server``, ``node``) and skips, or in CI fails, a test whose part is missing.
+``slow`` marks the tests of many seconds, so ``pytest -m "not slow"`` is a quick loop.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 _SHARED_CACHE = ROOT.parent / "shared" / "tiktoken-cache"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
     # Offline machines: genuine encoding files, under the names tiktoken's cache uses.
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
 
-from harness import Harness, start_harness  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from support import parts  # noqa: E402
+from support.harness import Harness, MakeHarness, Replicas, start_harness  # noqa: E402
+from support.redis_server import RedisServer  # noqa: E402
 
-BACKENDS = ["memory", "redis"]
-
-MakeHarness = Callable[..., Awaitable[Harness]]
-Replicas = Callable[..., Awaitable[list[Harness]]]
+pytest_plugins = ["support.plugin"]  # the redis and node markers
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=parts.BACKENDS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -95,3 +100,11 @@ async def replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
     yield start
     for harness in started:
         await harness.close()
+
+
+@pytest.fixture
+def node() -> str:
+    """The ``node`` binary (Node.js 18+), with ``clients/node``'s npm packages installed."""
+    path = shutil.which("node")
+    assert path is not None, "check_available skips (in CI: fails) a node test without node"
+    return path

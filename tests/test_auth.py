@@ -22,9 +22,8 @@ from admitd._api.auth import hash_key
 from admitd._cli import main as cli
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
-from certs import CertificateAuthority
-from conftest import MakeHarness
-from harness import DEFAULT_CONFIG, Harness
+from support.certs import CertificateAuthority
+from support.harness import DEFAULT_CONFIG, Harness, MakeHarness
 
 SEARCH_KEY, GATEWAY_KEY = "sk-search-0123456789", "sk-gateway-9876543210"
 KEYS: dict[str, Any] = {

@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+from support import ROOT
+
 TIME_BOX = 900  # seconds; the smoke run takes about a minute on 2 idle cores
 
 
@@ -23,6 +26,8 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.redis  # the scenarios start their own redis-server
+@pytest.mark.slow
 def test_bench_smoke(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],

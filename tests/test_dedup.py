@@ -9,8 +9,7 @@ from typing import Any
 import grpc
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness, Replicas
-from harness import Harness
+from support.harness import Harness, MakeHarness, Replicas
 
 LEADER, FOLLOWER = pb.DedupRole.DEDUP_ROLE_LEADER, pb.DedupRole.DEDUP_ROLE_FOLLOWER
 ONE_SLOT: dict[str, Any] = {"pools": [{"name": "p", "max_concurrency": 1}]}
@@ -119,7 +118,7 @@ async def test_a_follower_on_another_replica_gets_the_result(replicas: Replicas)
 
 
 async def test_followers_are_counted_by_how_they_ended(make_harness: MakeHarness) -> None:
-    from test_metrics import scrape, value
+    from support.metrics import scrape, value
 
     h = await make_harness({"observability": {"metrics_listen": "127.0.0.1:0"}})
     leader = await h.acquire(input_tokens=1, dedup_key="k")

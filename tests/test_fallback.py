@@ -10,7 +10,7 @@ import grpc
 import tiktoken
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
+from support.harness import MakeHarness
 
 CANDIDATES: dict[str, Any] = {
     "pools": [

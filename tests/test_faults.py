@@ -23,35 +23,21 @@ import grpc
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from processes import AdmitdProcess
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
-from conftest import MakeHarness
-from harness import Harness, seconds, start_harness
-from redis_server import RedisServer
+from support.harness import Harness, MakeHarness, seconds, start_harness
+from support.polling import until
+from support.processes import AdmitdProcess
+from support.redis_server import RedisServer
 
 Code = grpc.StatusCode
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 NO_RETRY = Retry(NoBackoff(), 0)
 CLAIM_TIMEOUT = 10.0  # admitd gives back a grant nobody claims (its replica died) after this
-
-
-async def until(
-    condition: Callable[[], Awaitable[bool]], within: float, what: str, every: float = 0.05
-) -> float:
-    """Poll ``condition`` until it holds; fail after ``within`` real seconds. Returns the
-    seconds it took."""
-    start = time.monotonic()
-    while True:
-        if await condition():
-            return time.monotonic() - start
-        if time.monotonic() - start > within:
-            raise AssertionError(f"not within {within:g}s: {what}")
-        await asyncio.sleep(every)
 
 
 def acquire_request(wait: float = 0.0, tenant: str = "a", tokens: int = 10) -> pb.AcquireRequest:
@@ -92,6 +78,7 @@ def redis_keys(server: RedisServer, prefix: str, kind: str) -> list[str]:
 TTL = 2.0
 
 
+@pytest.mark.slow
 async def test_a_killed_replica_leaves_no_stuck_slot_or_waiter(redis_server: RedisServer) -> None:
     """kill -9 one of two replicas while its clients hold the pool's two slots and two more
     wait in its queue. Their RPCs fail UNAVAILABLE at once; retried on the other replica they
@@ -426,6 +413,8 @@ MARGIN = 1.5  # noisy shared cores; a stalled call would take the whole DEBUG SL
 STALL = 6
 
 
+@pytest.mark.redis
+@pytest.mark.slow  # DEBUG SLEEP stalls Redis for 6 s
 async def test_a_stalled_redis_fails_calls_within_the_timeout_and_stalls_nothing_else() -> None:
     """DEBUG SLEEP blocks Redis for 6 s. Acquire, Release and GetStatus on the Redis-backed
     server fail UNAVAILABLE within backend.timeout (+ a margin), not after 6 s; a memory-backed
@@ -487,6 +476,7 @@ async def test_a_stalled_redis_fails_calls_within_the_timeout_and_stalls_nothing
         slow.stop()
 
 
+@pytest.mark.slow
 async def test_a_huge_prompt_does_not_stall_other_rpcs() -> None:
     """While one caller's largest allowed prompt is being counted, other callers' RPCs on the
     same replica (a real process) keep being answered promptly."""

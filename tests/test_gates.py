@@ -9,8 +9,7 @@ from typing import Any
 import grpc
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
-from harness import Harness, seconds
+from support.harness import Harness, MakeHarness, seconds
 
 OK = pb.Outcome.OUTCOME_OK
 RATE_LIMITED = pb.Outcome.OUTCOME_PROVIDER_RATE_LIMITED
@@ -185,7 +184,7 @@ async def test_a_negative_retry_after_is_invalid(make_harness: MakeHarness) -> N
 
 
 async def test_gates_are_exported_as_metrics(make_harness: MakeHarness) -> None:
-    from test_metrics import scrape, value
+    from support.metrics import scrape, value
 
     h = await make_harness({**ADAPTIVE, "observability": {"metrics_listen": "127.0.0.1:0"}})
     await end(h, RATE_LIMITED, retry_after=7)

@@ -17,8 +17,8 @@ import pytest
 from google.protobuf import duration_pb2
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
-from harness import Failure, Harness
+from support.decoding import Failure
+from support.harness import Harness, MakeHarness
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
+from support.harness import MakeHarness
 
 TTL = {"lease": {"ttl": "10s", "reap_interval": "1s"}}
 

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from conftest import MakeHarness
+from support.harness import MakeHarness
 
 ONE_MINUTE_TPM = {"name": "p", "tokens_per_minute": 1200}  # refills 20 tokens/s
 

@@ -18,7 +18,7 @@ import redis
 from admitd import _model
 from admitd._backends.redis import codec
 from admitd._backends.redis.scripts import OPERATIONS, load_scripts, lua_prologue
-from redis_server import RedisServer
+from support.redis_server import RedisServer
 
 LUA = Path(codec.__file__).parent / "lua"
 

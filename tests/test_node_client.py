@@ -8,9 +8,9 @@ waits in the queue with a streamed wait (AcquireStream), takes a ticket round tr
 leader and gets its result, pauses a pool with a provider's retry-after, and reads the
 cost ledger (GetUsage).
 
-Node and the npm packages come from scripts/setup_node.sh (scripts/test runs it). When
-either is missing this test fails, in CI and elsewhere alike, saying how to install them:
-it is never skipped.
+Node and the npm packages come from scripts/setup_node.sh (scripts/test runs it). The
+``node`` fixture marks these tests ``node``; when either is missing they are skipped saying
+how to install them, and in CI (``CI=true``) they fail instead (tests/support/parts.py).
 """
 
 from __future__ import annotations
@@ -18,17 +18,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import Harness, start_harness
+from support import ROOT
+from support.harness import Harness, start_harness
 
-ROOT = Path(__file__).resolve().parent.parent
 NODE_CLIENT = ROOT / "clients" / "node"
 CONFIG: dict[str, Any] = {
     "lease": {"ttl": "30s"},
@@ -47,22 +44,6 @@ POOL_METADATA = {
     "limit_value": "1",
     "requested": "1",
 }
-
-
-def node_or_fail() -> str:
-    node = shutil.which("node")
-    missing = [] if node else ["node (Node.js 18+)"]
-    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        missing.append("clients/node/node_modules")
-    if missing or node is None:
-        where = "in CI (CI=true)" if os.environ.get("CI") == "true" else "on this machine"
-        pytest.fail(
-            f"{' and '.join(missing)} missing {where}: run `bash scripts/setup_node.sh` "
-            "(as root it installs Debian's nodejs and npm with apt-get; then it runs "
-            "`npm ci --prefix clients/node`). scripts/test does this before the tests.",
-            pytrace=False,
-        )
-    return node
 
 
 async def start_cli(node: str, h: Harness, command: str, *args: str) -> asyncio.subprocess.Process:
@@ -102,8 +83,7 @@ def expiry(h: Harness, ttl: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def test_acquire_rejection_details_and_release() -> None:
-    node = node_or_fail()
+async def test_acquire_rejection_details_and_release(node: str) -> None:
     h = await start_harness(CONFIG)
     try:
         status, out = await cli(
@@ -161,8 +141,7 @@ async def test_acquire_rejection_details_and_release() -> None:
         await h.close()
 
 
-async def test_demo_in_one_process_and_errors_that_are_not_rejections() -> None:
-    node = node_or_fail()
+async def test_demo_in_one_process_and_errors_that_are_not_rejections(node: str) -> None:
     h = await start_harness(CONFIG)
     try:
         status, out = await cli(
@@ -193,8 +172,7 @@ async def test_demo_in_one_process_and_errors_that_are_not_rejections() -> None:
         await h.close()
 
 
-async def test_a_streamed_wait_reports_its_place_then_the_lease() -> None:
-    node = node_or_fail()
+async def test_a_streamed_wait_reports_its_place_then_the_lease(node: str) -> None:
     h = await start_harness(CONFIG)
     try:
         holder = await h.acquire(tenant="a", pool="p", input_tokens=1)
@@ -235,8 +213,7 @@ async def test_a_streamed_wait_reports_its_place_then_the_lease() -> None:
         await h.close()
 
 
-async def test_a_ticket_round_trip() -> None:
-    node = node_or_fail()
+async def test_a_ticket_round_trip(node: str) -> None:
     h = await start_harness(CONFIG)
     try:
         holder = await h.acquire(tenant="a", pool="p", input_tokens=1)
@@ -303,8 +280,7 @@ async def test_a_ticket_round_trip() -> None:
         await h.close()
 
 
-async def test_fallback_pools_dedup_retry_after_and_usage() -> None:
-    node = node_or_fail()
+async def test_fallback_pools_dedup_retry_after_and_usage(node: str) -> None:
     pools = [CONFIG["pools"][0], {"name": "q"}]
     h = await start_harness({**CONFIG, "pools": pools})
     try:

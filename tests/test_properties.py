@@ -29,7 +29,6 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzzing import fuzz_settings, run
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,9 +36,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import BACKENDS
-from harness import Harness, start_harness
-from redis_server import RedisServer
+from support.fuzzing import fuzz_settings, run
+from support.harness import Harness, start_harness
+from support.parts import BACKENDS
+from support.redis_server import RedisServer
 
 Code = grpc.StatusCode
 MAX_TOKENS = 10_000_000  # the server's bound on each token field
@@ -382,6 +382,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     server.close()
 
 
+@pytest.mark.slow
 def test_arbitrary_fields_never_crash_leak_or_reserve_on_error(served: Served) -> None:
     seen: set[str] = set()
 

@@ -11,10 +11,9 @@ from grpc_health.v1 import health_pb2
 
 from admitd import AcquireSpec, Engine, ManualClock, parse_config
 from admitd._backends.redis.backend import RedisBackend, connect
-from conftest import Replicas
-from harness import Harness
-from redis_server import RedisServer
-from test_queue import grant_order
+from support.harness import Harness, Replicas
+from support.queueing import grant_order
+from support.redis_server import RedisServer
 
 
 async def test_exact_global_concurrency_across_replicas(replicas: Replicas) -> None:

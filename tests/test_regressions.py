@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from test_faults import until
 
-from conftest import MakeHarness
+from support.harness import MakeHarness
+from support.polling import until
 
 
 async def test_a_fail_fast_call_behind_its_tenants_held_waiter_is_rejected_at_once(

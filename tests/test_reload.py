@@ -12,9 +12,8 @@ import yaml
 from admitd import Unavailable, parse_config
 from admitd._api.watch import ConfigWatcher
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness, Replicas
-from harness import DEFAULT_CONFIG, Harness, start_harness
-from redis_server import RedisServer
+from support.harness import DEFAULT_CONFIG, Harness, MakeHarness, Replicas, start_harness
+from support.redis_server import RedisServer
 
 
 def settings_for(h: Harness, **changes: Any) -> Any:

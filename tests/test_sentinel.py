@@ -10,8 +10,8 @@ import grpc
 import pytest
 import redis
 
-from harness import start_harness
-from redis_server import RedisServer, free_port, redis_binary
+from support.harness import start_harness
+from support.redis_server import RedisServer, free_port, redis_binary
 
 
 class Sentinel(RedisServer):
@@ -51,6 +51,8 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_failover_to_the_promoted_replica(
     sentinel_setup: tuple[RedisServer, RedisServer, Sentinel],
 ) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import MakeHarness
-from test_metrics import scrape, value
+from support.harness import MakeHarness
+from support.metrics import scrape, value
 
 SHADOW_POOL: dict[str, Any] = {
     "pools": [

@@ -1,4 +1,4 @@
-from conftest import MakeHarness
+from support.harness import MakeHarness
 
 
 async def test_acquire_and_release(make_harness: MakeHarness) -> None:

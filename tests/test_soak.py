@@ -7,9 +7,13 @@ import json
 import subprocess
 import sys
 
-from processes import ROOT, child_env
+import pytest
+
+from support.processes import ROOT, child_env
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 def test_soak_smoke_passes_every_check() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "soak.py"), "--smoke", "--json", "--seed", "7"],

@@ -35,10 +35,8 @@ from typing import Any
 
 import grpc
 import pytest
-from fuzzing import fuzz_settings, run_machine
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from model import EPS, Model
 
 from admitd import (
     AcquireSpec,
@@ -52,8 +50,12 @@ from admitd import (
 from admitd._backends.redis.backend import RedisBackend, connect
 from admitd._clock import settle
 from admitd.v1 import admission_pb2 as pb
-from harness import Harness, decode, seconds, start_harness
-from redis_server import RedisServer
+from support.decoding import decode
+from support.fuzzing import fuzz_settings, run_machine
+from support.harness import Harness, seconds, start_harness
+from support.model import EPS, Model
+from support.parts import BACKENDS
+from support.redis_server import RedisServer
 
 CONFIG: dict[str, Any] = {
     "pools": [
@@ -671,14 +673,16 @@ def machine(driver: type[Driver], store: Callable[[], dict[str, Any]]) -> type[A
     return Machine
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_engine_and_backend_agree_with_the_model(kind: str, request: pytest.FixtureRequest) -> None:
     settings = fuzz_settings(max_examples=60 if kind == "memory" else 40, step_count=50)
     cls = machine(EngineDriver, backend(kind, request))
     run_machine(cls, settings)
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_grpc_server_agrees_with_the_model(kind: str, request: pytest.FixtureRequest) -> None:
     settings = fuzz_settings(max_examples=10, step_count=30)
     cls = machine(GrpcDriver, backend(kind, request))

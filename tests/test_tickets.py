@@ -10,8 +10,7 @@ from typing import Any
 import grpc
 
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness, Replicas
-from harness import Harness, seconds
+from support.harness import Harness, MakeHarness, Replicas, seconds
 
 ONE_SLOT: dict[str, Any] = {
     "pools": [{"name": "p", "max_concurrency": 1}],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from admitd import parse_config
-from conftest import MakeHarness
+from support.harness import MakeHarness
 
 TIERS: dict[str, Any] = {
     "pools": [{"name": "p"}],

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import tiktoken
 
-from conftest import MakeHarness
+from support.harness import MakeHarness
 
 CL100K = "cl100k_base"
 O200K = "o200k_base"

@@ -11,8 +11,7 @@ import pytest
 
 from admitd._cli import main as cli
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
-from harness import Harness
+from support.harness import Harness, MakeHarness
 
 PRICED: dict[str, Any] = {
     "lease": {"ttl": 60},

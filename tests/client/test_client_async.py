@@ -22,7 +22,7 @@ from admitd_client import (
     Settlement,
     Unavailable,
 )
-from client_support import (
+from support.client import (
     COOKBOOK_MESSAGES,
     GPT4,
     GPT4O,

@@ -22,7 +22,7 @@ from admitd_client import (
     Reason,
     Rejected,
 )
-from client_support import (
+from support.client import (
     CONFIG,
     COOKBOOK_MESSAGES,
     GPT4,

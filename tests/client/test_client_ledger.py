@@ -11,7 +11,7 @@ import pytest
 
 from admitd_client import AdmissionClient, AdmitdError, AsyncAdmissionClient, UsageRow
 from admitd_client._ledger import day_text
-from client_support import GPT4, GPT4O, serve, target
+from support.client import GPT4, GPT4O, serve, target
 
 DAY1, DAY2 = date(2026, 1, 1), date(2026, 1, 2)
 

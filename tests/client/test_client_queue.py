@@ -29,7 +29,7 @@ from admitd_client import (
     TicketState,
     Unavailable,
 )
-from client_support import (
+from support.client import (
     CONFIG,
     COOKBOOK_MESSAGES,
     GPT4,
@@ -40,7 +40,7 @@ from client_support import (
     serve,
     target,
 )
-from harness import Harness
+from support.harness import Harness
 
 
 async def collect(stream: AsyncIterator[QueueUpdate | Lease]) -> list[QueueUpdate | Lease]:

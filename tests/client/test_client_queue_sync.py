@@ -25,7 +25,7 @@ from admitd_client import (
     TicketState,
     Unavailable,
 )
-from client_support import GPT4O, POOL_METADATA, dead_target, serve, sync_channel, target
+from support.client import GPT4O, POOL_METADATA, dead_target, serve, sync_channel, target
 
 
 async def test_a_stream_yields_updates_then_the_lease() -> None:

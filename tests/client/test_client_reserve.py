@@ -14,7 +14,7 @@ from admitd_client import AdmissionClient, AsyncAdmissionClient, Lease, Usage
 from admitd_client._images import anthropic_image_tokens, image_size, openai_image_tokens
 from admitd_client._models import pool_for
 from admitd_client._reserve import Reservation, api_of, reserve
-from client_support import (
+from support.client import (
     COOKBOOK_MESSAGES,
     GPT4O,
     aio_channel,

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from processes import ROOT, child_env
 
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
-from redis_server import RedisServer, free_port
+from support import ROOT
+from support.processes import child_env
+from support.redis_server import RedisServer, free_port
 
 _PORT_LINE = re.compile(rb"\(port (\d+)\)")
 

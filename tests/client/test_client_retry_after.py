@@ -18,7 +18,7 @@ import pytest
 
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Outcome, Reason, Rejected
 from admitd_client._retry_after import MAX_HINT, parse_retry_after, retry_after_for
-from client_support import GPT4, GPT4O, ProviderRateLimit, aio_channel, serve, sync_channel, target
+from support.client import GPT4, GPT4O, ProviderRateLimit, aio_channel, serve, sync_channel, target
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

@@ -20,8 +20,8 @@ import pytest
 
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Outcome, Rejected, wrap
 from admitd_client._proto import admission_pb2 as pb
-from client_support import FakeProvider, aio_channel, serve, sync_channel, target
-from harness import Harness
+from support.client import FakeProvider, aio_channel, serve, sync_channel, target
+from support.harness import Harness
 
 GPT = "openai/gpt-4o"
 CLAUDE = "anthropic/claude-sonnet-4-6"
@@ -332,7 +332,7 @@ async def test_a_refusal_past_the_wait_budget_raises_rejected(fake: FakeProvider
 
 
 def _seconds(value: float) -> Any:
-    from harness import seconds
+    from support.harness import seconds
 
     return seconds(value)
 

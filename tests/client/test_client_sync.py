@@ -26,7 +26,7 @@ from admitd_client import (
     RetryPolicy,
     Unavailable,
 )
-from client_support import (
+from support.client import (
     COOKBOOK_MESSAGES,
     GPT4,
     GPT4O,

@@ -9,7 +9,7 @@ import tiktoken
 
 from admitd_client import DEFAULT_ENCODING, count_tokens
 from admitd_client._tokens import encoding_name
-from client_support import COOKBOOK_MESSAGES, COOKBOOK_TOKENS
+from support.client import COOKBOOK_MESSAGES, COOKBOOK_TOKENS
 
 
 @pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from admitd_client import Lease, Usage
-from client_support import as_object, load
+from support.client import as_object, load
 
 
 def new_lease(input_tokens: int = 100, max_output_tokens: int = 50) -> Lease:

@@ -3,53 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 from admitd import AdmitdServer, ManualClock, parse_config
 from admitd._clock import settle
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
-
-DETAILS_KEY = "grpc-status-details-bin"
-
-
-@dataclass
-class Failure:
-    """A failed RPC with its rich status details decoded."""
-
-    code: grpc.StatusCode
-    message: str
-    reason: str = ""
-    domain: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    retry_after: float | None = None
-    field_violations: list[str] = field(default_factory=list)
-
-
-def decode(error: grpc.aio.AioRpcError) -> Failure:
-    failure = Failure(error.code(), error.details() or "")
-    for key, value in error.trailing_metadata() or ():
-        if key != DETAILS_KEY:
-            continue
-        status = status_pb2.Status.FromString(value)
-        assert status.code == error.code().value[0]
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            retry = error_details_pb2.RetryInfo()
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(info):
-                failure.reason, failure.domain = info.reason, info.domain
-                failure.metadata = dict(info.metadata)
-            elif detail.Unpack(retry):
-                failure.retry_after = retry.retry_delay.ToTimedelta().total_seconds()
-            elif detail.Unpack(bad):
-                failure.field_violations = [v.field for v in bad.field_violations]
-    return failure
+from support.decoding import Failure, decode
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -164,6 +128,11 @@ def _acquire_request(fields: dict[str, Any]) -> pb.AcquireRequest:
         request.wait_timeout.CopyFrom(seconds(wait))
     return request
 
+
+# The fixtures of tests/conftest.py: ``await make_harness(config)`` starts a server on this
+# test's clean store; ``await replicas(n, config)`` starts n servers sharing one Redis.
+MakeHarness = Callable[..., Awaitable[Harness]]
+Replicas = Callable[..., Awaitable[list[Harness]]]
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "observability": {"metrics_listen": None},

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from support import parts
+
 
 def free_port() -> int:
     """A free port below the kernel's ephemeral range. A port from that range (what binding
@@ -74,6 +76,7 @@ class RedisServer:
         ]
 
     def start(self) -> RedisServer:
+        parts.require("redis")
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

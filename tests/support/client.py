@@ -1,6 +1,6 @@
 """Helpers of the Python client's tests: a real admitd on a socket, and what the client sent.
 
-The client under test talks to a real server (tests/harness.py: port 0, ManualClock). What it
+The client under test talks to a real server (support/harness.py: port 0, ManualClock). What it
 sent is observed through a gRPC interceptor on a channel the test owns and hands to the
 client; time never passes for real: sleeps are injected and advance the server's clock.
 """
@@ -24,16 +24,15 @@ import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import grpc
 
-from harness import Harness, start_harness
+from support import ROOT
+from support.harness import Harness, start_harness
 
-DATA = Path(__file__).resolve().parent / "data"
-ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "client" / "data"
 
 # gpt-4o counts with o200k_base, gpt-4 with cl100k_base (tiktoken's model table); the
 # second pool has a token bucket of 600 tokens refilling at 10 tokens/s.

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 _PORT_LINE = re.compile(rb"\(port (\d+)\)")
 
 

@@ -1,0 +1,22 @@
+"""What the tests share, apart from fixtures (``tests/conftest.py``): import helpers from here.
+
+A test module imports ``support.*`` and never ``conftest`` or another test module
+(``tests/test_layout.py`` checks it). ``tests/`` is on ``sys.path`` (pytest's ``pythonpath``
+setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
+
+- ``parts``: the markers ``redis``/``node`` and the rule for a missing redis-server or Node.
+- ``harness``: a real admitd on a socket with a manual clock, and a client to poke it.
+- ``decoding``: a failed RPC's rich status, decoded.
+- ``polling``: wait for a real-world condition, with a bound.
+- ``queueing``: fill a one-slot pool's queue and watch the order it is served in.
+- ``metrics``: scrape the Prometheus endpoint.
+- ``redis_server`` / ``processes``: real redis-server and admitd processes.
+- ``certs``: a test CA and the certificates it signs.
+- ``client``: the Python client's tests: a server, recording channels, injected sleeps.
+- ``fuzzing`` / ``model``: hypothesis profiles, and the model the state machine checks.
+"""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository's root folder."""
