@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admitd import AdmitdServer, ManualClock, parse_config
 from admitd._api.auth import hash_key
@@ -24,6 +23,7 @@ from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
 from support.certs import CertificateAuthority
 from support.harness import DEFAULT_CONFIG, Harness, MakeHarness
+from support.health import SERVING, health
 
 SEARCH_KEY, GATEWAY_KEY = "sk-search-0123456789", "sk-gateway-9876543210"
 KEYS: dict[str, Any] = {
@@ -318,9 +318,7 @@ async def test_the_plaintext_health_port_serves_health_only(
     servers.append(server)
     assert server.health_port not in (0, server.port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert await health(channel) == SERVING
         stub = pb_grpc.AdmissionStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # no Admission in plaintext
             await stub.GetStatus(pb.GetStatusRequest(), timeout=5)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -191,7 +192,8 @@ def test_serve_health_status_and_sigterm(
         target = f"127.0.0.1:{match.group(1)}"
 
         with grpc.insecure_channel(target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
+            # types-grpcio-health-checking declares the stub without its methods.
+            health: Any = health_pb2_grpc.HealthStub(channel)
             for service in ("", "admitd.v1.Admission"):
                 reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, service

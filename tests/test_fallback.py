@@ -90,7 +90,7 @@ async def test_an_idempotent_retry_finds_the_lease_whichever_candidate_granted_i
 ) -> None:
     h = await make_harness(CANDIDATES)
     await h.acquire(pool="openai", input_tokens=1)
-    ask = {"pool": "openai", "fallback_pools": ["azure"], "input_tokens": 7}
+    ask: dict[str, Any] = {"pool": "openai", "fallback_pools": ["azure"], "input_tokens": 7}
     first = await h.acquire(idempotency_key="k1", **ask)
     again = await h.acquire(idempotency_key="k1", **ask)
     assert (again.lease_id, again.pool) == (first.lease_id, "azure")

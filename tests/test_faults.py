@@ -22,20 +22,18 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
 from support.harness import Harness, MakeHarness, seconds, start_harness
+from support.health import NOT_SERVING, SERVING, health
 from support.polling import until
 from support.processes import AdmitdProcess
 from support.redis_server import RedisServer
 
 Code = grpc.StatusCode
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 NO_RETRY = Retry(NoBackoff(), 0)
 CLAIM_TIMEOUT = 10.0  # admitd gives back a grant nobody claims (its replica died) after this
 
@@ -48,17 +46,14 @@ def acquire_request(wait: float = 0.0, tenant: str = "a", tokens: int = 10) -> p
 
 
 @contextlib.asynccontextmanager
-async def connect(target: str) -> AsyncIterator[tuple[pb_grpc.AdmissionStub, grpc.aio.Channel]]:
+async def connect(
+    target: str,
+) -> AsyncIterator[tuple[pb_grpc.AdmissionAsyncStub, grpc.aio.Channel]]:
     channel = grpc.aio.insecure_channel(target)
     try:
         yield pb_grpc.AdmissionStub(channel), channel
     finally:
         await channel.close()
-
-
-async def health(channel: grpc.aio.Channel) -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    return int((await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status)
 
 
 async def code_of(call: Awaitable[Any]) -> Code:
@@ -184,7 +179,7 @@ class Load:
     """Workers that acquire (fail fast) and release in a loop; each outcome is counted under
     the phase in which its call started."""
 
-    def __init__(self, stub: pb_grpc.AdmissionStub, workers: int = 6) -> None:
+    def __init__(self, stub: pb_grpc.AdmissionAsyncStub, workers: int = 6) -> None:
         self.stub = stub
         self.phase = "up"
         self.outcomes: Counter[tuple[str, str, str]] = Counter()  # (phase, rpc, code)

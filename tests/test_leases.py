@@ -20,6 +20,7 @@ async def test_expired_lease_frees_its_slot_and_keeps_its_full_charge(
         {**TTL, "pools": [{"name": "p", "max_concurrency": 1, "tokens_per_day": 1000}]}
     )
     lease = await h.acquire(input_tokens=100, max_output_tokens=50)
+    assert h.clock is not None
     assert lease.expires_at.ToNanoseconds() == round((h.clock.wall() + 10) * 1e9)
     await h.advance(9.9)
     assert (await h.pool("p")).in_flight == 1
@@ -50,6 +51,7 @@ async def test_renew_extends_from_now(make_harness: MakeHarness) -> None:
     await h.advance(8)
     renewed = await h.renew(lease.lease_id, extend_by=30)
     assert renewed.lease_id == lease.lease_id
+    assert h.clock is not None
     assert renewed.expires_at.ToNanoseconds() == round((h.clock.wall() + 30) * 1e9)
     await h.advance(29)
     assert (await h.pool("p")).in_flight == 1

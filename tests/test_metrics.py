@@ -102,7 +102,8 @@ async def test_acquire_and_release_are_traced_to_the_otlp_endpoint(
 ) -> None:
     collector = _Collector()
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    # opentelemetry-proto's generated gRPC module has no type annotations.
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

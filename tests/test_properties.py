@@ -31,13 +31,15 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError, Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from admitd.v1 import admission_pb2 as pb
+from support.decoding import has_field
 from support.fuzzing import fuzz_settings, run
 from support.harness import Harness, start_harness
+from support.health import health
 from support.parts import BACKENDS
 from support.redis_server import RedisServer
 
@@ -135,10 +137,10 @@ def state_of(status: pb.StatusResponse) -> dict[str, float]:
             out[f"{kind}:{item.name}:in_flight"] = item.in_flight
             out[f"{kind}:{item.name}:queued"] = item.queued
             for name in LIMIT_FIELDS + DAILY_FIELDS:
-                if item.HasField(name):
+                if has_field(item, name):
                     out[f"{kind}:{item.name}:{name}"] = getattr(item, name).value
     for name in DAILY_FIELDS:
-        if status.budget.HasField(name):
+        if has_field(status.budget, name):
             out[f"global:{name}"] = getattr(status.budget, name).value
     return out
 
@@ -338,13 +340,13 @@ async def run_calls(example: Example, data: st.DataObject) -> None:
                 request.usage.output_tokens = data.draw(TOKENS, label="usage.output")
             await example.release(request)
         else:
-            request = pb.RenewRequest(
+            renewal = pb.RenewRequest(
                 lease_id=data.draw(lease_ids(example), label="lease_id"),
                 tenant=data.draw(TENANTS, label="tenant"),
             )
             if data.draw(st.booleans(), label="has extend_by"):
-                request.extend_by.CopyFrom(data.draw(DURATIONS, label="extend_by"))
-            await example.renew(request)
+                renewal.extend_by.CopyFrom(data.draw(DURATIONS, label="extend_by"))
+            await example.renew(renewal)
 
 
 # -- a server per backend, in its own event loop ----------------------------------------------
@@ -433,16 +435,13 @@ def decodes(method: str, payload: bytes) -> bool:
 
 
 async def send_raw(h: Harness, method: str, payload: bytes) -> tuple[Code, bytes | None]:
-    call = h.channel.unary_unary(f"/admitd.v1.Admission/{method}")  # identity serializers
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = h.channel.unary_unary(
+        f"/admitd.v1.Admission/{method}"
+    )  # identity serializers
     try:
         return Code.OK, await call(payload, timeout=10)
     except grpc.aio.AioRpcError as error:
         return error.code(), None
-
-
-async def serving(h: Harness) -> int:
-    stub = health_pb2_grpc.HealthStub(h.channel)
-    return int((await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status)
 
 
 def test_garbage_bytes_get_an_error_and_the_server_stays_healthy(served: Served) -> None:
@@ -470,7 +469,7 @@ def test_garbage_bytes_get_an_error_and_the_server_stays_healthy(served: Served)
     assert undecodable, "no undecodable payload was sent"
 
     async def still_fine() -> None:
-        assert await serving(h) == health_pb2.HealthCheckResponse.SERVING
+        assert await health(h.channel) == health_pb2.HealthCheckResponse.SERVING
         end = await state(h)
         for key in end:
             if key.endswith(("in_flight", "queued", "concurrency")):
@@ -499,7 +498,7 @@ async def test_a_10mb_request_is_refused_before_it_is_read(make_harness: Any) ->
     assert failure.code == Code.RESOURCE_EXHAUSTED
     assert "larger than max" in failure.message
     assert await state(h) == start
-    assert await serving(h) == health_pb2.HealthCheckResponse.SERVING
+    assert await health(h.channel) == health_pb2.HealthCheckResponse.SERVING
     await h.release((await h.acquire(input_tokens=1)).lease_id)
 
 

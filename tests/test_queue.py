@@ -46,7 +46,8 @@ async def test_fair_share_is_on_token_cost_not_request_count(make_harness: MakeH
     h = await make_harness(ONE_SLOT)
     holder = await h.acquire(input_tokens=1)
     # a asks for 300 tokens a call, b for 100: equal weights give b three calls per a call.
-    requests = [{"tenant": "a", "input_tokens": 300}] * 4 + [{"tenant": "b"}] * 12
+    requests: list[dict[str, Any]] = [{"tenant": "a", "input_tokens": 300}] * 4
+    requests += [{"tenant": "b"}] * 12
     labels = [r["tenant"] for r in requests]
     order = await grant_order(h, holder, await queue_up(h, requests), labels)
     assert order[:8].count("a") == 2, order

@@ -11,7 +11,8 @@ from grpc_health.v1 import health_pb2
 
 from admitd import AcquireSpec, Engine, ManualClock, parse_config
 from admitd._backends.redis.backend import RedisBackend, connect
-from support.harness import Harness, Replicas
+from support.harness import Replicas
+from support.health import health
 from support.queueing import grant_order
 from support.redis_server import RedisServer
 
@@ -102,22 +103,14 @@ async def test_redis_down_fails_closed_and_recovers_by_itself(
     assert failure.code == grpc.StatusCode.UNAVAILABLE
     assert "state store unreachable" in failure.message
     assert not await h.server.check_store()
-    assert await health(h) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await health(h.channel) == health_pb2.HealthCheckResponse.NOT_SERVING
     # Alive all the same: a liveness probe must not restart a replica for Redis's outage.
-    assert await health(h, "admitd.liveness") == health_pb2.HealthCheckResponse.SERVING
+    assert await health(h.channel, "admitd.liveness") == health_pb2.HealthCheckResponse.SERVING
 
     redis_server.start()  # same port, empty: nothing was persisted
     assert await h.server.check_store()
-    assert await health(h) == health_pb2.HealthCheckResponse.SERVING
+    assert await health(h.channel) == health_pb2.HealthCheckResponse.SERVING
     assert (await h.acquire(input_tokens=1)).reserved_tokens == 1
-
-
-async def health(h: Harness, service: str = "") -> int:
-    from grpc_health.v1 import health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(h.channel)
-    request = health_pb2.HealthCheckRequest(service=service)
-    return int((await stub.Check(request, timeout=5)).status)
 
 
 async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
@@ -191,7 +184,7 @@ async def test_fail_open_admits_unchecked_while_redis_is_down(
     assert lease.lease_id.startswith("unchecked-")
     assert h.engine.unchecked_admissions == 1
     assert not await h.server.check_store()
-    assert await health(h) == health_pb2.HealthCheckResponse.SERVING
+    assert await health(h.channel) == health_pb2.HealthCheckResponse.SERVING
     settled = await h.release(lease.lease_id, (1, 2))
     assert settled.charged_tokens == 3
     redis_server.start()

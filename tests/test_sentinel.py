@@ -60,7 +60,8 @@ async def test_failover_to_the_promoted_replica(
     watcher = redis.Redis(port=sentinel.port, decode_responses=True)
 
     def known_primary() -> int:
-        _host, port = watcher.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster")
+        asked = ("SENTINEL", "get-master-addr-by-name", "mymaster")
+        _host, port = watcher.execute_command(*asked)  # type: ignore[no-untyped-call]
         return int(port)
 
     def replica_linked() -> bool:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from support.harness import MakeHarness
+from support.health import health
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def health(channel: grpc.aio.Channel, service: str = "") -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-    return int(response.status)
 
 
 async def test_health_is_serving_for_the_server_and_the_admission_service(
@@ -29,7 +26,8 @@ async def test_health_is_serving_for_the_server_and_the_admission_service(
 
 async def test_reflection_lists_the_services(make_harness: MakeHarness) -> None:
     h = await make_harness()
-    stub = reflection_pb2_grpc.ServerReflectionStub(h.channel)
+    # types-grpcio-reflection types the stub for blocking channels only.
+    stub: Any = reflection_pb2_grpc.ServerReflectionStub(h.channel)  # type: ignore[arg-type]
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     names = set()
     async for response in stub.ServerReflectionInfo(iter([request]), timeout=5):

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from support.processes import ROOT, child_env
+from support import ROOT
+from support.processes import child_env
 
 
 @pytest.mark.redis

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -50,7 +50,7 @@ from admitd import (
 from admitd._backends.redis.backend import RedisBackend, connect
 from admitd._clock import settle
 from admitd.v1 import admission_pb2 as pb
-from support.decoding import decode
+from support.decoding import decode, has_field
 from support.fuzzing import fuzz_settings, run_machine
 from support.harness import Harness, seconds, start_harness
 from support.model import EPS, Model
@@ -320,13 +320,13 @@ class GrpcDriver(Driver):
         for scope, items in (("pool", status.pools), ("tenant", status.tenants)):
             for item in items:
                 for name in (*fields, "usd_per_day"):
-                    if item.HasField(name):
+                    if has_field(item, name):
                         value = getattr(item, name).value
                         if name == "usd_per_day":
                             value = float(round(value * 1e9))
                         levels[f"{scope}:{item.name}:{names.get(name, name)}"] = value
         for name in ("tokens_per_day", "usd_per_day"):
-            if status.budget.HasField(name):
+            if has_field(status.budget, name):
                 value = getattr(status.budget, name).value
                 levels[f"global:{name}"] = (
                     float(round(value * 1e9)) if name == "usd_per_day" else value
@@ -370,7 +370,7 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         raise AssertionError(f"{message}\nlast steps:\n  " + "\n  ".join(self.log[-15:]))
 
     def check_pass(self, pas: Any, done: dict[str, Answer], what: str) -> None:
@@ -459,7 +459,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     def _lease_target(self, data: st.DataObject) -> str:
         """Mostly a live lease; sometimes one that has ended (released or expired)."""
         live = sorted(set(self.server_id) & set(self.model.leases))
-        if live and data.draw(st.integers(0, 3), label="live?"):
+        if live and bool(data.draw(st.integers(0, 3), label="live?")):
             return data.draw(st.sampled_from(live), label="live lease")
         return data.draw(st.sampled_from(sorted(self.server_id)), label="any lease")
 
@@ -593,9 +593,9 @@ class AdmissionMachine(RuleBasedStateMachine):
                 self.model.remove(cid, served=False)
                 del self.tasks[cid]
                 done.pop(cid)
-                passes.append(self.model.dispatch(lambda c, g=grants: c in g, lenient=True))
+                passes.append(self.model.dispatch(grants.__contains__, lenient=True))
             if not timeouts:
-                passes.append(self.model.dispatch(lambda c, g=grants: c in g))
+                passes.append(self.model.dispatch(grants.__contains__))
             for pas in passes:
                 self.check_pass(pas, done, f"dispatch at {at:.6f}")
             granted = {cid for pas in passes for cid in pas.grants}
@@ -665,9 +665,11 @@ def backend(kind: str, request: pytest.FixtureRequest) -> Callable[[], dict[str,
     }
 
 
-def machine(driver: type[Driver], store: Callable[[], dict[str, Any]]) -> type[AdmissionMachine]:
+def machine(
+    driver: type[EngineDriver | GrpcDriver], store: Callable[[], dict[str, Any]]
+) -> type[AdmissionMachine]:
     class Machine(AdmissionMachine):
-        make_driver = staticmethod(lambda: driver(store()))  # type: ignore[assignment,arg-type]
+        make_driver = staticmethod(lambda: driver(store()))
 
     Machine.__name__ = f"{driver.__name__}Machine"
     return Machine

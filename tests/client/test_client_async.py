@@ -31,6 +31,7 @@ from support.client import (
     Jitter,
     ProviderRateLimit,
     aio_channel,
+    approx,
     dead_target,
     load,
     serve,
@@ -64,6 +65,7 @@ async def test_happy_path_counts_acquires_records_and_releases() -> None:
             assert lease.reserved_tokens == 224
             assert lease.reserved_usd == pytest.approx(124 * 2.5e-6 + 100 * 10e-6)
             assert lease.queued_for == 0.0
+            assert h.clock is not None
             assert lease.expires_at == datetime.fromtimestamp(h.clock.wall() + 30, UTC)
             assert (await h.pool(GPT4O)).in_flight == 1
             assert lease.record(load("openai_chat_completion.json")) is True
@@ -72,7 +74,7 @@ async def test_happy_path_counts_acquires_records_and_releases() -> None:
             charged_tokens=139,
             refunded_tokens=85,
             already_released=False,
-            charged_usd=pytest.approx(124 * 2.5e-6 + 15 * 10e-6),
+            charged_usd=approx(124 * 2.5e-6 + 15 * 10e-6),
         )
         assert (await h.pool(GPT4O)).in_flight == 0
         assert sent.methods() == ["Acquire", "Release"]

@@ -115,12 +115,14 @@ def test_counts_with_every_candidates_encoding_or_the_one_given() -> None:
     from admitd_client._core import Core
 
     core = Core()
-    args: Any = {"pool": GPT4O, "messages": COOKBOOK_MESSAGES}
-    assert core._count(args) == 124
-    assert core._count({**args, "fallback_pools": [GPT4]}) == 129
-    assert core._count({**args, "fallback_pools": [GPT4], "encoding": "o200k_base"}) == 124
+    def args(**more: Any) -> Any:  # the lease arguments (LeaseArgs)
+        return {"pool": GPT4O, "messages": COOKBOOK_MESSAGES, **more}
+
+    assert core._count(args()) == 124
+    assert core._count(args(fallback_pools=[GPT4])) == 129
+    assert core._count(args(fallback_pools=[GPT4], encoding="o200k_base")) == 124
     core = Core(pool_encodings={GPT4: "o200k_base"})
-    assert core._count({**args, "fallback_pools": [GPT4]}) == 124
+    assert core._count(args(fallback_pools=[GPT4])) == 124
 
 
 # -- dedup ----------------------------------------------------------------------------------
@@ -311,7 +313,7 @@ async def test_run_with_a_dedup_key_needs_share_and_unshare() -> None:
         with pytest.raises(TypeError, match=r"needs share= \(result -> bytes\) and unshare="):
             await client.run(provider, **ASK)
         with pytest.raises(TypeError, match="together"):
-            await client.run(provider, pool=GPT4O, input_tokens=1, share=bytes)
+            await client.run(provider, pool=GPT4O, input_tokens=1, share=bytes)  # type: ignore[misc]
         with pytest.raises(TypeError, match="bytes"):
             (await client.acquire(pool=GPT4O, input_tokens=1)).share("text")  # type: ignore[arg-type]
         assert provider.calls == []

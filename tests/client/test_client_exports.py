@@ -18,9 +18,9 @@ def test_enums_match_the_proto() -> None:
     from admitd_client._proto import admission_pb2 as pb
 
     for outcome in admitd_client.Outcome:
-        assert pb.Outcome.Value(f"OUTCOME_{outcome.name}") == outcome
+        assert pb.Outcome.Value(f"OUTCOME_{outcome.name}") == int(outcome)
     for priority in admitd_client.Priority:
-        assert pb.Priority.Value(f"PRIORITY_{priority.name}") == priority
+        assert pb.Priority.Value(f"PRIORITY_{priority.name}") == int(priority)
     assert {f"OUTCOME_{o.name}" for o in admitd_client.Outcome} == set(pb.Outcome.keys()) - {
         "OUTCOME_UNSPECIFIED"
     }
@@ -31,10 +31,10 @@ def test_enums_match_the_proto() -> None:
         pb.TicketState.keys()
     ) - {"TICKET_STATE_UNSPECIFIED"}
     for state in admitd_client.TicketState:
-        assert pb.TicketState.Value(f"TICKET_STATE_{state.name}") == state
+        assert pb.TicketState.Value(f"TICKET_STATE_{state.name}") == int(state)
     assert {f"DEDUP_ROLE_{r.name}" for r in admitd_client.DedupRole} == set(
         pb.DedupRole.keys()
     ) - {"DEDUP_ROLE_UNSPECIFIED"}
     for role in admitd_client.DedupRole:
-        assert pb.DedupRole.Value(f"DEDUP_ROLE_{role.name}") == role
+        assert pb.DedupRole.Value(f"DEDUP_ROLE_{role.name}") == int(role)
     assert admitd_client.Reason("SOMETHING_NEW") is admitd_client.Reason.UNKNOWN

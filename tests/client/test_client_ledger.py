@@ -11,7 +11,7 @@ import pytest
 
 from admitd_client import AdmissionClient, AdmitdError, AsyncAdmissionClient, UsageRow
 from admitd_client._ledger import day_text
-from support.client import GPT4, GPT4O, serve, target
+from support.client import GPT4, GPT4O, approx, serve, target
 
 DAY1, DAY2 = date(2026, 1, 1), date(2026, 1, 2)
 
@@ -29,9 +29,9 @@ async def test_usage_rows_per_day_tenant_and_pool() -> None:
             lease.record(input_tokens=10, output_tokens=2)
 
         # $2.5 / $10 per million on gpt-4o; gpt-4 has no prices.
-        first = UsageRow(DAY1, "a", GPT4O, 1, 800, 120, pytest.approx(0.0032))
+        first = UsageRow(DAY1, "a", GPT4O, 1, 800, 120, approx(0.0032))
         second = UsageRow(DAY1, "b", GPT4, 1, 30, 10, 0.0)
-        third = UsageRow(DAY2, "a", GPT4O, 1, 10, 2, pytest.approx(4.5e-5))
+        third = UsageRow(DAY2, "a", GPT4O, 1, 10, 2, approx(4.5e-5))
         assert await a.usage() == [third]  # default: today (admitd's), every tenant
         assert await a.usage(from_day=DAY1) == [first, second]
         assert await a.usage(from_day=DAY1, to_day=DAY2) == [first, second, third]
@@ -63,7 +63,7 @@ async def test_the_blocking_client_reads_the_ledger_too() -> None:
                 return client.usage(from_day=DAY1, tenant="a")
 
         rows = await asyncio.to_thread(scenario)
-        assert rows == [UsageRow(DAY1, "a", GPT4O, 1, 5, 1, pytest.approx(2.25e-5))]
+        assert rows == [UsageRow(DAY1, "a", GPT4O, 1, 5, 1, approx(2.25e-5))]
 
 
 def test_days_as_getusage_takes_them() -> None:

@@ -144,10 +144,14 @@ def test_openai_image_parts() -> None:
             {
                 "role": "user",
                 "content": [
-                    {"type": "input_image", "image_url": part["image_url"]["url"], "detail": "low"}
+                    {
+                        "type": "input_image",
+                        "image_url": part["image_url"]["url"],  # type: ignore[index]
+                        "detail": "low",
+                    }
                 ],
             }
-        ],  # type: ignore[index]
+        ],
     }
     assert reserve("openai.responses", responses).input_tokens == 3 + 1 + 85 + 3
 

@@ -136,7 +136,7 @@ def test_fail_open_runs_unadmitted(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="fail_closed or fail_open, not 'open'"):
-        AdmissionClient(dead_target(), on_unavailable="open")  # type: ignore[typeddict-item]
+        AdmissionClient(dead_target(), on_unavailable="open")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_attempts must be at least 1"):
         RetryPolicy(max_attempts=0)
 
@@ -145,9 +145,10 @@ async def test_renewal_thread_keeps_a_long_call_alive() -> None:
     async with serve() as h:  # lease TTL 30 s
         assert h.clock is not None
         sleep = ThreadClockSleep(h, asyncio.get_running_loop(), limit=4)
+        wall = h.clock.wall
 
         def scenario() -> Lease:
-            client = AdmissionClient(target(h), tenant="a", sleep=sleep, wall=h.clock.wall)
+            client = AdmissionClient(target(h), tenant="a", sleep=sleep, wall=wall)
             with client.lease(pool=GPT4O, input_tokens=10, max_output_tokens=5) as lease:
                 assert lease.expires_at is not None
                 first_expiry = lease.expires_at
@@ -232,7 +233,7 @@ async def test_singleflight_across_threads() -> None:
                 assert finish.wait(timeout=30)
                 return {"answer": 42}
 
-            args: dict[str, Any] = {"pool": GPT4O, "input_tokens": 3}
+            args: Any = {"pool": GPT4O, "input_tokens": 3}  # the lease arguments (LeaseArgs)
 
             def run() -> None:
                 results.append(client.run(call, singleflight=True, **args))

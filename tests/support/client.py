@@ -25,9 +25,10 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import grpc
+import pytest
 
 from support import ROOT
 from support.harness import Harness, start_harness
@@ -157,6 +158,12 @@ def png(width: int, height: int) -> bytes:
 
 def png_base64(width: int, height: int) -> str:
     return base64.b64encode(png(width, height)).decode()
+
+
+def approx(value: float) -> float:
+    """``pytest.approx(value)`` where a float is expected (a field of a result dataclass); it
+    compares equal to floats within pytest's usual tolerance."""
+    return cast(float, pytest.approx(value))
 
 
 def as_object(value: Any) -> Any:

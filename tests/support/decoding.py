@@ -1,10 +1,12 @@
-"""A failed RPC's status with its rich details (``google.rpc.Status``) decoded."""
+"""Reading what the server answered: a failed RPC's status with its rich details
+(``google.rpc.Status``) decoded, and fields of a reply looked up by name."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -42,3 +44,9 @@ def decode(error: grpc.aio.AioRpcError) -> Failure:
             elif detail.Unpack(bad):
                 failure.field_violations = [v.field for v in bad.field_violations]
     return failure
+
+
+def has_field(message: Message, name: str) -> bool:
+    """``message.HasField(name)`` for a name computed at run time (mypy-protobuf types each
+    message's ``HasField`` to take only its own field names, as literals)."""
+    return message.HasField(name)

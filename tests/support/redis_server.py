@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import redis
 
@@ -75,7 +76,7 @@ class RedisServer:
             *self.extra,
         ]
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         parts.require("redis")
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
