@@ -38,8 +38,8 @@ async def test_lowering_a_limit_revokes_nothing_and_applies_to_queued_calls(
 ) -> None:
     h = await make_harness({"pools": [{"name": "p", "max_concurrency": 3}]})
     leases = [await h.acquire(input_tokens=1) for _ in range(2)]
-    waiting = h.acquire_later(input_tokens=1, wait_timeout=60)
     blocker = await h.acquire(input_tokens=1)  # 3 of 3: the waiter queues
+    waiting = h.acquire_later(input_tokens=1, wait_timeout=60)
     await h.until_queued("p", 1)
     await h.engine.apply(settings_for(h, pools=[{"name": "p", "max_concurrency": 1}]))
     assert (await h.pool("p")).in_flight == 3  # nothing revoked
