@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import selectors
@@ -84,10 +86,24 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """Put back the root logger's handlers after an in-process ``admitd serve``: it replaces
+    them with one on this test's captured stderr, which later tests would log to, closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def test_serve_on_a_busy_port_fails_clearly(
     capsys: pytest.CaptureFixture[str], busy_port: int
 ) -> None:
-    assert main(["serve", "--listen", f"127.0.0.1:{busy_port}"]) == 1
+    with root_logging_kept():
+        assert main(["serve", "--listen", f"127.0.0.1:{busy_port}"]) == 1
     assert f"admitd serve: cannot listen on 127.0.0.1:{busy_port}:" in capsys.readouterr().err
 
 

@@ -27,6 +27,7 @@ from support import ROOT
 from support.harness import Harness, start_harness
 
 NODE_CLIENT = ROOT / "clients" / "node"
+PROCESS = 60  # seconds a Node CLI run may take, its start-up included, on a loaded machine
 CONFIG: dict[str, Any] = {
     "lease": {"ttl": "30s"},
     "pools": [
@@ -62,7 +63,7 @@ async def start_cli(node: str, h: Harness, command: str, *args: str) -> asyncio.
 
 async def finished(process: asyncio.subprocess.Process) -> tuple[int, dict[str, Any]]:
     """Wait (bounded) for a CLI run to end: (exit status, the JSON it printed last)."""
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
     assert process.returncode is not None
     assert err == b"", err.decode()
     return process.returncode, json.loads(out.splitlines()[-1])
@@ -71,7 +72,7 @@ async def finished(process: asyncio.subprocess.Process) -> tuple[int, dict[str, 
 async def cli(node: str, h: Harness, command: str, *args: str) -> tuple[int, dict[str, Any]]:
     """Run ``node clients/node/cli.js COMMAND --target <h> ARGS``: (exit status, its JSON)."""
     process = await start_cli(node, h, command, *args)
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
     assert process.returncode is not None
     assert err == b"", err.decode()
     return process.returncode, json.loads(out)
@@ -182,7 +183,7 @@ async def test_a_streamed_wait_reports_its_place_then_the_lease(node: str) -> No
         )  # fmt: skip
         assert process.stdout is not None
         # The first update, printed as it arrives (bounded wait): queued, next in line.
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=PROCESS)
         first = json.loads(line)["queued"]
         assert (first["position"], first["depth"]) == (0, 1)
         assert first["estimated_wait_seconds"] >= 0
@@ -213,6 +214,7 @@ async def test_a_streamed_wait_reports_its_place_then_the_lease(node: str) -> No
         await h.close()
 
 
+@pytest.mark.slow  # ten runs of the Node CLI, each a process start
 async def test_a_ticket_round_trip(node: str) -> None:
     h = await start_harness(CONFIG)
     try:
@@ -234,7 +236,7 @@ async def test_a_ticket_round_trip(node: str) -> None:
             node, h, "wait-ticket", "--tenant", "a", "--ticket-id", ticket_id,
             "--wait-timeout", "30",
         )  # fmt: skip
-        await h.until_waiting_here(ticket_id)
+        await h.until_waiting_here(ticket_id, within=PROCESS)
         await h.release(holder.lease_id)
         status, out = await finished(waiting)
         assert status == 0, out
@@ -280,6 +282,7 @@ async def test_a_ticket_round_trip(node: str) -> None:
         await h.close()
 
 
+@pytest.mark.slow  # six runs of the Node CLI, each a process start
 async def test_fallback_pools_dedup_retry_after_and_usage(node: str) -> None:
     pools = [CONFIG["pools"][0], {"name": "q"}]
     h = await start_harness({**CONFIG, "pools": pools})
@@ -308,7 +311,7 @@ async def test_fallback_pools_dedup_retry_after_and_usage(node: str) -> None:
             node, h, "acquire", "--tenant", "a", "--pool", "q", "--dedup-key", "k",
             "--input-tokens", "3", "--wait-timeout", "30",
         )  # fmt: skip
-        await h.until_following(leader["lease_id"])
+        await h.until_following(leader["lease_id"], within=PROCESS)
         status, out = await cli(
             node, h, "release", "--tenant", "a", "--lease-id", leader["lease_id"],
             "--result", "the answer", "--provider-retry-after", "5",

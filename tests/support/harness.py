@@ -14,6 +14,11 @@ from admitd._clock import settle
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
 from support.decoding import Failure, decode
+from support.polling import until
+
+# How long (real seconds) an RPC sent from this process may take to reach the server and
+# show there; a caller in another process (a Node CLI) passes its start-up time too.
+REACH = 10.0
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -79,34 +84,34 @@ class Harness:
         await self.clock.advance(seconds)
         await settle()
 
-    async def until_queued(self, pool: str, count: int) -> None:
+    async def until_queued(self, pool: str, count: int, within: float = REACH) -> None:
         """Let pending Acquires reach the queue (no time passes; only the loop turns)."""
-        for _ in range(200):
-            if (await self.pool(pool)).queued >= count:
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"never saw {count} waiters queued on {pool}")
+
+        async def queued() -> bool:
+            return (await self.pool(pool)).queued >= count
+
+        await until(queued, within, f"{count} waiters queued on {pool}", every=0.005)
 
     def track(self, call: Any) -> Any:
         """Remember a call (e.g. a stream) to cancel when the test ends, passed or not."""
         self._calls.append(call)
         return call
 
-    async def until_waiting_here(self, lease_id: str) -> None:
+    async def until_waiting_here(self, lease_id: str, within: float = REACH) -> None:
         """Let an RPC that waits for ``lease_id`` (e.g. WaitTicket) reach the server."""
-        for _ in range(200):
-            if self.engine.waiting.waits_for(lease_id):
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"no RPC ever waited for {lease_id}")
 
-    async def until_following(self, leader: str, count: int = 1) -> None:
+        async def waiting() -> bool:
+            return bool(self.engine.waiting.waits_for(lease_id))
+
+        await until(waiting, within, f"an RPC waiting for {lease_id}", every=0.005)
+
+    async def until_following(self, leader: str, count: int = 1, within: float = REACH) -> None:
         """Let ``count`` dedup followers of ``leader`` reach this server."""
-        for _ in range(200):
-            if self.engine.waiting.followers_of(leader) >= count:
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"never saw {count} followers of {leader}")
+
+        async def following() -> bool:
+            return bool(self.engine.waiting.followers_of(leader) >= count)
+
+        await until(following, within, f"{count} followers of {leader}", every=0.005)
 
     async def close(self) -> None:
         for call in self._calls:
