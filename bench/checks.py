@@ -27,6 +27,31 @@ def overhead(r: dict[str, Any]) -> list[str]:
     return problems
 
 
+def overload(r: dict[str, Any]) -> list[str]:
+    # Failed RPCs are what this scenario measures (issue 16's bugs), not a harness problem.
+    problems = []
+    for row in r["rows"]:
+        if not _positive(row["capacity_pairs_per_s"]) or not row["started"]:
+            problems.append(f"{row['server']}: no capacity measured or no pair started")
+        elif not _positive(row["pairs_per_s"]):
+            problems.append(f"{row['server']}: not one pair served under overload")
+        if row["server"] != "echo" and row["leases_left"] is None:
+            problems.append(f"{row['server']}: leases left not read")
+    return problems
+
+
+def replicas(r: dict[str, Any]) -> list[str]:
+    problems = []
+    for row in r["rows"]:
+        if not _positive(row["pairs_per_s"]):
+            problems.append(f"{row['lineup']}: no pairs served")
+        if row["kind"] == "redis" and not _positive(row["redis_cpu_us_per_pair"]):
+            problems.append(f"{row['lineup']}: no redis-server CPU measured")
+        if row["errors"]:
+            problems.append(f"{row['lineup']}: {row['errors']} RPC errors")
+    return problems
+
+
 def fairness(r: dict[str, Any]) -> list[str]:
     problems = []
     for run in r["runs"]:

@@ -4,9 +4,8 @@ Prints one JSON document (the measurements) on stdout. Every loop is bounded by 
 ``duration`` (and counts), so a load process always ends by itself. The stubs are the Python
 client's copy (``admitd_client._proto``), so a load process never imports the server.
 
-Modes:
-- ``pairs``: workers loop Acquire (fail fast) + Release against ``targets``; latencies, and
-  the CPU time that this process and the processes in ``cpu_pids`` spent in the window.
+Acquire+Release pairs at full speed come from the Go generator (:mod:`bench.generator`),
+which a Python client would limit. Modes:
 - ``provider``: callers of the simulated provider (see :mod:`bench.callers`).
 - ``hold``: park ``count`` Acquires in admitd's queue until ``duration`` ends.
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import sys
 import time
 from typing import Any
@@ -24,7 +22,6 @@ import grpc
 
 from admitd_client._proto import admission_pb2 as pb
 from admitd_client._proto import admission_pb2_grpc as pb_grpc
-from bench import metrics, procs
 
 
 def stubs(targets: list[str], channels: int = 1) -> list[pb_grpc.AdmissionAsyncStub]:
@@ -56,111 +53,6 @@ def release_request(lease_id: str, input_tokens: int, output_tokens: int) -> pb.
     request = pb.ReleaseRequest(lease_id=lease_id)
     request.usage.input_tokens, request.usage.output_tokens = input_tokens, output_tokens
     return request
-
-
-# -- pairs ---------------------------------------------------------------------------------
-
-
-class _Window:
-    """The measured window: opened after the warm-up, closed at the end, each edge with a
-    CPU sample of this process and of ``pids`` (the servers), so that CPU per pair and
-    throughput count exactly the pairs that completed inside it."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.opened = self.closed = 0.0
-        self._cpu0: dict[str, float | None] = {}
-        self.cpu: dict[str, float | None] = {}
-
-    def _sample(self) -> dict[str, float | None]:
-        sample: dict[str, float | None] = {"load": time.process_time()}
-        sample.update({name: procs.cpu_seconds(pid) for name, pid in self.pids.items()})
-        return sample
-
-    async def run(self, warmup: float, duration: float) -> None:
-        await asyncio.sleep(warmup)
-        self._cpu0, self.opened = self._sample(), time.perf_counter()
-        await asyncio.sleep(duration)
-        self.closed = time.perf_counter()
-        for name, value in self._sample().items():
-            before = self._cpu0.get(name)
-            self.cpu[name] = None if value is None or before is None else value - before
-
-    def inside(self, t: float) -> bool:
-        return self.opened > 0 and self.opened <= t and (not self.closed or t < self.closed)
-
-
-async def pairs(spec: dict[str, Any]) -> dict[str, Any]:
-    stub_list = stubs(spec["targets"])
-    tenants: list[str] = spec.get("tenants") or ["default"]
-    pool = spec.get("pool", "default")
-    reject_pool = spec.get("reject_pool")  # also time a fail-fast Acquire turned away here
-    duration, warmup = float(spec["duration"]), float(spec.get("warmup", 0.5))
-    rng = random.Random(f"pairs-{spec.get('seed', 1)}")
-    window = _Window({k: int(v) for k, v in spec.get("cpu_pids", {}).items()})
-    pair_lat: list[float] = []
-    acq_lat: list[float] = []
-    rej_lat: list[float] = []
-    errors: dict[str, int] = {}
-    clock = asyncio.ensure_future(window.run(warmup, duration))
-
-    def error(e: grpc.aio.AioRpcError) -> None:
-        if window.inside(time.perf_counter()):
-            errors[e.code().name] = errors.get(e.code().name, 0) + 1
-
-    async def worker(n: int) -> None:
-        stub = stub_list[n % len(stub_list)]
-        while not clock.done():
-            tenant = tenants[rng.randrange(len(tenants))]
-            t0 = time.perf_counter()
-            try:
-                lease = await stub.Acquire(acquire_request(tenant, pool, 10, 10, 0), timeout=10)
-                t1 = time.perf_counter()
-                await stub.Release(release_request(lease.lease_id, 10, 5), timeout=10)
-            except grpc.aio.AioRpcError as e:
-                error(e)
-                await asyncio.sleep(0.01)
-                continue
-            t2 = time.perf_counter()
-            if window.inside(t2):
-                pair_lat.append(t2 - t0)
-                acq_lat.append(t1 - t0)
-            if reject_pool:
-                t3 = time.perf_counter()
-                try:
-                    await stub.Acquire(acquire_request(tenant, reject_pool, 10, 10, 0), timeout=10)
-                except grpc.aio.AioRpcError as e:
-                    if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        error(e)
-                t4 = time.perf_counter()
-                if window.inside(t4):
-                    rej_lat.append(t4 - t3)
-
-    await asyncio.gather(clock, *(worker(n) for n in range(int(spec["concurrency"]))))
-    elapsed = window.closed - window.opened
-    done = len(pair_lat)
-    return {
-        "pairs": done,
-        "elapsed": elapsed,
-        "pairs_per_s": done / elapsed,
-        "rpc_per_s": 2 * done / elapsed,
-        "pair_p50_ms": _ms(metrics.percentile(pair_lat, 50)),
-        "pair_p99_ms": _ms(metrics.percentile(pair_lat, 99)),
-        "acquire_p50_ms": _ms(metrics.percentile(acq_lat, 50)),
-        "acquire_p99_ms": _ms(metrics.percentile(acq_lat, 99)),
-        "reject_p50_ms": _ms(metrics.percentile(rej_lat, 50)),
-        "reject_p99_ms": _ms(metrics.percentile(rej_lat, 99)),
-        # CPU seconds per completed pair, per process (load = this load generator).
-        "cpu_us_per_pair": {
-            name: None if cpu is None or not done else cpu / done * 1e6
-            for name, cpu in window.cpu.items()
-        },
-        "errors": errors,
-    }
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else value * 1000.0
 
 
 # -- hold ----------------------------------------------------------------------------------
@@ -214,7 +106,7 @@ def main() -> None:
 
         result = asyncio.run(provider_load(spec))
     else:
-        result = asyncio.run({"pairs": pairs, "hold": hold}[spec["mode"]](spec))
+        result = asyncio.run(hold(spec))
     json.dump(result, sys.stdout)
 
 

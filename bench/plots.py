@@ -30,11 +30,11 @@ def overhead(r: dict[str, Any]) -> Any:
     for server in ("echo", "memory", "redis"):
         rows = [row for row in r["rows"] if row["server"] == server]
         xs = [row["concurrency"] for row in rows]
-        ax1.plot(xs, [row["rpc_per_s"] for row in rows], marker="o", label=server)
+        ax1.plot(xs, [row["pairs_per_s"] for row in rows], marker="o", label=server)
         ax3.plot(xs, [row["acquire_p99_ms"] for row in rows], marker="o", label=server)
         if server != "echo":
             ax2.plot(xs, [row["ratio_to_echo"] for row in rows], marker="o", label=server)
-    titles = ("Acquire+Release RPC/s (median)", "ratio to echo (same run)", "Acquire p99 ms")
+    titles = ("Acquire+Release pairs/s (median)", "ratio to echo (same run)", "Acquire p99 ms")
     for ax, title in zip((ax1, ax2, ax3), titles, strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("client concurrency")
@@ -42,6 +42,24 @@ def overhead(r: dict[str, Any]) -> Any:
         ax.legend()
     ax2.set_ylim(0, 1.05)
     ax3.set_yscale("log")
+    return fig
+
+
+def replicas(r: dict[str, Any]) -> Any:
+    fig, (ax1, ax2) = _pyplot().subplots(1, 2, figsize=(10, 4))
+    for kind, label in (("echo", "echo"), ("redis", "admitd on one Redis")):
+        rows = [row for row in r["rows"] if row["kind"] == kind]
+        xs = [row["processes"] for row in rows]
+        ax1.plot(xs, [row["pairs_per_s"] for row in rows], marker="o", label=label)
+        if kind == "redis":
+            ax2.plot(xs, [row["redis_cpu_us_per_pair"] for row in rows], marker="o", label=label)
+    ax2.axhline(100, linestyle="--", color="grey", label="goal (100 us)")
+    for ax, title in ((ax1, "pairs/s"), (ax2, "redis-server CPU us per pair")):
+        ax.set_xlabel("processes")
+        ax.set_xticks([1, 2, 3])
+        ax.set_ylim(bottom=0)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
     return fig
 
 

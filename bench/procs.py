@@ -210,8 +210,8 @@ def admitd(
     return proc.ready() if wait else proc
 
 
-def echo(workdir: Path, wait: bool = True) -> Proc:
-    proc = Proc("echo", [sys.executable, "-m", "bench.echo"], workdir)
+def echo(workdir: Path, wait: bool = True, name: str = "echo") -> Proc:
+    proc = Proc(name, [sys.executable, "-m", "bench.echo"], workdir)
     return proc.ready() if wait else proc
 
 
@@ -267,10 +267,3 @@ def finish_load(process: subprocess.Popen[bytes], timeout: float) -> dict[str, A
         raise RuntimeError(f"load generator failed ({process.returncode}); see its log")
     result: dict[str, Any] = json.loads(out)
     return result
-
-
-def run_load(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
-    """Run one load process to its end (its duration plus a margin)."""
-    process = start_load(spec, workdir, name)
-    limit = float(spec.get("warmup", 0)) + float(spec.get("duration", 10))
-    return finish_load(process, limit + float(spec.get("setup_timeout", 0)) + 60)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procs, report
+from bench import generator, procs, report
 from bench.scenarios import SCENARIOS, Ctx
 
 RESULTS = procs.ROOT / "bench" / "results"
@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if any(SCENARIOS[name].go for name in chosen):
+        try:
+            print(f"load generator: {generator.binary()}", flush=True)
+        except generator.GoMissing as missing:
+            print(f"error: {missing}", file=sys.stderr)
+            return 2
     temporary = args.out is None and args.smoke
     out = Path(tempfile.mkdtemp(prefix="admitd-bench-")) if temporary else args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)

@@ -20,42 +20,147 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def codes(counts: dict[str, int] | None) -> str:
+    """Failed RPCs by gRPC code, largest first ("0" for none)."""
+    if not counts:
+        return "0"
+    return ", ".join(f"{code} {n:,}" for code, n in sorted(counts.items(), key=lambda i: -i[1]))
+
+
 def overhead(r: dict[str, Any]) -> str:
     rows = [
         [
             row["server"],
             str(row["concurrency"]),
-            f(row["rpc_per_s"]),
+            f(row["pairs_per_s"]),
             f"{f(row['ratio_to_echo'], 2)} ({f(row['ratio_min'], 2)}-{f(row['ratio_max'], 2)})",
             f"{f(row['acquire_p50_ms'], 2)} / {f(row['acquire_p99_ms'], 2)}",
-            f"{f(row['pair_p50_ms'], 2)} / {f(row['pair_p99_ms'], 2)}",
+            f(row["acquire_p99_ratio_to_echo"], 2),
             f(row["server_cpu_us_per_pair"]),
             f(row["redis_cpu_us_per_pair"]),
-            f(row["load_cpu_us_per_pair"]),
+            f"{f(row['load_cpu_us_per_pair'])} ({f(row['load_cpu_cores'], 2)})",
+            codes(row["errors_by_code"]),
         ]
         for row in r["rows"]
     ]
+    echoes = [row for row in r["rows"] if row["server"] == "echo"]
+    bound = [str(row["concurrency"]) for row in echoes if row["server_bound"]]
+    verdict = (
+        "The echo runs were server-bound at every concurrency"
+        if len(bound) == len(echoes)
+        else f"The echo runs were server-bound only at concurrency {', '.join(bound) or 'none'}"
+    )
     return (
-        f"### Overhead (median of {r['reps']} runs of {r['duration_s']:g} s)\n\n"
-        "RPC/s counts Acquire and Release (2 RPCs per pair). Ratio = admitd RPC/s / echo "
-        "RPC/s measured moments apart in the same repetition (median, with min-max over "
-        "repetitions). CPU columns: CPU time per Acquire+Release pair of the server process, "
-        "of redis-server, and of the load generator, over the measured window.\n\n"
+        f"### Overhead (median of {r['reps']} interleaved runs of {r['duration_s']:g} s)\n\n"
+        "Load: the Go generator (grpc-go, closed loop, one core: `GOMAXPROCS=1`), "
+        "Acquire+Release pairs. Ratio = admitd pairs/s / echo pairs/s measured moments apart "
+        "in the same repetition (median, with min-max over repetitions); p99 / echo likewise "
+        "for Acquire's p99. CPU columns: CPU time per pair of the server process, of "
+        "redis-server and of the generator (with the share of a core it used) over the "
+        f"measured window, from /proc. {verdict} (generator below "
+        f"{r['server_bound_below']:.0%} of its core), so the echo's pace is the server's.\n\n"
         + table(
             [
                 "server",
                 "concurrency",
-                "RPC/s",
+                "pairs/s",
                 "ratio to echo",
                 "Acquire p50 / p99 ms",
-                "pair p50 / p99 ms",
+                "p99 / echo",
                 "server CPU us/pair",
                 "redis CPU us/pair",
-                "client CPU us/pair",
+                "generator CPU us/pair (cores)",
+                "failed RPCs",
             ],
             rows,
         )
         + "\n\n![overhead](bench/results/overhead.png)"
+    )
+
+
+def overload(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["server"],
+            f(row["capacity_pairs_per_s"]),
+            f(row["offered_per_s"]),
+            f(row["pairs_per_s"]),
+            f"{row['served_share']:.0%}" if row["served_share"] is not None else "-",
+            f"{f(row['pair_p50_ms'], 1)} / {f(row['pair_p99_ms'], 1)}",
+            codes(row["errors_by_code"]),
+            codes(row["refusals"]),
+            f(row["unexplained_failures"]),
+            f(row["leases_left"]),
+        ]
+        for row in r["rows"]
+    ]
+    return (
+        f"### Overload ({r['duration_s']:g} s open loop past capacity)\n\n"
+        "Capacity = pairs/s each server served in a closed-loop run just before (64 callers); "
+        "the Go generator then starts pairs at the offered rate (the same for all: "
+        f"{r['factor']:g}x the largest capacity) whatever the answers, each RPC "
+        f"with a {r['deadline_s']:g} s deadline. Served = pairs completed / pairs started. "
+        "Refusals = RESOURCE_EXHAUSTED by ErrorInfo reason; unexplained = failed RPCs that "
+        "are not a refusal with a reason and a RetryInfo; leases left = leases still reserved "
+        "once the run is over (granted to callers that had given up).\n\n"
+        + table(
+            [
+                "server",
+                "capacity pairs/s",
+                "offered pairs/s",
+                "served pairs/s",
+                "served",
+                "pair p50 / p99 ms",
+                "failed RPCs",
+                "refusals",
+                "unexplained",
+                "leases left",
+            ],
+            rows,
+        )
+    )
+
+
+def replicas(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["lineup"],
+            f(row["pairs_per_s"]),
+            f(row["ratio_to_one_echo"], 2),
+            f"{f(row['pair_p50_ms'], 1)} / {f(row['pair_p99_ms'], 1)}",
+            f(row["servers_cpu_us_per_pair"]),
+            f(row["redis_cpu_us_per_pair"]),
+            f(row["redis_cpu_cores"], 2),
+            f(row["pairs_per_s_at_one_redis_core"]),
+            f"{f(row['load_cpu_us_per_pair'])} ({f(row['load_cpu_cores'], 2)})",
+            codes(row["errors_by_code"]),
+        ]
+        for row in r["rows"]
+    ]
+    return (
+        f"### Replicas on one Redis (median of {r['reps']} interleaved runs of "
+        f"{r['duration_s']:g} s, {r['concurrency']} callers spread over the processes)\n\n"
+        "admitd replicas share one Redis (one key prefix); the echo lines are the same "
+        "stack doing nothing, one and two processes. Servers CPU = all the lined-up "
+        "processes together, per pair; one Redis core = 1,000,000 / redis-server us per "
+        "pair, the most pairs/s any number of replicas can get from one Redis core at "
+        "this cost.\n\n"
+        + table(
+            [
+                "line-up",
+                "pairs/s",
+                "ratio to one echo",
+                "pair p50 / p99 ms",
+                "servers CPU us/pair",
+                "redis-server CPU us/pair",
+                "redis-server cores",
+                "pairs/s at one Redis core",
+                "generator CPU us/pair (cores)",
+                "failed RPCs",
+            ],
+            rows,
+        )
+        + "\n\n![replicas](bench/results/replicas.png)"
     )
 
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from admitd_client._proto import admission_pb2 as pb
+from admitd_client._proto import admission_pb2_grpc as pb_grpc
 from bench import procs
 
 _PREFIX = itertools.count()
@@ -58,3 +62,19 @@ def replicas(ctx: Ctx, config: dict[str, Any], count: int, name: str) -> list[pr
 def stop_all(servers: list[procs.Proc]) -> None:
     for server in servers:
         server.stop()
+
+
+def errors_by_code(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Failed RPCs of generator runs, summed by gRPC code."""
+    out: dict[str, int] = {}
+    for run in runs:
+        for code, n in run["errors"].items():
+            out[code] = out.get(code, 0) + n
+    return dict(sorted(out.items()))
+
+
+def leases_in_flight(target: str) -> int:
+    """Leases a replica's store holds (every pool), from GetStatus."""
+    with grpc.insecure_channel(target) as channel:
+        status = pb_grpc.AdmissionStub(channel).GetStatus(pb.GetStatusRequest(), timeout=60)
+    return sum(pool.in_flight for pool in status.pools)

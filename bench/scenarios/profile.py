@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from pyinstrument.session import Session
 
-from bench import procs, profiling
+from bench import generator, procs, profiling
 from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
 
 CONCURRENCY = 16
@@ -131,26 +131,19 @@ def _one(
     }
 
 
-def _spec(server: procs.Proc, duration: float, warmup: float) -> dict[str, Any]:
-    return {
-        "mode": "pairs",
-        "targets": [server.target],
-        "concurrency": CONCURRENCY,
-        "duration": duration,
-        "warmup": warmup,
-        "cpu_pids": {"server": server.pid},
-    }
+def _load(server: procs.Proc, duration: float, warmup: float) -> generator.Load:
+    pids = {"server": server.pid}
+    return generator.Load([server.target], duration, CONCURRENCY, warmup=warmup, cpu_pids=pids)
 
 
 def _plain(ctx: Ctx, server: procs.Proc, kind: str, duration: float) -> dict[str, Any]:
     """CPU per pair of the server (and of redis-server), and how it splits over threads."""
-    spec = _spec(server, duration, 0.5)
+    load = _load(server, duration, 0.5)
     if kind == "redis":
-        spec["cpu_pids"]["redis"] = ctx.redis().pid
-    if kind == "redis":
+        load.cpu_pids["redis"] = ctx.redis().pid
         _redis_stats(ctx)  # zeroed
     before = procs.thread_cpu(server.pid)
-    result = procs.run_load(spec, ctx.workdir, f"profile-plain-{kind}")
+    result = generator.pairs(load, ctx.workdir, f"profile-plain-{kind}")
     after = procs.thread_cpu(server.pid)
     scripts = _redis_stats(ctx) if kind == "redis" else {}
     used = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -194,11 +187,12 @@ def _profiled(
 ) -> dict[str, Any]:
     """A second load run, with the profiler on from the end of its warm-up (which covers
     the load process's start-up) until the load has ended."""
-    load = procs.start_load(_spec(server, duration, warmup), ctx.workdir, f"profile-{kind}")
+    load = _load(server, duration, warmup)
+    process = generator.start(load, ctx.workdir, f"profile-{kind}")
     time.sleep(warmup)
     server.process.send_signal(signal.SIGUSR1)
     try:
-        result = procs.finish_load(load, duration + warmup + 60)
+        result = generator.finish(process, load)
     finally:
         server.process.send_signal(signal.SIGUSR2)
     deadline = time.monotonic() + 60

@@ -13,7 +13,7 @@ import grpc
 
 from admitd_client._proto import admission_pb2 as pb
 from admitd_client._proto import admission_pb2_grpc as pb_grpc
-from bench import metrics, procs
+from bench import generator, metrics, procs
 from bench.scenarios._common import UNLIMITED_POOL, Ctx, backend, stop_all
 
 KINDS = ("memory", "redis")
@@ -40,11 +40,12 @@ def run(ctx: Ctx) -> dict[str, Any]:
 def _measure(
     ctx: Ctx,
     servers: dict[int, procs.Proc],
-    specs: dict[int, dict[str, Any]],
+    loads: dict[int, dict[str, Any]],
     reps: int,
     label: str,
 ) -> dict[int, list[dict[str, Any]]]:
-    """Alternate ``reps`` pairs runs (``specs[size]``) over ``servers`` (keyed by size)."""
+    """Alternate ``reps`` runs of the generator over ``servers`` (keyed by size), at
+    concurrency 1, each with the :class:`~bench.generator.Load` fields ``loads[size]``."""
     out: dict[int, list[dict[str, Any]]] = {n: [] for n in servers}
     sizes = list(servers)
     for rep in range(reps):
@@ -52,8 +53,8 @@ def _measure(
             pids = {"server": servers[n].pid}
             if "redis" in label:
                 pids["redis"] = ctx.redis().pid
-            run = {**specs[n], "targets": [servers[n].target], "cpu_pids": pids, "seed": rep}
-            result = procs.run_load(run, ctx.workdir, f"scale-{label}-{n}-{rep}")
+            load = generator.Load([servers[n].target], cpu_pids=pids, seed=rep, **loads[n])
+            result = generator.pairs(load, ctx.workdir, f"scale-{label}-{n}-{rep}")
             out[n].append(result)
             ctx.log(
                 f"  scale {label}={n}: acquire p50 {_f(result['acquire_p50_ms'])} ms, "
@@ -116,17 +117,8 @@ def _tenants(
     }
     try:
         procs.ready(*servers.values())
-        specs = {
-            n: {
-                "mode": "pairs",
-                "concurrency": 1,
-                "duration": duration,
-                "warmup": 0.3,
-                "tenants": names[n],
-            }
-            for n in counts
-        }
-        results = _measure(ctx, servers, specs, reps, f"tenants-{kind}")
+        loads = {n: {"duration": duration, "warmup": 0.3, "tenants": names[n]} for n in counts}
+        results = _measure(ctx, servers, loads, reps, f"tenants-{kind}")
     finally:
         stop_all(list(servers.values()))
     return _rows("tenants", kind, results, {})
@@ -182,16 +174,14 @@ def _waiters(
         for n, server in servers.items():
             extra[n].update(_wait_queued(server, n, started, setup_timeout))
         extra = _idle_cpu(servers, extra, 1.0 if ctx.smoke else 5.0)
-        spec = {
-            "mode": "pairs",
-            "concurrency": 1,
+        load = {
             "duration": duration,
             "warmup": 0.3,
             "pool": "free",
             "reject_pool": "blocked",
             "tenants": tenants,
         }
-        results = _measure(ctx, servers, dict.fromkeys(counts, spec), reps, f"{what}-{kind}")
+        results = _measure(ctx, servers, dict.fromkeys(counts, load), reps, f"{what}-{kind}")
         for n, server in servers.items():
             extra[n]["server_rss_mb"] = _rss_mb(server.pid)
     finally:
