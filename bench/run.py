@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import generator, procs, report
+from bench import generator, goals, procs, report
 from bench.scenarios import SCENARIOS, Ctx
+from bench.scenarios._common import FULL_WAITERS, SMOKE_WAITERS
 
 RESULTS = procs.ROOT / "bench" / "results"
 
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default=",".join(SCENARIOS),
         help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--waiters",
+        type=int,
+        help=f"held-open waiters the scale scenario parks (default {FULL_WAITERS:,}; "
+        f"{SMOKE_WAITERS} with --smoke)",
     )
     parser.add_argument(
         "--list", action="store_true", help="print the scenario names, one a line, and exit"
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = out / "tmp"  # configs and logs of every process (gitignored)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
-    ctx = Ctx(smoke=args.smoke, workdir=workdir, out=out)
+    waiters = args.waiters or (SMOKE_WAITERS if args.smoke else FULL_WAITERS)
+    ctx = Ctx(smoke=args.smoke, workdir=workdir, out=out, waiters=waiters)
     environment = conditions()
     failures: list[str] = []
     results: dict[str, dict[str, Any]] = {}
@@ -104,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         ctx.close()
-    if not args.smoke:
-        markdown = _markdown(out)
-        report.render(out, markdown, report.load_all(out))
-        print(f"wrote {markdown}")
+    # A smoke run writes its tables next to its JSON, without plots (no matplotlib needed).
+    markdown = out / "BENCHMARKS.md" if args.smoke else _markdown(out)
+    report.render(out, markdown, report.load_all(out), with_plots=not args.smoke)
+    print(f"wrote {markdown}")
+    for goal in goals.evaluate(results):
+        verdict = {True: "pass", False: "FAIL", None: "-"}[goal["met"]]
+        print(f"goal {verdict:4} {goal['goal']}: {goal['measured']}")
     if args.smoke and not failures:  # on failure the logs stay for a look
         shutil.rmtree(out if temporary else workdir, ignore_errors=True)
     print(f"total {time.monotonic() - started_all:.0f}s")

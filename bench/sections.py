@@ -318,6 +318,7 @@ def scale(r: dict[str, Any]) -> str:
             f(row.get("setup_s"), 0),
             f"{row['idle_cpu_share']:.0%}" if row.get("idle_cpu_share") is not None else "-",
             f(row.get("server_rss_mb"), 0),
+            f(row.get("kb_per_waiter"), 1),
         ]
         for row in r["rows"]
     ]
@@ -330,7 +331,8 @@ def scale(r: dict[str, Any]) -> str:
         "fair order and is turned away. Ratio = p50 / p50 of the small case, measured "
         "alternately in the same run. Parked = waiters actually queued (of n); setup = time "
         f"to park them at up to {r['hold_rate']:,}/s; idle CPU = share of a core the server "
-        "used while holding them with nothing else to do.\n\n"
+        "used while holding them with nothing else to do; KB/waiter = the server's resident "
+        "memory once they were parked minus before, per waiter parked.\n\n"
         + table(
             [
                 "what",
@@ -345,6 +347,7 @@ def scale(r: dict[str, Any]) -> str:
                 "setup s",
                 "idle CPU",
                 "server RSS MB",
+                "KB/waiter",
             ],
             rows,
         )

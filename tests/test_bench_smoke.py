@@ -47,6 +47,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     )
     assert set(results) == set(listed.stdout.split())  # every registered scenario ran
     assert all(r["meta"]["problems"] == [] for r in results.values())
+    report = (tmp_path / "BENCHMARKS.md").read_text()  # the tables, goals first
+    assert "### Issue 16 goals" in report
+    assert all(f"### {title}" in report for title in ("Overhead", "Overload", "Replicas"))
 
     for row in results["overhead"]["rows"]:
         assert _positive(row["rpc_per_s"]), row

@@ -25,13 +25,19 @@ UNLIMITED_POOL: dict[str, Any] = {
 }
 
 
+# Held-open waiters parked in the scale scenario: issue 16's goals are stated at 100,000.
+FULL_WAITERS, SMOKE_WAITERS = 100_000, 300
+
+
 @dataclass
 class Ctx:
-    """One bench run: sizes (``smoke``), where files go, and the shared redis-server."""
+    """One bench run: sizes (``smoke``; ``waiters`` parked in the scale scenario), where
+    files go, and the shared redis-server."""
 
     smoke: bool
     workdir: Path
     out: Path
+    waiters: int = FULL_WAITERS
     log: Callable[[str], None] = print
     _redis: procs.Redis | None = field(default=None, repr=False)
 

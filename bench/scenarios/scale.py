@@ -26,7 +26,7 @@ HOLD_RATE = 500
 def run(ctx: Ctx) -> dict[str, Any]:
     reps, duration = (1, 0.5) if ctx.smoke else (3, 2.0)
     tenant_counts = (10, 200) if ctx.smoke else (10, 10_000)
-    waiter_counts = (10, 300) if ctx.smoke else (10, 100_000)
+    waiter_counts = (10, ctx.waiters)
     rows = []
     for kind in ("memory",) if ctx.smoke else KINDS:
         rows += _tenants(ctx, kind, tenant_counts, reps, duration)
@@ -137,7 +137,7 @@ def _waiters(
     the cost of holding that many RPCs."""
     what = "tickets" if tickets else "waiters"
     tenants = [f"tenant{i}" for i in range(10)]
-    setup_timeout = 30.0 if ctx.smoke else max(counts) / HOLD_RATE + 120.0
+    setup_timeout = max(counts) / HOLD_RATE + (20.0 if ctx.smoke else 120.0)
     servers: dict[int, procs.Proc] = {}
     holders: dict[int, Any] = {}
     extra: dict[int, dict[str, Any]] = {n: {} for n in counts}
@@ -159,6 +159,7 @@ def _waiters(
         hold_for = setup_timeout + 2 * reps * (duration + 5) + 60
         for n, server in servers.items():
             _block(server.target)
+            extra[n]["rss_before_mb"] = _rss_mb(server.pid)
             spec = {
                 "mode": "hold",
                 "targets": [server.target],
@@ -173,6 +174,7 @@ def _waiters(
         started = time.monotonic()
         for n, server in servers.items():
             extra[n].update(_wait_queued(server, n, started, setup_timeout))
+            extra[n].update(_memory_per_waiter(server.pid, extra[n]))
         extra = _idle_cpu(servers, extra, 1.0 if ctx.smoke else 5.0)
         load = {
             "duration": duration,
@@ -233,6 +235,17 @@ def _idle_cpu(
             None if after is None or start is None else ((after - start) / seconds)
         )
     return extra
+
+
+def _memory_per_waiter(pid: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """The server's resident memory once the waiters are parked, and what each took (its
+    growth since before the first was parked, per waiter parked)."""
+    parked, before = _rss_mb(pid), extra["rss_before_mb"]
+    grown = None if parked is None or before is None else parked - before
+    return {
+        "rss_parked_mb": parked,
+        "kb_per_waiter": grown * 1024 / extra["queued"] if grown and extra["queued"] else None,
+    }
 
 
 def _rss_mb(pid: int) -> float | None:
