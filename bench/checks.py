@@ -17,19 +17,21 @@ def _in_unit(value: Any) -> bool:
 
 
 def overhead(r: dict[str, Any]) -> list[str]:
+    # Failed RPCs are measured (issue 16's goals, bench/goals.py), not a harness problem.
     problems = []
     for row in r["rows"]:
         label = f"{row['server']} c={row['concurrency']}"
-        if not _positive(row["rpc_per_s"]) or not _positive(row["ratio_to_echo"]):
+        if not _positive(row["pairs_per_s"]) or not _positive(row["ratio_to_echo"]):
             problems.append(f"{label}: throughput or ratio to echo not a positive number")
-        if row["errors"]:
-            problems.append(f"{label}: {row['errors']} RPC errors")
+        if not _positive(row["server_cpu_us_per_pair"]) or not _positive(
+            row["load_cpu_us_per_pair"]
+        ):
+            problems.append(f"{label}: no CPU time measured for the server or the generator")
     return problems
 
 
 def overload(r: dict[str, Any]) -> list[str]:
-    # Failed RPCs are what this scenario measures (issue 16's bugs), not a harness problem.
-    problems = []
+    problems = []  # failed RPCs: as in the overhead scenario
     for row in r["rows"]:
         if not _positive(row["capacity_pairs_per_s"]) or not row["started"]:
             problems.append(f"{row['server']}: no capacity measured or no pair started")
@@ -41,14 +43,12 @@ def overload(r: dict[str, Any]) -> list[str]:
 
 
 def replicas(r: dict[str, Any]) -> list[str]:
-    problems = []
+    problems = []  # failed RPCs: as in the overhead scenario
     for row in r["rows"]:
         if not _positive(row["pairs_per_s"]):
             problems.append(f"{row['lineup']}: no pairs served")
         if row["kind"] == "redis" and not _positive(row["redis_cpu_us_per_pair"]):
             problems.append(f"{row['lineup']}: no redis-server CPU measured")
-        if row["errors"]:
-            problems.append(f"{row['lineup']}: {row['errors']} RPC errors")
     return problems
 
 

@@ -66,7 +66,7 @@ def conditions(results: dict[str, dict[str, Any]]) -> str:
         for name, r in results.items()
         if r["meta"].get("commit") != m.get("commit")
     ]
-    rerun = f" (re-run later: {', '.join(others)})" if others else ""
+    rerun = f" (other sections from other runs: {', '.join(others)})" if others else ""
     return (
         f"Measured {m['date']} at commit `{str(m['commit'])[:12]}`{dirty}{rerun}; {m['cpus']} x "
         f"{m['cpu_model']}, Python {m['python']}; 1-minute load average "
