@@ -165,12 +165,12 @@ def binary() -> Path:
 
 def start(load: Load, workdir: Path, name: str) -> subprocess.Popen[bytes]:
     """The generator running ``load`` in its own process; collect it with :func:`finish`."""
-    spec_path = workdir / f"{name}.json"
+    spec_path = workdir / f"load-{name}.json"  # apart from the servers' files of that name
     spec_path.write_text(json.dumps(load.spec()))
     # One core for the client; a lazier garbage collector (its heap is a few MB) costs it
     # less of that core.
     env = {**os.environ, "GOMAXPROCS": "1", "GOGC": "400"}
-    with (workdir / f"{name}.log").open("wb") as log:
+    with (workdir / f"load-{name}.log").open("wb") as log:
         return subprocess.Popen(
             [str(binary()), str(spec_path)], stdout=subprocess.PIPE, stderr=log, env=env
         )

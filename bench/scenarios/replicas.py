@@ -26,10 +26,15 @@ def run(ctx: Ctx) -> dict[str, Any]:
         "pools": [UNLIMITED_POOL],
         "tenants": [{"name": "default"}],
     }
-    admitds = [procs.admitd(config, ctx.workdir, f"rep-r{i}", wait=False) for i in range(3)]
-    echoes = [procs.echo(ctx.workdir, wait=False, name=f"echo{i}") for i in range(2)]
-    lineups = {f"echo x{n}": echoes[:n] for n in ECHOES}
-    lineups.update({f"redis x{n}": admitds[:n] for n in REPLICAS})
+    # A smoke run checks the harness: one echo, and replicas sharing the store (1 and 2).
+    replica_counts, echo_counts = ((1, 2), (1,)) if ctx.smoke else (REPLICAS, ECHOES)
+    admitds = [
+        procs.admitd(config, ctx.workdir, f"rep-r{i}", wait=False)
+        for i in range(max(replica_counts))
+    ]
+    echoes = [procs.echo(ctx.workdir, wait=False, name=f"echo{i}") for i in range(max(echo_counts))]
+    lineups = {f"echo x{n}": echoes[:n] for n in echo_counts}
+    lineups.update({f"redis x{n}": admitds[:n] for n in replica_counts})
     raw: dict[str, list[dict[str, Any]]] = {label: [] for label in lineups}
     try:
         procs.ready(*admitds, *echoes)
