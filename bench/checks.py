@@ -23,10 +23,9 @@ def overhead(r: dict[str, Any]) -> list[str]:
         label = f"{row['server']} c={row['concurrency']}"
         if not _positive(row["pairs_per_s"]) or not _positive(row["ratio_to_echo"]):
             problems.append(f"{label}: throughput or ratio to echo not a positive number")
-        if not _positive(row["server_cpu_us_per_pair"]) or not _positive(
-            row["load_cpu_us_per_pair"]
-        ):
-            problems.append(f"{label}: no CPU time measured for the server or the generator")
+        # Read from /proc in clock ticks: a short run on a busy machine may well count 0.
+        if row["server_cpu_us_per_pair"] is None or row["load_cpu_us_per_pair"] is None:
+            problems.append(f"{label}: no CPU time read for the server or the generator")
     return problems
 
 
