@@ -19,6 +19,13 @@
  * provider's retry-after (`providerRetryAfterSeconds`: admitd pauses the pool for everyone)
  * and a leader's `result` for its followers. `getUsage` reads the cost ledger.
  *
+ * Options are strict: an unknown key throws a TypeError naming what was meant. `acquire` takes
+ * the provider request as it stands (`request`: the arguments of OpenAI's
+ * chat.completions.create / responses.create or Anthropic's messages.create; `api` names
+ * which) and reserves what it may use (reserve.js); the pool is `modelPools[model]`, else
+ * `<provider>/<model>`. Calls admitd does not answer are retried until their deadline
+ * (calls.js): Acquire within the caller's, Release until the lease expires.
+ *
  * The service is loaded at run time from the repository's contract,
  * protos/admitd/v1/admission.proto, with @grpc/proto-loader, so it cannot drift from the
  * server. A rejection is RESOURCE_EXHAUSTED (ABORTED for a dedup follower that gets no result:
@@ -31,15 +38,33 @@ const crypto = require('node:crypto');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
-const protobuf = require('protobufjs');
+const { AdmitdError, decodeStatus, duration, durationSeconds } = require('./status');
+const {
+  RECONNECT_OPTIONS,
+  checkOptions,
+  outcomeFor,
+  providerRetryAfterSeconds,
+  retryPolicy,
+  withRetries,
+} = require('./calls');
+const { poolFor, reserve } = require('./reserve');
 
 const REPO_PROTOS = path.resolve(__dirname, '..', '..', 'protos');
-const RPC_PROTOS = path.join(__dirname, 'protos', 'google', 'rpc');
-const DETAILS_KEY = 'grpc-status-details-bin';
 const OUTCOMES = ['OK', 'PROVIDER_RATE_LIMITED', 'PROVIDER_ERROR', 'TIMEOUT', 'CANCELLED'];
 const PRIORITIES = ['CRITICAL', 'HIGH', 'NORMAL', 'LOW'];
-// Status codes of a refusal with a reason: a limit, or a dedup follower without a result.
-const REFUSALS = ['RESOURCE_EXHAUSTED', 'ABORTED'];
+const CLIENT_OPTIONS = ['tenant', 'credentials', 'metadata', 'timeoutMs', 'protoDir', 'modelPools',
+  'retry', 'channelOptions', 'sleep', 'random', 'now']; // prettier-ignore
+const ACQUIRE_OPTIONS = ['pool', 'fallbackPools', 'dedupKey', 'inputTokens', 'maxOutputTokens',
+  'prompt', 'waitTimeoutSeconds', 'priority', 'idempotencyKey', 'labels', 'tenant', 'timeoutMs',
+  'request', 'api']; // prettier-ignore
+const RELEASE_OPTIONS = ['inputTokens', 'outputTokens', 'outcome', 'tenant',
+  'providerRetryAfterSeconds', 'result']; // prettier-ignore
+const RENAMED = {
+  maxTokens: "admitd calls it 'maxOutputTokens' (or pass the provider request as request)",
+  max_tokens: "admitd calls it 'maxOutputTokens' (or pass the provider request as request)",
+  tools: 'pass the whole provider request as request to reserve for it',
+  messages: 'pass the whole provider request as request to reserve for it',
+};
 
 /** The Admission service constructor, from admission.proto under `protoDir`. */
 function loadAdmission(protoDir = REPO_PROTOS) {
@@ -52,81 +77,6 @@ function loadAdmission(protoDir = REPO_PROTOS) {
     oneofs: true, // AcquireStreamResponse.update names the member that is set
   });
   return grpc.loadPackageDefinition(definition).admitd.v1.Admission;
-}
-
-let rpcRoot = null;
-
-/** google.rpc Status, ErrorInfo, RetryInfo, BadRequest, ... (loaded once). */
-function rpcTypes() {
-  if (rpcRoot === null) {
-    const files = ['status.proto', 'error_details.proto'].map((name) => path.join(RPC_PROTOS, name));
-    // google/protobuf/{any,duration}.proto are bundled with protobufjs.
-    rpcRoot = new protobuf.Root().loadSync(files, { keepCase: true });
-  }
-  return rpcRoot;
-}
-
-/** Seconds as a google.protobuf.Duration. */
-function duration(seconds) {
-  const whole = Math.floor(seconds);
-  return { seconds: String(whole), nanos: Math.round((seconds - whole) * 1e9) };
-}
-
-function durationSeconds(value) {
-  return value ? Number(value.seconds) + Number(value.nanos) / 1e9 : 0;
-}
-
-/**
- * The rich details of a failed call: { code, codeName, message, reason, domain, metadata,
- * retryAfterSeconds (null when absent: no retry can succeed), fieldViolations }.
- */
-function decodeStatus(error) {
-  const codeName = Object.keys(grpc.status).find((name) => grpc.status[name] === error.code);
-  const decoded = {
-    code: error.code,
-    codeName: codeName || String(error.code),
-    message: error.details || error.message,
-    reason: null,
-    domain: null,
-    metadata: {},
-    retryAfterSeconds: null,
-    fieldViolations: [],
-  };
-  const [raw] = error.metadata ? error.metadata.get(DETAILS_KEY) : [];
-  if (!raw) return decoded;
-  const root = rpcTypes();
-  const status = root.lookupType('google.rpc.Status').decode(raw);
-  for (const any of status.details) {
-    // type_url is "type.googleapis.com/google.rpc.ErrorInfo": the type is named after the /.
-    const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
-    const type = root.lookup(typeName);
-    if (!(type instanceof protobuf.Type)) continue; // a detail type this client does not know
-    const detail = type.toObject(type.decode(any.value), { longs: Number, defaults: true });
-    if (typeName === 'google.rpc.ErrorInfo') {
-      decoded.reason = detail.reason;
-      decoded.domain = detail.domain;
-      decoded.metadata = detail.metadata;
-    } else if (typeName === 'google.rpc.RetryInfo') {
-      decoded.retryAfterSeconds = durationSeconds(detail.retry_delay);
-    } else if (typeName === 'google.rpc.BadRequest') {
-      decoded.fieldViolations = detail.field_violations.map((v) => ({
-        field: v.field,
-        description: v.description,
-      }));
-    }
-  }
-  return decoded;
-}
-
-/** A failed admitd call, with its decoded status (see decodeStatus) as properties. */
-class AdmitdError extends Error {
-  constructor(error) {
-    const status = decodeStatus(error);
-    super(`${status.codeName}: ${status.message}`);
-    this.rejected = REFUSALS.includes(status.codeName) && status.reason !== null;
-    this.name = this.rejected ? 'Rejected' : 'AdmitdError';
-    Object.assign(this, status);
-  }
 }
 
 function isoTime(timestamp) {
@@ -192,24 +142,42 @@ class AdmitdClient {
    *   { authorization: 'Bearer <key>' }
    * @param {number} [options.timeoutMs] deadline of each call (Acquire: plus its wait)
    * @param {string} [options.protoDir] folder holding admitd/v1/admission.proto
+   * @param {Object<string,string>} [options.modelPools] the pool of each model, for an acquire
+   *   with `request` (default `<provider>/<model>`)
+   * @param {object} [options.retry] { maxAttempts (null: until the call's deadline),
+   *   initialBackoffMs: 100, maxBackoffMs: 1000, multiplier: 2 }
+   * @param {object} [options.channelOptions] gRPC channel options (the reconnect backoff is
+   *   capped at 1 s unless these set it)
    */
   constructor(target, options = {}) {
+    checkOptions('AdmitdClient', options, CLIENT_OPTIONS);
     const Admission = loadAdmission(options.protoDir);
     this.tenant = options.tenant || '';
     this.timeoutMs = options.timeoutMs || 10000;
+    this.modelPools = options.modelPools || {};
+    this.retry = retryPolicy(options.retry);
+    this.clock = {
+      sleep: options.sleep || ((ms) => new Promise((resolve) => setTimeout(resolve, ms))),
+      random: options.random || Math.random,
+      now: options.now || Date.now,
+    };
     this.metadata = new grpc.Metadata();
     for (const [key, value] of Object.entries(options.metadata || {})) this.metadata.set(key, value);
-    this.stub = new Admission(target, options.credentials || grpc.credentials.createInsecure());
+    const channel = { ...RECONNECT_OPTIONS, ...(options.channelOptions || {}) };
+    this.stub = new Admission(target, options.credentials || grpc.credentials.createInsecure(), channel);
   }
 
-  _call(method, request, timeoutMs) {
-    const deadline = new Date(Date.now() + (timeoutMs || this.timeoutMs));
-    return new Promise((resolve, reject) => {
-      this.stub[method](request, this.metadata, { deadline }, (error, response) => {
-        if (error) reject(new AdmitdError(error));
-        else resolve(response);
+  /** The one path of every unary call: deadline, metadata, retries (calls.js). */
+  _call(method, request, timeoutMs = this.timeoutMs, budgetMs = timeoutMs) {
+    const once = (each) =>
+      new Promise((resolve, reject) => {
+        const deadline = new Date(this.clock.now() + each);
+        this.stub[method](request, this.metadata, { deadline }, (error, response) => {
+          if (error) reject(new AdmitdError(error));
+          else resolve(response);
+        });
       });
-    });
+    return withRetries(this.retry, once, timeoutMs, budgetMs, this.clock);
   }
 
   /**
@@ -217,7 +185,7 @@ class AdmitdClient {
    * `retryAfterSeconds`, `metadata` set) when admitd refuses the call.
    */
   async acquire(args) {
-    const { request, budgetMs } = this._acquireRequest(args);
+    const { request, budgetMs } = this._acquireRequest(args, 'acquire');
     return leaseObject(await this._call('Acquire', request, budgetMs));
   }
 
@@ -233,7 +201,7 @@ class AdmitdClient {
    *   }
    */
   async *acquireStream(args) {
-    const { request, budgetMs } = this._acquireRequest(args);
+    const { request, budgetMs } = this._acquireRequest(args, 'acquireStream');
     const deadline = new Date(Date.now() + budgetMs);
     const call = this.stub.AcquireStream({ acquire: request }, this.metadata, { deadline });
     let done = false;
@@ -265,7 +233,7 @@ class AdmitdClient {
    * queue.ticket_max_wait). Rejects like acquire when the call can never fit or the queue is full.
    */
   async enqueue(args) {
-    const { request } = this._acquireRequest(args);
+    const { request } = this._acquireRequest(args, 'enqueue');
     return ticketObject(await this._call('Enqueue', { acquire: request }, args.timeoutMs));
   }
 
@@ -290,20 +258,29 @@ class AdmitdClient {
     return (await this._call('CancelTicket', { ticket_id: ticketId, tenant })).cancelled;
   }
 
-  _acquireRequest({
-    pool,
-    fallbackPools = [],
-    dedupKey = '',
-    inputTokens = 0,
-    maxOutputTokens = 0,
-    prompt = '',
-    waitTimeoutSeconds = 0,
-    priority = 'NORMAL',
-    idempotencyKey = crypto.randomBytes(16).toString('hex'),
-    labels = {},
-    tenant = this.tenant,
-    timeoutMs,
-  }) {
+  _acquireRequest(args, where) {
+    checkOptions(where, args, ACQUIRE_OPTIONS, RENAMED);
+    const given = ['request', 'prompt', 'inputTokens'].filter((key) => args[key] !== undefined && args[key] !== '');
+    if (given.length > 1) throw new TypeError(`${where}(): one of request, prompt, inputTokens; got ${given.join(', ')}`);
+    let { pool, inputTokens = 0, maxOutputTokens } = args;
+    if (args.request !== undefined) {
+      const reservation = reserve(args.api || null, args.request);
+      inputTokens = reservation.inputTokens;
+      if (maxOutputTokens === undefined) maxOutputTokens = reservation.maxOutputTokens;
+      if (!pool) pool = poolFor(reservation.api, reservation.model, this.modelPools);
+    }
+    if (!pool) throw new TypeError(`${where}(): needs pool (or request naming the model)`);
+    const {
+      fallbackPools = [],
+      dedupKey = '',
+      prompt = '',
+      waitTimeoutSeconds = 0,
+      priority = 'NORMAL',
+      idempotencyKey = crypto.randomBytes(16).toString('hex'),
+      labels = {},
+      tenant = this.tenant,
+      timeoutMs,
+    } = args;
     if (!PRIORITIES.includes(priority)) throw new Error(`priority: one of ${PRIORITIES}`);
     const request = {
       tenant,
@@ -311,7 +288,7 @@ class AdmitdClient {
       fallback_pools: fallbackPools,
       dedup_key: dedupKey,
       input_tokens: String(inputTokens),
-      max_output_tokens: String(maxOutputTokens),
+      max_output_tokens: String(maxOutputTokens || 0),
       prompt,
       priority: `PRIORITY_${priority}`,
       idempotency_key: idempotencyKey,
@@ -322,24 +299,27 @@ class AdmitdClient {
   }
 
   /**
-   * Release with the tokens actually used: both counts, or neither (then admitd charges the
-   * full reservation). `outcome`: how the provider call ended, one of OUTCOMES (it feeds the
+   * Release `lease` (a lease from acquire: retried until it expires; or its lease_id) with
+   * the tokens actually used: both counts, or neither (then admitd charges the full
+   * reservation). `outcome`: how the provider call ended, one of OUTCOMES (it feeds the
    * pool's circuit breaker and adaptive limits). `providerRetryAfterSeconds`: the provider's
    * retry-after (e.g. from a 429's `retry-after` header): admitd pauses the pool that long for
    * every caller. `result` (a Buffer or a string): a dedup leader's result for the calls that
    * joined it (with outcome OK; at most the server's lease.max_shared_result, 64 KiB by default).
    */
-  async release(
-    leaseId,
-    {
+  async release(lease, options = {}) {
+    checkOptions('release', options, RELEASE_OPTIONS);
+    const {
       inputTokens,
       outputTokens,
       outcome = 'OK',
       tenant = this.tenant,
       providerRetryAfterSeconds = 0,
       result = null,
-    } = {},
-  ) {
+    } = options;
+    // A lease object: retried until it expires (Release is idempotent); an id: timeoutMs.
+    const leaseId = typeof lease === 'string' ? lease : lease.lease_id;
+    const expiry = typeof lease === 'string' ? 0 : Date.parse(lease.expires_at);
     if (!OUTCOMES.includes(outcome)) throw new Error(`outcome: one of ${OUTCOMES}`);
     if ((inputTokens === undefined) !== (outputTokens === undefined)) {
       throw new Error('release: give both inputTokens and outputTokens, or neither');
@@ -352,7 +332,7 @@ class AdmitdClient {
       request.provider_retry_after = duration(providerRetryAfterSeconds);
     }
     if (result !== null) request.result = Buffer.isBuffer(result) ? result : Buffer.from(result);
-    const reply = await this._call('Release', request);
+    const reply = await this._call('Release', request, this.timeoutMs, expiry - this.clock.now());
     return {
       charged_tokens: Number(reply.charged_tokens),
       refunded_tokens: Number(reply.refunded_tokens),
@@ -393,4 +373,13 @@ class AdmitdClient {
   }
 }
 
-module.exports = { AdmitdClient, AdmitdError, decodeStatus, loadAdmission, OUTCOMES };
+module.exports = {
+  AdmitdClient,
+  AdmitdError,
+  decodeStatus,
+  loadAdmission,
+  OUTCOMES,
+  reserve,
+  providerRetryAfterSeconds,
+  outcomeFor,
+};

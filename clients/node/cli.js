@@ -19,6 +19,15 @@
  *   node cli.js wait-ticket   --ticket-id ID [--tenant T] [--wait-timeout SECONDS]
  *   node cli.js cancel-ticket --ticket-id ID [--tenant T]
  *   node cli.js usage   [--from-day YYYY-MM-DD] [--to-day YYYY-MM-DD] [--tenant T] [--pool P]
+ *   node cli.js reserve --request JSON [--api openai.chat|openai.responses|anthropic.messages]
+ *       what a provider request reserves (no call to admitd)
+ *   node cli.js lease   [acquire's options] [release's options]
+ *       acquire, print {"lease": ...}, wait for a line on stdin, then release (retried until
+ *       the lease expires) and print the result
+ *
+ * acquire, stream, enqueue and lease take --request JSON (and --api) instead of
+ * --input-tokens: the provider call's arguments, from which the reservation and the pool
+ * (<provider>/<model> unless --pool) are derived.
  *
  * Output: {"ok": true, "lease": {...}} / {"ok": true, "release": {...}} /
  * {"ok": true, "ticket": {...}} / {"ok": true, "cancelled": true|false} /
@@ -32,7 +41,7 @@
  */
 
 const { parseArgs } = require('node:util');
-const { AdmitdClient, AdmitdError } = require('./admitd');
+const { AdmitdClient, AdmitdError, reserve } = require('./admitd');
 
 const OPTIONS = {
   target: { type: 'string', default: 'localhost:50051' },
@@ -41,7 +50,7 @@ const OPTIONS = {
   'input-tokens': { type: 'string' },
   'used-input-tokens': { type: 'string' },
   'used-output-tokens': { type: 'string' },
-  'max-output-tokens': { type: 'string', default: '0' },
+  'max-output-tokens': { type: 'string' },
   prompt: { type: 'string', default: '' },
   'wait-timeout': { type: 'string', default: '0' },
   priority: { type: 'string', default: 'NORMAL' },
@@ -55,6 +64,8 @@ const OPTIONS = {
   'from-day': { type: 'string', default: '' },
   'to-day': { type: 'string', default: '' },
   'timeout-ms': { type: 'string', default: '10000' },
+  request: { type: 'string' },
+  api: { type: 'string' },
 };
 
 function count(value, name) {
@@ -71,9 +82,11 @@ function errorObject(error) {
 }
 
 function acquireArgs(values) {
+  const provider = values.request === undefined ? {} : { request: JSON.parse(values.request), api: values.api };
   return {
+    ...provider,
     pool: values.pool,
-    inputTokens: count(values['input-tokens'], 'input-tokens') || 0,
+    inputTokens: count(values['input-tokens'], 'input-tokens'),
     maxOutputTokens: count(values['max-output-tokens'], 'max-output-tokens'),
     prompt: values.prompt,
     waitTimeoutSeconds: Number(values['wait-timeout']),
@@ -146,13 +159,23 @@ async function run(command, values, client) {
   if (command === 'cancel-ticket') {
     return { ok: true, cancelled: await client.cancelTicket(ticketId(values)) };
   }
+  if (command === 'reserve') {
+    return { ok: true, reservation: reserve(values.api || null, JSON.parse(values.request)) };
+  }
+  if (command === 'lease') {
+    const lease = await client.acquire(acquireArgs(values));
+    process.stdout.write(`${JSON.stringify({ lease })}\n`);
+    await new Promise((resolve) => process.stdin.once('data', resolve));
+    process.stdin.pause();
+    return { ok: true, lease, release: await client.release(lease, releaseArgs(values)) };
+  }
   if (command === 'usage') {
     const { tenant, pool } = values;
     const range = { fromDay: values['from-day'], toDay: values['to-day'] };
     return { ok: true, rows: await client.getUsage({ ...range, tenant, pool: pool || '' }) };
   }
   const commands =
-    'acquire, release, demo, stream, enqueue, get-ticket, wait-ticket, cancel-ticket, usage';
+    'acquire, release, demo, stream, enqueue, get-ticket, wait-ticket, cancel-ticket, usage, reserve, lease';
   throw new Error(`unknown command ${JSON.stringify(command)}: ${commands}`);
 }
 

@@ -7,79 +7,17 @@ one answers, so the slot is freed at once rather than at the lease's TTL (issue 
 
 from __future__ import annotations
 
-import os
-import re
-import select
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from pathlib import Path
 from typing import Any
 
-import yaml
+from support.processes import Replica
 
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
-from support import ROOT
-from support.processes import child_env
 from support.redis_server import RedisServer, free_port
-
-_PORT_LINE = re.compile(rb"\(port (\d+)\)")
-
-
-class Replica:
-    """``python -m admitd serve`` on a given port (so a restart can take the same one)."""
-
-    def __init__(self, config: dict[str, Any], port: int) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="admitd-restart-"))
-        path = folder / "admitd.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.log = (folder / "admitd.log").open("wb")
-        argv = [sys.executable, "-m", "admitd", "serve", "--config", str(path)]
-        self.process = subprocess.Popen(
-            [*argv, "--listen", f"127.0.0.1:{port}"],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            env=child_env(),
-            cwd=ROOT,
-        )
-        self.started = time.monotonic()
-
-    def wait_listening(self, timeout: float = 60) -> float:
-        """Block until the replica says it listens; how long that took from its start."""
-        assert self.process.stdout is not None
-        deadline, seen = time.monotonic() + timeout, b""
-        while time.monotonic() < deadline and not _PORT_LINE.search(seen):
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
-            if ready:
-                chunk = os.read(self.process.stdout.fileno(), 4096)
-                if not chunk:
-                    raise RuntimeError("admitd exited before listening")
-                seen += chunk
-        if not _PORT_LINE.search(seen):
-            raise RuntimeError("admitd did not start listening in time")
-        return time.monotonic() - self.started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.log.close()
 
 
 def config(redis: RedisServer) -> dict[str, Any]:
+    """Replicas sharing ``redis``; a pool with one slot, so a leaked slot shows."""
     return {
         "backend": {"kind": "redis", "url": redis.url, "key_prefix": "restart"},
         "lease": {"ttl": "120s"},

@@ -115,3 +115,54 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Replica:
+    """``python -m admitd serve`` on a given port, so that a restart can take the same one
+    (``AdmitdProcess`` lets the OS choose). Start it, then ``wait_listening``."""
+
+    def __init__(self, config: dict[str, Any], port: int) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="admitd-restart-"))
+        path = folder / "admitd.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = (folder / "admitd.log").open("wb")
+        argv = [sys.executable, "-m", "admitd", "serve", "--config", str(path)]
+        self.process = subprocess.Popen(
+            [*argv, "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=child_env(),
+            cwd=ROOT,
+        )
+        self.started = time.monotonic()
+
+    def wait_listening(self, timeout: float = 60) -> float:
+        """Block until the replica says it listens; how long that took from its start."""
+        assert self.process.stdout is not None
+        deadline, seen = time.monotonic() + timeout, b""
+        while time.monotonic() < deadline and not _PORT_LINE.search(seen):
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
+            if ready:
+                chunk = os.read(self.process.stdout.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError("admitd exited before listening")
+                seen += chunk
+        if not _PORT_LINE.search(seen):
+            raise RuntimeError("admitd did not start listening in time")
+        return time.monotonic() - self.started
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()
