@@ -400,7 +400,7 @@ def _png_url(width: int, height: int) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-TOOL = {
+TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -458,7 +458,7 @@ async def test_node_reserves_what_python_reserves(
         *(["--api", api] if api else []),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
     assert process.returncode == 0, err.decode()
     expected = reserve(api, request_)  # type: ignore[arg-type]
     assert json.loads(out)["reservation"] == {
@@ -538,7 +538,7 @@ async def test_release_outlasts_a_replica_restart(node: str, redis_server: Redis
         )  # fmt: skip
         assert process.stdout is not None
         assert process.stdin is not None
-        granted = json.loads(await asyncio.wait_for(process.stdout.readline(), timeout=60))
+        granted = json.loads(await asyncio.wait_for(process.stdout.readline(), timeout=PROCESS))
         assert granted["lease"]["reserved_tokens"] == 15
         replicas[0].kill()  # the replica dies while the lease is held...
         process.stdin.write(b"release\n")  # ...the release starts while none listens

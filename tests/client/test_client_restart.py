@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from support.processes import Replica
-
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
+from support.processes import Replica
 from support.redis_server import RedisServer, free_port
 
 
