@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
-import struct
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 
 from admitd_client._reserve import reserve
 from support import ROOT
+from support.client import WEATHER_TOOL, png_base64
 from support.harness import Harness, start_harness
 from support.processes import Replica
 from support.redis_server import RedisServer, free_port
@@ -391,29 +391,14 @@ async def test_options_are_strict(node: str) -> None:
 
 
 def _png_url(width: int, height: int) -> str:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+    return "data:image/png;base64," + png_base64(width, height)
 
 
-TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the weather.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "description": "The city"},
-                "unit": {"type": "string", "enum": ["c", "f"]},
-                "when": {"type": "object", "properties": {"day": {"type": "string"}}},
-            },
-        },
-    },
+# With a nested parameter too, which both clients count as its JSON.
+TOOL: dict[str, Any] = copy.deepcopy(WEATHER_TOOL)
+TOOL["function"]["parameters"]["properties"]["when"] = {
+    "type": "object",
+    "properties": {"day": {"type": "string"}},
 }
 REQUESTS: list[tuple[str | None, dict[str, Any]]] = [
     ("openai.chat", {"model": "gpt-4o", "max_tokens": 100, "n": 2, "messages": [

@@ -17,6 +17,7 @@ from admitd_client._reserve import Reservation, api_of, reserve
 from support.client import (
     COOKBOOK_MESSAGES,
     GPT4O,
+    WEATHER_TOOL,
     aio_channel,
     dead_target,
     png,
@@ -25,21 +26,6 @@ from support.client import (
     target,
 )
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the weather.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "description": "The city"},
-                "unit": {"type": "string", "enum": ["c", "f"]},
-            },
-            "required": ["city"],
-        },
-    },
-}
 HELLO = [{"role": "user", "content": "hello world"}]
 
 
@@ -163,7 +149,7 @@ def test_openai_responses_requests() -> None:
     # Instructions are a developer message: 3 + "developer" (1) + "Be brief." (3).
     briefed = {**simple, "instructions": "Be brief."}
     assert reserve(None, briefed).input_tokens == 9 + 7
-    flat_tool = {"type": "function", **WEATHER_TOOL["function"]}  # type: ignore[dict-item]
+    flat_tool = {"type": "function", **WEATHER_TOOL["function"]}
     assert reserve(None, {**simple, "tools": [flat_tool]}).input_tokens == 9 + 45
     assert reserve(None, {"model": "o3", "input": "x"}).max_output_tokens == 100_000
 

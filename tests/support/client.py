@@ -89,6 +89,22 @@ COOKBOOK_MESSAGES = [
 ]
 COOKBOOK_TOKENS = {"cl100k_base": 129, "o200k_base": 124}
 
+# An OpenAI function definition: flat parameters, one with an enum.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "The city"},
+                "unit": {"type": "string", "enum": ["c", "f"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
 POOL_METADATA = {
     "scope": "pool",
     "pool": GPT4O,
