@@ -1,46 +1,62 @@
 #!/usr/bin/env bash
-# Install admitd into a fresh virtualenv and bake tiktoken's encoding files next to it, so the
-# result runs offline. The Dockerfile runs exactly this script, and so does
-# scripts/check_deploy.sh (into a temporary folder), because Docker cannot build on the CI
-# machines: what CI proves about this script is what the image gets.
+# The image's install, in the two steps the Dockerfile runs (so the locked dependencies are a
+# layer of their own, rebuilt only when the lock changes):
 #
-#   docker/install.sh PREFIX ENCODINGS_DIR [SOURCE]
-#     PREFIX         virtualenv to create, e.g. /opt/admitd/venv
-#     ENCODINGS_DIR  folder to bake the encodings into; point TIKTOKEN_CACHE_DIR at it
-#     SOURCE         admitd source tree (default: the repository holding this script)
+#   docker/install.sh deps PREFIX LOCK
+#     A virtualenv at PREFIX with exactly the lock (requirements/runtime.txt, written by
+#     scripts/lock: the versions the tests ran with): every file checked against its sha256,
+#     wheels only, so nothing is compiled.
+#   docker/install.sh app PREFIX ENCODINGS_DIR SOURCE
+#     admitd from SOURCE (built by the locked setuptools), pip check, tiktoken's encoding files
+#     baked into ENCODINGS_DIR (point TIKTOKEN_CACHE_DIR at it), then pip and setuptools
+#     removed from the virtualenv: the image installs nothing at run time.
 #
 # Environment:
 #   PYTHON                 interpreter for the virtualenv (default: python3)
 #   ADMITD_ENCODINGS       encodings to bake (default: "o200k_base cl100k_base")
-#   ADMITD_TIKTOKEN_SEED   a folder already holding encoding files under tiktoken's cache names
-#                          (sha1 of the download URL), used instead of downloading, for
-#                          machines without access to openaipublic.blob.core.windows.net.
-#                          The image build leaves it unset and downloads. Either way every
-#                          file is checked against the sha256 that tiktoken itself pins.
+#   ADMITD_TIKTOKEN_SEED   a folder (relative: to SOURCE) already holding the encoding files
+#                          under tiktoken's cache names (sha1 of the download URL), read instead
+#                          of downloading, for machines that cannot reach
+#                          openaipublic.blob.core.windows.net. Either way every file is
+#                          checked against the sha256 that tiktoken itself pins.
+# pip and the download trust the system's CA bundle when there is one (the build may mount
+# one as a secret, for networks that intercept TLS), not their own copies.
 set -euo pipefail
 
-if [ $# -lt 2 ] || [ $# -gt 3 ]; then
-  sed -n '7,11p' "$0" >&2
+usage() {
+  sed -n '5,12p' "$0" >&2
   exit 2
+}
+[ $# -ge 1 ] || usage
+step=$1
+shift
+if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+  export PIP_CERT=/etc/ssl/certs/ca-certificates.crt REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 fi
+pip() { "$prefix/bin/python" -m pip --quiet --disable-pip-version-check --no-input "$@"; }
+
+if [ "$step" = deps ]; then
+  [ $# -eq 2 ] || usage
+  prefix=$1
+  "${PYTHON:-python3}" -m venv "$prefix"
+  # --no-deps: the lock is the whole closure; pip check proves it in the app step.
+  pip install --require-hashes --no-deps --only-binary :all: -r "$2"
+  exit 0
+fi
+if [ "$step" != app ] || [ $# -ne 3 ]; then usage; fi
 prefix=$1
 encodings_dir=$2
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-source_dir=${3:-$(dirname "$here")}
-python=${PYTHON:-python3}
+source_dir=$3
 read -r -a encodings <<<"${ADMITD_ENCODINGS:-o200k_base cl100k_base}"
 seed=${ADMITD_TIKTOKEN_SEED:-}
+if [ -n "$seed" ] && [ "${seed#/}" = "$seed" ]; then seed=$source_dir/$seed; fi
+if [ -n "$seed" ] && [ ! -d "$seed" ]; then
+  echo "install.sh: ADMITD_TIKTOKEN_SEED: no folder $seed" >&2
+  exit 1
+fi
 
-"$python" -m venv "$prefix"
-# Exactly the lock: every distribution pinned and checked against its sha256
-# (requirements/runtime.txt, written by scripts/lock: the versions the tests ran with), wheels
-# only, so nothing is compiled. --no-deps because the lock is the whole closure; pip check
-# proves it. admitd itself is built by the locked setuptools.
-pip=("$prefix/bin/python" -m pip --quiet --disable-pip-version-check --no-input)
-"${pip[@]}" install --require-hashes --no-deps --only-binary :all: \
-  -r "$source_dir/requirements/runtime.txt"
-"${pip[@]}" install --no-deps --no-build-isolation "$source_dir"
-"${pip[@]}" check
+pip install --no-deps --no-build-isolation "$source_dir"
+pip check
 
 mkdir -p "$encodings_dir"
 # tiktoken fetches through tiktoken.load.read_file and caches the bytes under
@@ -91,3 +107,5 @@ for name in sys.argv[1:]:
 print("baked encodings:", " ".join(sys.argv[1:]))
 PY
 chmod -R a+rX "$encodings_dir"
+# The installers go last: nothing in the image installs or builds anything.
+pip uninstall --yes pip setuptools
