@@ -4,9 +4,18 @@
     python scripts/gen_protos.py           # regenerate all stubs
     python scripts/gen_protos.py --check   # fail when any committed stub is stale
 
-Two targets:
+Three targets:
 
-- the server, ``server/admitd/v1/`` (import ``admitd.v1``), from ``protos/``;
+- the server, ``server/admitd/v1/`` (import ``admitd.v1``), from ``protos/`` (admitd's own
+  contract; ``protos/third_party`` is a separate include root);
+- the server's copy of Envoy's rate limit service, ``server/admitd/_third_party/`` (import
+  ``admitd._third_party.envoy.service.ratelimit.v3``), from the unmodified Envoy, xDS and
+  protoc-gen-validate files vendored in ``protos/third_party`` (see its README.md). Their
+  proto packages (``envoy.*``, ``udpa.*``, ``xds.*``, ``validate``) are generic top-level
+  names other distributions also use, so the modules keep their folders *under*
+  ``admitd._third_party`` and every import of one of them is prefixed with it; the
+  serialized descriptors keep the proto names (``envoy.service.ratelimit.v3...``), which
+  is what Envoy speaks on the wire;
 - the Python client, ``clients/python/admitd_client/_proto/`` (import
   ``admitd_client._proto``), from the same ``protos/admitd/v1/admission.proto`` plus the
   client's private ``clients/python/protos/admitd_client/rpc_status.proto``. The client must
@@ -37,6 +46,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
+THIRD_PARTY_ROOT = PROTO_ROOT / "third_party"
 CLIENT_PROTO_ROOT = ROOT / "clients" / "python" / "protos"
 WELL_KNOWN = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
 
@@ -58,17 +68,22 @@ class Target:
     package: str
     units: tuple[Unit, ...]
     init_text: str
+    nested: bool = False  # modules keep their proto folders under ``out`` (see above)
 
 
-def _all_protos() -> tuple[str, ...]:
-    return tuple(sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto")))
+def _protos_under(root: Path, *, skip: Path | None = None) -> tuple[str, ...]:
+    found = (p for p in root.rglob("*.proto") if skip is None or skip not in p.parents)
+    return tuple(sorted(str(p.relative_to(root)) for p in found))
+
+
+ENVOY_RLS = "envoy/service/ratelimit/v3/rls.proto"
 
 
 TARGETS = (
     Target(
         out=ROOT / "server" / "admitd" / "v1",
         package="admitd.v1",  # mirrors the proto package admitd.v1: nothing to rewrite
-        units=(Unit(PROTO_ROOT, _all_protos(), grpc=True),),
+        units=(Unit(PROTO_ROOT, _protos_under(PROTO_ROOT, skip=THIRD_PARTY_ROOT), grpc=True),),
         init_text='"""Generated from protos/admitd/v1 by scripts/gen_protos.py; do not edit."""\n',
     ),
     Target(
@@ -83,6 +98,24 @@ TARGETS = (
             "clients/python/protos/admitd_client/rpc_status.proto by scripts/gen_protos.py;\n"
             'do not edit."""\n'
         ),
+    ),
+    Target(
+        out=ROOT / "server" / "admitd" / "_third_party",
+        package="admitd._third_party",
+        units=(
+            # gRPC stubs only for the service; the rest are its messages and annotations.
+            Unit(THIRD_PARTY_ROOT, (ENVOY_RLS,), grpc=True),
+            Unit(
+                THIRD_PARTY_ROOT,
+                tuple(p for p in _protos_under(THIRD_PARTY_ROOT) if p != ENVOY_RLS),
+                grpc=False,
+            ),
+        ),
+        init_text=(
+            '"""Generated from the Envoy protos vendored in protos/third_party by\n'
+            'scripts/gen_protos.py; do not edit."""\n'
+        ),
+        nested=True,
     ),
 )
 
@@ -114,20 +147,36 @@ def _rewrite(text: str, old_package: str, new_package: str) -> str:
     return re.sub(rf"'{old}\.(\w+_pb2)'", rf"'{new_package}.\1'", text)
 
 
+def _prefix(text: str, top: str, package: str) -> str:
+    """Put ``package`` in front of imports of the top-level proto package ``top`` (and of the
+    module names handed to the descriptor builder), for a nested target."""
+    text = re.sub(rf"^from {top}( |\.)", rf"from {package}.{top}\1", text, flags=re.M)
+    return re.sub(rf"'{top}\.([\w.]+_pb2)'", rf"'{package}.{top}.\1'", text)
+
+
 def generate(target: Target) -> dict[str, str]:
-    """Generate ``target`` in memory: file name -> content."""
-    # Every module of a target lands in one flat folder, so an import of any of the
-    # target's protos (by its proto path, e.g. "from admitd.v1 import") is rewritten.
-    sources = {".".join(Path(proto).parent.parts) for unit in target.units for proto in unit.protos}
+    """Generate ``target`` in memory: file path (relative to ``target.out``) -> content."""
+    protos = [proto for unit in target.units for proto in unit.protos]
     files = {"__init__.py": target.init_text}
     with tempfile.TemporaryDirectory() as scratch:
         for unit in target.units:
             _protoc(unit, Path(scratch))
         for path in sorted(Path(scratch).rglob("*.py*")):
             text = path.read_text()
-            for source in sorted(sources):
-                text = _rewrite(text, source, target.package)
-            files[path.name] = text
+            if target.nested:
+                for top in sorted({Path(proto).parts[0] for proto in protos}):
+                    text = _prefix(text, top, target.package)
+                name = str(path.relative_to(scratch))
+                for folder in path.relative_to(scratch).parents:
+                    if folder != Path("."):
+                        files.setdefault(str(folder / "__init__.py"), "")
+            else:
+                # Every module of a flat target lands in one folder, so an import of any of
+                # the target's protos (by its proto path, "from admitd.v1 import") is rewritten.
+                for source in sorted({".".join(Path(proto).parent.parts) for proto in protos}):
+                    text = _rewrite(text, source, target.package)
+                name = path.name
+            files[name] = text
     return files
 
 
@@ -137,7 +186,8 @@ def _stale(target: Target, fresh: dict[str, str]) -> list[Path]:
         for name, text in fresh.items()
         if not (target.out / name).is_file() or (target.out / name).read_text() != text
     ]
-    extra = {p.name for p in target.out.glob("*_pb2*")} - set(fresh)
+    pattern = "**/*_pb2*" if target.nested else "*_pb2*"
+    extra = {str(p.relative_to(target.out)) for p in target.out.glob(pattern)} - set(fresh)
     return stale + [target.out / name for name in sorted(extra)]
 
 
@@ -158,8 +208,10 @@ def write() -> None:
         fresh = generate(target)
         target.out.mkdir(parents=True, exist_ok=True)
         for path in _stale(target, fresh):
-            if path.name in fresh:
-                path.write_text(fresh[path.name])
+            name = str(path.relative_to(target.out))
+            if name in fresh:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(fresh[name])
             else:
                 path.unlink()  # a proto was removed: its stubs go too
         for name in sorted(fresh):
