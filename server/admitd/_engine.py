@@ -36,6 +36,7 @@ from ._model import (
     Settlement,
     Snapshot,
     Ticket,
+    Unit,
     UsageRow,
 )
 from ._policy import UNCHECKED_PREFIX, Policy, draining
@@ -48,6 +49,8 @@ from ._waiting import Waiting
 from ._waits import QueueReport, Waits
 
 log = logging.getLogger("admitd")
+
+_USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves (Engine.charge)
 
 
 class Engine:
@@ -289,6 +292,18 @@ class Engine:
                 settlement.refunded_tokens,
             )
         return settlement
+
+    async def charge(self, spec: AcquireSpec, usage: tuple[int, int]) -> None:
+        """Count the (input, output) ``usage`` of a call of ``spec``'s tenant and pool that
+        already happened and reserved nothing (a gateway reporting after the call, e.g.
+        Envoy's rate limit requests at the end of a stream): its token and USD limits and
+        the budget go up by it, into debt if need be, and the ledger gets it. Nothing is
+        checked, so nothing is refused; no slot and no request is counted (the call was
+        counted when it was admitted)."""
+        call = replace(spec, input_tokens=usage[0], max_output_tokens=usage[1], prompt="")
+        ticket, _ = self.requests.ticket(call, deadline=None)
+        settled = tuple(limit for limit in ticket.limits if limit.unit in _USAGE_UNITS)
+        await self.store.call(self.backend.charge, replace(ticket, limits=settled), usage)
 
     async def renew(
         self, lease_id: str, extend_by: float, tenant: str | None = None

@@ -21,6 +21,7 @@ from .._errors import Unavailable
 from .._telemetry import Telemetry
 from .._tokens import TokenCounter
 from ..v1 import admission_pb2
+from .envoy import RATE_LIMIT_SERVICE, RateLimitService
 from .service import AdmissionService, register
 from .tls import CertificateFiles
 from .watch import ConfigWatcher
@@ -28,6 +29,8 @@ from .watch import ConfigWatcher
 log = logging.getLogger("admitd")
 
 SERVICE_NAME = admission_pb2.DESCRIPTOR.services_by_name["Admission"].full_name
+# Readiness: the whole server (""), Admission, and Envoy's rate limit service on the same port.
+READINESS = ("", SERVICE_NAME, RATE_LIMIT_SERVICE.full_name)
 # For liveness probes: SERVING while the process runs and answers, whatever the store does.
 # Readiness follows the store ("" and the Admission service); restarting a replica because
 # Redis is down would only add a cold start to the outage.
@@ -65,11 +68,16 @@ class AdmitdServer:
         self.watcher = ConfigWatcher(config_path, self.engine) if config_path else None
         self.health = HealthServicer()
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        register(AdmissionService(self.engine), self._server)
+        admission = AdmissionService(self.engine)
+        register(admission, self._server)
+        # The same credentials as Admission (Envoy sends its key as initial_metadata).
+        envoy = RateLimitService(self.engine, admission._caller)
+        register(envoy, self._server, RATE_LIMIT_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                RATE_LIMIT_SERVICE.full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -91,7 +99,7 @@ class AdmitdServer:
         tls = self.settings.tls
         credentials = CertificateFiles(tls).credentials() if tls is not None else None
         # grpc's health servicer starts out SERVING: say NOT_SERVING until the store answers.
-        for service in ("", SERVICE_NAME):
+        for service in READINESS:
             await self.health.set(service, NOT_SERVING)
         self.port = _bind(self._server, address, credentials)
         if self._health_server is not None and self.settings.health_listen is not None:
@@ -121,7 +129,7 @@ class AdmitdServer:
         # fail_open keeps admitting (unchecked) without the store, so it stays SERVING.
         serving = ok or self.settings.backend.on_store_error == "fail_open"
         if not self._stopped.is_set():
-            for service in ("", SERVICE_NAME):
+            for service in READINESS:
                 await self.health.set(service, SERVING if serving else NOT_SERVING)
         return ok
 

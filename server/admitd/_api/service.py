@@ -11,6 +11,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf import message_factory, timestamp_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from .. import _requests as requests
@@ -28,14 +29,13 @@ from .status import seconds_to_duration, to_status
 
 log = logging.getLogger("admitd")
 
+Svc = TypeVar("Svc")  # the servicer: Admission's, or Envoy's rate limit service (envoy.py)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[["AdmissionService", Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+Handler = Callable[[Svc, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 
-StreamHandler = Callable[
-    ["AdmissionService", Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]
-]
+StreamHandler = Callable[[Svc, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]
 
 
 class _Undecodable:
@@ -67,10 +67,10 @@ async def _abort(context: grpc.aio.ServicerContext[Req, Resp], error: Exception)
     raise AssertionError("abort_with_status returned") from error
 
 
-def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+def _translated(handler: Handler[Svc, Req, Resp]) -> Handler[Svc, Req, Resp]:
     @wraps(handler)
     async def wrapper(
-        self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+        self: Svc, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         try:
             if isinstance(request, _Undecodable):
@@ -82,10 +82,12 @@ def _translated(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _translated_stream(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+def _translated_stream(
+    handler: StreamHandler[Svc, Req, Resp],
+) -> StreamHandler[Svc, Req, Resp]:
     @wraps(handler)
     async def wrapper(
-        self: AdmissionService, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
+        self: Svc, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
             if isinstance(request, _Undecodable):
@@ -98,11 +100,16 @@ def _translated_stream(handler: StreamHandler[Req, Resp]) -> StreamHandler[Req, 
     return wrapper
 
 
-def register(service: AdmissionService, server: grpc.aio.Server) -> None:
-    """Serve ``service`` on ``server``: the generated ``add_AdmissionServicer_to_server``,
-    except that a payload which does not decode reaches the handler (as ``_Undecodable``),
-    so the caller gets INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN."""
-    descriptor = pb.DESCRIPTOR.services_by_name["Admission"]
+ADMISSION = pb.DESCRIPTOR.services_by_name["Admission"]
+
+
+def register(
+    service: object, server: grpc.aio.Server, descriptor: ServiceDescriptor = ADMISSION
+) -> None:
+    """Serve ``service`` (its handlers wrapped by ``_translated``) on ``server``: the
+    generated ``add_..._to_server`` of ``descriptor``, except that a payload which does not
+    decode reaches the handler (as ``_Undecodable``), so the caller gets INVALID_ARGUMENT
+    naming the message instead of grpc's UNKNOWN."""
     handlers = {}
     for method in descriptor.methods:
         request = message_factory.GetMessageClass(method.input_type)

@@ -7,8 +7,6 @@ retry can succeed, a ``RetryInfo`` with the computed delay.
 
 from __future__ import annotations
 
-import math
-
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -63,10 +61,10 @@ def to_status(error: AdmitdError) -> grpc.Status:
 
 
 def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
-    whole = math.floor(seconds)
-    return duration_pb2.Duration(
-        seconds=whole, nanos=round((seconds - whole) * 1e9) % 1_000_000_000
-    )
+    # Rounded to whole nanoseconds first: 11.9999999999 is 12 s, not 11 s and 1e9 ns
+    # wrapped to 0 (a Redis-computed retry delay comes with such float noise).
+    whole, nanos = divmod(round(seconds * 1e9), 1_000_000_000)
+    return duration_pb2.Duration(seconds=whole, nanos=nanos)
 
 
 def _pack(

@@ -81,6 +81,13 @@ class Backend(Protocol):
         """Set the lease's expiry to now + ``extend_by``."""
         ...
 
+    async def charge(self, ticket: Ticket, usage: tuple[int, int]) -> None:
+        """Count (input, output) ``usage`` that nobody reserved, for a call that already
+        happened (a gateway reporting after the call): each of the ticket's limits goes up
+        by it as a settled lease's overuse would (into debt if need be), and the ledger gets
+        the tokens and price without counting a call. Nothing is checked or refused."""
+        ...
+
     async def expire(self) -> ExpireResult:
         """Reclaim every lease past its expiry, charging its full reservation."""
         ...

@@ -2,6 +2,7 @@
 checks between entries (``checks.py``), loading YAML (``load.py``) and what a running server
 applies live (``live.py``)."""
 
+from .envoy import EnvoyConfig, EnvoyDomain
 from .fields import validate_listen
 from .load import ConfigError, load_config, parse_config
 from .model import (
@@ -23,6 +24,8 @@ __all__ = [
     "BackendConfig",
     "ClientConfig",
     "ConfigError",
+    "EnvoyConfig",
+    "EnvoyDomain",
     "LeaseConfig",
     "PoolConfig",
     "QueueConfig",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .envoy import envoy_problems
+
 
 def cross_problems(data: Mapping[str, Any]) -> list[str]:
     """Checks between entries: unique pool and tenant names, ``default_tenant`` is a tenant.
@@ -47,6 +49,7 @@ def cross_problems(data: Mapping[str, Any]) -> list[str]:
             problems += _client_problems(clients, names if readable else None, data.get("tls"))
         if auth.get("allow_anonymous") is False and not clients:
             problems.append("auth.allow_anonymous: false with no auth.clients lets nobody in")
+    problems += envoy_problems(data, names if readable else None)
     return problems
 
 

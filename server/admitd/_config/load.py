@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .checks import cross_problems
+from .envoy import EnvoyConfig, EnvoyDomain
 from .fields import show
 from .model import (
     AdaptiveConfig,
@@ -157,6 +158,8 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "tls": TLSConfig,
     "auth": AuthConfig,
     "clients": ClientConfig,
+    "envoy": EnvoyConfig,
+    "domains": EnvoyDomain,
 }
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
+from .base import StrictModel
 from .checks import cross_problems
+from .envoy import EnvoyConfig
 from .fields import (
     KeyHash,
     KnownEncoding,
@@ -26,15 +28,8 @@ from .fields import (
 )
 
 
-class _Model(BaseModel):
-    # use_attribute_docstrings: the docstring under each field is its description.
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        strict=True,
-        allow_inf_nan=False,
-        use_attribute_docstrings=True,
-    )
+class _Model(StrictModel):
+    """The settings models of this module (the shared strict base, ``base.py``)."""
 
 
 class Price(_Model):
@@ -328,11 +323,16 @@ class Settings(_Model):
     """Tenants callers name in Acquire; names are unique."""
     default_tenant: str | None = None
     """Tenant whose limits apply to callers naming an unknown (or no) tenant; null = reject."""
+    envoy: EnvoyConfig = EnvoyConfig()
+    """Envoy's rate limit service on the gRPC port: how its descriptors name tenants and
+    pools (clients/README.md, "Gateways")."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         problems = cross_problems(
-            self.model_dump(include={"pools", "tiers", "tenants", "default_tenant", "auth", "tls"})
+            self.model_dump(
+                include={"pools", "tiers", "tenants", "default_tenant", "auth", "tls", "envoy"}
+            )
         )
         if problems:
             raise ValueError("\n".join(problems))

@@ -164,6 +164,12 @@ class MemoryBackend:
         self._released.put(lease_id, settlement, now + t.ttl)
         return ReleaseResult(settlement, self._dispatch_all(now))
 
+    async def charge(self, ticket: Ticket, usage: tuple[int, int]) -> None:
+        now = self._tick()
+        nano_usd = ticket.price_of(*usage)
+        self._counters.give(ticket, self._counters.day, sum(usage), nano_usd, False, now)
+        self._ledger.charge(self._day_number, ticket, usage, nano_usd, calls=0)
+
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         now = self._tick()
         lease = self._leases.live(lease_id, tenant)

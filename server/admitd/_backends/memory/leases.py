@@ -225,9 +225,12 @@ class Ledger:
     def __init__(self) -> None:
         self._rows: dict[tuple[int, str, str], list[int]] = {}
 
-    def charge(self, day: int, ticket: Ticket, used: tuple[int, int], nano_usd: int) -> None:
+    def charge(
+        self, day: int, ticket: Ticket, used: tuple[int, int], nano_usd: int, calls: int = 1
+    ) -> None:
+        """A settled lease (or, ``calls`` 0, usage reported after the call)."""
         row = self._rows.setdefault((day, ticket.tenant, ticket.pool), [0] * 4)
-        row[0] += 1
+        row[0] += calls
         row[1] += used[0]
         row[2] += used[1]
         row[3] += nano_usd

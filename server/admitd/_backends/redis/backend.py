@@ -114,6 +114,9 @@ class RedisBackend:
         args = codec.release_args(lease_id, usage, tenant, outcome, retry_after, result)
         return codec.release_result(await self._run("release", *args), lease_id)
 
+    async def charge(self, ticket: Ticket, usage: tuple[int, int]) -> None:
+        await self._run("charge", codec.ticket_json(ticket), json.dumps(list(usage)))
+
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         doc = await self._run("renew", lease_id, repr(extend_by), tenant or "")
         codec.raise_lease_error(doc, lease_id)

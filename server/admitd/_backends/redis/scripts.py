@@ -23,6 +23,7 @@ OPERATIONS = (
     "cancel",
     "claim",
     "release",
+    "charge",
     "renew",
     "expire",
     "dispatch",

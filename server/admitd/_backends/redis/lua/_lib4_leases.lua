@@ -153,14 +153,10 @@ local function decr_field(h, field, by)
   end
 end
 
--- End a lease: free its slots and move token/USD counters by charged - reserved.
-local function settle(lease, token_delta, usd_delta)
-  local t = lease.t
-  if lease.probe then
-    local g = gate_of(t[T.pool])
-    g.probes = math.max(0, g.probes - 1)
-    gate_save(t[T.pool], g)
-  end
+-- Move t's limits by a settlement: slots freed, token and USD counters (of the UTC day
+-- taken_on) by charged - reserved. A refund never lifts a bucket above capacity; overuse may
+-- put it in debt.
+local function move_limits(t, taken_on, token_delta, usd_delta)
   for _, l in ipairs(t[T.limits]) do
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
@@ -170,10 +166,9 @@ local function settle(lease, token_delta, usd_delta)
       if unit == UNIT_TOKEN then delta = token_delta elseif unit == UNIT_NANO_USD then delta = usd_delta end
       if delta ~= 0 then
         if l[L_KIND] == KIND_BUCKET then
-          -- A refund never lifts a bucket above capacity; overuse may put it in debt.
           set_bucket(l, math.min((current(l) or l)[L_CAPACITY], level_of(l) - delta))
         elseif l[L_KIND] == KIND_DAILY then
-          local dk = key(KIND_DAILY, lease.day)
+          local dk = key(KIND_DAILY, taken_on)
           if delta > 0 or redis.call('HEXISTS', dk, l[L_KEY]) == 1 then
             if tonumber(redis.call('HINCRBYFLOAT', dk, l[L_KEY], delta)) < 0 then
               redis.call('HSET', dk, l[L_KEY], 0)
@@ -184,6 +179,17 @@ local function settle(lease, token_delta, usd_delta)
       end
     end
   end
+end
+
+-- End a lease: free its slots and move token/USD counters by charged - reserved.
+local function settle(lease, token_delta, usd_delta)
+  local t = lease.t
+  if lease.probe then
+    local g = gate_of(t[T.pool])
+    g.probes = math.max(0, g.probes - 1)
+    gate_save(t[T.pool], g)
+  end
+  move_limits(t, lease.day, token_delta, usd_delta)
   redis.call('DEL', key('lease', t[T.lease_id]))
   redis.call('ZREM', key('expiry'), t[T.lease_id])
   decr_field(key('inflight', SCOPE_POOL), t[T.pool], 1)
@@ -191,12 +197,13 @@ local function settle(lease, token_delta, usd_delta)
 end
 
 -- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<calls|in|out|usd>" counters.
-local function charge(t, input, output, usd)
+-- calls: 1 for a settled lease, 0 for usage reported after the call (charge.lua).
+local function charge(t, input, output, usd, calls)
   local k = key('ledger', day)
   local tenant = t[T.tenant]
   local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
-  redis.call('HINCRBY', k, f .. 'calls', 1)
+  redis.call('HINCRBY', k, f .. 'calls', calls or 1)
   redis.call('HINCRBY', k, f .. 'in', string.format('%d', input))
   redis.call('HINCRBY', k, f .. 'out', string.format('%d', output))
   redis.call('HINCRBY', k, f .. 'usd', string.format('%d', usd))
