@@ -12,8 +12,9 @@ import yaml
 
 from admitd._api.auth import hash_key
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
-from test_envoy_ratelimit import OK, OVER_LIMIT, ROOT, descriptor, headers, request, should
+from support import ROOT
+from support.envoy import OK, OVER_LIMIT, descriptor, headers, request, should
+from support.harness import MakeHarness
 
 
 def _snippets() -> tuple[Any, Any, Any]:

@@ -5,65 +5,35 @@ usage report); refusals carry admitd's retry delay."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from admitd._api.auth import hash_key
-from admitd._third_party.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from admitd._third_party.envoy.service.ratelimit.v3 import rls_pb2
 from admitd.v1 import admission_pb2 as pb
-from conftest import MakeHarness
-from harness import Harness
+from support import ROOT
+from support.envoy import OK, OVER_LIMIT, call, descriptor, headers, request, should
+from support.harness import Harness, MakeHarness
+from support.health import SERVING, health
 
-ROOT = Path(__file__).resolve().parent.parent
-OK = rls_pb2.RateLimitResponse.Code.OK
-OVER_LIMIT = rls_pb2.RateLimitResponse.Code.OVER_LIMIT
-MINUTE = rls_pb2.RateLimitResponse.RateLimit.Unit.MINUTE
-DAY = rls_pb2.RateLimitResponse.RateLimit.Unit.DAY
 GATEWAY = {"name": "llm-gateway", "tenant_key": "tenant", "pool_key": "model"}
 GATEWAY_KEY = "admitd-envoy-gateway-key"
 SEARCH_KEY = "admitd-search-key"
-
-Entries = Sequence[tuple[str, str]]
-
-
-def descriptor(entries: Entries, hits: int | None = None) -> Any:
-    d = rls_pb2.RateLimitRequest().descriptors.add()
-    for key, value in entries:
-        d.entries.add(key=key, value=value)
-    if hits is not None:
-        d.hits_addend.value = hits
-    return d
-
-
-def request(*descriptors: Any, domain: str = "llm-gateway", hits: int = 0) -> Any:
-    r = rls_pb2.RateLimitRequest(domain=domain, hits_addend=hits)
-    for d in descriptors:
-        r.descriptors.add().CopyFrom(d)
-    return r
-
-
-def call(tenant: str = "a", pool: str = "p", hits: int | None = None) -> Any:
-    return descriptor((("tenant", tenant), ("model", pool)), hits)
-
-
-async def should(h: Harness, req: Any, key: str | None = None) -> Any:
-    stub = rls_pb2_grpc.RateLimitServiceStub(h.channel)
-    metadata = (("authorization", f"Bearer {key}"),) if key else None
-    return await stub.ShouldRateLimit(req, timeout=10, metadata=metadata)
+MINUTE = rls_pb2.RateLimitResponse.RateLimit.Unit.MINUTE
+DAY = rls_pb2.RateLimitResponse.RateLimit.Unit.DAY
 
 
 async def ledger(h: Harness) -> list[tuple[str, str, int, int, int]]:
     rows = (await h.stub.GetUsage(pb.GetUsageRequest(), timeout=10)).rows
     return sorted((r.tenant, r.pool, r.calls, r.input_tokens, r.output_tokens) for r in rows)
 
-
-def headers(response: Any) -> dict[str, str]:
-    return {h.key: h.value for h in response.response_headers_to_add}
 
 
 async def gateway(make: MakeHarness, **config: Any) -> Harness:
@@ -135,6 +105,7 @@ async def test_a_daily_quota_refuses_until_midnight(make_harness: MakeHarness) -
     acquire = await h.fail(h.acquire(input_tokens=1))
     assert acquire.reason == refused.response_headers_to_add[0].value == "TENANT_QUOTA"
     assert status.duration_until_reset.ToTimedelta().total_seconds() == acquire.retry_after
+    assert acquire.retry_after is not None
     assert 0 < acquire.retry_after <= 86_400
 
 
@@ -268,7 +239,7 @@ async def test_a_payload_that_is_not_a_request_is_invalid_argument(
 ) -> None:
     h = await gateway(make_harness)
     method = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-    raw = h.channel.unary_unary(method)
+    raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = h.channel.unary_unary(method)
     failure = await h.fail(raw(b"\xff\xff", timeout=10))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "envoy.service.ratelimit.v3.RateLimitRequest" in failure.message
@@ -315,18 +286,16 @@ async def test_a_draining_server_is_unavailable_so_envoy_applies_its_failure_mod
 async def test_health_and_reflection_include_the_rate_limit_service(
     make_harness: MakeHarness,
 ) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
     h = await gateway(make_harness)
     name = "envoy.service.ratelimit.v3.RateLimitService"
-    health = health_pb2_grpc.HealthStub(h.channel)
-    checked = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
-    assert checked.status == health_pb2.HealthCheckResponse.SERVING
-    stub = reflection_pb2_grpc.ServerReflectionStub(h.channel)
-    ask = reflection_pb2.ServerReflectionRequest(list_services="")
-    async for answer in stub.ServerReflectionInfo(iter([ask]), timeout=10):
-        assert name in [s.name for s in answer.list_services_response.service]
+    assert await health(h.channel, name) == SERVING
+    address = f"127.0.0.1:{h.server.port}"
+
+    def listed() -> list[str]:
+        with grpc.insecure_channel(address) as channel:
+            return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    assert name in await asyncio.to_thread(listed)
 
 
 def test_the_vendored_protos_are_upstreams_unmodified() -> None:

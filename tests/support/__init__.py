@@ -12,6 +12,7 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``metrics``: scrape the Prometheus endpoint.
 - ``redis_server`` / ``processes``: real redis-server and admitd processes.
 - ``certs``: a test CA and the certificates it signs.
+- ``envoy``: Envoy's rate limit requests, built with the stubs of Envoy's own protos.
 - ``client``: the Python client's tests: a server, recording channels, injected sleeps.
 - ``fuzzing`` / ``model``: hypothesis profiles, and the model the state machine checks.
 """
