@@ -7,8 +7,8 @@ client's cost never limits or blurs what the servers can do. It needs no generat
 the requests are encoded here, from the Python client's stubs, and handed to it.
 
 Without Go, :func:`binary` raises :class:`GoMissing` saying what to install
-(``scripts/setup_go.sh`` does it); there is no slower fallback that would flatter the
-servers by saturating first.
+(``scripts/install`` does it, through ``scripts/setup_system.sh``); there is no slower
+fallback that would flatter the servers by saturating first.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def go_missing() -> str | None:
         return None
     return (
         f"the bench's load generator needs Go and grpc-go: missing {' and '.join(missing)}. "
-        "Run `bash scripts/setup_go.sh` as root (it installs them with apt-get), or "
+        "Run `bash scripts/setup_system.sh` as root (it installs them with apt-get), or "
         f"`sudo apt-get install {' '.join(missing)}`."
     )
 
