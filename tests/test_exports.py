@@ -8,7 +8,7 @@ def test_exported_members() -> None:
         "EMBEDDED_DEFAULT", "AcquireSpec", "AdmitdError", "AdmitdServer", "Backend", "Clock",
         "ConfigError", "Engine", "InvalidArgument", "ManualClock", "MemoryBackend", "NotFound",
         "PermissionDenied", "Reason", "Rejected", "Settings", "SystemClock", "Unavailable",
-        "__version__", "load_config", "parse_config", "serve",
+        "Usage", "__version__", "load_config", "parse_config", "serve",
     ])
     for name in admitd.__all__:
         assert hasattr(admitd, name), name

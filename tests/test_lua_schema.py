@@ -120,7 +120,8 @@ def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
                          _model.Scope.POOL, "requests_per_minute", "p", 60.0, 1.0, True)
     ticket = _model.Ticket(
         lease_id="x", tenant="a", pool="p", input_tokens=3, max_output_tokens=4, nano_usd=5,
-        price_in=0.5, price_out=1.5, priority=2, cost=7.0, limits=(limit,), ttl=9.0,
+        price_in=0.5, price_out=1.5, price_cached=0.25, price_write=0.75, priority=2, cost=7.0,
+        limits=(limit,), ttl=9.0,
     )
     doc = json.loads(codec.ticket_json(ticket))
     assert set(doc) == set(codec.TICKET_KEYS.values())

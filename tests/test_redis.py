@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 
 from admitd import AcquireSpec, Engine, ManualClock, parse_config
 from admitd._backends.redis.backend import RedisBackend, connect
+from admitd._usage import Unreported
 from support.harness import Replicas
 from support.health import health
 from support.queueing import grant_order
@@ -139,7 +140,7 @@ async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
     assert holder.lease is not None
     ghost = ticket(30)  # queued by a replica that then dies: nobody claims its grant
     assert (await backend.acquire(ghost, wait=True)).queued
-    released = await backend.release(holder.lease.lease_id, None, None)
+    released = await backend.release(holder.lease.lease_id, Unreported.RESERVATION, None)
     assert [g.lease_id for g in released.progress.grants] == [ghost.lease_id]
     snapshot = await backend.snapshot(engine.policy.all_limits())
     assert snapshot.in_flight_by_pool == {"p": 1}
@@ -155,7 +156,7 @@ async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
     assert holder.lease is not None
     assert (await backend.acquire(late, wait=True)).queued
     await clock.advance(6)
-    released = await backend.release(holder.lease.lease_id, None, None)
+    released = await backend.release(holder.lease.lease_id, Unreported.RESERVATION, None)
     assert released.progress.grants == []
     snapshot = await backend.snapshot(engine.policy.all_limits())
     assert (snapshot.in_flight_by_pool, snapshot.queued_by_pool) == ({}, {})

@@ -45,10 +45,12 @@ from admitd import (
     MemoryBackend,
     NotFound,
     Rejected,
+    Usage,
     parse_config,
 )
 from admitd._backends.redis.backend import RedisBackend, connect
 from admitd._clock import settle
+from admitd._model import Outcome
 from admitd.v1 import admission_pb2 as pb
 from support.decoding import decode, has_field
 from support.fuzzing import fuzz_settings, run_machine
@@ -65,7 +67,12 @@ CONFIG: dict[str, Any] = {
             "tokens_per_minute": 2400,
             "requests_per_minute": 30,
             "tokens_per_day": 20_000,
-            "price": {"input_per_million": 1.0, "output_per_million": 3.0},
+            "price": {
+                "input_per_million": 1.0,
+                "output_per_million": 3.0,
+                "cached_input_per_million": 0.25,
+                "cache_write_input_per_million": 1.5,
+            },
         }
     ],
     "tenants": [
@@ -86,6 +93,11 @@ TENANTS = ("a", "b", "c")
 INPUT = st.one_of(*[st.integers(1, 150)] * 4, st.sampled_from([700, 2500]))
 WAITS = (2.1, 4.6, 9.1)  # 9.1 is cut to max_wait
 STEPS = (0.25, 0.5, 1.0, 2.5, 5.0, 12.0)
+# Mostly OK; every outcome that changes what a release without usage is charged.
+OUTCOMES = st.sampled_from(
+    ["OK"] * 3 + ["PROVIDER_RATE_LIMITED", "PROVIDER_ERROR", "TIMEOUT", "CANCELLED"]
+)
+UsageDraw = tuple[int, int, int, int] | None  # input, output, cached and cache-write input
 SETTLE_TIMEOUT = 10.0  # real seconds for the server to settle after a step (never reached)
 
 
@@ -228,8 +240,9 @@ class EngineDriver(Driver):
             )
         return Answer("lease", lease_id=result.lease_id, queued_for=result.queued_for)
 
-    async def release(self, lease_id: str, usage: tuple[int, int] | None) -> Answer:
-        return await self.call(self.engine.release(lease_id, usage))
+    async def release(self, lease_id: str, usage: UsageDraw, outcome: str) -> Answer:
+        used = Usage(*usage) if usage is not None else None
+        return await self.call(self.engine.release(lease_id, used, outcome=Outcome[outcome]))
 
     async def renew(self, lease_id: str, extend_by: float) -> Answer:
         answer = await self.call(self.engine.renew(lease_id, extend_by))
@@ -299,10 +312,14 @@ class GrpcDriver(Driver):
         queued_for = result.queued_for.seconds + result.queued_for.nanos / 1e9
         return Answer("lease", lease_id=result.lease_id, queued_for=queued_for)
 
-    async def release(self, lease_id: str, usage: tuple[int, int] | None) -> Answer:
-        request = pb.ReleaseRequest(lease_id=lease_id)
+    async def release(self, lease_id: str, usage: UsageDraw, outcome: str) -> Answer:
+        wire = pb.Outcome.Value(f"OUTCOME_{outcome}")
+        request = pb.ReleaseRequest(lease_id=lease_id, outcome=wire)
         if usage is not None:
-            request.usage.input_tokens, request.usage.output_tokens = usage
+            u = request.usage
+            u.input_tokens, u.output_tokens, u.cached_input_tokens, u.cache_write_input_tokens = (
+                usage
+            )
         return await self.call(self.harness.stub.Release(request, timeout=10))
 
     async def renew(self, lease_id: str, extend_by: float) -> Answer:
@@ -464,24 +481,27 @@ class AdmissionMachine(RuleBasedStateMachine):
         return data.draw(st.sampled_from(sorted(self.server_id)), label="any lease")
 
     @precondition(lambda self: self.server_id)
-    @rule(data=st.data())
-    def release(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), outcome=OUTCOMES)
+    def release(self, data: st.DataObject, outcome: str) -> None:
         cid = self._lease_target(data)
         inp, out = self.requested[cid]
-        usage = data.draw(
-            st.none() | st.tuples(st.integers(0, 2 * inp + 10), st.integers(0, 2 * out + 10)),
-            label="usage",
-        )
-        self.runner.run(self._release(cid, usage))
+        usage: UsageDraw = None
+        if data.draw(st.booleans(), label="usage?"):
+            used_in = data.draw(st.integers(0, 2 * inp + 10), label="input")
+            cached = data.draw(st.integers(0, used_in), label="cached")
+            written = data.draw(st.integers(0, used_in - cached), label="written")
+            used_out = data.draw(st.integers(0, 2 * out + 10), label="output")
+            usage = (used_in, used_out, cached, written)
+        self.runner.run(self._release(cid, usage, outcome))
 
-    async def _release(self, cid: str, usage: tuple[int, int] | None) -> None:
-        self.log.append(f"release({cid}, {usage})")
+    async def _release(self, cid: str, usage: UsageDraw, outcome: str) -> None:
+        self.log.append(f"release({cid}, {usage}, {outcome})")
         self.model.at(self.driver.time())
-        answer = await self.driver.release(self.server_id[cid], usage)
+        answer = await self.driver.release(self.server_id[cid], usage, outcome)
         await self.driver.quiesce(list(self.tasks.values()))
         done = self.finished()
         kind, settled, pas = self.model.release(
-            cid, usage, lambda i: i in done and done[i].kind == "lease"
+            cid, usage, lambda i: i in done and done[i].kind == "lease", outcome
         )
         self.log.append(f"   model {kind} {settled}; server {answer}")
         self.check_pass(pas, done, f"release {cid}")

@@ -86,11 +86,14 @@ async def test_usage_cli_prints_the_ledger_with_totals(
 ) -> None:
     h = await make_harness(PRICED)
     lease = await h.acquire(input_tokens=1200, max_output_tokens=300)
-    await h.release(lease.lease_id, (1200, 250))
+    request = pb.ReleaseRequest(lease_id=lease.lease_id)
+    request.usage.input_tokens, request.usage.output_tokens = 1200, 250
+    request.usage.cached_input_tokens = 1024  # no cache prices: at the input price
+    await h.stub.Release(request, timeout=10)
     target = f"127.0.0.1:{h.server.port}"
     assert await asyncio.to_thread(cli, ["usage", "--target", target, "--from", DAY1]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "DAY         TENANT  POOL  CALLS  INPUT  OUTPUT      USD",
-        "2026-01-01  a       p         1  1,200     250  $0.0055",
-        "total                         1  1,200     250  $0.0055",
+        "DAY         TENANT  POOL  CALLS  INPUT  CACHE READ  CACHE WRITE  OUTPUT      USD",
+        "2026-01-01  a       p         1  1,200       1,024            0     250  $0.0055",
+        "total                         1  1,200       1,024            0     250  $0.0055",
     ]

@@ -20,6 +20,7 @@ from ._errors import (
     Unavailable,
 )
 from ._requests import AcquireSpec
+from ._usage import Usage
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "Settings",
     "SystemClock",
     "Unavailable",
+    "Usage",
     "__version__",
     "load_config",
     "parse_config",

@@ -206,15 +206,22 @@ def _show(
     return 0
 
 
+_USAGE_COLUMNS = {
+    "CALLS": "calls",
+    "INPUT": "input_tokens",
+    "CACHE READ": "cached_input_tokens",  # parts of INPUT
+    "CACHE WRITE": "cache_write_input_tokens",
+    "OUTPUT": "output_tokens",
+}
+
+
 def render_usage(usage: pb.GetUsageResponse) -> str:
     """The cost ledger as a table, with totals."""
-    rows: list[tuple[str, ...]] = [("DAY", "TENANT", "POOL", "CALLS", "INPUT", "OUTPUT", "USD")]
+    rows: list[tuple[str, ...]] = [("DAY", "TENANT", "POOL", *_USAGE_COLUMNS, "USD")]
     for r in usage.rows:
-        numbers = (r.calls, r.input_tokens, r.output_tokens)
+        numbers = [getattr(r, f) for f in _USAGE_COLUMNS.values()]
         rows.append((r.day, r.tenant, r.pool, *(f"{n:,}" for n in numbers), f"${r.usd:,.4f}"))
-    totals = [
-        sum(getattr(r, f) for r in usage.rows) for f in ("calls", "input_tokens", "output_tokens")
-    ]
+    totals = [sum(getattr(r, f) for r in usage.rows) for f in _USAGE_COLUMNS.values()]
     usd = sum(r.usd for r in usage.rows)
     rows.append(("total", "", "", *(f"{n:,}" for n in totals), f"${usd:,.4f}"))
     return _table(rows, left=3)

@@ -39,12 +39,13 @@ from ._model import (
     Unit,
     UsageRow,
 )
-from ._policy import UNCHECKED_PREFIX, Policy, draining
+from ._policy import UNCHECKED_PREFIX, Policy, draining, unreported
 from ._reaper import Reaper
 from ._requests import AcquireSpec, Requests, check_days
 from ._store import Store, unchecked_settlement
 from ._telemetry import Telemetry
 from ._tokens import TokenCounter
+from ._usage import Usage
 from ._waiting import Waiting
 from ._waits import QueueReport, Waits
 
@@ -262,23 +263,25 @@ class Engine:
     async def release(
         self,
         lease_id: str,
-        usage: tuple[int, int] | None,
+        usage: Usage | None,
         tenant: str | None = None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
         result: bytes | None = None,
     ) -> Settlement:
-        """Settle a lease; ``outcome`` and the provider's ``retry_after`` move its pool's
-        gate (pause, circuit breaker, AIMD); a dedup leader's ``result`` goes to the calls
-        that joined it."""
+        """Settle a lease with ``usage``, or (None) what the ``outcome`` implies
+        (:func:`~admitd._policy.unreported`); ``outcome`` and the provider's
+        ``retry_after`` move its pool's gate (pause, circuit breaker, AIMD); a dedup
+        leader's ``result`` goes to the calls that joined it."""
         self.requests.check_release(lease_id, usage, retry_after, result)
+        charge = usage if usage is not None else unreported(outcome)
         if lease_id.startswith(UNCHECKED_PREFIX):
             return unchecked_settlement(lease_id, usage)
         with self.telemetry.span("admitd.Release") as span:
             span.set_attribute("admitd.lease_id", lease_id)
             owner = self.requests.owner(tenant)
             released = await self.store.call(
-                self.backend.release, lease_id, usage, owner, outcome, retry_after, result
+                self.backend.release, lease_id, charge, owner, outcome, retry_after, result
             )
         settlement = released.settlement
         if not settlement.already_released:
@@ -293,14 +296,16 @@ class Engine:
             )
         return settlement
 
-    async def charge(self, spec: AcquireSpec, usage: tuple[int, int]) -> None:
-        """Count the (input, output) ``usage`` of a call of ``spec``'s tenant and pool that
+    async def charge(self, spec: AcquireSpec, usage: Usage) -> None:
+        """Count the ``usage`` of a call of ``spec``'s tenant and pool that
         already happened and reserved nothing (a gateway reporting after the call, e.g.
         Envoy's rate limit requests at the end of a stream): its token and USD limits and
         the budget go up by it, into debt if need be, and the ledger gets it. Nothing is
         checked, so nothing is refused; no slot and no request is counted (the call was
         counted when it was admitted)."""
-        call = replace(spec, input_tokens=usage[0], max_output_tokens=usage[1], prompt="")
+        call = replace(
+            spec, input_tokens=usage.input_tokens, max_output_tokens=usage.output_tokens, prompt=""
+        )
         ticket, _ = self.requests.ticket(call, deadline=None)
         settled = tuple(limit for limit in ticket.limits if limit.unit in _USAGE_UNITS)
         await self.store.call(self.backend.charge, replace(ticket, limits=settled), usage)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime
 import enum
-import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ._usage import PRICE_SLACK as PRICE_SLACK  # shared with Lua (codec.SHARED_CONSTANTS)
+from ._usage import Prices, Unreported, Usage
 
 
 class Kind(enum.StrEnum):
@@ -68,17 +70,6 @@ def gate_limit(pool: str) -> Limit:
     return Limit(key, Kind.GATE, Unit.REQUEST, Scope.POOL, GATE_LIMIT_NAME, pool, 0.0)
 
 
-# Prices are rounded up, less this much: float noise must not add a nano-dollar.
-PRICE_SLACK = 1e-6
-
-
-def price_nano_usd(input_tokens: int, output_tokens: int, price_in: float, price_out: float) -> int:
-    """Nano-USD for this usage, rounded up so that a budget is never under-counted.
-    Reservations and settlements are both priced with this one function (and release.lua
-    with the same arithmetic)."""
-    return math.ceil(input_tokens * price_in + output_tokens * price_out - PRICE_SLACK)
-
-
 # Seconds an RPC's replica has to claim a grant made for it elsewhere; past it, the grant
 # goes back (that replica died).
 CLAIM_TIMEOUT = 10.0
@@ -95,9 +86,11 @@ class Ticket:
     pool: str
     input_tokens: int
     max_output_tokens: int
-    nano_usd: int  # price of the reservation: price_of(input_tokens, max_output_tokens)
+    nano_usd: int  # price of the reservation: prices().reservation(...)
     price_in: float  # nano-USD per input token, to settle actual usage
     price_out: float  # nano-USD per output token
+    price_cached: float  # nano-USD per input token read from the provider's cache
+    price_write: float  # nano-USD per input token written to it
     priority: int  # 0 = CRITICAL .. 3 = LOW
     cost: float  # virtual-time cost in the fair queue: reservation / tenant weight
     limits: tuple[Limit, ...]
@@ -115,8 +108,18 @@ class Ticket:
     def tokens(self) -> int:
         return self.input_tokens + self.max_output_tokens
 
-    def price_of(self, input_tokens: int, output_tokens: int) -> int:
-        return price_nano_usd(input_tokens, output_tokens, self.price_in, self.price_out)
+    def prices(self) -> Prices:
+        return Prices(self.price_in, self.price_out, self.price_cached, self.price_write)
+
+    def settle(self, charge: Usage | Unreported) -> tuple[Usage, int]:
+        """The usage a release charges, and its price: reported usage as it is, else what
+        the policy's rule says (the full reservation at its own price)."""
+        if isinstance(charge, Usage):
+            return charge, self.prices().of(charge)
+        if charge is Unreported.RESERVATION:
+            return Usage(self.input_tokens, self.max_output_tokens), self.nano_usd
+        used = Usage(self.input_tokens if charge is Unreported.INPUT else 0, 0)
+        return used, self.prices().of(used)
 
     def amount(self, unit: Unit) -> float:
         if unit is Unit.TOKEN:
@@ -349,6 +352,8 @@ class UsageRow:
     input_tokens: int
     output_tokens: int
     nano_usd: int
+    cached_input_tokens: int = 0  # parts of input_tokens: read from the provider's cache
+    cache_write_input_tokens: int = 0  # ...and written to it
 
 
 @dataclass(slots=True)

@@ -24,12 +24,14 @@ from ._model import (
     Gate,
     Kind,
     Limit,
+    Outcome,
     QueueFull,
     Scope,
     TicketEnd,
     Unit,
     limit_key,
 )
+from ._usage import Prices, Unreported
 
 NANO_PER_USD = 1_000_000_000
 MIN_RETRY = 0.001
@@ -70,6 +72,35 @@ def wait_estimate(
 def nano_usd_per_token(per_million: float) -> float:
     """USD per million tokens -> nano-USD per token."""
     return per_million * NANO_PER_USD / 1_000_000
+
+
+def prices(pool: PoolConfig) -> Prices:
+    """A pool's price table in nano-USD per token; cached and cache-write input cost what
+    input costs unless the table says otherwise."""
+    price = pool.price
+    cached, write = price.cached_input_per_million, price.cache_write_input_per_million
+    return Prices(
+        input=nano_usd_per_token(price.input_per_million),
+        output=nano_usd_per_token(price.output_per_million),
+        cached_input=nano_usd_per_token(price.input_per_million if cached is None else cached),
+        cache_write_input=nano_usd_per_token(price.input_per_million if write is None else write),
+    )
+
+
+def unreported(outcome: Outcome) -> Unreported:
+    """What a release that reports no usage is charged, by how the call ended.
+
+    OK: the full reservation (the call ran; nothing says it used less). A provider 429 or
+    529 (PROVIDER_RATE_LIMITED) or a provider error: nothing, as providers do not bill a
+    request they refused or failed. A timeout or a cancellation: the reservation's input,
+    as the prompt was sent and may have been processed; output only as reported (a stream
+    cut short reports what it had produced).
+    """
+    if outcome is Outcome.OK:
+        return Unreported.RESERVATION
+    if outcome in (Outcome.TIMEOUT, Outcome.CANCELLED):
+        return Unreported.INPUT
+    return Unreported.NOTHING
 
 
 class Policy:

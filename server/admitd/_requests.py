@@ -9,6 +9,7 @@ fails validation leaves no trace. Each problem names the field it is about.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import math
 import secrets
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field, replace
 
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import InvalidArgument, NotFound
-from ._model import CLAIM_TIMEOUT, EPOCH, Outcome, Ticket, price_nano_usd
-from ._policy import UNCHECKED_PREFIX, Policy, nano_usd_per_token, unchecked_not_renewable
+from ._model import CLAIM_TIMEOUT, EPOCH, Outcome, Ticket
+from ._policy import UNCHECKED_PREFIX, Policy, prices, unchecked_not_renewable
 from ._tokens import TokenCounter
+from ._usage import Usage
 
 MAX_TOKENS = 10_000_000  # per field; larger than any model's context window
 MAX_NAME = 200
@@ -138,17 +140,18 @@ class Requests:
             wait = min(spec.wait_timeout, queue.max_wait)
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline))
-        price_in = nano_usd_per_token(pool.price.input_per_million)
-        price_out = nano_usd_per_token(pool.price.output_per_million)
+        price = prices(pool)
         ticket = Ticket(
             lease_id=secrets.token_hex(16),
             tenant=tenant.name,
             pool=pool.name,
             input_tokens=input_tokens,
             max_output_tokens=spec.max_output_tokens,
-            nano_usd=price_nano_usd(input_tokens, spec.max_output_tokens, price_in, price_out),
-            price_in=price_in,
-            price_out=price_out,
+            nano_usd=price.reservation(input_tokens, spec.max_output_tokens),
+            price_in=price.input,
+            price_out=price.output,
+            price_cached=price.cached_input,
+            price_write=price.cache_write_input,
             priority=priority,
             cost=(input_tokens + spec.max_output_tokens) / tenant.weight,
             limits=self.policy.limits(pool, tenant),
@@ -190,7 +193,7 @@ class Requests:
     def check_release(
         self,
         lease_id: str,
-        usage: tuple[int, int] | None,
+        usage: Usage | None,
         retry_after: float,
         result: bytes | None,
     ) -> None:
@@ -201,10 +204,15 @@ class Requests:
         if result is not None and len(result) > most:
             raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
         if usage is not None:
-            for name, value in zip(
-                ("usage.input_tokens", "usage.output_tokens"), usage, strict=True
-            ):
-                check_tokens(name, value)
+            for part in dataclasses.fields(usage):
+                check_tokens(f"usage.{part.name}", getattr(usage, part.name))
+            cached, written = usage.cached_input_tokens, usage.cache_write_input_tokens
+            if cached + written > usage.input_tokens:
+                raise InvalidArgument(
+                    "usage.cached_input_tokens",
+                    "cached_input_tokens and cache_write_input_tokens are parts of"
+                    f" input_tokens, yet {cached} + {written} > {usage.input_tokens}",
+                )
 
     def check_renew(self, lease_id: str, extend_by: float) -> float:
         """The seconds a Renew extends the lease by (0: one lease TTL)."""

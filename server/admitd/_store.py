@@ -30,6 +30,7 @@ from ._model import (
 )
 from ._policy import UNCHECKED_PREFIX, idempotency_key_reused, lease_gone, not_owner
 from ._telemetry import Telemetry
+from ._usage import Usage
 
 log = logging.getLogger("admitd")
 
@@ -102,8 +103,8 @@ class Store:
         )
 
 
-def unchecked_settlement(lease_id: str, usage: tuple[int, int] | None) -> Settlement:
+def unchecked_settlement(lease_id: str, usage: Usage | None) -> Settlement:
     """Release of a lease admitted unchecked: nothing was reserved, so nothing to settle."""
-    charged = sum(usage) if usage is not None else 0
+    charged = usage.tokens if usage is not None else 0
     lease = LeaseRecord(lease_id, "", "", 0, 0, 0, 0.0, 0.0)
     return Settlement(lease, charged, 0, 0, already_released=False)

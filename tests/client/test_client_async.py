@@ -282,15 +282,15 @@ async def test_a_lease_found_gone_stops_renewing_and_the_block_still_ends() -> N
 
 
 @pytest.mark.parametrize(
-    ("error", "outcome"),
+    ("error", "outcome", "charged"),
     [
-        (ProviderRateLimit(), Outcome.PROVIDER_RATE_LIMITED),
-        (TimeoutError("read timed out"), Outcome.TIMEOUT),
-        (ValueError("bad response"), Outcome.PROVIDER_ERROR),
+        (ProviderRateLimit(), Outcome.PROVIDER_RATE_LIMITED, 0),  # a 429 is not billed
+        (TimeoutError("read timed out"), Outcome.TIMEOUT, 10),  # the input may have been
+        (ValueError("bad response"), Outcome.PROVIDER_ERROR, 0),  # a failure is not billed
     ],
 )
 async def test_release_on_exception_reports_the_outcome(
-    error: Exception, outcome: Outcome
+    error: Exception, outcome: Outcome, charged: int
 ) -> None:
     async with serve() as h:
         channel, sent = aio_channel(target(h))
@@ -308,7 +308,8 @@ async def test_release_on_exception_reports_the_outcome(
         assert paused == (hint or 0.0)
         assert not sent.last("Release").request.HasField("usage")
         assert lease.settlement is not None
-        assert lease.settlement.charged_tokens == 15  # nothing recorded: the reservation
+        # Nothing recorded: admitd charges what the outcome implies of the 10 + 5 reserved.
+        assert lease.settlement.charged_tokens == charged
         assert (await h.pool(GPT4O)).in_flight == 0
         await channel.close()
 

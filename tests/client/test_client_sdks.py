@@ -17,6 +17,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+import tiktoken
 
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Outcome, Rejected, wrap
 from admitd_client._proto import admission_pb2 as pb
@@ -25,10 +26,19 @@ from support.harness import Harness
 
 GPT = "openai/gpt-4o"
 CLAUDE = "anthropic/claude-sonnet-4-6"
-PRICE = {"input_per_million": 2.5, "output_per_million": 10}
+# The providers' list prices (USD per million tokens), cache reads and writes included.
+PRICES: dict[str, dict[str, float]] = {
+    GPT: {"input_per_million": 2.5, "cached_input_per_million": 1.25, "output_per_million": 10},
+    CLAUDE: {
+        "input_per_million": 3,
+        "cached_input_per_million": 0.3,
+        "cache_write_input_per_million": 3.75,
+        "output_per_million": 15,
+    },
+}
 CONFIG: dict[str, Any] = {
     "lease": {"ttl": "30s"},
-    "pools": [{"name": GPT, "price": PRICE}, {"name": CLAUDE, "price": PRICE}],
+    "pools": [{"name": GPT, "price": PRICES[GPT]}, {"name": CLAUDE, "price": PRICES[CLAUDE]}],
     "tenants": [{"name": "a"}],
 }
 HELLO = [{"role": "user", "content": "hello world"}]
@@ -104,14 +114,35 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the condition never held")
 
 
-def usd(input_tokens: int, output_tokens: int) -> float:
-    return input_tokens * 2.5e-6 + output_tokens * 10e-6
+def usd(pool: str, input_tokens: int, output_tokens: int, read: int = 0, written: int = 0) -> float:
+    """The bill of this usage at the pool's list prices, as GetUsage reports it: whole
+    nano-dollars (every price here is a whole number of nano-dollars a token)."""
+    price = {name: round(value * 1000) for name, value in PRICES[pool].items()}
+    price.setdefault("cache_write_input_per_million", price["input_per_million"])
+    nano = (
+        (input_tokens - read - written) * price["input_per_million"]
+        + read * price["cached_input_per_million"]
+        + written * price["cache_write_input_per_million"]
+        + output_tokens * price["output_per_million"]
+    )
+    return nano / 1e9
+
+
+def cache_counts(sent: Any) -> list[tuple[int, int]]:
+    """The cached and cache-write input tokens each Release sent (parts of its input)."""
+    return [
+        (call.request.usage.cached_input_tokens, call.request.usage.cache_write_input_tokens)
+        for call in sent.sent
+        if call.method == "Release"
+    ]
 
 
 async def ledger(client: AsyncAdmissionClient, pool: str) -> tuple[int, int, int, float]:
+    """The pool's ledger row: calls, input and output tokens, USD (no cached input)."""
     rows = [row for row in await client.usage() if row.pool == pool]
     assert len(rows) == 1, rows
     row = rows[0]
+    assert (row.cached_input_tokens, row.cache_write_input_tokens) == (0, 0)
     return row.calls, row.input_tokens, row.output_tokens, row.usd
 
 
@@ -128,7 +159,7 @@ async def test_openai_chat_completion_async(fake: FakeProvider) -> None:
         acquire = sent.last("Acquire").request
         assert (acquire.pool, acquire.input_tokens, acquire.max_output_tokens) == (GPT, 9, 50)
         assert releases(sent) == [(Outcome.OK, 0.0, (9, REPLY_TOKENS))]
-        assert await ledger(admitd, GPT) == (1, 9, REPLY_TOKENS, pytest.approx(usd(9, 8)))
+        assert await ledger(admitd, GPT) == (1, 9, REPLY_TOKENS, usd(GPT, 9, 8))
         assert (await h.pool(GPT)).in_flight == 0
         assert fake.calls() == [
             {"api": "openai.chat", "model": "gpt-4o", "stream": False, "input_tokens": 9,
@@ -161,7 +192,7 @@ async def test_openai_stream_without_include_usage_is_charged_exactly(fake: Fake
         assert chunks[-1].choices == []
         assert chunks[-1].usage.prompt_tokens == 9
         assert sent.last("Acquire").request.max_output_tokens == 16_384  # gpt-4o's ceiling
-        assert await ledger(admitd, GPT) == (2, 18, 16, pytest.approx(usd(18, 16)))
+        assert await ledger(admitd, GPT) == (2, 18, 16, usd(GPT, 18, 16))
 
 
 async def test_openai_responses_whole_and_streamed(fake: FakeProvider) -> None:
@@ -184,7 +215,7 @@ async def test_openai_responses_whole_and_streamed(fake: FakeProvider) -> None:
         ]
         assert events[-1].type == "response.completed"
         assert releases(sent) == [(Outcome.OK, 0.0, (16, 5)), (Outcome.OK, 0.0, (9, REPLY_TOKENS))]
-        assert await ledger(admitd, GPT) == (2, 25, 13, pytest.approx(usd(25, 13)))
+        assert await ledger(admitd, GPT) == (2, 25, 13, usd(GPT, 25, 13))
         assert (await h.pool(GPT)).in_flight == 0
 
 
@@ -217,8 +248,94 @@ async def test_anthropic_system_tools_and_prompt_cache(fake: FakeProvider) -> No
         # The reservation erred high (cl100k_base x 1.3 against the provider's count).
         reserved = sent.last("Acquire").request.input_tokens
         assert total < reserved <= total * 1.3 + 1
+        # Anthropic's three input counts, sent as one total and its cached parts.
         assert releases(sent) == [(Outcome.OK, 0.0, (total, REPLY_TOKENS))] * 2
-        assert await ledger(admitd, CLAUDE) == (2, 2 * total, 16, pytest.approx(usd(2 * total, 16)))
+        assert cache_counts(sent) == [(0, write), (write, 0)]
+        (row,) = await admitd.usage()
+        assert (row.calls, row.input_tokens, row.output_tokens) == (2, 2 * total, 16)
+        assert (row.cached_input_tokens, row.cache_write_input_tokens) == (write, write)
+        # The bill: a write at 1.25x the input price, a read at 0.1x, the rest at 1x.
+        assert row.usd == usd(CLAUDE, 2 * total, 16, read=write, written=write)
+        assert row.usd < usd(CLAUDE, 2 * total, 16)  # no longer all at the input price
+
+
+async def test_openai_prompt_cache_is_billed_at_the_cached_price(fake: FakeProvider) -> None:
+    document = [{"role": "system", "content": "Answer from this long document. " * 300}]
+    async with admitted() as (_h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            wrap(openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k"), admitd)
+        )
+        messages = [*document, *HELLO]
+        first = await client.chat.completions.create(model="gpt-4o", messages=messages)
+        second = await client.chat.completions.create(model="gpt-4o", messages=messages)
+        assert first.usage is not None
+        assert second.usage is not None
+        prompt = first.usage.prompt_tokens
+        assert second.usage.prompt_tokens == prompt
+        details = second.usage.prompt_tokens_details
+        assert details is not None
+        cached = details.cached_tokens
+        assert cached is not None
+        assert 1024 <= cached <= prompt  # OpenAI caches prefixes of 1024 tokens and more
+        assert releases(sent) == [(Outcome.OK, 0.0, (prompt, REPLY_TOKENS))] * 2
+        assert cache_counts(sent) == [(0, 0), (cached, 0)]
+        (row,) = await admitd.usage()
+        assert (row.input_tokens, row.cached_input_tokens, row.cache_write_input_tokens) == (
+            2 * prompt,
+            cached,
+            0,
+        )
+        assert row.usd == usd(GPT, 2 * prompt, 2 * REPLY_TOKENS, read=cached)
+
+
+async def test_a_stream_closed_early_is_charged_what_it_produced(fake: FakeProvider) -> None:
+    async with admitted() as (h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            wrap(openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k"), admitd)
+        )
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=HELLO, max_tokens=50, stream=True
+        )
+        seen = ""
+        async for chunk in stream:
+            seen += chunk.choices[0].delta.content or ""
+            if seen:
+                break
+        await stream.close()  # the caller stopped reading after the first words
+        assert seen == "Hello! "
+        produced = len(tiktoken.get_encoding("o200k_base").encode(seen))
+        assert releases(sent) == [(Outcome.CANCELLED, 0.0, (9, produced))]
+        assert await ledger(admitd, GPT) == (1, 9, produced, usd(GPT, 9, produced))
+        assert (await h.pool(GPT)).in_flight == 0
+
+
+async def test_an_overloaded_529_pauses_the_pool_like_a_429_and_bills_nothing(
+    fake: FakeProvider,
+) -> None:
+    async with (
+        admitted(random=lambda: 0.0) as (h, admitd, sent, sleep),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        fake.faults({"status": 529, "retry_after": "3"}, {"status": 503})
+        client = await stack.enter_async_context(
+            wrap(anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="k"), admitd)
+        )
+        call = asyncio.ensure_future(
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=HELLO)
+        )
+        await h.until_queued(CLAUDE, 1)  # the retry waits in admitd's queue
+        assert (await h.pool(CLAUDE)).paused_for.ToTimedelta().total_seconds() == 3.0
+        await h.advance(3)  # then a 503 (an error without a hint), then the answer
+        reply = await asyncio.wait_for(call, 30)
+        assert reply.usage.input_tokens == 9
+        assert sleep.slept == [1.0]  # the SDK's second backoff, outside any lease
+        assert releases(sent) == [
+            (Outcome.PROVIDER_RATE_LIMITED, 3.0, (0, 0)),
+            (Outcome.PROVIDER_ERROR, 0.0, (0, 0)),
+            (Outcome.OK, 0.0, (9, REPLY_TOKENS)),
+        ]
+        assert await ledger(admitd, CLAUDE) == (3, 9, REPLY_TOKENS, usd(CLAUDE, 9, REPLY_TOKENS))
+        assert (await h.pool(CLAUDE)).in_flight == 0
 
 
 async def test_anthropic_stream_helper_and_raw_stream(fake: FakeProvider) -> None:
@@ -271,7 +388,7 @@ async def test_a_429_is_released_then_retried_through_admitd(fake: FakeProvider)
             (Outcome.OK, 0.0, (9, REPLY_TOKENS)),
         ]
         assert [c.get("fault", {}).get("status") for c in fake.calls()] == [429, 429, None]
-        assert await ledger(admitd, GPT) == (3, 9, REPLY_TOKENS, pytest.approx(usd(9, 8)))
+        assert await ledger(admitd, GPT) == (3, 9, REPLY_TOKENS, usd(GPT, 9, 8))
 
 
 async def test_529_backs_off_and_retries_run_out(fake: FakeProvider) -> None:
@@ -289,6 +406,7 @@ async def test_529_backs_off_and_retries_run_out(fake: FakeProvider) -> None:
         assert releases(sent) == [(Outcome.PROVIDER_RATE_LIMITED, 0.0, (0, 0))] * 2
         assert (await h.pool(CLAUDE)).in_flight == 0
         assert len(fake.calls()) == 2
+        assert await ledger(admitd, CLAUDE) == (2, 0, 0, 0.0)  # overloaded: nothing billed
 
 
 async def test_a_timeout_and_a_cancellation_release_their_slot(fake: FakeProvider) -> None:
@@ -298,7 +416,8 @@ async def test_a_timeout_and_a_cancellation_release_their_slot(fake: FakeProvide
         client = await stack.enter_async_context(wrap(sdk, admitd))
         with pytest.raises(openai.APITimeoutError):
             await client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=50)
-        # A timeout may have been billed: no usage is sent, admitd charges the reservation.
+        # No usage to send: admitd charges the reservation's input (the prompt may have been
+        # processed), no output.
         assert releases(sent) == [(Outcome.TIMEOUT, 0.0, None)]
         patient = await stack.enter_async_context(
             wrap(openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k"), admitd)
@@ -313,7 +432,7 @@ async def test_a_timeout_and_a_cancellation_release_their_slot(fake: FakeProvide
             await call
         assert releases(sent)[-1] == (Outcome.CANCELLED, 0.0, None)
         assert (await h.pool(GPT)).in_flight == 0
-        assert await ledger(admitd, GPT) == (2, 18, 100, pytest.approx(usd(18, 100)))
+        assert await ledger(admitd, GPT) == (2, 18, 0, usd(GPT, 18, 0))
 
 
 async def test_a_refusal_past_the_wait_budget_raises_rejected(fake: FakeProvider) -> None:

@@ -80,9 +80,28 @@ def nano_per_token(per_million: float) -> float:
     return per_million * 1_000_000_000 / 1_000_000
 
 
-def price(inp: int, out: int, pin: float, pout: float) -> int:
-    """Rounded up, so that a budget is never under-counted."""
-    return math.ceil(inp * pin + out * pout - 1e-6)
+def price(
+    inp: int,
+    out: int,
+    pin: float,
+    pout: float,
+    cached: tuple[int, int, float, float] = (0, 0, 0.0, 0.0),
+) -> int:
+    """Rounded up, so that a budget is never under-counted. ``cached``: tokens read from and
+    written to the provider's cache (parts of ``inp``), and their prices."""
+    read, written, pread, pwrite = cached
+    uncached = inp - read - written
+    return math.ceil(uncached * pin + read * pread + written * pwrite + out * pout - 1e-6)
+
+
+# What a release without usage is charged, by outcome (README, "How admission works").
+UNREPORTED = {
+    "OK": "reservation",
+    "PROVIDER_RATE_LIMITED": "nothing",
+    "PROVIDER_ERROR": "nothing",
+    "TIMEOUT": "input",
+    "CANCELLED": "input",
+}
 
 
 @dataclass
@@ -95,6 +114,8 @@ class Ticket:
     usd: int
     pin: float
     pout: float
+    pread: float  # cached input
+    pwrite: float  # cache-write input
     prio: int  # class 0 (critical) .. 3 (low)
     cost: float  # reservation / weight
     limits: tuple[Limit, ...]
@@ -212,6 +233,10 @@ class Model:
         prices = self.pools[pool].get("price", {})
         pin = nano_per_token(prices.get("input_per_million", 0.0))
         pout = nano_per_token(prices.get("output_per_million", 0.0))
+        # Cached input and cache writes cost what input costs unless the table says.
+        per_input = prices.get("input_per_million", 0.0)
+        pread = nano_per_token(prices.get("cached_input_per_million", per_input))
+        pwrite = nano_per_token(prices.get("cache_write_input_per_million", per_input))
         weight = float(self.tenants[tenant].get("weight", 1.0))
         return Ticket(
             id=id,
@@ -219,9 +244,12 @@ class Model:
             pool=pool,
             inp=inp,
             out=out,
-            usd=price(inp, out, pin, pout),
+            # Which input a cache will take is unknown: reserved at the dearer price.
+            usd=price(inp, out, max(pin, pwrite), pout),
             pin=pin,
             pout=pout,
+            pread=pread,
+            pwrite=pwrite,
             prio=(priority or 3) - 1,
             cost=(inp + out) / weight,
             limits=self.limits_for(pool, tenant),
@@ -464,9 +492,14 @@ class Model:
         return "rejected", result.watched or result.blocked, result
 
     def release(
-        self, lease_id: str, usage: tuple[int, int] | None, observed: Callable[[str], bool]
+        self,
+        lease_id: str,
+        usage: tuple[int, int, int, int] | None,
+        observed: Callable[[str], bool],
+        outcome: str = "OK",
     ) -> tuple[str, Any, Pass]:
-        """("settled", Settled) | ("already", Settled) | ("gone", None)."""
+        """("settled", Settled) | ("already", Settled) | ("gone", None). ``usage``: input,
+        output, and the cached and cache-write parts of the input."""
         done = self.released.get(lease_id)
         if done is not None:
             return "already", done, Pass()
@@ -474,10 +507,13 @@ class Model:
         if lease is None:
             return "gone", None, Pass()
         t = lease.ticket
-        if usage is None:
+        rule = UNREPORTED[outcome] if usage is None else "reported"
+        if rule == "reservation":
             charged, charged_usd = t.tokens, t.usd
         else:
-            charged, charged_usd = sum(usage), price(usage[0], usage[1], t.pin, t.pout)
+            inp, out, read, written = usage or (t.inp if rule == "input" else 0, 0, 0, 0)
+            cached = (read, written, t.pread, t.pwrite)
+            charged, charged_usd = inp + out, price(inp, out, t.pin, t.pout, cached)
         self._end(lease, charged - t.tokens, charged_usd - t.usd)
         settled = Settled(charged, max(0, t.tokens - charged), self.now + t.ttl)
         self.released[lease_id] = settled

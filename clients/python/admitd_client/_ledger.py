@@ -21,9 +21,12 @@ class UsageRow:
         tenant: The tenant charged.
         pool: The pool the calls went to.
         calls: Leases settled (released or expired).
-        input_tokens: Input tokens charged.
+        input_tokens: Input tokens charged (cached ones included).
         output_tokens: Output tokens charged.
         usd: Their price in USD.
+        cached_input_tokens: The part of ``input_tokens`` read from the provider's prompt
+            cache (priced at the pool's cached input price).
+        cache_write_input_tokens: The part of ``input_tokens`` written to the prompt cache.
     """
 
     day: date
@@ -33,6 +36,8 @@ class UsageRow:
     input_tokens: int
     output_tokens: int
     usd: float
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
 
     @classmethod
     def from_proto(cls, row: pb.UsageRow) -> UsageRow:
@@ -44,6 +49,8 @@ class UsageRow:
             row.input_tokens,
             row.output_tokens,
             row.usd,
+            row.cached_input_tokens,
+            row.cache_write_input_tokens,
         )
 
 

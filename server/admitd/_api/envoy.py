@@ -35,6 +35,7 @@ from .._errors import InvalidArgument, NotFound, Rejected
 from .._requests import MAX_NAME, AcquireSpec, check_tokens
 from .._third_party.envoy.config.core.v3 import base_pb2
 from .._third_party.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from .._usage import Usage
 from .auth import Principal
 from .service import _translated
 from .status import seconds_to_duration
@@ -137,7 +138,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         spec = AcquireSpec(tenant=call.tenant, pool=call.pool)
         if call.report:
             if call.hits:
-                usage = (0, call.hits) if call.report == "output" else (call.hits, 0)
+                usage = Usage(0, call.hits) if call.report == "output" else Usage(call.hits, 0)
                 await self.engine.charge(spec, usage)
             return None
         # hits 0 checks that one token fits (an empty reservation is no call) and charges 0.
@@ -146,7 +147,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             lease = await self.engine.acquire(spec, deadline=deadline)
         except Rejected as refused:
             return refused
-        await self.engine.release(lease.lease_id, (call.hits, 0), call.tenant)
+        await self.engine.release(lease.lease_id, Usage(call.hits, 0), call.tenant)
         return None
 
 

@@ -21,6 +21,7 @@ from .._model import LeaseRecord, day_number
 from .._policy import NANO_PER_USD, QueueEstimate
 from .._requests import AcquireSpec
 from .._tickets import Tickets, TicketView
+from .._usage import Usage
 from ..v1 import admission_pb2 as pb
 from ..v1 import admission_pb2_grpc as pb_grpc
 from . import messages
@@ -234,6 +235,8 @@ class AdmissionService(pb_grpc.AdmissionServicer):
                     input_tokens=row.input_tokens,
                     output_tokens=row.output_tokens,
                     usd=row.nano_usd / NANO_PER_USD,
+                    cached_input_tokens=row.cached_input_tokens,
+                    cache_write_input_tokens=row.cache_write_input_tokens,
                 )
                 for row in rows
             ]
@@ -265,7 +268,10 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         tenant = self._caller(context).tenant_for(request.tenant)
         usage = None
         if request.HasField("usage"):
-            usage = (request.usage.input_tokens, request.usage.output_tokens)
+            u = request.usage
+            usage = Usage(
+                u.input_tokens, u.output_tokens, u.cached_input_tokens, u.cache_write_input_tokens
+            )
         outcome = requests.outcome(int(request.outcome))
         retry_after = messages.seconds(request.provider_retry_after, "provider_retry_after")
         shared = request.result or None  # proto bytes have no presence: empty means none

@@ -47,6 +47,7 @@ from .._model import (
     Ticket,
     UsageRow,
 )
+from .._usage import Unreported, Usage
 from .memory import MemoryBackend
 
 
@@ -66,22 +67,22 @@ class Backend(Protocol):
     async def release(
         self,
         lease_id: str,
-        usage: tuple[int, int] | None,
+        usage: Usage | Unreported,
         tenant: str | None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
         result: bytes | None = None,
     ) -> ReleaseResult:
-        """Settle (input, output) usage, or the full reservation when None; idempotent.
-        ``outcome`` and a provider's ``retry_after`` move the pool's gate; a dedup leader's
-        ``result`` (with outcome OK) goes to its followers."""
+        """Settle the reported ``usage``, or what the rule for none charges (the policy
+        picks it); idempotent. ``outcome`` and a provider's ``retry_after`` move the pool's
+        gate; a dedup leader's ``result`` (with outcome OK) goes to its followers."""
         ...
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         """Set the lease's expiry to now + ``extend_by``."""
         ...
 
-    async def charge(self, ticket: Ticket, usage: tuple[int, int]) -> None:
+    async def charge(self, ticket: Ticket, usage: Usage) -> None:
         """Count (input, output) ``usage`` that nobody reserved, for a call that already
         happened (a gateway reporting after the call): each of the ticket's limits goes up
         by it as a settled lease's overuse would (into debt if need be), and the ledger gets

@@ -39,6 +39,13 @@ class Price(_Model):
     """Price of a million input tokens."""
     output_per_million: float = Field(0.0, ge=0)
     """Price of a million output tokens."""
+    cached_input_per_million: float | None = Field(None, ge=0)
+    """Price of a million input tokens read from the provider's prompt cache (OpenAI's
+    ``cached_tokens``, Anthropic's ``cache_read_input_tokens``); null: the input price."""
+    cache_write_input_per_million: float | None = Field(None, ge=0)
+    """Price of a million input tokens written to the provider's prompt cache (Anthropic's
+    ``cache_creation_input_tokens``); null: the input price. A reservation prices its
+    input at the dearer of this and the input price, so a call never settles dearer."""
 
 
 class AdaptiveConfig(_Model):

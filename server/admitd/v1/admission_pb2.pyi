@@ -299,21 +299,38 @@ Global___Lease: _TypeAlias = Lease  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
+    """Tokens a call used, as the provider billed them."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
+    """Every input token of the call, cached ones included (OpenAI's prompt_tokens; Anthropic's
+    input_tokens + cache_creation_input_tokens + cache_read_input_tokens).
+    """
     output_tokens: _builtins.int
+    cached_input_tokens: _builtins.int
+    """The part of input_tokens read from the provider's prompt cache (OpenAI's cached_tokens,
+    Anthropic's cache_read_input_tokens), priced at the pool's cached input price.
+    """
+    cache_write_input_tokens: _builtins.int
+    """The part of input_tokens written to the provider's prompt cache (Anthropic's
+    cache_creation_input_tokens), priced at the pool's cache-write price.
+    """
     def __init__(
         self,
         *,
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
+        cached_input_tokens: _builtins.int = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,7 +359,11 @@ class ReleaseRequest(_message.Message):
     """
     @_builtins.property
     def usage(self) -> Global___Usage:
-        """Actual usage. Absent: the full reservation is charged."""
+        """Actual usage, charged as it is. Absent: what the outcome implies is charged: the full
+        reservation for OK, nothing for PROVIDER_RATE_LIMITED and PROVIDER_ERROR (providers do
+        not bill a refused or failed request), the reservation's input tokens for TIMEOUT and
+        CANCELLED (the prompt may have been processed).
+        """
 
     @_builtins.property
     def provider_retry_after(self) -> _duration_pb2.Duration:
@@ -717,6 +738,8 @@ class UsageRow(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     USD_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     day: _builtins.str
     """UTC day, YYYY-MM-DD."""
     tenant: _builtins.str
@@ -727,6 +750,10 @@ class UsageRow(_message.Message):
     output_tokens: _builtins.int
     usd: _builtins.float
     """Priced with the pool's price table."""
+    cached_input_tokens: _builtins.int
+    """The part of input_tokens read from the provider's prompt cache."""
+    cache_write_input_tokens: _builtins.int
+    """The part of input_tokens written to the provider's prompt cache."""
     def __init__(
         self,
         *,
@@ -737,10 +764,12 @@ class UsageRow(_message.Message):
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
         usd: _builtins.float = ...,
+        cached_input_tokens: _builtins.int = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "day", b"day", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "pool", b"pool", "tenant", b"tenant", "usd", b"usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "calls", b"calls", "day", b"day", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "pool", b"pool", "tenant", b"tenant", "usd", b"usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

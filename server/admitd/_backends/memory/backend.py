@@ -38,6 +38,7 @@ from ..._model import (
     UsageRow,
     day_number,
 )
+from ..._usage import Unreported, Usage
 from .counters import Counters
 from .expiring import Expiring
 from .fairqueue import Entry
@@ -131,7 +132,7 @@ class MemoryBackend:
     async def release(
         self,
         lease_id: str,
-        usage: tuple[int, int] | None,
+        usage: Usage | Unreported,
         tenant: str | None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
@@ -145,10 +146,8 @@ class MemoryBackend:
             return ReleaseResult(replace(settlement, already_released=True))
         lease = self._leases.live(lease_id, tenant)
         t = lease.ticket
-        used = usage if usage is not None else (t.input_tokens, t.max_output_tokens)
-        charged_tokens, charged_usd = sum(used), t.price_of(*used)
-        if usage is None:
-            charged_usd = t.nano_usd  # the reservation's own price, to the nano-dollar
+        used, charged_usd = t.settle(usage)
+        charged_tokens = used.tokens
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
         self._ledger.charge(self._day_number, t, used, charged_usd)
         self._counters.report(t.pool, outcome, retry_after, lease.probe, now)
@@ -164,10 +163,10 @@ class MemoryBackend:
         self._released.put(lease_id, settlement, now + t.ttl)
         return ReleaseResult(settlement, self._dispatch_all(now))
 
-    async def charge(self, ticket: Ticket, usage: tuple[int, int]) -> None:
+    async def charge(self, ticket: Ticket, usage: Usage) -> None:
         now = self._tick()
-        nano_usd = ticket.price_of(*usage)
-        self._counters.give(ticket, self._counters.day, sum(usage), nano_usd, False, now)
+        nano_usd = ticket.prices().of(usage)
+        self._counters.give(ticket, self._counters.day, usage.tokens, nano_usd, False, now)
         self._ledger.charge(self._day_number, ticket, usage, nano_usd, calls=0)
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
@@ -293,8 +292,8 @@ class MemoryBackend:
             self._expired.append(lease.record(now))
             self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
             t = lease.ticket
-            used = (t.input_tokens, t.max_output_tokens)
-            self._ledger.charge(self._day_number, t, used, t.nano_usd)
+            used, charged_usd = t.settle(Unreported.RESERVATION)
+            self._ledger.charge(self._day_number, t, used, charged_usd)
             self._dedup.finish(t, None, now)
 
     def _end(self, ticket: Ticket, kind: EndKind, now: float, denial: Denial | None = None) -> None:

@@ -22,6 +22,7 @@ from ..._model import (
     Ticket,
     UsageRow,
 )
+from ..._usage import Usage
 from .expiring import Expiring
 
 
@@ -220,20 +221,23 @@ class Dedup:
 
 
 class Ledger:
-    """The cost ledger: (day_number, tenant, pool) -> [calls, input, output, nano-USD]."""
+    """The cost ledger: (day_number, tenant, pool) -> [calls, input, output, nano-USD,
+    cached input, cache-write input] (the fields of ``UsageRow`` in order)."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[int, str, str], list[int]] = {}
 
     def charge(
-        self, day: int, ticket: Ticket, used: tuple[int, int], nano_usd: int, calls: int = 1
+        self, day: int, ticket: Ticket, used: Usage, nano_usd: int, calls: int = 1
     ) -> None:
         """A settled lease (or, ``calls`` 0, usage reported after the call)."""
-        row = self._rows.setdefault((day, ticket.tenant, ticket.pool), [0] * 4)
+        row = self._rows.setdefault((day, ticket.tenant, ticket.pool), [0] * 6)
         row[0] += calls
-        row[1] += used[0]
-        row[2] += used[1]
+        row[1] += used.input_tokens
+        row[2] += used.output_tokens
         row[3] += nano_usd
+        row[4] += used.cached_input_tokens
+        row[5] += used.cache_write_input_tokens
 
     def keep_after(self, oldest: int) -> None:
         """Drop the days up to ``oldest``."""

@@ -48,6 +48,7 @@ from ..._model import (
     Ticket,
     UsageRow,
 )
+from ..._usage import Unreported, Usage
 from . import codec
 from .scripts import load_scripts
 
@@ -105,7 +106,7 @@ class RedisBackend:
     async def release(
         self,
         lease_id: str,
-        usage: tuple[int, int] | None,
+        usage: Usage | Unreported,
         tenant: str | None,
         outcome: Outcome = Outcome.OK,
         retry_after: float = 0.0,
@@ -114,8 +115,8 @@ class RedisBackend:
         args = codec.release_args(lease_id, usage, tenant, outcome, retry_after, result)
         return codec.release_result(await self._run("release", *args), lease_id)
 
-    async def charge(self, ticket: Ticket, usage: tuple[int, int]) -> None:
-        await self._run("charge", codec.ticket_json(ticket), json.dumps(list(usage)))
+    async def charge(self, ticket: Ticket, usage: Usage) -> None:
+        await self._run("charge", codec.ticket_json(ticket), codec.usage_json(usage))
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         doc = await self._run("renew", lease_id, repr(extend_by), tenant or "")

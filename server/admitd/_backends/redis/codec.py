@@ -41,6 +41,7 @@ from ..._model import (
     Unit,
     UsageRow,
 )
+from ..._usage import Unreported, Usage
 
 # -- the schema -------------------------------------------------------------------------------
 
@@ -61,6 +62,8 @@ TICKET_KEYS = {
     "nano_usd": "usd",
     "price_in": "pin",
     "price_out": "pout",
+    "price_cached": "pcr",
+    "price_write": "pcw",
     "priority": "prio",
     "cost": "cost",
     "ttl": "ttl",
@@ -99,6 +102,16 @@ SHARED_CONSTANTS = (
 )
 """The constants of ``_model`` the scripts use, under the same names."""
 
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_input_tokens",
+)
+"""Reported usage on the wire: a JSON array of these fields of :class:`~admitd._usage.Usage`
+(Lua: ``u[U_CACHED_INPUT_TOKENS]``)."""
+
+_USAGE = operator.attrgetter(*USAGE_FIELDS)
 _LIMIT = operator.attrgetter(*LIMIT_FIELDS)
 _TICKET_FIELDS = tuple(name for name in TICKET_KEYS if name != "limits")
 _TICKET = operator.attrgetter(*_TICKET_FIELDS)
@@ -118,16 +131,22 @@ def gates_json(gates: list[Gate]) -> str:
 
 def release_args(
     lease_id: str,
-    usage: tuple[int, int] | None,
+    usage: Usage | Unreported,
     tenant: str | None,
     outcome: Outcome,
     retry_after: float,
     result: bytes | None,
 ) -> tuple[str, ...]:
-    """release.lua's ARGV[3..8]."""
-    usage_json = "" if usage is None else json.dumps(list(usage))
+    """release.lua's ARGV[3..8]; the usage as a JSON array of USAGE_FIELDS, or the rule
+    for none (an ``Unreported`` value)."""
+    reported = usage.value if isinstance(usage, Unreported) else usage_json(usage)
     shared = base64.b64encode(result).decode() if result is not None else ""
-    return (lease_id, usage_json, tenant or "", str(int(outcome)), repr(retry_after), shared)
+    return (lease_id, reported, tenant or "", str(int(outcome)), repr(retry_after), shared)
+
+
+def usage_json(usage: Usage) -> str:
+    """Reported usage as the scripts take it: a JSON array of USAGE_FIELDS."""
+    return json.dumps(_USAGE(usage))
 
 
 # -- from the scripts -------------------------------------------------------------------------
@@ -233,6 +252,8 @@ def usage_rows(doc: dict[str, Any]) -> list[UsageRow]:
             int(r["in"]),
             int(r["out"]),
             int(r["usd"]),
+            int(r["cr"]),
+            int(r["cw"]),
         )
         for r in as_list(doc.get("rows"))
     ]

@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 from ... import _model
 from ..._model import Cause, Circuit, EndKind, FullScope, Kind, Outcome, Scope, Unit, gate_limit
+from ..._usage import Unreported
 from . import codec
 
 OPERATIONS = (
@@ -57,7 +58,9 @@ def lua_prologue() -> str:
         const(f"L_{field.upper()}", i)
     for i, field in enumerate(codec.CONFIGURED_FIELDS, 1):
         const(f"C_{field.upper()}", i)
-    for kind in (Kind, Unit, Scope, Outcome):
+    for i, field in enumerate(codec.USAGE_FIELDS, 1):
+        const(f"U_{field.upper()}", i)
+    for kind in (Kind, Unit, Scope, Outcome, Unreported):
         for member in kind:
             const(f"{kind.__name__.upper()}_{member.name}", member.value)
     for prefix, literal in (("CIRCUIT", Circuit), ("CAUSE", Cause), ("END", EndKind)):

@@ -196,18 +196,43 @@ local function settle(lease, token_delta, usd_delta)
   decr_field(key('inflight', SCOPE_TENANT), t[T.tenant], 1)
 end
 
--- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<calls|in|out|usd>" counters.
--- calls: 1 for a settled lease, 0 for usage reported after the call (charge.lua).
-local function charge(t, input, output, usd, calls)
+-- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<metric>" counters, metric
+-- calls, in, out, usd, cr (cached input) and cw (cache-write input); u is a usage array
+-- (U_*), the cached counts being parts of the input. calls: 1 for a settled lease, 0 for
+-- usage reported after the call (charge.lua).
+local function charge(t, u, usd, calls)
   local k = key('ledger', day)
   local tenant = t[T.tenant]
   local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
-  -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
   redis.call('HINCRBY', k, f .. 'calls', calls or 1)
-  redis.call('HINCRBY', k, f .. 'in', string.format('%d', input))
-  redis.call('HINCRBY', k, f .. 'out', string.format('%d', output))
-  redis.call('HINCRBY', k, f .. 'usd', string.format('%d', usd))
+  -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
+  for metric, n in pairs({['in'] = u[U_INPUT_TOKENS], out = u[U_OUTPUT_TOKENS], usd = usd,
+                          cr = u[U_CACHED_INPUT_TOKENS], cw = u[U_CACHE_WRITE_INPUT_TOKENS]}) do
+    if n ~= 0 then redis.call('HINCRBY', k, f .. metric, string.format('%d', n)) end
+  end
   redis.call('EXPIRE', k, LEDGER_KEEP)
+end
+
+-- What a release charges: the reported usage array (U_*) as it is, or by the rule for none
+-- (UNREPORTED_*): usage and its nano-USD. The arithmetic of _usage.Prices.of, in its order:
+-- rounded up, with a tolerance for float noise.
+local function settle_usage(t, reported)
+  local u
+  if type(reported) == 'table' then
+    u = reported
+  elseif reported == UNREPORTED_RESERVATION then
+    return {t[T.input_tokens], t[T.max_output_tokens], 0, 0}, t[T.nano_usd]
+  elseif reported == UNREPORTED_INPUT then
+    u = {t[T.input_tokens], 0, 0, 0}
+  else
+    u = {0, 0, 0, 0}
+  end
+  local cached, written = u[U_CACHED_INPUT_TOKENS], u[U_CACHE_WRITE_INPUT_TOKENS]
+  local uncached = u[U_INPUT_TOKENS] - cached - written
+  local usd = math.ceil(uncached * t[T.price_in] + cached * t[T.price_cached]
+                        + written * t[T.price_write] + u[U_OUTPUT_TOKENS] * t[T.price_out]
+                        - PRICE_SLACK)
+  return u, usd
 end
 
 -- End a grant nobody used: everything it reserved is refunded.
@@ -231,7 +256,7 @@ local function reap()
       redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
       settle(lease, 0, 0) -- the full reservation stays charged
       local t = lease.t
-      charge(t, t[T.input_tokens], t[T.max_output_tokens], t[T.nano_usd]) -- as reserved
+      charge(t, settle_usage(t, UNREPORTED_RESERVATION))
       dedup_finish(t, nil)
     else
       redis.call('ZREM', key('expiry'), id)

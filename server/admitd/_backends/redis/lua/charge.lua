@@ -4,13 +4,11 @@
 -- daily quotas up), and the ledger gets the tokens and price but no call. Nothing is
 -- checked or refused, and no capacity is freed, so nothing is dispatched.
 -- ARGV[3] ticket JSON (the engine leaves only its token and USD limits in it);
--- ARGV[4] usage JSON [input, output].
+-- ARGV[4] the usage, a JSON array (U_*).
 -- Returns {}.
 reap()
 local t = cjson.decode(ARGV[3])
-local usage = cjson.decode(ARGV[4])
--- The arithmetic of _model.price_nano_usd: up, with a tolerance for float noise.
-local usd = math.ceil(usage[1] * t[T.price_in] + usage[2] * t[T.price_out] - PRICE_SLACK)
-move_limits(t, day, usage[1] + usage[2], usd)
-charge(t, usage[1], usage[2], usd, 0)
+local used, usd = settle_usage(t, cjson.decode(ARGV[4]))
+move_limits(t, day, used[U_INPUT_TOKENS] + used[U_OUTPUT_TOKENS], usd)
+charge(t, used, usd, 0)
 return cjson.encode({})

@@ -1,5 +1,6 @@
 -- release: settle a lease with actual usage (idempotently) and dispatch the freed capacity.
--- ARGV[3] lease id; ARGV[4] usage JSON [input, output] or "" for the full reservation;
+-- ARGV[3] lease id; ARGV[4] the reported usage, a JSON array (U_*), or the rule for none
+-- (UNREPORTED_*);
 -- ARGV[5] tenant that must own it, or ""; ARGV[6] outcome (OUTCOME_*);
 -- ARGV[7] the provider's retry-after in seconds (0: none); ARGV[8] a dedup leader's result
 -- for its followers (base64), or "" for none.
@@ -18,19 +19,15 @@ if not lease then return cjson.encode({error = 'gone'}) end
 local t = lease.t
 if tenant ~= '' and t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
 local reserved = t[T.input_tokens] + t[T.max_output_tokens]
-local used_in, used_out, charged_usd = t[T.input_tokens], t[T.max_output_tokens], t[T.nano_usd]
-if ARGV[4] ~= '' then
-  local usage = cjson.decode(ARGV[4])
-  used_in, used_out = usage[1], usage[2]
-  -- The arithmetic of _model.price_nano_usd: up, with a tolerance for float noise.
-  charged_usd = math.ceil(used_in * t[T.price_in] + used_out * t[T.price_out] - PRICE_SLACK)
-end
-local charged = used_in + used_out
+local reported = ARGV[4]
+if string.sub(reported, 1, 1) == '[' then reported = cjson.decode(reported) end
+local used, charged_usd = settle_usage(t, reported)
+local charged = used[U_INPUT_TOKENS] + used[U_OUTPUT_TOKENS]
 local s = {lease = record(lease), charged_tokens = charged,
            refunded_tokens = math.max(0, reserved - charged), charged_nano_usd = charged_usd,
            already_released = false, drop_at = now + t[T.ttl]}
 settle(lease, charged - reserved, charged_usd - t[T.nano_usd])
-charge(t, used_in, used_out, charged_usd)
+charge(t, used, charged_usd)
 local outcome = tonumber(ARGV[6])
 report(t[T.pool], outcome, tonumber(ARGV[7]), lease.probe)
 if outcome == OUTCOME_OK and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else dedup_finish(t, nil) end

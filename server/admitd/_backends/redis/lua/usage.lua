@@ -1,6 +1,7 @@
 -- usage: the cost ledger's rows of some UTC days.
 -- ARGV[3] JSON list of day numbers (days since 1970-01-01).
--- Returns {rows = [{day, tenant, pool, calls, in, out, usd}]}.
+-- Returns {rows = [{day, tenant, pool, calls, in, out, usd, cr, cw}]} (cr, cw: cached and
+-- cache-write input tokens).
 local rows = {}
 for _, d in ipairs(cjson.decode(ARGV[3])) do
   local flat = redis.call('HGETALL', key('ledger', tostring(d)))
@@ -16,7 +17,8 @@ for _, d in ipairs(cjson.decode(ARGV[3])) do
     local row_key = string.len(tenant) .. '/' .. tenant .. pool
     local row = by[row_key]
     if not row then
-      row = {day = d, tenant = tenant, pool = pool, calls = 0, ['in'] = 0, out = 0, usd = 0}
+      row = {day = d, tenant = tenant, pool = pool, calls = 0, ['in'] = 0, out = 0, usd = 0,
+             cr = 0, cw = 0}
       by[row_key] = row
       table.insert(rows, row)
     end

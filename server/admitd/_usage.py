@@ -1,0 +1,72 @@
+"""What calls use and cost: usage as providers report it, the rule for a release that
+reports none, and the prices that turn usage into nano-USD.
+
+Plain data with the arithmetic both backends share (``release.lua`` prices a settlement
+with the same operations, in the same order); the policy (``_policy.py``) picks which rule
+applies to which outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+# Prices are rounded up, less this much: float noise must not add a nano-dollar.
+PRICE_SLACK = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a call used. The cached counts are parts of ``input_tokens``: every input
+    token is counted there, as OpenAI's ``prompt_tokens`` counts them."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0  # read from the provider's prompt cache
+    cache_write_input_tokens: int = 0  # written to it
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Unreported(enum.StrEnum):
+    """What a release without usage is charged; the policy picks it from the outcome."""
+
+    RESERVATION = "reservation"  # all of it, input and output
+    INPUT = "input"  # the reservation's input tokens, no output
+    NOTHING = "nothing"
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """Nano-USD per token: input, output, cached input (read) and cache-write input."""
+
+    input: float
+    output: float
+    cached_input: float
+    cache_write_input: float
+
+    def of(self, usage: Usage) -> int:
+        """Nano-USD for ``usage``, rounded up so that a budget is never under-counted.
+        Settlements are priced with this one function (and release.lua with the same
+        arithmetic, in the same order)."""
+        cached, written = usage.cached_input_tokens, usage.cache_write_input_tokens
+        uncached = usage.input_tokens - cached - written
+        return math.ceil(
+            uncached * self.input
+            + cached * self.cached_input
+            + written * self.cache_write_input
+            + usage.output_tokens * self.output
+            - PRICE_SLACK
+        )
+
+    def reservation(self, input_tokens: int, max_output_tokens: int) -> int:
+        """The price a reservation holds: its input at the dearer of the input and
+        cache-write prices (which part will be written to a cache is not known yet), so
+        that what it settles to is never dearer."""
+        dearest = Prices(max(self.input, self.cache_write_input), self.output, 0.0, 0.0)
+        return dearest.of(Usage(input_tokens, max_output_tokens))
+
+
