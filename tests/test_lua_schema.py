@@ -1,9 +1,11 @@
 """What the Redis scripts share with Python is written once, in Python.
 
 The loader puts a prologue in front of every script (``scripts.lua_prologue``): constants,
-the positions of a limit's fields, the values of kinds, units, scopes, outcomes and states,
-the ticket's keys, the Redis key names Python reads, the gate's stand-in limit. These tests
-check that Lua sees exactly Python's values, and that no script types one of them again.
+the values of kinds, units, scopes, outcomes and states, the Redis key names Python reads,
+the gate's stand-in limit; and it writes each field the scripts read by name
+(``t[T.<field>]``, ``l[L_<FIELD>]``) as the ticket's JSON key or the field's position.
+These tests check that Lua sees exactly Python's values, and that no script types one of
+them again.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ import redis
 
 from admitd import _model
 from admitd._backends.redis import codec
-from admitd._backends.redis.scripts import OPERATIONS, load_scripts, lua_prologue
+from admitd._backends.redis.scripts import OPERATIONS, inline_fields, load_scripts, lua_prologue
 from support.redis_server import RedisServer
 
 LUA = Path(codec.__file__).parent / "lua"
 
-# Declared by the prologue: ``local NAME = value`` and ``local function NAME``.
 # Declared by the prologue: ``local NAME = value`` and ``local function NAME``.
 DECLARED = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z_0-9]*)", re.M)
 STRING = re.compile(r"'([^'\\]*)'|\"([^\"\\]*)\"")
@@ -58,13 +59,23 @@ SCRIPTS = sorted(LUA.glob("*.lua"))
 def test_the_prologue_is_valid_lua_every_script_has_it_and_names_are_not_declared_twice() -> None:
     prologue = lua_prologue()
     shared = set(DECLARED.findall(prologue))
-    assert {"RATE_WINDOW", "MAX_EXAMINED", "L_KIND", "KIND_DAILY", "T", "gate_limit"} <= shared
+    assert {"RATE_WINDOW", "MAX_EXAMINED", "KIND_DAILY", "gate_limit"} <= shared
     for op, script in load_scripts().items():
         assert script.startswith(prologue), op
+        unwritten = re.search(r"\[(T\.[a-z_]+|L_[A-Z_]+|C_[A-Z_]+|U_[A-Z_]+)\]", script)
+        assert unwritten is None, f"{op}: {unwritten and unwritten[0]} not written in place"
     assert set(load_scripts()) == set(OPERATIONS)
     for path in SCRIPTS:
         again = shared & set(DECLARED.findall(path.read_text()))
         assert not again, f"{path.name} declares again what the prologue declares: {again}"
+
+
+def test_the_loader_refuses_a_field_python_does_not_know() -> None:
+    written = inline_fields("t[T.max_queued_tenant] l[L_KIND] c[C_RATE] u[U_OUTPUT_TOKENS]")
+    assert written == "t['mqt'] l[2] c[2] u[2]"
+    for unknown in ("t[T.max_queued]", "l[L_KINDS]", "c[C_KEY]", "u[U_TOKENS]"):
+        with pytest.raises(ValueError, match="does not know"):
+            inline_fields(unknown)
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
@@ -96,33 +107,45 @@ def test_a_script_names_what_python_owns_instead_of_copying_it(path: Path) -> No
 
 def test_lua_sees_what_python_owns(shared_redis: RedisServer) -> None:
     client = redis.Redis.from_url(shared_redis.url)
-    names = [*codec.SHARED_CONSTANTS, "L_KIND", "L_SHADOW", "C_RATE", "KIND_GATE", "UNIT_NANO_USD"]
-    script = lua_prologue() + (
+    names = [*codec.SHARED_CONSTANTS, "KIND_GATE", "UNIT_NANO_USD", "OUTCOME_CANCELLED"]
+    script = lua_prologue() + inline_fields(
+        "local t, l = cjson.decode(ARGV[1]), cjson.decode(ARGV[2])\n"
         "return cjson.encode({values = {"
         + ", ".join(f"{name} = {name}" for name in names)
-        + "}, gate = gate_limit('p'), ticket = T})"
+        + "}, gate = gate_limit('p'), tenant = t[T.tenant], mqt = t[T.max_queued_tenant],"
+        " kind = l[L_KIND], shadow = l[L_SHADOW]})"
     )
-    seen = json.loads(client.eval(script, 0))
+    limit = _model.gate_limit("q")
+    ticket = _ticket(limit)
+    arguments = codec.ticket_json(ticket), json.dumps(limit_json(limit))
+    seen = json.loads(client.eval(script, 0, *arguments))
     for name in codec.SHARED_CONSTANTS:
         assert seen["values"][name] == pytest.approx(getattr(_model, name)), name
-    assert seen["values"]["L_KIND"] == codec.LIMIT_FIELDS.index("kind") + 1
-    assert seen["values"]["L_SHADOW"] == codec.LIMIT_FIELDS.index("shadow") + 1
-    assert seen["values"]["C_RATE"] == codec.CONFIGURED_FIELDS.index("rate") + 1
     assert seen["values"]["KIND_GATE"] == _model.Kind.GATE.value
     assert seen["values"]["UNIT_NANO_USD"] == _model.Unit.NANO_USD.value
+    assert seen["values"]["OUTCOME_CANCELLED"] == _model.Outcome.CANCELLED
     assert codec.limit(seen["gate"]) == _model.gate_limit("p")
-    assert seen["ticket"] == codec.TICKET_KEYS
+    assert (seen["tenant"], seen["mqt"]) == (ticket.tenant, ticket.max_queued_tenant)
+    assert (seen["kind"], seen["shadow"]) == (limit.kind.value, limit.shadow)
     client.close()
+
+
+def limit_json(limit: _model.Limit) -> list[object]:
+    return list(codec.limit_json(limit))
+
+
+def _ticket(limit: _model.Limit) -> _model.Ticket:
+    return _model.Ticket(
+        lease_id="x", tenant="a", pool="p", input_tokens=3, max_output_tokens=4, nano_usd=5,
+        price_in=0.5, price_out=1.5, price_cached=0.25, price_write=0.75, priority=2, cost=7.0,
+        limits=(limit,), ttl=9.0, max_queued_tenant=11,
+    )
 
 
 def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
     limit = _model.Limit("pool:p:rpm", _model.Kind.BUCKET, _model.Unit.REQUEST,
                          _model.Scope.POOL, "requests_per_minute", "p", 60.0, 1.0, True)
-    ticket = _model.Ticket(
-        lease_id="x", tenant="a", pool="p", input_tokens=3, max_output_tokens=4, nano_usd=5,
-        price_in=0.5, price_out=1.5, price_cached=0.25, price_write=0.75, priority=2, cost=7.0,
-        limits=(limit,), ttl=9.0,
-    )
+    ticket = _ticket(limit)
     doc = json.loads(codec.ticket_json(ticket))
     assert set(doc) == set(codec.TICKET_KEYS.values())
     for field, key in codec.TICKET_KEYS.items():

@@ -55,6 +55,17 @@ _USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves (Engin
 
 
 class Engine:
+    """Admission for one process: the work of every RPC (:meth:`acquire`, :meth:`release`,
+    :meth:`renew`, ...) on one backend and one injected clock.
+
+    Args:
+        settings: the configuration; :meth:`apply` replaces it live.
+        backend: where the state lives; every call to it goes through ``self.store``.
+        clock: the one source of time (a ``ManualClock`` in tests).
+        counter: token counting (default: tiktoken, each pool's encoding).
+        telemetry: metrics and traces (default: new ones for ``settings``).
+    """
+
     def __init__(
         self,
         settings: Settings,

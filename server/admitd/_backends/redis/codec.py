@@ -2,8 +2,9 @@
 two share (the schema below, and the constants of ``_model`` the scripts use), how tickets
 and limits are sent to the scripts, and how the scripts' JSON documents are read back.
 
-The scripts get the shared part from a prologue written from here (``scripts.py``) and use
-its names, never a copy of a value (``tests/test_lua_schema.py`` fails on a copy).
+The scripts get the shared part from the loader (``scripts.py``): a prologue written from
+here, and fields written in place; they use its names, never a copy of a value
+(``tests/test_lua_schema.py`` fails on a copy).
 """
 
 from __future__ import annotations

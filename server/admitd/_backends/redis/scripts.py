@@ -2,15 +2,19 @@
 library (``lua/_lib<n>_*.lua``, in order) in front of it, and in front of everything the
 prologue written from Python (:func:`lua_prologue`).
 
-The prologue declares what the scripts share with Python, from the Python that owns it
-(``_model`` and the schema in ``codec.py``): constants, the positions of a limit's fields,
-the values of kinds, units, scopes, outcomes and states, the ticket's keys (``T``), the
-Redis key names Python reads, and the gate's stand-in limit (``gate_limit``).
+What the scripts share with Python is written from the Python that owns it (``_model`` and
+the schema in ``codec.py``). The prologue declares the constants, the values of kinds,
+units, scopes, outcomes and states, the Redis key names Python reads, and the gate's
+stand-in limit (``gate_limit``). A field the scripts read by name in Lua source,
+``t[T.max_queued_tenant]`` or ``l[L_KIND]``, the loader writes in place as the ticket's JSON
+key or the limit field's position (:func:`inline_fields`), so reading a field costs the
+scripts nothing more than a literal would, and a misspelt field fails at load time.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from importlib import resources
 from typing import Any, get_args
 
@@ -37,16 +41,46 @@ OPERATIONS = (
 
 
 def load_scripts() -> dict[str, str]:
-    """Each operation's script: the prologue, the library's parts, the operation's file."""
+    """Each operation's script: the prologue, the library's parts, the operation's file,
+    with their fields written in place."""
     folder = resources.files(__package__) / "lua"
     parts = sorted(f.name for f in folder.iterdir() if f.name.startswith("_lib"))
     lib = "\n".join([lua_prologue(), *((folder / name).read_text() for name in parts)])
-    return {op: lib + "\n" + (folder / f"{op}.lua").read_text() for op in OPERATIONS}
+    return {op: inline_fields(lib + "\n" + (folder / f"{op}.lua").read_text()) for op in OPERATIONS}
+
+
+_FIELD = re.compile(r"\[(?:T\.([a-z_]+)|L_([A-Z_]+)|C_([A-Z_]+)|U_([A-Z_]+))\]")
+
+
+def inline_fields(source: str) -> str:
+    """``source`` with each ``[T.<ticket field>]`` written as that field's JSON key
+    (``codec.TICKET_KEYS``), and each ``[L_<FIELD>]``, ``[C_<FIELD>]`` or ``[U_<FIELD>]`` as
+    the position of that field in a limit (``codec.LIMIT_FIELDS``), a configured limit
+    (``codec.CONFIGURED_FIELDS``) or reported usage (``codec.USAGE_FIELDS``).
+
+    Raises:
+        ValueError: a field Python does not know.
+    """
+
+    def written(match: re.Match[str]) -> str:
+        ticket, limit, configured, usage = match.groups()
+        try:
+            if ticket is not None:
+                return f"[{_lua(codec.TICKET_KEYS[ticket])}]"
+            if limit is not None:
+                return f"[{codec.LIMIT_FIELDS.index(limit.lower()) + 1}]"
+            if configured is not None:
+                return f"[{codec.CONFIGURED_FIELDS.index(configured.lower()) + 1}]"
+            return f"[{codec.USAGE_FIELDS.index(usage.lower()) + 1}]"
+        except (KeyError, ValueError):
+            raise ValueError(f"the scripts read a field Python does not know: {match[0]}") from None
+
+    return _FIELD.sub(written, source)
 
 
 def lua_prologue() -> str:
-    """Lua declaring what the scripts share with Python, written from the Python that owns
-    it; the loader puts it in front of the library and each operation's script."""
+    """Lua declaring the values the scripts share with Python, written from the Python that
+    owns them; the loader puts it in front of the library and each operation's script."""
     lines = ["-- Written by admitd._backends.redis.scripts.lua_prologue(); change the Python."]
 
     def const(name: str, value: object) -> None:
@@ -54,12 +88,6 @@ def lua_prologue() -> str:
 
     for name in codec.SHARED_CONSTANTS:
         const(name, getattr(_model, name))
-    for i, field in enumerate(codec.LIMIT_FIELDS, 1):
-        const(f"L_{field.upper()}", i)
-    for i, field in enumerate(codec.CONFIGURED_FIELDS, 1):
-        const(f"C_{field.upper()}", i)
-    for i, field in enumerate(codec.USAGE_FIELDS, 1):
-        const(f"U_{field.upper()}", i)
     for kind in (Kind, Unit, Scope, Outcome, Unreported):
         for member in kind:
             const(f"{kind.__name__.upper()}_{member.name}", member.value)
@@ -70,9 +98,6 @@ def lua_prologue() -> str:
         const(f"FULL_{value.upper()}", value)
     for name in ("GRANTS", "GRANTED", "DEDUP_END"):
         const(name, getattr(codec, name))
-    lines.append("local T = {")
-    lines += [f"  {field} = {_lua(key)}," for field, key in codec.TICKET_KEYS.items()]
-    lines.append("}")
     lines.append("local function gate_limit(pool)")
     lines.append(f"  return {{{_lua_fields(codec.limit_json(gate_limit(_POOL)), _POOL, 'pool')}}}")
     lines.append("end")
