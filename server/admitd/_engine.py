@@ -36,11 +36,11 @@ from ._model import (
     Settlement,
     Snapshot,
     Ticket,
-    Unit,
     UsageRow,
 )
-from ._policy import UNCHECKED_PREFIX, Policy, draining, unreported
+from ._policy import UNCHECKED_PREFIX, Policy, unreported
 from ._reaper import Reaper
+from ._refusals import draining
 from ._requests import AcquireSpec, Requests, check_days
 from ._store import Store, unchecked_settlement
 from ._telemetry import Telemetry
@@ -50,9 +50,6 @@ from ._waiting import Waiting
 from ._waits import QueueReport, Waits
 
 log = logging.getLogger("admitd")
-
-_USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves (Engine.charge)
-
 
 class Engine:
     """Admission for one process: the work of every RPC (:meth:`acquire`, :meth:`release`,
@@ -99,7 +96,7 @@ class Engine:
             policy=lambda: self.policy,
             reap_soon=lambda: self.reaper.within(self.settings.lease.reap_interval),
         )
-        self._wake = Alarm(clock, lambda: self.spawn(self._dispatch()))
+        self._wake = Alarm(clock, lambda: self.spawn(self.store.call(self.backend.dispatch)))
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.limits_published = False  # False until the store has this config's limits
@@ -231,13 +228,7 @@ class Engine:
         )
         if lease.shadowed:
             reason = self.policy.shadow_reason(lease.shadowed)
-            shown = reason.value if reason is not None else "UNKNOWN"
-            self.telemetry.shadow_rejection(ticket.pool, ticket.tenant, shown)
-            log.warning(
-                "shadow mode: admitted a call %s would refuse",
-                lease.shadowed,
-                extra={"lease_id": lease.lease_id, "tenant": ticket.tenant, "reason": shown},
-            )
+            self.telemetry.shadowed(lease, reason.value if reason is not None else "UNKNOWN")
 
     async def submit(self, ticket: Ticket, *, queue: bool, hold: bool) -> AcquireResult:
         """Grant ``ticket`` now, or queue it (``queue``), or raise why it was refused.
@@ -314,12 +305,7 @@ class Engine:
         the budget go up by it, into debt if need be, and the ledger gets it. Nothing is
         checked, so nothing is refused; no slot and no request is counted (the call was
         counted when it was admitted)."""
-        call = replace(
-            spec, input_tokens=usage.input_tokens, max_output_tokens=usage.output_tokens, prompt=""
-        )
-        ticket, _ = self.requests.ticket(call, deadline=None)
-        settled = tuple(limit for limit in ticket.limits if limit.unit in _USAGE_UNITS)
-        await self.store.call(self.backend.charge, replace(ticket, limits=settled), usage)
+        await self.store.call(self.backend.charge, self.requests.charged(spec, usage), usage)
 
     async def renew(
         self, lease_id: str, extend_by: float, tenant: str | None = None
@@ -394,9 +380,6 @@ class Engine:
             return
         delay = self.policy.retry_after(denial, wall=self.clock.wall(), hold_time=None)
         self._wake.sooner(self.clock.now() + delay)
-
-    async def _dispatch(self) -> None:
-        await self.store.call(self.backend.dispatch)
 
     def spawn(self, coro: Coroutine[object, object, object]) -> None:
         """Run ``coro`` in the background; :meth:`idle` waits for it. A store outage it

@@ -1,22 +1,15 @@
 """Admission policy in one place: which limits a call must fit, what it costs, and what a
-caller is told when it gets no lease (reason, message, retry delay): every refusal text of
-the core is built here, field validation messages in ``_requests.py``. Everything here is
-pure and reads the config; state lives in the backend, waiting in the engine."""
+caller is told when it gets no lease (reason, message, retry delay). The words are the
+policy's own sibling's, ``_refusals.py``, where every refusal text of the core is written
+(field validation messages are ``_requests.py``'s). Everything here is pure and reads the
+config; state lives in the backend, waiting in the engine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ._config import PoolConfig, Settings, TenantConfig
-from ._errors import (
-    Aborted,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Reason,
-    Rejected,
-    Unavailable,
-)
+from ._errors import NotFound, Reason, Rejected
 from ._model import (
     Aimd,
     Breaker,
@@ -31,10 +24,16 @@ from ._model import (
     Unit,
     limit_key,
 )
-from ._usage import Prices, Unreported
+from ._refusals import (
+    GATE_STATES,
+    MIN_RETRY,
+    amount_text,
+    describe,
+    limit_metadata,
+    reason,
+)
+from ._usage import NANO_PER_USD, Prices, Unreported
 
-NANO_PER_USD = 1_000_000_000
-MIN_RETRY = 0.001
 DAY = 86_400.0
 UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
 
@@ -149,7 +148,7 @@ class Policy:
     def shadow_reason(self, key: str) -> Reason | None:
         """The reason a shadow-mode limit would have refused with."""
         limit = self._by_key.get(key)
-        return _reason(limit) if limit is not None else None
+        return reason(limit) if limit is not None else None
 
     def all_limits(self) -> list[Limit]:
         """Every limit of the config, each once (for status)."""
@@ -170,11 +169,11 @@ class Policy:
             amount = {Unit.TOKEN: tokens, Unit.NANO_USD: nano_usd}.get(limit.unit, 1)
             if amount > limit.capacity:
                 return Rejected(
-                    _reason(limit),
-                    f"{_describe(limit)} is {_fmt(limit, limit.capacity)}; this call needs"
-                    f" {_fmt(limit, amount)} and can never fit",
+                    reason(limit),
+                    f"{describe(limit)} is {amount_text(limit, limit.capacity)}; this call needs"
+                    f" {amount_text(limit, amount)} and can never fit",
                     retry_after=None,
-                    metadata=_metadata(limit, amount),
+                    metadata=limit_metadata(limit, amount),
                 )
         return None
 
@@ -185,7 +184,7 @@ class Policy:
         if limit.kind is Kind.GATE:
             return Rejected(
                 Reason.POOL_UNAVAILABLE,
-                f"pool {limit.owner!r} {_GATE_STATES.get(denial.cause, 'is unavailable')}",
+                f"pool {limit.owner!r} {GATE_STATES.get(denial.cause, 'is unavailable')}",
                 retry_after=retry,
                 metadata={"scope": "pool", "pool": limit.owner, "cause": denial.cause},
             )
@@ -193,17 +192,18 @@ class Policy:
             state = f"all {limit.capacity:g} slots are in use"
         elif limit.kind is Kind.BUCKET:
             state = (
-                f"{_fmt(limit, max(0.0, denial.level))} left, this call needs"
-                f" {_fmt(limit, denial.amount)}"
+                f"{amount_text(limit, max(0.0, denial.level))} left, this call needs"
+                f" {amount_text(limit, denial.amount)}"
             )
         else:
             left = max(0.0, limit.capacity - denial.level)
-            state = f"{_fmt(limit, left)} left today, this call needs {_fmt(limit, denial.amount)}"
+            needs = amount_text(limit, denial.amount)
+            state = f"{amount_text(limit, left)} left today, this call needs {needs}"
         return Rejected(
-            _reason(limit),
-            f"{_describe(limit)} reached: {state}",
+            reason(limit),
+            f"{describe(limit)} reached: {state}",
             retry_after=retry,
-            metadata=_metadata(limit, denial.amount),
+            metadata=limit_metadata(limit, denial.amount),
         )
 
     def retry_after(self, denial: Denial, *, wall: float, hold_time: float | None) -> float:
@@ -251,8 +251,8 @@ class Policy:
             metadata.update(estimate.metadata())
             detail = f" ({estimate.position} ahead, about {estimate.wait:.1f}s more)"
         if blocked_by is not None:
-            metadata.update(_metadata(blocked_by.limit, blocked_by.amount))
-            detail += f"; the queue is held by {_describe(blocked_by.limit)}"
+            metadata.update(limit_metadata(blocked_by.limit, blocked_by.amount))
+            detail += f"; the queue is held by {describe(blocked_by.limit)}"
         return Rejected(
             Reason.QUEUE_TIMEOUT,
             f"not admitted within {waited:.3f}s of waiting{detail}",
@@ -289,63 +289,6 @@ class Policy:
         return NotFound("ticket_id", f"ticket {ticket_id!r} was cancelled")
 
 
-# -- what a caller is told besides a rejection ---------------------------------------------
-
-
-def draining() -> Unavailable:
-    return Unavailable("server is draining; retry on another replica")
-
-
-def lease_gone(lease_id: str) -> NotFound:
-    return NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released")
-
-
-def not_owner(lease_id: str, what: str = "lease") -> PermissionDenied:
-    """Another tenant's lease or ticket (``what``)."""
-    return PermissionDenied(f"{what} {lease_id!r} belongs to another tenant")
-
-
-def unchecked_not_renewable() -> NotFound:
-    return NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
-
-
-def idempotency_key_reused() -> InvalidArgument:
-    return InvalidArgument(
-        "idempotency_key", "already used by this tenant for a different request"
-    )
-
-
-def dedup_in_flight(leader: str, waited: float | None) -> Aborted:
-    """A dedup follower whose leader is still in flight: it did not wait (``waited``
-    None), or not long enough."""
-    detail = (
-        "set wait_timeout to wait for its result"
-        if waited is None
-        else f"still in flight after {waited:g}s"
-    )
-    return Aborted(
-        Reason.DEDUP_IN_FLIGHT,
-        f"an identical call (same dedup_key) is in flight: {detail}",
-        retry_after=MIN_RETRY,
-        metadata={"dedup_leader": leader},
-    )
-
-
-def dedup_leader_failed(leader: str) -> Aborted:
-    return Aborted(
-        Reason.DEDUP_LEADER_FAILED,
-        "the identical call joined ended without a result to share; retry",
-        retry_after=MIN_RETRY,
-        metadata={"dedup_leader": leader},
-    )
-
-
-_GATE_STATES = {
-    "paused": "is paused: the provider asked callers to retry later",
-    "open": "is unavailable: its circuit is open after too many provider errors",
-    "probing": "is being probed after an outage: its probe calls are all in flight",
-}
-
 # The limit fields shared by budget, pool and tenant configs: (field, kind, unit).
 _DAILY = (
     ("tokens_per_day", Kind.DAILY, Unit.TOKEN),
@@ -373,41 +316,3 @@ def _limits_of(
         shadow = bool(getattr(source, "shadow", False))
         limits.append(Limit(key, kind, unit, scope, name, owner, capacity, rate, shadow))
     return limits
-
-
-def _reason(limit: Limit) -> Reason:
-    if limit.kind is Kind.GATE:
-        return Reason.POOL_UNAVAILABLE
-    if limit.kind is Kind.GAUGE:
-        return Reason.CONCURRENCY_LIMIT
-    if limit.kind is Kind.BUCKET:
-        return Reason.TOKEN_RATE_LIMIT if limit.unit is Unit.TOKEN else Reason.REQUEST_RATE_LIMIT
-    return Reason.TENANT_QUOTA if limit.scope is Scope.TENANT else Reason.BUDGET_EXHAUSTED
-
-
-def _describe(limit: Limit) -> str:
-    if limit.scope is Scope.GLOBAL:
-        return f"global budget {limit.name}"
-    return f"{limit.scope.value} {limit.owner!r} {limit.name}"
-
-
-def _fmt(limit: Limit, amount: float) -> str:
-    if limit.unit is Unit.NANO_USD:
-        return f"${amount / NANO_PER_USD:.6f}"
-    noun = {Unit.TOKEN: "tokens", Unit.REQUEST: "requests", Unit.SLOT: "slots"}[limit.unit]
-    return f"{amount:.0f} {noun}"
-
-
-def _metadata(limit: Limit, amount: float) -> dict[str, str]:
-    meta = {
-        "scope": limit.scope.value,
-        "limit": limit.name,
-        "limit_value": f"{limit.capacity:g}",
-        "requested": f"{amount:g}",
-    }
-    if limit.unit is Unit.NANO_USD:
-        meta["limit_value"] = f"{limit.capacity / NANO_PER_USD:g}"
-        meta["requested"] = f"{amount / NANO_PER_USD:g}"
-    if limit.owner:
-        meta[limit.scope.value] = limit.owner
-    return meta

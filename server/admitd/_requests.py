@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import InvalidArgument, NotFound
-from ._model import CLAIM_TIMEOUT, EPOCH, Outcome, Ticket
-from ._policy import UNCHECKED_PREFIX, Policy, prices, unchecked_not_renewable
+from ._model import CLAIM_TIMEOUT, EPOCH, Outcome, Ticket, Unit
+from ._policy import UNCHECKED_PREFIX, Policy, prices
+from ._refusals import unchecked_not_renewable
 from ._tokens import TokenCounter
 from ._usage import Usage
 
@@ -36,6 +37,7 @@ MAX_CANDIDATES = 8  # the pool and its fallbacks
 # inline, where a thread hop would cost more than the count (about 1 us a character).
 COUNT_INLINE_CHARS = 4_000
 MAX_USAGE_DAYS = 366
+_USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves
 MAX_DURATION = 10 * 365 * 86_400  # seconds
 
 
@@ -185,6 +187,17 @@ class Requests:
         if not name:
             raise InvalidArgument("tenant", "required (the server has no default tenant)")
         raise NotFound("tenant", f"unknown tenant {name[:MAX_NAME]!r}")
+
+    def charged(self, spec: AcquireSpec, usage: Usage) -> Ticket:
+        """The ticket of a call of ``spec``'s tenant and pool that already happened and
+        reserved nothing, sized by ``usage``: only its token and USD limits, which a
+        reported usage moves (``Engine.charge``)."""
+        call = replace(
+            spec, input_tokens=usage.input_tokens, max_output_tokens=usage.output_tokens, prompt=""
+        )
+        ticket, _ = self.ticket(call, deadline=None)
+        moved = tuple(limit for limit in ticket.limits if limit.unit in _USAGE_UNITS)
+        return replace(ticket, limits=moved)
 
     def owner(self, name: str | None) -> str | None:
         """The tenant a Release/Renew acts as: resolved like Acquire's; None = not checked."""

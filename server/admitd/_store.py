@@ -28,7 +28,8 @@ from ._model import (
     Settlement,
     Ticket,
 )
-from ._policy import UNCHECKED_PREFIX, idempotency_key_reused, lease_gone, not_owner
+from ._policy import UNCHECKED_PREFIX
+from ._refusals import idempotency_key_reused, lease_gone, not_owner
 from ._telemetry import Telemetry
 from ._usage import Usage
 

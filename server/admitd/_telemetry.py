@@ -17,6 +17,7 @@ Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_sec
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -34,7 +35,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from ._config import Settings
 from ._errors import Rejected
-from ._model import GateView, Kind, Limit, Scope, Snapshot, Unit
+from ._model import GateView, Kind, LeaseRecord, Limit, Scope, Snapshot, Unit
+
+log = logging.getLogger("admitd")
 
 PRIORITY_LABELS = ("critical", "high", "normal", "low")
 OTHER = "_other"
@@ -204,8 +207,15 @@ class Telemetry:
         (the leader had none) or ``in_flight`` (it did not wait long enough)."""
         self._followers.add(1, (pool, self.tenant_label(tenant), result))
 
-    def shadow_rejection(self, pool: str, tenant: str, reason: str) -> None:
-        self._shadow.add(1, (pool, self.tenant_label(tenant), reason))
+    def shadowed(self, lease: LeaseRecord, reason: str) -> None:
+        """A lease a shadow-mode limit (``lease.shadowed``) would have refused, for
+        ``reason``: counted and logged."""
+        self._shadow.add(1, (lease.pool, self.tenant_label(lease.tenant), reason))
+        log.warning(
+            "shadow mode: admitted a call %s would refuse",
+            lease.shadowed,
+            extra={"lease_id": lease.lease_id, "tenant": lease.tenant, "reason": reason},
+        )
 
     def tenant_label(self, tenant: str) -> str:
         """The tenant itself for the first ``max_tenant_labels`` tenants seen, else _other."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from ._engine import Engine
 from ._model import LeaseRecord, Look
-from ._policy import QueueEstimate, draining, not_owner
+from ._policy import QueueEstimate
+from ._refusals import draining, not_owner
 from ._requests import AcquireSpec, check_lease_id
 
 

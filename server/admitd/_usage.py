@@ -12,6 +12,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+NANO_PER_USD = 1_000_000_000  # prices, USD budgets and the ledger count nano-USD
 # Prices are rounded up, less this much: float noise must not add a nano-dollar.
 PRICE_SLACK = 1e-6
 

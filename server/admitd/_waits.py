@@ -17,7 +17,8 @@ from collections.abc import Callable
 from ._errors import Unavailable
 from ._estimates import PoolHistory
 from ._model import AcquireResult, LeaseRecord, QueueSpot, Ticket
-from ._policy import Policy, QueueEstimate, dedup_in_flight, dedup_leader_failed
+from ._policy import Policy, QueueEstimate
+from ._refusals import dedup_in_flight, dedup_leader_failed
 from ._store import Store
 from ._telemetry import Telemetry
 from ._waiting import Waiting

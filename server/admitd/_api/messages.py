@@ -11,7 +11,8 @@ from google.protobuf import duration_pb2
 from .. import _requests as requests
 from .._engine import Engine
 from .._model import EPOCH, GateView, LeaseRecord, Limit, Snapshot
-from .._policy import NANO_PER_USD, QueueEstimate
+from .._policy import QueueEstimate
+from .._usage import NANO_PER_USD
 from ..v1 import admission_pb2 as pb
 from .status import seconds_to_duration
 

@@ -18,10 +18,10 @@ from .. import _requests as requests
 from .._engine import Engine
 from .._errors import AdmitdError, Internal, InvalidArgument
 from .._model import LeaseRecord, day_number
-from .._policy import NANO_PER_USD, QueueEstimate
+from .._policy import QueueEstimate
 from .._requests import AcquireSpec
 from .._tickets import Tickets, TicketView
-from .._usage import Usage
+from .._usage import NANO_PER_USD, Usage
 from ..v1 import admission_pb2 as pb
 from ..v1 import admission_pb2_grpc as pb_grpc
 from . import messages

@@ -1,0 +1,111 @@
+"""What a caller is told when it gets no lease, in words: every refusal text of the core.
+
+The policy (``_policy.py``) decides which limit refused a call and when a retry can succeed;
+the words and the ``ErrorInfo`` metadata are written here, with the refusals that are not
+about a limit (a draining server, an unknown or foreign lease, a reused idempotency key, a
+dedup follower without a result). Field validation messages are ``_requests.py``'s.
+"""
+
+from __future__ import annotations
+
+from ._errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Reason, Unavailable
+from ._model import Kind, Limit, Scope, Unit
+from ._usage import NANO_PER_USD
+
+MIN_RETRY = 0.001  # seconds: the shortest retry delay a refusal gives
+
+GATE_STATES = {
+    "paused": "is paused: the provider asked callers to retry later",
+    "open": "is unavailable: its circuit is open after too many provider errors",
+    "probing": "is being probed after an outage: its probe calls are all in flight",
+}
+
+
+def draining() -> Unavailable:
+    return Unavailable("server is draining; retry on another replica")
+
+
+def lease_gone(lease_id: str) -> NotFound:
+    return NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released")
+
+
+def not_owner(lease_id: str, what: str = "lease") -> PermissionDenied:
+    """Another tenant's lease or ticket (``what``)."""
+    return PermissionDenied(f"{what} {lease_id!r} belongs to another tenant")
+
+
+def unchecked_not_renewable() -> NotFound:
+    return NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
+
+
+def idempotency_key_reused() -> InvalidArgument:
+    return InvalidArgument(
+        "idempotency_key", "already used by this tenant for a different request"
+    )
+
+
+def dedup_in_flight(leader: str, waited: float | None) -> Aborted:
+    """A dedup follower whose leader is still in flight: it did not wait (``waited``
+    None), or not long enough."""
+    detail = (
+        "set wait_timeout to wait for its result"
+        if waited is None
+        else f"still in flight after {waited:g}s"
+    )
+    return Aborted(
+        Reason.DEDUP_IN_FLIGHT,
+        f"an identical call (same dedup_key) is in flight: {detail}",
+        retry_after=MIN_RETRY,
+        metadata={"dedup_leader": leader},
+    )
+
+
+def dedup_leader_failed(leader: str) -> Aborted:
+    return Aborted(
+        Reason.DEDUP_LEADER_FAILED,
+        "the identical call joined ended without a result to share; retry",
+        retry_after=MIN_RETRY,
+        metadata={"dedup_leader": leader},
+    )
+
+
+def reason(limit: Limit) -> Reason:
+    """The reason a refusal by ``limit`` gives."""
+    if limit.kind is Kind.GATE:
+        return Reason.POOL_UNAVAILABLE
+    if limit.kind is Kind.GAUGE:
+        return Reason.CONCURRENCY_LIMIT
+    if limit.kind is Kind.BUCKET:
+        return Reason.TOKEN_RATE_LIMIT if limit.unit is Unit.TOKEN else Reason.REQUEST_RATE_LIMIT
+    return Reason.TENANT_QUOTA if limit.scope is Scope.TENANT else Reason.BUDGET_EXHAUSTED
+
+
+def describe(limit: Limit) -> str:
+    """``limit`` as a message names it."""
+    if limit.scope is Scope.GLOBAL:
+        return f"global budget {limit.name}"
+    return f"{limit.scope.value} {limit.owner!r} {limit.name}"
+
+
+def amount_text(limit: Limit, amount: float) -> str:
+    """``amount`` of what ``limit`` counts, as a message writes it."""
+    if limit.unit is Unit.NANO_USD:
+        return f"${amount / NANO_PER_USD:.6f}"
+    noun = {Unit.TOKEN: "tokens", Unit.REQUEST: "requests", Unit.SLOT: "slots"}[limit.unit]
+    return f"{amount:.0f} {noun}"
+
+
+def limit_metadata(limit: Limit, amount: float) -> dict[str, str]:
+    """The ``ErrorInfo`` metadata naming ``limit`` and what the call needed of it."""
+    meta = {
+        "scope": limit.scope.value,
+        "limit": limit.name,
+        "limit_value": f"{limit.capacity:g}",
+        "requested": f"{amount:g}",
+    }
+    if limit.unit is Unit.NANO_USD:
+        meta["limit_value"] = f"{limit.capacity / NANO_PER_USD:g}"
+        meta["requested"] = f"{amount / NANO_PER_USD:g}"
+    if limit.owner:
+        meta[limit.scope.value] = limit.owner
+    return meta
