@@ -106,3 +106,5 @@ async def test_failover_to_the_promoted_replica(
         assert not (await h.release(lease.lease_id)).already_released
     finally:
         await h.close()
+    # Closed, admitd keeps no connection to Sentinel open: only this test's own is left.
+    wait_until(lambda: len(watcher.client_list()) == 1, 10, "admitd's Sentinel clients closed")

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -167,6 +167,10 @@ class RedisBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._client.aclose()
+        pool = self._client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            # The master client does not own the Sentinel's clients (redis-py): close them too.
+            await pool.sentinel_manager.aclose()
 
     # -- plumbing -------------------------------------------------------------------------
 
