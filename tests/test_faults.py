@@ -480,6 +480,7 @@ async def test_a_huge_prompt_does_not_stall_other_rpcs() -> None:
         async with connect(server.target) as (stub, channel):
             await stub.GetStatus(pb.GetStatusRequest(), timeout=10)  # warm
             big = pb.AcquireRequest(tenant="a", pool="p", prompt="\U0001f600" * 2_000_000)
+            sent = time.monotonic()
             acquire = asyncio.ensure_future(stub.Acquire(big, timeout=60))
             slowest = 0.0
             while not acquire.done():
@@ -487,7 +488,12 @@ async def test_a_huge_prompt_does_not_stall_other_rpcs() -> None:
                 await health(channel)
                 slowest = max(slowest, time.monotonic() - started)
             lease = await acquire
+            counting = time.monotonic() - sent
             assert lease.input_tokens == 2_000_000
-            assert slowest < 0.5, f"a health check waited {slowest:.2f}s"
+            # Counting on the event loop would hold a health check for about the whole count.
+            # 0.5 s on an idle machine; on a loaded one the count takes longer, and so may a
+            # health check: a third of the count is still far below a stalled loop.
+            bound = max(0.5, counting / 3)
+            assert slowest < bound, f"a health check waited {slowest:.2f}s of {counting:.2f}s"
     finally:
         server.stop()
