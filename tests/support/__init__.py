@@ -1,12 +1,14 @@
 """What the tests share, apart from fixtures (``tests/conftest.py``): import helpers from here.
 
 A test module imports ``support.*`` and never ``conftest`` or another test module
-(``tests/test_layout.py`` checks it). ``tests/`` is on ``sys.path`` (pytest's ``pythonpath``
+(``tests/test_suite_rules.py`` checks it). ``tests/`` is on ``sys.path`` (pytest's ``pythonpath``
 setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 
-- ``parts``: the markers ``redis``/``node`` and the rule for a missing redis-server or Node.
+- ``parts`` / ``plugin``: the markers ``redis``/``node``, applied from the fixtures a test
+  uses, and the rule for a missing redis-server or Node (skip; in CI, fail).
 - ``harness``: a real admitd on a socket with a manual clock, and a client to poke it.
-- ``decoding``: a failed RPC's rich status, decoded.
+- ``decoding``: a failed RPC's rich status, decoded; a reply's fields by name.
+- ``health``: gRPC health checks.
 - ``polling``: wait for a real-world condition, with a bound.
 - ``queueing``: fill a one-slot pool's queue and watch the order it is served in.
 - ``metrics``: scrape the Prometheus endpoint.
