@@ -10,9 +10,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
 from support.processes import Replica
 from support.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.slow  # each test starts admitd processes twice: about 10 s
 
 
 def config(redis: RedisServer) -> dict[str, Any]:
