@@ -462,24 +462,31 @@ async def test_the_blocking_sdks(fake: FakeProvider) -> None:
         def scenario() -> None:
             channel, sent = sync_channel(target(h))
             admitd = AdmissionClient(channel, tenant="a")
-            gpt = wrap(openai.OpenAI(base_url=fake.openai_url, api_key="k"), admitd)
-            reply = gpt.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=50)
-            assert reply.usage is not None
-            assert reply.usage.prompt_tokens == 9
-            chunks = list(gpt.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True))
-            assert all(chunk.choices for chunk in chunks)
-            claude = wrap(anthropic.Anthropic(base_url=fake.anthropic_url, api_key="k"), admitd)
-            with claude.messages.stream(
-                model="claude-sonnet-4-6", max_tokens=100, messages=HELLO
-            ) as stream:
-                assert "".join(stream.text_stream) == "Hello! I am a simulated model."
-            message = claude.with_options(timeout=5).messages.create(
-                model="claude-sonnet-4-6", max_tokens=100, messages=HELLO
-            )
-            assert message.usage.input_tokens == 9
-            assert releases(sent) == [(Outcome.OK, 0.0, (9, REPLY_TOKENS))] * 4
-            with pytest.raises(TypeError, match="wrap\\(\\) needs an AsyncAdmissionClient"):
-                wrap(openai.AsyncOpenAI(api_key="k"), admitd)
+            with contextlib.ExitStack() as closing:  # the SDK clients and their sockets
+                gpt = closing.enter_context(
+                    wrap(openai.OpenAI(base_url=fake.openai_url, api_key="k"), admitd)
+                )
+                reply = gpt.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=50)
+                assert reply.usage is not None
+                assert reply.usage.prompt_tokens == 9
+                chunks = list(
+                    gpt.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
+                )
+                assert all(chunk.choices for chunk in chunks)
+                claude = closing.enter_context(
+                    wrap(anthropic.Anthropic(base_url=fake.anthropic_url, api_key="k"), admitd)
+                )
+                with claude.messages.stream(
+                    model="claude-sonnet-4-6", max_tokens=100, messages=HELLO
+                ) as stream:
+                    assert "".join(stream.text_stream) == "Hello! I am a simulated model."
+                message = claude.with_options(timeout=5).messages.create(
+                    model="claude-sonnet-4-6", max_tokens=100, messages=HELLO
+                )
+                assert message.usage.input_tokens == 9
+                assert releases(sent) == [(Outcome.OK, 0.0, (9, REPLY_TOKENS))] * 4
+                with pytest.raises(TypeError, match="wrap\\(\\) needs an AsyncAdmissionClient"):
+                    wrap(openai.AsyncOpenAI(api_key="k"), admitd)
             channel.close()
 
         await asyncio.to_thread(scenario)
