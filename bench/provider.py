@@ -7,19 +7,23 @@ one simulated provider of the benchmarks and the tests: the official ``openai`` 
 - ``POST /v1/chat/completions``, ``/v1/responses`` (OpenAI) and ``/v1/messages``
   (Anthropic), streamed or not, with input counted as each provider documents and prompt
   caching: see ``provider_apis`` and ``provider_count``. ``POST /faults`` queues scripted
-  faults (429 with ``retry-after``/``retry-after-ms``, 503, 529, a hang) for the next of
-  these calls; ``/stats`` lists every call as ``calls`` (api, model, stream, input, output
-  and cache tokens, or the fault that answered it).
+  faults (429 with ``retry-after``/``retry-after-ms``, 503, 529, a hang, a stream that stalls
+  after some events) for the next of these calls; ``/stats`` lists every call as ``calls``
+  (api, model, stream, input, output and cache tokens, or the fault that answered it). With
+  ``limit_apis`` (``/reset``) they are limited as ``/v1/complete`` is, below: a call
+  reserves its input plus its output limit (``max_tokens``...) and waits its latency, or
+  gets 429 at once (listed as ``rate_limited``); each call lists ``at``, seconds since the
+  reset when it arrived, and ``cost``, what it asked the bucket for.
 
 - ``POST /v1/complete`` ``{"tenant", "input_tokens", "max_output_tokens", "output_tokens"}``:
   like real providers it charges ``input + max_output`` to a token bucket (capacity one
   minute of tokens, refilled continuously) when the call starts and refunds the unused output
   when it ends; a call that does not fit the bucket, or exceeds the concurrency limit, gets
   ``429`` at once. Latency is ``base_ms + per_token_ms * output_tokens``.
-- ``POST /reset`` ``{"tpm", "concurrency", "base_ms", "per_token_ms", "drain", "reply"}``: new
-  limits, counters zeroed, calls, faults and the prompt cache forgotten; ``drain`` empties
-  the bucket (so a short run is not one initial burst); ``reply`` is the text the LLM APIs
-  answer.
+- ``POST /reset`` ``{"tpm", "concurrency", "base_ms", "per_token_ms", "drain", "reply",
+  "limit_apis"}``: new limits, counters zeroed, calls, faults and the prompt cache forgotten;
+  ``drain`` empties the bucket (so a short run is not one initial burst); ``reply`` is the
+  text the LLM APIs answer; ``limit_apis`` puts them under the limits too.
 - ``GET /stats``: counters since the reset (the ground truth for overshoot and goodput).
 """
 
@@ -47,6 +51,7 @@ class Provider:
         self.concurrency = int(conf.get("concurrency", 16))
         self.base_ms = float(conf.get("base_ms", 5.0))
         self.per_token_ms = float(conf.get("per_token_ms", 0.05))
+        self.limit_apis = bool(conf.get("limit_apis", False))
         self.rate = self.tpm / 60.0
         self.level = 0.0 if conf.get("drain") else self.tpm
         self.at = time.monotonic()
@@ -68,28 +73,43 @@ class Provider:
         input_tokens = int(body.get("input_tokens", 0))
         max_output = int(body.get("max_output_tokens", 0))
         output = min(int(body.get("output_tokens", max_output)), max_output)
-        cost = input_tokens + max_output
+        refused = self.take(input_tokens + max_output)
+        if refused is not None:
+            return 429, refused
+        try:
+            await asyncio.sleep(self.latency(output))
+        finally:
+            self.give_back(max_output - output)
+        self.served(input_tokens, output)
+        return 200, {"input_tokens": input_tokens, "output_tokens": output}
+
+    def take(self, cost: int) -> dict[str, Any] | None:
+        """Start a call of ``cost`` tokens; the 429 body when the limits refuse it."""
         self._refill()
         if self.in_flight >= self.concurrency:
             self.rejected_concurrency += 1
-            return 429, {"reason": "concurrency", "retry_after": 0.05}
+            return {"reason": "concurrency", "retry_after": 0.05}
         if cost > self.level:
             self.rejected_tpm += 1
-            wait = (cost - self.level) / self.rate
-            return 429, {"reason": "tokens", "retry_after": round(wait, 3)}
+            return {"reason": "tokens", "retry_after": round((cost - self.level) / self.rate, 3)}
         self.level -= cost
         self.min_level = min(self.min_level, self.level)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep((self.base_ms + self.per_token_ms * output) / 1000)
-        finally:
-            self.in_flight -= 1
-            self._refill()
-            self.level = min(self.tpm, self.level + (max_output - output))
+        return None
+
+    def give_back(self, unused: int) -> None:
+        """End a call that ``take`` started, refunding the output it did not produce."""
+        self.in_flight -= 1
+        self._refill()
+        self.level = min(self.tpm, self.level + unused)
+
+    def served(self, input_tokens: int, output: int) -> None:
         self.ok += 1
         self.accepted_tokens += input_tokens + output
-        return 200, {"input_tokens": input_tokens, "output_tokens": output}
+
+    def latency(self, output: int) -> float:
+        return (self.base_ms + self.per_token_ms * output) / 1000
 
     def stats(self) -> dict[str, Any]:
         self._refill()
@@ -161,19 +181,78 @@ async def answer_api(
     provider: Provider, api: str, body: dict[str, Any], reader: asyncio.StreamReader
 ) -> tuple[int, dict[str, str], Any] | None:
     """An LLM API's answer, or None for a scripted hang (the client gave up)."""
+    arrived = time.monotonic() - provider.started
     fault = provider.apis.fault(api)
     if fault is not None and fault.get("hang"):
         with contextlib.suppress(TimeoutError):  # nothing is sent until the client gives up
             await asyncio.wait_for(reader.read(), HANG_LIMIT)
         return None
-    if fault is not None:
+    if fault is not None and "stall_after" not in fault:
         return provider.apis.error(api, fault)
     handler = {
         "openai.chat": provider.apis.chat,
         "openai.responses": provider.apis.responses,
         "anthropic.messages": provider.apis.messages,
     }[api]
-    return handler(body)
+    status, headers, out = handler(body)
+    call = provider.apis.calls[-1]
+    if fault is not None:  # the call is listed once, with the fault that stalls it
+        provider.apis.calls.pop(-2)
+        call["fault"] = fault
+        return status, headers, _stalled(out, int(fault["stall_after"]), reader)
+    if not provider.limit_apis:
+        return status, headers, out
+    output = int(call["output_tokens"])
+    cost = int(call["input_tokens"]) + max(output, _output_limit(body))
+    call.update(at=round(arrived, 4), cost=cost)
+    refused = provider.take(cost)
+    if refused is not None:
+        provider.apis.calls[-1] = {"api": api, "at": call["at"], "cost": cost,
+                                   "rate_limited": refused["reason"]}  # fmt: skip
+        return provider.apis.error(api, {"status": 429, "retry_after": refused["retry_after"]})
+    try:
+        await asyncio.sleep(provider.latency(output))
+    except BaseException:
+        provider.give_back(cost - int(call["input_tokens"]))
+        raise
+    if isinstance(out, dict):
+        provider.give_back(cost - int(call["input_tokens"]) - output)
+        provider.served(int(call["input_tokens"]), output)
+        return status, headers, out
+    return status, headers, _limited(provider, out, int(call["input_tokens"]), output, cost)
+
+
+def _output_limit(body: dict[str, Any]) -> int:
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        if isinstance(body.get(name), int):
+            return int(body[name])
+    return 0
+
+
+async def _limited(
+    provider: Provider, events: AsyncIterator[str], input_tokens: int, output: int, cost: int
+) -> AsyncIterator[str]:
+    """A limited call's stream: it holds its place under the limits until sent."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        provider.give_back(cost - input_tokens - output)
+    provider.served(input_tokens, output)
+
+
+async def _stalled(
+    events: AsyncIterator[str], after: int, reader: asyncio.StreamReader
+) -> AsyncIterator[str]:
+    """The first ``after`` events of a stream, then nothing until the client gives up."""
+    sent = 0
+    async for event in events:
+        if sent == after:
+            break
+        yield event
+        sent += 1
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(reader.read(), HANG_LIMIT)
 
 
 async def main() -> None:
