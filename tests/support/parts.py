@@ -3,6 +3,8 @@
 - ``redis``: the test starts redis-server (``bash scripts/setup_system.sh`` installs it).
 - ``node``: the test runs Node.js and the npm packages of ``clients/node``
   (``bash scripts/setup_node.sh`` installs them).
+- ``litellm``: the test starts LiteLLM proxies from ``.venv-litellm`` (``scripts/install``
+  makes it).
 
 A test gets these markers without asking: the ``redis`` case of :data:`BACKENDS` carries
 one, and so does every test using a fixture named in :data:`FIXTURE_PARTS`
@@ -32,7 +34,12 @@ BACKENDS: list[Any] = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
 # Fixtures that start redis-server or hand out node: a test using one (directly or through
 # another fixture) gets the part's marker.
-FIXTURE_PARTS = {"shared_redis": "redis", "redis_server": "redis", "node": "node"}
+FIXTURE_PARTS = {
+    "shared_redis": "redis",
+    "redis_server": "redis",
+    "node": "node",
+    "litellm_proxies": "litellm",
+}
 
 NODE_MODULES = ROOT / "clients" / "node" / "node_modules"
 
@@ -65,6 +72,13 @@ def missing(part: str) -> str | None:
                 " clients/node`), or leave these tests out with -m 'not node'"
             )
         return None
+    if part == "litellm":
+        if not (ROOT / ".venv-litellm" / "bin" / "litellm").is_file():
+            return (
+                ".venv-litellm (the LiteLLM proxy, requirements/litellm.txt) is missing: run"
+                " `bash scripts/install`, or leave these tests out with -m 'not litellm'"
+            )
+        return None
     raise ValueError(f"unknown part {part!r}")
 
 
@@ -80,7 +94,7 @@ def mark_by_fixtures(items: list[pytest.Item]) -> None:
 def check_available(item: pytest.Item) -> None:
     """Before a test's fixtures start: skip it (fail it in CI) when a part it needs is
     missing."""
-    for part in ("redis", "node"):
+    for part in ("redis", "node", "litellm"):
         if item.get_closest_marker(part) is None:
             continue
         problem = missing(part)
