@@ -7,6 +7,7 @@ client's copy (``admitd_client._proto``), so a load process never imports the se
 Acquire+Release pairs at full speed come from the Go generator (:mod:`bench.generator`),
 which a Python client would limit. Modes:
 - ``provider``: callers of the simulated provider (see :mod:`bench.callers`).
+- ``gateway``: callers of LiteLLM proxies (see :mod:`bench.gateway_load`).
 - ``hold``: park ``count`` Acquires in admitd's queue until ``duration`` ends.
 """
 
@@ -105,6 +106,10 @@ def main() -> None:
         from bench.callers import provider_load
 
         result = asyncio.run(provider_load(spec))
+    elif spec["mode"] == "gateway":
+        from bench.gateway_load import gateway_load
+
+        result = asyncio.run(gateway_load(spec))
     else:
         result = asyncio.run(hold(spec))
     json.dump(result, sys.stdout)

@@ -15,6 +15,7 @@ from bench.scenarios import (
     adaptive,
     fairness,
     limits,
+    litellm_fleet,
     overhead,
     overload,
     profile,
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("adaptive", adaptive.run, checks.adaptive, sections.adaptive),
         Scenario("scale", scale.run, checks.scale, sections.scale, plots.scale, go=True),
         Scenario("profile", profile.run, checks.profile, sections.profile, go=True),
+        Scenario("litellm_fleet", litellm_fleet.run, litellm_fleet.check, litellm_fleet.section),
     ]
 }
 

@@ -22,7 +22,7 @@ from admitd_client import count_tokens
 from admitd_client._proto import admission_pb2 as pb
 from admitd_client._proto import admission_pb2_grpc as pb_grpc
 from support.client import FakeProvider
-from support.litellm_proxy import LiteLLMProxy, readme_config, readme_env, team_key
+from support.litellm_proxy import LiteLLMProxy, key_of, readme_config, readme_env, start
 from support.processes import AdmitdProcess
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
@@ -89,13 +89,15 @@ def admitd() -> Iterator[AdmitdProcess]:
 
 @pytest.fixture(scope="module")
 def litellm_proxies(
-    provider: FakeProvider, admitd: AdmitdProcess
+    provider: FakeProvider, admitd: AdmitdProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiteLLMProxy, LiteLLMProxy]]:
     """The tests' proxy and the README's, started together (start-up is long)."""
-    ours = LiteLLMProxy(proxy_config(provider, admitd))
-    readme = LiteLLMProxy(readme_config(), env=readme_env(provider.port, admitd.target))
+    ours = LiteLLMProxy(proxy_config(provider, admitd), tmp_path_factory.mktemp("ours"))
+    env = readme_env(provider.port, admitd.target)
+    readme = LiteLLMProxy(readme_config(), tmp_path_factory.mktemp("readme"), env=env)
+    start(ours, readme)
     try:
-        yield ours.ready(), readme.ready()
+        yield ours, readme
     finally:
         ours.stop()
         readme.stop()
@@ -136,7 +138,7 @@ def usage(stub: pb_grpc.AdmissionStub, pool: str) -> list[tuple[str, int, int, i
 
 
 def client(proxy: LiteLLMProxy, team: str | None = None) -> openai.OpenAI:
-    key = team_key(team) if team else "sk-anyone"
+    key = key_of(team) if team else "sk-anyone"
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0, timeout=120)
 
 

@@ -42,6 +42,7 @@ FIXTURE_PARTS = {
 }
 
 NODE_MODULES = ROOT / "clients" / "node" / "node_modules"
+LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
 
 _running: list[pytest.Item] = []
 
@@ -73,7 +74,7 @@ def missing(part: str) -> str | None:
             )
         return None
     if part == "litellm":
-        if not (ROOT / ".venv-litellm" / "bin" / "litellm").is_file():
+        if not LITELLM.is_file():
             return (
                 ".venv-litellm (the LiteLLM proxy, requirements/litellm.txt) is missing: run"
                 " `bash scripts/install`, or leave these tests out with -m 'not litellm'"
