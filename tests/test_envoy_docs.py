@@ -20,7 +20,8 @@ from support.harness import MakeHarness
 def _snippets() -> tuple[Any, Any, Any]:
     """The admitd config, the Envoy bootstrap and the per-route reports of the section."""
     text = (ROOT / "clients" / "README.md").read_text()
-    section = text.split("### Envoy", 1)[1].split("\n## ", 1)[0]
+    # Up to the next heading of the same level or above (the LiteLLM subsection follows).
+    section = re.split(r"\n###? ", text.split("### Envoy", 1)[1], maxsplit=1)[0]
     admitd, envoy, per_route = (
         yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)
     )

@@ -5,7 +5,9 @@ run measures the refill rate, not the one-minute initial burst."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -30,6 +32,40 @@ def drain_admitd(target: str, pool: str, tpm: int) -> None:
         stub.Release(release, timeout=10)
 
 
+def load_run(
+    ctx: Ctx,
+    provider: procs.Proc,
+    spec: dict[str, Any],
+    name: str,
+    provider_conf: dict[str, Any],
+    drain: Callable[[], None] | None = None,
+    margin: float = 90.0,
+) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+    """Run one load process from an empty provider bucket: its results, the provider's
+    ``/stats`` after it, and when ``drain`` (emptying admitd's bucket, if given) began.
+
+    The run's zero (``epoch``, wall clock) is taken just before the provider's bucket is
+    emptied, and admitd's after it, so admitd's bucket is never fuller than the provider's.
+    """
+    load = procs.start_load(spec, ctx.workdir, name)
+    drained_at = None
+    try:
+        procs.wait_ready(load)
+        epoch = time.time()
+        asyncio.run(control(provider.port, "/reset", {**provider_conf, "drain": True}))
+        if drain is not None:
+            drained_at = time.time() - epoch  # before the drain: in admitd's favour
+            drain()
+        procs.go(load, epoch)
+        result = procs.finish_load(load, float(spec["duration"]) + margin)
+        stats = asyncio.run(control(provider.port, "/stats"))
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(10)
+    return result, stats, drained_at
+
+
 def provider_run(
     ctx: Ctx,
     provider: procs.Proc,
@@ -44,10 +80,9 @@ def provider_run(
 ) -> dict[str, Any]:
     """``replica_count`` admitd processes (0: naive clients) in front of the provider.
 
-    Times in the result are seconds from the run's zero (``epoch``, wall clock), taken just
-    before the provider's bucket is emptied; admitd's bucket is emptied after it
-    (``drained_at``), so admitd's bucket is never fuller than the provider's.
-    admitd's pool has the provider's limits unless ``pool_config`` says otherwise.
+    Times in the result are seconds from the run's zero (see ``load_run``; admitd's bucket
+    is emptied ``drained_at`` after it). admitd's pool has the provider's limits unless
+    ``pool_config`` says otherwise.
     """
     tpm = int(provider_conf["tpm"])
     pool = {
@@ -72,22 +107,10 @@ def provider_run(
         "tenants": tenants,
         "wait_timeout": 60.0,
     }
-    load = procs.start_load(spec, ctx.workdir, name)
-    drained_at = None
+    drain = functools.partial(drain_admitd, servers[0].target, "default", tpm) if servers else None
     try:
-        procs.wait_ready(load)
-        epoch = time.time()
-        asyncio.run(control(provider.port, "/reset", {**provider_conf, "drain": True}))
-        if servers:
-            drained_at = time.time() - epoch  # before the drain: in admitd's favour
-            drain_admitd(servers[0].target, "default", int(pool["tokens_per_minute"]))
-        procs.go(load, epoch)
-        result = procs.finish_load(load, duration + 90)
-        stats = asyncio.run(control(provider.port, "/stats"))
+        result, stats, drained_at = load_run(ctx, provider, spec, name, provider_conf, drain)
     finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait(10)
         stop_all(servers)
     return {
         "records": result["records"],

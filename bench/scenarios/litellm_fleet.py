@@ -20,7 +20,7 @@ The run's check and its BENCHMARKS.md section are here too (registered in
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import time
 from typing import Any
 
@@ -32,9 +32,8 @@ from admitd_client._proto import admission_pb2_grpc as pb_grpc
 from bench import metrics, procs
 from bench.gateway import LiteLLMProxy, start
 from bench.litellm_teams import key_of
-from bench.provider import control
 from bench.scenarios._common import Ctx
-from bench.scenarios._runs import DRAIN_TENANT, drain_admitd
+from bench.scenarios._runs import DRAIN_TENANT, drain_admitd, load_run
 from bench.sections import f, table
 
 # Tokens/min binds: 4 calls of ~0.6 s in flight could serve ~2.5x more. The smoke run's limit
@@ -188,21 +187,11 @@ def _one(
         "duration": duration,
         "tenants": tenants,
     }
-    load = procs.start_load(spec, ctx.workdir, f"fleet-{group}")
-    try:
-        procs.wait_ready(load)
-        epoch = time.time()
-        conf = {**limits, "drain": True, "limit_apis": True, "reply": REPLY}
-        asyncio.run(control(provider.port, "/reset", conf))
-        if group == ADMITTED:  # admitd's bucket emptied after the provider's
-            drain_admitd(admitd.target, POOL, int(limits["tpm"]))
-        procs.go(load, epoch)
-        result = procs.finish_load(load, duration + 300)
-        stats = asyncio.run(control(provider.port, "/stats"))
-    finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait(10)
+    conf = {**limits, "limit_apis": True, "reply": REPLY}
+    drain = None  # admitd's bucket: emptied for the run through it
+    if group == ADMITTED:
+        drain = functools.partial(drain_admitd, admitd.target, POOL, int(limits["tpm"]))
+    result, stats, _ = load_run(ctx, provider, spec, f"fleet-{group}", conf, drain, margin=300)
     row = summarize(result, stats, duration, window)
     row["slots_held"] = _slots_held(admitd.target) if group == ADMITTED else None
     return row

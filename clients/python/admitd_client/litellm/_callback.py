@@ -189,9 +189,7 @@ class AdmitdCallback(CustomLogger):
         call_type: Any,
         fallback_depth: int | None = None,
     ) -> None:
-        held = self.leases.take(request_data.get("litellm_call_id"))
-        if held is not None:
-            await self._settle(held, exception)
+        await self._release(request_data.get("litellm_call_id"), exception)
 
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
@@ -221,18 +219,24 @@ class AdmitdCallback(CustomLogger):
         user_api_key_dict: Any,
         traceback_str: str | None = None,
     ) -> Any:
-        held = self.leases.take(request_data.get("litellm_call_id"))
-        if held is not None:
-            await self._settle(held, original_exception)
+        await self._release(request_data.get("litellm_call_id"), original_exception)
         return None
 
     async def async_log_success_event(
         self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        held = self.leases.take(kwargs.get("litellm_call_id"))
-        if held is not None:  # a stream read without the proxy: LiteLLM's assembled answer
-            held.lease.record(response_obj)
-            await self._settle(held, None)
+        # A stream read without the proxy: LiteLLM's answer, assembled from the stream.
+        await self._release(kwargs.get("litellm_call_id"), None, response_obj)
+
+    async def _release(
+        self, call_id: object, error: BaseException | None, answer: Any = None
+    ) -> None:
+        """Release what the call still holds, if anything (with ``answer``'s usage)."""
+        held = self.leases.take(call_id)
+        if held is not None:
+            if answer is not None:
+                held.lease.record(answer)
+            await self._settle(held, error)
 
     def _task_done(self, call_id: str, held: Held, task: asyncio.Task[Any]) -> None:
         """The task that acquired ended; if it was cancelled mid-call, no hook will say so."""
