@@ -4,8 +4,9 @@ A test module imports ``support.*`` and never ``conftest`` or another test modul
 (``tests/test_suite_rules.py`` checks it). ``tests/`` is on ``sys.path`` (pytest's ``pythonpath``
 setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 
-- ``parts`` / ``plugin``: the markers ``redis``/``node``, applied from the fixtures a test
-  uses, and the rule for a missing redis-server or Node (skip; in CI, fail).
+- ``parts`` / ``plugin``: the markers ``redis``/``node``/``litellm``, applied from the
+  fixtures a test uses, and the rule for a missing redis-server, Node or LiteLLM (skip; in
+  CI, fail).
 - ``harness``: a real admitd on a socket with a manual clock, and a client to poke it.
 - ``decoding``: a failed RPC's rich status, decoded; a reply's fields by name.
 - ``health``: gRPC health checks.
@@ -15,6 +16,7 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``redis_server`` / ``processes``: real redis-server and admitd processes.
 - ``certs``: a test CA and the certificates it signs.
 - ``envoy``: Envoy's rate limit requests, built with the stubs of Envoy's own protos.
+- ``litellm_proxy``: real LiteLLM proxies (``bench.gateway``), and the README's config.
 - ``client``: the Python client's tests: a server, recording channels, injected sleeps.
 - ``fuzzing`` / ``model``: hypothesis profiles, and the model the state machine checks.
 """
