@@ -113,6 +113,7 @@ class Answer:
     refunded: int = 0
     already: bool = False
     detail: str = ""
+    retry: float | None = None  # a rejection's retry delay
 
 
 @dataclass
@@ -126,6 +127,14 @@ class ServerState:
     @property
     def queued(self) -> int:
         return sum(sum(v) for v in self.queued_pool.values())
+
+
+def same_delay(server: float | None, model: float | None) -> bool:
+    """Retry delays agree to the microsecond the server rounds them to (Lua's JSON keeps 14
+    digits of what they are computed from)."""
+    if server is None or model is None:
+        return server is model
+    return abs(server - model) <= 2e-6
 
 
 # -- drivers ----------------------------------------------------------------------------------
@@ -226,7 +235,12 @@ class EngineDriver(Driver):
         try:
             result = await coro
         except Rejected as rejected:
-            return Answer("rejected", reason=rejected.reason.value, detail=rejected.message)
+            return Answer(
+                "rejected",
+                reason=rejected.reason.value,
+                detail=rejected.message,
+                retry=rejected.retry_after,
+            )
         except NotFound as error:
             return Answer("not_found", detail=error.message)
         except Exception as error:  # any other error is an answer the model never predicts
@@ -298,7 +312,12 @@ class GrpcDriver(Driver):
         except grpc.aio.AioRpcError as error:
             failure = decode(error)
             if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                return Answer("rejected", reason=failure.reason, detail=failure.message)
+                return Answer(
+                    "rejected",
+                    reason=failure.reason,
+                    detail=failure.message,
+                    retry=failure.retry_after,
+                )
             if failure.code == grpc.StatusCode.NOT_FOUND:
                 return Answer("not_found", detail=failure.message)
             return Answer("other", detail=f"{failure.code.name} {failure.message}")
@@ -368,7 +387,8 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.driver = type(self).make_driver()
         self.runner.run(self.driver.start())
-        self.model = Model(CONFIG, self.driver.time())
+        clock = self.driver.clock
+        self.model = Model(CONFIG, self.driver.time(), clock.wall() - self.driver.time())
         self.start_time = self.model.now
         self.calls = itertools.count(1)
         self.tasks: dict[str, asyncio.Task[Answer]] = {}  # call id -> a waiting Acquire
@@ -469,9 +489,10 @@ class AdmissionMachine(RuleBasedStateMachine):
             if own is None or own.reason != "QUEUE_FULL":
                 self.fail(f"acquire {cid}: model says queue full ({value}), server: {own}")
         else:
-            reason = value.reason if value is not None else "?"
-            if own is None or own.kind != "rejected" or own.reason != reason:
-                self.fail(f"acquire {cid}: model rejects ({reason}), server answered {own}")
+            if own is None or own.kind != "rejected" or own.reason not in value.reasons:
+                self.fail(f"acquire {cid}: model rejects ({value}), server answered {own}")
+            if value.checked and not same_delay(own.retry, value.retry):
+                self.fail(f"acquire {cid}: retry after {own.retry}, the model says {value}")
 
     def _lease_target(self, data: st.DataObject) -> str:
         """Mostly a live lease; sometimes one that has ended (released or expired)."""

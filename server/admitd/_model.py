@@ -151,12 +151,18 @@ class LeaseRecord:
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    """The limit a ticket did not fit, and the state of it at that moment."""
+    """The limit a ticket did not fit, and the state of it at that moment. A refused
+    caller's own denial lists the other limits it did not fit in ``also``, so that its
+    retry delay can be the time after which it fits them all."""
 
     limit: Limit
     level: float  # GAUGE: in use; BUCKET: left; DAILY: used today; GATE: seconds it stays shut
     amount: float  # what the ticket needed of it
     cause: str = ""  # GATE: "paused", "open" or "probing"
+    also: tuple[Denial, ...] = ()  # the other limits it did not fit at that moment
+    # GAUGE: seconds until the holders of the slots it needs are expected to end, soonest
+    # first (a holder at its grant time plus the gauge's typical hold, else at its expiry).
+    ends: tuple[float, ...] = ()
 
 
 FullScope = Literal["global", "tenant"]  # which queue bound a newcomer would break
@@ -223,6 +229,9 @@ class GateView:
 
 # Grant rates are counted over windows of this many seconds (a sliding window of two).
 RATE_WINDOW = 30.0
+# A gauge's typical hold is an average of how long its leases were held (released ones,
+# not expired ones), each new hold weighing this much.
+HOLD_WEIGHT = 0.2
 # A look walks the fair order this far for an exact position; beyond, it approximates.
 MAX_EXACT_POSITION = 100
 # A dispatch pass looks at most this many waiters per pool, so that one tenant with a long

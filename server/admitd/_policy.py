@@ -6,6 +6,7 @@ config; state lives in the backend, waiting in the engine."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ._config import PoolConfig, Settings, TenantConfig
@@ -35,6 +36,8 @@ from ._refusals import (
 from ._usage import NANO_PER_USD, Prices, Unreported
 
 DAY = 86_400.0
+# A slot's holder is expected no sooner than this: one about to end gets a moment more.
+MIN_SLOT_WAIT = 0.05
 UNCHECKED_PREFIX = "unchecked-"  # lease ids granted by fail_open without the store
 
 
@@ -178,50 +181,44 @@ class Policy:
         return None
 
     def rejection(self, denial: Denial, *, wall: float, hold_time: float | None) -> Rejected:
-        """Why a call did not fit now, and when a retry can succeed."""
-        limit = denial.limit
-        retry = self.retry_after(denial, wall=wall, hold_time=hold_time)
-        if limit.kind is Kind.GATE:
-            return Rejected(
-                Reason.POOL_UNAVAILABLE,
-                f"pool {limit.owner!r} {GATE_STATES.get(denial.cause, 'is unavailable')}",
-                retry_after=retry,
-                metadata={"scope": "pool", "pool": limit.owner, "cause": denial.cause},
-            )
-        if limit.kind is Kind.GAUGE:
-            state = f"all {limit.capacity:g} slots are in use"
-        elif limit.kind is Kind.BUCKET:
-            state = (
-                f"{amount_text(limit, max(0.0, denial.level))} left, this call needs"
-                f" {amount_text(limit, denial.amount)}"
-            )
-        else:
-            left = max(0.0, limit.capacity - denial.level)
-            needs = amount_text(limit, denial.amount)
-            state = f"{amount_text(limit, left)} left today, this call needs {needs}"
-        return Rejected(
-            reason(limit),
-            f"{describe(limit)} reached: {state}",
-            retry_after=retry,
-            metadata=limit_metadata(limit, denial.amount),
-        )
+        """Why a call did not fit now, and when a retry can succeed: once it fits every
+        limit it did not fit (``denial`` and ``denial.also``), as things stand. The limit
+        that takes longest names the refusal (the first in check order among equals), an
+        open circuit always (it refuses at once, for callers to fall back elsewhere); the
+        others are listed in the ``also`` metadata."""
+        denials = (denial, *denial.also)
+        waits = [self.retry_after(d, wall=wall, hold_time=hold_time) for d in denials]
+        retry = max(waits)
+        binding = max(range(len(denials)), key=lambda i: (denials[i].cause == "open", waits[i], -i))
+        refusal = _refusal(denials[binding], retry)
+        others = [d.limit.key for i, d in enumerate(denials) if i != binding]
+        if others:
+            refusal.metadata["also"] = ",".join(others)
+        return refusal
 
     def retry_after(self, denial: Denial, *, wall: float, hold_time: float | None) -> float:
-        """Seconds until the denied limit can fit the call, from the state that denied it.
+        """Seconds until the denied limit can fit the call, from the state that denied it,
+        rounded up to the microsecond.
 
-        Buckets: exact refill time of the deficit. Daily quotas: the next UTC midnight.
-        Concurrency: the expected time to the next release, with ``in_use`` leases each held
-        ``hold_time`` on average (the lease TTL while nothing has been released yet).
+        Gates: the time they stay shut. Buckets: the exact refill time of the deficit.
+        Daily quotas: the next UTC midnight. Concurrency: when the holder of the slot it
+        needs is expected to end (``denial.ends``: its grant time plus the gauge's typical
+        hold, else its expiry), at least :data:`MIN_SLOT_WAIT`; without that (a queue's
+        blocking limit), the time between releases with ``level`` leases each held
+        ``hold_time`` (the lease TTL before any release).
         """
         limit = denial.limit
         if limit.kind is Kind.GATE:
-            return max(MIN_RETRY, denial.level)
+            return _hint(denial.level)
         if limit.kind is Kind.BUCKET:
-            return max(MIN_RETRY, (denial.amount - denial.level) / limit.rate)
+            return _hint((denial.amount - denial.level) / limit.rate)
         if limit.kind is Kind.DAILY:
-            return max(MIN_RETRY, DAY - wall % DAY)
+            return _hint(DAY - wall % DAY)
+        need = math.ceil(denial.level + denial.amount - limit.capacity)
+        if 0 < need <= len(denial.ends):
+            return _hint(max(MIN_SLOT_WAIT, denial.ends[need - 1]))
         hold = hold_time if hold_time is not None else self.settings.lease.ttl
-        return max(MIN_RETRY, hold / max(1.0, denial.level))
+        return _hint(hold / max(1.0, denial.level))
 
     @staticmethod
     def queue_full(full: QueueFull, *, retry_after: float, estimate: QueueEstimate) -> Rejected:
@@ -287,6 +284,41 @@ class Policy:
                 " its reservation went back to the pool",
             )
         return NotFound("ticket_id", f"ticket {ticket_id!r} was cancelled")
+
+
+def _refusal(denial: Denial, retry: float) -> Rejected:
+    """The refusal naming ``denial``'s limit, with the delay after which the call fits."""
+    limit = denial.limit
+    if limit.kind is Kind.GATE:
+        return Rejected(
+            Reason.POOL_UNAVAILABLE,
+            f"pool {limit.owner!r} {GATE_STATES.get(denial.cause, 'is unavailable')}",
+            retry_after=retry,
+            metadata={"scope": "pool", "pool": limit.owner, "cause": denial.cause},
+        )
+    if limit.kind is Kind.GAUGE:
+        state = f"all {limit.capacity:g} slots are in use"
+    elif limit.kind is Kind.BUCKET:
+        state = (
+            f"{amount_text(limit, max(0.0, denial.level))} left, this call needs"
+            f" {amount_text(limit, denial.amount)}"
+        )
+    else:
+        left = max(0.0, limit.capacity - denial.level)
+        needs = amount_text(limit, denial.amount)
+        state = f"{amount_text(limit, left)} left today, this call needs {needs}"
+    return Rejected(
+        reason(limit),
+        f"{describe(limit)} reached: {state}",
+        retry_after=retry,
+        metadata=limit_metadata(limit, denial.amount),
+    )
+
+
+def _hint(seconds: float) -> float:
+    """A retry delay: rounded up to the microsecond (float noise below a nanosecond aside,
+    so that 30 s stays 30 s), at least :data:`MIN_RETRY`."""
+    return max(MIN_RETRY, math.ceil(round(seconds * 1e6, 3)) / 1e6)
 
 
 # The limit fields shared by budget, pool and tenant configs: (field, kind, unit).

@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EPS = 1e-6
+DAY = 86_400.0
+# README, "How admission works": a refused call's retry delay.
+HOLD_WEIGHT = 0.2  # a gauge's typical hold: each new hold weighs this much
+MIN_SLOT_WAIT = 0.05  # a slot's holder is expected no sooner than this
+MIN_RETRY = 0.001
 DAILY_FIELDS = ("tokens_per_day", "usd_per_day")
 FLOW_FIELDS = ("max_concurrency", "tokens_per_minute", "requests_per_minute")
 KIND = {
@@ -157,6 +162,23 @@ class Settled:
 
 
 @dataclass
+class Refusal:
+    """What a refused caller is told: one of ``reasons`` (more than one where waits tie or
+    the model is unsure), and after how long a retry can succeed (None: never). ``checked``
+    False: the model does not predict the delay (the call was held by waiters ahead)."""
+
+    reasons: set[str]
+    retry: float | None
+    checked: bool = True
+    what: str = ""
+
+
+def hint(seconds: float) -> float:
+    """A retry delay as the server words it: rounded up to the microsecond."""
+    return max(MIN_RETRY, math.ceil(round(seconds * 1e6, 3)) / 1e6)
+
+
+@dataclass
 class Pass:
     """What one dispatch pass did, and where it disagreed with the observed server."""
 
@@ -178,9 +200,10 @@ class Event:
 
 
 class Model:
-    def __init__(self, config: dict[str, Any], now: float) -> None:
+    def __init__(self, config: dict[str, Any], now: float, wall_offset: float = 0.0) -> None:
         self.config = config
         self.now = now
+        self.wall_offset = wall_offset  # wall time (UTC) = now + this
         self.aging = float(config["queue"]["aging"])
         self.max_wait = float(config["queue"]["max_wait"])
         self.max_per_tenant = int(config["queue"]["max_per_tenant"])
@@ -202,6 +225,7 @@ class Model:
         self.last: dict[tuple[int, str], float] = {}
         self.waiters: dict[str, Waiter] = {}
         self.seq = 0
+        self.hold: dict[str, float] = {}  # gauge key -> typical hold of its released leases
         self.events: list[Event] = []  # bucket consumption, for the window invariant
         self.overuse: dict[str, float] = {}  # daily key -> honest overuse charged today
 
@@ -304,6 +328,54 @@ class Model:
             if verdict is None and unsure is None:
                 unsure = limit
         return ("unsure", unsure) if unsure else ("fits", None)
+
+    def refusal(self, t: Ticket, held_by: Limit | None) -> Refusal:
+        """Why ``t`` is refused now: every limit it does not fit, each with the time until
+        it does as things stand; the longest names the refusal and is the retry delay.
+        ``held_by``: what refused it when it fits them all (waiters ahead of it)."""
+        waits: list[tuple[float, Limit, bool]] = []  # wait, limit, sure it does not fit
+        for limit in t.limits:
+            verdict = self.fits(limit, t.amount(limit.unit))
+            if verdict is not True:
+                waits.append((self.wait(limit, t.amount(limit.unit)), limit, verdict is False))
+        sure = [wait for wait, _, is_sure in waits if is_sure]
+        if not sure:
+            reasons = {limit.reason for _, limit, _ in waits}
+            if held_by is not None:
+                reasons.add(held_by.reason)
+            return Refusal(reasons, None, checked=False, what="held by waiters ahead")
+        longest = max(sure)
+        binding = [limit for wait, limit, _ in waits if wait >= longest - EPS]
+        what = ", ".join(f"{limit.key} {wait:.6f}" for wait, limit, _ in waits)
+        return Refusal({limit.reason for limit in binding}, longest, what=what)
+
+    def wait(self, limit: Limit, amount: float) -> float:
+        """Seconds until ``limit`` fits ``amount``, as things stand."""
+        level = self.level(limit)
+        if limit.kind == "bucket":
+            return hint((amount - level) / limit.rate)
+        if limit.kind == "daily":
+            return hint(DAY - (self.now + self.wall_offset) % DAY)
+        # A slot's holder is expected at its grant time plus the gauge's typical hold while
+        # that is ahead, else at its lease's expiry.
+        hold = self.hold.get(limit.key)
+        ends = []
+        for lease in self.leases.values():
+            if limit in lease.ticket.limits:
+                end = lease.expires
+                if hold is not None and lease.granted + hold > self.now:
+                    end = min(end, lease.granted + hold)
+                ends.append(end - self.now)
+        need = math.ceil(level + amount - limit.capacity)
+        return hint(max(MIN_SLOT_WAIT, sorted(ends)[need - 1]))
+
+    def _held(self, lease: Lease) -> None:
+        seconds = self.now - lease.granted
+        for limit in lease.ticket.limits:
+            if limit.kind == "gauge":
+                old = self.hold.get(limit.key)
+                hold = seconds if old is None else old + HOLD_WEIGHT * (seconds - old)
+                self.hold[limit.key] = hold
 
     @staticmethod
     def never_fits(t: Ticket) -> Limit | None:
@@ -467,10 +539,10 @@ class Model:
         dispatch pass it ran (None-like empty Pass when it ran none)."""
         never = self.never_fits(t)
         if never is not None:
-            return "rejected", never, Pass()
+            return "rejected", Refusal({never.reason}, None, what=never.key), Pass()
         verdict, limit = self.check(t, kinds=("daily",))
         if verdict == "denied":
-            return "rejected", limit, Pass()
+            return "rejected", self.refusal(t, limit), Pass()
         if wait:
             mine = sum(1 for w in self.waiters.values() if w.ticket.tenant == t.tenant)
             if mine >= self.max_per_tenant:
@@ -485,11 +557,11 @@ class Model:
         for i, (lease_id, limit) in enumerate(result.rejections):
             if lease_id == t.id:  # waiters granted ahead of it took what was left today
                 del result.rejections[i]
-                return "rejected", limit, result
+                return "rejected", Refusal({limit.reason}, None, checked=False), result
         if wait:
             return "queued", t.id, result
         self.remove(t.id, served=False)
-        return "rejected", result.watched or result.blocked, result
+        return "rejected", self.refusal(t, result.watched or result.blocked), result
 
     def release(
         self,
@@ -514,6 +586,7 @@ class Model:
             inp, out, read, written = usage or (t.inp if rule == "input" else 0, 0, 0, 0)
             cached = (read, written, t.pread, t.pwrite)
             charged, charged_usd = inp + out, price(inp, out, t.pin, t.pout, cached)
+        self._held(lease)
         self._end(lease, charged - t.tokens, charged_usd - t.usd)
         settled = Settled(charged, max(0, t.tokens - charged), self.now + t.ttl)
         self.released[lease_id] = settled

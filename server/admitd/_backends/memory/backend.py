@@ -52,9 +52,9 @@ class MemoryBackend:
 
     def __init__(self, clock: Clock, *, aging: float) -> None:
         self._clock = clock
-        self._counters = Counters()
-        self._day_number = 0
         self._leases = Leases()
+        self._counters = Counters(self._leases.ends)
+        self._day_number = 0
         self._released: Expiring[str, Settlement] = Expiring()  # for retried releases
         self._idempotency = Idempotency()
         self._queues = Queues(aging)
@@ -78,10 +78,10 @@ class MemoryBackend:
                 return AcquireResult(follows=leader, progress=self._progress())
         daily, _ = self._counters.check(ticket, now, kinds=(Kind.DAILY,))
         if daily is not None:
-            return AcquireResult(denial=daily)
+            return AcquireResult(denial=self._counters.refusal(ticket, now, daily))
         shut = self._counters.shut(ticket.pool, now)
-        if shut is not None and shut.cause == "open":
-            return AcquireResult(denial=shut)  # refused at once, never queued
+        if shut is not None and shut.cause == "open":  # refused at once, never queued
+            return AcquireResult(denial=self._counters.refusal(ticket, now, shut))
         if wait:
             full = self._queues.full(ticket)
             if full is not None:
@@ -109,7 +109,8 @@ class MemoryBackend:
             self._idempotency.forget(ticket)
         if ticket.dedup_key:
             self._dedup.forget(ticket)
-        result.denial = own_denial or progress.blocked.get(ticket.pool)
+        held_by = own_denial or progress.blocked.get(ticket.pool)
+        result.denial = self._counters.refusal(ticket, now, held_by)
         return result
 
     async def cancel(self, lease_id: str) -> Progress:
@@ -148,6 +149,7 @@ class MemoryBackend:
         t = lease.ticket
         used, charged_usd = t.settle(usage)
         charged_tokens = used.tokens
+        self._leases.held(lease, now)
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
         self._ledger.charge(self._day_number, t, used, charged_usd)
         self._counters.report(t.pool, outcome, retry_after, lease.probe, now)

@@ -9,7 +9,10 @@ its atomic steps; ``_backends/redis/lua/_lib3_limits.lua`` is the same state mac
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 from ..._model import (
     Denial,
@@ -26,6 +29,15 @@ from ..._model import (
 from .gates import GateState
 
 _OPEN = GateState()  # the gate of a pool with no reported outcome yet: always open
+Ends = Callable[[str, int, float], tuple[float, ...]]
+"""(gauge key, slots needed, now) -> seconds until the holders of those slots are expected
+to end, soonest first (``Leases.ends``)."""
+
+
+def _fits(limit: Limit, amount: float, level: float) -> bool:
+    if limit.kind is Kind.BUCKET:
+        return amount <= level  # what is left must cover it
+    return level + amount <= limit.capacity
 
 
 def utc_day(wall: float) -> str:
@@ -33,7 +45,11 @@ def utc_day(wall: float) -> str:
 
 
 class Counters:
-    def __init__(self) -> None:
+    """Limit levels and pool gates. ``ends`` tells when the leases holding a gauge's slots
+    are expected to end (the leases are kept beside, in ``leases.py``)."""
+
+    def __init__(self, ends: Ends) -> None:
+        self._ends = ends
         self._gauges: dict[str, float] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
         self._daily: dict[str, float] = {}  # "key@day" -> used
@@ -86,15 +102,33 @@ class Counters:
             if limit is None or limit.kind not in kinds:
                 continue
             amount, level = ticket.amount(limit.unit), self.level(limit, now)
-            if limit.kind is Kind.BUCKET:
-                fits = amount <= level  # what is left must cover it
-            else:
-                fits = level + amount <= limit.capacity
-            if not fits:
+            if not _fits(limit, amount, level):
                 if not limit.shadow:
                     return Denial(limit, level, amount), shadowed
                 shadowed = shadowed or limit.key
         return None, shadowed
+
+    def refusal(self, ticket: Ticket, now: float, held_by: Denial | None) -> Denial | None:
+        """Why ``ticket`` is refused now: the first limit it does not fit (its pool's gate
+        first when shut; shadow-mode limits never refuse), with every other one it does
+        not fit in ``also``, so that the policy's retry delay is the longest of theirs. A
+        gauge's denial says when the holders of the slots it needs are expected to end.
+        ``held_by`` when it fits every limit (what holds the waiters ahead of it)."""
+        shut = self.shut(ticket.pool, now)
+        out = [shut] if shut is not None else []
+        for queued_limit in ticket.limits:
+            limit = self.current(queued_limit)
+            if limit is None or limit.shadow:
+                continue
+            amount, level = ticket.amount(limit.unit), self.level(limit, now)
+            if _fits(limit, amount, level):
+                continue
+            holders: tuple[float, ...] = ()
+            if limit.kind is Kind.GAUGE:
+                need = math.ceil(level + amount - limit.capacity)
+                holders = self._ends(limit.key, need, now)
+            out.append(Denial(limit, level, amount, ends=holders))
+        return replace(out[0], also=tuple(out[1:])) if out else held_by
 
     def shut(self, pool: str, now: float) -> Denial | None:
         """Why the pool's gate admits nothing now (paused, open, all probes out), or None."""

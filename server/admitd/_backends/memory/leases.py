@@ -8,14 +8,18 @@ two equal.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..._model import (
     DEDUP_KEEP,
+    HOLD_WEIGHT,
+    MAX_EXAMINED,
     DedupEnd,
     FingerprintMismatch,
+    Kind,
     LeaseGone,
     LeaseRecord,
     NotOwner,
@@ -54,11 +58,14 @@ class Lease:
 
 class Leases:
     """Live leases by id, and their expiry order (a heap; a lease released or renewed since
-    leaves a stale entry, skipped when it comes up)."""
+    leaves a stale entry, skipped when it comes up); the leases holding each gauge's slots,
+    oldest first, and each gauge's typical hold (an average of the holds released)."""
 
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
         self._expiry: list[tuple[float, str]] = []
+        self._holders: dict[str, dict[str, Lease]] = {}
+        self._hold: dict[str, float] = {}
 
     def __contains__(self, lease_id: str) -> bool:
         return lease_id in self._leases
@@ -81,11 +88,41 @@ class Leases:
         return lease
 
     def add(self, lease: Lease) -> None:
-        self._leases[lease.ticket.lease_id] = lease
-        heapq.heappush(self._expiry, (lease.expires_at, lease.ticket.lease_id))
+        lease_id = lease.ticket.lease_id
+        self._leases[lease_id] = lease
+        heapq.heappush(self._expiry, (lease.expires_at, lease_id))
+        for key in _gauges(lease.ticket):
+            self._holders.setdefault(key, {})[lease_id] = lease
 
     def remove(self, lease: Lease) -> None:
-        del self._leases[lease.ticket.lease_id]
+        lease_id = lease.ticket.lease_id
+        del self._leases[lease_id]
+        for key in _gauges(lease.ticket):
+            holders = self._holders[key]
+            del holders[lease_id]
+            if not holders:
+                del self._holders[key]
+
+    def held(self, lease: Lease, now: float) -> None:
+        """Its holder released ``lease``: fold how long it was held into the typical hold
+        of each gauge it held a slot of."""
+        seconds = now - lease.granted_at
+        for key in _gauges(lease.ticket):
+            old = self._hold.get(key)
+            self._hold[key] = seconds if old is None else old + HOLD_WEIGHT * (seconds - old)
+
+    def ends(self, key: str, need: int, now: float) -> tuple[float, ...]:
+        """Seconds until the first ``need`` holders of gauge ``key`` are expected to end,
+        soonest first: a holder at its grant time plus the gauge's typical hold while that
+        is ahead, else (no hold seen yet, or held longer than usual) at its expiry."""
+        hold = self._hold.get(key)
+        ends = []
+        for lease in itertools.islice(self._holders.get(key, {}).values(), MAX_EXAMINED):
+            end = lease.expires_at
+            if hold is not None and lease.granted_at + hold > now:
+                end = min(end, lease.granted_at + hold)
+            ends.append(end - now)
+        return tuple(sorted(ends)[:need])
 
     def extend(self, lease: Lease, expires_at: float) -> None:
         lease.expires_at = expires_at
@@ -116,6 +153,10 @@ class Leases:
             by_pool[lease.ticket.pool] = by_pool.get(lease.ticket.pool, 0) + 1
             by_tenant[lease.ticket.tenant] = by_tenant.get(lease.ticket.tenant, 0) + 1
         return by_pool, by_tenant
+
+
+def _gauges(ticket: Ticket) -> Iterator[str]:
+    return (limit.key for limit in ticket.limits if limit.kind is Kind.GAUGE)
 
 
 class Unclaimed:

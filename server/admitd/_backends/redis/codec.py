@@ -93,6 +93,7 @@ SHARED_CONSTANTS = (
     "DAY_SECONDS",
     "DEDUP_KEEP",
     "END_PREFIX",
+    "HOLD_WEIGHT",
     "LEDGER_DAYS",
     "MAX_EXACT_POSITION",
     "MAX_EXAMINED",
@@ -328,7 +329,14 @@ def lease(raw: dict[str, Any]) -> LeaseRecord:
 
 def denial(raw: dict[str, Any]) -> Denial:
     cause = str(raw.get("cause") or "")
-    return Denial(limit(raw["limit"]), float(raw["level"]), float(raw["amount"]), cause)
+    return Denial(
+        limit(raw["limit"]),
+        float(raw["level"]),
+        float(raw["amount"]),
+        cause,
+        also=tuple(denial(d) for d in as_list(raw.get("also"))),
+        ends=tuple(float(e) for e in as_list(raw.get("ends"))),
+    )
 
 
 def progress(raw: Any) -> Progress:

@@ -51,6 +51,11 @@ local function level_of(queued)
   return tonumber(redis.call('HGET', D, l[L_KEY]) or '0')
 end
 
+local function fits(l, a, lv)
+  if l[L_KIND] == KIND_BUCKET then return a <= lv end -- what is left must cover it
+  return lv + a <= l[L_CAPACITY]
+end
+
 -- The first limit the ticket does not fit: {index, level, amount}, or nil; and the key of the
 -- first shadow limit it does not fit (which does not refuse it), or ''.
 local function check(t, only_daily)
@@ -59,9 +64,7 @@ local function check(t, only_daily)
     local l = current(queued)
     if l and (not only_daily or l[L_KIND] == KIND_DAILY) then
       local a, lv = amount(t, l[L_UNIT]), level_of(l)
-      local fits
-      if l[L_KIND] == KIND_BUCKET then fits = a <= lv else fits = lv + a <= l[L_CAPACITY] end
-      if not fits then
+      if not fits(l, a, lv) then
         if not l[L_SHADOW] then return {index = i, level = lv, amount = a}, shadowed end
         if shadowed == '' then shadowed = l[L_KEY] end
       end

@@ -121,6 +121,7 @@ local function reserve(t, raw, queued_for, shadowed)
     local a = amount(t, l[L_UNIT])
     if l[L_KIND] == KIND_GAUGE then
       redis.call('HINCRBYFLOAT', G, l[L_KEY], a)
+      redis.call('ZADD', key('holders', l[L_KEY]), num(now), t[T.lease_id])
     elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
     else
@@ -161,6 +162,7 @@ local function move_limits(t, taken_on, token_delta, usd_delta)
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
       decr_field(G, l[L_KEY], 1)
+      redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
     else
       local delta = 0
       if unit == UNIT_TOKEN then delta = token_delta elseif unit == UNIT_NANO_USD then delta = usd_delta end
@@ -262,4 +264,70 @@ local function reap()
       redis.call('ZREM', key('expiry'), id)
     end
   end
+end
+
+-- The leases holding each gauge's slots are in sorted set "holders:<limit key>" by grant time,
+-- and each gauge's typical hold (an average of the holds released, the newest weighing
+-- HOLD_WEIGHT) in hash "hold". The same state and arithmetic as _backends/memory/leases.py.
+
+-- Its holder released lease: fold how long it was held into its gauges' typical holds.
+local function held(lease)
+  local seconds = now - lease.granted
+  for _, l in ipairs(lease.t[T.limits]) do
+    if l[L_KIND] == KIND_GAUGE then
+      local v = redis.call('HGET', key('hold'), l[L_KEY])
+      local hold = seconds
+      if v then hold = tonumber(v) + HOLD_WEIGHT * (seconds - tonumber(v)) end
+      redis.call('HSET', key('hold'), l[L_KEY], num(hold))
+    end
+  end
+end
+
+-- Seconds until the first need holders of gauge lkey are expected to end, soonest first: a
+-- holder at its grant time plus the typical hold while that is ahead, else at its expiry.
+local function holder_ends(lkey, need)
+  local v = redis.call('HGET', key('hold'), lkey)
+  local hold = v and tonumber(v)
+  local h = redis.call('ZRANGE', key('holders', lkey), 0, MAX_EXAMINED - 1, 'WITHSCORES')
+  local ends = {}
+  for i = 1, #h, 2 do
+    local expires = tonumber(redis.call('HGET', key('lease', h[i]), 'expires'))
+    if expires then
+      local typical = hold and tonumber(h[i + 1]) + hold
+      if typical and typical > now then expires = math.min(expires, typical) end
+      table.insert(ends, expires - now)
+    end
+  end
+  table.sort(ends)
+  local out = {}
+  for i = 1, math.min(need, #ends) do out[i] = ends[i] end
+  return out
+end
+
+-- Why t is refused now: the first limit it does not fit (its pool's gate first when shut;
+-- shadow limits never refuse), with every other one it does not fit in also, so that the
+-- policy's retry delay is the longest of theirs; a gauge's says when the holders of the slots
+-- it needs are expected to end. held_by when it fits every limit (what holds the waiters
+-- ahead of it).
+local function refusal(t, held_by)
+  local out = {}
+  local closed = shut(t[T.pool])
+  if closed then table.insert(out, closed) end
+  for _, queued in ipairs(t[T.limits]) do
+    local l = current(queued)
+    if l and not l[L_SHADOW] then
+      local a, lv = amount(t, l[L_UNIT]), level_of(l)
+      if not fits(l, a, lv) then
+        local d = {limit = l, level = lv, amount = a}
+        if l[L_KIND] == KIND_GAUGE then
+          d.ends = holder_ends(l[L_KEY], math.ceil(lv + a - l[L_CAPACITY]))
+        end
+        table.insert(out, d)
+      end
+    end
+  end
+  if #out == 0 then return held_by end
+  local first = table.remove(out, 1)
+  first.also = out
+  return first
 end

@@ -34,10 +34,10 @@ if (t[T.dedup_key] or '') ~= '' then
 end
 
 local d = check(t, true)
-if d then return cjson.encode({denial = denial(t, d), progress = progress}) end
+if d then return cjson.encode({denial = refusal(t, denial(t, d)), progress = progress}) end
 local closed = shut(t[T.pool])
 if closed and closed.cause == CAUSE_OPEN then -- refused at once, never queued
-  return cjson.encode({denial = closed, progress = progress})
+  return cjson.encode({denial = refusal(t, closed), progress = progress})
 end
 if wait then
   local mine = tonumber(redis.call('HGET', key('queued', SCOPE_TENANT), t[T.tenant]) or '0')
@@ -69,4 +69,5 @@ if t[T.idempotency_key] ~= '' then redis.call('DEL', idem_key(t)) end
 if (t[T.dedup_key] or '') ~= '' then -- refused in the step that made it a leader: nobody joined
   redis.call('DEL', dedup_key(t))
 end
-return cjson.encode({denial = watched or progress.blocked[t[T.pool]], progress = progress})
+local held_by = watched or progress.blocked[t[T.pool]]
+return cjson.encode({denial = refusal(t, held_by), progress = progress})

@@ -26,6 +26,7 @@ local charged = used[U_INPUT_TOKENS] + used[U_OUTPUT_TOKENS]
 local s = {lease = record(lease), charged_tokens = charged,
            refunded_tokens = math.max(0, reserved - charged), charged_nano_usd = charged_usd,
            already_released = false, drop_at = now + t[T.ttl]}
+held(lease)
 settle(lease, charged - reserved, charged_usd - t[T.nano_usd])
 charge(t, used, charged_usd)
 local outcome = tonumber(ARGV[6])
