@@ -95,6 +95,7 @@ class Engine:
             self.telemetry,
             policy=lambda: self.policy,
             reap_soon=lambda: self.reaper.within(self.settings.lease.reap_interval),
+            spawn=self.spawn,
         )
         self._wake = Alarm(clock, lambda: self.spawn(self.store.call(self.backend.dispatch)))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -237,6 +238,8 @@ class Engine:
         before the backend is asked (with several replicas, a grant may arrive first).
         The result has a lease, or is queued.
         """
+        if self.draining:  # checked again: counting the prompt may have taken a while
+            raise draining()
         never = self.policy.never_fits(ticket.limits, ticket.tokens, ticket.nano_usd)
         if never is not None:
             raise never

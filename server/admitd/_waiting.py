@@ -35,6 +35,7 @@ class Waiting:
         self.clock = clock
         self._waiters: dict[str, Waiter] = {}
         self._followers: dict[str, set[asyncio.Future[DedupEnd]]] = {}  # by leader
+        self._drained: AdmitdError | None = None  # draining: every wait ends with this
 
     def __bool__(self) -> bool:
         return bool(self._waiters or self._followers)
@@ -58,6 +59,8 @@ class Waiting:
         """An RPC is about to ask for ``lease_id`` and may wait for it: register first, as a
         grant may arrive (from another replica) before the backend call returns."""
         waiter = self._waiters[lease_id] = Waiter(asyncio.get_running_loop().create_future())
+        if self._drained is not None:  # registered after the drain began: ends at once
+            waiter.future.set_exception(self._drained)
         return waiter
 
     def unhold(self, lease_id: str, waiter: Waiter, result: AcquireResult | None) -> None:
@@ -92,6 +95,8 @@ class Waiting:
     def follow(self, leader: str) -> asyncio.Future[DedupEnd]:
         """A dedup follower waits for ``leader``'s end."""
         future: asyncio.Future[DedupEnd] = asyncio.get_running_loop().create_future()
+        if self._drained is not None:
+            future.set_exception(self._drained)
         self._followers.setdefault(leader, set()).add(future)
         return future
 
@@ -125,10 +130,16 @@ class Waiting:
                 future.set_result(end)
 
     def drain(self, error: AdmitdError) -> None:
-        """Every waiter gets ``error`` (UNAVAILABLE), so its client goes elsewhere."""
-        for waiter in self._waiters.values():
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
+        """Every waiter gets ``error`` (UNAVAILABLE), so its client goes elsewhere; so does
+        every waiter registered from now on (an Acquire that was counting its prompt when
+        the drain began would otherwise wait out its whole wait)."""
+        self._drained = error
+        futures: list[asyncio.Future[Any]] = [w.future for w in self._waiters.values()]
+        for followers in self._followers.values():
+            futures += followers
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
 
     # -- time -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 from ._errors import Unavailable
 from ._estimates import PoolHistory
@@ -38,6 +38,8 @@ class Waits:
         policy: the policy in force (a config reload replaces it while RPCs wait).
         reap_soon: called when an RPC starts waiting, so that the reaper comes round
             within ``lease.reap_interval`` (an expiry may free what it waits for).
+        spawn: runs work in the background that an RPC's answer must not wait for (leaving
+            the queue after a timeout or a drain); the engine waits for it before closing.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Waits:
         *,
         policy: Callable[[], Policy],
         reap_soon: Callable[[], None],
+        spawn: Callable[[Coroutine[object, object, object]], None],
     ) -> None:
         self._waiting = waiting
         self._store = store
@@ -56,6 +59,7 @@ class Waits:
         self._telemetry = telemetry
         self._policy = policy
         self._reap_soon = reap_soon
+        self._spawn = spawn
 
     async def for_grant(
         self,
@@ -66,7 +70,10 @@ class Waits:
     ) -> LeaseRecord:
         """Wait for the grant of ``result.waiting_on`` (ours, or an earlier idempotent one),
         at most ``wait``; ``report`` hears where it stands meanwhile. On a timeout, cancel
-        or drain it leaves the queue (a grant racing with that is given back).
+        or drain it leaves the queue (a grant racing with that is given back), after the
+        caller has its answer: with 200 waiters timing out together, leaving first made the
+        last QUEUE_TIMEOUT half a second late, and a drain's UNAVAILABLE later than the
+        server's shutdown grace (the caller then saw CANCELLED).
 
         Raises:
             Rejected: QUEUE_TIMEOUT, or a refusal made while it waited.
@@ -90,8 +97,7 @@ class Waits:
             if reporter is not None:
                 reporter.cancel()
             if self._waiting.leave(lease_id, waiter):
-                backend = self._store.backend
-                await asyncio.shield(self._store.call(backend.cancel, lease_id))
+                self._spawn(self._store.call(self._store.backend.cancel, lease_id))
 
     async def _spot(self, lease_id: str) -> QueueSpot | None:
         """Where the waiter stands now; None when the store does not say (the estimate is a

@@ -71,14 +71,17 @@ class FairQueue:
     def position(self, target: Entry, now: float, aging: float, exact_up_to: int) -> int:
         """How many entries are served before ``target``: exact within the first
         ``exact_up_to`` of the order; beyond, the higher classes plus its rank in its own
-        (aging ignored), which is cheap however long the queue."""
+        (aging ignored), which is cheap however long the queue. With one class holding
+        waiters its own order is the service order: the rank is exact."""
+        own = bisect.bisect_left(self._classes[target.priority], target)
+        if len(self) == len(self._classes[target.priority]):
+            return own
         for i, entry in enumerate(self.ordered(now, aging)):
             if entry is target:
                 return i
             if i >= exact_up_to:
                 break
         ahead = sum(len(queue) for queue in self._classes[: target.priority])
-        own = bisect.bisect_left(self._classes[target.priority], target)
         return max(exact_up_to, ahead + own)
 
     def ordered(self, now: float, aging: float) -> Iterator[Entry]:

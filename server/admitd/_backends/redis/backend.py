@@ -58,6 +58,9 @@ log = logging.getLogger("admitd")
 # (seconds). Well under CLAIM_TIMEOUT: a grant whose message was lost must be found, even by
 # a waiter that arrived just after a cycle began (up to two cycles), before it goes back.
 POLL_CYCLE = 3.0
+# Redis connections of one replica at most (calls in flight at once).
+MAX_CONNECTIONS = 4096
+
 
 class RedisBackend:
     """State in Redis under ``{key_prefix}:*`` (one hash tag: one Cluster slot).
@@ -270,6 +273,11 @@ def connect(config: BackendConfig) -> aioredis.Redis:
         # A connection idle over a second is pinged (and reconnected) before use, so the
         # pooled connections a restarted Redis broke do not each fail one real call.
         "health_check_interval": 1,
+        # redis-py's pool holds 100 connections and fails the 101st call at once ("Too many
+        # connections"): 200 callers timing out together each look and leave the queue,
+        # and some were answered UNAVAILABLE. Redis serves one script at a time anyway;
+        # a connection per call in flight costs it a socket and a few kB.
+        "max_connections": MAX_CONNECTIONS,
     }
     if config.password is not None:
         options["password"] = config.password  # a password in the URL takes precedence

@@ -11,18 +11,29 @@ if w[1] then
   local wait_left = enq + t[T.wait] - now
   if wait_left >= 0 then
     local position, exact = 0, false
-    local next_waiter = fair_order(t[T.pool], true)
-    while position <= MAX_EXACT_POSITION do
-      local h = next_waiter()
-      if not h then break end
-      if h.id == id then
-        exact = true
-        break
-      end
-      position = position + 1
+    local depth, others = 0, 0
+    for c = 0, PRIORITY_CLASSES - 1 do
+      local n = redis.call('ZCARD', qkey(c, t[T.pool]))
+      depth = depth + n
+      if c ~= t[T.priority] then others = others + n end
     end
-    local depth = 0
-    for c = 0, PRIORITY_CLASSES - 1 do depth = depth + redis.call('ZCARD', qkey(c, t[T.pool])) end
+    if others == 0 then
+      -- One class: the fair order is its sorted set's (aging only orders classes), so the
+      -- rank is exact. Walking the order cost ~17 us a waiter: 200 waiters timing out
+      -- together, each looked up for its QUEUE_TIMEOUT, kept Redis busy for 0.3 s.
+      position, exact = redis.call('ZRANK', qkey(t[T.priority], t[T.pool]), w[3]) or 0, true
+    else
+      local next_waiter = fair_order(t[T.pool], true)
+      while position <= MAX_EXACT_POSITION do
+        local h = next_waiter()
+        if not h then break end
+        if h.id == id then
+          exact = true
+          break
+        end
+        position = position + 1
+      end
+    end
     if not exact then
       -- Beyond the exact walk: the higher classes plus its rank in its own (aging ignored).
       local ahead = redis.call('ZRANK', qkey(t[T.priority], t[T.pool]), w[3]) or 0
