@@ -7,7 +7,8 @@
  * Retries: UNAVAILABLE and a CANCELLED the server caused (a replica shutting down; the
  * caller's own cancellation never reaches here) are retried with full-jitter backoff, 0.1 s
  * doubling to 1 s (near gRPC's reconnect time, which the client's channel caps at 1 s too),
- * until the call's deadline: Acquire's is the caller's (timeoutMs + waitTimeoutSeconds),
+ * and a refusal for load (reason SERVER_OVERLOADED: nothing was reserved) after its
+ * retry-after hint plus up to half of it, until the call's deadline: Acquire's is the caller's (timeoutMs + waitTimeoutSeconds),
  * Release's the lease's expiry (it is idempotent; an unreleased lease holds its slot), every
  * other call's timeoutMs. An attempt that ran out of time is retried while that deadline is
  * not spent.
@@ -15,6 +16,9 @@
 
 const RETRYABLE = ['UNAVAILABLE', 'CANCELLED', 'DEADLINE_EXCEEDED'];
 const MIN_ATTEMPT_MS = 50;
+// A SERVER_OVERLOADED refusal is retried after its hint plus up to this share of it, so the
+// callers one overloaded replica turned away do not come back together.
+const OVERLOAD_JITTER = 0.5;
 const DEFAULT_RETRY = { maxAttempts: null, initialBackoffMs: 100, maxBackoffMs: 1000, multiplier: 2 };
 // gRPC's reconnect backoff (1 s, growing 1.6x to 120 s by default) capped near a restart's length.
 const RECONNECT_OPTIONS = {
@@ -80,9 +84,12 @@ async function withRetries(policy, once, timeoutMs, budgetMs, { sleep, random, n
     try {
       return await once(each);
     } catch (error) {
-      if (!RETRYABLE.includes(error.codeName)) throw error;
+      const overloaded = error.reason === 'SERVER_OVERLOADED' && error.rejected;
+      if (!overloaded && !RETRYABLE.includes(error.codeName)) throw error;
       if (policy.maxAttempts !== null && attempt >= policy.maxAttempts) throw error;
-      const delay = backoffMs(policy, attempt, random());
+      const delay = overloaded
+        ? (error.retryAfterSeconds || 0) * 1000 * (1 + OVERLOAD_JITTER * random())
+        : backoffMs(policy, attempt, random());
       if (now() + delay + MIN_ATTEMPT_MS > deadline) throw error;
       await sleep(delay);
       each = Math.min(timeoutMs, Math.max(deadline - now(), MIN_ATTEMPT_MS));

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import Message
 
 from ._effects import Call, Method, Open, Plan, Read, Sleep, Stream, StreamMethod
+from ._errors import AdmitdError, Reason, Rejected
 from ._status import from_rpc_error
 from ._tokens import DEFAULT_ENCODING
 from ._version import USER_AGENT
@@ -28,6 +29,9 @@ OnUnavailable = Literal["fail_closed", "fail_open"]
 
 # The shortest attempt worth making: an RPC's last attempt gets at least this long.
 MIN_ATTEMPT = 0.05
+# A refusal for load (SERVER_OVERLOADED) is retried after its hint plus up to this share
+# of it, so the callers one overloaded replica turned away do not come back together.
+OVERLOAD_JITTER = 0.5
 
 
 # gRPC's channel reconnects after a lost connection with a backoff of its own (1 s, growing
@@ -40,13 +44,22 @@ RECONNECT_OPTIONS = (
 )
 
 
+def overload_hint(error: AdmitdError) -> float | None:
+    """Seconds to wait before retrying a call a replica refused for load (SERVER_OVERLOADED:
+    it reserved nothing); None for any other error."""
+    if isinstance(error, Rejected) and error.reason is Reason.SERVER_OVERLOADED:
+        return error.retry_after or 0.0
+    return None
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Retries of RPCs that admitd did not answer, with capped exponential backoff.
 
     An RPC failing with UNAVAILABLE (no connection, or a draining replica) or CANCELLED
     (cancelled by the server side, e.g. a replica shutting down: a caller's own
-    cancellation is never an RPC error) is retried until its deadline: Acquire's is the
+    cancellation is never an RPC error), or refused SERVER_OVERLOADED (after the replica's
+    hint, jittered, instead of the backoff below), is retried until its deadline: Acquire's is the
     caller's (``timeout`` + ``wait_timeout``), Release's the lease's expiry (Release is
     idempotent, and until then an unreleased lease holds its slot), every other RPC's its
     ``timeout``. An attempt that ran out of time (DEADLINE_EXCEEDED) is retried while the
@@ -206,11 +219,15 @@ class Caller:
         """After failed attempt ``attempt``: raise it as AdmitdError, or back off to retry
         (while ``deadline``, the RPC's, leaves time for another attempt)."""
         error = from_rpc_error(raw)
+        hint = overload_hint(error)
         retryable = error.retryable or error.code is grpc.StatusCode.DEADLINE_EXCEEDED
         most = self.retry.max_attempts
-        if not retryable or (most is not None and attempt >= most):
+        if not (retryable or hint is not None) or (most is not None and attempt >= most):
             raise error from raw
-        delay = self.retry.backoff(attempt, self.random())
+        if hint is not None:  # not before the replica's hint; jittered after it
+            delay = hint * (1 + OVERLOAD_JITTER * self.random())
+        else:
+            delay = self.retry.backoff(attempt, self.random())
         if self.wall() + delay + MIN_ATTEMPT > deadline:
             raise error from raw
         code = error.code.name

@@ -41,6 +41,9 @@ class Reason(StrEnum):
     """An identical call (same dedup_key) is in flight and this one did not wait for it."""
     DEDUP_LEADER_FAILED = "DEDUP_LEADER_FAILED"
     """The identical call this one joined ended without a result to share: retry."""
+    SERVER_OVERLOADED = "SERVER_OVERLOADED"
+    """The replica was past its capacity and reserved nothing: the client retries after
+    ``retry_after`` by itself, while the call's deadline allows."""
     UNKNOWN = "UNKNOWN"
     """A reason this client version does not know (a newer server); see the message."""
 

@@ -10,9 +10,11 @@ tokens actually used; the unused part of the reservation is refunded.
 
 Rejections carry google.rpc.Status details (grpc-status-details-bin): an ErrorInfo with
 domain "admitd" and a reason (CONCURRENCY_LIMIT, TOKEN_RATE_LIMIT, REQUEST_RATE_LIMIT,
-TENANT_QUOTA, BUDGET_EXHAUSTED, QUEUE_FULL, QUEUE_TIMEOUT, POOL_UNAVAILABLE), and a
+TENANT_QUOTA, BUDGET_EXHAUSTED, QUEUE_FULL, QUEUE_TIMEOUT, POOL_UNAVAILABLE, or
+SERVER_OVERLOADED: the replica is past its capacity and reserved nothing), and a
 RetryInfo whenever a later retry can succeed: the delay after which the call fits every
 limit it did not fit, as things stand (the limit with the longest wait is the reason).
+Release and Renew are never refused for load.
 """
 
 from collections import abc as _abc
