@@ -8,6 +8,7 @@
     ├── Unauthenticated     no, or a wrong, credential        -> UNAUTHENTICATED
     ├── PermissionDenied    another tenant's call or lease    -> PERMISSION_DENIED
     ├── Unavailable         draining, or the store unreachable -> UNAVAILABLE
+    │   └── StoreBusy       (backend -> core only) no store connection free in time
     ├── Rejected            does not fit (reason, retry_after) -> RESOURCE_EXHAUSTED
     │   └── Aborted         a joined (dedup) call has no result for it: retry -> ABORTED
     └── Internal            a bug (details only in the log)   -> INTERNAL
@@ -32,6 +33,7 @@ class Reason(enum.StrEnum):
     POOL_UNAVAILABLE = "POOL_UNAVAILABLE"  # paused by the provider, or its circuit is open
     DEDUP_IN_FLIGHT = "DEDUP_IN_FLIGHT"  # an identical call is in flight; not waited for
     DEDUP_LEADER_FAILED = "DEDUP_LEADER_FAILED"  # the joined call ended without a result
+    SERVER_OVERLOADED = "SERVER_OVERLOADED"  # this replica is past its capacity: retry later
 
 
 class AdmitdError(Exception):
@@ -68,6 +70,17 @@ class PermissionDenied(AdmitdError):
 
 class Unavailable(AdmitdError):
     """The server admits nothing right now (draining); try another replica."""
+
+
+class StoreBusy(Unavailable):
+    """Every connection to the store stayed busy for ``waited`` seconds
+    (``backend.pool_timeout``): this replica has more store calls than connections (load),
+    not a store that is down. Never reaches a caller: ``Store.call`` turns it into a
+    SERVER_OVERLOADED refusal."""
+
+    def __init__(self, message: str, waited: float) -> None:
+        super().__init__(message)
+        self.waited = waited
 
 
 class Rejected(AdmitdError):

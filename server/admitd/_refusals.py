@@ -3,16 +3,26 @@
 The policy (``_policy.py``) decides which limit refused a call and when a retry can succeed;
 the words and the ``ErrorInfo`` metadata are written here, with the refusals that are not
 about a limit (a draining server, an unknown or foreign lease, a reused idempotency key, a
-dedup follower without a result). Field validation messages are ``_requests.py``'s.
+dedup follower without a result, a replica past its capacity). Field validation messages
+are ``_requests.py``'s.
 """
 
 from __future__ import annotations
 
-from ._errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Reason, Unavailable
+from ._errors import (
+    Aborted,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    Rejected,
+    Unavailable,
+)
 from ._model import Kind, Limit, Scope, Unit
 from ._usage import NANO_PER_USD
 
 MIN_RETRY = 0.001  # seconds: the shortest retry delay a refusal gives
+MIN_OVERLOAD_RETRY = 0.1  # an overloaded replica's shortest retry hint, seconds
 
 GATE_STATES = {
     "paused": "is paused: the provider asked callers to retry later",
@@ -67,6 +77,23 @@ def dedup_leader_failed(leader: str) -> Aborted:
         retry_after=MIN_RETRY,
         metadata={"dedup_leader": leader},
     )
+
+
+OVERLOAD_CAUSES = {
+    "queue_delay": "calls wait {:.3f}s here before they are looked at",
+    "store_busy": "every connection to the state store stayed busy for {:.3f}s",
+    "deadline": "the call waited here until its deadline ({:.3f}s)",
+}
+
+
+def server_overloaded(cause: str, delay: float) -> Rejected:
+    """This replica is past its capacity (``cause``: see ``OVERLOAD_CAUSES``; ``delay`` s):
+    nothing was reserved; a retry after that delay, here or elsewhere, can succeed."""
+    retry = max(MIN_OVERLOAD_RETRY, delay)
+    why = OVERLOAD_CAUSES[cause].format(delay)
+    message = f"server overloaded: {why}; nothing was reserved, retry in {retry:.3f}s"
+    metadata = {"cause": cause, "delay_seconds": f"{delay:.3f}"}
+    return Rejected(Reason.SERVER_OVERLOADED, message, retry_after=retry, metadata=metadata)
 
 
 def reason(limit: Limit) -> Reason:

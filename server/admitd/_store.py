@@ -4,7 +4,8 @@ That one place translates what a backend raises into what a caller is told (an u
 expired lease, another tenant's lease, an idempotency key reused), counts the store being
 unreachable (``admitd_store_errors_total``: RPCs, background dispatch and expiry, health
 pings alike), and hands the :class:`~admitd._model.Progress` an operation reports (grants,
-refusals, dedup ends) to the engine, whichever operation made it. It is the server's twin of
+refusals, dedup ends) to the engine, whichever operation made it. A store whose connections
+are all busy (load) is a SERVER_OVERLOADED refusal, not an outage. It is the server's twin of
 the Python client's ``Core.rpc``.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from ._backends import Backend
-from ._errors import Unavailable
+from ._errors import StoreBusy, Unavailable
 from ._model import (
     AcquireResult,
     ExpireResult,
@@ -23,15 +24,16 @@ from ._model import (
     LeaseGone,
     LeaseRecord,
     NotOwner,
+    Outcome,
     Progress,
     ReleaseResult,
     Settlement,
     Ticket,
 )
 from ._policy import UNCHECKED_PREFIX
-from ._refusals import idempotency_key_reused, lease_gone, not_owner
+from ._refusals import idempotency_key_reused, lease_gone, not_owner, server_overloaded
 from ._telemetry import Telemetry
-from ._usage import Usage
+from ._usage import Unreported, Usage
 
 log = logging.getLogger("admitd")
 
@@ -62,12 +64,16 @@ class Store:
 
         Raises:
             Unavailable: the store did not answer (counted).
+            Rejected: SERVER_OVERLOADED: no store connection came free in time (an Acquire).
             NotFound: the lease is unknown, expired or released.
             PermissionDenied: the lease belongs to another tenant.
             InvalidArgument: an idempotency key reused for a different request.
         """
         try:
             result = await operation(*args, **kwargs)
+        except StoreBusy as busy:  # load, not an outage: neither counted nor failed open
+            self._telemetry.overloaded("store_busy")
+            raise server_overloaded("store_busy", busy.waited) from None
         except Unavailable:
             self._telemetry.store_error()
             raise
@@ -82,6 +88,15 @@ class Store:
         elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult):
             self._deliver(result.progress)
         return result
+
+    async def give_back(self, lease: LeaseRecord) -> None:
+        """The caller of a granted Acquire gave up before it could hear of its lease (its
+        deadline passed while admitd worked): the lease goes back at once, charged
+        nothing, instead of holding capacity until its TTL. (Not for a call with an
+        idempotency key: a retry of it is to get this lease.)"""
+        if lease.lease_id and not lease.lease_id.startswith(UNCHECKED_PREFIX):
+            nothing, cancelled = Unreported.NOTHING, Outcome.CANCELLED
+            await self.call(self.backend.release, lease.lease_id, nothing, None, cancelled)
 
     def admit_unchecked(self, ticket: Ticket, error: Unavailable) -> LeaseRecord:
         """fail_open: the store is down, so admit without reserving anything (and say so:

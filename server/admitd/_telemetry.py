@@ -12,7 +12,8 @@ Exported names (Prometheus): ``admitd_decisions_total``, ``admitd_queue_wait_sec
 ``admitd_budget_remaining``, ``admitd_store_errors_total``, ``admitd_config_reloads_total``,
 ``admitd_unchecked_admissions_total``, ``admitd_shadow_rejections_total``,
 ``admitd_pool_limit_factor``, ``admitd_pool_circuit``, ``admitd_pool_paused_seconds``,
-``admitd_dedup_followers_total``.
+``admitd_dedup_followers_total``, ``admitd_overload_refusals_total``,
+``admitd_queue_delay_seconds``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ class Telemetry:
             ("pool", "tenant", "reason"),
             "Admissions a shadow-mode limit would have refused, by reason",
         )
+        self._overloaded = tally(
+            "admitd.overload.refusals",
+            ("cause",),
+            "New calls refused SERVER_OVERLOADED: queue_delay, store_busy or deadline",
+        )
+        self._queue_delay = 0.0
+        meter.create_observable_gauge(
+            "admitd.queue.delay",
+            [lambda options: [Observation(self._queue_delay)]],
+            unit="s",
+            description="How long a new call waits before this replica looks at it (probe)",
+        )
         meter.create_observable_gauge(
             "admitd.queue.depth", [self._observe_queue], description="Waiters queued"
         )
@@ -192,6 +205,12 @@ class Telemetry:
 
     def expired(self, pool: str) -> None:
         self._expiries.add(1, (pool,))
+
+    def overloaded(self, cause: str) -> None:
+        self._overloaded.add(1, (cause,))
+
+    def queue_delay(self, seconds: float) -> None:
+        self._queue_delay = seconds
 
     def store_error(self) -> None:
         self._store_errors.add(1, ())

@@ -39,6 +39,7 @@ class AdmitdProcess:
             "drain_delay": 0,
             "shutdown_grace": 1,
             "observability": {"metrics_listen": None, "log_format": "json"},
+            "overload": {"max_queue_delay": None},  # as support.harness: tests turn it on
             **config,
         }
         self.config_path = self.dir / "admitd.yaml"

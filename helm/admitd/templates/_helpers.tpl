@@ -101,12 +101,12 @@ says, so the probes, container ports and Service follow it. Absent keys take adm
 The settings admitd applies only at a restart, as JSON: the pod template carries their hash,
 so changing one rolls the pods. Everything in .Values.config counts, except what admitd
 applies live (Engine.apply in server/admitd/_engine.py): lease, queue (but queue.aging),
-budget, pools, tiers, tenants, default_tenant, auth, envoy. A field added to admitd later is thus
+budget, pools, tiers, tenants, default_tenant, auth, envoy, overload. A field added to admitd later is thus
 restart-only here until it is listed: an unneeded restart is safe, a missed one is not
 (scripts/check_deploy.sh fails until every field of admitd's Settings is classified).
 */}}
 {{- define "admitd.restartOnlyConfig" -}}
-{{- $restart := omit .Values.config "lease" "queue" "budget" "pools" "tiers" "tenants" "default_tenant" "auth" "envoy" }}
+{{- $restart := omit .Values.config "lease" "queue" "budget" "pools" "tiers" "tenants" "default_tenant" "auth" "envoy" "overload" }}
 {{- $_ := set $restart "queue.aging" (dig "queue" "aging" "" .Values.config) }}
 {{- toJson $restart }}
 {{- end }}

@@ -18,10 +18,12 @@ from .._clock import Clock, SystemClock
 from .._config import Settings
 from .._engine import Engine
 from .._errors import Unavailable
+from .._overload import Gate
 from .._telemetry import Telemetry
 from .._tokens import TokenCounter
 from ..v1 import admission_pb2
 from .envoy import RATE_LIMIT_SERVICE, RateLimitService
+from .probe import Probe
 from .service import AdmissionService, register
 from .tls import CertificateFiles
 from .watch import ConfigWatcher
@@ -39,9 +41,15 @@ LIVENESS = "admitd.liveness"
 # each) plus every other field at its limit fits; anything larger is refused by gRPC before
 # it is read into memory.
 MAX_REQUEST_BYTES = 9 * 1024 * 1024
+# gRPC core keeps calls the event loop has not taken yet in a queue per method, and past
+# 1,000 of them (all past 3,000) it drops new ones, which callers see as CANCELLED. admitd
+# refuses past capacity itself, explicitly (the overload gate), so core never sheds.
+MAX_PENDING = 1 << 30
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second server must fail to bind a busy port, not share it
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.server.max_pending_requests", MAX_PENDING),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING),
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -66,9 +74,13 @@ class AdmitdServer:
         self.telemetry = Telemetry(settings)
         self.engine = Engine(settings, backend, clock, counter, self.telemetry)
         self.watcher = ConfigWatcher(config_path, self.engine) if config_path else None
+        self.gate = Gate(
+            lambda: self.engine.settings, self.telemetry.overloaded, self.telemetry.queue_delay
+        )
+        self.probe = Probe(self.gate, lambda: self.engine.settings)
         self.health = HealthServicer()
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        admission = AdmissionService(self.engine)
+        admission = AdmissionService(self.engine, self.gate)
         register(admission, self._server)
         # The same credentials as Admission (Envoy sends its key as initial_metadata).
         envoy = RateLimitService(self.engine, admission._caller)
@@ -102,10 +114,12 @@ class AdmitdServer:
         for service in READINESS:
             await self.health.set(service, NOT_SERVING)
         self.port = _bind(self._server, address, credentials)
+        probe_target = self.probe.bind(self._server, self.port, tls=tls is not None)
         if self._health_server is not None and self.settings.health_listen is not None:
             self.health_port = _bind(self._health_server, self.settings.health_listen, None)
             await self._health_server.start()
         await self._server.start()
+        self.probe.start(probe_target, tls=tls is not None)
         metrics = self.settings.observability.metrics_listen
         if metrics:
             self.telemetry.serve(metrics)
@@ -169,6 +183,7 @@ class AdmitdServer:
         self._stopped.set()
         if self._monitor is not None:
             self._monitor.cancel()
+        await self.probe.stop()
         await self.drain()
         if delay:
             await asyncio.sleep(delay)  # real time: load balancers react in real time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import NoReturn, TypeVar
@@ -18,6 +19,7 @@ from .. import _requests as requests
 from .._engine import Engine
 from .._errors import AdmitdError, Internal, InvalidArgument
 from .._model import LeaseRecord, day_number
+from .._overload import Gate
 from .._policy import QueueEstimate
 from .._requests import AcquireSpec
 from .._tickets import Tickets, TicketView
@@ -35,6 +37,12 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Svc, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
 
+
+_PROBED = pb.Lease()
+
+
+def _ignore(_: object) -> None:
+    pass
 
 StreamHandler = Callable[[Svc, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]
 
@@ -132,8 +140,10 @@ def register(
 
 
 class AdmissionService(pb_grpc.AdmissionServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, gate: Gate | None = None) -> None:
         self.engine = engine
+        self.gate = gate or Gate(lambda: engine.settings, _ignore, _ignore)
+        """Refuses new work past capacity (SERVER_OVERLOADED); none by default."""
         self.tickets = Tickets(engine)
         self._auth = Authenticator(engine.settings.auth)
 
@@ -149,8 +159,14 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.AcquireRequest,
         context: grpc.aio.ServicerContext[pb.AcquireRequest, pb.Lease],
     ) -> pb.Lease:
+        if request.pool == self.gate.probe_pool:
+            return _PROBED  # the overload probe: timed, nothing else
+        remaining = context.time_remaining()
+        self.gate.check(time.monotonic(), remaining)
         spec = self._spec(request, context)
-        lease = await self.engine.acquire(spec, deadline=context.time_remaining())
+        lease = await self.engine.acquire(spec, deadline=remaining)
+        if remaining is not None and context.time_remaining() == 0 and not spec.idempotency_key:
+            await self.engine.store.give_back(lease)  # nobody is left to hear of it
         return self._lease(lease)
 
     @_translated_stream
@@ -159,6 +175,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.AcquireStreamRequest,
         context: grpc.aio.ServicerContext[pb.AcquireStreamRequest, pb.AcquireStreamResponse],
     ) -> AsyncIterator[pb.AcquireStreamResponse]:
+        self.gate.check(time.monotonic(), context.time_remaining())
         spec = self._spec(request.acquire, context)
         updates: asyncio.Queue[QueueEstimate] = asyncio.Queue()
         acquire = asyncio.ensure_future(
@@ -182,6 +199,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         request: pb.EnqueueRequest,
         context: grpc.aio.ServicerContext[pb.EnqueueRequest, pb.Ticket],
     ) -> pb.Ticket:
+        self.gate.check(time.monotonic(), context.time_remaining())
         return self._ticket(await self.tickets.enqueue(self._spec(request.acquire, context)))
 
     @_translated

@@ -143,11 +143,12 @@ def make_backend(settings: Settings, clock: Clock, *, test_clock: bool = False) 
     config = settings.backend
     if config.kind == "memory":
         return MemoryBackend(clock, aging=settings.queue.aging)
-    from .redis import RedisBackend, connect  # redis-py only when configured
+    from .redis import Lanes, RedisBackend, connect  # redis-py only when configured
 
     return RedisBackend(
         connect(config),
         key_prefix=config.key_prefix,
         aging=settings.queue.aging,
         clock=clock if test_clock else None,
+        lanes=Lanes(config.pool_size, config.pool_timeout),
     )

@@ -224,6 +224,25 @@ class BackendConfig(_Model):
     on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     """Redis unreachable: ``fail_closed`` answers UNAVAILABLE (health NOT_SERVING);
     ``fail_open`` admits every call unchecked, with a warning, until Redis answers again."""
+    pool_size: int = Field(64, ge=1, le=10_000)
+    """Connections to Redis for store calls (plus one for grant messages). Calls beyond
+    them wait for a free one instead of failing; settling calls (Release, Renew, claims)
+    go first."""
+    pool_timeout: Seconds = Field(1.0, gt=0)
+    """Longest an Acquire waits for a free connection; past it the Acquire is refused with
+    SERVER_OVERLOADED (nothing reserved). Settling calls wait as long as it takes."""
+
+
+class OverloadConfig(_Model):
+    """What a replica past its capacity does: it refuses new work at once and cheaply
+    (RESOURCE_EXHAUSTED, reason SERVER_OVERLOADED, a RetryInfo; nothing reserved) instead
+    of letting calls pile up unanswered. Release, Renew and the other RPCs are always served."""
+
+    max_queue_delay: Annotated[Seconds, Field(gt=0)] | None = 0.5
+    """New Acquires (and AcquireStreams, Enqueues) are refused while a call waits longer
+    than this before this replica looks at it; null: never refused for load."""
+    probe_interval: Seconds = Field(0.1, gt=0)
+    """How often the replica times a call to itself, to measure that wait."""
 
 
 class ObservabilityConfig(_Model):
@@ -320,6 +339,8 @@ class Settings(_Model):
     """Bounds on waiting callers."""
     budget: BudgetConfig = BudgetConfig()
     """Global daily ceilings."""
+    overload: OverloadConfig = OverloadConfig()
+    """Explicit, cheap refusals when this replica is past its capacity."""
     observability: ObservabilityConfig = ObservabilityConfig()
     """Metrics, traces and logs."""
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)

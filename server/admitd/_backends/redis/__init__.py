@@ -1,5 +1,6 @@
 """The Redis backend: state shared by every replica using one Redis and key prefix."""
 
 from .backend import RedisBackend, connect
+from .lanes import Lanes
 
-__all__ = ["RedisBackend", "connect"]
+__all__ = ["Lanes", "RedisBackend", "connect"]

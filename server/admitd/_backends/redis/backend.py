@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,6 +50,7 @@ from ..._model import (
 )
 from ..._usage import Unreported, Usage
 from . import codec
+from .lanes import Lanes
 from .scripts import load_scripts
 
 log = logging.getLogger("admitd")
@@ -58,8 +59,9 @@ log = logging.getLogger("admitd")
 # (seconds). Well under CLAIM_TIMEOUT: a grant whose message was lost must be found, even by
 # a waiter that arrived just after a cycle began (up to two cycles), before it goes back.
 POLL_CYCLE = 3.0
-# Redis connections of one replica at most (calls in flight at once).
-MAX_CONNECTIONS = 4096
+# Connections a backend made without ``lanes`` (tests) may use at once, and an admission's
+# longest wait for one: BackendConfig's defaults.
+POOL_SIZE, POOL_TIMEOUT = 64, 1.0
 
 
 class RedisBackend:
@@ -71,6 +73,8 @@ class RedisBackend:
         aging: the queue's anti-starvation step (policy input).
         clock: tests pass their clock; production reads Redis ``TIME``.
         poll_interval: how often waiters look for grants whose message was lost.
+        lanes: who may use a connection when (``backend.pool_size``, ``pool_timeout``);
+            the client's pool must hold two more (grant messages, and a spare).
     """
 
     def __init__(
@@ -81,8 +85,12 @@ class RedisBackend:
         aging: float,
         clock: Clock | None = None,
         poll_interval: float = 0.5,
+        lanes: Lanes | None = None,
     ) -> None:
         self._client = client
+        self.lanes = lanes or Lanes(POOL_SIZE, POOL_TIMEOUT)
+        """Who may use a connection when (every store call takes one)."""
+        self._background: set[asyncio.Future[Any]] = set()
         self._base = "{" + key_prefix + "}"
         self._aging = aging
         self._clock = clock
@@ -94,17 +102,28 @@ class RedisBackend:
     # -- operations -----------------------------------------------------------------------
 
     async def acquire(self, ticket: Ticket, *, wait: bool) -> AcquireResult:
-        doc = await self._run("acquire", codec.ticket_json(ticket), "1" if wait else "0")
+        args = (codec.ticket_json(ticket), "1" if wait else "0")
+        doc = await self._shielded("acquire", *args, undo=lambda doc: self._undo(doc, ticket))
         return codec.acquire_result(doc, ticket)
+
+    def _undo(self, doc: dict[str, Any], ticket: Ticket) -> None:
+        """An Acquire whose caller left while its script ran: what it granted or queued
+        for nobody goes back."""
+        result = codec.acquire_result(doc, ticket)
+        if result.replayed:
+            return  # an earlier attempt's: its own caller may still want it
+        if result.lease is not None and not ticket.idempotency_key:  # else a retry takes it
+            lease_id = result.lease.lease_id
+            nothing = Unreported.NOTHING
+            self._keep(self.release(lease_id, nothing, None, Outcome.CANCELLED, 0.0, None))
+        elif result.queued:
+            self._keep(self.cancel(ticket.lease_id))
 
     async def cancel(self, lease_id: str) -> Progress:
         return codec.progress((await self._run("cancel", lease_id)).get("progress"))
 
     async def claim(self, lease_id: str) -> None:
-        with _store_errors():
-            await self._scripts["claim"](
-                keys=[self._base], args=[self._now(), self._aging, lease_id]
-            )
+        await self._run("claim", lease_id)
 
     async def release(
         self,
@@ -116,13 +135,13 @@ class RedisBackend:
         result: bytes | None = None,
     ) -> ReleaseResult:
         args = codec.release_args(lease_id, usage, tenant, outcome, retry_after, result)
-        return codec.release_result(await self._run("release", *args), lease_id)
+        return codec.release_result(await self._shielded("release", *args), lease_id)
 
     async def charge(self, ticket: Ticket, usage: Usage) -> None:
         await self._run("charge", codec.ticket_json(ticket), codec.usage_json(usage))
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
-        doc = await self._run("renew", lease_id, repr(extend_by), tenant or "")
+        doc = await self._shielded("renew", lease_id, repr(extend_by), tenant or "")
         codec.raise_lease_error(doc, lease_id)
         return codec.lease(doc["lease"])
 
@@ -160,8 +179,12 @@ class RedisBackend:
             self._listener = asyncio.ensure_future(self._listen(waiting, deliver, finish))
 
     async def ping(self) -> None:
-        with _store_errors():
-            await self._client.ping()
+        await self.lanes.take(admit=False)
+        try:
+            with _store_errors():
+                await self._client.ping()
+        finally:
+            self.lanes.give()
 
     async def close(self) -> None:
         self._closing = True
@@ -169,6 +192,8 @@ class RedisBackend:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        if self._background:  # settling calls whose callers left: let them finish
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self._client.aclose()
         pool = self._client.connection_pool
         if isinstance(pool, SentinelConnectionPool):
@@ -181,12 +206,43 @@ class RedisBackend:
         return "" if self._clock is None else repr(self._clock.wall())
 
     async def _run(self, op: str, *args: str) -> dict[str, Any]:
+        await self.lanes.take(admit=False)
+        try:
+            return await self._script(op, *args)
+        finally:
+            self.lanes.give()
+
+    async def _script(self, op: str, *args: str) -> dict[str, Any]:
         with _store_errors():
             raw = await self._scripts[op](
                 keys=[self._base], args=[self._now(), repr(self._aging), *args]
             )
         doc: dict[str, Any] = json.loads(raw)
         return doc
+
+    async def _shielded(
+        self, op: str, *args: str, undo: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Run ``op``'s script to its end even if the RPC that asked is cancelled meanwhile
+        (its caller gave up): a Release or Renew is never lost halfway, and ``undo`` hears
+        what an Acquire did for nobody. A caller that leaves while it waits for a
+        connection leaves at once: nothing ran. Only Acquire waits in the admission lane."""
+        await self.lanes.take(admit=op == "acquire")
+        call = self._keep(self._script(op, *args))
+        call.add_done_callback(lambda _: self.lanes.give())
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            if undo is not None:
+                call.add_done_callback(lambda done: _after(done, undo))
+            raise
+
+    def _keep(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run ``coro`` as a task held until it ends (``close`` waits for it)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _listen(
         self,
@@ -238,7 +294,12 @@ class RedisBackend:
             else f"{self._base}:{codec.GRANTED}:{i}"
             for i in ids
         ]
-        for wanted, value in zip(ids, await self._client.mget(keys), strict=True):
+        await self.lanes.take(admit=False)
+        try:
+            values = await self._client.mget(keys)
+        finally:
+            self.lanes.give()
+        for wanted, value in zip(ids, values, strict=True):
             if value is None:
                 continue
             doc = json.loads(value)
@@ -266,27 +327,33 @@ class _PollRotation:
 
 def connect(config: BackendConfig) -> aioredis.Redis:
     """A client for the configured Redis (through Sentinel when sentinels are given), with
-    short timeouts so that a dead or slow Redis fails calls fast instead of stalling them."""
+    short timeouts so that a dead or slow Redis fails calls fast instead of stalling them,
+    and a pool that never runs out: ``Lanes`` lets ``pool_size`` calls at a time use it, and
+    the listener holds one more connection for grant messages."""
     options: dict[str, Any] = {
+        # redis-py's pool fails a call at once when every connection is busy ("Too many
+        # connections"): Lanes keeps the calls in flight within it instead.
+        "max_connections": config.pool_size + 2,
         "socket_timeout": config.timeout,
         "socket_connect_timeout": config.timeout,
         # A connection idle over a second is pinged (and reconnected) before use, so the
         # pooled connections a restarted Redis broke do not each fail one real call.
         "health_check_interval": 1,
-        # redis-py's pool holds 100 connections and fails the 101st call at once ("Too many
-        # connections"): 200 callers timing out together each look and leave the queue,
-        # and some were answered UNAVAILABLE. Redis serves one script at a time anyway;
-        # a connection per call in flight costs it a socket and a few kB.
-        "max_connections": MAX_CONNECTIONS,
     }
     if config.password is not None:
         options["password"] = config.password  # a password in the URL takes precedence
     if config.sentinels:
         hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in config.sentinels]
-        sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)
+        talk = {k: v for k, v in options.items() if k != "max_connections"}
+        sentinel = Sentinel(hosts, sentinel_kwargs=talk, **options)
         client: aioredis.Redis = sentinel.master_for(config.sentinel_service)
         return client
     return aioredis.Redis.from_url(config.url, **options)
+
+
+def _after(call: asyncio.Future[dict[str, Any]], then: Callable[[dict[str, Any]], None]) -> None:
+    if not call.cancelled() and call.exception() is None:
+        then(call.result())
 
 
 @contextmanager

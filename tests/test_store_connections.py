@@ -1,0 +1,158 @@
+"""Store calls wait for a connection instead of failing: at most ``backend.pool_size`` at
+once, settling calls (Release, Renew, claims) before new admissions; an Acquire that waits
+past ``backend.pool_timeout`` is refused SERVER_OVERLOADED and reserves nothing, and a
+Release is never lost to load, not even when its caller gives up halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from admitd._backends.redis import Lanes, RedisBackend
+from admitd._errors import StoreBusy
+from admitd._model import day_number
+from admitd._requests import AcquireSpec
+from support.harness import Harness, start_harness
+from support.polling import until
+from support.redis_server import RedisServer
+
+
+async def test_settling_calls_go_before_admissions_and_each_lane_is_fifo() -> None:
+    lanes = Lanes(1, admit_timeout=60.0)
+    await lanes.take(admit=False)  # the only connection is busy
+    order: list[str] = []
+
+    async def call(name: str, admit: bool) -> None:
+        await lanes.take(admit=admit)
+        order.append(name)
+        lanes.give()
+
+    calls = (("admit-1", True), ("settle-1", False), ("admit-2", True), ("settle-2", False))
+    tasks = [asyncio.ensure_future(call(name, admit)) for name, admit in calls]
+    await until(_waiting(lanes, settling=2, admitting=2), 5.0, "four calls waiting")
+    lanes.give()
+    await asyncio.gather(*tasks)
+    assert order == ["settle-1", "settle-2", "admit-1", "admit-2"]
+
+
+async def test_an_admission_gives_up_after_its_bound_and_a_cancelled_waiter_holds_nothing() -> None:
+    lanes = Lanes(1, admit_timeout=0.01)
+    await lanes.take(admit=False)
+    with pytest.raises(StoreBusy) as busy:
+        await lanes.take(admit=True)
+    assert busy.value.waited >= 0.01
+    waiter = asyncio.ensure_future(lanes.take(admit=False))
+    await until(_waiting(lanes, settling=1), 5.0, "a waiter")
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert lanes.waiting == (0, 0)
+    lanes.give()  # nobody waits now: the connection is free again, once
+    await lanes.take(admit=False)
+    assert lanes.waiting == (0, 0)
+
+
+def _waiting(lanes: Lanes, settling: int | None = None, admitting: int | None = None) -> Any:
+    async def check() -> bool:
+        settle, admit = lanes.waiting
+        return (settling is None or settle >= settling) and (admitting in (None, admit))
+
+    return check
+
+
+_PREFIXES = itertools.count()
+
+
+@pytest.fixture
+async def one_connection(shared_redis: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+    """``await one_connection(pool_timeout)``: a replica on Redis with a single store
+    connection, on real time."""
+    started: list[Harness] = []
+
+    async def start(pool_timeout: str) -> Harness:
+        backend = {
+            "kind": "redis",
+            "url": shared_redis.url,
+            "key_prefix": f"lanes{next(_PREFIXES)}",
+            "pool_size": 1,
+            "pool_timeout": pool_timeout,
+        }
+        config = {"backend": backend, "pools": [{"name": "p", "max_concurrency": 5}]}
+        started.append(await start_harness(config, manual_clock=False))
+        return started[-1]
+
+    yield start
+    for harness in started:
+        await harness.close()
+
+
+def lanes_of(h: Harness) -> Lanes:
+    backend = h.engine.backend
+    assert isinstance(backend, RedisBackend)
+    return backend.lanes
+
+
+async def test_an_acquire_finding_no_free_connection_is_refused_and_a_release_waits(
+    one_connection: Callable[..., Any],
+) -> None:
+    h = await one_connection("50ms")
+    lease = await h.acquire(input_tokens=10)
+    lanes = lanes_of(h)
+    await lanes.take(admit=False)  # someone else's store call holds the only connection
+    failure = await h.fail(h.acquire(input_tokens=10))
+    assert failure.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (failure.reason, failure.metadata["cause"]) == ("SERVER_OVERLOADED", "store_busy")
+    assert failure.retry_after is not None
+    assert failure.retry_after >= 0.05
+    release = asyncio.ensure_future(h.release(lease.lease_id, usage=(4, 0)))
+    await until(_waiting(lanes, settling=1), 10.0, "the release waiting for the connection")
+    assert not release.done()
+    lanes.give()  # then each settling call ahead of it (health pings) hands it on
+    assert (await release).charged_tokens == 4
+    pool = await h.pool("p")
+    assert (pool.in_flight, pool.queued) == (0, 0)  # the refused Acquire reserved nothing
+
+
+async def test_a_caller_that_leaves_while_its_acquire_waits_for_a_connection_leaves_nothing(
+    one_connection: Callable[..., Any],
+) -> None:
+    h = await one_connection("60s")  # the caller's deadline ends its wait first
+    lanes = lanes_of(h)
+    await lanes.take(admit=False)
+    failure = await h.fail(h.acquire(timeout=0.5, input_tokens=10))
+    assert failure.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    await until(_waiting(lanes, admitting=0), 10.0, "the abandoned Acquire out of the line")
+    lanes.give()
+    pool = await h.pool("p")
+    assert (pool.in_flight, pool.queued) == (0, 0)
+
+
+async def test_a_grant_made_for_a_caller_that_left_while_the_script_ran_goes_back(
+    one_connection: Callable[..., Any],
+) -> None:
+    h = await one_connection("1s")
+    backend = h.engine.backend
+    assert isinstance(backend, RedisBackend)
+    spec = AcquireSpec(tenant="a", pool="p", input_tokens=10)
+    (ticket,), _ = await h.engine.requests.tickets(spec, deadline=None)
+    call = asyncio.ensure_future(backend.acquire(ticket, wait=False))
+    await asyncio.sleep(0)  # the script is on its way
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+    async def given_back() -> bool:
+        today = day_number(time.time())  # Redis TIME, on this host
+        rows = await backend.usage([today - 1, today, today + 1])
+        return any(row.calls == 1 and row.input_tokens == 0 for row in rows)
+
+    await until(given_back, 10.0, "the grant released, charged nothing")
+    pool = await h.pool("p")
+    assert (pool.in_flight, pool.queued) == (0, 0)
