@@ -54,7 +54,13 @@ def handler() -> grpc.GenericRpcHandler:
 
 async def main() -> None:
     # admitd's own options (admitd._api.server.SERVER_OPTIONS), without importing the server.
-    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 9 * 1024 * 1024)]
+    pending = 1 << 30  # admitd's too: gRPC core never sheds calls (CANCELLED)
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", 9 * 1024 * 1024),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
+    ]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handler(),))
     port = server.add_insecure_port("127.0.0.1:0")

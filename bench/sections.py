@@ -97,8 +97,8 @@ def overload(r: dict[str, Any]) -> str:
     return (
         f"### Overload ({r['duration_s']:g} s open loop past capacity)\n\n"
         "Capacity = pairs/s each server served in a closed-loop run just before (64 callers); "
-        "the Go generator then starts pairs at the offered rate (the same for all: "
-        f"{r['factor']:g}x the largest capacity) whatever the answers, each RPC "
+        "the Go generator then starts pairs at the offered rate "
+        f"({r['factor']:g}x that server's own capacity) whatever the answers, each RPC "
         f"with a {r['deadline_s']:g} s deadline. Served = pairs completed / pairs started. "
         "Refusals = RESOURCE_EXHAUSTED by ErrorInfo reason; unexplained = failed RPCs that "
         "are not a refusal with a reason and a RetryInfo; leases left = leases still reserved "
