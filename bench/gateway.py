@@ -14,11 +14,12 @@ Start-up takes LiteLLM about 20 s of CPU: start every proxy first, then wait for
 
 from __future__ import annotations
 
+import http.client
+import random
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,24 @@ START_TIMEOUT = 600.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range (as tests/support/redis_server.py
+    picks Redis's). LiteLLM binds its port only once it has started, up to minutes later: a
+    port from the ephemeral range (what binding port 0 gives) would by then often be some
+    other process's, a gRPC server's say, which binds with SO_REUSEPORT."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, max(10_001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class LiteLLMProxy:
@@ -85,7 +101,7 @@ class LiteLLMProxy:
             try:
                 with urllib.request.urlopen(f"{self.url}/health/liveliness", timeout=5):
                     return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (http.client.HTTPException, OSError):  # URLError is an OSError
                 time.sleep(0.5)
         self.stop()
         tail = self.log_path.read_text(errors="replace")[-3000:]
