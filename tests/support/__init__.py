@@ -18,7 +18,8 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``envoy``: Envoy's rate limit requests, built with the stubs of Envoy's own protos.
 - ``litellm_proxy``: real LiteLLM proxies (``bench.gateway``), and the README's config.
 - ``client``: the Python client's tests: a server, recording channels, injected sleeps.
-- ``fuzzing`` / ``model``: hypothesis profiles, and the model the state machine checks.
+- ``fuzzing``: hypothesis profiles and seeds.
+- ``model``: the model the state machine checks (a package: limits, ledger, queue, admission).
 """
 
 from pathlib import Path
