@@ -25,10 +25,10 @@ The modules, each on one concern:
 - ``admission``: ``Model``, the operations the server answers, on a ledger and a queue.
 """
 
-from .admission import Model, Pass
-from .ledger import Event, Lease, Ledger, Refusal, Settled
-from .limits import EPS, Limit, Ticket
-from .queue import FairQueue, Waiter
+from support.model.admission import Model, Pass
+from support.model.ledger import Event, Lease, Ledger, Refusal, Settled
+from support.model.limits import EPS, Limit, Ticket
+from support.model.queue import FairQueue, Waiter
 
 __all__ = [
     "EPS",

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ledger import Ledger, Refusal, Settled
-from .limits import (
+from support.model.ledger import Ledger, Refusal, Settled
+from support.model.limits import (
     DAILY_FIELDS,
     FLOW_FIELDS,
     Limit,
@@ -17,7 +17,7 @@ from .limits import (
     nano_per_token,
     price,
 )
-from .queue import FairQueue, Waiter
+from support.model.queue import FairQueue, Waiter
 
 # What a release without usage is charged, by outcome (README, "How admission works").
 UNREPORTED = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .limits import DAY, EPS, HOLD_WEIGHT, MIN_SLOT_WAIT, Limit, Ticket, hint
+from support.model.limits import DAY, EPS, HOLD_WEIGHT, MIN_SLOT_WAIT, Limit, Ticket, hint
 
 
 @dataclass

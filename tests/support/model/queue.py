@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .limits import Ticket
+from support.model.limits import Ticket
 
 
 @dataclass
