@@ -4,13 +4,16 @@ SCRIPT FLUSH, failing closed while Redis is down and recovering by itself."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from admitd import AcquireSpec, Engine, ManualClock, parse_config
+from admitd._backends.redis import codec
 from admitd._backends.redis.backend import RedisBackend, connect
+from admitd._model import Look
 from admitd._usage import Unreported
 from support.harness import Replicas
 from support.health import health
@@ -118,8 +121,9 @@ async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
     redis_server: RedisServer,
 ) -> None:
     """A replica that dies leaves waiters and maybe an unclaimed grant in Redis; they must not
-    hold capacity: waiters are dropped once their wait is over, an unclaimed grant is given
-    back after the claim timeout."""
+    hold capacity even when nothing says it died (it never heartbeat: the last resort):
+    waiters are dropped once their wait is over, an unclaimed grant is given back after the
+    claim timeout."""
     settings = parse_config(
         {
             "backend": {"kind": "redis", "url": redis_server.url, "key_prefix": "dead"},
@@ -161,6 +165,59 @@ async def test_a_dead_replicas_waiters_and_grants_are_reclaimed(
     snapshot = await backend.snapshot(engine.policy.all_limits())
     assert (snapshot.in_flight_by_pool, snapshot.queued_by_pool) == ({}, {})
     await backend.close()
+
+
+async def test_a_replica_past_its_heartbeat_loses_its_waiters_and_grants_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """Replicas a and b beat. a dies with two waiters queued ahead of b's: a grant made for
+    the first before anyone could tell goes back at b's next heartbeat once a is past its
+    promise, a's other waiter leaves the queue, and b's waiter gets the slot, long before
+    the claim timeout. A deferred ticket a queued has no RPC there: it stays."""
+    prefix = "beats"
+    settings = parse_config(
+        {
+            "backend": {"kind": "redis", "url": redis_server.url, "key_prefix": prefix},
+            "pools": [{"name": "p", "max_concurrency": 1}],
+            "tenants": [{"name": "a"}],
+        }
+    )
+    clock = ManualClock()
+    a, b = (
+        RedisBackend(connect(settings.backend), key_prefix=prefix, aging=10, clock=clock)
+        for _ in range(2)
+    )
+    engine = Engine(settings, a, clock)  # only to build tickets; never started
+
+    def ticket(wait: float) -> Any:
+        return engine.requests.ticket(
+            AcquireSpec(tenant="a", pool="p", input_tokens=5, wait_timeout=wait), deadline=None
+        )[0]
+
+    for replica in (a, b):
+        assert not (await replica.beat(60)).lapsed
+    holder = await b.acquire(ticket(0), wait=False)
+    assert holder.lease is not None
+    granted, dropped, live = ticket(30), ticket(30), ticket(30)
+    deferred = dataclasses.replace(ticket(30), deferred=True)
+    for replica, waiter in ((a, granted), (a, dropped), (b, live), (a, deferred)):
+        assert (await replica.acquire(waiter, wait=True)).queued
+    released = await b.release(holder.lease.lease_id, Unreported.RESERVATION, None)
+    assert [g.lease_id for g in released.progress.grants] == [granted.lease_id]
+
+    # a is past its promise (written here: no test waits for time to pass).
+    redis_server.client().hset(f"{{{prefix}}}:{codec.REPLICAS}", a.replica, "0")
+    beat = await b.beat(60)
+    assert [g.lease_id for g in beat.progress.grants] == [live.lease_id]
+    assert not await b.claim(granted.lease_id)  # went back: a's late claim would get nothing
+    assert await b.claim(live.lease_id)
+    assert (await b.look(dropped.lease_id, claim=False)) == Look()
+    snapshot = await b.snapshot(engine.policy.all_limits())
+    assert snapshot.in_flight_by_pool == {"p": 1}
+    assert sum(snapshot.queued_by_pool["p"]) == 1  # the deferred ticket
+    assert (await a.beat(60)).lapsed  # a, back after all, hears that it was given up
+    for replica in (a, b):
+        await replica.close()
 
 
 async def test_fail_open_admits_unchecked_while_redis_is_down(

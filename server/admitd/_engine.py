@@ -23,6 +23,7 @@ from ._config import Settings
 from ._config.live import live
 from ._errors import Rejected, Unavailable
 from ._estimates import PoolHistory
+from ._heartbeat import Heartbeat
 from ._model import (
     CLAIM_TIMEOUT,
     AcquireResult,
@@ -97,6 +98,7 @@ class Engine:
             reap_soon=lambda: self.reaper.within(self.settings.lease.reap_interval),
             spawn=self.spawn,
         )
+        self.heartbeat = Heartbeat(self.store, lambda: self.settings.backend)
         self._wake = Alarm(clock, lambda: self.spawn(self.store.call(self.backend.dispatch)))
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -111,6 +113,8 @@ class Engine:
         """Publish the limits to the store, start the reaper and grant delivery."""
         with contextlib.suppress(Unavailable):  # the health check reports a dead store
             await self.publish_limits()
+            await self.heartbeat.beat()  # alive before any waiter of this replica is queued
+        self.heartbeat.start()
         self.reaper.start()
         self.backend.subscribe(self.waiting.awaited, self._grant, self.waiting.finish)
 
@@ -161,6 +165,7 @@ class Engine:
     async def close(self) -> None:
         self.drain()
         self.reaper.cancel()
+        await self.heartbeat.stop()
         self._wake.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -362,12 +367,10 @@ class Engine:
             self._wake_on_refill(denial)
 
     def _grant(self, lease: LeaseRecord) -> None:
-        """A grant made here or on another replica: an RPC waiting here takes and claims
-        it. Any other stays unclaimed, and the reaper comes back in time to give it back
-        if nobody claims it."""
-        if self.waiting.grant(lease):
-            self.spawn(self.store.call(self.backend.claim, lease.lease_id))
-        else:
+        """A grant made here or on another replica: an RPC waiting here gets it. Any other
+        stays unclaimed, and the reaper comes back in time to give it back if nobody
+        claims it."""
+        if not self.waits.hand_over(lease):
             self.reaper.within(CLAIM_TIMEOUT)
 
     def _note_blocked(self, pool: str, denial: Denial) -> None:

@@ -337,6 +337,16 @@ class ExpireResult:
     next_expiry_in: float | None = None  # seconds to the earliest remaining expiry
 
 
+@dataclass(slots=True)
+class Beat:
+    """A replica's heartbeat: what it dispatched (grants given back from dead replicas'
+    waiters freed capacity), and whether this replica had itself missed its promise, so
+    that other replicas may have dropped its waiters."""
+
+    progress: Progress = field(default_factory=Progress)
+    lapsed: bool = False
+
+
 # Days the cost ledger keeps (a year of reports, and a month more).
 LEDGER_DAYS = 400
 DAY_SECONDS = 86_400

@@ -35,6 +35,12 @@ def draining() -> Unavailable:
     return Unavailable("server is draining; retry on another replica")
 
 
+def place_lost() -> Unavailable:
+    """A queued call whose grant went back before this replica could claim it (the replica
+    stalled past ``backend.dead_after`` or the claim timeout)."""
+    return Unavailable("this call lost its place in the queue (its replica stalled); retry")
+
+
 def lease_gone(lease_id: str) -> NotFound:
     return NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released")
 

@@ -19,6 +19,7 @@ from ._backends import Backend
 from ._errors import StoreBusy, Unavailable
 from ._model import (
     AcquireResult,
+    Beat,
     ExpireResult,
     FingerprintMismatch,
     LeaseGone,
@@ -85,7 +86,7 @@ class Store:
             raise idempotency_key_reused() from None
         if isinstance(result, Progress):
             self._deliver(result)
-        elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult):
+        elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult | Beat):
             self._deliver(result.progress)
         return result
 

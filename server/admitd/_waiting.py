@@ -28,6 +28,10 @@ class Waiter:
 
     future: asyncio.Future[LeaseRecord]
     holders: int = 1
+    claims: bool = True
+    """The grant is claimed for it before it hears of it (an Acquire); False: it is only
+    woken, and claims for itself (a WaitTicket, after checking the owner)."""
+    claiming: bool = False  # its grant's claim is under way
 
 
 class Waiting:
@@ -69,12 +73,14 @@ class Waiting:
         if not (self._waiters.get(lease_id) is waiter and queued):
             self._waiters.pop(lease_id, None)
 
-    def join(self, lease_id: str, *, shared: bool) -> Waiter:
+    def join(self, lease_id: str, *, shared: bool, claims: bool = True) -> Waiter:
         """The registration an RPC waits on for ``lease_id``: a new one, or the one already
         there (``shared``: another RPC waits on it too, e.g. an idempotent retry)."""
         waiter = self._waiters.get(lease_id)
         if waiter is None:
-            return self.hold(lease_id)
+            waiter = self.hold(lease_id)
+            waiter.claims = claims
+            return waiter
         if shared:
             waiter.holders += 1
         return waiter
@@ -108,10 +114,21 @@ class Waiting:
 
     # -- what reaches the waiting RPCs ------------------------------------------------------
 
+    def claiming(self, lease_id: str) -> bool | None:
+        """How a grant of ``lease_id`` reaches the RPC waiting here. True: it is claimed for
+        it first (an Acquire), once, however often the grant is delivered (by the operation
+        that made it and by pub/sub); False: the RPC is only woken (a WaitTicket claims for
+        itself); None: no RPC here waits for it, or its claim is under way."""
+        waiter = self._waiters.get(lease_id)
+        if waiter is None or waiter.future.done() or waiter.claiming:
+            return None
+        waiter.claiming = waiter.claims
+        return waiter.claims
+
     def grant(self, lease: LeaseRecord) -> bool:
-        """Hand a grant to its waiting RPC; True when one took it (and must claim it). A
-        grant for an RPC that has just given up stays unclaimed (its give-up returns it), as
-        does one for a deferred ticket or another replica's RPC."""
+        """Hand a grant to its waiting RPC; True when one took it. A grant for an RPC that
+        has just given up stays unclaimed (its give-up returns it), as does one for a
+        deferred ticket or another replica's RPC."""
         waiter = self._waiters.get(lease.lease_id)
         if waiter is None or waiter.future.done():
             return False

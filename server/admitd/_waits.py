@@ -1,6 +1,7 @@
 """How an RPC waits, bounded, for what the store decides: a queued Acquire for its grant
-(telling an AcquireStream where it stands meanwhile), a WaitTicket for its ticket's grant,
-a dedup follower for the end of the call it joined.
+(telling an AcquireStream where it stands meanwhile; the grant claimed for it before it is
+handed over), a WaitTicket for its ticket's grant, a dedup follower for the end of the call
+it joined.
 
 Every wait is bounded on the injected clock (``Waiting.sleep``); an RPC that gives up leaves
 the queue and keeps nothing. What reaches a waiting RPC arrives through
@@ -18,7 +19,7 @@ from ._errors import Unavailable
 from ._estimates import PoolHistory
 from ._model import AcquireResult, LeaseRecord, QueueSpot, Ticket
 from ._policy import Policy, QueueEstimate
-from ._refusals import dedup_in_flight, dedup_leader_failed
+from ._refusals import dedup_in_flight, dedup_leader_failed, place_lost
 from ._store import Store
 from ._telemetry import Telemetry
 from ._waiting import Waiting
@@ -99,6 +100,32 @@ class Waits:
             if self._waiting.leave(lease_id, waiter):
                 self._spawn(self._store.call(self._store.backend.cancel, lease_id))
 
+    def hand_over(self, lease: LeaseRecord) -> bool:
+        """Hand a grant (made here or by another replica) to the RPC waiting here for it:
+        an Acquire once it is claimed for it, a WaitTicket at once (it claims for itself,
+        after checking the owner). False when no RPC here waits for it."""
+        claiming = self._waiting.claiming(lease.lease_id)
+        if claiming:
+            self._spawn(self._claim(lease))
+        elif claiming is not None:
+            self._waiting.grant(lease)
+        return claiming is not None
+
+    async def _claim(self, lease: LeaseRecord) -> None:
+        """Claim a grant, then hand it over. One that went back first (its RPC gave up, or
+        this replica stalled past its heartbeats or the claim timeout) is nobody's: handed
+        over, two callers would hold one slot; its RPC, whose place is gone, is told to
+        retry. One claimed just as its RPC gave up goes back."""
+        try:
+            claimed = await self._store.call(self._store.backend.claim, lease.lease_id)
+        except Unavailable as down:  # it goes back at its claim timeout
+            self._waiting.refuse(lease.lease_id, down)
+            return
+        if not claimed:
+            self._waiting.refuse(lease.lease_id, place_lost())
+        elif not self._waiting.grant(lease):
+            await self._store.give_back(lease)
+
     async def _spot(self, lease_id: str) -> QueueSpot | None:
         """Where the waiter stands now; None when the store does not say (the estimate is a
         courtesy)."""
@@ -127,7 +154,7 @@ class Waits:
     async def for_ticket(self, lease_id: str, seconds: float) -> LeaseRecord | None:
         """Wait up to ``seconds`` for the grant of a queued deferred ticket; None if it did
         not come. Leaving does not cancel the ticket."""
-        waiter = self._waiting.join(lease_id, shared=True)
+        waiter = self._waiting.join(lease_id, shared=True, claims=False)
         self._reap_soon()
         try:
             if await self._waiting.until(waiter.future, self._waiting.sleep(seconds)):

@@ -10,7 +10,10 @@ Every operation that can free capacity also runs a dispatch pass over the queues
 what it granted in :class:`Progress`. A grant made for a waiter is *unclaimed* until the engine
 holding that waiter's RPC claims it (with several replicas that may be another process).
 Cancelling a waiter whose grant is still unclaimed gives the grant back, and a grant nobody
-claims within ``Ticket.claim_timeout`` (its replica died) is given back by :meth:`expire`.
+claims within ``Ticket.claim_timeout`` is given back by :meth:`expire`. With several
+replicas, each one heartbeats (:meth:`beat`); the waiters and unclaimed grants of a replica
+that missed its heartbeats (it died) are dropped at once, the claim timeout being the last
+resort.
 
 A ticket with a ``dedup_key`` while a call with the same key is in flight for its tenant
 (queued or leased: the *leader*) reserves nothing: the result says whom it ``follows``. When
@@ -34,6 +37,7 @@ from .._clock import Clock
 from .._config import Settings
 from .._model import (
     AcquireResult,
+    Beat,
     DedupEnd,
     ExpireResult,
     Gate,
@@ -60,8 +64,9 @@ class Backend(Protocol):
         """Take a waiter out of the queue, or give back its grant if it was not claimed."""
         ...
 
-    async def claim(self, lease_id: str) -> None:
-        """The waiter's RPC received its grant: the lease is now the caller's."""
+    async def claim(self, lease_id: str) -> bool:
+        """The waiter's RPC takes its grant: the lease is now the caller's. False when the
+        grant was no longer unclaimed (given back meanwhile): it is nobody's."""
         ...
 
     async def release(
@@ -95,6 +100,12 @@ class Backend(Protocol):
 
     async def dispatch(self) -> Progress:
         """Grant what fits now from every queue (after a refill)."""
+        ...
+
+    async def beat(self, dead_after: float) -> Beat:
+        """This replica is alive, and promises its next beat within ``dead_after`` seconds.
+        Past a replica's promise its waiters leave the queue and its unclaimed grants go
+        back, at once (their RPCs died with it). One process (memory) has nothing to do."""
         ...
 
     async def look(self, lease_id: str, *, claim: bool) -> Look:

@@ -231,6 +231,24 @@ class BackendConfig(_Model):
     pool_timeout: Seconds = Field(1.0, gt=0)
     """Longest an Acquire waits for a free connection; past it the Acquire is refused with
     SERVER_OVERLOADED (nothing reserved). Settling calls wait as long as it takes."""
+    heartbeat_interval: Seconds = Field(0.5, gt=0)
+    """How often this replica tells Redis it is alive (the memory backend does nothing)."""
+    dead_after: Seconds = Field(1.5, gt=0)
+    """A replica with no heartbeat for this long is dead: its queued waiters leave the
+    shared queue and grants made for them go back at once, instead of holding the slots
+    until their claim times out (10 s). Each replica's own value applies to it. At least
+    twice ``heartbeat_interval``, so that one late heartbeat does not end a live replica's
+    waits; a replica stalled longer than this loses its waiters' places."""
+
+    @model_validator(mode="after")
+    def _beats_before_death(self) -> BackendConfig:
+        if self.dead_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"dead_after ({self.dead_after:g}s) must be at least twice heartbeat_interval"
+                f" ({self.heartbeat_interval:g}s): one late heartbeat must not end a live"
+                " replica's waits"
+            )
+        return self
 
 
 class OverloadConfig(_Model):

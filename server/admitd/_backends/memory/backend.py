@@ -17,6 +17,7 @@ from ..._model import (
     LEDGER_DAYS,
     MAX_EXAMINED,
     AcquireResult,
+    Beat,
     DedupEnd,
     Denial,
     EndKind,
@@ -127,8 +128,8 @@ class MemoryBackend:
             return self._dispatch_all(now)
         return self._progress()
 
-    async def claim(self, lease_id: str) -> None:
-        self._unclaimed.claim(lease_id)
+    async def claim(self, lease_id: str) -> bool:
+        return self._unclaimed.claim(lease_id)
 
     async def release(
         self,
@@ -190,6 +191,9 @@ class MemoryBackend:
         deadlines = [self._unclaimed.next_deadline(), self._leases.next_expiry()]
         due = [deadline for deadline in deadlines if deadline is not None]
         return ExpireResult(expired, progress, min(due) - now if due else None)
+
+    async def beat(self, dead_after: float) -> Beat:
+        return Beat(self._progress())  # one process: its waiters live and die with it
 
     async def dispatch(self) -> Progress:
         return self._dispatch_all(self._tick())
@@ -322,6 +326,8 @@ class MemoryBackend:
             return AcquireResult(queued=True, replayed=True, waiting_on=ref)
         lease = self._leases.get(ref)
         if lease is not None:
+            if not ticket.deferred:  # this retry's caller has the grant now: not unclaimed
+                self._unclaimed.claim(ref)
             return AcquireResult(lease=lease.record(now), replayed=True)
         done = self._released.get(ref, now)
         if done is not None:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from ..._errors import Unavailable
 from ..._model import (
     END_PREFIX,
     AcquireResult,
+    Beat,
     DedupEnd,
     ExpireResult,
     Gate,
@@ -98,11 +100,15 @@ class RedisBackend:
         self._scripts = {op: client.register_script(src) for op, src in load_scripts().items()}
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
+        self.replica = uuid.uuid4().hex
+        """This process among the replicas: its waiters and heartbeats carry it."""
 
     # -- operations -----------------------------------------------------------------------
 
     async def acquire(self, ticket: Ticket, *, wait: bool) -> AcquireResult:
-        args = (codec.ticket_json(ticket), "1" if wait else "0")
+        # A deferred ticket has no RPC waiting, so no replica whose death ends it.
+        replica = "" if ticket.deferred else self.replica
+        args = (codec.ticket_json(ticket), "1" if wait else "0", replica)
         doc = await self._shielded("acquire", *args, undo=lambda doc: self._undo(doc, ticket))
         return codec.acquire_result(doc, ticket)
 
@@ -122,8 +128,8 @@ class RedisBackend:
     async def cancel(self, lease_id: str) -> Progress:
         return codec.progress((await self._run("cancel", lease_id)).get("progress"))
 
-    async def claim(self, lease_id: str) -> None:
-        await self._run("claim", lease_id)
+    async def claim(self, lease_id: str) -> bool:
+        return bool((await self._run("claim", lease_id))["claimed"])
 
     async def release(
         self,
@@ -150,6 +156,9 @@ class RedisBackend:
 
     async def dispatch(self) -> Progress:
         return codec.progress((await self._run("dispatch")).get("progress"))
+
+    async def beat(self, dead_after: float) -> Beat:
+        return codec.beat(await self._run("beat", self.replica, repr(dead_after)))
 
     async def look(self, lease_id: str, *, claim: bool) -> Look:
         return codec.look(await self._run("look", lease_id, "1" if claim else "0"))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..._model import (
     AcquireResult,
+    Beat,
     DedupEnd,
     Denial,
     ExpireResult,
@@ -88,6 +89,9 @@ GRANTED = "granted"
 """``<prefix>:granted:<lease id>``: a grant its RPC has not claimed yet, as a lease record."""
 DEDUP_END = "dedupend"
 """``<prefix>:dedupend:<leader>``: how a dedup leader's call ended (kept a minute)."""
+REPLICAS = "replicas"
+"""``<prefix>:replicas``: a hash of replica id -> the Redis TIME by which it promised its next
+heartbeat (``beat.lua``); a replica past it is dead, and its waiters and grants are dropped."""
 
 SHARED_CONSTANTS = (
     "DAY_SECONDS",
@@ -179,6 +183,10 @@ def acquire_result(doc: dict[str, Any], ticket: Ticket) -> AcquireResult:
     elif "denial" in doc:
         result.denial = denial(doc["denial"])
     return result
+
+
+def beat(doc: dict[str, Any]) -> Beat:
+    return Beat(progress(doc.get("progress")), bool(doc.get("lapsed")))
 
 
 def release_result(doc: dict[str, Any], lease_id: str) -> ReleaseResult:

@@ -16,7 +16,36 @@ local function qkey(cls, pool)
   return key('q', cls, pool)
 end
 
-local function push(t, raw)
+-- Replicas' heartbeats: hash REPLICAS maps a replica's id to the Redis TIME by which it
+-- promised its next beat (beat.lua). A waiter (hash field 'rep') and an unclaimed grant (hash
+-- 'claimer') name the replica whose RPC waits for them; once that replica is past its
+-- promise, nobody waits for them any more. Liveness is judged on Redis TIME even when a test
+-- injects the admission clock: processes die in real time, and no replica's own clock can
+-- declare another dead.
+local server_now = nil
+local function server_time()
+  if not server_now then
+    local t = redis.call('TIME')
+    server_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return server_now
+end
+
+local replica_dead = {}
+-- True when replica rep has missed its heartbeats. An unknown replica ('' for a deferred
+-- ticket, or one never seen) is presumed alive: the claim timeout remains the last resort.
+local function dead(rep)
+  if not rep or rep == '' then return false end
+  local d = replica_dead[rep]
+  if d == nil then
+    local promised = redis.call('HGET', key(REPLICAS), rep)
+    d = promised ~= false and tonumber(promised) < server_time()
+    replica_dead[rep] = d
+  end
+  return d
+end
+
+local function push(t, raw, rep)
   local cls = t[T.priority]
   local fk = fkey(cls, t[T.pool], t[T.tenant])
   local v = tonumber(redis.call('HGET', key('vtime'), vkey(cls, t[T.pool])) or '0')
@@ -26,8 +55,12 @@ local function push(t, raw)
   local seq = string.format('%0' .. SEQ_DIGITS .. 'd', redis.call('INCR', key('seq')))
   local member = seq .. '|' .. t[T.lease_id]
   redis.call('ZADD', qkey(cls, t[T.pool]), num(tag), member)
-  redis.call('HSET', key('w', t[T.lease_id]), 'ticket', raw, 'enq', num(now),
-             'member', member, 'tag', num(tag))
+  local fields = {'ticket', raw, 'enq', num(now), 'member', member, 'tag', num(tag)}
+  if rep ~= '' then
+    table.insert(fields, 'rep')
+    table.insert(fields, rep)
+  end
+  redis.call('HSET', key('w', t[T.lease_id]), unpack(fields))
   redis.call('HINCRBY', key('queued', SCOPE_TENANT), t[T.tenant], 1)
   redis.call('INCR', key('queued', 'total'))
   redis.call('SADD', key('queued', 'pools'), t[T.pool])
@@ -82,8 +115,8 @@ local function fair_order(pool, light)
     if light then
       h.enq = tonumber(redis.call('HGET', key('w', id), 'enq'))
     else
-      local w = redis.call('HMGET', key('w', id), 'ticket', 'enq')
-      h.t, h.raw, h.enq = cjson.decode(w[1]), w[1], tonumber(w[2])
+      local w = redis.call('HMGET', key('w', id), 'ticket', 'enq', 'rep')
+      h.t, h.raw, h.enq, h.rep = cjson.decode(w[1]), w[1], tonumber(w[2]), w[3]
     end
     return h
   end
@@ -113,7 +146,7 @@ end
 -- back by its own tenant's limit is passed over with the rest of that tenant's waiters.
 -- Returns the denial of the watch ticket (when examined and not granted) and its own grant.
 local function dispatch_pool(pool, watch, progress)
-  local skipped, served, gone, never = {}, {}, {}, {}
+  local skipped, served, gone, never, abandoned = {}, {}, {}, {}, {}
   local watched, own = nil, nil
   local examined = 0
   local next_waiter = fair_order(pool)
@@ -127,8 +160,10 @@ local function dispatch_pool(pool, watch, progress)
     end
     if not skipped[t[T.tenant]] then
       local closed = shut(pool)
-      if best.id ~= watch and now > best.enq + t[T.wait] then
-        table.insert(gone, best.id) -- its RPC has ended (its replica may have died)
+      if best.id ~= watch and dead(best.rep) then
+        table.insert(abandoned, best.id) -- its replica missed its heartbeats: nobody waits
+      elseif best.id ~= watch and now > best.enq + t[T.wait] then
+        table.insert(gone, best.id) -- its RPC has ended
       elseif closed and closed.cause == CAUSE_OPEN then
         table.insert(never, {best.id, closed}) -- refused at once, queued calls too
         if best.id == watch then watched = closed end
@@ -149,6 +184,7 @@ local function dispatch_pool(pool, watch, progress)
             local keep = math.floor((t[T.claim_timeout] + GRANTED_KEEP) * 1000)
             redis.call('SET', key(GRANTED, best.id), cjson.encode(rec), 'PX', keep)
             redis.call('ZADD', key('unclaimed'), num(now + t[T.claim_timeout]), best.id)
+            if best.rep then redis.call('HSET', key('claimer'), best.id, best.rep) end
             redis.call('PUBLISH', key(GRANTS), best.id)
           end
         else
@@ -173,6 +209,11 @@ local function dispatch_pool(pool, watch, progress)
     table.insert(progress.rejections, n)
   end
   for _, id in ipairs(gone) do ended(unqueue(id, false), END_TIMEOUT, nil) end
+  for _, id in ipairs(abandoned) do -- as if its RPC had cancelled (cancel.lua)
+    local t = unqueue(id, false)
+    if t[T.idempotency_key] ~= '' then redis.call('DEL', idem_key(t)) end
+    ended(t, END_CANCELLED, nil)
+  end
   return watched, own
 end
 

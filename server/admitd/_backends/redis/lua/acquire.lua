@@ -1,5 +1,6 @@
 -- acquire: grant now, queue, or deny a ticket; atomic with the dispatch pass it triggers.
--- ARGV[3] ticket JSON; ARGV[4] "1" to queue when it does not fit now, "0" to fail fast.
+-- ARGV[3] ticket JSON; ARGV[4] "1" to queue when it does not fit now, "0" to fail fast;
+-- ARGV[5] the id of the replica whose RPC waits for it, "" for none (a deferred ticket).
 -- Returns {lease?, queued?, replayed?, waiting_on?, follows?, denial?, full?, mismatch?,
 -- progress};
 -- full = {scope, depth, limit, pool_depth, grants_per_second?}.
@@ -13,10 +14,18 @@ if t[T.idempotency_key] ~= '' then
   if ref then
     if fp ~= t[T.fingerprint] then return cjson.encode({mismatch = true}) end
     if redis.call('EXISTS', key('w', ref)) == 1 then
+      -- The retry's replica waits for it now (the first one's may be the one that died).
+      if ARGV[5] ~= '' then redis.call('HSET', key('w', ref), 'rep', ARGV[5]) end
       return cjson.encode({queued = true, replayed = true, waiting_on = ref, progress = progress})
     end
     local lease = load_lease(ref)
     if lease then
+      if ARGV[5] ~= '' and redis.call('ZREM', key('unclaimed'), ref) == 1 then
+        -- granted while its first attempt's RPC was gone: this retry's caller has it now,
+        -- so it must not go back as unclaimed (claim.lua)
+        redis.call('DEL', key(GRANTED, ref))
+        redis.call('HDEL', key('claimer'), ref)
+      end
       return cjson.encode({lease = record(lease), replayed = true, progress = progress})
     end
     local s = released(ref)
@@ -58,7 +67,7 @@ if wait then
   end
 end
 
-push(t, ARGV[3])
+push(t, ARGV[3], ARGV[5])
 if t[T.idempotency_key] ~= '' then remember_key(t) end
 if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
 local watched, own = dispatch_pool(t[T.pool], t[T.lease_id], progress)

@@ -10,6 +10,7 @@ if t then
   dispatch_all(progress) -- it may have been the head holding the queue: who is behind may fit
 elseif redis.call('ZREM', key('unclaimed'), id) == 1 then
   redis.call('DEL', key(GRANTED, id))
+  redis.call('HDEL', key('claimer'), id)
   give_back(id, END_CANCELLED) -- granted while its RPC gave up
   dispatch_all(progress)
 end

@@ -7,6 +7,7 @@ local freed = false
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', num(now))) do
   redis.call('ZREM', key('unclaimed'), id)
   redis.call('DEL', key(GRANTED, id))
+  redis.call('HDEL', key('claimer'), id)
   give_back(id, END_UNCLAIMED)
   freed = true
 end

@@ -34,5 +34,6 @@ report(t[T.pool], outcome, tonumber(ARGV[7]), lease.probe)
 if outcome == OUTCOME_OK and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else dedup_finish(t, nil) end
 redis.call('ZREM', key('unclaimed'), id)
 redis.call('DEL', key(GRANTED, id))
+redis.call('HDEL', key('claimer'), id)
 redis.call('SET', key('released', id), cjson.encode(s), 'PX', math.ceil(t[T.ttl] * 1000))
 return cjson.encode({settlement = s, progress = dispatch_all(new_progress())})
