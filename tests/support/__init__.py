@@ -18,6 +18,7 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``envoy``: Envoy's rate limit requests, built with the stubs of Envoy's own protos.
 - ``litellm_proxy``: real LiteLLM proxies (``bench.gateway``), and the README's config.
 - ``client``: the Python client's tests: a server, recording channels, injected sleeps.
+- ``node``: the Node.js client's CLI and module, run as subprocesses.
 - ``fuzzing``: hypothesis profiles and seeds.
 - ``model``: the model the state machine checks (a package: limits, ledger, queue, admission).
 - ``state_machine``: the state machine that checks the server against ``model``: its
