@@ -3,8 +3,8 @@
  * A reservation derived from a provider request, as the caller hands it to the SDK: the
  * arguments of OpenAI's chat.completions.create / responses.create or Anthropic's
  * messages.create. The same rules as the Python client's (clients/python/admitd_client/
- * _reserve.py), so both reserve the same for the same request (tests/test_node_client.py
- * compares them):
+ * _reserve.py), so both reserve the same for the same request
+ * (tests/test_node_client_requests.py compares them):
  *
  * - OpenAI chat: messages with the cookbook's overhead (3 per message, 1 per name, 3 priming
  *   the reply), image parts by OpenAI's 512 px tile formula (sized from base64 data; by URL
