@@ -28,6 +28,7 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
 
 from support import parts  # noqa: E402
+from support.fuzz_server import Served  # noqa: E402
 from support.harness import Harness, MakeHarness, Replicas, start_harness  # noqa: E402
 from support.redis_server import RedisServer  # noqa: E402
 
@@ -57,6 +58,15 @@ def backend_config(backend_kind: str, request: pytest.FixtureRequest) -> dict[st
 
 
 _PREFIXES = itertools.count()
+
+
+@pytest.fixture
+def fuzz_server(backend_config: dict[str, Any]) -> Iterator[Served]:
+    """The property tests' server (``support.fuzz_server``), one per backend, driven from sync
+    hypothesis tests through its own event loop."""
+    server = Served.fuzzing(backend_config)
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``client``: the Python client's tests: a server, recording channels, injected sleeps.
 - ``node``: the Node.js client's CLI and module, run as subprocesses.
 - ``fuzzing``: hypothesis profiles and seeds.
+- ``fuzz_server``: the server the property tests fuzz, and GetStatus as flat numbers.
 - ``model``: the model the state machine checks (a package: limits, ledger, queue, admission).
 - ``state_machine``: the state machine that checks the server against ``model``: its
   configuration, its drivers (the engine in process, a gRPC server) and its rules.

@@ -1,8 +1,8 @@
 """Input hardening, proven with hypothesis against the real gRPC server, on both backends.
 
 Arbitrary field values (any int64, odd and huge unicode with NUL, negative and overflowing
-durations, unknown enum numbers, random label maps, random lease ids) and raw garbage bytes
-go to a server on a socket. Whatever arrives, the server
+durations, unknown enum numbers, random label maps, random lease ids) go to a server on a
+socket. Whatever arrives, the server
 
 - answers with a code a client can act on: OK, INVALID_ARGUMENT, NOT_FOUND,
   RESOURCE_EXHAUSTED (and PERMISSION_DENIED for a Release/Renew naming another tenant),
@@ -12,72 +12,43 @@ go to a server on a socket. Whatever arrives, the server
 - leaks nothing: after every example all leases granted in it are released, and every level
   is back where it started, moved only by the usage that was charged.
 
-One server per backend serves every example (on a ManualClock, which each example moves on
-by more than a lease TTL so that buckets refill and remembered ids are forgotten).
-Settings and seeds: ``fuzzing.py``.
+One server per backend serves every example (``support.fuzz_server``, on a ManualClock,
+which each example moves on by more than a lease TTL so that buckets refill and remembered
+ids are forgotten). Raw garbage bytes and request sizes: ``test_raw_requests.py``. Settings
+and seeds: ``support.fuzzing``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from google.protobuf.message import DecodeError, Message
-from grpc_health.v1 import health_pb2
+from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
 from admitd.v1 import admission_pb2 as pb
-from support.decoding import has_field
+from support.fuzz_server import (
+    ANSWERS,
+    BETWEEN_EXAMPLES,
+    LEASE_ANSWERS,
+    MAX_WAIT,
+    Code,
+    Served,
+    assert_unchanged,
+    state,
+)
 from support.fuzzing import fuzz_settings, run
-from support.harness import Harness, start_harness
-from support.health import health
-from support.parts import BACKENDS
-from support.redis_server import RedisServer
+from support.harness import Harness
 
-Code = grpc.StatusCode
 MAX_TOKENS = 10_000_000  # the server's bound on each token field
-MAX_PROMPT_CHARS = 2_000_000  # the server's bound on a prompt
-ANSWERS = {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED}
-LEASE_ANSWERS = ANSWERS | {Code.PERMISSION_DENIED}  # Release/Renew naming another tenant
-MAX_WAIT = 1.0  # queue.max_wait: a queued fuzz call is timed out by moving the clock this much
 UNCHECKED = "unchecked-"  # prefix of lease ids admitted without the store (fail_open)
-BETWEEN_EXAMPLES = 121.0  # > lease TTL: buckets full again, released ids and keys forgotten
-
-FUZZ_CONFIG: dict[str, Any] = {
-    "pools": [
-        {
-            "name": "p",
-            "max_concurrency": 50,
-            "tokens_per_minute": 1_000_000_000,
-            "requests_per_minute": 100_000,
-            "tokens_per_day": 10**12,
-            "price": {"input_per_million": 1.0, "output_per_million": 3.0},
-        },
-        # Tight: small calls fit, big ones never do, a second one waits or is rejected.
-        {
-            "name": "tight",
-            "max_concurrency": 1,
-            "tokens_per_minute": 1000,
-            "requests_per_minute": 5,
-        },
-    ],
-    "tenants": [
-        {"name": "a", "max_concurrency": 20, "tokens_per_minute": 1_000_000_000},
-        {"name": "b", "weight": 0.5, "tokens_per_day": 5000, "usd_per_day": 1.0},
-    ],
-    "budget": {"usd_per_day": 1_000_000.0},
-    "queue": {"max_wait": MAX_WAIT, "max_per_tenant": 2, "max_length": 3},
-    "lease": {"ttl": 120.0},
-}
 
 # -- strategies -------------------------------------------------------------------------------
 
@@ -121,42 +92,6 @@ def acquire_requests(draw: st.DrawFn) -> pb.AcquireRequest:
     if wait is not None:
         request.wait_timeout.CopyFrom(wait)
     return request
-
-
-# -- server state as GetStatus shows it --------------------------------------------------------
-
-LIMIT_FIELDS = ("concurrency", "tokens_per_minute", "requests_per_minute")
-DAILY_FIELDS = ("tokens_per_day", "usd_per_day")
-
-
-def state_of(status: pb.StatusResponse) -> dict[str, float]:
-    """Every number GetStatus reports, by a flat key like ``pool:p:tokens_per_minute``."""
-    out: dict[str, float] = {}
-    for kind, items in (("pool", status.pools), ("tenant", status.tenants)):
-        for item in items:
-            out[f"{kind}:{item.name}:in_flight"] = item.in_flight
-            out[f"{kind}:{item.name}:queued"] = item.queued
-            for name in LIMIT_FIELDS + DAILY_FIELDS:
-                if has_field(item, name):
-                    out[f"{kind}:{item.name}:{name}"] = getattr(item, name).value
-    for name in DAILY_FIELDS:
-        if has_field(status.budget, name):
-            out[f"global:{name}"] = getattr(status.budget, name).value
-    return out
-
-
-async def state(h: Harness) -> dict[str, float]:
-    return state_of(await h.status())
-
-
-def assert_unchanged(before: dict[str, float], after: dict[str, float], clock_moved: bool) -> None:
-    """A refused call reserved nothing. When the clock moved (a call that waited), buckets
-    may only have refilled."""
-    for key, value in before.items():
-        if clock_moved and key.endswith(("tokens_per_minute", "requests_per_minute")):
-            assert after[key] >= value, (key, value, after[key])
-        else:
-            assert after[key] == value, (key, value, after[key])
 
 
 # -- one example ------------------------------------------------------------------------------
@@ -349,175 +284,14 @@ async def run_calls(example: Example, data: st.DataObject) -> None:
             await example.renew(renewal)
 
 
-# -- a server per backend, in its own event loop ----------------------------------------------
-
-_PREFIXES = itertools.count()
-
-
-def backend_section(kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
-    if kind == "memory":
-        return {"kind": "memory"}
-    server: RedisServer = request.getfixturevalue("shared_redis")
-    # A generous store timeout: a slow reply on a loaded machine is not what this tests.
-    prefix = f"fuzz{next(_PREFIXES)}"
-    return {"kind": "redis", "url": server.url, "key_prefix": prefix, "timeout": 5}
-
-
-class Served:
-    """A harness started in a private event loop, so that sync hypothesis tests can drive it."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.runner = asyncio.Runner()
-        self.h = self.runner.run(start_harness(config))
-
-    def close(self) -> None:
-        try:
-            self.runner.run(self.h.close())
-        finally:
-            self.runner.close()
-
-
-@pytest.fixture(params=BACKENDS)
-def served(request: pytest.FixtureRequest) -> Iterator[Served]:
-    server = Served({**FUZZ_CONFIG, "backend": backend_section(request.param, request)})
-    yield server
-    server.close()
-
-
 @pytest.mark.slow
-def test_arbitrary_fields_never_crash_leak_or_reserve_on_error(served: Served) -> None:
+def test_arbitrary_fields_never_crash_leak_or_reserve_on_error(fuzz_server: Served) -> None:
     seen: set[str] = set()
 
     @fuzz_settings(max_examples=60)
     @given(st.data())
     def example(data: st.DataObject) -> None:
-        served.runner.run(run_example(served.h, seen, data))
+        fuzz_server.runner.run(run_example(fuzz_server.h, seen, data))
 
     run(example)
     assert seen, "no example was ever admitted: the strategies miss the happy path"
-
-
-# -- raw bytes --------------------------------------------------------------------------------
-
-METHODS: dict[str, type[Message]] = {
-    "Acquire": pb.AcquireRequest,
-    "Release": pb.ReleaseRequest,
-    "Renew": pb.RenewRequest,
-    "GetStatus": pb.GetStatusRequest,
-}
-VALID = {
-    "Acquire": pb.AcquireRequest(tenant="a", pool="p", input_tokens=5).SerializeToString(),
-    "Release": pb.ReleaseRequest(lease_id="ab" * 16).SerializeToString(),
-    "Renew": pb.RenewRequest(lease_id="ab" * 16).SerializeToString(),
-    "GetStatus": b"",
-}
-
-
-@st.composite
-def payloads(draw: st.DrawFn) -> tuple[str, bytes]:
-    method = draw(st.sampled_from(sorted(METHODS)))
-    if draw(st.booleans()):
-        return method, draw(st.binary(max_size=300))
-    data = bytearray(VALID[method] + draw(st.binary(max_size=20)))  # mutate a valid one
-    for _ in range(draw(st.integers(0, 4))):
-        if data:
-            i = draw(st.integers(0, len(data) - 1))
-            data[i] = draw(st.integers(0, 255))
-    return method, bytes(data)
-
-
-def decodes(method: str, payload: bytes) -> bool:
-    try:
-        METHODS[method].FromString(payload)
-    except DecodeError:
-        return False
-    return True
-
-
-async def send_raw(h: Harness, method: str, payload: bytes) -> tuple[Code, bytes | None]:
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = h.channel.unary_unary(
-        f"/admitd.v1.Admission/{method}"
-    )  # identity serializers
-    try:
-        return Code.OK, await call(payload, timeout=10)
-    except grpc.aio.AioRpcError as error:
-        return error.code(), None
-
-
-def test_garbage_bytes_get_an_error_and_the_server_stays_healthy(served: Served) -> None:
-    h = served.h
-    start = served.runner.run(state(h))
-    undecodable: list[Code] = []
-
-    @fuzz_settings(max_examples=150)
-    @given(payloads())
-    def example(sent: tuple[str, bytes]) -> None:
-        method, payload = sent
-        code, response = served.runner.run(send_raw(h, method, payload))
-        if not decodes(method, payload):
-            assert code == Code.INVALID_ARGUMENT, (code, payload)
-            undecodable.append(code)
-            return
-        assert code in LEASE_ANSWERS, (code, method, payload)
-        if code == Code.OK and method == "Acquire":
-            assert response is not None
-            lease = pb.Lease.FromString(response)
-            served.runner.run(h.release(lease.lease_id, (0, 0)))
-            served.runner.run(h.advance(BETWEEN_EXAMPLES))
-
-    run(example)
-    assert undecodable, "no undecodable payload was sent"
-
-    async def still_fine() -> None:
-        assert await health(h.channel) == health_pb2.HealthCheckResponse.SERVING
-        end = await state(h)
-        for key in end:
-            if key.endswith(("in_flight", "queued", "concurrency")):
-                assert end[key] == start[key] == 0, key
-        lease = await h.acquire(tenant="a", pool="p", input_tokens=3)
-        await h.release(lease.lease_id, (0, 0))
-
-    served.runner.run(still_fine())
-
-
-async def test_an_undecodable_request_is_invalid_argument(make_harness: Any) -> None:
-    h = await make_harness()
-    code, _ = await send_raw(h, "Acquire", b"\xff\xff\xff")
-    assert code == Code.INVALID_ARGUMENT
-
-
-# -- sizes ------------------------------------------------------------------------------------
-
-
-async def test_a_10mb_request_is_refused_before_it_is_read(make_harness: Any) -> None:
-    """A 10 MB request is refused by gRPC's receive limit (RESOURCE_EXHAUSTED, nothing
-    reserved) and the server carries on."""
-    h = await make_harness()
-    start = await state(h)
-    failure = await h.fail(h.acquire(input_tokens=1, prompt="x" * 10_000_000))
-    assert failure.code == Code.RESOURCE_EXHAUSTED
-    assert "larger than max" in failure.message
-    assert await state(h) == start
-    assert await health(h.channel) == health_pb2.HealthCheckResponse.SERVING
-    await h.release((await h.acquire(input_tokens=1)).lease_id)
-
-
-async def test_the_largest_prompt_reaches_validation(make_harness: Any) -> None:
-    """A prompt one character over MAX_PROMPT_CHARS, each character 4 UTF-8 bytes (8 MB on
-    the wire), gets admitd's own answer naming the field, not a transport error: the receive
-    limit must be above the largest request validation can see (4 x 2M chars + the rest)."""
-    h = await make_harness()
-    failure = await h.fail(h.acquire(prompt="\U0001f600" * (MAX_PROMPT_CHARS + 1)))
-    assert failure.code == Code.INVALID_ARGUMENT
-    assert failure.field_violations == ["prompt"]
-
-
-@pytest.mark.parametrize("unit", [" ", "\t", "\u3000", " \t"])
-async def test_a_long_whitespace_prompt_is_counted(make_harness: Any, unit: str) -> None:
-    """tiktoken's o200k_base regex overflows its backtracking stack on a whitespace run of
-    about 1M characters (a ValueError): the call must still be counted and admitted."""
-    h = await make_harness()
-    prompt = unit * (1_000_000 // len(unit))
-    lease = await h.acquire(prompt=prompt)
-    assert lease.input_tokens > 0
-    await h.release(lease.lease_id, (0, 0))
