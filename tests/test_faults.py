@@ -235,6 +235,9 @@ def redis_config(server: RedisServer, prefix: str, on_error: str) -> dict[str, A
             "timeout": 2,
             "on_store_error": on_error,
         },
+        # Redis restarts empty under admitd: the pool counts as full for one TTL (learning:
+        # leases it forgot may still run), then admits again.
+        "lease": {"ttl": 2},
         "pools": [{"name": "p", "max_concurrency": 4}],
         "tenants": [{"name": "a"}],
     }
@@ -326,7 +329,10 @@ async def test_redis_killed_under_load_fails_open_and_grants_nothing_twice(
     in_redis = len(redis_keys(redis_server, prefix, "lease"))
     slots = float(client.hget(*gauge) or 0)
     assert (in_redis, slots) == (0, 0.0), (in_redis, slots)
-    assert load.codes("down") == {"OK"}, load.outcomes  # every call admitted, unchecked
+    # Every call admitted unchecked, but one that began while Redis was down and reached it
+    # restarted: that one met learning (the pool counts as full for one TTL).
+    assert load.codes("down") <= {"OK", "RESOURCE_EXHAUSTED"}, load.outcomes
+    assert load.count("down", code="RESOURCE_EXHAUSTED") <= 6, load.outcomes  # one per worker
     acquired = {code for (_, rpc, code) in load.outcomes if rpc == "Acquire"}
     assert acquired <= {"OK", "RESOURCE_EXHAUSTED"}, load.outcomes
     # Settling a lease Redis granted needs Redis: UNAVAILABLE while it is down, NOT_FOUND

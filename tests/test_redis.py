@@ -247,9 +247,11 @@ async def test_fail_open_admits_unchecked_while_redis_is_down(
     assert settled.charged_tokens == 3
     redis_server.start()
     assert await h.server.check_store()
-    # Back to checked admission (Redis restarted empty: nothing was persisted).
-    assert not (await h.acquire(input_tokens=1)).lease_id.startswith("unchecked-")
-    assert (await h.fail(h.acquire(input_tokens=1))).reason == "CONCURRENCY_LIMIT"
+    # Back to checked admission. Redis restarted empty under admitd, which forgot the lease
+    # held before: it may still run, so the pool counts as full for one lease TTL (learning).
+    refused = await h.fail(h.acquire(input_tokens=1))
+    assert refused.reason == "CONCURRENCY_LIMIT"
+    assert h.engine.backend.watch.changes == 1
 
 
 async def test_a_lost_grant_message_only_delays_the_grant(

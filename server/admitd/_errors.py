@@ -21,7 +21,8 @@ from collections.abc import Mapping
 
 
 class Reason(enum.StrEnum):
-    """Why an Acquire was rejected; the ``ErrorInfo.reason`` on the wire."""
+    """Why an Acquire was rejected, or what became of a lease; the ``ErrorInfo.reason`` on
+    the wire."""
 
     CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT"
     TOKEN_RATE_LIMIT = "TOKEN_RATE_LIMIT"
@@ -34,6 +35,7 @@ class Reason(enum.StrEnum):
     DEDUP_IN_FLIGHT = "DEDUP_IN_FLIGHT"  # an identical call is in flight; not waited for
     DEDUP_LEADER_FAILED = "DEDUP_LEADER_FAILED"  # the joined call ended without a result
     SERVER_OVERLOADED = "SERVER_OVERLOADED"  # this replica is past its capacity: retry later
+    LEASE_LOST = "LEASE_LOST"  # (NOT_FOUND) granted on a Redis primary that a failover replaced
 
 
 class AdmitdError(Exception):
@@ -53,11 +55,13 @@ class InvalidArgument(AdmitdError):
 
 
 class NotFound(AdmitdError):
-    """The named pool, tenant or lease does not exist (or the lease expired)."""
+    """The named pool, tenant or lease does not exist (or the lease expired). ``reason``,
+    when set, says what became of a lease (an ``ErrorInfo`` on the wire)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = reason
 
 
 class Unauthenticated(AdmitdError):

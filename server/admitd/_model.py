@@ -395,6 +395,11 @@ class LeaseGone(Exception):
         self.lease_id = lease_id
 
 
+class LeaseLost(LeaseGone):
+    """Release/Renew of a lease unknown to a Redis primary that took over within a lease TTL:
+    it may have been granted on the old one, in writes replication had not carried."""
+
+
 class NotOwner(Exception):
     """Release/Renew by a tenant that does not own the lease."""
 

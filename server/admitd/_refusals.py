@@ -45,6 +45,15 @@ def lease_gone(lease_id: str) -> NotFound:
     return NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released")
 
 
+def lease_lost(lease_id: str) -> NotFound:
+    return NotFound(
+        "lease_id",
+        f"no lease {lease_id!r} on the Redis primary that took over after a failover: if it"
+        " was granted shortly before, replication lost it, and its slot is not counted",
+        reason=Reason.LEASE_LOST,
+    )
+
+
 def not_owner(lease_id: str, what: str = "lease") -> PermissionDenied:
     """Another tenant's lease or ticket (``what``)."""
     return PermissionDenied(f"{what} {lease_id!r} belongs to another tenant")

@@ -23,6 +23,7 @@ from ._model import (
     ExpireResult,
     FingerprintMismatch,
     LeaseGone,
+    LeaseLost,
     LeaseRecord,
     NotOwner,
     Outcome,
@@ -32,7 +33,13 @@ from ._model import (
     Ticket,
 )
 from ._policy import UNCHECKED_PREFIX
-from ._refusals import idempotency_key_reused, lease_gone, not_owner, server_overloaded
+from ._refusals import (
+    idempotency_key_reused,
+    lease_gone,
+    lease_lost,
+    not_owner,
+    server_overloaded,
+)
 from ._telemetry import Telemetry
 from ._usage import Unreported, Usage
 
@@ -78,6 +85,8 @@ class Store:
         except Unavailable:
             self._telemetry.store_error()
             raise
+        except LeaseLost as lost:
+            raise lease_lost(lost.lease_id) from None
         except LeaseGone as gone:
             raise lease_gone(gone.lease_id) from None
         except NotOwner as other:

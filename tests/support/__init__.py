@@ -14,6 +14,7 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``queueing``: fill a one-slot pool's queue and watch the order it is served in.
 - ``metrics``: scrape the Prometheus endpoint.
 - ``redis_server`` / ``processes``: real redis-server and admitd processes.
+- ``proxy``: a loopback TCP proxy to pause (a replication link losing writes), move and cut.
 - ``certs``: a test CA and the certificates it signs.
 - ``envoy``: Envoy's rate limit requests, built with the stubs of Envoy's own protos.
 - ``litellm_proxy``: real LiteLLM proxies (``bench.gateway``), and the README's config.

@@ -2,7 +2,8 @@
 
 Rejections become RESOURCE_EXHAUSTED with ``google.rpc.Status`` details in
 ``grpc-status-details-bin``: an ``ErrorInfo`` (reason, domain "admitd", metadata) and, when a
-retry can succeed, a ``RetryInfo`` with the computed delay.
+retry can succeed, a ``RetryInfo`` with the computed delay. A NOT_FOUND that says what
+became of a lease (``LEASE_LOST``) carries an ``ErrorInfo`` with that reason too.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def to_status(error: AdmitdError) -> grpc.Status:
                     error_details_pb2.RetryInfo(retry_delay=seconds_to_duration(error.retry_after))
                 )
             )
+    elif isinstance(error, NotFound) and error.reason is not None:
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason.value, domain=DOMAIN, metadata={"field": error.field}
+        )
+        status.details.append(_pack(info))
     elif isinstance(error, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=error.field, description=error.message

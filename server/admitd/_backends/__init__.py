@@ -162,4 +162,6 @@ def make_backend(settings: Settings, clock: Clock, *, test_clock: bool = False) 
         aging=settings.queue.aging,
         clock=clock if test_clock else None,
         lanes=Lanes(config.pool_size, config.pool_timeout),
+        learning=config.learning,
+        window=settings.lease.ttl,
     )

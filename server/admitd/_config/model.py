@@ -239,6 +239,12 @@ class BackendConfig(_Model):
     until their claim times out (10 s). Each replica's own value applies to it. At least
     twice ``heartbeat_interval``, so that one late heartbeat does not end a live replica's
     waits; a replica stalled longer than this loses its waiters' places."""
+    learning: bool = True
+    """After the Redis primary changes (a Sentinel failover, or a restart that lost data),
+    grant nothing beyond what the new primary can prove free for one ``lease.ttl``: every
+    concurrency limit counts as full and every token or USD bucket starts empty, because
+    leases granted in writes replication had not carried may still be running. false:
+    trust the new primary at once (leases it lost may then run beside new grants)."""
 
     @model_validator(mode="after")
     def _beats_before_death(self) -> BackendConfig:

@@ -52,6 +52,7 @@ from ..._model import (
 )
 from ..._usage import Unreported, Usage
 from . import codec
+from .failover import PrimaryWatch
 from .lanes import Lanes
 from .scripts import load_scripts
 
@@ -77,6 +78,8 @@ class RedisBackend:
         poll_interval: how often waiters look for grants whose message was lost.
         lanes: who may use a connection when (``backend.pool_size``, ``pool_timeout``);
             the client's pool must hold two more (grant messages, and a spare).
+        learning: after the primary changes, grant nothing beyond what the new one can
+            prove free for ``window`` seconds (one lease TTL; ``failover.py``).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class RedisBackend:
         clock: Clock | None = None,
         poll_interval: float = 0.5,
         lanes: Lanes | None = None,
+        learning: bool = True,
+        window: float = 120.0,
     ) -> None:
         self._client = client
         self.lanes = lanes or Lanes(POOL_SIZE, POOL_TIMEOUT)
@@ -97,7 +102,13 @@ class RedisBackend:
         self._aging = aging
         self._clock = clock
         self._poll_interval = poll_interval
-        self._scripts = {op: client.register_script(src) for op, src in load_scripts().items()}
+        sources = load_scripts()
+        self._scripts = {op: client.register_script(src) for op, src in sources.items()}
+        self.watch = PrimaryWatch(
+            self._base, sources["failover"], self._common, learning=learning, window=window
+        )
+        """Which primary this process talks to (checked on every new connection)."""
+        client.connection_pool.connection_kwargs["redis_connect_func"] = self.watch.on_connect
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self.replica = uuid.uuid4().hex
@@ -106,6 +117,7 @@ class RedisBackend:
     # -- operations -----------------------------------------------------------------------
 
     async def acquire(self, ticket: Ticket, *, wait: bool) -> AcquireResult:
+        self.watch.saw_ttl(ticket.ttl)
         # A deferred ticket has no RPC waiting, so no replica whose death ends it.
         replica = "" if ticket.deferred else self.replica
         args = (codec.ticket_json(ticket), "1" if wait else "0", replica)
@@ -214,6 +226,10 @@ class RedisBackend:
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock.wall())
 
+    def _common(self) -> list[str]:
+        """Every script's ARGV[1..2]: the time to use ("" for Redis TIME), queue aging."""
+        return [self._now(), repr(self._aging)]
+
     async def _run(self, op: str, *args: str) -> dict[str, Any]:
         await self.lanes.take(admit=False)
         try:
@@ -224,7 +240,7 @@ class RedisBackend:
     async def _script(self, op: str, *args: str) -> dict[str, Any]:
         with _store_errors():
             raw = await self._scripts[op](
-                keys=[self._base], args=[self._now(), repr(self._aging), *args]
+                keys=[self._base], args=[*self._common(), *args]
             )
         doc: dict[str, Any] = json.loads(raw)
         return doc

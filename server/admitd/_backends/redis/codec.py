@@ -26,6 +26,7 @@ from ..._model import (
     GateView,
     Kind,
     LeaseGone,
+    LeaseLost,
     LeaseRecord,
     Limit,
     Look,
@@ -92,6 +93,13 @@ DEDUP_END = "dedupend"
 REPLICAS = "replicas"
 """``<prefix>:replicas``: a hash of replica id -> the Redis TIME by which it promised its next
 heartbeat (``beat.lua``); a replica past it is dead, and its waiters and grants are dropped."""
+PRIMARY = "primary"
+"""``<prefix>:primary``: the identity of the Redis primary admitd last recorded
+(``<master_replid>/<run_id>``); another one found there means the primary changed."""
+LEARN = "learn"
+"""``<prefix>:learn``: until when gauges count as full after the primary changed."""
+LOST = "lostuntil"
+"""``<prefix>:lostuntil``: until when an unknown lease may be one lost with the old primary."""
 
 SHARED_CONSTANTS = (
     "DAY_SECONDS",
@@ -274,6 +282,8 @@ def raise_lease_error(doc: dict[str, Any], lease_id: str) -> None:
     error = doc.get("error")
     if error == "gone":
         raise LeaseGone(lease_id)
+    if error == "lost":
+        raise LeaseLost(lease_id)
     if error == "not_owner":
         raise NotOwner(lease_id)
 

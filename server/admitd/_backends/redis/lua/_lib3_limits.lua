@@ -39,10 +39,19 @@ local function current(l)
   return s
 end
 
+-- Learning after the primary changed (failover.lua): until learn_until, leases granted on
+-- the old primary that never reached this one may still be held, and nothing here says how
+-- many. So every gauge counts as full until then: nothing is granted beyond what this primary
+-- can prove free (Doorman's learning mode). String key LEARN holds learn_until.
+local learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
+local learning = now < learn_until
+
 local function level_of(queued)
   local l = current(queued) or queued
   if l[L_KIND] == KIND_GAUGE then
-    return tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
+    local lv = tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
+    if learning then return math.max(lv, l[L_CAPACITY]) end
+    return lv
   elseif l[L_KIND] == KIND_BUCKET then
     local v = redis.call('HMGET', B, l[L_KEY], l[L_KEY] .. '|at')
     if not v[1] then return l[L_CAPACITY] end

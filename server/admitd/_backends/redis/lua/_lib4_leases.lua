@@ -25,6 +25,15 @@ local function known_key(t)
   return string.sub(v, 1, a - 1), string.sub(v, b + 1)
 end
 
+-- Why a lease id is unknown: within a lease TTL after the primary changed (failover.lua
+-- sets LOST), it may have been granted on the old primary and lost with the writes
+-- replication had not carried yet ('lost'); otherwise it is 'gone'.
+local function unknown_lease()
+  local lost_until = tonumber(redis.call('GET', key(LOST)) or '0')
+  if now < lost_until then return 'lost' end
+  return 'gone'
+end
+
 local function released(id)
   local v = redis.call('GET', key('released', id))
   if not v then return nil end
@@ -285,7 +294,7 @@ end
 
 -- Seconds until the first need holders of gauge lkey are expected to end, soonest first: a
 -- holder at its grant time plus the typical hold while that is ahead, else at its expiry.
-local function holder_ends(lkey, need)
+local function holder_ends(lkey, need, unknown)
   local v = redis.call('HGET', key('hold'), lkey)
   local hold = v and tonumber(v)
   local h = redis.call('ZRANGE', key('holders', lkey), 0, MAX_EXAMINED - 1, 'WITHSCORES')
@@ -301,7 +310,15 @@ local function holder_ends(lkey, need)
   table.sort(ends)
   local out = {}
   for i = 1, math.min(need, #ends) do out[i] = ends[i] end
-  return out
+  if not learning then return out end
+  -- Learning: the unknown slots it counts as held end with it, and no holder's before it.
+  local wait, all = learn_until - now, {}
+  for i = 1, need do
+    if i <= unknown then all[i] = wait
+    elseif ends[i - unknown] then all[i] = math.max(wait, ends[i - unknown])
+    else break end
+  end
+  return all
 end
 
 -- Why t is refused now: the first limit it does not fit (its pool's gate first when shut;
@@ -320,7 +337,8 @@ local function refusal(t, held_by)
       if not fits(l, a, lv) then
         local d = {limit = l, level = lv, amount = a}
         if l[L_KIND] == KIND_GAUGE then
-          d.ends = holder_ends(l[L_KEY], math.ceil(lv + a - l[L_CAPACITY]))
+          local unknown = lv - tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
+          d.ends = holder_ends(l[L_KEY], math.ceil(lv + a - l[L_CAPACITY]), unknown)
         end
         table.insert(out, d)
       end

@@ -1,7 +1,8 @@
 -- expire: report leases reaped since the last call (exactly once across replicas), give back
--- grants nobody claimed in time (their replica died), and dispatch what that freed.
--- Returns {expired, progress, next_expiry_in} (seconds to the next lease expiry or unclaimed
--- grant deadline).
+-- grants nobody claimed in time (their replica died), end learning after a failover when its
+-- time is up (failover.lua), and dispatch what that freed.
+-- Returns {expired, progress, next_expiry_in} (seconds to the next lease expiry, unclaimed
+-- grant deadline or end of learning).
 reap()
 local freed = false
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', num(now))) do
@@ -16,6 +17,10 @@ for _, item in ipairs(redis.call('LRANGE', key('expired'), 0, -1)) do
   table.insert(expired, cjson.decode(item))
 end
 redis.call('DEL', key('expired'))
+if learn_until > 0 and not learning then -- learning is over: the phantoms go
+  redis.call('DEL', key(LEARN))
+  freed = true
+end
 local progress = new_progress()
 if freed or #expired > 0 then dispatch_all(progress) end
 local result = {expired = expired, progress = progress}
@@ -26,5 +31,8 @@ for _, set in ipairs({key('expiry'), key('unclaimed')}) do
     local due = tonumber(first[2]) - now
     if not result.next_expiry_in or due < result.next_expiry_in then result.next_expiry_in = due end
   end
+end
+if learning and (not result.next_expiry_in or learn_until - now < result.next_expiry_in) then
+  result.next_expiry_in = learn_until - now -- and at the end of learning
 end
 return cjson.encode(result)

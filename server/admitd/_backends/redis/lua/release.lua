@@ -4,7 +4,7 @@
 -- ARGV[5] tenant that must own it, or ""; ARGV[6] outcome (OUTCOME_*);
 -- ARGV[7] the provider's retry-after in seconds (0: none); ARGV[8] a dedup leader's result
 -- for its followers (base64), or "" for none.
--- Returns {settlement, progress} or {error = "gone" | "not_owner"}.
+-- Returns {settlement, progress} or {error = "gone" | "lost" | "not_owner"}.
 reap()
 local id, tenant = ARGV[3], ARGV[5]
 local done = released(id)
@@ -15,7 +15,7 @@ if done then
   return cjson.encode({settlement = s, progress = new_progress()})
 end
 local lease = load_lease(id)
-if not lease then return cjson.encode({error = 'gone'}) end
+if not lease then return cjson.encode({error = unknown_lease()}) end
 local t = lease.t
 if tenant ~= '' and t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
 local reserved = t[T.input_tokens] + t[T.max_output_tokens]
