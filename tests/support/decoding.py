@@ -1,5 +1,6 @@
 """Reading what the server answered: a failed RPC's status with its rich details
-(``google.rpc.Status``) decoded, and fields of a reply looked up by name."""
+(``google.rpc.Status``) decoded, the check that a refusal of bad input names its field, and
+fields of a reply looked up by name."""
 
 from __future__ import annotations
 
@@ -44,6 +45,17 @@ def decode(error: grpc.aio.AioRpcError) -> Failure:
             elif detail.Unpack(bad):
                 failure.field_violations = [v.field for v in bad.field_violations]
     return failure
+
+
+def assert_names_field(failure: Failure, code: grpc.StatusCode, field: str) -> None:
+    """Bad input's answer: ``code`` with a message naming ``field`` (for INVALID_ARGUMENT, a
+    FieldViolation for it alone), and nothing of a rejection (no reason, no retry delay)."""
+    assert failure.code == code, failure
+    assert field in failure.message, failure
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert failure.field_violations == [field], failure
+    assert failure.reason == "", failure  # not dressed up as a rejection
+    assert failure.retry_after is None, failure
 
 
 def has_field(message: Message, name: str) -> bool:

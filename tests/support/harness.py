@@ -27,6 +27,11 @@ def seconds(value: float) -> duration_pb2.Duration:
     return duration
 
 
+def duration(seconds: int = 0, nanos: int = 0) -> duration_pb2.Duration:
+    """A Duration as a client may send it, including ones the server must refuse."""
+    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
+
+
 class Harness:
     def __init__(
         self, server: AdmitdServer, clock: ManualClock | None, channel: grpc.aio.Channel
