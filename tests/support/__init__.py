@@ -15,6 +15,7 @@ setting), so this package is ``support``; ``scripts/soak.py`` puts it there too.
 - ``metrics``: scrape the Prometheus endpoint.
 - ``redis_server`` / ``processes``: real redis-server and admitd processes.
 - ``proxy``: a loopback TCP proxy to pause (a replication link losing writes), move and cut.
+- ``faults``: what the fault tests with real processes share (requests, channels, codes).
 - ``certs``: a test CA and the certificates it signs.
 - ``envoy``: Envoy's rate limit requests, built with the stubs of Envoy's own protos.
 - ``litellm_proxy``: real LiteLLM proxies (``bench.gateway``), and the README's config.

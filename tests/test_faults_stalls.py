@@ -1,0 +1,125 @@
+"""Stalls that must stay local: a Redis that stops answering fails calls within
+``backend.timeout`` (and a memory-backed server on the same event loop keeps answering), and
+the largest prompt being counted does not hold up other RPCs of its replica.
+
+No test sleeps to wait for time to pass: waits for real-world conditions are bounded polls
+(``until``). Margins are generous, because these machines are 2 shared, noisy cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from admitd.v1 import admission_pb2 as pb
+from support.faults import code_of, connect
+from support.harness import start_harness
+from support.health import health
+from support.polling import until
+from support.processes import AdmitdProcess
+from support.redis_server import RedisServer
+
+Code = grpc.StatusCode
+NO_RETRY = Retry(NoBackoff(), 0)
+
+TIMEOUT = 1.0  # backend.timeout
+MARGIN = 1.5  # noisy shared cores; a stalled call would take the whole DEBUG SLEEP (6 s)
+STALL = 6
+
+
+@pytest.mark.redis
+@pytest.mark.slow  # DEBUG SLEEP stalls Redis for 6 s
+async def test_a_stalled_redis_fails_calls_within_the_timeout_and_stalls_nothing_else() -> None:
+    """DEBUG SLEEP blocks Redis for 6 s. Acquire, Release and GetStatus on the Redis-backed
+    server fail UNAVAILABLE within backend.timeout (+ a margin), not after 6 s; a memory-backed
+    server in the same process (same event loop) keeps answering at once."""
+    slow = RedisServer(None, "--enable-debug-command", "yes").start()
+    backend = {"kind": "redis", "url": slow.url, "key_prefix": "slow", "timeout": TIMEOUT}
+    r = await start_harness({"backend": backend}, manual_clock=False)
+    m = await start_harness({"backend": {"kind": "memory"}})
+    blocker = redis.Redis(port=slow.port, socket_timeout=30)
+    try:
+        held_r = await r.acquire(input_tokens=1)
+        held_m = await m.acquire(input_tokens=1)
+        sleep = ("DEBUG", "SLEEP", str(STALL))
+        sleeping = threading.Thread(target=blocker.execute_command, args=sleep)
+        sleeping.start()
+        probe = redis.Redis(
+            port=slow.port, socket_timeout=0.05, socket_connect_timeout=0.5, retry=NO_RETRY
+        )
+
+        async def redis_blocked() -> bool:
+            try:
+                await asyncio.to_thread(probe.ping)
+            except redis.TimeoutError:
+                return True
+            return False
+
+        await until(redis_blocked, 5, "Redis is stalled by DEBUG SLEEP")
+        stalled = time.monotonic()
+        calls = {
+            "Acquire": r.acquire(input_tokens=1),
+            "Release": r.release(held_r.lease_id),
+            "GetStatus": r.status(),
+        }
+        for name, call in calls.items():
+            started = time.monotonic()
+            failure = await r.fail(call)
+            took = time.monotonic() - started
+            assert failure.code == Code.UNAVAILABLE, (name, failure)
+            assert took < TIMEOUT + MARGIN, f"{name} took {took:.2f}s"
+            # Meanwhile the memory-backed server answers at once.
+            started = time.monotonic()
+            lease = await m.acquire(input_tokens=1, timeout=5)
+            await m.release(lease.lease_id)
+            await m.status()
+            assert time.monotonic() - started < MARGIN
+        assert time.monotonic() - stalled < STALL, "the checks ran while Redis was stalled"
+        await asyncio.to_thread(sleeping.join, 10)
+
+        async def admits_again() -> bool:
+            return await code_of(r.acquire(input_tokens=1)) == Code.OK
+
+        await until(admits_again, 10, "admitting again once Redis answers")
+        assert not (await r.release(held_r.lease_id)).already_released
+        await m.release(held_m.lease_id)
+    finally:
+        await r.close()
+        await m.close()
+        blocker.close()
+        slow.stop()
+
+
+@pytest.mark.slow
+async def test_a_huge_prompt_does_not_stall_other_rpcs() -> None:
+    """While one caller's largest allowed prompt is being counted, other callers' RPCs on the
+    same replica (a real process) keep being answered promptly."""
+    server = AdmitdProcess({"pools": [{"name": "p"}], "tenants": [{"name": "a"}]}, "big-prompt")
+    try:
+        async with connect(server.target) as (stub, channel):
+            await stub.GetStatus(pb.GetStatusRequest(), timeout=10)  # warm
+            big = pb.AcquireRequest(tenant="a", pool="p", prompt="\U0001f600" * 2_000_000)
+            sent = time.monotonic()
+            acquire = asyncio.ensure_future(stub.Acquire(big, timeout=60))
+            slowest = 0.0
+            while not acquire.done():
+                started = time.monotonic()
+                await health(channel)
+                slowest = max(slowest, time.monotonic() - started)
+            lease = await acquire
+            counting = time.monotonic() - sent
+            assert lease.input_tokens == 2_000_000
+            # Counting on the event loop would hold a health check for about the whole count.
+            # 0.5 s on an idle machine; on a loaded one the count takes longer, and so may a
+            # health check: a third of the count is still far below a stalled loop.
+            bound = max(0.5, counting / 3)
+            assert slowest < bound, f"a health check waited {slowest:.2f}s of {counting:.2f}s"
+    finally:
+        server.stop()
