@@ -119,7 +119,7 @@ async def test_renew_with_bad_extend_by_is_invalid(
     # The expiry did not move: after the TTL (not the asked extension) the lease is gone.
     await h.advance(121)
     assert (await h.pool("p")).in_flight == 0
-    assert (await h.fail(h.renew(lease.lease_id))).code == NOT_FOUND
+    assert (await h.fail(h.renew(lease.lease_id))).reason == "LEASE_EXPIRED"
 
 
 async def test_renew_by_exactly_max_extend_is_accepted(make_harness: MakeHarness) -> None:

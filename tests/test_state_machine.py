@@ -12,7 +12,9 @@ At every step:
   its capacity plus its refill over the window; a daily quota is exceeded only by usage
   above a reservation (honest overuse);
 - every lease ends exactly once: a second release says ``already_released``, a release or
-  renew of an expired lease is NOT_FOUND;
+  renew of an expired lease is NOT_FOUND with reason LEASE_EXPIRED for one TTL (the first
+  release settles it: the daily quotas move to its usage, the buckets only by overuse),
+  then NOT_FOUND alone;
 - a refund never exceeds the reservation, and is exactly reservation - usage;
 - the server agrees with the model: the same admit / queue / reject decision with the same
   reason, the same waiters granted by each dispatch, and the same levels, in-flight and

@@ -11,7 +11,7 @@ import pytest
 
 from admitd._cli import main as cli
 from admitd.v1 import admission_pb2 as pb
-from support.harness import Harness, MakeHarness
+from support.harness import MakeHarness
 
 PRICED: dict[str, Any] = {
     "lease": {"ttl": 60},
@@ -21,14 +21,6 @@ PRICED: dict[str, Any] = {
     ],
 }
 DAY1, DAY2 = "2026-01-01", "2026-01-02"  # the ManualClock starts at 2026-01-01T00:00:00Z
-
-
-async def usage(h: Harness, **fields: Any) -> list[tuple[Any, ...]]:
-    reply = await h.stub.GetUsage(pb.GetUsageRequest(**fields), timeout=10)
-    return [
-        (r.day, r.tenant, r.pool, r.calls, r.input_tokens, r.output_tokens, round(r.usd, 9))
-        for r in reply.rows
-    ]
 
 
 async def test_releases_and_expiries_are_charged_per_day_tenant_and_pool(
@@ -41,13 +33,13 @@ async def test_releases_and_expiries_are_charged_per_day_tenant_and_pool(
     await h.release(second.lease_id)  # no usage: the full reservation
     await h.acquire(tenant="b", pool="q", input_tokens=30)  # never released: expires
     await h.advance(61)
-    assert await usage(h) == [
+    assert await h.usage() == [
         # 900 in, 170 out at $2.5/$10 per million: 0.00225 + 0.0017
         (DAY1, "a", "p", 2, 900, 170, 0.00395),
         (DAY1, "b", "q", 1, 30, 0, 0.0),
     ]
-    assert await usage(h, tenant="b") == [(DAY1, "b", "q", 1, 30, 0, 0.0)]
-    assert await usage(h, pool="p", tenant="b") == []
+    assert await h.usage(tenant="b") == [(DAY1, "b", "q", 1, 30, 0, 0.0)]
+    assert await h.usage(pool="p", tenant="b") == []
 
 
 async def test_each_utc_day_has_its_own_rows(make_harness: MakeHarness) -> None:
@@ -57,11 +49,11 @@ async def test_each_utc_day_has_its_own_rows(make_harness: MakeHarness) -> None:
     await h.advance(86_400)
     lease = await h.acquire(input_tokens=20)
     await h.release(lease.lease_id, (20, 5))
-    assert [row[:6] for row in await usage(h, from_day=DAY1, to_day=DAY2)] == [
+    assert [row[:6] for row in await h.usage(from_day=DAY1, to_day=DAY2)] == [
         (DAY1, "a", "p", 1, 10, 0),
         (DAY2, "a", "p", 1, 20, 5),
     ]
-    assert [row[0] for row in await usage(h)] == [DAY2]  # default: today
+    assert [row[0] for row in await h.usage()] == [DAY2]  # default: today
 
 
 @pytest.mark.parametrize(

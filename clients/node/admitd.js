@@ -306,6 +306,9 @@ class AdmitdClient {
    * retry-after (e.g. from a 429's `retry-after` header): admitd pauses the pool that long for
    * every caller. `result` (a Buffer or a string): a dedup leader's result for the calls that
    * joined it (with outcome OK; at most the server's lease.max_shared_result, 64 KiB by default).
+   * A lease that had expired: rejects with an AdmitdError whose `leaseEnded` is true (reason
+   * LEASE_EXPIRED); admitd recorded the usage all the same, and its metadata says what was
+   * charged (charged_tokens, charged_usd).
    */
   async release(lease, options = {}) {
     checkOptions('release', options, RELEASE_OPTIONS);
@@ -361,7 +364,7 @@ class AdmitdClient {
     }));
   }
 
-  /** Extend a lease (0: by the server's lease TTL). */
+  /** Extend a lease (0: by the server's lease TTL). An expired one: LEASE_EXPIRED (see release). */
   async renew(leaseId, { extendBySeconds = 0, tenant = this.tenant } = {}) {
     const request = { lease_id: leaseId, tenant };
     if (extendBySeconds > 0) request.extend_by = duration(extendBySeconds);

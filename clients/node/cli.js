@@ -77,8 +77,8 @@ function count(value, name) {
 
 function errorObject(error) {
   if (!(error instanceof AdmitdError)) return { message: error.message };
-  const { code, codeName, message, reason, domain, metadata, retryAfterSeconds, fieldViolations } = error;
-  return { code, codeName, message, reason, domain, metadata, retryAfterSeconds, fieldViolations };
+  const { name, code, codeName, message, reason, domain, metadata, retryAfterSeconds, fieldViolations } = error;
+  return { name, code, codeName, message, reason, domain, metadata, retryAfterSeconds, fieldViolations };
 }
 
 function acquireArgs(values) {

@@ -78,13 +78,20 @@ function decodeStatus(error) {
   return decoded;
 }
 
-/** A failed admitd call, with its decoded status (see decodeStatus) as properties. */
+/**
+ * A failed admitd call, with its decoded status (see decodeStatus) as properties. `rejected`:
+ * a refusal with a reason (name 'Rejected'). `leaseEnded`: NOT_FOUND with a reason (name
+ * 'LeaseEnded'): a Release or Renew of a lease that ended, e.g. after it expired (reason
+ * LEASE_EXPIRED; never retried); metadata says what it stands charged (reserved_tokens, charged_tokens,
+ * charged_usd; settled 'true' once a Release after the expiry recorded the usage it reported).
+ */
 class AdmitdError extends Error {
   constructor(error) {
     const status = decodeStatus(error);
     super(`${status.codeName}: ${status.message}`);
     this.rejected = REFUSALS.includes(status.codeName) && status.reason !== null;
-    this.name = this.rejected ? 'Rejected' : 'AdmitdError';
+    this.leaseEnded = status.codeName === 'NOT_FOUND' && status.reason !== null;
+    this.name = this.rejected ? 'Rejected' : this.leaseEnded ? 'LeaseEnded' : 'AdmitdError';
     Object.assign(this, status);
   }
 }

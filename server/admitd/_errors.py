@@ -4,7 +4,8 @@
 
     AdmitdError
     ├── InvalidArgument     a request field is wrong          -> INVALID_ARGUMENT
-    ├── NotFound            unknown pool/tenant/lease         -> NOT_FOUND
+    ├── NotFound            unknown pool/tenant/lease, or a   -> NOT_FOUND
+    │                       lease that ended (reason LEASE_EXPIRED, LEASE_LOST)
     ├── Unauthenticated     no, or a wrong, credential        -> UNAUTHENTICATED
     ├── PermissionDenied    another tenant's call or lease    -> PERMISSION_DENIED
     ├── Unavailable         draining, or the store unreachable -> UNAVAILABLE
@@ -21,8 +22,8 @@ from collections.abc import Mapping
 
 
 class Reason(enum.StrEnum):
-    """Why an Acquire was rejected, or what became of a lease; the ``ErrorInfo.reason`` on
-    the wire."""
+    """Why an Acquire was rejected, or what became of a lease (a NOT_FOUND that says so);
+    the ``ErrorInfo.reason`` on the wire."""
 
     CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT"
     TOKEN_RATE_LIMIT = "TOKEN_RATE_LIMIT"
@@ -36,6 +37,7 @@ class Reason(enum.StrEnum):
     DEDUP_LEADER_FAILED = "DEDUP_LEADER_FAILED"  # the joined call ended without a result
     SERVER_OVERLOADED = "SERVER_OVERLOADED"  # this replica is past its capacity: retry later
     LEASE_LOST = "LEASE_LOST"  # (NOT_FOUND) granted on a Redis primary that a failover replaced
+    LEASE_EXPIRED = "LEASE_EXPIRED"  # (NOT_FOUND) expired less than a lease TTL ago
 
 
 class AdmitdError(Exception):
@@ -55,13 +57,22 @@ class InvalidArgument(AdmitdError):
 
 
 class NotFound(AdmitdError):
-    """The named pool, tenant or lease does not exist (or the lease expired). ``reason``,
-    when set, says what became of a lease (an ``ErrorInfo`` on the wire)."""
+    """The named pool, tenant or lease does not exist. ``reason``, when set, says what
+    became of a lease (LEASE_EXPIRED, LEASE_LOST), with ``metadata`` (an ``ErrorInfo`` on
+    the wire): every answer about a lease no longer live is NOT_FOUND, never retried."""
 
-    def __init__(self, field: str, message: str, *, reason: Reason | None = None) -> None:
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        *,
+        reason: Reason | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 class Unauthenticated(AdmitdError):

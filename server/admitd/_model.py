@@ -388,7 +388,7 @@ class Snapshot:
 
 
 class LeaseGone(Exception):
-    """Release/Renew of a lease that is unknown or expired."""
+    """Release/Renew of a lease that is unknown, released, or long expired."""
 
     def __init__(self, lease_id: str) -> None:
         super().__init__(lease_id)
@@ -398,6 +398,16 @@ class LeaseGone(Exception):
 class LeaseLost(LeaseGone):
     """Release/Renew of a lease unknown to a Redis primary that took over within a lease TTL:
     it may have been granted on the old one, in writes replication had not carried."""
+
+
+class LeaseExpired(LeaseGone):
+    """Release/Renew of a lease that expired less than one lease TTL ago (its tombstone):
+    the lease, and how a Release after its expiry settled it (None: none has, so its full
+    reservation stays charged; ``already_released``: before this call)."""
+
+    def __init__(self, lease: LeaseRecord, settlement: Settlement | None) -> None:
+        super().__init__(lease.lease_id)
+        self.lease, self.settlement = lease, settlement
 
 
 class NotOwner(Exception):

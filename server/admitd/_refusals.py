@@ -3,8 +3,8 @@
 The policy (``_policy.py``) decides which limit refused a call and when a retry can succeed;
 the words and the ``ErrorInfo`` metadata are written here, with the refusals that are not
 about a limit (a draining server, an unknown or foreign lease, a reused idempotency key, a
-dedup follower without a result, a replica past its capacity). Field validation messages
-are ``_requests.py``'s.
+dedup follower without a result, a replica past its capacity, a lease that expired). Field
+validation messages are ``_requests.py``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ._errors import (
     Rejected,
     Unavailable,
 )
-from ._model import Kind, Limit, Scope, Unit
+from ._model import Kind, LeaseExpired, Limit, Scope, Unit
 from ._usage import NANO_PER_USD
 
 MIN_RETRY = 0.001  # seconds: the shortest retry delay a refusal gives
@@ -42,7 +42,34 @@ def place_lost() -> Unavailable:
 
 
 def lease_gone(lease_id: str) -> NotFound:
-    return NotFound("lease_id", f"no lease {lease_id!r}: unknown, expired or released")
+    return NotFound(
+        "lease_id", f"no lease {lease_id!r}: unknown, released, or expired over a lease TTL ago"
+    )
+
+
+def lease_expired(expired: LeaseExpired) -> NotFound:
+    """A Release or Renew of a lease that expired (within one lease TTL of its expiry): its
+    full reservation was charged then; a Release since has settled it to its usage."""
+    lease, settled = expired.lease, expired.settlement
+    reserved = f"{lease.reserved_tokens} tokens, ${lease.nano_usd / NANO_PER_USD:.6f}"
+    message = f"lease {lease.lease_id!r} expired: its full reservation ({reserved}) was charged"
+    charged_tokens, charged_usd = lease.reserved_tokens, lease.nano_usd
+    if settled is None:
+        message += "; release it with its usage to record what the call used"
+    else:
+        charged_tokens, charged_usd = settled.charged_tokens, settled.charged_nano_usd
+        by = "an earlier Release" if settled.already_released else "this Release"
+        charged = f"{charged_tokens} tokens, ${charged_usd / NANO_PER_USD:.6f}"
+        message += f"; {by} settled it to {charged}"
+    metadata = {
+        "reserved_tokens": str(lease.reserved_tokens),
+        "reserved_usd": f"{lease.nano_usd / NANO_PER_USD:g}",
+        "charged_tokens": str(charged_tokens),
+        "charged_usd": f"{charged_usd / NANO_PER_USD:g}",
+        "settled": "true" if settled is not None else "false",
+        "already_released": "true" if settled and settled.already_released else "false",
+    }
+    return NotFound("lease_id", message, reason=Reason.LEASE_EXPIRED, metadata=metadata)
 
 
 def lease_lost(lease_id: str) -> NotFound:

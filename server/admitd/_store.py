@@ -22,6 +22,7 @@ from ._model import (
     Beat,
     ExpireResult,
     FingerprintMismatch,
+    LeaseExpired,
     LeaseGone,
     LeaseLost,
     LeaseRecord,
@@ -35,6 +36,7 @@ from ._model import (
 from ._policy import UNCHECKED_PREFIX
 from ._refusals import (
     idempotency_key_reused,
+    lease_expired,
     lease_gone,
     lease_lost,
     not_owner,
@@ -73,7 +75,8 @@ class Store:
         Raises:
             Unavailable: the store did not answer (counted).
             Rejected: SERVER_OVERLOADED: no store connection came free in time (an Acquire).
-            NotFound: the lease is unknown, expired or released.
+            NotFound: the lease is unknown, released, or expired over a lease TTL ago;
+                with reason LEASE_EXPIRED, it expired less than that ago.
             PermissionDenied: the lease belongs to another tenant.
             InvalidArgument: an idempotency key reused for a different request.
         """
@@ -87,6 +90,8 @@ class Store:
             raise
         except LeaseLost as lost:
             raise lease_lost(lost.lease_id) from None
+        except LeaseExpired as expired:
+            raise lease_expired(expired) from None
         except LeaseGone as gone:
             raise lease_gone(gone.lease_id) from None
         except NotOwner as other:

@@ -16,17 +16,20 @@ import pytest
 
 from admitd._clock import settle
 from admitd_client import (
-    AdmitdError,
     AsyncAdmissionClient,
     Lease,
+    LeaseEnded,
     Outcome,
+    Reason,
     Rejected,
+    Settlement,
 )
 from support.client import (
     GPT4O,
     ClockSleep,
     ProviderRateLimit,
     aio_channel,
+    approx,
     serve,
     target,
 )
@@ -71,9 +74,11 @@ async def test_without_renewal_the_same_lease_expires() -> None:
         lease = await client.acquire(pool=GPT4O, input_tokens=10, max_output_tokens=5)
         await h.advance(40)
         assert (await h.pool(GPT4O)).in_flight == 0  # reclaimed at its TTL
-        with pytest.raises(AdmitdError) as caught:
+        with pytest.raises(LeaseEnded) as caught:
             await client.release(lease)
         assert caught.value.code is grpc.StatusCode.NOT_FOUND
+        assert caught.value.reason is Reason.LEASE_EXPIRED
+        assert (caught.value.charged_tokens, lease.expired) == (15, True)
 
 
 async def test_a_lease_found_gone_stops_renewing_and_the_block_still_ends() -> None:
@@ -86,12 +91,13 @@ async def test_a_lease_found_gone_stops_renewing_and_the_block_still_ends() -> N
             async with client.lease(pool=GPT4O, input_tokens=10) as lease:
                 await asyncio.wait_for(gone.event.wait(), timeout=30)  # bounded, not a sleep
                 assert sleep.slept == [45.0]
-                assert lease.lost
+                assert (lease.lost, lease.expired) == (True, True)
                 assert lease.renewals == 0
         finally:
             logging.getLogger("admitd_client").removeHandler(gone)
-        assert lease.settlement is None  # its release failed (NOT_FOUND) and was only logged
-        assert not sleep.done.is_set()  # no renewal after NOT_FOUND
+        # Its release was told LEASE_EXPIRED (logged, not raised): the reservation stands.
+        assert lease.settlement == Settlement(10, 0, False, approx(2.5e-5))
+        assert not sleep.done.is_set()  # no renewal after LEASE_EXPIRED
         await client.close()
 
 

@@ -6,9 +6,9 @@ import admitd_client
 def test_exported_members() -> None:
     assert sorted(admitd_client.__all__) == sorted([
         "DEFAULT_ENCODING", "AdmissionClient", "AdmitdError", "AsyncAdmissionClient",
-        "ClientOptions", "DedupRole", "Lease", "LeaseArgs", "Outcome", "Priority", "QueueUpdate",
-        "Reason", "Rejected", "RetryPolicy", "Settlement", "Ticket", "TicketState", "Unavailable",
-        "Usage", "UsageRow", "__version__", "count_tokens", "wrap",
+        "ClientOptions", "DedupRole", "Lease", "LeaseArgs", "LeaseEnded", "Outcome", "Priority",
+        "QueueUpdate", "Reason", "Rejected", "RetryPolicy", "Settlement", "Ticket", "TicketState",
+        "Unavailable", "Usage", "UsageRow", "__version__", "count_tokens", "wrap",
     ])
     for name in admitd_client.__all__:
         assert hasattr(admitd_client, name), name

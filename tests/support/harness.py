@@ -84,6 +84,14 @@ class Harness:
     async def pool(self, name: str) -> pb.PoolStatus:
         return next(p for p in (await self.status()).pools if p.name == name)
 
+    async def usage(self, **fields: Any) -> list[tuple[Any, ...]]:
+        """GetUsage's rows as (day, tenant, pool, calls, input, output, USD to 9 places)."""
+        reply = await self.stub.GetUsage(pb.GetUsageRequest(**fields), timeout=10)
+        return [
+            (r.day, r.tenant, r.pool, r.calls, r.input_tokens, r.output_tokens, round(r.usd, 9))
+            for r in reply.rows
+        ]
+
     async def advance(self, seconds: float) -> None:
         assert self.clock is not None, "this server runs on real time"
         await self.clock.advance(seconds)

@@ -21,7 +21,7 @@ private and may change.
 
 from ._async import AsyncAdmissionClient
 from ._calls import ClientOptions, RetryPolicy
-from ._errors import AdmitdError, Reason, Rejected, Unavailable
+from ._errors import AdmitdError, LeaseEnded, Reason, Rejected, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement, Usage
 from ._ledger import UsageRow
 from ._outcome import DedupRole, Outcome, Priority
@@ -40,6 +40,7 @@ __all__ = [
     "DedupRole",
     "Lease",
     "LeaseArgs",
+    "LeaseEnded",
     "Outcome",
     "Priority",
     "QueueUpdate",

@@ -239,11 +239,19 @@ class AsyncAdmissionClient(AsyncDriver):
         Reports the recorded usage, ``outcome`` (default: ``lease.outcome``, else what an
         error given to ``lease.record_error`` implies, else OK), the provider's retry-after
         (``lease.provider_retry_after``, else that error's) and a leader's shared result.
+
+        Raises:
+            LeaseEnded: The lease had expired (LEASE_EXPIRED): admitd recorded the usage all
+                the same; ``lease.expired`` and ``lease.settlement`` say what it charged.
         """
         return await self._drive(self._core.release(lease, outcome))
 
     async def renew(self, lease: Lease) -> Lease:
-        """Extend a lease by admitd's configured TTL."""
+        """Extend a lease by admitd's configured TTL.
+
+        Raises:
+            LeaseEnded: The lease had expired (LEASE_EXPIRED); release it to record its usage.
+        """
         return await self._drive(self._core.renew(lease))
 
     async def enqueue(self, **args: Unpack[LeaseArgs]) -> Ticket:

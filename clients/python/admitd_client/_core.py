@@ -26,7 +26,7 @@ import grpc
 
 from ._calls import Caller
 from ._effects import Emit, Offload, Plan, Sleep
-from ._errors import AdmitdError, Reason, Rejected, Unavailable
+from ._errors import AdmitdError, LeaseEnded, Reason, Rejected, Unavailable
 from ._lease import Lease, LeaseArgs, Settlement, check_lease_args
 from ._ledger import UsageRow, day_text
 from ._models import pool_for, scale_for_model
@@ -245,6 +245,10 @@ class Core(Caller):
         with ``lease.record_error``, or else ``error`` (the block's), implies; else OK. The
         provider's retry-after: ``lease.provider_retry_after``, else the one that error
         carries. A dedup leader's shared result goes with an OK outcome.
+
+        A lease that expired first: admitd records the usage all the same and answers
+        LEASE_EXPIRED (``LeaseEnded``, raised); ``lease.expired`` and ``lease.settlement``
+        say what it stands charged.
         """
         if not lease.lease_id:
             return None  # unadmitted, or a dedup follower: nothing reserved
@@ -271,7 +275,14 @@ class Core(Caller):
         if lease.role is DedupRole.LEADER and lease._shared and outcome is Outcome.OK:
             request.result = lease._shared
         lease.outcome, lease.provider_retry_after = outcome, retry_after
-        reply = yield from self._release(request, self._until_expiry(lease))
+        try:
+            reply = yield from self._release(request, self._until_expiry(lease))
+        except LeaseEnded as ended:
+            lease.expired = ended.reason is Reason.LEASE_EXPIRED
+            refunded = max(0, ended.reserved_tokens - ended.charged_tokens)
+            charged, usd = ended.charged_tokens, ended.charged_usd
+            lease.settlement = Settlement(charged, refunded, ended.already_released, usd)
+            raise
         lease.settlement = Settlement(
             charged_tokens=reply.charged_tokens,
             refunded_tokens=reply.refunded_tokens,
@@ -307,6 +318,8 @@ class Core(Caller):
         """Release at the end of a ``lease`` block; never raises (the block's result wins)."""
         try:
             yield from self.release(lease, None, error)
+        except LeaseEnded as ended:  # not a leak: admitd freed the slot when it expired
+            log.warning("lease %s ended before its release: %s", lease.lease_id, ended.message)
         except Exception as failure:  # e.g. AdmitdError, or a channel closed under the block
             # Retried until the lease's expiry (Unavailable), or refused for good: the
             # call already happened, and admitd reclaims the lease at its TTL.
@@ -327,6 +340,7 @@ class Core(Caller):
             except AdmitdError as error:
                 if error.code in _STOP_RENEWING:
                     lease.lost = True
+                    lease.expired = getattr(error, "reason", None) is Reason.LEASE_EXPIRED
                     log.warning("lease %s can no longer be renewed: %s", lease.lease_id, error)
                     return
                 log.warning("renewing lease %s failed, trying again: %s", lease.lease_id, error)

@@ -4,6 +4,8 @@
 AdmitdError        an RPC failed: gRPC ``code``, ``message``, ``field_violations``
 ├── Rejected       RESOURCE_EXHAUSTED, or ABORTED (a dedup follower without a result):
 │                  ``reason`` (a Reason), ``retry_after``, ``metadata``
+├── LeaseEnded     NOT_FOUND with a ``reason``: a Release or Renew of a lease that ended
+│                  (LEASE_EXPIRED, with what it stands charged); never retried
 └── Unavailable    admitd did not answer (UNAVAILABLE or CANCELLED by the server after
                    the retries, or the deadline passed); under
                    ``on_unavailable="fail_open"`` Acquire yields an unadmitted lease
@@ -26,7 +28,8 @@ import grpc
 
 
 class Reason(StrEnum):
-    """Why admitd rejected a call (``ErrorInfo.reason`` in the status details)."""
+    """Why admitd rejected a call, or why a lease ended (``ErrorInfo.reason`` in the status
+    details)."""
 
     CONCURRENCY_LIMIT = "CONCURRENCY_LIMIT"
     TOKEN_RATE_LIMIT = "TOKEN_RATE_LIMIT"
@@ -44,6 +47,9 @@ class Reason(StrEnum):
     SERVER_OVERLOADED = "SERVER_OVERLOADED"
     """The replica was past its capacity and reserved nothing: the client retries after
     ``retry_after`` by itself, while the call's deadline allows."""
+    LEASE_EXPIRED = "LEASE_EXPIRED"
+    """A Release or Renew came after the lease expired (``LeaseEnded``): its full
+    reservation was charged then; a Release records the usage it reports all the same."""
     UNKNOWN = "UNKNOWN"
     """A reason this client version does not know (a newer server); see the message."""
 
@@ -111,3 +117,42 @@ class Rejected(AdmitdError):
 
 class Unavailable(AdmitdError):
     """admitd could not be reached (after the retries) or did not answer in time."""
+
+
+class LeaseEnded(AdmitdError):
+    """admitd no longer holds the lease, and says why (``code`` NOT_FOUND with a
+    ``reason``): LEASE_EXPIRED, a Release or Renew came after it expired. No retry changes
+    that, so none is made. (A NOT_FOUND without a reason, an unknown lease, is a plain
+    ``AdmitdError``.)
+
+    The lease's full reservation was charged when it expired. A Release after that still
+    records the usage it reports (admitd's ledger and daily budgets then hold it; the
+    ``lease`` block's release does this for you) and ``charged_tokens`` /
+    ``charged_usd`` say so; a Renew cannot bring the lease back.
+
+    Attributes:
+        reason: ``Reason.LEASE_EXPIRED`` (UNKNOWN from a newer admitd).
+        metadata: ``ErrorInfo.metadata``, parsed into the attributes below.
+        reserved_tokens: The reservation, charged in full when the lease expired.
+        charged_tokens: What stands charged for the lease now: its reported usage once a
+            Release after the expiry settled it (``settled``), else the reservation.
+        charged_usd: The same in USD.
+        settled: True once a Release after the expiry recorded the call's usage.
+        already_released: True when an earlier Release had (this one changed nothing).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(grpc.StatusCode.NOT_FOUND, message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.reserved_tokens = int(self.metadata.get("reserved_tokens", 0))
+        self.charged_tokens = int(self.metadata.get("charged_tokens", self.reserved_tokens))
+        self.charged_usd = float(self.metadata.get("charged_usd", 0.0))
+        self.settled = self.metadata.get("settled") == "true"
+        self.already_released = self.metadata.get("already_released") == "true"

@@ -185,9 +185,13 @@ class Lease:
         shared_result: A follower's: the bytes its leader shared. None otherwise.
         dedup_leader_id: With a ``dedup_key``: the leader's lease id (a leader's own).
         settlement: What admitd charged, once released; None before, or when unadmitted,
-            or when the release failed (the lease then expires on its own).
+            or when the release failed (the lease then expires on its own). For a lease
+            that had expired (``expired``): what its release after the expiry settled it to.
         renewals: How many times the lease was renewed in the background.
         lost: True when a renewal found the lease gone (it had expired).
+        expired: True when admitd said the lease had expired (LEASE_EXPIRED, at a renewal
+            or at release): its full reservation was charged then, and its slot freed; a
+            release after that records the usage all the same (``settlement``).
         proto: The ``admitd.v1.Lease`` message (None when unadmitted).
     """
 
@@ -222,6 +226,7 @@ class Lease:
         self.settlement: Settlement | None = None
         self.renewals = 0
         self.lost = False
+        self.expired = False
         # Release and Renew name the tenant the caller asked for, which admitd resolves
         # the same way as at Acquire (an unknown tenant may map to the default one).
         self.request_tenant = request_tenant

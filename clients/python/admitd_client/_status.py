@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from ._errors import AdmitdError, Reason, Rejected, Unavailable
+from ._errors import AdmitdError, LeaseEnded, Reason, Rejected, Unavailable
 from ._proto import rpc_status_pb2 as rpc
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -59,6 +59,8 @@ def from_rpc_error(error: grpc.RpcError) -> AdmitdError:
             metadata=info.metadata,
             code=code,
         )
+    if code is grpc.StatusCode.NOT_FOUND and info is not None:  # a lease that ended
+        return LeaseEnded(message, reason=Reason(info.reason), metadata=info.metadata)
     bad = _first(status, "BadRequest", rpc.BadRequest)
     violations = {v.field: v.description for v in bad.field_violations} if bad else {}
     return AdmitdError(code, message, field_violations=violations)

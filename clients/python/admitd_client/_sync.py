@@ -275,7 +275,7 @@ class AdmissionClient:
         return self._drive(self._core.release(lease, outcome))
 
     def renew(self, lease: Lease) -> Lease:
-        """Extend a lease by admitd's configured TTL."""
+        """Extend a lease by admitd's configured TTL (``LeaseEnded`` once it expired)."""
         return self._drive(self._core.renew(lease))
 
     def enqueue(self, **args: Unpack[LeaseArgs]) -> Ticket:

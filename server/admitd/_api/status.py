@@ -3,7 +3,8 @@
 Rejections become RESOURCE_EXHAUSTED with ``google.rpc.Status`` details in
 ``grpc-status-details-bin``: an ``ErrorInfo`` (reason, domain "admitd", metadata) and, when a
 retry can succeed, a ``RetryInfo`` with the computed delay. A NOT_FOUND that says what
-became of a lease (``LEASE_LOST``) carries an ``ErrorInfo`` with that reason too.
+became of a lease (``LEASE_EXPIRED``, ``LEASE_LOST``) carries an ``ErrorInfo`` with that
+reason and its metadata too (``field``, and what an expired lease stands charged).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def to_status(error: AdmitdError) -> grpc.Status:
             )
     elif isinstance(error, NotFound) and error.reason is not None:
         info = error_details_pb2.ErrorInfo(
-            reason=error.reason.value, domain=DOMAIN, metadata={"field": error.field}
+            reason=error.reason.value,
+            domain=DOMAIN,
+            metadata={"field": error.field, **error.metadata},
         )
         status.details.append(_pack(info))
     elif isinstance(error, InvalidArgument):

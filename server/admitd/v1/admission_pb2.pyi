@@ -15,6 +15,16 @@ SERVER_OVERLOADED: the replica is past its capacity and reserved nothing), and a
 RetryInfo whenever a later retry can succeed: the delay after which the call fits every
 limit it did not fit, as things stand (the limit with the longest wait is the reason).
 Release and Renew are never refused for load.
+
+A Release or Renew of a lease that is no longer live is NOT_FOUND; do not retry it, no
+retry changes the answer. When admitd knows what became of the lease, an ErrorInfo says:
+reason LEASE_EXPIRED, the lease expired less than one lease TTL ago and its full
+reservation was charged then. Its metadata says what: reserved_tokens and reserved_usd
+(the reservation), charged_tokens and charged_usd (what stands charged now), settled
+("true" once a Release after the expiry settled it to the usage reported, as a Release in
+time would have: the ledger and daily budgets get that usage; rate buckets only usage above
+the reservation) and already_released ("true": an earlier Release did; this one changed
+nothing). Without an ErrorInfo the lease is unknown, released, or expired longer ago.
 """
 
 from collections import abc as _abc

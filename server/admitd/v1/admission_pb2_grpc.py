@@ -99,14 +99,15 @@ class AdmissionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Settle a lease with the actual usage and free its concurrency slot. Idempotent.
+        """Settle a lease with the actual usage and free its concurrency slot. Idempotent. An
+        expired lease: LEASE_EXPIRED (above), its usage recorded all the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Renew(self, request, context):
-        """Extend a lease's expiry.
+        """Extend a lease's expiry. An expired lease: LEASE_EXPIRED (above).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

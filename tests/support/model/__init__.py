@@ -5,7 +5,8 @@ nothing from admitd.
 What it models: limits of three kinds (gauges: concurrency; continuous token buckets holding
 one minute of capacity; daily quotas), checked and reserved all-or-nothing in a fixed order
 that decides the reason of a rejection; leases that end exactly once (released, or expired
-and reaped lazily by the next operation); release settling actual usage (refunds never above
+and reaped lazily by the next operation, leaving a tombstone for one TTL that a late Release
+settles: LEASE_EXPIRED); release settling actual usage (refunds never above
 a bucket's capacity, overuse into debt); and one pool's queue: strict priority classes with
 aging, weighted fair queueing on token cost within a class (virtual finish tags, no banked
 credit, FIFO per tenant), a waiter held back by its own tenant's limit passed over, one held
@@ -26,7 +27,7 @@ The modules, each on one concern:
 """
 
 from support.model.admission import Model, Pass
-from support.model.ledger import Event, Lease, Ledger, Refusal, Settled
+from support.model.ledger import Event, Grave, Lease, Ledger, Refusal, Settled
 from support.model.limits import EPS, Limit, Ticket
 from support.model.queue import FairQueue, Waiter
 
@@ -34,6 +35,7 @@ __all__ = [
     "EPS",
     "Event",
     "FairQueue",
+    "Grave",
     "Lease",
     "Ledger",
     "Limit",

@@ -219,34 +219,55 @@ class Model(Ledger):
         observed: Callable[[str], bool],
         outcome: str = "OK",
     ) -> tuple[str, Any, Pass]:
-        """("settled", Settled) | ("already", Settled) | ("gone", None). ``usage``: input,
-        output, and the cached and cache-write parts of the input."""
+        """("settled", Settled) | ("already", Settled) | ("expired" | "expired_already",
+        Settled: how a Release after its expiry settled it) | ("gone", None). ``usage``:
+        input, output, and the cached and cache-write parts of the input."""
         done = self.released.get(lease_id)
         if done is not None:
             return "already", done, Pass()
+        grave = self.graves.get(lease_id)
+        if grave is not None:
+            if grave.settled is not None:
+                return "expired_already", grave.settled, Pass()
+            t = grave.lease.ticket
+            charged, charged_usd = self._charge(t, usage, outcome)
+            self._settle_expired(grave, charged - t.tokens, charged_usd - t.usd)
+            grave.settled = Settled(charged, max(0, t.tokens - charged), grave.drop_at)
+            return "expired", grave.settled, Pass()
         lease = self.leases.get(lease_id)
         if lease is None:
             return "gone", None, Pass()
         t = lease.ticket
-        rule = UNREPORTED[outcome] if usage is None else "reported"
-        if rule == "reservation":
-            charged, charged_usd = t.tokens, t.usd
-        else:
-            inp, out, read, written = usage or (t.inp if rule == "input" else 0, 0, 0, 0)
-            cached = (read, written, t.pread, t.pwrite)
-            charged, charged_usd = inp + out, price(inp, out, t.pin, t.pout, cached)
+        charged, charged_usd = self._charge(t, usage, outcome)
         self._held(lease)
         self._end(lease, charged - t.tokens, charged_usd - t.usd)
         settled = Settled(charged, max(0, t.tokens - charged), self.now + t.ttl)
         self.released[lease_id] = settled
         return "settled", settled, self.dispatch(observed)
 
-    def renew(self, lease_id: str, extend_by: float) -> bool:
+    @staticmethod
+    def _charge(
+        t: Ticket, usage: tuple[int, int, int, int] | None, outcome: str
+    ) -> tuple[int, int]:
+        """Tokens and nano-USD a release charges: the usage, or the outcome's rule."""
+        rule = UNREPORTED[outcome] if usage is None else "reported"
+        if rule == "reservation":
+            return t.tokens, t.usd
+        inp, out, read, written = usage or (t.inp if rule == "input" else 0, 0, 0, 0)
+        cached = (read, written, t.pread, t.pwrite)
+        return inp + out, price(inp, out, t.pin, t.pout, cached)
+
+    def renew(self, lease_id: str, extend_by: float) -> tuple[str, int]:
+        """("renewed" | "expired" | "gone", the tokens an expired lease stands charged)."""
+        grave = self.graves.get(lease_id)
+        if grave is not None:
+            settled = grave.settled
+            return "expired", grave.lease.ticket.tokens if settled is None else settled.charged
         lease = self.leases.get(lease_id)
         if lease is None:
-            return False
+            return "gone", 0
         lease.expires = self.now + (extend_by or self.ttl)
-        return True
+        return "renewed", 0
 
     def queued(self) -> tuple[dict[str, list[int]], dict[str, int]]:
         pools: dict[str, list[int]] = {}

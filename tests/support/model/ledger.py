@@ -1,6 +1,7 @@
 """The levels of every limit and the leases that hold them: what fits now, what a refused
-call is told, reserving and settling, lazy expiry, and the invariants over the levels (a
-bucket's sliding window, a daily quota)."""
+call is told, reserving and settling, lazy expiry (and the tombstone an expired lease leaves
+for one TTL, which a late Release settles), and the invariants over the levels (a bucket's
+sliding window, a daily quota)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ class Settled:
     charged: int
     refunded: int
     drop_at: float  # a second release is answered until then
+
+
+@dataclass
+class Grave:
+    """An expired lease, remembered until ``drop_at`` (its expiry + its TTL): a Release or
+    Renew of it is LEASE_EXPIRED, and the first Release settles it (``settled``)."""
+
+    lease: Lease
+    drop_at: float
+    settled: Settled | None = None
 
 
 @dataclass
@@ -60,7 +71,7 @@ class Ledger:
         self.daily: dict[str, float] = {}
         self.leases: dict[str, Lease] = {}
         self.released: dict[str, Settled] = {}
-        self.expired: set[str] = set()
+        self.graves: dict[str, Grave] = {}
         self.hold: dict[str, float] = {}  # gauge key -> typical hold of its released leases
         self.events: list[Event] = []  # bucket consumption, for the window invariant
         self.overuse: dict[str, float] = {}  # daily key -> honest overuse charged today
@@ -72,10 +83,13 @@ class Ledger:
         for lease_id, lease in list(self.leases.items()):
             if lease.expires <= self.now:
                 self._end(lease, 0.0, 0.0)  # the full reservation stays charged
-                self.expired.add(lease_id)
+                self.graves[lease_id] = Grave(lease, lease.expires + lease.ticket.ttl)
         for lease_id, done in list(self.released.items()):
             if done.drop_at <= self.now:
                 del self.released[lease_id]
+        for lease_id, grave in list(self.graves.items()):
+            if grave.drop_at <= self.now:
+                del self.graves[lease_id]
 
     def level(self, limit: Limit) -> float:
         if limit.kind == "gauge":
@@ -195,6 +209,21 @@ class Ledger:
                 self.buckets[limit.key] = (min(limit.capacity, level - delta), self.now)
                 if delta < 0:  # a refund: room handed back (overuse only adds debt)
                     self.events.append(Event(self.now, limit.key, delta))
+            else:
+                self.daily[limit.key] = max(0.0, self.daily.get(limit.key, 0.0) + delta)
+                if delta > 0:
+                    self.overuse[limit.key] = self.overuse.get(limit.key, 0.0) + delta
+
+    def _settle_expired(self, grave: Grave, token_delta: float, usd_delta: float) -> None:
+        """A late Release moves an expired lease's daily counters by charged - reserved,
+        both ways; its buckets only by overuse (into debt: never room handed back, as they
+        refilled meanwhile); its slots were freed at the expiry."""
+        for limit in grave.lease.ticket.limits:
+            delta = {"token": token_delta, "nano_usd": usd_delta}.get(limit.unit, 0.0)
+            if limit.unit == "slot" or delta == 0 or (limit.kind == "bucket" and delta < 0):
+                continue
+            if limit.kind == "bucket":
+                self.buckets[limit.key] = (self.level(limit) - delta, self.now)
             else:
                 self.daily[limit.key] = max(0.0, self.daily.get(limit.key, 0.0) + delta)
                 if delta > 0:

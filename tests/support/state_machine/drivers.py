@@ -39,7 +39,7 @@ SETTLE_TIMEOUT = 10.0  # real seconds for the server to settle after a step (nev
 class Answer:
     """An RPC's outcome, the same from the engine and through gRPC."""
 
-    kind: str  # lease | rejected | not_found | settled | renewed | other
+    kind: str  # lease | rejected | not_found | expired | settled | renewed | other
     lease_id: str = ""
     queued_for: float = 0.0
     reason: str = ""
@@ -48,6 +48,15 @@ class Answer:
     already: bool = False
     detail: str = ""
     retry: float | None = None  # a rejection's retry delay
+
+
+def not_found(reason: str, metadata: dict[str, str], message: str) -> Answer:
+    """NOT_FOUND; with reason LEASE_EXPIRED, what the lease stands charged and whether an
+    earlier Release settled it."""
+    if reason != "LEASE_EXPIRED":
+        return Answer("not_found", reason=reason, detail=message)
+    charged, already = int(metadata["charged_tokens"]), metadata["already_released"] == "true"
+    return Answer("expired", charged=charged, already=already, detail=message)
 
 
 @dataclass
@@ -165,7 +174,8 @@ class EngineDriver(Driver):
                 retry=rejected.retry_after,
             )
         except NotFound as error:
-            return Answer("not_found", detail=error.message)
+            reason = error.reason.value if error.reason else ""
+            return not_found(reason, error.metadata, error.message)
         except Exception as error:  # any other error is an answer the model never predicts
             return Answer("other", detail=repr(error))
         if hasattr(result, "charged_tokens"):
@@ -242,7 +252,7 @@ class GrpcDriver(Driver):
                     retry=failure.retry_after,
                 )
             if failure.code == grpc.StatusCode.NOT_FOUND:
-                return Answer("not_found", detail=failure.message)
+                return not_found(failure.reason, failure.metadata, failure.message)
             return Answer("other", detail=f"{failure.code.name} {failure.message}")
         if isinstance(result, pb.ReleaseResponse):
             return Answer(

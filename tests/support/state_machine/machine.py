@@ -53,7 +53,14 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.server_id: dict[str, str] = {}  # call id -> lease id (once granted)
         self.requested: dict[str, tuple[int, int]] = {}  # call id -> (input, output)
         self.released_at: dict[str, float] = {}  # call id -> real time of its release
+        self.buried_at: dict[str, float] = {}  # call id -> real time its lease expired by
         self.log: list[str] = []
+
+    def at(self, now: float) -> None:
+        """The model at ``now`` (it reaps what expired); the real time each expiry was seen."""
+        self.model.at(now)
+        for cid in self.model.graves:
+            self.buried_at.setdefault(cid, time.monotonic())
 
     def teardown(self) -> None:
         try:
@@ -119,7 +126,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         cid = f"c{next(self.calls)}"
         self.requested[cid] = (inp, out)
         self.log.append(f"{cid} = acquire({tenant}, {inp}+{out}, prio {priority}, wait {wait})")
-        self.model.at(self.driver.time())
+        self.at(self.driver.time())
         task = await self.answered(self.driver.acquire(tenant, inp, out, priority, wait))
         await self.driver.quiesce([*self.tasks.values(), task])
         done = self.finished()
@@ -175,7 +182,7 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     async def _release(self, cid: str, usage: UsageDraw, outcome: str) -> None:
         self.log.append(f"release({cid}, {usage}, {outcome})")
-        self.model.at(self.driver.time())
+        self.at(self.driver.time())
         answer = await self.driver.release(self.server_id[cid], usage, outcome)
         await self.driver.quiesce(list(self.tasks.values()))
         done = self.finished()
@@ -195,21 +202,30 @@ class AdmissionMachine(RuleBasedStateMachine):
             assert answer.refunded == max(0, reserved - answer.charged)
             self.released_at[cid] = time.monotonic()
         elif kind == "already":
-            if answer.kind == "not_found" and self._redis_forgot(cid):
+            if answer.kind == "not_found" and self._redis_forgot(self.released_at, cid):
                 del self.model.released[cid]  # see _redis_forgot
                 return
             if answer.kind != "settled" or not answer.already:
                 self.fail(f"release {cid}: ended once already, server answered {answer}")
             assert answer.charged == settled.charged
+        elif kind in ("expired", "expired_already"):
+            if answer.kind == "not_found" and self._redis_forgot(self.buried_at, cid):
+                del self.model.graves[cid]  # see _redis_forgot
+                return
+            already = kind == "expired_already"
+            if answer.kind != "expired" or answer.already != already:
+                self.fail(f"release {cid}: model says {kind} ({settled}), server {answer}")
+            assert answer.charged == settled.charged
         elif answer.kind != "not_found":
-            self.fail(f"release {cid}: the lease expired (or was forgotten), server: {answer}")
+            self.fail(f"release {cid}: the lease was forgotten, server: {answer}")
 
-    def _redis_forgot(self, cid: str) -> bool:
-        """Redis drops a released lease's record after one TTL of *real* time (its key
-        expiry); a run slower than that may see it gone before the model does."""
-        released = self.released_at.get(cid)
+    def _redis_forgot(self, since: dict[str, float], cid: str) -> bool:
+        """Redis drops a released lease's record, and an expired one's tombstone, after one
+        TTL of *real* time (its key expiry); a run slower than that may see it gone before
+        the model does."""
+        ended = since.get(cid)
         ttl = float(CONFIG["lease"]["ttl"])
-        return self.driver.redis and released is not None and time.monotonic() - released > ttl
+        return self.driver.redis and ended is not None and time.monotonic() - ended > ttl
 
     @precondition(lambda self: self.server_id)
     @rule(data=st.data(), extend_by=st.sampled_from([0.0, 0.5, 3.0, 12.0, 25.0]))
@@ -219,12 +235,18 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     async def _renew(self, cid: str, extend_by: float) -> None:
         self.log.append(f"renew({cid}, {extend_by})")
-        self.model.at(self.driver.time())
+        self.at(self.driver.time())
         answer = await self.driver.renew(self.server_id[cid], extend_by)
-        live = self.model.renew(cid, extend_by)
-        self.log.append(f"   model {'renewed' if live else 'gone'}; server {answer}")
-        if answer.kind != ("renewed" if live else "not_found"):
-            self.fail(f"renew {cid}: model {'renews' if live else 'NOT_FOUND'}, server {answer}")
+        kind, charged = self.model.renew(cid, extend_by)
+        self.log.append(f"   model {kind}; server {answer}")
+        if kind == "expired" and answer.kind == "not_found" and self._redis_forgot(
+            self.buried_at, cid
+        ):
+            del self.model.graves[cid]  # see _redis_forgot
+            return
+        expected = {"renewed": "renewed", "expired": "expired", "gone": "not_found"}[kind]
+        if answer.kind != expected or (kind == "expired" and answer.charged != charged):
+            self.fail(f"renew {cid}: model {kind} ({charged}), server {answer}")
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
@@ -238,7 +260,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         task.cancel()
         await self.driver.quiesce(list(self.tasks.values()))
         done = self.finished()
-        self.model.at(self.driver.time())
+        self.at(self.driver.time())
         self.model.remove(cid, served=False)
         # Leaving may unblock the queue behind it: a dispatch pass runs.
         pas = self.model.dispatch(lambda i: i in done and done[i].kind == "lease")
@@ -286,7 +308,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             i += len(instant)
             grants = {cid for _, kind, cid in instant if kind == "grant"}
             timeouts = [cid for _, kind, cid in instant if kind == "timeout"]
-            self.model.at(at)
+            self.at(at)
             passes = []
             for cid in timeouts:
                 self.model.remove(cid, served=False)
@@ -300,7 +322,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             granted = {cid for pas in passes for cid in pas.grants}
             if grants - granted:
                 self.fail(f"at {at:.6f} the server granted {grants - granted}, not the model")
-        self.model.at(t1)
+        self.at(t1)
         for cid, answer in list(done.items()):  # rejected while waiting: the day's quota
             verdict, limit = self.model.check(self.model.waiters[cid].ticket, kinds=("daily",))
             if verdict != "denied" or limit is None or limit.reason != answer.reason:
@@ -316,7 +338,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     @invariant()
     def agrees_with_the_model(self) -> None:
         server = self.runner.run(self.driver.state())
-        self.model.at(self.driver.time())
+        self.at(self.driver.time())
         pools, tenants = self.model.in_flight()
         queued_pools, queued_tenants = self.model.queued()
         for name, limit in self.model.all_limits.items():

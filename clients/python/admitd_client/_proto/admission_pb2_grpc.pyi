@@ -15,6 +15,16 @@ SERVER_OVERLOADED: the replica is past its capacity and reserved nothing), and a
 RetryInfo whenever a later retry can succeed: the delay after which the call fits every
 limit it did not fit, as things stand (the limit with the longest wait is the reason).
 Release and Renew are never refused for load.
+
+A Release or Renew of a lease that is no longer live is NOT_FOUND; do not retry it, no
+retry changes the answer. When admitd knows what became of the lease, an ErrorInfo says:
+reason LEASE_EXPIRED, the lease expired less than one lease TTL ago and its full
+reservation was charged then. Its metadata says what: reserved_tokens and reserved_usd
+(the reservation), charged_tokens and charged_usd (what stands charged now), settled
+("true" once a Release after the expiry settled it to the usage reported, as a Release in
+time would have: the ledger and daily budgets get that usage; rate buckets only usage above
+the reservation) and already_released ("true": an earlier Release did; this one changed
+nothing). Without an ErrorInfo the lease is unknown, released, or expired longer ago.
 """
 
 from admitd_client._proto import admission_pb2 as _admission_pb2
@@ -50,9 +60,11 @@ class AdmissionStub:
     Acquire: _grpc.UnaryUnaryMultiCallable[_admission_pb2.AcquireRequest, _admission_pb2.Lease]
     """Admit now, wait in the fair queue (up to wait_timeout), or reject."""
     Release: _grpc.UnaryUnaryMultiCallable[_admission_pb2.ReleaseRequest, _admission_pb2.ReleaseResponse]
-    """Settle a lease with the actual usage and free its concurrency slot. Idempotent."""
+    """Settle a lease with the actual usage and free its concurrency slot. Idempotent. An
+    expired lease: LEASE_EXPIRED (above), its usage recorded all the same.
+    """
     Renew: _grpc.UnaryUnaryMultiCallable[_admission_pb2.RenewRequest, _admission_pb2.Lease]
-    """Extend a lease's expiry."""
+    """Extend a lease's expiry. An expired lease: LEASE_EXPIRED (above)."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_admission_pb2.GetStatusRequest, _admission_pb2.StatusResponse]
     """Pools, tenants, queues and budgets as the service sees them now."""
     AcquireStream: _grpc.UnaryStreamMultiCallable[_admission_pb2.AcquireStreamRequest, _admission_pb2.AcquireStreamResponse]
@@ -87,9 +99,11 @@ class AdmissionAsyncStub(AdmissionStub):
     Acquire: _aio.UnaryUnaryMultiCallable[_admission_pb2.AcquireRequest, _admission_pb2.Lease]  # type: ignore[assignment]
     """Admit now, wait in the fair queue (up to wait_timeout), or reject."""
     Release: _aio.UnaryUnaryMultiCallable[_admission_pb2.ReleaseRequest, _admission_pb2.ReleaseResponse]  # type: ignore[assignment]
-    """Settle a lease with the actual usage and free its concurrency slot. Idempotent."""
+    """Settle a lease with the actual usage and free its concurrency slot. Idempotent. An
+    expired lease: LEASE_EXPIRED (above), its usage recorded all the same.
+    """
     Renew: _aio.UnaryUnaryMultiCallable[_admission_pb2.RenewRequest, _admission_pb2.Lease]  # type: ignore[assignment]
-    """Extend a lease's expiry."""
+    """Extend a lease's expiry. An expired lease: LEASE_EXPIRED (above)."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_admission_pb2.GetStatusRequest, _admission_pb2.StatusResponse]  # type: ignore[assignment]
     """Pools, tenants, queues and budgets as the service sees them now."""
     AcquireStream: _aio.UnaryStreamMultiCallable[_admission_pb2.AcquireStreamRequest, _admission_pb2.AcquireStreamResponse]  # type: ignore[assignment]
@@ -133,7 +147,9 @@ class AdmissionServicer(metaclass=_abc_1.ABCMeta):
         request: _admission_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.ReleaseResponse, _abc.Awaitable[_admission_pb2.ReleaseResponse]]:
-        """Settle a lease with the actual usage and free its concurrency slot. Idempotent."""
+        """Settle a lease with the actual usage and free its concurrency slot. Idempotent. An
+        expired lease: LEASE_EXPIRED (above), its usage recorded all the same.
+        """
 
     @_abc_1.abstractmethod
     def Renew(
@@ -141,7 +157,7 @@ class AdmissionServicer(metaclass=_abc_1.ABCMeta):
         request: _admission_pb2.RenewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admission_pb2.Lease, _abc.Awaitable[_admission_pb2.Lease]]:
-        """Extend a lease's expiry."""
+        """Extend a lease's expiry. An expired lease: LEASE_EXPIRED (above)."""
 
     @_abc_1.abstractmethod
     def GetStatus(

@@ -46,6 +46,7 @@ from .fairqueue import Entry
 from .leases import Dedup, Idempotency, Lease, Leases, Ledger, Unclaimed
 from .queue import Queues
 from .rate import GrantRate
+from .tombstones import Tombstones
 
 
 class MemoryBackend:
@@ -65,6 +66,7 @@ class MemoryBackend:
         self._rates: dict[str, GrantRate] = {}
         self._dedup = Dedup()
         self._ledger = Ledger()
+        self._tombstones = Tombstones(self._counters, self._ledger)  # expired leases, one TTL
 
     # -- operations -----------------------------------------------------------------------
 
@@ -146,6 +148,8 @@ class MemoryBackend:
             if tenant and settlement.lease.tenant != tenant:
                 raise NotOwner(lease_id)
             return ReleaseResult(replace(settlement, already_released=True))
+        if lease_id not in self._leases:
+            self._tombstones.release(lease_id, usage, tenant, now)
         lease = self._leases.live(lease_id, tenant)
         t = lease.ticket
         used, charged_usd = t.settle(usage)
@@ -174,6 +178,8 @@ class MemoryBackend:
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         now = self._tick()
+        if lease_id not in self._leases:
+            self._tombstones.renew(lease_id, tenant, now)
         lease = self._leases.live(lease_id, tenant)
         self._leases.extend(lease, now + extend_by)
         return lease.record(now)
@@ -300,6 +306,7 @@ class MemoryBackend:
             t = lease.ticket
             used, charged_usd = t.settle(Unreported.RESERVATION)
             self._ledger.charge(self._day_number, t, used, charged_usd)
+            self._tombstones.bury(lease, self._day_number, now)
             self._dedup.finish(t, None, now)
 
     def _end(self, ticket: Ticket, kind: EndKind, now: float, denial: Denial | None = None) -> None:

@@ -167,17 +167,21 @@ class Counters:
         usd_delta: float,
         probe: bool,
         now: float,
+        expired: bool = False,
     ) -> None:
         """End a lease taken on ``day``: free its slots and move token/USD counters by
-        charged - reserved."""
+        charged - reserved. ``expired``: settle a lease that expired (its slots were freed
+        then): daily counters move both ways, buckets only by overuse (they have refilled
+        since; a refund now could grant what the provider's window no longer has)."""
         if probe:
             self._gates[ticket.pool].release_probe()
         for limit in ticket.limits:
             if limit.unit is Unit.SLOT:
-                self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
+                if not expired:
+                    self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
                 continue
             delta = {Unit.TOKEN: token_delta, Unit.NANO_USD: usd_delta}.get(limit.unit, 0.0)
-            if delta == 0:
+            if delta == 0 or (expired and limit.kind is Kind.BUCKET and delta < 0):
                 continue
             if limit.kind is Kind.BUCKET:
                 # A refund never lifts a bucket above capacity; overuse may put it in debt.

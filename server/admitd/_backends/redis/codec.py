@@ -25,6 +25,7 @@ from ..._model import (
     Gate,
     GateView,
     Kind,
+    LeaseExpired,
     LeaseGone,
     LeaseLost,
     LeaseRecord,
@@ -199,15 +200,17 @@ def beat(doc: dict[str, Any]) -> Beat:
 
 def release_result(doc: dict[str, Any], lease_id: str) -> ReleaseResult:
     raise_lease_error(doc, lease_id)
-    s = doc["settlement"]
-    settlement = Settlement(
+    return ReleaseResult(settlement(doc["settlement"]), progress(doc.get("progress")))
+
+
+def settlement(s: dict[str, Any]) -> Settlement:
+    return Settlement(
         lease=lease(s["lease"]),
         charged_tokens=int(s["charged_tokens"]),
         refunded_tokens=int(s["refunded_tokens"]),
         charged_nano_usd=int(s["charged_nano_usd"]),
         already_released=bool(s["already_released"]),
     )
-    return ReleaseResult(settlement, progress(doc.get("progress")))
 
 
 def expire_result(doc: dict[str, Any]) -> ExpireResult:
@@ -284,6 +287,10 @@ def raise_lease_error(doc: dict[str, Any], lease_id: str) -> None:
         raise LeaseGone(lease_id)
     if error == "lost":
         raise LeaseLost(lease_id)
+    if error == "expired":
+        expired = doc["expired"]
+        settled = expired.get("settlement")
+        raise LeaseExpired(lease(expired["lease"]), settlement(settled) if settled else None)
     if error == "not_owner":
         raise NotOwner(lease_id)
 

@@ -51,13 +51,17 @@ local function record(lease)
           queued_for = lease.queued, held_for = now - lease.granted, shadowed = lease.shadowed}
 end
 
-local function load_lease(id)
-  local v = redis.call('HMGET', key('lease', id), 'ticket', 'day', 'granted', 'expires', 'queued',
-                       'shadowed', 'probe')
+-- A live lease (hash "lease:<id>"), or with where = 'tomb' an expired one's tombstone, which
+-- also has ledger (the ledger day its expiry charged), drop (its deadline) and settled (a
+-- settlement, JSON, once a Release after the expiry settled it).
+local function load_lease(id, where)
+  local v = redis.call('HMGET', key(where or 'lease', id), 'ticket', 'day', 'granted', 'expires',
+                       'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled')
   if not v[1] then return nil end
   return {t = cjson.decode(v[1]), day = v[2], granted = tonumber(v[3]),
           expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
-          probe = v[7] == '1'}
+          probe = v[7] == '1', ledger = v[8], drop = tonumber(v[9]),
+          settled = v[10] and cjson.decode(v[10])}
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
@@ -166,15 +170,21 @@ end
 -- Move t's limits by a settlement: slots freed, token and USD counters (of the UTC day
 -- taken_on) by charged - reserved. A refund never lifts a bucket above capacity; overuse may
 -- put it in debt.
-local function move_limits(t, taken_on, token_delta, usd_delta)
+-- expired: settle a lease that expired (its slots were freed then): daily counters move both
+-- ways, buckets only by overuse (they have refilled since; a refund now could grant what the
+-- provider's window no longer has).
+local function move_limits(t, taken_on, token_delta, usd_delta, expired)
   for _, l in ipairs(t[T.limits]) do
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
-      decr_field(G, l[L_KEY], 1)
-      redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
+      if not expired then
+        decr_field(G, l[L_KEY], 1)
+        redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
+      end
     else
       local delta = 0
       if unit == UNIT_TOKEN then delta = token_delta elseif unit == UNIT_NANO_USD then delta = usd_delta end
+      if expired and l[L_KIND] == KIND_BUCKET and delta < 0 then delta = 0 end
       if delta ~= 0 then
         if l[L_KIND] == KIND_BUCKET then
           set_bucket(l, math.min((current(l) or l)[L_CAPACITY], level_of(l) - delta))
@@ -210,9 +220,10 @@ end
 -- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<metric>" counters, metric
 -- calls, in, out, usd, cr (cached input) and cw (cache-write input); u is a usage array
 -- (U_*), the cached counts being parts of the input. calls: 1 for a settled lease, 0 for
--- usage reported after the call (charge.lua).
-local function charge(t, u, usd, calls)
-  local k = key('ledger', day)
+-- usage reported after the call (charge.lua) or a correction (settle_expired). on_day: the
+-- ledger's day (default today).
+local function charge(t, u, usd, calls, on_day)
+  local k = key('ledger', on_day or day)
   local tenant = t[T.tenant]
   local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
   redis.call('HINCRBY', k, f .. 'calls', calls or 1)
@@ -257,6 +268,49 @@ local function give_back(id, kind)
   end
 end
 
+-- An expired lease's tombstone ("tomb:<id>", its lease hash renamed, which settle then finds
+-- gone), kept one lease TTL past the expiry: the twin of _backends/memory/tombstones.py.
+local function bury(id, lease)
+  local t = lease.t
+  local k = key('tomb', id)
+  redis.call('RENAME', key('lease', id), k)
+  redis.call('HSET', k, 'ledger', day, 'drop', num(lease.expires + t[T.ttl]))
+  redis.call('PEXPIRE', k, math.ceil(t[T.ttl] * 1000))
+end
+
+-- The tombstone of an expired lease, or nil (none, or past its deadline).
+local function tombstone(id)
+  local grave = load_lease(id, 'tomb')
+  if grave and grave.drop > now then return grave end
+  return nil
+end
+
+-- A Release of an expired lease (grave, its tombstone) reporting usage (a table, or the rule
+-- for none): settled once, as memory/tombstones.py does: the ledger row its expiry charged and
+-- its daily quotas move from the reservation to what it used, its buckets only by overuse.
+-- Returns {lease, settlement} (already_released when a Release had settled it before).
+local function settle_expired(id, grave, reported)
+  local s = grave.settled
+  if s then
+    s.already_released = true
+    return {lease = record(grave), settlement = s}
+  end
+  local t = grave.t
+  local reserved = t[T.input_tokens] + t[T.max_output_tokens]
+  local u, usd = settle_usage(t, reported)
+  local charged = u[U_INPUT_TOKENS] + u[U_OUTPUT_TOKENS]
+  move_limits(t, grave.day, charged - reserved, usd - t[T.nano_usd], true)
+  local correction = {u[U_INPUT_TOKENS] - t[T.input_tokens],
+                      u[U_OUTPUT_TOKENS] - t[T.max_output_tokens],
+                      u[U_CACHED_INPUT_TOKENS], u[U_CACHE_WRITE_INPUT_TOKENS]}
+  charge(t, correction, usd - t[T.nano_usd], 0, grave.ledger)
+  s = {lease = record(grave), charged_tokens = charged,
+       refunded_tokens = math.max(0, reserved - charged), charged_nano_usd = usd,
+       already_released = false}
+  redis.call('HSET', key('tomb', id), 'settled', cjson.encode(s))
+  return {lease = s.lease, settlement = s}
+end
+
 -- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
 -- them (once, whichever replica runs it).
 local function reap()
@@ -265,6 +319,7 @@ local function reap()
     local lease = load_lease(id)
     if lease then
       redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
+      bury(id, lease)
       settle(lease, 0, 0) -- the full reservation stays charged
       local t = lease.t
       charge(t, settle_usage(t, UNREPORTED_RESERVATION))

@@ -4,7 +4,9 @@
 -- ARGV[5] tenant that must own it, or ""; ARGV[6] outcome (OUTCOME_*);
 -- ARGV[7] the provider's retry-after in seconds (0: none); ARGV[8] a dedup leader's result
 -- for its followers (base64), or "" for none.
--- Returns {settlement, progress} or {error = "gone" | "lost" | "not_owner"}.
+-- Returns {settlement, progress} or {error = "gone" | "lost" | "not_owner"}, or for a lease
+-- that expired less than a lease TTL ago {error = "expired", expired = {lease, settlement}},
+-- settled once to the usage reported (settle_expired).
 reap()
 local id, tenant = ARGV[3], ARGV[5]
 local done = released(id)
@@ -14,13 +16,18 @@ if done then
   s.already_released = true
   return cjson.encode({settlement = s, progress = new_progress()})
 end
+local reported = ARGV[4]
+if string.sub(reported, 1, 1) == '[' then reported = cjson.decode(reported) end
 local lease = load_lease(id)
-if not lease then return cjson.encode({error = unknown_lease()}) end
+if not lease then
+  local grave = tombstone(id)
+  if not grave then return cjson.encode({error = unknown_lease()}) end
+  if tenant ~= '' and grave.t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
+  return cjson.encode({error = 'expired', expired = settle_expired(id, grave, reported)})
+end
 local t = lease.t
 if tenant ~= '' and t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
 local reserved = t[T.input_tokens] + t[T.max_output_tokens]
-local reported = ARGV[4]
-if string.sub(reported, 1, 1) == '[' then reported = cjson.decode(reported) end
 local used, charged_usd = settle_usage(t, reported)
 local charged = used[U_INPUT_TOKENS] + used[U_OUTPUT_TOKENS]
 local s = {lease = record(lease), charged_tokens = charged,
