@@ -6,7 +6,8 @@ trailer (ErrorInfo reason + RetryInfo delay), and releases with the tokens used.
 waits in the queue with a streamed wait (AcquireStream), takes a ticket round trip
 (Enqueue, GetTicket, WaitTicket, CancelTicket), falls back on a second pool, joins a dedup
 leader and gets its result, pauses a pool with a provider's retry-after, reads the cost
-ledger (GetUsage), and finishes a release across a replica restart. How the CLI is run:
+ledger (GetUsage), finishes a release across a replica restart, and releases a lease that
+expired (LEASE_EXPIRED: the usage is recorded all the same). How the CLI is run:
 ``support.node``; what the client reserves for a provider request, its strict options and
 its retry hints: ``test_node_client_requests.py``.
 
@@ -298,6 +299,34 @@ async def test_fallback_pools_dedup_retry_after_and_usage(node: str) -> None:
             ("q", 2, 6),
         ]
         assert out["rows"][0]["day"] == "2026-01-01"
+    finally:
+        await h.close()
+
+
+async def test_a_release_after_expiry_says_lease_expired_and_records_the_usage(node: str) -> None:
+    h = await start_harness(CONFIG)
+    try:
+        status, out = await cli(
+            node, h, "acquire", "--tenant", "a", "--pool", "p",
+            "--input-tokens", "100", "--max-output-tokens", "50",
+        )  # fmt: skip
+        assert status == 0, out
+        await h.advance(30)  # the lease expires: its 150 tokens are charged
+        status, out = await cli(
+            node, h, "release", "--tenant", "a", "--lease-id", out["lease"]["lease_id"],
+            "--used-input-tokens", "90", "--used-output-tokens", "20",
+        )  # fmt: skip
+        assert status == 1, out
+        error = out["error"]
+        assert (error["name"], error["codeName"], error["reason"]) == (
+            "LeaseEnded",
+            "NOT_FOUND",
+            "LEASE_EXPIRED",
+        )
+        metadata = error["metadata"]
+        assert (metadata["reserved_tokens"], metadata["charged_tokens"]) == ("150", "110")
+        assert (metadata["settled"], metadata["already_released"]) == ("true", "false")
+        assert await h.usage() == [("2026-01-01", "a", "p", 1, 90, 20, 0.000425)]
     finally:
         await h.close()
 
