@@ -1,6 +1,6 @@
-"""A no-op Admission server on the same stack (grpc.aio, same proto, same messages, same
-server options): the ceiling that admitd's own throughput is divided by.
-``python -m bench.echo``."""
+"""A no-op Admission server on the same stack (grpc.aio on uvloop, admitd's default event
+loop; same proto, same messages, same server options): the ceiling that admitd's own
+throughput is divided by. ``python -m bench.echo``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import signal
 
 import grpc
+import uvloop
 
 from admitd_client._proto import admission_pb2 as pb
 
@@ -75,4 +76,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -155,7 +155,7 @@ from admitd._config import Settings
 omit = re.search(r'omit \.Values\.config((?: "[a-z_]+")+)', open(sys.argv[1]).read())
 live = set(omit.group(1).replace('"', "").split())
 restart = {"listen", "health_listen", "tls", "backend", "observability", "drain_delay",
-           "shutdown_grace"}
+           "shutdown_grace", "event_loop"}
 unplaced = set(Settings.model_fields) - live - restart
 assert not unplaced, (
     f"admitd settings {sorted(unplaced)}: live (add to the omit list in {sys.argv[1]}) or "

@@ -163,11 +163,21 @@ def _serve(config: str | None, listen: str | None) -> int:
         return 1
     configure_logging(settings.observability.log_format)
     try:
-        asyncio.run(serve(settings, listen, config))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings, listen, config))
     except OSError as error:
         print(f"admitd serve: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The configured event loop (``event_loop``); None: the standard library's."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def _health(channel: grpc.Channel, target: str, timeout: float) -> int:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from .model import Settings
 
-RESTART_ONLY = ("backend", "listen", "health_listen", "tls", "observability", "queue.aging")
+RESTART_ONLY = (
+    "backend",
+    "listen",
+    "health_listen",
+    "tls",
+    "observability",
+    "event_loop",
+    "queue.aging",
+)
 """Settings a running server keeps until it restarts: they bind ports, open connections or
 shape state already in the store. Everything else applies live (see :func:`live`)."""
 

@@ -355,6 +355,9 @@ class Settings(_Model):
     UNAVAILABLE, Release/Renew still served) so load balancers move callers elsewhere."""
     shutdown_grace: Seconds = Field(10.0, ge=0)
     """After the drain delay, how long in-flight RPCs get to finish before the port closes."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop that serves every RPC: ``uvloop`` (libuv; less CPU per call) or
+    ``asyncio`` (the standard library's), e.g. to rule uvloop out when chasing a problem."""
     backend: BackendConfig = BackendConfig()
     """Where admission state lives."""
     lease: LeaseConfig = LeaseConfig()
