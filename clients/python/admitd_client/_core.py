@@ -278,10 +278,11 @@ class Core(Caller):
         try:
             reply = yield from self._release(request, self._until_expiry(lease))
         except LeaseEnded as ended:
-            lease.expired = ended.reason is Reason.LEASE_EXPIRED
-            refunded = max(0, ended.reserved_tokens - ended.charged_tokens)
-            charged, usd = ended.charged_tokens, ended.charged_usd
-            lease.settlement = Settlement(charged, refunded, ended.already_released, usd)
+            if ended.reason is Reason.LEASE_EXPIRED:  # settled all the same: say to what
+                lease.expired = True
+                refunded = max(0, ended.reserved_tokens - ended.charged_tokens)
+                charged, usd = ended.charged_tokens, ended.charged_usd
+                lease.settlement = Settlement(charged, refunded, ended.already_released, usd)
             raise
         lease.settlement = Settlement(
             charged_tokens=reply.charged_tokens,

@@ -125,14 +125,16 @@ class LeaseEnded(AdmitdError):
     that, so none is made. (A NOT_FOUND without a reason, an unknown lease, is a plain
     ``AdmitdError``.)
 
-    The lease's full reservation was charged when it expired. A Release after that still
-    records the usage it reports (admitd's ledger and daily budgets then hold it; the
-    ``lease`` block's release does this for you) and ``charged_tokens`` /
+    LEASE_EXPIRED: the lease's full reservation was charged when it expired. A Release
+    after that still records the usage it reports (admitd's ledger and daily budgets then
+    hold it; the ``lease`` block's release does this for you) and ``charged_tokens`` /
     ``charged_usd`` say so; a Renew cannot bring the lease back.
 
     Attributes:
-        reason: ``Reason.LEASE_EXPIRED`` (UNKNOWN from a newer admitd).
-        metadata: ``ErrorInfo.metadata``, parsed into the attributes below.
+        reason: Why: ``Reason.LEASE_EXPIRED`` (UNKNOWN for a reason this client version
+            does not know).
+        metadata: ``ErrorInfo.metadata``; for LEASE_EXPIRED parsed into the attributes
+            below (0 / False for another reason).
         reserved_tokens: The reservation, charged in full when the lease expired.
         charged_tokens: What stands charged for the lease now: its reported usage once a
             Release after the expiry settled it (``settled``), else the reservation.
