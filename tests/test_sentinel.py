@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 import redis
 
 from support.harness import start_harness
+from support.polling import until_sync
 from support.redis_server import RedisServer, free_port, redis_binary
 
 
@@ -42,15 +42,6 @@ def sentinel_setup() -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
         server.stop()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a real-world event (replication, Sentinel's view) with a hard bound."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_failover_to_the_promoted_replica(
@@ -68,7 +59,7 @@ async def test_failover_to_the_promoted_replica(
         info = replica.client().info("replication")
         return bool(info.get("master_link_status") == "up")
 
-    wait_until(replica_linked, 10, "the replica to sync")
+    until_sync(replica_linked, 10, "the replica to sync")
     h = await start_harness(
         {
             "backend": {
@@ -87,7 +78,7 @@ async def test_failover_to_the_promoted_replica(
         assert (await h.acquire(input_tokens=1)).reserved_tokens == 1
         primary.kill()
         await asyncio.to_thread(
-            wait_until,
+            until_sync,
             lambda: known_primary() == replica.port,
             30,
             "Sentinel to promote the replica",
@@ -110,4 +101,4 @@ async def test_failover_to_the_promoted_replica(
     finally:
         await h.close()
     # Closed, admitd keeps no connection to Sentinel open: only this test's own is left.
-    wait_until(lambda: len(watcher.client_list()) == 1, 10, "admitd's Sentinel clients closed")
+    until_sync(lambda: len(watcher.client_list()) == 1, 10, "admitd's Sentinel clients closed")

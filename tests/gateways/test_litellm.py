@@ -9,7 +9,6 @@ groups, pools and so ledger rows of its own; after each, no pool may hold a slot
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from admitd_client._proto import admission_pb2 as pb
 from admitd_client._proto import admission_pb2_grpc as pb_grpc
 from support.client import FakeProvider
 from support.litellm_proxy import LiteLLMProxy, key_of, readme_config, readme_env, start
+from support.polling import until_sync
 from support.processes import AdmitdProcess
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
@@ -120,10 +120,7 @@ def no_slot_held(provider: FakeProvider, stub: pb_grpc.AdmissionStub) -> Iterato
     release may follow the response by a moment)."""
     provider.reset()
     yield
-    deadline = time.monotonic() + 30
-    while (held := in_flight(stub)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert held == {}, "slots held after the test"
+    until_sync(lambda: not in_flight(stub), 30, "every slot back after the test")
 
 
 def in_flight(stub: pb_grpc.AdmissionStub) -> dict[str, int]:
@@ -140,14 +137,6 @@ def usage(stub: pb_grpc.AdmissionStub, pool: str) -> list[tuple[str, int, int, i
 def client(proxy: LiteLLMProxy, team: str | None = None) -> openai.OpenAI:
     key = key_of(team) if team else "sk-anyone"
     return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0, timeout=120)
-
-
-def until(condition: Any, what: str, within: float = 60.0) -> None:
-    """Wait (bounded, in real time) for a condition on the real processes."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within:g}s: {what}"
-        time.sleep(0.05)
 
 
 def test_a_call_is_admitted_for_its_team_and_released_with_its_usage(
@@ -199,7 +188,7 @@ def test_a_stream_the_client_abandons_is_released_at_once(
             break
     assert in_flight(stub) == {"stall": 1}  # held while the provider stalls
     stream.close()  # the client goes away
-    until(lambda: not in_flight(stub), "the abandoned stream's lease released")
+    until_sync(lambda: not in_flight(stub), 60, "the abandoned stream's lease released")
     (call,) = provider.calls()
     # Charged the reserved input and the text streamed before the client left.
     streamed = count_tokens(prompt="Hello! I ", encoding="o200k_base")
@@ -251,9 +240,9 @@ def test_a_queued_call_waits_and_higher_priority_goes_first(
     low = threading.Thread(target=ask, args=("low", 5))
     high = threading.Thread(target=ask, args=("high", 6))
     low.start()
-    until(lambda: queued(stub, "queue") == 1, "the low-priority call queued")
+    until_sync(lambda: queued(stub, "queue") == 1, 60, "the low-priority call queued")
     high.start()
-    until(lambda: queued(stub, "queue") == 2, "the high-priority call queued behind it")
+    until_sync(lambda: queued(stub, "queue") == 2, 60, "the high-priority call queued behind it")
     stub.Release(pb.ReleaseRequest(lease_id=holder.lease_id, tenant="default"), timeout=10)
     low.join(120)
     high.join(120)

@@ -22,3 +22,17 @@ async def until(
         if time.monotonic() - start > within:
             raise AssertionError(f"not within {within:g}s: {what}")
         await asyncio.sleep(every)
+
+
+def until_sync(
+    condition: Callable[[], bool], within: float, what: str, every: float = 0.05
+) -> float:
+    """:func:`until` for a condition read without an event loop (blocking while it waits).
+    Returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        if time.monotonic() - start > within:
+            raise AssertionError(f"not within {within:g}s: {what}")
+        time.sleep(every)
