@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from support.harness import start_harness
-from support.node import NODE_CLIENT, PROCESS, cli, cli_at, expiry, finished, start_cli
+from support.node import PROCESS, cli, expiry, finished, start_cli
 from support.processes import Replica
 from support.redis_server import RedisServer, free_port
 
@@ -345,12 +345,11 @@ async def test_release_outlasts_a_replica_restart(node: str, redis_server: Redis
     replicas = [Replica(conf, port)]
     try:
         replicas[0].wait_listening()
-        process = await asyncio.create_subprocess_exec(
-            node, str(NODE_CLIENT / "cli.js"), "lease", "--target", f"127.0.0.1:{port}",
-            "--tenant", "a", "--pool", "p", "--input-tokens", "10", "--max-output-tokens", "5",
+        process = await start_cli(
+            node, port, "lease", "--tenant", "a", "--pool", "p",
+            "--input-tokens", "10", "--max-output-tokens", "5",
             "--used-input-tokens", "10", "--used-output-tokens", "2",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=True,
         )  # fmt: skip
         assert process.stdout is not None
         assert process.stdin is not None
@@ -369,9 +368,10 @@ async def test_release_outlasts_a_replica_restart(node: str, redis_server: Redis
             "charged_usd": 0,
         }
         replicas[1].wait_listening()
-        status, out = await cli_at(
+        acquire = await start_cli(
             node, port, "acquire", "--tenant", "a", "--pool", "p", "--input-tokens", "1"
         )
+        status, out = await finished(acquire)
         assert status == 0, out  # the one slot is free at once, not at the lease's TTL
     finally:
         for replica in replicas:

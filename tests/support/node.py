@@ -16,49 +16,53 @@ NODE_CLIENT = ROOT / "clients" / "node"
 PROCESS = 60  # seconds a Node CLI run may take, its start-up included, on a loaded machine
 
 
-async def start_cli(node: str, h: Harness, command: str, *args: str) -> asyncio.subprocess.Process:
-    """Start ``node clients/node/cli.js COMMAND --target <h> ARGS``."""
+async def start_cli(
+    node: str, target: Harness | int, command: str, *args: str, stdin: bool = False
+) -> asyncio.subprocess.Process:
+    """Start ``node clients/node/cli.js COMMAND --target <target> ARGS``, against a harness
+    or a port on 127.0.0.1; ``stdin``: a pipe to write to it."""
+    port = target if isinstance(target, int) else target.server.port
     return await asyncio.create_subprocess_exec(
         node,
         str(NODE_CLIENT / "cli.js"),
         command,
         "--target",
-        f"127.0.0.1:{h.server.port}",
+        f"127.0.0.1:{port}",
         *args,
+        stdin=asyncio.subprocess.PIPE if stdin else None,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
 
 
+async def _output(process: asyncio.subprocess.Process) -> tuple[int, bytes]:
+    """Wait (bounded) for a CLI run to end, having written nothing to stderr: (exit status,
+    what it printed)."""
+    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
+    assert process.returncode is not None
+    assert err == b"", err.decode()
+    return process.returncode, out
+
+
 async def finished(process: asyncio.subprocess.Process) -> tuple[int, dict[str, Any]]:
     """Wait (bounded) for a CLI run to end: (exit status, the JSON it printed last)."""
-    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
-    assert process.returncode is not None
-    assert err == b"", err.decode()
-    return process.returncode, json.loads(out.splitlines()[-1])
+    status, out = await _output(process)
+    return status, json.loads(out.splitlines()[-1])
 
 
-async def cli(node: str, h: Harness, command: str, *args: str) -> tuple[int, dict[str, Any]]:
-    """Run ``node clients/node/cli.js COMMAND --target <h> ARGS``: (exit status, its JSON)."""
-    process = await start_cli(node, h, command, *args)
-    out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
-    assert process.returncode is not None
-    assert err == b"", err.decode()
-    return process.returncode, json.loads(out)
+async def cli(
+    node: str, target: Harness | int, command: str, *args: str
+) -> tuple[int, dict[str, Any]]:
+    """Run ``node clients/node/cli.js COMMAND --target <target> ARGS``: (exit status, its
+    JSON, the one thing it printed)."""
+    status, out = await _output(await start_cli(node, target, command, *args))
+    return status, json.loads(out)
 
 
 def expiry(h: Harness, ttl: float) -> str:
     assert h.clock is not None
     moment = datetime.fromtimestamp(h.clock.wall() + ttl, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-async def cli_at(node: str, port: int, command: str, *args: str) -> tuple[int, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        node, str(NODE_CLIENT / "cli.js"), command, "--target", f"127.0.0.1:{port}", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    return await finished(process)
 
 
 async def run_node(node: str, script: str) -> Any:
