@@ -203,18 +203,14 @@ WITH_DEFAULT: dict[str, Any] = {
 }
 
 
-async def _tenant(h: Harness, name: str) -> pb.TenantStatus:
-    return next(t for t in (await h.status()).tenants if t.name == name)
-
-
 async def test_unknown_tenant_gets_the_default_tenants_lease_and_limits(
     make_harness: MakeHarness,
 ) -> None:
     h = await make_harness(WITH_DEFAULT)
     lease = await h.acquire(tenant="stranger", input_tokens=10)
     assert lease.tenant == "fallback"
-    assert (await _tenant(h, "fallback")).in_flight == 1
-    assert (await _tenant(h, "a")).in_flight == 0
+    assert (await h.tenant("fallback")).in_flight == 1
+    assert (await h.tenant("a")).in_flight == 0
     # The default tenant's max_concurrency of 1 now binds every unknown caller.
     failure = await h.fail(h.acquire(tenant="another-stranger", input_tokens=10))
     assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -229,7 +225,7 @@ async def test_empty_tenant_gets_the_default_tenant(make_harness: MakeHarness) -
     h = await make_harness(WITH_DEFAULT)
     lease = await h.acquire(tenant="", input_tokens=10)
     assert lease.tenant == "fallback"
-    assert (await _tenant(h, "fallback")).in_flight == 1
+    assert (await h.tenant("fallback")).in_flight == 1
 
 
 async def test_caller_mapped_to_the_default_tenant_may_settle_its_lease(
@@ -243,7 +239,7 @@ async def test_caller_mapped_to_the_default_tenant_may_settle_its_lease(
     assert renewed.lease_id == lease.lease_id
     released = await h.release(lease.lease_id, (4, 0), tenant="stranger")
     assert (released.charged_tokens, released.already_released) == (4, False)
-    assert (await _tenant(h, "fallback")).in_flight == 0
+    assert (await h.tenant("fallback")).in_flight == 0
 
 
 async def test_invalid_fields_are_still_refused_for_the_default_tenant(
@@ -252,7 +248,7 @@ async def test_invalid_fields_are_still_refused_for_the_default_tenant(
     h = await make_harness(WITH_DEFAULT)
     failure = await h.fail(acquire_raw(h, tenant="stranger", input_tokens=-5))
     assert_names_field(failure, INVALID, "input_tokens")
-    assert (await _tenant(h, "fallback")).in_flight == 0
+    assert (await h.tenant("fallback")).in_flight == 0
 
 
 # -- calls that can never fit -----------------------------------------------------------------

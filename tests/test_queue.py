@@ -187,30 +187,29 @@ async def test_a_smaller_call_of_another_tenant_has_an_earlier_finish_tag(
     assert (await h.acquire(tenant="b", input_tokens=50)).tenant == "b"
 
 
-async def test_lower_classes_age_so_they_are_never_starved(make_harness: MakeHarness) -> None:
+async def served_first(make_harness: MakeHarness, aged: float) -> set[str]:
+    """One slot held, aging every 10 s; a LOW call waits ``aged`` seconds, then a CRITICAL
+    one queues too: which of them the freed slot serves first ("low" or "critical")."""
     h = await make_harness({**ONE_SLOT, "queue": {"aging": "10s", "max_wait": "10m"}})
     holder = await h.acquire(input_tokens=1)
     low = h.acquire_later(input_tokens=1, wait_timeout=300, priority=pb.PRIORITY_LOW)
     await h.until_queued("p", 1)
-    await h.advance(45)  # LOW has climbed four classes: above a fresh CRITICAL
+    await h.advance(aged)
     critical = h.acquire_later(input_tokens=1, wait_timeout=300, priority=pb.PRIORITY_CRITICAL)
     await h.until_queued("p", 2)
     await h.release(holder.lease_id)
     done, _ = await asyncio.wait({low, critical}, return_when=asyncio.FIRST_COMPLETED)
-    assert done == {low}
+    return {name for name, task in (("low", low), ("critical", critical)) if task in done}
+
+
+async def test_lower_classes_age_so_they_are_never_starved(make_harness: MakeHarness) -> None:
+    # LOW has climbed four classes: above a fresh CRITICAL.
+    assert await served_first(make_harness, aged=45) == {"low"}
 
 
 async def test_without_enough_aging_critical_goes_first(make_harness: MakeHarness) -> None:
-    h = await make_harness({**ONE_SLOT, "queue": {"aging": "10s", "max_wait": "10m"}})
-    holder = await h.acquire(input_tokens=1)
-    low = h.acquire_later(input_tokens=1, wait_timeout=300, priority=pb.PRIORITY_LOW)
-    await h.until_queued("p", 1)
-    await h.advance(25)  # two classes climbed: LOW acts as HIGH, still below CRITICAL
-    critical = h.acquire_later(input_tokens=1, wait_timeout=300, priority=pb.PRIORITY_CRITICAL)
-    await h.until_queued("p", 2)
-    await h.release(holder.lease_id)
-    done, _ = await asyncio.wait({low, critical}, return_when=asyncio.FIRST_COMPLETED)
-    assert done == {critical}
+    # Two classes climbed: LOW acts as HIGH, still below CRITICAL.
+    assert await served_first(make_harness, aged=25) == {"critical"}
 
 
 async def test_queue_full_globally_and_per_tenant(make_harness: MakeHarness) -> None:

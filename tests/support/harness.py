@@ -84,6 +84,9 @@ class Harness:
     async def pool(self, name: str) -> pb.PoolStatus:
         return next(p for p in (await self.status()).pools if p.name == name)
 
+    async def tenant(self, name: str) -> pb.TenantStatus:
+        return next(t for t in (await self.status()).tenants if t.name == name)
+
     async def usage(self, **fields: Any) -> list[tuple[Any, ...]]:
         """GetUsage's rows as (day, tenant, pool, calls, input, output, USD to 9 places)."""
         reply = await self.stub.GetUsage(pb.GetUsageRequest(**fields), timeout=10)
