@@ -11,32 +11,14 @@ import redis
 
 from support.harness import start_harness
 from support.polling import until_sync
-from support.redis_server import RedisServer, free_port, redis_binary
-
-
-class Sentinel(RedisServer):
-    """A redis-server in Sentinel mode watching ``primary`` (quorum 1, quick failover)."""
-
-    def __init__(self, primary: RedisServer) -> None:
-        super().__init__()
-        self.primary = primary
-
-    def command(self) -> list[str]:
-        conf = self.dir / "sentinel.conf"
-        conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {self.primary.port} 1\n"
-            "sentinel down-after-milliseconds mymaster 400\n"
-            "sentinel failover-timeout mymaster 3000\n"
-        )
-        return [redis_binary(), str(conf), "--sentinel"]
+from support.redis_server import RedisServer, Sentinel, free_port
 
 
 @pytest.fixture
 def sentinel_setup() -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
     primary = RedisServer().start()
     replica = RedisServer(free_port(), "--replicaof", "127.0.0.1", str(primary.port)).start()
-    sentinel = Sentinel(primary).start()
+    sentinel = Sentinel(primary.port).start()
     yield primary, replica, sentinel
     for server in (sentinel, replica, primary):
         server.stop()

@@ -1,4 +1,5 @@
-"""Real redis-server processes on free loopback ports, which tests may kill and restart."""
+"""Real redis-server processes on free loopback ports, which tests may kill and restart, and
+Sentinels watching them."""
 
 from __future__ import annotations
 
@@ -111,3 +112,39 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Sentinel(RedisServer):
+    """A redis-server in Sentinel mode watching the primary on ``primary_port`` as
+    ``mymaster``, with a quick failover (down after 400 ms)."""
+
+    def __init__(self, primary_port: int, quorum: int = 1) -> None:
+        super().__init__()
+        self.primary_port = primary_port
+        self.quorum = quorum
+
+    def command(self) -> list[str]:
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.primary_port} {self.quorum}\n"
+            "sentinel down-after-milliseconds mymaster 400\n"
+            "sentinel failover-timeout mymaster 3000\n"
+        )
+        return [redis_binary(), str(conf), "--sentinel"]
+
+    def primary(self) -> int:
+        """The port of the primary this Sentinel names now."""
+        asked = ("SENTINEL", "get-master-addr-by-name", "mymaster")
+        _host, port = self.client().execute_command(*asked)  # type: ignore[no-untyped-call]
+        return int(port)
+
+    def sees(self, *, replicas: int, sentinels: int) -> bool:
+        """Whether this Sentinel knows that many replicas of the primary and other Sentinels
+        (it must, to fail over with a quorum)."""
+        client = self.client()
+        found = [
+            client.execute_command("SENTINEL", kind, "mymaster")  # type: ignore[no-untyped-call]
+            for kind in ("REPLICAS", "SENTINELS")
+        ]
+        return [len(f) for f in found] == [replicas, sentinels]
