@@ -99,6 +99,18 @@ local function new_progress()
   return {grants = {}, rejections = {}, blocked = {}, passed_over = {}, finished = FINISHED}
 end
 
+-- A ticket granted without entering its pool's empty queue: virtual time moves as if it had
+-- been pushed and served (its tag, max(V, its tenant's last finish) + cost, becomes V).
+local function served_alone(t)
+  local cls = t[T.priority]
+  local fk, vk = fkey(cls, t[T.pool], t[T.tenant]), vkey(cls, t[T.pool])
+  local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
+  local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
+  local tag = math.max(v, last) + t[T.cost]
+  if tag > v then redis.call('HSET', key('vtime'), vk, num(tag)) end
+  redis.call('HDEL', key('lastf'), fk)
+end
+
 -- The waiters of pool in service order: each call of the returned function gives the next
 -- {member, tag, id, t, raw, enq}, or nil. Strict classes with aging, finish tags within one.
 local function fair_order(pool, light)

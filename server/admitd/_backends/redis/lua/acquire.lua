@@ -67,6 +67,37 @@ if wait then
   end
 end
 
+-- Nothing waits in the pool: the dispatch pass would examine this ticket alone, so decide it
+-- here as that pass would, without entering the queue and leaving it (most of an Acquire's
+-- cost when the queue is empty). A ticket that would wait and does not fit now, and a daily
+-- quota (checked above; never refused here), take the queue's path below.
+if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
+  local pool = t[T.pool]
+  local closed, d, shadowed = shut(pool), nil, ''
+  if not closed then d, shadowed = check(t, false) end
+  if not closed and not d then
+    if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
+    served_alone(t)
+    local own = reserve(t, ARGV[3], 0, shadowed)
+    return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = progress})
+  end
+  local l = d and t[T.limits][d.index]
+  if not wait and not (l and l[L_KIND] == KIND_DAILY) then
+    local held_by = closed
+    if closed then
+      progress.blocked[pool] = closed
+    else
+      held_by = denial(t, d)
+      if l[L_SCOPE] == SCOPE_TENANT then
+        table.insert(progress.passed_over, held_by)
+      else
+        progress.blocked[pool] = held_by
+      end
+    end
+    return cjson.encode({denial = refusal(t, held_by), progress = progress})
+  end
+end
+
 push(t, ARGV[3], ARGV[5])
 if t[T.idempotency_key] ~= '' then remember_key(t) end
 if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
