@@ -10,7 +10,7 @@ import pytest
 
 from admitd.v1 import admission_pb2 as pb
 from support.harness import Harness, MakeHarness
-from support.queueing import grant_order, queue_up
+from support.queueing import CREDITED, grant_order, queue_up, refund_moves_its_tenant_ahead
 
 ONE_SLOT = {"pools": [{"name": "p", "max_concurrency": 1}]}
 
@@ -249,3 +249,26 @@ async def test_refill_of_a_tenant_bucket_admits_its_waiter(make_harness: MakeHar
     assert not waiting.done()
     await h.advance(0.1)
     assert (await waiting).reserved_tokens == 100
+
+
+async def test_a_refund_moves_its_tenant_ahead_by_what_it_did_not_use(
+    make_harness: MakeHarness,
+) -> None:
+    h = await make_harness(CREDITED)
+    await refund_moves_its_tenant_ahead(h, h)
+
+
+async def test_refunds_while_alone_are_no_head_start_later(make_harness: MakeHarness) -> None:
+    h = await make_harness(ONE_SLOT)
+    holder = await h.acquire(tenant="a", input_tokens=1)
+    # a is served alone, each call using 10 of the 100 tokens it reserved: credited while it
+    # waits, its tags and the virtual time still advance together ...
+    tasks = await queue_up(h, [{"tenant": "a", "max_output_tokens": 90}] * 5)
+    order = await grant_order(h, holder, tasks, ["a"] * 5, usage=(10, 0))
+    assert order == ["a"] * 5
+    last = tasks[-1].result()
+    # ... so when b arrives it gets its fair half at once, not after a's banked refunds.
+    labels = ["a", "a", "a", "b", "b", "b"]
+    tasks = await queue_up(h, [{"tenant": t} for t in labels])
+    order = await grant_order(h, last, tasks, labels)
+    assert order[:4].count("b") == 2, order

@@ -17,7 +17,7 @@ from admitd._model import Look
 from admitd._usage import Unreported
 from support.harness import Replicas
 from support.health import health
-from support.queueing import grant_order
+from support.queueing import CREDITED, grant_order, refund_moves_its_tenant_ahead
 from support.redis_server import RedisServer
 
 
@@ -74,6 +74,11 @@ async def test_weights_hold_across_replicas(replicas: Replicas) -> None:
     order = await grant_order(a, holder, tasks, labels)
     # Finish tags: a at 100, 200, 300..., b at 33, 67, 100 (after a's, which came first)...
     assert "".join(order) == "bbabbbabbbaaaaaa"
+
+
+async def test_a_refund_moves_its_tenant_ahead_across_replicas(replicas: Replicas) -> None:
+    a, b = await replicas(2, CREDITED)
+    await refund_moves_its_tenant_ahead(holding=a, queueing=b)
 
 
 async def test_leases_survive_an_admitd_restart(replicas: Replicas) -> None:

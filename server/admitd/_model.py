@@ -121,6 +121,12 @@ class Ticket:
         used = Usage(self.input_tokens if charge is Unreported.INPUT else 0, 0)
         return used, self.prices().of(used)
 
+    def credit(self, refunded_tokens: int) -> float:
+        """The fair queue's measure of ``refunded_tokens`` of this reservation given back:
+        tokens over the tenant's weight, as ``cost`` is (``cost / tokens`` is 1 / weight;
+        ``_lib5_queue.lua`` ``credit`` computes it alike)."""
+        return self.cost * refunded_tokens / self.tokens if refunded_tokens > 0 else 0.0
+
     def amount(self, unit: Unit) -> float:
         if unit is Unit.TOKEN:
             return float(self.tokens)

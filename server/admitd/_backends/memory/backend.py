@@ -166,6 +166,7 @@ class MemoryBackend:
             charged_nano_usd=charged_usd,
             already_released=False,
         )
+        self._queues.credit(t, settlement.refunded_tokens)
         # Kept for one TTL so that a retried Release gets the same answer.
         self._released.put(lease_id, settlement, now + t.ttl)
         return ReleaseResult(settlement, self._dispatch_all(now))

@@ -5,6 +5,10 @@ Within a class a waiter's virtual finish tag is ``max(V, tenant's last finish) +
 fair queueing). A tenant that was idle has no last finish above ``V``, so it cannot bank credit;
 a busy tenant's waiters get increasing tags, so each tenant is served FIFO.
 
+A tag is paid in reservations, but fairness is owed on what was used (VTC): when a lease is
+released for less than it reserved, :meth:`FairQueue.credit` moves the tenant's last finish
+and its queued waiters back by the refund over its weight, never below ``V``.
+
 Between classes the order is strict, except that a waiter climbs one class per ``aging``
 seconds of waiting, so a saturated higher class delays a lower one but never starves it.
 
@@ -37,6 +41,8 @@ class FairQueue:
         self._classes: list[list[Entry]] = [[] for _ in range(PRIORITY_CLASSES)]
         self._vtime = [0.0] * PRIORITY_CLASSES
         self._last_finish: dict[tuple[int, str], float] = {}
+        # Each tenant's waiters per class, oldest first: the ones a credit moves.
+        self._mine: dict[tuple[int, str], dict[int, Entry]] = {}
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -51,6 +57,7 @@ class FairQueue:
         entry = Entry(start + cost, next(self._seq), lease_id, tenant, priority, cost, now)
         self._last_finish[key] = entry.tag
         bisect.insort(self._classes[priority], entry)
+        self._mine.setdefault(key, {})[entry.seq] = entry
         return entry
 
     def remove(self, entry: Entry, *, served: bool) -> None:
@@ -60,6 +67,10 @@ class FairQueue:
         if i < len(queue) and queue[i] is entry:
             del queue[i]
         key = (entry.priority, entry.tenant)
+        mine = self._mine[key]
+        del mine[entry.seq]
+        if not mine:
+            del self._mine[key]
         if served:
             self._vtime[entry.priority] = max(self._vtime[entry.priority], entry.tag)
         elif self._last_finish.get(key) == entry.tag:
@@ -67,6 +78,33 @@ class FairQueue:
             self._last_finish[key] = entry.tag - entry.cost
         if self._last_finish.get(key, 0.0) <= self._vtime[entry.priority]:
             self._last_finish.pop(key, None)  # no credit left to remember
+
+    def credit(self, tenant: str, priority: int, amount: float) -> None:
+        """Give ``tenant`` back ``amount`` of virtual time in class ``priority`` (the part of
+        a lease's reservation it did not use, over its weight): its last finish and every
+        waiter it has queued there move back by it, as if it had reserved only what it used.
+
+        Never below ``V``: a tenant's finish at or under ``V`` is already as early as a
+        newcomer's, and a credit below it would let a tenant whose calls all ran bank their
+        refunds and burst past the busy tenants later, which is what ``max(V, ...)`` in
+        :meth:`push` exists to stop. So only a tenant still waiting is credited, at most
+        down to ``V``; moving all its waiters by the same amount keeps it FIFO."""
+        key = (priority, tenant)
+        last = self._last_finish.get(key)
+        vtime = self._vtime[priority]
+        shift = min(amount, last - vtime) if last is not None else 0.0
+        if shift <= 0:
+            return  # its finish is not above V: an idle tenant banks no credit
+        queue = self._classes[priority]
+        for entry in self._mine.get(key, {}).values():
+            del queue[bisect.bisect_left(queue, entry)]
+            entry.tag -= shift
+            bisect.insort(queue, entry)
+        last -= shift
+        if last <= vtime:
+            del self._last_finish[key]
+        else:
+            self._last_finish[key] = last
 
     def position(self, target: Entry, now: float, aging: float, exact_up_to: int) -> int:
         """How many entries are served before ``target``: exact within the first

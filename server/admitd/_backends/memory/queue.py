@@ -63,6 +63,13 @@ class Queues:
             del self._by_tenant[tenant]
         return waiter.ticket
 
+    def credit(self, ticket: Ticket, refunded_tokens: int) -> None:
+        """A lease of ``ticket`` used ``refunded_tokens`` less than it reserved: its tenant's
+        place in the pool's queue moves up by that part of its cost (VTC: fair on usage)."""
+        queue = self._pools.get(ticket.pool)
+        if queue is not None and refunded_tokens > 0:
+            queue.credit(ticket.tenant, ticket.priority, ticket.credit(refunded_tokens))
+
     def ordered(self, pool: str, now: float) -> Iterator[Entry]:
         """The pool's waiters in service order. Take none out while iterating."""
         queue = self._pools.get(pool)

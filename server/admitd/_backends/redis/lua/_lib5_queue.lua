@@ -45,6 +45,11 @@ local function dead(rep)
   return d
 end
 
+-- The members ("seq|id") a tenant has queued in a class of a pool: the waiters a credit moves.
+local function mkey(fk)
+  return key('qt', fk)
+end
+
 local function push(t, raw, rep)
   local cls = t[T.priority]
   local fk = fkey(cls, t[T.pool], t[T.tenant])
@@ -55,6 +60,7 @@ local function push(t, raw, rep)
   local seq = string.format('%0' .. SEQ_DIGITS .. 'd', redis.call('INCR', key('seq')))
   local member = seq .. '|' .. t[T.lease_id]
   redis.call('ZADD', qkey(cls, t[T.pool]), num(tag), member)
+  redis.call('SADD', mkey(fk), member)
   local fields = {'ticket', raw, 'enq', num(now), 'member', member, 'tag', num(tag)}
   if rep ~= '' then
     table.insert(fields, 'rep')
@@ -75,6 +81,7 @@ local function unqueue(id, served)
   redis.call('ZREM', qkey(cls, t[T.pool]), w[2])
   redis.call('DEL', key('w', id))
   local fk, vk = fkey(cls, t[T.pool], t[T.tenant]), vkey(cls, t[T.pool])
+  redis.call('SREM', mkey(fk), w[2])
   local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
   local last = tonumber(redis.call('HGET', key('lastf'), fk) or '0')
   if served then
@@ -93,6 +100,36 @@ local function unqueue(id, served)
   for c = 0, PRIORITY_CLASSES - 1 do left = left + redis.call('ZCARD', qkey(c, t[T.pool])) end
   if left == 0 then redis.call('SREM', key('queued', 'pools'), t[T.pool]) end
   return t
+end
+
+-- A lease of t was released refunded tokens under its reservation: its tenant's last finish
+-- and its queued waiters move back by that part of its cost (t[T.cost] / tokens is 1 / weight),
+-- never below the class's virtual time, so only a tenant still waiting is credited and an idle
+-- one cannot bank refunds to burst past busy tenants later (see push). Twin: FairQueue.credit
+-- and Ticket.credit.
+local function credit(t, refunded)
+  if refunded <= 0 then return end
+  local cls = t[T.priority]
+  local fk = fkey(cls, t[T.pool], t[T.tenant])
+  local last = tonumber(redis.call('HGET', key('lastf'), fk))
+  if not last then return end
+  local v = tonumber(redis.call('HGET', key('vtime'), vkey(cls, t[T.pool])) or '0')
+  local shift = math.min(t[T.cost] * refunded / (t[T.input_tokens] + t[T.max_output_tokens]),
+                         last - v)
+  if shift <= 0 then return end -- its finish is not above the virtual time: nothing to credit
+  local q = qkey(cls, t[T.pool])
+  for _, member in ipairs(redis.call('SMEMBERS', mkey(fk))) do
+    local wk = key('w', string.sub(member, SEQ_DIGITS + 2))
+    local tag = tonumber(redis.call('HGET', wk, 'tag')) - shift
+    redis.call('ZADD', q, num(tag), member)
+    redis.call('HSET', wk, 'tag', num(tag))
+  end
+  last = last - shift
+  if last <= v then
+    redis.call('HDEL', key('lastf'), fk)
+  else
+    redis.call('HSET', key('lastf'), fk, num(last))
+  end
 end
 
 local function new_progress()
