@@ -243,6 +243,7 @@ class Model(Ledger):
         self._end(lease, charged - t.tokens, charged_usd - t.usd)
         settled = Settled(charged, max(0, t.tokens - charged), self.now + t.ttl)
         self.released[lease_id] = settled
+        self.queue.credit(t, settled.refunded)
         return "settled", settled, self.dispatch(observed)
 
     @staticmethod

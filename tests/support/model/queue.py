@@ -1,5 +1,7 @@
 """One pool's queue: four strict priority classes with aging, and weighted fair queueing on
-token cost within a class (virtual finish tags, no banked credit, FIFO per tenant)."""
+token cost within a class (virtual finish tags, no banked credit, FIFO per tenant), owed on
+usage: a release's refund moves its tenant's finish and waiters back, not below the virtual
+time."""
 
 from __future__ import annotations
 
@@ -56,6 +58,23 @@ class FairQueue:
         if self.last.get(key, 0.0) <= self.vtime[c]:
             self.last.pop(key, None)  # an idle tenant banks no credit
         return w
+
+    def credit(self, t: Ticket, refunded: int) -> None:
+        """README: a refund moves the tenant's last finish and its waiters in the class back
+        by refund / weight (cost / tokens), never below the virtual time."""
+        c, key = t.prio, (t.prio, t.tenant)
+        if refunded <= 0 or key not in self.last:
+            return
+        shift = min(t.cost * refunded / t.tokens, self.last[key] - self.vtime[c])
+        if shift <= 0:
+            return
+        for w in self.classes[c]:
+            if w.ticket.tenant == t.tenant:
+                w.tag -= shift
+        self.classes[c].sort(key=lambda w: (w.tag, w.seq))
+        self.last[key] -= shift
+        if self.last[key] <= self.vtime[c]:
+            del self.last[key]
 
     def ordered(self, now: float) -> Iterator[Waiter]:
         """Service order: the best head of the four classes each time, a waiter climbing one
