@@ -92,9 +92,9 @@ class FairQueue:
         key = (priority, tenant)
         last = self._last_finish.get(key)
         vtime = self._vtime[priority]
-        shift = min(amount, last - vtime) if last is not None else 0.0
-        if shift <= 0:
+        if last is None or min(amount, last - vtime) <= 0:
             return  # its finish is not above V: an idle tenant banks no credit
+        shift = min(amount, last - vtime)
         queue = self._classes[priority]
         for entry in self._mine.get(key, {}).values():
             del queue[bisect.bisect_left(queue, entry)]
