@@ -115,6 +115,7 @@ def test_counts_with_every_candidates_encoding_or_the_one_given() -> None:
     from admitd_client._core import Core
 
     core = Core()
+
     def args(**more: Any) -> Any:  # the lease arguments (LeaseArgs)
         return {"pool": GPT4O, "messages": COOKBOOK_MESSAGES, **more}
 

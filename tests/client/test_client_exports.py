@@ -4,12 +4,34 @@ import admitd_client
 
 
 def test_exported_members() -> None:
-    assert sorted(admitd_client.__all__) == sorted([
-        "DEFAULT_ENCODING", "AdmissionClient", "AdmitdError", "AsyncAdmissionClient",
-        "ClientOptions", "DedupRole", "Lease", "LeaseArgs", "LeaseEnded", "Outcome", "Priority",
-        "QueueUpdate", "Reason", "Rejected", "RetryPolicy", "Settlement", "Ticket", "TicketState",
-        "Unavailable", "Usage", "UsageRow", "__version__", "count_tokens", "wrap",
-    ])
+    assert sorted(admitd_client.__all__) == sorted(
+        [
+            "DEFAULT_ENCODING",
+            "AdmissionClient",
+            "AdmitdError",
+            "AsyncAdmissionClient",
+            "ClientOptions",
+            "DedupRole",
+            "Lease",
+            "LeaseArgs",
+            "LeaseEnded",
+            "Outcome",
+            "Priority",
+            "QueueUpdate",
+            "Reason",
+            "Rejected",
+            "RetryPolicy",
+            "Settlement",
+            "Ticket",
+            "TicketState",
+            "Unavailable",
+            "Usage",
+            "UsageRow",
+            "__version__",
+            "count_tokens",
+            "wrap",
+        ]
+    )
     for name in admitd_client.__all__:
         assert hasattr(admitd_client, name), name
 
@@ -32,9 +54,9 @@ def test_enums_match_the_proto() -> None:
     ) - {"TICKET_STATE_UNSPECIFIED"}
     for state in admitd_client.TicketState:
         assert pb.TicketState.Value(f"TICKET_STATE_{state.name}") == int(state)
-    assert {f"DEDUP_ROLE_{r.name}" for r in admitd_client.DedupRole} == set(
-        pb.DedupRole.keys()
-    ) - {"DEDUP_ROLE_UNSPECIFIED"}
+    assert {f"DEDUP_ROLE_{r.name}" for r in admitd_client.DedupRole} == set(pb.DedupRole.keys()) - {
+        "DEDUP_ROLE_UNSPECIFIED"
+    }
     for role in admitd_client.DedupRole:
         assert pb.DedupRole.Value(f"DEDUP_ROLE_{role.name}") == int(role)
     assert admitd_client.Reason("SOMETHING_NEW") is admitd_client.Reason.UNKNOWN

@@ -72,6 +72,7 @@ async def test_openai_stream_without_include_usage_is_charged_exactly(fake: Fake
         )
         chunks = [chunk async for chunk in stream]
         assert chunks[-1].choices == []
+        assert chunks[-1].usage is not None
         assert chunks[-1].usage.prompt_tokens == 9
         assert sent.last("Acquire").request.max_output_tokens == 16_384  # gpt-4o's ceiling
         assert await ledger(admitd, GPT) == (2, 18, 16, usd(GPT, 18, 16))

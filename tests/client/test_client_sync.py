@@ -262,8 +262,9 @@ async def test_singleflight_across_threads() -> None:
 def test_client_side_validation() -> None:
     client = AdmissionClient(dead_target(), tenant="a")
     with pytest.raises(
-        TypeError, match=r"acquire\(\) takes one of request, messages, prompt, input_tokens; got "
-        "messages, prompt"
+        TypeError,
+        match=r"acquire\(\) takes one of request, messages, prompt, input_tokens; got "
+        "messages, prompt",
     ):
         client.acquire(pool=GPT4O, messages=[], prompt="x")
     client.close()

@@ -73,7 +73,6 @@ def test_encoding_for_a_pool() -> None:
     assert encoding_name("openai/gpt-4", encoding="o200k_base", model="gpt-4") == "o200k_base"
 
 
-
 def test_an_unknown_model_is_counted_with_the_default_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -35,7 +35,8 @@ CONFIG: dict[str, Any] = {
     "pools": [{"name": GPT, "price": PRICES[GPT]}, {"name": CLAUDE, "price": PRICES[CLAUDE]}],
     "tenants": [{"name": "a"}],
 }
-HELLO = [{"role": "user", "content": "hello world"}]
+# Typed Any: one conversation for both SDKs, whose message types differ.
+HELLO: Any = [{"role": "user", "content": "hello world"}]
 REPLY = "Hello! I am a simulated model."
 # REPLY is 8 tokens in o200k_base and in cl100k_base.
 REPLY_TOKENS = 8

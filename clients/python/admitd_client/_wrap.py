@@ -11,7 +11,8 @@ Neither SDK is imported: clients are recognised by their class's module.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from ._async import AsyncAdmissionClient
@@ -183,10 +184,18 @@ def _prepare(api: Api, request: dict[str, Any]) -> bool:
     return True
 
 
+def _strict(method: Any, kwargs: Mapping[str, Any]) -> None:
+    """Raise the SDK's own ``TypeError`` for arguments it does not take (a typo such as
+    ``max_tokns=``), before anything is reserved: the SDK would raise it only once called,
+    inside the lease."""
+    inspect.signature(method).bind(**kwargs)
+
+
 def _create(
     sdk: Any, once: Any, admitd: Any, api: Api, path: str, method: str, settings: Any
 ) -> Callable[..., Any]:
     def start(kwargs: dict[str, Any]) -> tuple[Any, bool, bool]:
+        _strict(getattr(_resource(once, path), method), kwargs)
         request = dict(kwargs)
         hide = _prepare(api, request)
         stream = bool(request.get("stream"))
@@ -196,8 +205,11 @@ def _create(
 
     if isinstance(admitd, AsyncAdmissionClient):
 
-        async def create_async(**kwargs: Any) -> Any:
-            plan, stream, hide = start(kwargs)
+        def create_async(**kwargs: Any) -> Coroutine[Any, Any, Any]:
+            # Not itself async: a bad argument raises at the call, as the SDK's own does.
+            return run(*start(kwargs))
+
+        async def run(plan: Any, stream: bool, hide: bool) -> Any:
             lease, result = await admitd._drive(plan)
             if not stream:
                 return result
@@ -227,7 +239,11 @@ def _stream_manager(
 
         return provider_call(admitd._core, kwargs, api, policy, call, True)
 
-    return functools.partial(_Manager, admitd, plan_for)
+    def stream(**kwargs: Any) -> _Manager:
+        _strict(getattr(_resource(once, path), method), kwargs)
+        return _Manager(admitd, plan_for, **kwargs)
+
+    return stream
 
 
 class _Manager:
