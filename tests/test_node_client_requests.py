@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
 
+from admitd._config import Settings
+from admitd.v1 import admission_pb2 as pb
 from admitd_client._reserve import reserve
+from support import ROOT
 from support.client import WEATHER_TOOL, png_base64
 from support.harness import start_harness
 from support.node import NODE_CLIENT, PROCESS, cli, run_node
@@ -165,3 +169,35 @@ async def test_provider_retry_hints_and_outcomes(node: str) -> None:
         "OK", "PROVIDER_RATE_LIMITED", "PROVIDER_RATE_LIMITED", "TIMEOUT", "PROVIDER_ERROR",
         "CANCELLED",
     ]  # fmt: skip
+
+
+async def test_the_readme_snippet_as_written_against_the_embedded_default(node: str) -> None:
+    """README.md's Node.js snippet, run as an ES module from the repository's root against a
+    server with the embedded default's pools and tenants (only ``localhost:50051`` changes)."""
+    snippet = re.search(r"```js\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert snippet is not None
+    embedded = Settings()
+    h = await start_harness(
+        {
+            "pools": [pool.model_dump(mode="json") for pool in embedded.pools],
+            "tenants": [tenant.model_dump(mode="json") for tenant in embedded.tenants],
+        }
+    )
+    try:
+        code = snippet.group(1).replace("localhost:50051", f"127.0.0.1:{h.server.port}")
+        process = await asyncio.create_subprocess_exec(
+            node, "--input-type=module", "-e", code, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), timeout=PROCESS)
+        assert (process.returncode, out, err) == (0, b"", b"")
+        (row,) = (await h.stub.GetUsage(pb.GetUsageRequest(), timeout=10)).rows
+        assert (row.tenant, row.pool, row.input_tokens, row.output_tokens) == (
+            "default",
+            "default",
+            1187,
+            231,
+        )
+        assert (await h.pool("default")).in_flight == 0
+    finally:
+        await h.close()
