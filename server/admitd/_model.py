@@ -391,38 +391,3 @@ class Snapshot:
     queued_by_pool: dict[str, list[int]]  # per priority class
     queued_by_tenant: dict[str, int]
     gates: dict[str, GateView] = field(default_factory=dict)  # pools whose gate is not open
-
-
-class LeaseGone(Exception):
-    """Release/Renew of a lease that is unknown, released, or long expired."""
-
-    def __init__(self, lease_id: str) -> None:
-        super().__init__(lease_id)
-        self.lease_id = lease_id
-
-
-class LeaseLost(LeaseGone):
-    """Release/Renew of a lease unknown to a Redis primary that took over within a lease TTL:
-    it may have been granted on the old one, in writes replication had not carried."""
-
-
-class LeaseExpired(LeaseGone):
-    """Release/Renew of a lease that expired less than one lease TTL ago (its tombstone):
-    the lease, and how a Release after its expiry settled it (None: none has, so its full
-    reservation stays charged; ``already_released``: before this call)."""
-
-    def __init__(self, lease: LeaseRecord, settlement: Settlement | None) -> None:
-        super().__init__(lease.lease_id)
-        self.lease, self.settlement = lease, settlement
-
-
-class NotOwner(Exception):
-    """Release/Renew by a tenant that does not own the lease."""
-
-    def __init__(self, lease_id: str) -> None:
-        super().__init__(lease_id)
-        self.lease_id = lease_id
-
-
-class FingerprintMismatch(Exception):
-    """An idempotency key reused for a different request."""

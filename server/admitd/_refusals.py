@@ -9,6 +9,7 @@ validation messages are ``_requests.py``'s.
 
 from __future__ import annotations
 
+from ._backends.errors import LeaseExpired
 from ._errors import (
     Aborted,
     InvalidArgument,
@@ -18,7 +19,7 @@ from ._errors import (
     Rejected,
     Unavailable,
 )
-from ._model import Kind, LeaseExpired, Limit, Scope, Unit
+from ._model import Kind, Limit, Scope, Unit
 from ._usage import NANO_PER_USD
 
 MIN_RETRY = 0.001  # seconds: the shortest retry delay a refusal gives

@@ -16,17 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from ._backends import Backend
+from ._backends.errors import FingerprintMismatch, LeaseExpired, LeaseGone, LeaseLost, NotOwner
 from ._errors import StoreBusy, Unavailable
 from ._model import (
     AcquireResult,
     Beat,
     ExpireResult,
-    FingerprintMismatch,
-    LeaseExpired,
-    LeaseGone,
-    LeaseLost,
     LeaseRecord,
-    NotOwner,
     Outcome,
     Progress,
     ReleaseResult,

@@ -27,7 +27,6 @@ from ..._model import (
     LeaseRecord,
     Limit,
     Look,
-    NotOwner,
     Outcome,
     Progress,
     ReleaseResult,
@@ -40,6 +39,7 @@ from ..._model import (
     day_number,
 )
 from ..._usage import Unreported, Usage
+from ..errors import NotOwner
 from .counters import Counters
 from .expiring import Expiring
 from .fairqueue import Entry

@@ -18,15 +18,13 @@ from ..._model import (
     HOLD_WEIGHT,
     MAX_EXAMINED,
     DedupEnd,
-    FingerprintMismatch,
     Kind,
-    LeaseGone,
     LeaseRecord,
-    NotOwner,
     Ticket,
     UsageRow,
 )
 from ..._usage import Usage
+from ..errors import FingerprintMismatch, LeaseGone, NotOwner
 from .expiring import Expiring
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..._model import LeaseExpired, NotOwner, Settlement
+from ..._model import Settlement
 from ..._usage import Unreported, Usage
+from ..errors import LeaseExpired, NotOwner
 from .counters import Counters
 from .expiring import Expiring
 from .leases import Lease, Ledger

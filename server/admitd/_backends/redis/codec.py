@@ -21,17 +21,12 @@ from ..._model import (
     DedupEnd,
     Denial,
     ExpireResult,
-    FingerprintMismatch,
     Gate,
     GateView,
     Kind,
-    LeaseExpired,
-    LeaseGone,
-    LeaseLost,
     LeaseRecord,
     Limit,
     Look,
-    NotOwner,
     Outcome,
     Progress,
     QueueFull,
@@ -46,6 +41,7 @@ from ..._model import (
     UsageRow,
 )
 from ..._usage import Unreported, Usage
+from ..errors import FingerprintMismatch, LeaseExpired, LeaseGone, LeaseLost, NotOwner
 
 # -- the schema -------------------------------------------------------------------------------
 
