@@ -1,21 +1,20 @@
-"""The configuration: the settings model (``model.py``, its field types in ``fields.py``),
-checks between entries (``checks.py``), loading YAML (``load.py``) and what a running server
-applies live (``live.py``)."""
+"""The configuration: the settings model (``model.py``, its field types in ``fields.py``, its
+``tls:`` and ``auth:`` sections in ``access.py``, ``envoy:`` in ``envoy.py``), checks between
+entries (``checks.py``), loading YAML (``load.py``) and what a running server applies live
+(``live.py``)."""
 
+from .access import AuthConfig, ClientConfig, TLSConfig
 from .envoy import EnvoyConfig, EnvoyDomain
 from .fields import validate_listen
 from .load import ConfigError, load_config, parse_config
 from .model import (
     EMBEDDED_DEFAULT,
-    AuthConfig,
     BackendConfig,
-    ClientConfig,
     LeaseConfig,
     PoolConfig,
     QueueConfig,
     Settings,
     TenantConfig,
-    TLSConfig,
 )
 
 __all__ = [

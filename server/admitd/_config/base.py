@@ -1,4 +1,4 @@
-"""The strict base every settings model shares (``model.py``, ``envoy.py``)."""
+"""The strict base every settings model shares (``model.py``, ``access.py``, ``envoy.py``)."""
 
 from __future__ import annotations
 

@@ -16,16 +16,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .access import AuthConfig, ClientConfig, TLSConfig
 from .checks import cross_problems
 from .envoy import EnvoyConfig, EnvoyDomain
 from .fields import show
 from .model import (
     AdaptiveConfig,
-    AuthConfig,
     BackendConfig,
     BreakerConfig,
     BudgetConfig,
-    ClientConfig,
     LeaseConfig,
     PoolConfig,
     Price,
@@ -33,7 +32,6 @@ from .model import (
     Settings,
     TenantConfig,
     TierConfig,
-    TLSConfig,
     default_tenants,
 )
 

@@ -2,7 +2,8 @@
 
 Every field has a default, so an empty file (or no file at all) is a working embedded setup.
 Durations are written like ``120s``, ``1.5m``, ``250ms`` or ``2h`` (a bare number is seconds;
-the field types are in ``fields.py``). Checks between entries are in ``checks.py``.
+the field types are in ``fields.py``). Checks between entries are in ``checks.py``; the
+``tls:`` and ``auth:`` sections are in ``access.py``, ``envoy:`` in ``envoy.py``.
 
 Types are strict: YAML already knows numbers from strings, so ``max_concurrency: "10"`` or
 ``max_concurrency: yes`` is a mistake worth reporting rather than a value to coerce.
@@ -14,15 +15,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
+from .access import AuthConfig, TLSConfig
 from .base import StrictModel
 from .checks import cross_problems
 from .envoy import EnvoyConfig
 from .fields import (
-    KeyHash,
     KnownEncoding,
     PositiveFloat,
     PositiveInt,
-    ReadableFile,
     Seconds,
     validate_listen,
 )
@@ -280,54 +280,6 @@ class ObservabilityConfig(_Model):
     """Distinct tenant label values on metrics; further tenants are counted as ``_other``."""
     log_format: Literal["json", "text"] = "json"
     """``json``: one structured object per line (with lease id and tenant where known)."""
-
-
-class TLSConfig(_Model):
-    """TLS on the gRPC port. The files are read again when they change on disk, so a
-    rotated certificate (cert-manager) is used for new connections without a restart."""
-
-    cert_file: ReadableFile
-    """PEM certificate chain of the server."""
-    key_file: ReadableFile
-    """PEM private key of the server."""
-    client_ca_file: ReadableFile | None = None
-    """PEM CA bundle. Set: every client must present a certificate signed by it (mutual
-    TLS), and a certificate's subject common name can identify a client (``auth.clients``)."""
-
-
-class ClientConfig(_Model):
-    """A caller admitd knows: one credential, and the tenant it acts for (or admin)."""
-
-    name: str = Field(min_length=1, max_length=200)
-    """For logs and error messages; never a secret."""
-    api_key_sha256: KeyHash | None = None
-    """SHA-256 (lowercase hex) of the API key the client sends as ``authorization: Bearer
-    <key>``. Only the hash is stored; ``admitd hash-key`` computes it."""
-    cert_common_name: str | None = Field(None, min_length=1, max_length=200)
-    """Subject common name of the client's certificate (needs ``tls.client_ca_file``)."""
-    tenant: str | None = None
-    """The one tenant this client may acquire for, and whose leases it may release."""
-    admin: bool = False
-    """May act for every tenant and read the status of all (e.g. a trusted gateway)."""
-
-    @model_validator(mode="after")
-    def _one_credential_one_role(self) -> ClientConfig:
-        if (self.api_key_sha256 is None) == (self.cert_common_name is None):
-            raise ValueError("set exactly one of api_key_sha256 and cert_common_name")
-        if (self.tenant is None) == (not self.admin):
-            raise ValueError("set exactly one of tenant and admin: true")
-        return self
-
-
-class AuthConfig(_Model):
-    """Who may call. Identity comes from an API key or a client certificate."""
-
-    allow_anonymous: bool = True
-    """Callers without credentials may act for any tenant (the embedded default). Set false
-    in production: every call then needs a credential of ``clients``. A wrong credential
-    is refused either way."""
-    clients: list[ClientConfig] = Field(default_factory=list)
-    """Known callers; names, key hashes and common names are unique."""
 
 
 def _default_pools() -> list[PoolConfig]:
