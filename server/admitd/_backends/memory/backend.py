@@ -4,7 +4,8 @@ Its twin for Redis is ``_backends/redis/`` (one Lua script per operation, the li
 ``lua/_lib*.lua`` in front); the conformance suite runs every scenario against both. The
 state lives in small pieces beside this file: limit levels and pool gates
 (``counters.py``, ``gates.py``), waiters (``queue.py``, ``fairqueue.py``), leases, dedup
-leaders and the cost ledger (``leases.py``), grant rates (``rate.py``).
+leaders and the cost ledger (``leases.py``), expired leases (``tombstones.py``), grant rates
+(``rate.py``); the dispatch pass that grants waiters is ``dispatch.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import replace
 from ..._clock import Clock
 from ..._model import (
     LEDGER_DAYS,
-    MAX_EXAMINED,
     AcquireResult,
     Beat,
     DedupEnd,
@@ -30,7 +30,6 @@ from ..._model import (
     Outcome,
     Progress,
     ReleaseResult,
-    Scope,
     Settlement,
     Snapshot,
     Ticket,
@@ -41,8 +40,8 @@ from ..._model import (
 from ..._usage import Unreported, Usage
 from ..errors import NotOwner
 from .counters import Counters
+from .dispatch import Dispatch
 from .expiring import Expiring
-from .fairqueue import Entry
 from .leases import Dedup, Idempotency, Lease, Leases, Ledger, Unclaimed
 from .queue import Queues
 from .rate import GrantRate
@@ -67,6 +66,7 @@ class MemoryBackend:
         self._dedup = Dedup()
         self._ledger = Ledger()
         self._tombstones = Tombstones(self._counters, self._ledger)  # expired leases, one TTL
+        self._dispatch = Dispatch(self._queues, self._counters, self._grant, self._end)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ class MemoryBackend:
         if ticket.dedup_key:
             self._dedup.lead(ticket)
         progress = Progress()
-        own_denial = self._dispatch_pool(ticket.pool, now, progress, watch=ticket.lease_id)
+        own_denial = self._dispatch.pool(ticket.pool, now, progress, watch=ticket.lease_id)
         progress.finished = self._dedup.take()
         result = AcquireResult(waiting_on=ticket.lease_id, progress=progress)
         for i, lease in enumerate(progress.grants):
@@ -273,9 +273,10 @@ class MemoryBackend:
         self._reap(now)
         return now
 
-    def _reserve(
-        self, ticket: Ticket, now: float, queued_for: float, shadowed: str = ""
+    def _grant(
+        self, ticket: Ticket, now: float, queued_for: float, shadowed: str, claimed: bool
     ) -> LeaseRecord:
+        """Reserve a waiter's limits and make its lease (``dispatch.Grant``)."""
         probe = self._counters.take(ticket, now)
         expires = now + ticket.ttl
         lease = Lease(ticket, self._counters.day, now, expires, queued_for, shadowed, probe)
@@ -283,6 +284,8 @@ class MemoryBackend:
         self._rates.setdefault(ticket.pool, GrantRate(now)).add(now)
         if ticket.idempotency_key:
             self._idempotency.remember(ticket, now)
+        if not claimed:
+            self._unclaimed.add(ticket.lease_id, now + ticket.claim_timeout)
         return lease.record(now)
 
     def _settle(self, lease: Lease, token_delta: float, usd_delta: float, now: float) -> None:
@@ -342,73 +345,9 @@ class MemoryBackend:
             return AcquireResult(lease=replace(done.lease, expires_in=0.0), replayed=True)
         return None  # the lease expired: a retry may reserve again
 
-    # -- dispatch -----------------------------------------------------------------------
-
     def _dispatch_all(self, now: float) -> Progress:
         progress = Progress()
         for pool in self._queues.pools():
-            self._dispatch_pool(pool, now, progress)
+            self._dispatch.pool(pool, now, progress)
         progress.finished = self._dedup.take()
         return progress
-
-    def _dispatch_pool(
-        self, pool: str, now: float, progress: Progress, watch: str = ""
-    ) -> Denial | None:
-        """Grant waiters of ``pool`` in fair order until a pool-wide limit blocks the head.
-
-        A waiter blocked by its own tenant's limit is passed over (with the rest of that
-        tenant's waiters, keeping it FIFO) so one tenant cannot hold up the others. Returns
-        the denial of the ``watch`` ticket when it was examined and not granted.
-        """
-        skipped: dict[str, Denial] = {}  # tenant -> the limit holding its waiters back
-        served: list[Entry] = []
-        gone: list[Entry] = []
-        never: list[tuple[Entry, Denial]] = []
-        watched: Denial | None = None
-        for examined, entry in enumerate(self._queues.ordered(pool, now)):
-            if examined >= MAX_EXAMINED:
-                break
-            if entry.tenant in skipped:
-                if entry.lease_id == watch:
-                    watched = skipped[entry.tenant]  # behind its tenant's held waiter
-                continue
-            ticket = self._queues.ticket(entry.lease_id)
-            if entry.lease_id != watch and now > entry.enqueued_at + ticket.wait:
-                gone.append(entry)  # its RPC has ended (its replica may have died)
-                continue
-            shut = self._counters.shut(pool, now)
-            if shut is not None and shut.cause == "open":
-                never.append((entry, shut))  # refused at once, queued calls too
-                watched = shut if entry.lease_id == watch else watched
-                continue
-            if shut is not None:
-                progress.blocked[pool] = shut
-                watched = shut if entry.lease_id == watch else watched
-                break
-            denial, shadowed = self._counters.check(ticket, now)
-            if denial is None:
-                lease = self._reserve(ticket, now, now - entry.enqueued_at, shadowed)
-                progress.grants.append(lease)
-                if entry.lease_id != watch:
-                    self._unclaimed.add(ticket.lease_id, now + ticket.claim_timeout)
-                served.append(entry)
-                continue
-            if entry.lease_id == watch:
-                watched = denial
-            if denial.limit.kind is Kind.DAILY:
-                never.append((entry, denial))  # cannot fit before the day turns
-            elif denial.limit.scope is Scope.TENANT:
-                skipped[entry.tenant] = denial
-                progress.passed_over.append(denial)
-            else:
-                progress.blocked[pool] = denial
-                break
-        queues = self._queues
-        for entry in served:
-            queues.remove(entry.lease_id, served=True)
-        for entry, denial in never:
-            self._end(queues.remove(entry.lease_id, served=False), "rejected", now, denial)
-            progress.rejections.append((entry.lease_id, denial))
-        for entry in gone:
-            self._end(queues.remove(entry.lease_id, served=False), "timeout", now)
-        return watched

@@ -2,8 +2,8 @@
 ticket, and how many each tenant has queued.
 
 Its twin for Redis is the bookkeeping half of ``_backends/redis/lua/_lib5_queue.lua`` (a
-sorted set per pool and priority class, a hash per waiter); the dispatch pass over it is the
-backend's (``backend.py``), as it reserves limits and makes grants.
+sorted set per pool and priority class, a hash per waiter); the dispatch pass over it is
+``dispatch.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 -- Library part 5 of 5 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
--- are _backends/memory/fairqueue.py and queue.py, and the dispatch pass of backend.py.
+-- are _backends/memory/fairqueue.py, queue.py and dispatch.py (the dispatch pass).
 
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
 local SEQ_DIGITS = 16 -- a member is the sequence number in this many digits, '|', the id
