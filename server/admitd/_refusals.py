@@ -1,10 +1,13 @@
-"""What a caller is told when it gets no lease, in words: every refusal text of the core.
+"""What a caller is told when it gets no lease, in words: the policy's vocabulary.
 
-The policy (``_policy.py``) decides which limit refused a call and when a retry can succeed;
-the words and the ``ErrorInfo`` metadata are written here, with the refusals that are not
-about a limit (a draining server, an unknown or foreign lease, a reused idempotency key, a
-dedup follower without a result, a replica past its capacity, a lease that expired). Field
-validation messages are ``_requests.py``'s.
+The policy (``_policy.py``) decides which limit refused a call and when a retry can succeed,
+and writes those refusals (a limit, a call that can never fit, a full queue, a queue
+timeout, a ticket's end) from the phrases and the ``ErrorInfo`` metadata written here
+(:func:`describe`, :func:`amount_text`, :func:`limit_metadata`, :func:`reason`). The
+refusals that are not about a limit are written here whole (a draining server, a queued
+call that lost its place, an unknown or foreign lease, a reused idempotency key, a dedup
+follower without a result, a replica past its capacity, a lease that expired or was lost).
+Field validation messages are ``_requests.py``'s.
 """
 
 from __future__ import annotations
