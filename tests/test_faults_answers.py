@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
+from admitd._clock import settle
+from admitd._waits import LOOK_BUDGET
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
 from support.decoding import decode
@@ -154,6 +156,48 @@ async def test_a_queue_timeout_is_answered_before_the_waiter_leaves_the_queue(
     finally:
         store_free.set()  # else the engine's close would wait for the cancel forever
         backend.cancel = cancel
+    await advancing
+
+    async def left() -> bool:
+        return (await h.pool("p")).queued == 0
+
+    await until(left, 10, "the waiter left the queue")
+
+
+async def test_a_queue_timeout_waits_for_its_position_at_most_the_look_budget(
+    make_harness: MakeHarness,
+) -> None:
+    """The QUEUE_TIMEOUT is answered by the wait's timer, and the look for where the waiter
+    stood (its estimate) delays it by LOOK_BUDGET at most: with the store not answering that
+    look, the answer comes LOOK_BUDGET after the wait ran out (on the injected clock), without
+    a position, not when the store answers."""
+    h = await make_harness({"pools": [{"name": "p", "max_concurrency": 1}]})
+    await h.acquire(input_tokens=1)
+    waiter = h.acquire_later(input_tokens=1, wait_timeout=5)
+    await h.until_queued("p", 1)
+    backend = h.engine.backend
+    look = backend.look
+    looking, store_free = asyncio.Event(), asyncio.Event()
+
+    async def slow_look(lease_id: str, *, claim: bool) -> Any:
+        looking.set()
+        await store_free.wait()
+        return await look(lease_id, claim=claim)
+
+    backend.look = slow_look
+    try:
+        await h.advance(5)
+        await asyncio.wait_for(looking.wait(), 10)
+        await settle()
+        assert not waiter.done(), "answered before the look's budget ran out"
+        advancing = asyncio.ensure_future(h.advance(LOOK_BUDGET))  # its idle() awaits the look
+        failure = decode(await asyncio.wait_for(_error(waiter), 10))
+        assert failure.reason == "QUEUE_TIMEOUT"
+        assert float(failure.metadata["waited_seconds"]) == pytest.approx(5 + LOOK_BUDGET)
+        assert "queue_position" not in failure.metadata  # the store did not say in time
+    finally:
+        store_free.set()  # else the engine's close would wait for the look forever
+        backend.look = look
     await advancing
 
     async def left() -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ._errors import Unavailable
 from ._estimates import PoolHistory
@@ -26,6 +27,12 @@ from ._waiting import Waiting
 
 QueueReport = Callable[[QueueEstimate], None]
 """Called with a waiter's place in the queue whenever it changes (AcquireStream)."""
+
+LOOK_BUDGET = 0.1
+"""Seconds a QUEUE_TIMEOUT may wait, after the wait ran out, for the store to say where the
+waiter stood (its estimate is a courtesy). Without a bound the answer waited for a round trip
+queued behind every other store call of the moment: 200 waiters timing out together, or a
+slow Redis (up to ``backend.timeout``), made it that late."""
 
 
 class Waits:
@@ -70,11 +77,13 @@ class Waits:
         report: QueueReport | None,
     ) -> LeaseRecord:
         """Wait for the grant of ``result.waiting_on`` (ours, or an earlier idempotent one),
-        at most ``wait``; ``report`` hears where it stands meanwhile. On a timeout, cancel
-        or drain it leaves the queue (a grant racing with that is given back), after the
-        caller has its answer: with 200 waiters timing out together, leaving first made the
-        last QUEUE_TIMEOUT half a second late, and a drain's UNAVAILABLE later than the
-        server's shutdown grace (the caller then saw CANCELLED).
+        at most ``wait``; ``report`` hears where it stands meanwhile. The wait ends by a timer
+        on the injected clock, and its QUEUE_TIMEOUT is answered within ``LOOK_BUDGET`` of
+        it whatever the store does. On a timeout, cancel or drain it leaves the queue (a
+        grant racing with that is given back), after the caller has its answer: with 200
+        waiters timing out together, leaving first made the last QUEUE_TIMEOUT half a second
+        late, and a drain's UNAVAILABLE later than the server's shutdown grace (the caller
+        then saw CANCELLED).
 
         Raises:
             Rejected: QUEUE_TIMEOUT, or a refusal made while it waited.
@@ -127,8 +136,16 @@ class Waits:
             await self._store.give_back(lease)
 
     async def _spot(self, lease_id: str) -> QueueSpot | None:
-        """Where the waiter stands now; None when the store does not say (the estimate is a
-        courtesy)."""
+        """Where the waiter stands now; None when the store does not say within
+        ``LOOK_BUDGET`` (the estimate is a courtesy). A look that takes longer finishes in
+        the background: cancelling a Redis command mid-reply costs its connection."""
+        look = asyncio.ensure_future(self._look(lease_id))
+        if await self._waiting.until(look, self._waiting.sleep(LOOK_BUDGET)):
+            return look.result()
+        self._spawn(_finished(look))
+        return None
+
+    async def _look(self, lease_id: str) -> QueueSpot | None:
         with contextlib.suppress(Unavailable):
             return (await self._store.call(self._store.backend.look, lease_id, claim=False)).queued
         return None
@@ -206,3 +223,8 @@ class Waits:
             dedup_leader=leader,
             shared_result=shared,
         )
+
+
+async def _finished(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future``, as background work the engine waits for before closing."""
+    await future
