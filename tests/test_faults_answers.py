@@ -1,6 +1,7 @@
 """Answers that say what happened, under faults: a draining replica answers every admission
 UNAVAILABLE (none CANCELLED), a queue timeout is answered on time however many waiters time
-out together.
+out together and however slow the store is, and a grant made within a wait is the waiter's
+even when its message arrives after the wait ran out.
 
 Real processes where the fault needs one (SIGTERM of a replica); the manual clock where time
 is the subject. Waits for real-world conditions are bounded polls (``until``).
@@ -204,6 +205,40 @@ async def test_a_queue_timeout_waits_for_its_position_at_most_the_look_budget(
         return (await h.pool("p")).queued == 0
 
     await until(left, 10, "the waiter left the queue")
+
+
+async def test_a_grant_made_within_the_wait_is_the_waiters_though_its_message_is_late(
+    make_harness: MakeHarness,
+) -> None:
+    """The store granted the waiter's call within its wait, but the grant had not reached the
+    RPC when the wait ran out (another replica made it: pub/sub, a look and a claim behind).
+    The caller gets the lease, not QUEUE_TIMEOUT: how fast a grant travels must not decide
+    which replica's callers are served when the head of the queue is at its deadline."""
+    h = await make_harness({"pools": [{"name": "p", "max_concurrency": 1}]})
+    holder = await h.acquire(input_tokens=1)
+    waiter = h.acquire_later(input_tokens=1, wait_timeout=5)
+    await h.until_queued("p", 1)
+    waits = h.engine.waits
+    hand_over = waits.hand_over
+    late: list[str] = []
+
+    def on_its_way(lease: Any) -> bool:  # the message is still travelling
+        late.append(lease.lease_id)
+        return True
+
+    waits.hand_over = on_its_way
+    try:
+        await h.release(holder.lease_id)  # grants the waiter in the store
+        assert len(set(late)) == 1, "the release did not grant the waiter"  # (Redis: twice)
+        assert not waiter.done()
+        await h.advance(5)
+        lease = await asyncio.wait_for(waiter, 10)
+    finally:
+        waits.hand_over = hand_over
+    assert lease.lease_id == late[0]
+    assert (await h.pool("p")).in_flight == 1
+    assert not (await h.release(lease.lease_id)).already_released
+    assert (await h.pool("p")).in_flight == 0
 
 
 async def _error(task: asyncio.Task[Any]) -> grpc.aio.AioRpcError:

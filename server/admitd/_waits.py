@@ -18,12 +18,12 @@ from typing import Any
 
 from ._errors import Unavailable
 from ._estimates import PoolHistory
-from ._model import AcquireResult, LeaseRecord, QueueSpot, Ticket
+from ._model import AcquireResult, LeaseRecord, Look, Ticket
 from ._policy import Policy, QueueEstimate
 from ._refusals import dedup_in_flight, dedup_leader_failed, place_lost
 from ._store import Store
 from ._telemetry import Telemetry
-from ._waiting import Waiting
+from ._waiting import Waiter, Waiting
 
 QueueReport = Callable[[QueueEstimate], None]
 """Called with a waiter's place in the queue whenever it changes (AcquireStream)."""
@@ -98,10 +98,13 @@ class Waits:
         try:
             if await self._waiting.until(waiter.future, timeout):
                 return waiter.future.result()  # the lease, or Rejected/Unavailable
-            spot = await self._spot(lease_id)
+            look = await self._look(lease_id)
+            if look is not None and look.lease is not None and not waiter.future.done():
+                await self._take_late(look.lease, waiter)
             if waiter.future.done():  # granted (and claimed) while we looked: it is ours
                 return waiter.future.result()
             waited = self._waiting.clock.now() - started
+            spot = look.queued if look is not None else None
             raise self._history.queue_timeout(pool, waited, spot, self._policy())
         finally:
             if reporter is not None:
@@ -135,20 +138,34 @@ class Waits:
         elif not self._waiting.grant(lease):
             await self._store.give_back(lease)
 
-    async def _spot(self, lease_id: str) -> QueueSpot | None:
-        """Where the waiter stands now; None when the store does not say within
-        ``LOOK_BUDGET`` (the estimate is a courtesy). A look that takes longer finishes in
-        the background: cancelling a Redis command mid-reply costs its connection."""
-        look = asyncio.ensure_future(self._look(lease_id))
+    async def _look(self, lease_id: str) -> Look | None:
+        """The waiter in the store now; None when the store does not say within
+        ``LOOK_BUDGET`` (what it says is a courtesy, or a grant still on its way that the
+        waiter's claim would have found anyway). A look that takes longer finishes in the
+        background: cancelling a Redis command mid-reply costs its connection."""
+        look = asyncio.ensure_future(self._looked(lease_id))
         if await self._waiting.until(look, self._waiting.sleep(LOOK_BUDGET)):
             return look.result()
         self._spawn(_finished(look))
         return None
 
-    async def _look(self, lease_id: str) -> QueueSpot | None:
+    async def _looked(self, lease_id: str) -> Look | None:
         with contextlib.suppress(Unavailable):
-            return (await self._store.call(self._store.backend.look, lease_id, claim=False)).queued
+            return await self._store.call(self._store.backend.look, lease_id, claim=False)
         return None
+
+    async def _take_late(self, lease: LeaseRecord, waiter: Waiter) -> None:
+        """The wait ran out, but the store had granted the waiter's call within it: the grant
+        is the waiter's, claimed now. Its message had not arrived: a grant for another
+        replica's waiter comes by pub/sub, then a look and a claim, two or three round trips
+        behind one for the replica that made it, and with the head of the queue at its
+        deadline (waiters that time out, load beyond capacity) that lag decided which
+        replica's callers were served. Already being claimed: that claim is awaited, within
+        ``LOOK_BUDGET``."""
+        if self._waiting.claiming(lease.lease_id):
+            await self._claim(lease)
+        else:
+            await self._waiting.until(waiter.future, self._waiting.sleep(LOOK_BUDGET))
 
     async def _report(self, lease_id: str, report: QueueReport) -> None:
         """Tell ``report`` where the waiter stands now, and again every
