@@ -21,6 +21,7 @@ from support.sdks import (
     REPLY_TOKENS,
     admitted,
     cache_counts,
+    ledger,
     releases,
     usd,
 )
@@ -31,7 +32,7 @@ async def test_anthropic_system_tools_and_prompt_cache(fake: FakeProvider) -> No
                "cache_control": {"type": "ephemeral"}}]  # fmt: skip
     schema = {"type": "object", "properties": {"word": {"type": "string"}}}
     tools = [{"name": "lookup", "description": "Look a word up.", "input_schema": schema}]
-    async with admitted() as (_h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+    async with admitted() as (h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(
             wrap(anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="k"), admitd)
         )
@@ -64,6 +65,7 @@ async def test_anthropic_system_tools_and_prompt_cache(fake: FakeProvider) -> No
         # The bill: a write at 1.25x the input price, a read at 0.1x, the rest at 1x.
         assert row.usd == usd(CLAUDE, 2 * total, 16, read=write, written=write)
         assert row.usd < usd(CLAUDE, 2 * total, 16)  # no longer all at the input price
+        assert (await h.pool(CLAUDE)).in_flight == 0
 
 
 async def test_anthropic_stream_helper_and_raw_stream(fake: FakeProvider) -> None:
@@ -85,4 +87,5 @@ async def test_anthropic_stream_helper_and_raw_stream(fake: FakeProvider) -> Non
         ]
         assert events[0].type == "message_start"
         assert releases(sent) == [(Outcome.OK, 0.0, (9, 3)), (Outcome.OK, 0.0, (9, REPLY_TOKENS))]
+        assert await ledger(admitd, CLAUDE) == (2, 18, 11, usd(CLAUDE, 18, 11))
         assert (await h.pool(CLAUDE)).in_flight == 0

@@ -10,9 +10,9 @@ import anthropic
 import openai
 import pytest
 
-from admitd_client import AdmissionClient, Outcome, wrap
-from support.client import FakeProvider, serve, sync_channel, target
-from support.sdks import CLAUDE, CONFIG, GPT, HELLO, REPLY_TOKENS, releases
+from admitd_client import AdmissionClient, AsyncAdmissionClient, Outcome, wrap
+from support.client import FakeProvider, aio_channel, serve, sync_channel, target
+from support.sdks import CLAUDE, CONFIG, GPT, HELLO, REPLY_TOKENS, ledger, releases, usd
 
 
 async def test_the_blocking_sdks(fake: FakeProvider) -> None:
@@ -49,4 +49,10 @@ async def test_the_blocking_sdks(fake: FakeProvider) -> None:
             channel.close()
 
         await asyncio.to_thread(scenario)
+        channel, _ = aio_channel(target(h))
+        reader = AsyncAdmissionClient(channel, tenant="a")
+        # Two calls each, of 9 input and 8 output tokens: the bills exact.
+        assert await ledger(reader, GPT) == (2, 18, 16, usd(GPT, 18, 2 * REPLY_TOKENS))
+        assert await ledger(reader, CLAUDE) == (2, 18, 16, usd(CLAUDE, 18, 2 * REPLY_TOKENS))
+        await channel.close()
         assert (await h.pool(GPT)).in_flight == (await h.pool(CLAUDE)).in_flight == 0

@@ -12,6 +12,7 @@ import contextlib
 import anthropic
 import openai
 import pytest
+import tiktoken
 
 from admitd_client import Outcome, Rejected, wrap
 from support.client import FakeProvider
@@ -146,3 +147,33 @@ async def test_a_refusal_past_the_wait_budget_raises_rejected(fake: FakeProvider
             await client.chat.completions.create(model="gpt-4o", messages=HELLO)
         assert refused.value.retry_after == 60.0
         assert fake.calls() == []
+
+
+async def test_a_stream_that_stalls_and_times_out_is_charged_what_it_streamed(
+    fake: FakeProvider,
+) -> None:
+    async with admitted() as (h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+        fake.faults({"stall_after": 3})  # the role, "Hello! ", "I ", then nothing
+        # Read timeout 2 s: long enough for the first chunks on a busy machine, and the
+        # stall outlasts it.
+        sdk = openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k", max_retries=0, timeout=2)
+        client = await stack.enter_async_context(wrap(sdk, admitd))
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=HELLO, max_tokens=50, stream=True
+        )
+        pieces: list[str] = []
+
+        async def read() -> None:
+            async for chunk in stream:
+                pieces.append(chunk.choices[0].delta.content or "")
+
+        with pytest.raises(openai.APITimeoutError):
+            await read()
+        seen = "".join(pieces)
+        assert seen == "Hello! I "
+        # No usage came: the input reserved (the provider's own count here) and the text
+        # streamed, counted with the model's encoding.
+        produced = len(tiktoken.get_encoding("o200k_base").encode(seen))
+        assert releases(sent) == [(Outcome.TIMEOUT, 0.0, (9, produced))]
+        assert await ledger(admitd, GPT) == (1, 9, produced, usd(GPT, 9, produced))
+        assert (await h.pool(GPT)).in_flight == 0
