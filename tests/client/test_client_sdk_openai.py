@@ -19,6 +19,7 @@ from support.client import FakeProvider
 from support.sdks import (
     GPT,
     HELLO,
+    REPLY,
     REPLY_TOKENS,
     admitted,
     cache_counts,
@@ -149,4 +150,40 @@ async def test_a_stream_closed_early_is_charged_what_it_produced(fake: FakeProvi
         produced = len(tiktoken.get_encoding("o200k_base").encode(seen))
         assert releases(sent) == [(Outcome.CANCELLED, 0.0, (9, produced))]
         assert await ledger(admitd, GPT) == (1, 9, produced, usd(GPT, 9, produced))
+        assert (await h.pool(GPT)).in_flight == 0
+
+
+async def test_parse_and_the_chat_stream_helper_are_admitted(fake: FakeProvider) -> None:
+    async with admitted() as (h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            wrap(openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k"), admitd)
+        )
+        parsed = await client.chat.completions.parse(model="gpt-4o", messages=HELLO, max_tokens=50)
+        assert parsed.choices[0].message.content == REPLY
+        assert sent.last("Acquire").request.max_output_tokens == 50
+        answer = await client.responses.parse(model="gpt-4o", input="hello world")
+        assert answer.output_text == REPLY
+        async with client.chat.completions.stream(
+            model="gpt-4o", messages=HELLO, max_tokens=50
+        ) as stream:
+            assert (await h.pool(GPT)).in_flight == 1  # held while the caller reads
+            deltas = [event.delta async for event in stream if event.type == "content.delta"]
+        assert "".join(deltas) == REPLY
+        # The helper left early: charged the text it had streamed, counted.
+        async with client.chat.completions.stream(
+            model="gpt-4o", messages=HELLO, max_tokens=50
+        ) as stream:
+            seen = ""
+            async for event in stream:
+                if event.type == "content.delta" and event.delta:
+                    seen = event.snapshot
+                    break
+        assert seen == "Hello! "
+        produced = len(tiktoken.get_encoding("o200k_base").encode(seen))
+        assert releases(sent) == [
+            *[(Outcome.OK, 0.0, (9, REPLY_TOKENS))] * 3,
+            (Outcome.CANCELLED, 0.0, (9, produced)),
+        ]
+        output = 3 * REPLY_TOKENS + produced
+        assert await ledger(admitd, GPT) == (4, 36, output, usd(GPT, 36, output))
         assert (await h.pool(GPT)).in_flight == 0

@@ -13,9 +13,12 @@ from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 
 from admitd_client import Outcome, wrap
+from admitd_client._reserve import reserve
+from admitd_client._tokens import Counter
 from support.client import FakeProvider, png_base64
 from support.sdks import (
     CLAUDE,
@@ -181,3 +184,49 @@ async def test_record_of_an_object_it_cannot_read_warns_and_the_reservation_is_c
         assert await ledger(admitd, GPT) == (2, 18, 58, usd(GPT, 18, 58))
         assert (await h.pool(GPT)).in_flight == 0
         await sdk.close()
+
+
+class Answer(pydantic.BaseModel):
+    word: str
+
+
+def test_a_structured_output_type_is_counted_as_its_schema() -> None:
+    schema = Counter("o200k_base").json(Answer.model_json_schema())
+    assert schema > 10
+    chat = {"model": "gpt-4o", "messages": HELLO, "response_format": Answer}
+    assert reserve("openai.chat", chat).input_tokens == 9 + schema
+    responses = {"model": "gpt-4o", "input": "hello world", "text_format": Answer}
+    assert reserve("openai.responses", responses).input_tokens == 9 + schema
+    claude = {"model": "claude-sonnet-4-6", "messages": HELLO, "max_tokens": 5}
+    plain = reserve("anthropic.messages", claude).input_tokens
+    typed = reserve("anthropic.messages", {**claude, "output_format": Answer}).input_tokens
+    assert typed > plain
+
+
+async def test_anthropic_parse_is_admitted_and_calls_that_are_not_say_so(
+    fake: FakeProvider, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("admitd_client._wrap._warned", set())  # once per process
+    async with admitted() as (h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+        claude = await stack.enter_async_context(
+            wrap(anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="k"), admitd)
+        )
+        parsed = await claude.messages.parse(
+            model="claude-sonnet-4-6", max_tokens=30, messages=HELLO
+        )
+        assert parsed.usage.input_tokens == 9
+        assert releases(sent) == [(Outcome.OK, 0.0, (9, REPLY_TOKENS))]
+        assert await ledger(admitd, CLAUDE) == (1, 9, 8, usd(CLAUDE, 9, REPLY_TOKENS))
+        gpt = await stack.enter_async_context(
+            wrap(openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k"), admitd)
+        )
+        with caplog.at_level(logging.WARNING, logger="admitd_client"):
+            raw = claude.messages.with_raw_response
+            assert gpt.responses.stream is not None
+            assert claude.messages.with_raw_response is raw  # warned once
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{name} is not admitted by admitd_client.wrap(): its calls bypass admitd's "
+            "limits and are not charged"
+            for name in ("AsyncMessages.with_raw_response", "AsyncResponses.stream")
+        ]
+        assert (await h.pool(CLAUDE)).in_flight == 0

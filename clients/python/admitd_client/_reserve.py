@@ -111,6 +111,7 @@ def _openai_responses(counter: Counter, model: str, request: Mapping[str, Any]) 
     text = request.get("text")
     if isinstance(text, Mapping):
         tokens += _response_format(counter, text.get("format"))
+    tokens += _response_format(counter, request.get("text_format"))  # responses.parse
     tokens = scale_for_model(model, tokens)
     output = _first_int(request, "max_output_tokens")
     return tokens, output if output is not None else default_max_output(model)
@@ -142,6 +143,12 @@ def _anthropic(counter: Counter, model: str, request: Mapping[str, Any]) -> tupl
                 text_tokens += counter.value(key, value, images)
     tools = request.get("tools") or ()
     text_tokens += sum(counter.json(as_mapping(tool)) for tool in tools)
+    config = request.get("output_config")
+    formats = (
+        request.get("output_format"),
+        config.get("format") if isinstance(config, Mapping) else None,
+    )
+    text_tokens += sum(_response_format(counter, given) for given in formats)
     tokens = scale_for_model(model, text_tokens) + image_tokens
     tokens += ANTHROPIC_TOOL_PROMPT if tools else 0
     output = _first_int(request, "max_tokens")
@@ -178,7 +185,10 @@ def _no_image(part: Mapping[str, Any]) -> int | None:
 
 
 def _response_format(counter: Counter, response_format: Any) -> int:
-    """A structured-output schema is shown to the model: counted as its JSON."""
+    """A structured-output schema is shown to the model: counted as its JSON (a pydantic
+    class, as ``parse`` takes it: its JSON schema)."""
+    if callable(getattr(response_format, "model_json_schema", None)):
+        return counter.json(response_format.model_json_schema())
     if not isinstance(response_format, Mapping):
         return 0
     schema = response_format.get("json_schema", response_format.get("schema"))

@@ -49,6 +49,7 @@ class _Observer:
             finished = finished_call(stream)
             if finished is not None:
                 self.lease.record(finished)
+                self.text.extend(_snapshot_text(finished))
         if self.lease._reading.output_tokens is None:
             model = self.lease.model or ""
             counted = Counter(encoding_for_model(model)).text("".join(self.text))
@@ -72,6 +73,13 @@ def _text_of(event: Any) -> str:
         delta = getattr(event, "delta", None)
         pieces.append(getattr(delta, "text", None) or getattr(delta, "partial_json", None) or "")
     return "".join(p for p in pieces if isinstance(p, str))
+
+
+def _snapshot_text(snapshot: Any) -> list[str]:
+    """The text a helper's snapshot of an OpenAI chat completion holds so far (its events
+    went to the caller unseen)."""
+    messages = (getattr(c, "message", None) for c in getattr(snapshot, "choices", None) or ())
+    return [text for m in messages if isinstance(text := getattr(m, "content", None), str)]
 
 
 class SyncStream:

@@ -1,17 +1,21 @@
 """Drop-in admission for the official ``openai`` and ``anthropic`` SDK clients.
 
 ``wrap(sdk_client, admitd)`` returns an object that behaves as the SDK client, except that
-every ``chat.completions.create`` and ``responses.create`` (OpenAI) or ``messages.create``
-and ``messages.stream`` (Anthropic) runs through admitd: the reservation is derived from
-the call's arguments (``_reserve``), the pool from its model, and the call is retried
-outside the lease (``_provider``). Everything else is the SDK client's own, untouched.
-Neither SDK is imported: clients are recognised by their class's module.
+every ``chat.completions.create``/``parse``/``stream`` and ``responses.create``/``parse``
+(OpenAI) or ``messages.create``/``parse``/``stream`` (Anthropic) runs through admitd: the
+reservation is derived from the call's arguments (``_reserve``), the pool from its model,
+and the call is retried outside the lease (``_provider``). Everything else is the SDK
+client's own, untouched; the ways to call a model that are not admitted
+(``with_raw_response``, ``with_streaming_response``, ``responses.stream``, ``beta``) log a
+warning once when used. Neither SDK is imported: clients are recognised by their class's
+module.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -21,20 +25,31 @@ from ._outcome import Priority
 from ._provider import CallPolicy, provider_call
 from ._streams import AsyncStream, SyncStream
 from ._sync import AdmissionClient
+from ._usage import finished_call
 
 S = TypeVar("S")
-# The wrapped calls: (resource path, method, api, streams?). ``stream`` is Anthropic's
-# helper returning a stream manager; ``create`` streams when called with stream=True.
+log = logging.getLogger("admitd_client")
+# The wrapped calls: (resource path, method, api). ``stream`` is a helper returning a
+# stream manager; ``create`` streams when called with stream=True; ``parse`` is ``create``
+# with the reply parsed into the caller's type (structured outputs).
 _CALLS: dict[str, tuple[tuple[str, str, Api], ...]] = {
     "openai": (
         ("chat.completions", "create", "openai.chat"),
+        ("chat.completions", "parse", "openai.chat"),
+        ("chat.completions", "stream", "openai.chat"),
         ("responses", "create", "openai.responses"),
+        ("responses", "parse", "openai.responses"),
     ),
     "anthropic": (
         ("messages", "create", "anthropic.messages"),
+        ("messages", "parse", "anthropic.messages"),
         ("messages", "stream", "anthropic.messages"),
     ),
 }
+# Ways to call a model that the wrapper does not admit: using one logs a warning (once per
+# name), since its calls bypass admitd's limits.
+_UNADMITTED = frozenset({"with_raw_response", "with_streaming_response", "stream", "beta"})
+_warned: set[str] = set()
 
 
 def wrap(
@@ -56,7 +71,9 @@ def wrap(
 
     Each call acquires a lease for what its arguments may use, calls the provider once,
     and releases with the usage it reports (streams: when the stream ends; an OpenAI chat
-    stream gets ``include_usage`` turned on, its extra chunk hidden). A 429, 529, 5xx or
+    stream gets ``include_usage`` turned on, its extra chunk hidden from ``create``'s
+    stream). ``parse`` is admitted as ``create``, the ``stream`` helpers from entering
+    their block to leaving it. A 429, 529, 5xx or
     timeout is released with its outcome and retry-after (admitd pauses the pool for
     everyone), then retried through admitd up to the SDK client's ``max_retries``; the
     SDK never sleeps while holding a slot. ``with_options`` returns a wrapped client too.
@@ -100,6 +117,15 @@ class _Proxy:
     def __getattr__(self, name: str) -> Any:
         if name in self._overrides:
             return self._overrides[name]
+        if name in _UNADMITTED:
+            where = f"{type(self._target).__name__}.{name}"
+            if where not in _warned:
+                _warned.add(where)
+                log.warning(
+                    "%s is not admitted by admitd_client.wrap(): its calls bypass admitd's "
+                    "limits and are not charged",
+                    where,
+                )
         return getattr(self._target, name)
 
     def __repr__(self) -> str:
@@ -228,14 +254,18 @@ def _create(
 def _stream_manager(
     sdk: Any, once: Any, admitd: Any, api: Api, path: str, method: str, settings: Any
 ) -> Callable[..., Any]:
-    """Anthropic's ``messages.stream(...)``: a context manager giving a ``MessageStream``,
-    admitted on entry and released on exit with the usage of its final message."""
+    """Anthropic's ``messages.stream(...)`` or OpenAI's ``chat.completions.stream(...)``: a
+    context manager giving the SDK's stream helper, admitted on entry and released on exit
+    with the usage of its snapshot (the final message or completion)."""
 
     def plan_for(kwargs: dict[str, Any], enter: Callable[[Any], Any]) -> Any:
         policy = _policy(sdk, api, kwargs, settings)
+        request = {**kwargs, "stream": True}
+        _prepare(api, request)  # OpenAI's helper: usage on, its snapshot then has it
+        del request["stream"]
 
         def call() -> Any:
-            return enter(getattr(_resource(once, path), method)(**kwargs))
+            return enter(getattr(_resource(once, path), method)(**request))
 
         return provider_call(admitd._core, kwargs, api, policy, call, True)
 
@@ -261,7 +291,7 @@ class _Manager:
         try:
             self._stream.close()
         finally:
-            self._wrapped._seen.finished_normally = exc_info[1] is None
+            self._wrapped._seen.finished_normally = exc_info[1] is None and _ended(self._stream)
             self._wrapped._release(exc_info[1], self._stream)
 
     async def __aenter__(self) -> Any:
@@ -275,8 +305,18 @@ class _Manager:
         try:
             await self._stream.close()
         finally:
-            self._wrapped._seen.finished_normally = exc_info[1] is None
+            self._wrapped._seen.finished_normally = exc_info[1] is None and _ended(self._stream)
             await self._wrapped._release(exc_info[1], self._stream)
+
+
+def _ended(stream: Any) -> bool:
+    """Whether a stream helper read its call to the end (its snapshot says why it stopped);
+    a block left before then is released CANCELLED."""
+    snapshot = finished_call(stream)
+    if getattr(snapshot, "stop_reason", None):  # Anthropic
+        return True
+    choices = getattr(snapshot, "choices", None) or ()
+    return bool(choices) and all(getattr(choice, "finish_reason", None) for choice in choices)
 
 
 def _enter(manager: Any) -> Any:
