@@ -1,4 +1,4 @@
--- Library part 4 of 5 (see _lib1_base.lua): idempotency, leases, grant rates, dedup,
+-- Library part 5 of 6 (see _lib1_base.lua): idempotency, leases, grant rates, dedup,
 -- the cost ledger and the reaper. Its twins are _backends/memory/leases.py and rate.py.
 
 local REAP_BATCH = 1000 -- leases reaped by one operation at most (the next one reaps on)
@@ -328,79 +328,4 @@ local function reap()
       redis.call('ZREM', key('expiry'), id)
     end
   end
-end
-
--- The leases holding each gauge's slots are in sorted set "holders:<limit key>" by grant time,
--- and each gauge's typical hold (an average of the holds released, the newest weighing
--- HOLD_WEIGHT) in hash "hold". The same state and arithmetic as _backends/memory/leases.py.
-
--- Its holder released lease: fold how long it was held into its gauges' typical holds.
-local function held(lease)
-  local seconds = now - lease.granted
-  for _, l in ipairs(lease.t[T.limits]) do
-    if l[L_KIND] == KIND_GAUGE then
-      local v = redis.call('HGET', key('hold'), l[L_KEY])
-      local hold = seconds
-      if v then hold = tonumber(v) + HOLD_WEIGHT * (seconds - tonumber(v)) end
-      redis.call('HSET', key('hold'), l[L_KEY], num(hold))
-    end
-  end
-end
-
--- Seconds until the first need holders of gauge lkey are expected to end, soonest first: a
--- holder at its grant time plus the typical hold while that is ahead, else at its expiry.
-local function holder_ends(lkey, need, unknown)
-  local v = redis.call('HGET', key('hold'), lkey)
-  local hold = v and tonumber(v)
-  local h = redis.call('ZRANGE', key('holders', lkey), 0, MAX_EXAMINED - 1, 'WITHSCORES')
-  local ends = {}
-  for i = 1, #h, 2 do
-    local expires = tonumber(redis.call('HGET', key('lease', h[i]), 'expires'))
-    if expires then
-      local typical = hold and tonumber(h[i + 1]) + hold
-      if typical and typical > now then expires = math.min(expires, typical) end
-      table.insert(ends, expires - now)
-    end
-  end
-  table.sort(ends)
-  local out = {}
-  for i = 1, math.min(need, #ends) do out[i] = ends[i] end
-  if not learning then return out end
-  -- Learning: the unknown slots it counts as held end with it, and no holder's before it.
-  local wait, all = learn_until - now, {}
-  for i = 1, need do
-    if i <= unknown then all[i] = wait
-    elseif ends[i - unknown] then all[i] = math.max(wait, ends[i - unknown])
-    else break end
-  end
-  return all
-end
-
--- Why t is refused now: the first limit it does not fit (its pool's gate first when shut;
--- shadow limits never refuse), with every other one it does not fit in also, so that the
--- policy's retry delay is the longest of theirs; a gauge's says when the holders of the slots
--- it needs are expected to end. held_by when it fits every limit (what holds the waiters
--- ahead of it).
-local function refusal(t, held_by)
-  local out = {}
-  local closed = shut(t[T.pool])
-  if closed then table.insert(out, closed) end
-  for _, queued in ipairs(t[T.limits]) do
-    local l = current(queued)
-    if l and not l[L_SHADOW] then
-      local a, lv = amount(t, l[L_UNIT]), level_of(l)
-      if not fits(l, a, lv) then
-        local d = {limit = l, level = lv, amount = a}
-        if l[L_KIND] == KIND_GAUGE then
-          local unknown = lv - tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
-          d.ends = holder_ends(l[L_KEY], math.ceil(lv + a - l[L_CAPACITY]), unknown)
-        end
-        table.insert(out, d)
-      end
-    end
-  end
-  if #out == 0 then return held_by end
-  local first = table.remove(out, 1)
-  first.also = out
-  return first
 end

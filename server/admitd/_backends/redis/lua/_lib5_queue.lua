@@ -1,4 +1,4 @@
--- Library part 5 of 5 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
+-- Library part 6 of 6 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
 -- are _backends/memory/fairqueue.py, queue.py and dispatch.py (the dispatch pass).
 
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
