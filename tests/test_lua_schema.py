@@ -19,7 +19,13 @@ import redis
 
 from admitd import _model
 from admitd._backends.redis import codec
-from admitd._backends.redis.scripts import OPERATIONS, inline_fields, load_scripts, lua_prologue
+from admitd._backends.redis.scripts import (
+    OPERATIONS,
+    inline_constants,
+    inline_fields,
+    load_scripts,
+    lua_prologue,
+)
 from support.redis_server import RedisServer
 
 LUA = Path(codec.__file__).parent / "lua"
@@ -68,6 +74,20 @@ def test_the_prologue_is_valid_lua_every_script_has_it_and_names_are_not_declare
     for path in SCRIPTS:
         again = shared & set(DECLARED.findall(path.read_text()))
         assert not again, f"{path.name} declares again what the prologue declares: {again}"
+
+
+def test_the_loader_writes_the_prologues_constants_in_place_outside_comments_and_strings() -> None:
+    prologue = "local MAX_EXAMINED = 1024\nlocal LOW = -1\n"
+    source = "x = MAX_EXAMINED - LOW -- MAX_EXAMINED\ny = 'MAX_EXAMINED' .. t.MAX_EXAMINED"
+    assert inline_constants(source, prologue) == (
+        "x = 1024 - (-1) -- MAX_EXAMINED\ny = 'MAX_EXAMINED' .. t.MAX_EXAMINED"
+    )
+    prologue = lua_prologue()
+    constants = set(re.findall(r"^local ([A-Z][A-Z0-9_]*) = ", prologue, re.M))
+    for op, script in load_scripts().items():
+        code = "\n".join(line.split("--")[0] for line in script[len(prologue) :].splitlines())
+        used = constants & set(re.findall(r"\b[A-Z][A-Z0-9_]*\b", STRING.sub("", code)))
+        assert not used, f"{op} reads {used} as locals, not written in place"
 
 
 def test_the_loader_refuses_a_field_python_does_not_know() -> None:
@@ -136,15 +156,36 @@ def limit_json(limit: _model.Limit) -> list[object]:
 
 def _ticket(limit: _model.Limit) -> _model.Ticket:
     return _model.Ticket(
-        lease_id="x", tenant="a", pool="p", input_tokens=3, max_output_tokens=4, nano_usd=5,
-        price_in=0.5, price_out=1.5, price_cached=0.25, price_write=0.75, priority=2, cost=7.0,
-        limits=(limit,), ttl=9.0, max_queued_tenant=11,
+        lease_id="x",
+        tenant="a",
+        pool="p",
+        input_tokens=3,
+        max_output_tokens=4,
+        nano_usd=5,
+        price_in=0.5,
+        price_out=1.5,
+        price_cached=0.25,
+        price_write=0.75,
+        priority=2,
+        cost=7.0,
+        limits=(limit,),
+        ttl=9.0,
+        max_queued_tenant=11,
     )
 
 
 def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
-    limit = _model.Limit("pool:p:rpm", _model.Kind.BUCKET, _model.Unit.REQUEST,
-                         _model.Scope.POOL, "requests_per_minute", "p", 60.0, 1.0, True)
+    limit = _model.Limit(
+        "pool:p:rpm",
+        _model.Kind.BUCKET,
+        _model.Unit.REQUEST,
+        _model.Scope.POOL,
+        "requests_per_minute",
+        "p",
+        60.0,
+        1.0,
+        True,
+    )
     ticket = _ticket(limit)
     doc = json.loads(codec.ticket_json(ticket))
     assert set(doc) == set(codec.TICKET_KEYS.values())
