@@ -27,17 +27,31 @@ local function gate_of(pool)
          win = tonumber(v[7] or '0'), cur = tonumber(v[8] or '0'),
          failed = tonumber(v[9] or '0'), prev = tonumber(v[10] or '0'),
          prev_failed = tonumber(v[11] or '0')}
+    -- As stored (the numbers read back exactly), to tell whether a save changes anything.
+    if v[1] then
+      g.stored = {}
+      for i, name in ipairs(GATE_FIELDS) do g.stored[i] = g[name] end
+    end
     gate_cache[pool] = g
   end
   return g
 end
 
 local function gate_save(pool, g)
+  if g.stored then
+    local same = true
+    for i, name in ipairs(GATE_FIELDS) do
+      if g[name] ~= g.stored[i] then same = false break end
+    end
+    if same then return end -- most Releases move nothing here: a write (and its numbers) saved
+  end
   redis.call('HSET', key('gate', pool), 'factor', num(g.factor),
              'decreased_at', num(g.decreased_at), 'paused_until', num(g.paused_until),
              'circuit', g.circuit, 'opened_until', num(g.opened_until), 'probes', g.probes,
              'win', g.win, 'cur', g.cur, 'failed', g.failed, 'prev', g.prev,
              'prev_failed', g.prev_failed)
+  g.stored = {}
+  for i, name in ipairs(GATE_FIELDS) do g.stored[i] = g[name] end
 end
 
 -- Why the pool's gate admits nothing now, as a denial (cause paused|open|probing), or nil.
