@@ -56,3 +56,52 @@ async def test_the_blocking_sdks(fake: FakeProvider) -> None:
         assert await ledger(reader, CLAUDE) == (2, 18, 16, usd(CLAUDE, 18, 2 * REPLY_TOKENS))
         await channel.close()
         assert (await h.pool(GPT)).in_flight == (await h.pool(CLAUDE)).in_flight == 0
+
+
+async def test_a_blocking_call_s_429_and_529_are_retried_through_admitd(
+    fake: FakeProvider,
+) -> None:
+    async with serve(CONFIG) as h:
+        fake.faults({"status": 429, "retry_after_ms": "1500"})
+        channel, sent = sync_channel(target(h))
+        admitd = AdmissionClient(channel, tenant="a")
+        gpt = wrap(openai.OpenAI(base_url=fake.openai_url, api_key="k"), admitd)
+        claude = wrap(anthropic.Anthropic(base_url=fake.anthropic_url, api_key="k"), admitd)
+        openai_call = asyncio.ensure_future(
+            asyncio.to_thread(
+                gpt.chat.completions.create, model="gpt-4o", messages=HELLO, max_tokens=50
+            )
+        )
+        # Released at once with its hint: the retry waits in admitd's queue, holding no slot.
+        await h.until_queued(GPT, 1)
+        assert (await h.pool(GPT)).paused_for.ToTimedelta().total_seconds() == 1.5
+        assert (await h.pool(GPT)).in_flight == 0
+        await h.advance(1.5)
+        reply = await asyncio.wait_for(openai_call, 30)
+        assert reply.usage is not None
+        assert reply.usage.prompt_tokens == 9
+        fake.faults({"status": 529, "retry_after": "2"})
+        anthropic_call = asyncio.ensure_future(
+            asyncio.to_thread(
+                claude.messages.create, model="claude-sonnet-4-6", max_tokens=50, messages=HELLO
+            )
+        )
+        await h.until_queued(CLAUDE, 1)
+        assert (await h.pool(CLAUDE)).paused_for.ToTimedelta().total_seconds() == 2.0
+        await h.advance(2)
+        message = await asyncio.wait_for(anthropic_call, 30)
+        assert message.usage.output_tokens == REPLY_TOKENS
+        assert releases(sent) == [
+            (Outcome.PROVIDER_RATE_LIMITED, 1.5, (0, 0)),  # billed nothing
+            (Outcome.OK, 0.0, (9, REPLY_TOKENS)),
+            (Outcome.PROVIDER_RATE_LIMITED, 2.0, (0, 0)),
+            (Outcome.OK, 0.0, (9, REPLY_TOKENS)),
+        ]
+        gpt.close()
+        claude.close()
+        channel.close()
+        reader, _ = aio_channel(target(h))
+        usage = AsyncAdmissionClient(reader, tenant="a")
+        assert await ledger(usage, GPT) == (2, 9, 8, usd(GPT, 9, REPLY_TOKENS))
+        assert await ledger(usage, CLAUDE) == (2, 9, 8, usd(CLAUDE, 9, REPLY_TOKENS))
+        await reader.close()
