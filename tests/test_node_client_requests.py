@@ -92,6 +92,8 @@ REQUESTS: list[tuple[str | None, dict[str, Any]]] = [
         {"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral"}}],
         "tools": [{"name": "lookup", "description": "Look up.",
                    "input_schema": {"type": "object"}}],
+        "output_config": {"format": {"type": "json_schema", "schema": {
+            "type": "object", "properties": {"word": {"type": "string"}}}}},
         "messages": [
             {"role": "user", "content": [
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png",

@@ -13,7 +13,8 @@
  *   model's ceiling), times n.
  * - OpenAI Responses: instructions and every input item as chat messages; max_output_tokens.
  * - Anthropic: system, messages (text, tool_use, tool_result, images at w x h / 750, at most
- *   1600) and tools (their JSON plus the documented 346-token tool prompt), counted with
+ *   1600), tools (their JSON plus the documented 346-token tool prompt) and a structured
+ *   output's schema (output_config.format or output_format) as its JSON, counted with
  *   cl100k_base x 1.3 (Claude has no public tokenizer: the estimate errs high); max_tokens.
  *
  * Tokens are counted with js-tiktoken (its encodings ship in the package: no download).
@@ -314,6 +315,11 @@ function anthropic(counter, model, request) {
   }
   const tools = request.tools || [];
   text += tools.reduce((sum, tool) => sum + counter.json(tool), 0);
+  // Structured outputs: the schema is shown to the model (output_config.format, or the
+  // older output_format).
+  const config = request.output_config;
+  text += responseFormat(counter, request.output_format);
+  text += responseFormat(counter, config && typeof config === 'object' ? config.format : null);
   const tokens = scale(model, text) + images + (tools.length ? TOOL_PROMPT : 0);
   const limit = firstInt(request, 'max_tokens');
   return [tokens, limit === null ? defaultMaxOutput(model) : limit];

@@ -13,9 +13,13 @@ tokens the call may produce:
   message (a string ``input`` as one user message), tools and images as above; output
   ``max_output_tokens``, else the model's ceiling.
 - **Anthropic messages**: ``system``, ``messages`` (text, ``tool_use``, ``tool_result``,
-  images at width x height / 750) and ``tools`` (their JSON, plus the tool-use system
-  prompt Anthropic documents), counted with cl100k_base times ``CLAUDE_TOKEN_FACTOR``;
-  output ``max_tokens``.
+  images at width x height / 750), ``tools`` (their JSON, plus the tool-use system
+  prompt Anthropic documents) and a structured output's schema (``output_config.format``
+  or ``output_format``), counted with cl100k_base times ``CLAUDE_TOKEN_FACTOR``; output
+  ``max_tokens``.
+
+A structured-output type handed to ``parse`` (``response_format``, ``text_format``,
+``output_format`` as a pydantic class) is counted as its JSON schema.
 
 Counts that can only be estimated err high (see ``_tokens`` and ``_models``); release
 charges what the provider reports.
