@@ -6,7 +6,8 @@ timeout, a ticket's end) from the phrases and the ``ErrorInfo`` metadata written
 (:func:`describe`, :func:`amount_text`, :func:`limit_metadata`, :func:`reason`). The
 refusals that are not about a limit are written here whole (a draining server, a queued
 call that lost its place, an unknown or foreign lease, a reused idempotency key, a dedup
-follower without a result, a replica past its capacity, a lease that expired or was lost).
+follower without a result, a replica past its capacity, a lease that expired or was lost,
+a caller without a valid credential or acting for another tenant).
 Field validation messages are ``_requests.py``'s.
 """
 
@@ -20,6 +21,7 @@ from ._errors import (
     PermissionDenied,
     Reason,
     Rejected,
+    Unauthenticated,
     Unavailable,
 )
 from ._model import Kind, Limit, Scope, Unit
@@ -92,6 +94,32 @@ def not_owner(lease_id: str, what: str = "lease") -> PermissionDenied:
 
 def unchecked_not_renewable() -> NotFound:
     return NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
+
+
+def credentials_required() -> Unauthenticated:
+    return Unauthenticated(
+        "credentials required: send 'authorization: Bearer <api key>' metadata"
+        " or a client certificate"
+    )
+
+
+def malformed_authorization() -> Unauthenticated:
+    return Unauthenticated("authorization metadata must be 'Bearer <api key>'")
+
+
+def unknown_api_key() -> Unauthenticated:
+    return Unauthenticated("unknown API key")
+
+
+def unknown_certificate(common_name: str) -> Unauthenticated:
+    return Unauthenticated(f"no client with certificate common name {common_name!r}")
+
+
+def other_tenant(client: str, tenant: str, requested: str) -> PermissionDenied:
+    """A client bound to ``tenant`` named another one."""
+    return PermissionDenied(
+        f"client {client!r} may act only for tenant {tenant!r}, not {requested!r}"
+    )
 
 
 def idempotency_key_reused() -> InvalidArgument:

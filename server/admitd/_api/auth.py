@@ -18,7 +18,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .._config import AuthConfig, ClientConfig
-from .._errors import PermissionDenied, Unauthenticated
+from .._refusals import (
+    credentials_required,
+    malformed_authorization,
+    other_tenant,
+    unknown_api_key,
+    unknown_certificate,
+)
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
@@ -37,9 +43,7 @@ class Principal:
         """The tenant a call names, checked against who calls (empty: the caller's own)."""
         if self.tenant is None or requested in ("", self.tenant):
             return requested or (self.tenant or "")
-        raise PermissionDenied(
-            f"client {self.name!r} may act only for tenant {self.tenant!r}, not {requested!r}"
-        )
+        raise other_tenant(self.name, self.tenant, requested)
 
     def sees_tenant(self, tenant: str) -> bool:
         """Status shows a tenant's own client only that tenant."""
@@ -79,22 +83,19 @@ class Authenticator:
             return self._by_certificate(names[0].decode(errors="replace"))
         if self.config.allow_anonymous:
             return ANONYMOUS
-        raise Unauthenticated(
-            "credentials required: send 'authorization: Bearer <api key>' metadata"
-            " or a client certificate"
-        )
+        raise credentials_required()
 
     def _by_key(self, header: str | bytes) -> Principal:
         text = header.decode(errors="replace") if isinstance(header, bytes) else header
         if not text[: len(_BEARER)].lower() == _BEARER:
-            raise Unauthenticated("authorization metadata must be 'Bearer <api key>'")
+            raise malformed_authorization()
         presented = hashlib.sha256(text[len(_BEARER) :].strip().encode()).digest()
         found = None
         for digest, principal in self._keys:  # every entry, so timing says nothing
             if hmac.compare_digest(digest, presented):
                 found = principal
         if found is None:
-            raise Unauthenticated("unknown API key")
+            raise unknown_api_key()
         return found
 
     def _by_certificate(self, common_name: str) -> Principal:
@@ -102,7 +103,7 @@ class Authenticator:
         if principal is None:
             if self.config.allow_anonymous:
                 return ANONYMOUS  # a valid certificate that names nobody in particular
-            raise Unauthenticated(f"no client with certificate common name {common_name!r}")
+            raise unknown_certificate(common_name)
         return principal
 
 
