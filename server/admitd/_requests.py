@@ -13,7 +13,7 @@ import dataclasses
 import datetime
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ._config import PoolConfig, Settings, TenantConfig
@@ -39,6 +39,8 @@ COUNT_INLINE_CHARS = 4_000
 MAX_USAGE_DAYS = 366
 _USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves
 MAX_DURATION = 10 * 365 * 86_400  # seconds
+MAX_DESCRIPTORS = 64  # in one Envoy ShouldRateLimit
+MAX_ENTRIES = 32  # in one Envoy descriptor
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,36 @@ def outcome(value: int) -> Outcome:
         return Outcome(value)
     except ValueError:
         raise InvalidArgument("outcome", f"unknown value {value}") from None
+
+
+def check_rate_limit(
+    domain: str, hits_addend: int, descriptors: Sequence[Sequence[tuple[str, str]]]
+) -> None:
+    """An Envoy ``ShouldRateLimit``'s shape (``_api/envoy.py``), before anything is charged:
+    its domain, its ``hits_addend``, and each descriptor's entries as (key, value) pairs. A
+    descriptor's own ``hits_addend`` is checked where it is read, with :func:`check_tokens`."""
+    if not domain:
+        raise InvalidArgument("domain", "required")
+    if len(domain) > MAX_NAME:
+        raise InvalidArgument("domain", f"longer than {MAX_NAME} characters")
+    if not descriptors:
+        raise InvalidArgument("descriptors", "at least one descriptor is required")
+    if len(descriptors) > MAX_DESCRIPTORS:
+        raise InvalidArgument("descriptors", f"at most {MAX_DESCRIPTORS}")
+    check_tokens("hits_addend", hits_addend)
+    for i, entries in enumerate(descriptors):
+        if not entries:
+            raise InvalidArgument(f"descriptors[{i}].entries", "at least one entry is required")
+        if len(entries) > MAX_ENTRIES:
+            raise InvalidArgument(f"descriptors[{i}].entries", f"at most {MAX_ENTRIES}")
+        for j, (key, value) in enumerate(entries):
+            if not key:
+                raise InvalidArgument(f"descriptors[{i}].entries[{j}].key", "required")
+            if len(key) > MAX_NAME or len(value) > MAX_NAME:
+                raise InvalidArgument(
+                    f"descriptors[{i}].entries[{j}]",
+                    f"key and value are at most {MAX_NAME} characters",
+                )
 
 
 def _fingerprint(pools: str, input_tokens: int, max_output_tokens: int, priority: int) -> str:

@@ -16,8 +16,9 @@ descriptor's ``hits_addend`` when set, else the request's, else 1:
 A refusal is ``OVER_LIMIT`` with ``duration_until_reset`` = admitd's retry delay and a
 ``retry-after`` header; a descriptor that names nothing configured gets ``OK`` (Envoy's "no
 limit") unless configured otherwise. Every descriptor is read and checked before any is
-charged, so an invalid request (INVALID_ARGUMENT, naming the field) reserves nothing. Store
-errors and draining are ``UNAVAILABLE``: Envoy then applies its ``failure_mode_deny``.
+charged (``_requests.check_rate_limit``), so an invalid request (INVALID_ARGUMENT, naming
+the field) reserves nothing. Store errors and draining are ``UNAVAILABLE``: Envoy then
+applies its ``failure_mode_deny``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import grpc
 from .._config import EnvoyDomain
 from .._engine import Engine
 from .._errors import InvalidArgument, NotFound, Rejected
-from .._requests import MAX_NAME, AcquireSpec, check_tokens
+from .._requests import AcquireSpec, check_rate_limit, check_tokens
 from .._third_party.envoy.config.core.v3 import base_pb2
 from .._third_party.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from .._usage import Usage
@@ -41,8 +42,6 @@ from .service import _translated
 from .status import seconds_to_duration
 
 RATE_LIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"]
-MAX_DESCRIPTORS = 64
-MAX_ENTRIES = 32
 Response = rls_pb2.RateLimitResponse
 Status = Response.DescriptorStatus
 OK, OVER_LIMIT = Response.Code.OK, Response.Code.OVER_LIMIT
@@ -83,7 +82,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     ) -> Response:
         caller = self._identify(context)
         envoy = self.engine.settings.envoy
-        _check(request)
+        descriptors = [[(e.key, e.value) for e in d.entries] for d in request.descriptors]
+        check_rate_limit(request.domain, request.hits_addend, descriptors)
         domain = envoy.domain(request.domain)
         if domain is None:
             code = OK if envoy.unknown_domain == "ok" else OVER_LIMIT
@@ -149,32 +149,6 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             return refused
         await self.engine.release(lease.lease_id, Usage(call.hits, 0), call.tenant)
         return None
-
-
-def _check(request: rls_pb2.RateLimitRequest) -> None:
-    """The request's shape, before anything is charged; each problem names its field."""
-    if not request.domain:
-        raise InvalidArgument("domain", "required")
-    if len(request.domain) > MAX_NAME:
-        raise InvalidArgument("domain", f"longer than {MAX_NAME} characters")
-    if not request.descriptors:
-        raise InvalidArgument("descriptors", "at least one descriptor is required")
-    if len(request.descriptors) > MAX_DESCRIPTORS:
-        raise InvalidArgument("descriptors", f"at most {MAX_DESCRIPTORS}")
-    check_tokens("hits_addend", request.hits_addend)
-    for i, descriptor in enumerate(request.descriptors):
-        if not descriptor.entries:
-            raise InvalidArgument(f"descriptors[{i}].entries", "at least one entry is required")
-        if len(descriptor.entries) > MAX_ENTRIES:
-            raise InvalidArgument(f"descriptors[{i}].entries", f"at most {MAX_ENTRIES}")
-        for j, entry in enumerate(descriptor.entries):
-            if not entry.key:
-                raise InvalidArgument(f"descriptors[{i}].entries[{j}].key", "required")
-            if len(entry.key) > MAX_NAME or len(entry.value) > MAX_NAME:
-                raise InvalidArgument(
-                    f"descriptors[{i}].entries[{j}]",
-                    f"key and value are at most {MAX_NAME} characters",
-                )
 
 
 def _status(refusal: Rejected | None) -> Status:
