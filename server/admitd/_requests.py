@@ -289,6 +289,12 @@ def outcome(value: int) -> Outcome:
         raise InvalidArgument("outcome", f"unknown value {value}") from None
 
 
+def undecodable(message_type: str, problem: str) -> InvalidArgument:
+    """A request payload that does not decode as a ``message_type`` message (the gRPC layer
+    hands it to the handler, which raises this)."""
+    return InvalidArgument("request", f"not a valid {message_type} message: {problem}")
+
+
 def check_rate_limit(
     domain: str, hits_addend: int, descriptors: Sequence[Sequence[tuple[str, str]]]
 ) -> None:

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from .. import _requests as requests
 from .._engine import Engine
-from .._errors import AdmitdError, Internal, InvalidArgument
+from .._errors import AdmitdError, Internal
 from .._model import LeaseRecord, day_number
 from .._overload import Gate
 from .._policy import QueueEstimate
@@ -51,7 +51,7 @@ class _Undecodable:
     """A request payload that is not a message of its type; the handler refuses it."""
 
     def __init__(self, kind: str, error: str) -> None:
-        self.error = InvalidArgument("request", f"not a valid {kind} message: {error}")
+        self.error = requests.undecodable(kind, error)
 
 
 def _lenient(kind: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
