@@ -7,7 +7,7 @@ timeout, a ticket's end) from the phrases and the ``ErrorInfo`` metadata written
 refusals that are not about a limit are written here whole (a draining server, a queued
 call that lost its place, an unknown or foreign lease, a reused idempotency key, a dedup
 follower without a result, a replica past its capacity, a lease that expired or was lost,
-a caller without a valid credential or acting for another tenant).
+a caller without a valid credential or acting for another tenant, an internal error).
 Field validation messages are ``_requests.py``'s.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._backends.errors import LeaseExpired
 from ._errors import (
     Aborted,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -94,6 +95,11 @@ def not_owner(lease_id: str, what: str = "lease") -> PermissionDenied:
 
 def unchecked_not_renewable() -> NotFound:
     return NotFound("lease_id", "leases admitted while the store was down cannot be renewed")
+
+
+def internal(incident: str) -> Internal:
+    """A bug: the caller gets only the incident id the server logged it under."""
+    return Internal(f"internal error {incident}; the server log has the details")
 
 
 def credentials_required() -> Unauthenticated:

@@ -17,10 +17,11 @@ from google.protobuf.message import DecodeError, Message
 
 from .. import _requests as requests
 from .._engine import Engine
-from .._errors import AdmitdError, Internal
+from .._errors import AdmitdError
 from .._model import LeaseRecord, day_number
 from .._overload import Gate
 from .._policy import QueueEstimate
+from .._refusals import internal
 from .._requests import AcquireSpec
 from .._tickets import Tickets, TicketView
 from .._usage import NANO_PER_USD, Usage
@@ -71,7 +72,7 @@ async def _abort(context: grpc.aio.ServicerContext[Req, Resp], error: Exception)
     if not isinstance(error, AdmitdError):
         incident = secrets.token_hex(4)
         log.error("internal error %s", incident, exc_info=error)
-        error = Internal(f"internal error {incident}; the server log has the details")
+        error = internal(incident)
     await context.abort_with_status(to_status(error))
     raise AssertionError("abort_with_status returned") from error
 
