@@ -6,10 +6,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import pytest
+import redis.asyncio as aioredis
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from prometheus_client import generate_latest
 
-from support.harness import MakeHarness
+from admitd import Unavailable, parse_config
+from admitd._backends.redis.backend import RedisBackend
+from admitd._store import Store
+from admitd._telemetry import Telemetry
+from support.harness import DEFAULT_CONFIG, MakeHarness
 from support.metrics import scrape, value
+from support.polling import until
+from support.redis_server import free_port
 
 
 async def test_decisions_tokens_and_gauges_are_exported(make_harness: MakeHarness) -> None:
@@ -60,6 +69,31 @@ async def test_lease_expiries_are_counted(make_harness: MakeHarness) -> None:
     await h.acquire(input_tokens=1)
     await h.advance(5)
     assert value(await scrape(h), "admitd_lease_expiries_total", pool="p") == 1
+
+
+async def test_store_errors_are_counted_the_grant_listeners_too() -> None:
+    """Nothing listens on the port: the grant listener's failed subscription is counted
+    (it retries only after its poll interval, an hour here), then a call's."""
+    telemetry = Telemetry(parse_config(DEFAULT_CONFIG, "<test>"))
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_timeout=1)
+    backend = RedisBackend(client, key_prefix="t", aging=1.0, poll_interval=3600.0)
+    store = Store(backend, telemetry, lambda progress: None)
+
+    def errors() -> float:
+        text = generate_latest(telemetry.registry).decode()
+        return value(text, "admitd_store_errors_total") if "errors_total{" in text else 0.0
+
+    async def counted() -> bool:
+        return errors() == 1
+
+    try:
+        store.subscribe(lambda: (), lambda lease: None, lambda end: None)
+        await until(counted, 10, "the listener's error counted")
+        with pytest.raises(Unavailable, match=r"^state store unreachable: "):
+            await store.call(backend.ping)
+        assert errors() == 2
+    finally:
+        await backend.close()
 
 
 async def test_overuse_is_recorded_as_an_under_estimate(make_harness: MakeHarness) -> None:

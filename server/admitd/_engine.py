@@ -116,7 +116,7 @@ class Engine:
             await self.heartbeat.beat()  # alive before any waiter of this replica is queued
         self.heartbeat.start()
         self.reaper.start()
-        self.backend.subscribe(self.waiting.awaited, self._grant, self.waiting.finish)
+        self.store.subscribe(self.waiting.awaited, self._grant, self.waiting.finish)
 
     async def publish_limits(self) -> None:
         """Tell the store every limit as configured now: checks read capacities and rates

@@ -4,7 +4,8 @@ The policy (``_policy.py``) decides which limit refused a call and when a retry 
 and writes those refusals (a limit, a call that can never fit, a full queue, a queue
 timeout, a ticket's end) from the phrases and the ``ErrorInfo`` metadata written here
 (:func:`describe`, :func:`amount_text`, :func:`limit_metadata`, :func:`reason`). The
-refusals that are not about a limit are written here whole (a draining server, a queued
+refusals that are not about a limit are written here whole (a draining server, an
+unreachable store, a queued
 call that lost its place, an unknown or foreign lease, a reused idempotency key, a dedup
 follower without a result, a replica past its capacity, a lease that expired or was lost,
 a caller without a valid credential or acting for another tenant, an internal error).
@@ -40,6 +41,11 @@ GATE_STATES = {
 
 def draining() -> Unavailable:
     return Unavailable("server is draining; retry on another replica")
+
+
+def store_unreachable(detail: str) -> Unavailable:
+    """The store did not answer (``detail``: how): fail closed."""
+    return Unavailable(f"state store unreachable: {detail}")
 
 
 def place_lost() -> Unavailable:

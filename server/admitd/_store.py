@@ -1,26 +1,35 @@
 """The engine's one path to the backend: every backend call goes through :meth:`Store.call`.
 
 That one place translates what a backend raises into what a caller is told (an unknown or
-expired lease, another tenant's lease, an idempotency key reused), counts the store being
-unreachable (``admitd_store_errors_total``: RPCs, background dispatch and expiry, health
-pings alike), and hands the :class:`~admitd._model.Progress` an operation reports (grants,
-refusals, dedup ends) to the engine, whichever operation made it. A store whose connections
-are all busy (load) is a SERVER_OVERLOADED refusal, not an outage. It is the server's twin of
-the Python client's ``Core.rpc``.
+expired lease, another tenant's lease, an idempotency key reused, the store unreachable),
+counts the store being unreachable (``admitd_store_errors_total``: RPCs, background dispatch
+and expiry, health pings alike; the grant listener's losses too, through
+:meth:`Store.subscribe`), and hands the :class:`~admitd._model.Progress` an operation
+reports (grants, refusals, dedup ends) to the engine, whichever operation made it. A store
+whose connections are all busy (load) is a SERVER_OVERLOADED refusal, not an outage. It is
+the server's twin of the Python client's ``Core.rpc``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import ParamSpec, TypeVar
 
 from ._backends import Backend
-from ._backends.errors import FingerprintMismatch, LeaseExpired, LeaseGone, LeaseLost, NotOwner
+from ._backends.errors import (
+    FingerprintMismatch,
+    LeaseExpired,
+    LeaseGone,
+    LeaseLost,
+    NotOwner,
+    StoreUnreachable,
+)
 from ._errors import StoreBusy, Unavailable
 from ._model import (
     AcquireResult,
     Beat,
+    DedupEnd,
     ExpireResult,
     LeaseRecord,
     Outcome,
@@ -37,6 +46,7 @@ from ._refusals import (
     lease_lost,
     not_owner,
     server_overloaded,
+    store_unreachable,
 )
 from ._telemetry import Telemetry
 from ._usage import Unreported, Usage
@@ -81,9 +91,9 @@ class Store:
         except StoreBusy as busy:  # load, not an outage: neither counted nor failed open
             self._telemetry.overloaded("store_busy")
             raise server_overloaded("store_busy", busy.waited) from None
-        except Unavailable:
+        except StoreUnreachable as down:
             self._telemetry.store_error()
-            raise
+            raise store_unreachable(down.detail) from None
         except LeaseLost as lost:
             raise lease_lost(lost.lease_id) from None
         except LeaseExpired as expired:
@@ -99,6 +109,20 @@ class Store:
         elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult | Beat):
             self._deliver(result.progress)
         return result
+
+    def subscribe(
+        self,
+        waiting: Callable[[], Collection[str]],
+        deliver: Callable[[LeaseRecord], None],
+        finish: Callable[[DedupEnd], None],
+    ) -> None:
+        """Start the backend's grant listener (``Backend.subscribe``); each time it loses the
+        store (it retries by itself) is counted and logged like a call that did not reach it."""
+        self.backend.subscribe(waiting, deliver, finish, self._listener_failed)
+
+    def _listener_failed(self, error: Exception) -> None:
+        self._telemetry.store_error()
+        log.warning("grant listener: %s; retrying", error)
 
     async def give_back(self, lease: LeaseRecord) -> None:
         """The caller of a granted Acquire gave up before it could hear of its lease (its

@@ -136,14 +136,16 @@ class Backend(Protocol):
         waiting: Callable[[], Collection[str]],
         deliver: Callable[[LeaseRecord], None],
         finish: Callable[[DedupEnd], None],
+        failed: Callable[[Exception], None],
     ) -> None:
         """Deliver grants made elsewhere (other replicas) for the waiters this process holds,
         and the ends of dedup leaders its followers wait for (``waiting`` lists those as
-        ``end:<leader>``)."""
+        ``end:<leader>``). ``failed`` hears each time the listener lost the store (it
+        retries by itself)."""
         ...
 
     async def ping(self) -> None:
-        """Raise :class:`~admitd.Unavailable` unless the store answers."""
+        """Raise :class:`~admitd._backends.errors.StoreUnreachable` unless the store answers."""
         ...
 
     async def close(self) -> None: ...

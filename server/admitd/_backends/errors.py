@@ -1,10 +1,12 @@
 """What a backend raises: the lease a Release or Renew names is unknown, expired, lost with a
-Redis primary or another tenant's, or an idempotency key was reused for another request.
+Redis primary or another tenant's, an idempotency key was reused for another request, or the
+store did not answer.
 
 Both backends raise these (the memory backend in ``memory/leases.py`` and
 ``memory/tombstones.py``, the Redis backend by decoding a script's error in
-``redis/codec.py``), and only :meth:`Store.call <admitd._store.Store.call>` catches them: it is
-the one place that turns each into what the caller is told (``_refusals.py`` words it).
+``redis/codec.py``; the Redis backend alone raises ``StoreUnreachable``), and only
+:meth:`Store.call <admitd._store.Store.call>` catches them: it is the one place that turns
+each into what the caller is told (``_refusals.py`` words it).
 
 ::
 
@@ -14,6 +16,7 @@ the one place that turns each into what the caller is told (``_refusals.py`` wor
     └── LeaseExpired     expired within a lease TTL (NOT_FOUND, reason LEASE_EXPIRED)
     NotOwner             another tenant's lease (PERMISSION_DENIED)
     FingerprintMismatch  an idempotency key reused for a different request (INVALID_ARGUMENT)
+    StoreUnreachable     the store did not answer, or too late (UNAVAILABLE, counted)
 """
 
 from __future__ import annotations
@@ -54,3 +57,12 @@ class NotOwner(Exception):
 
 class FingerprintMismatch(Exception):
     """An idempotency key reused for a different request."""
+
+
+class StoreUnreachable(Exception):
+    """The store did not answer (down, unreachable, or slower than ``backend.timeout``);
+    ``detail`` is what the client library said."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail

@@ -252,6 +252,7 @@ class MemoryBackend:
         waiting: Callable[[], Collection[str]],
         deliver: Callable[[LeaseRecord], None],
         finish: Callable[[DedupEnd], None],
+        failed: Callable[[Exception], None],
     ) -> None:
         """Nothing to do: every grant is made in this process and returned by the call."""
 

@@ -8,7 +8,8 @@ Its twin is the memory backend, ``_backends/memory/backend.py``.
 Time is Redis ``TIME``, so replicas agree (tests pass their injected clock instead). A grant
 made for a waiter held by another replica is published on ``<prefix>:grants``; the replica
 holding the RPC claims it, and polls for unclaimed grants of its waiters in case a message is
-lost. Redis being unreachable surfaces as :class:`~admitd.Unavailable` (fail closed).
+lost. Redis being unreachable surfaces as :class:`~admitd._backends.errors.StoreUnreachable`,
+which the engine's ``Store`` counts and answers UNAVAILABLE (fail closed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import uuid
 from collections import deque
@@ -32,7 +32,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._clock import Clock
 from ..._config import BackendConfig
-from ..._errors import Unavailable
 from ..._model import (
     END_PREFIX,
     AcquireResult,
@@ -51,12 +50,11 @@ from ..._model import (
     UsageRow,
 )
 from ..._usage import Unreported, Usage
+from ..errors import StoreUnreachable
 from . import codec
 from .failover import PrimaryWatch
 from .lanes import Lanes
 from .scripts import load_scripts
-
-log = logging.getLogger("admitd")
 
 # Each waiter's grant is looked up at least this often by the poll that backs up pub/sub
 # (seconds). Well under CLAIM_TIMEOUT: a grant whose message was lost must be found, even by
@@ -193,11 +191,14 @@ class RedisBackend:
         waiting: Callable[[], Collection[str]],
         deliver: Callable[[LeaseRecord], None],
         finish: Callable[[DedupEnd], None],
+        failed: Callable[[Exception], None],
     ) -> None:
         """Deliver grants made (by any replica) for the waiters this process holds, and the
-        ends of the dedup leaders its followers wait for."""
+        ends of the dedup leaders its followers wait for; ``failed`` hears the listener's
+        store errors."""
         if self._listener is None:
-            self._listener = asyncio.ensure_future(self._listen(waiting, deliver, finish))
+            listen = self._listen(waiting, deliver, finish, failed)
+            self._listener = asyncio.ensure_future(listen)
 
     async def ping(self) -> None:
         await self.lanes.take(admit=False)
@@ -274,6 +275,7 @@ class RedisBackend:
         waiting: Callable[[], Collection[str]],
         deliver: Callable[[LeaseRecord], None],
         finish: Callable[[DedupEnd], None],
+        failed: Callable[[Exception], None],
     ) -> None:
         """Pub/sub for prompt delivery, plus a poll of this process's waiters, so that a lost
         message (or a reconnect) only delays a grant, never loses it.
@@ -302,7 +304,7 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
-                log.warning("grant listener: %s; retrying", error)
+                failed(error)  # counted and logged by the engine's Store
                 await asyncio.sleep(self._poll_interval)
 
     async def _fetch(
@@ -383,8 +385,8 @@ def _after(call: asyncio.Future[dict[str, Any]], then: Callable[[dict[str, Any]]
 
 @contextmanager
 def _store_errors() -> Iterator[None]:
-    """Redis unreachable or too slow: fail closed with a clear message."""
+    """Redis unreachable or too slow: the engine's ``Store`` counts it and fails closed."""
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-        raise Unavailable(f"state store unreachable: {error}") from None
+        raise StoreUnreachable(str(error)) from None
