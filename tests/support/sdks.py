@@ -122,9 +122,12 @@ def usd(pool: str, input_tokens: int, output_tokens: int, read: int = 0, written
     return nano / 1e9
 
 
-async def ledger(client: AsyncAdmissionClient, pool: str) -> tuple[int, int, int, float]:
-    """The pool's ledger row: calls, input and output tokens, USD (no cached input)."""
-    rows = [row for row in await client.usage() if row.pool == pool]
+async def ledger(
+    client: AsyncAdmissionClient, pool: str, tenant: str = "a"
+) -> tuple[int, int, int, float]:
+    """The ledger row of the tenant on the pool: calls, input and output tokens, USD (no
+    cached input)."""
+    rows = [row for row in await client.usage() if (row.pool, row.tenant) == (pool, tenant)]
     assert len(rows) == 1, rows
     row = rows[0]
     assert (row.cached_input_tokens, row.cache_write_input_tokens) == (0, 0)
