@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from admitd._backends.redis import codec
 from support.harness import Harness, start_harness
 from support.polling import until
 from support.proxy import Proxy
@@ -81,11 +82,11 @@ def config(pair: Pair, **backend: Any) -> dict[str, Any]:
 async def lose_one_lease(h: Harness, pair: Pair) -> tuple[str, str]:
     """Two leases fill the pool; the second never reaches the replica. Then the failover."""
     kept = (await h.acquire(input_tokens=10)).lease_id
-    await pair.replicated("{fo}:lease:" + kept)
+    await pair.replicated(f"{{fo}}:{codec.LEASE}:{kept}")
     pair.link.pause()
     lost = (await h.acquire(input_tokens=10)).lease_id
     pair.fail_over()
-    assert not pair.replica.client().exists("{fo}:lease:" + lost)
+    assert not pair.replica.client().exists(f"{{fo}}:{codec.LEASE}:{lost}")
     return kept, lost
 
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import redis
 
+from admitd._backends.redis import codec
 from support.harness import start_harness
 from support.polling import until_sync
 from support.redis_server import RedisServer, Sentinel, free_port
@@ -78,7 +79,7 @@ async def test_failover_to_the_promoted_replica(
                 await asyncio.sleep(0.1)
         assert codes <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert lease is not None, "admitd never reached the promoted primary"
-        assert replica.client().exists("{ha}:lease:" + lease.lease_id)
+        assert replica.client().exists(f"{{ha}}:{codec.LEASE}:{lease.lease_id}")
         assert not (await h.release(lease.lease_id)).already_released
     finally:
         await h.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from admitd._backends.redis import codec
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
 from support.polling import until_sync
 from support.processes import Replica
@@ -151,7 +152,7 @@ def test_a_lease_block_releases_across_a_sentinel_failover() -> None:
         gauge = (f"{base}:gauge", "pool:p:max_concurrency")
         with AdmissionClient(f"127.0.0.1:{port}", tenant="a") as client:
             with client.lease(pool="p", input_tokens=10, max_output_tokens=5) as lease:
-                key = f"{base}:lease:{lease.lease_id}"
+                key = f"{base}:{codec.LEASE}:{lease.lease_id}"
                 until_sync(lambda: bool(replica.client().exists(key)), 10, "the lease replicated")
                 primary.kill()  # the primary dies under the block
                 lease.record(input_tokens=10, output_tokens=2)

@@ -81,6 +81,8 @@ TICKET_KEYS = {
 as every look and dispatch decodes waiters' tickets; a lease record the scripts return uses
 the same keys for the ticket's fields."""
 
+LEASE = "lease"
+"""``<prefix>:lease:<lease id>``: a live lease, a hash (``lua/_lib4_leases.lua``); tests read it."""
 GRANTS = "grants"
 """The channel (``<prefix>:grants``) a grant's lease id, or ``end:<leader>``, is published on."""
 GRANTED = "granted"
