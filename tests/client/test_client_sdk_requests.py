@@ -26,6 +26,7 @@ from support.sdks import (
     GPT,
     HELLO,
     PRICES,
+    REPLY,
     REPLY_TOKENS,
     admitted,
     ledger,
@@ -184,6 +185,17 @@ async def test_record_of_an_object_it_cannot_read_warns_and_the_reservation_is_c
         assert await ledger(admitd, GPT) == (2, 18, 58, usd(GPT, 18, 58))
         assert (await h.pool(GPT)).in_flight == 0
         await sdk.close()
+        # Anthropic's stream helper, read to the end: its final message is read.
+        claude = anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="k")
+        asked: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 50, "messages": HELLO}
+        async with admitd.lease(request=asked) as lease:
+            async with claude.messages.stream(**asked) as message_stream:
+                assert await message_stream.get_final_text() == REPLY
+            assert lease.record(message_stream) is True
+        assert releases(sent)[-1] == (Outcome.OK, 0.0, (9, REPLY_TOKENS))
+        assert await ledger(admitd, CLAUDE) == (1, 9, 8, usd(CLAUDE, 9, REPLY_TOKENS))
+        assert len(caplog.records) == 1  # no more warnings
+        await claude.close()
 
 
 class Answer(pydantic.BaseModel):
