@@ -105,7 +105,7 @@ async def test_openai_responses_whole_and_streamed(fake: FakeProvider) -> None:
 
 async def test_openai_prompt_cache_is_billed_at_the_cached_price(fake: FakeProvider) -> None:
     document = [{"role": "system", "content": "Answer from this long document. " * 300}]
-    async with admitted() as (_h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
+    async with admitted() as (h, admitd, sent, _), contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(
             wrap(openai.AsyncOpenAI(base_url=fake.openai_url, api_key="k"), admitd)
         )
@@ -130,6 +130,7 @@ async def test_openai_prompt_cache_is_billed_at_the_cached_price(fake: FakeProvi
             0,
         )
         assert row.usd == usd(GPT, 2 * prompt, 2 * REPLY_TOKENS, read=cached)
+        assert (await h.pool(GPT)).in_flight == 0
 
 
 async def test_a_stream_closed_early_is_charged_what_it_produced(fake: FakeProvider) -> None:
