@@ -12,7 +12,7 @@ import pytest
 
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Outcome, wrap
 from support.client import FakeProvider, aio_channel, serve, sync_channel, target
-from support.sdks import CLAUDE, CONFIG, GPT, HELLO, REPLY_TOKENS, ledger, releases, usd
+from support.sdks import CLAUDE, CONFIG, GPT, HELLO, REPLY, REPLY_TOKENS, ledger, releases, usd
 
 
 async def test_the_blocking_sdks(fake: FakeProvider) -> None:
@@ -43,7 +43,11 @@ async def test_the_blocking_sdks(fake: FakeProvider) -> None:
                     model="claude-sonnet-4-6", max_tokens=100, messages=HELLO
                 )
                 assert message.usage.input_tokens == 9
-                assert releases(sent) == [(Outcome.OK, 0.0, (9, REPLY_TOKENS))] * 4
+                parsed = gpt.chat.completions.parse(model="gpt-4o", messages=HELLO)
+                assert parsed.choices[0].message.content == REPLY
+                with gpt.chat.completions.stream(model="gpt-4o", messages=HELLO) as helper:
+                    assert helper.get_final_completion().choices[0].message.content == REPLY
+                assert releases(sent) == [(Outcome.OK, 0.0, (9, REPLY_TOKENS))] * 6
                 with pytest.raises(TypeError, match="wrap\\(\\) needs an AsyncAdmissionClient"):
                     wrap(openai.AsyncOpenAI(api_key="k"), admitd)
             channel.close()
@@ -51,8 +55,8 @@ async def test_the_blocking_sdks(fake: FakeProvider) -> None:
         await asyncio.to_thread(scenario)
         channel, _ = aio_channel(target(h))
         reader = AsyncAdmissionClient(channel, tenant="a")
-        # Two calls each, of 9 input and 8 output tokens: the bills exact.
-        assert await ledger(reader, GPT) == (2, 18, 16, usd(GPT, 18, 2 * REPLY_TOKENS))
+        # Four and two calls, of 9 input and 8 output tokens each: the bills exact.
+        assert await ledger(reader, GPT) == (4, 36, 32, usd(GPT, 36, 4 * REPLY_TOKENS))
         assert await ledger(reader, CLAUDE) == (2, 18, 16, usd(CLAUDE, 18, 2 * REPLY_TOKENS))
         await channel.close()
         assert (await h.pool(GPT)).in_flight == (await h.pool(CLAUDE)).in_flight == 0
