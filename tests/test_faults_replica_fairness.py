@@ -4,16 +4,18 @@ waiters by tenant and arrival, never by replica, and a grant reaches another rep
 (pub/sub, then a claim) a few round trips later than one made on the waiter's own replica:
 neither may show in who is served.
 
-Issue 17 measured 16/52/42 grants across three replicas. What made it: waits shorter than
-the queue's turn (150-200 callers, a few grants a second, 5 s waits), so the head of the queue
-is always at its deadline, callers time out and come back, and who is served depends on who
-came back first. Two things decided that. admitd's part: a grant made for another replica's
-waiter reached it a few round trips late, often after its QUEUE_TIMEOUT, and went back; such a
-grant is now the waiter's (tests/test_faults_answers.py). The rest is each replica's own
-latency (its event loop under load, the machine) in answering timeouts and taking the retries,
-which no queue order removes: measured with 3 x 50 callers, 5 s waits and 10 grants/s, the
-split still varies from run to run (51/53/46, 39/65/46). With waits that outlast the queue's
-turn, this test's regime, every caller is served once per turn and the split is exact to a
+Issue 17 measured 16/52/42 grants across three replicas. Reproduced only with waits shorter
+than the queue's turn (3 x 50 callers, 5 s waits, 10 grants/s: 38/88/24, then 44/54/52);
+with waits that outlast it the split was exact (50/50/50). With short waits the head of the
+queue is always at its deadline, callers time out and come back, and who is served depends
+on who came back first. Two things decided that. admitd's part: a grant made for another
+replica's waiter reaches it a few round trips after one made on the waiter's own replica
+would, and at the deadline that was after its QUEUE_TIMEOUT: the grant went back (how often
+was not counted). Such a grant is now the waiter's (tests/test_faults_answers.py). The rest
+is each replica's own latency (its event loop under load, the machine) in answering timeouts
+and taking the retries, which no queue order removes: after the change the split still varies
+from run to run in that regime (51/53/46, 39/65/46). In this test's regime, waits that
+outlast the queue's turn, every caller is served once per turn and the split is exact to a
 turn, whatever the machine does.
 
 Real processes on loopback. Callers hold their lease like a provider call (a short sleep); the
