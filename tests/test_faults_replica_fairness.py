@@ -5,7 +5,8 @@ waiters by tenant and arrival, never by replica, and a grant reaches another rep
 neither may show in who is served.
 
 Issue 17 measured 16/52/42 grants across three replicas. Reproduced only with waits shorter
-than the queue's turn (3 x 50 callers, 5 s waits, 10 grants/s: 38/88/24, then 44/54/52);
+than the queue's turn (3 x 50 callers, 5 s waits, 10 grants/s: 38/88/24, 44/54/52, 52/46/52,
+62/58/30 in four runs);
 with waits that outlast it the split was exact (50/50/50). With short waits the head of the
 queue is always at its deadline, callers time out and come back, and who is served depends
 on who came back first. Two things decided that. admitd's part: a grant made for another
