@@ -32,6 +32,9 @@ class Waiter:
     """The grant is claimed for it before it hears of it (an Acquire); False: it is only
     woken, and claims for itself (a WaitTicket, after checking the owner)."""
     claiming: bool = False  # its grant's claim is under way
+    waiting: bool = False
+    """Its RPC waits, its wait's time running (``join``); False while it is only held
+    across the backend call that may queue it."""
 
 
 class Waiting:
@@ -45,8 +48,10 @@ class Waiting:
         return bool(self._waiters or self._followers)
 
     def waits_for(self, lease_id: str) -> bool:
-        """An RPC here waits for the grant of ``lease_id``."""
-        return lease_id in self._waiters
+        """An RPC here waits for the grant of ``lease_id``, its wait's time running (tests
+        move a manual clock only once it is)."""
+        waiter = self._waiters.get(lease_id)
+        return waiter is not None and waiter.waiting
 
     def followers_of(self, leader: str) -> int:
         """Dedup followers here waiting for ``leader``."""
@@ -80,9 +85,9 @@ class Waiting:
         if waiter is None:
             waiter = self.hold(lease_id)
             waiter.claims = claims
-            return waiter
-        if shared:
+        elif shared:
             waiter.holders += 1
+        waiter.waiting = True
         return waiter
 
     def leave(self, lease_id: str, waiter: Waiter) -> bool:
