@@ -1,9 +1,10 @@
 """What one Acquire+Release pair costs the state store, measured so that a busy machine does
 not move the figure much: a fixed number of pairs, one at a time, through admitd's engine in
 this process (no gRPC), against a redis-server of its own. Reported per pair: the Lua
-scripts' time inside redis-server (``INFO commandstats``, EVALSHA's usec), redis-server's
-whole CPU (``INFO cpu``, sockets included), the Redis commands the scripts ran, and the
-Python function calls this process made (cProfile's count, which no noise moves). With
+scripts' time inside redis-server (``INFO commandstats``, EVALSHA's and FCALL's usec),
+redis-server's whole CPU (``INFO cpu``, sockets included), the Redis commands the scripts
+ran, and the Python function calls this process made (cProfile's count, which no noise
+moves). With
 ``--callgrind``, redis-server runs under valgrind's callgrind and the figure is the CPU
 instructions it executed per pair: slow (use a few hundred pairs), and the same on a busy
 machine as on a quiet one.
@@ -136,15 +137,15 @@ def measure(case: str, count: int, *, calls: bool, callgrind: bool) -> dict[str,
             instructions = server.instructions()
             shutil.copy(server.out, Path(tempfile.gettempdir()) / f"store_cost.{case}.callgrind")
     # The engine's start (configure) is in the counts: small beside count pairs.
-    evalsha = stats.get("cmdstat_evalsha", {})
-    inner = sum(
-        v["calls"] for k, v in stats.items() if k not in ("cmdstat_evalsha", "cmdstat_evalsha_ro")
-    )
+    # Acquire and Release are functions (FCALL), the other operations scripts (EVALSHA).
+    outer = ("cmdstat_evalsha", "cmdstat_evalsha_ro", "cmdstat_fcall", "cmdstat_fcall_ro")
+    inner = sum(v["calls"] for k, v in stats.items() if k not in outer)
+    scripts = [stats.get(k, {}) for k in outer]
     return {
         "case": case,
         "pairs": count,
-        "script_us_per_pair": evalsha.get("usec", 0) / count,
-        "scripts_per_pair": evalsha.get("calls", 0) / count,
+        "script_us_per_pair": sum(s.get("usec", 0) for s in scripts) / count,
+        "scripts_per_pair": sum(s.get("calls", 0) for s in scripts) / count,
         "redis_cpu_us_per_pair": (cpu1 - cpu0) * 1e6 / count,
         "redis_commands_per_pair": inner / count,
         mine: spent * scale / count,

@@ -92,14 +92,17 @@ async def test_leases_survive_an_admitd_restart(replicas: Replicas) -> None:
     assert (await second.pool("p")).in_flight == 0
 
 
-async def test_scripts_are_reloaded_after_script_flush(
+async def test_scripts_and_functions_are_reloaded_after_script_flush_and_function_flush(
     replicas: Replicas, redis_server: RedisServer
 ) -> None:
     (h,) = await replicas(1)
     lease = await h.acquire(input_tokens=1)
     redis_server.client().script_flush()
+    redis_server.client().function_flush()
+    assert redis_server.client().function_list() == []
     assert not (await h.release(lease.lease_id)).already_released
     await h.acquire(input_tokens=1)
+    assert len(redis_server.client().function_list()) == 1  # loaded again, once
 
 
 async def test_redis_down_fails_closed_and_recovers_by_itself(

@@ -159,8 +159,8 @@ def _plain(ctx: Ctx, server: procs.Proc, kind: str, duration: float) -> dict[str
 
 
 def _redis_stats(ctx: Ctx) -> dict[str, Any]:
-    """Redis's own accounting since the last call (then zeroed): the scripts (EVALSHA) and
-    the commands they ran inside, per script call."""
+    """Redis's own accounting since the last call (then zeroed): the scripts (EVALSHA and
+    FCALL) and the commands they ran inside, per script call."""
     import redis
 
     client = redis.Redis(port=ctx.redis().port)
@@ -170,7 +170,11 @@ def _redis_stats(ctx: Ctx) -> dict[str, Any]:
     finally:
         client.close()
     calls = {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in stats.items()}
-    scripts, script_us = calls.pop("evalsha", (0, 0))
+    # Acquire and Release are functions (FCALL), the other operations scripts (EVALSHA).
+    scripts, script_us = (
+        sum(pair)
+        for pair in zip(calls.pop("evalsha", (0, 0)), calls.pop("fcall", (0, 0)), strict=True)
+    )
     if not scripts:
         return {}
     inner = {k: v for k, v in calls.items() if k not in ("info", "config|resetstat", "ping")}

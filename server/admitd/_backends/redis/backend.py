@@ -2,7 +2,9 @@
 lease table. Each operation is one Lua script (``lua/<operation>.lua``, with the shared state
 machine ``lua/_lib*.lua`` and the prologue written from Python in front: ``scripts.py``),
 registered once with redis-py ``register_script``, which uses EVALSHA and reloads a script
-after ``SCRIPT FLUSH``. Everything sent to or read from a script goes through ``codec.py``.
+after ``SCRIPT FLUSH``; Acquire and Release, which every admission makes, are functions of a
+library loaded once instead (``FCALL``; ``scripts.FUNCTIONS``), loaded again when Redis lost
+it. Everything sent to or read from a script goes through ``codec.py``.
 Its twin is the memory backend, ``_backends/memory/backend.py``.
 
 Time is Redis ``TIME``, so replicas agree (tests pass their injected clock instead). A grant
@@ -25,13 +27,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._clock import Clock
-from ..._config import BackendConfig
 from ..._model import (
     END_PREFIX,
     AcquireResult,
@@ -52,9 +53,10 @@ from ..._model import (
 from ..._usage import Unreported, Usage
 from ..errors import StoreUnreachable
 from . import codec
+from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
 from .lanes import Lanes
-from .scripts import load_scripts
+from .scripts import function_library, load_scripts
 
 # Each waiter's grant is looked up at least this often by the poll that backs up pub/sub
 # (seconds). Well under CLAIM_TIMEOUT: a grant whose message was lost must be found, even by
@@ -102,6 +104,7 @@ class RedisBackend:
         self._poll_interval = poll_interval
         sources = load_scripts()
         self._scripts = {op: client.register_script(src) for op, src in sources.items()}
+        self._library, self._functions = function_library()
         self.watch = PrimaryWatch(
             self._base, sources["failover"], self._common, learning=learning, window=window
         )
@@ -239,12 +242,26 @@ class RedisBackend:
             self.lanes.give()
 
     async def _script(self, op: str, *args: str) -> dict[str, Any]:
+        argv = [*self._common(), *args]
         with _store_errors():
-            raw = await self._scripts[op](
-                keys=[self._base], args=[*self._common(), *args]
-            )
+            if op in self._functions:
+                raw = await self._function(self._functions[op], argv)
+            else:
+                raw = await self._scripts[op](keys=[self._base], args=argv)
         doc: dict[str, Any] = json.loads(raw)
         return doc
+
+    async def _function(self, name: str, argv: list[str]) -> Any:
+        """Call ``name`` of the function library (``scripts.FUNCTIONS``), loading the library
+        first when Redis does not have it: a restart that kept nothing, ``FUNCTION FLUSH``, a
+        new primary (as redis-py loads a script again after NOSCRIPT). Nothing ran then."""
+        try:
+            return await self._client.fcall(name, 1, self._base, *argv)
+        except ResponseError as error:
+            if "Function not found" not in str(error):
+                raise
+        await self._client.function_load(self._library, replace=True)
+        return await self._client.fcall(name, 1, self._base, *argv)
 
     async def _shielded(
         self, op: str, *args: str, undo: Callable[[dict[str, Any]], None] | None = None
@@ -350,32 +367,6 @@ class _PollRotation:
             self._left.extend(waiting)  # ids that ended since only schedule a reap
         count = min(len(self._left), max(1, math.ceil(len(waiting) * self._share)))
         return [self._left.popleft() for _ in range(count)]
-
-
-def connect(config: BackendConfig) -> aioredis.Redis:
-    """A client for the configured Redis (through Sentinel when sentinels are given), with
-    short timeouts so that a dead or slow Redis fails calls fast instead of stalling them,
-    and a pool that never runs out: ``Lanes`` lets ``pool_size`` calls at a time use it, and
-    the listener holds one more connection for grant messages."""
-    options: dict[str, Any] = {
-        # redis-py's pool fails a call at once when every connection is busy ("Too many
-        # connections"): Lanes keeps the calls in flight within it instead.
-        "max_connections": config.pool_size + 2,
-        "socket_timeout": config.timeout,
-        "socket_connect_timeout": config.timeout,
-        # A connection idle over a second is pinged (and reconnected) before use, so the
-        # pooled connections a restarted Redis broke do not each fail one real call.
-        "health_check_interval": 1,
-    }
-    if config.password is not None:
-        options["password"] = config.password  # a password in the URL takes precedence
-    if config.sentinels:
-        hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in config.sentinels]
-        talk = {k: v for k, v in options.items() if k != "max_connections"}
-        sentinel = Sentinel(hosts, sentinel_kwargs=talk, **options)
-        client: aioredis.Redis = sentinel.master_for(config.sentinel_service)
-        return client
-    return aioredis.Redis.from_url(config.url, **options)
 
 
 def _after(call: asyncio.Future[dict[str, Any]], then: Callable[[dict[str, Any]], None]) -> None:

@@ -1,12 +1,12 @@
 -- admitd state machine shared by every script: each operation's .lua file is loaded with this
--- library in front of it, its six parts in the order of their names (_lib1_base, _lib2_gates,
--- _lib3_limits, _lib4_holders, _lib4_leases, _lib5_queue), and in front of those the prologue
--- scripts.py writes from the Python that owns what the scripts share (constants; kinds,
--- units, scopes, outcomes and states; the Redis key names Python reads; gate_limit). A
--- ticket's field is read as t[T.<field>], a limit's as l[L_<FIELD>] and reported usage's as
--- u[U_<FIELD>]: the loader writes each as the JSON key or position Python gives it. Its twin
--- is _backends/memory/ (backend.py and the modules beside it); the conformance suite runs
--- every scenario against both backends.
+-- library in front of it, its seven parts in the order of their names (_lib1_base,
+-- _lib2_gates, _lib3_limits, _lib4_holders, _lib4_leases, _lib5_queue, _lib6_begin), and in
+-- front of those the prologue scripts.py writes from the Python that owns what the scripts
+-- share (constants; kinds, units, scopes, outcomes and states; the Redis key names Python
+-- reads; gate_limit). A ticket's field is read as t[T.<field>], a limit's as l[L_<FIELD>]
+-- and reported usage's as u[U_<FIELD>]: the loader writes each as the JSON key or position
+-- Python gives it. Its twin is _backends/memory/ (backend.py and the modules beside it); the
+-- conformance suite runs every scenario against both backends.
 --
 -- KEYS[1]  namespace base "{prefix}". Every key is KEYS[1] .. ":" .. name: they all share the
 --          hash tag, so they live in one Redis Cluster slot with KEYS[1].
@@ -21,23 +21,17 @@
 -- true for a deferred ticket (Enqueue); a shadow limit is checked and counted but never
 -- refuses.
 
-local base = KEYS[1]
+-- What a call starts from is set by begin (_lib6_begin.lua), before the operation's code:
+-- the library is also loaded once as a Redis function library (scripts.function_library),
+-- whose functions keep it between calls. base is KEYS[1]; now the time to use; aging the
+-- queue's aging; day today's UTC day; G, B and D the keys of gauges, buckets, daily counters.
+local base, now, aging, day, G, B, D
 local function key(...)
   return base .. ':' .. table.concat({...}, ':')
 end
 
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000 -- TIME: seconds, microseconds
-end
-local aging = tonumber(ARGV[2])
-local day = tostring(math.floor(now / DAY_SECONDS))
 local LEDGER_KEEP = LEDGER_DAYS * DAY_SECONDS
 local DAY_KEEP = 2 * DAY_SECONDS -- a day's counters outlive it, for leases settled late
-local G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
 
 local function num(x)
   return string.format('%.17g', x)

@@ -1,11 +1,11 @@
--- Library part 2 of 6 (see _lib1_base.lua): pool gates.
+-- Library part 2 of 7 (see _lib1_base.lua): pool gates.
 
 -- Pool gates (the same state machine as its twin, _backends/memory/gates.py): a provider's
 -- pause, a circuit breaker and an AIMD factor, in hash "gate:<pool>"; their settings in hash
 -- "gates".
 local GATE_FIELDS = {'factor', 'decreased_at', 'paused_until', 'circuit', 'opened_until',
                      'probes', 'win', 'cur', 'failed', 'prev', 'prev_failed'}
-local gate_cache, gate_def_cache = {}, {}
+local gate_cache, gate_def_cache -- this call's, by pool (begin empties them)
 
 local function gate_def(pool)
   local d = gate_def_cache[pool]

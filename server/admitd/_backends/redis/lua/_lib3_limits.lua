@@ -1,10 +1,10 @@
--- Library part 3 of 6 (see _lib1_base.lua): limits, checked against the config of now. Its
+-- Library part 3 of 7 (see _lib1_base.lua): limits, checked against the config of now. Its
 -- twin is _backends/memory/counters.py.
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
-local configured = redis.call('EXISTS', key('limits')) == 1
-local current_cache = {}
+-- configured: whether any is (begin reads it); current_cache: this call's, by key.
+local configured, current_cache
 local function configured_limit(l)
   if not configured then return l end
   local c = current_cache[l[L_KEY]]
@@ -42,9 +42,9 @@ end
 -- Learning after the primary changed (failover.lua): until learn_until, leases granted on
 -- the old primary that never reached this one may still be held, and nothing here says how
 -- many. So every gauge counts as full until then: nothing is granted beyond what this primary
--- can prove free (Doorman's learning mode). String key LEARN holds learn_until.
-local learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
-local learning = now < learn_until
+-- can prove free (Doorman's learning mode). String key LEARN holds learn_until (begin reads
+-- it), and learning is now < learn_until.
+local learn_until, learning
 
 local function level_of(queued)
   local l = current(queued) or queued

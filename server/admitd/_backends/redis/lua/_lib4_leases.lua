@@ -1,4 +1,4 @@
--- Library part 5 of 6 (see _lib1_base.lua): idempotency, leases, grant rates, dedup,
+-- Library part 5 of 7 (see _lib1_base.lua): idempotency, leases, grant rates, dedup,
 -- the cost ledger and the reaper. Its twins are _backends/memory/leases.py and rate.py.
 
 local REAP_BATCH = 1000 -- leases reaped by one operation at most (the next one reaps on)
@@ -101,8 +101,8 @@ end
 -- Dedup: "dedup:<len>/<tenant><key>" names the leader in flight; DEDUP_END:<leader> keeps
 -- how its call ended (with its shared result, base64) for DEDUP_KEEP seconds; FINISHED goes
 -- back in this script's progress, and END_PREFIX .. <leader> on the GRANTS channel tells
--- other replicas.
-local FINISHED = {}
+-- other replicas. (begin empties it.)
+local FINISHED
 
 local function dedup_key(t)
   local tenant = t[T.tenant]

@@ -1,4 +1,4 @@
--- Library part 6 of 6 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
+-- Library part 6 of 7 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
 -- are _backends/memory/fairqueue.py, queue.py and dispatch.py (the dispatch pass).
 
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
@@ -22,7 +22,7 @@ end
 -- promise, nobody waits for them any more. Liveness is judged on Redis TIME even when a test
 -- injects the admission clock: processes die in real time, and no replica's own clock can
 -- declare another dead.
-local server_now = nil
+local server_now -- begin forgets it
 local function server_time()
   if not server_now then
     local t = redis.call('TIME')
@@ -31,7 +31,7 @@ local function server_time()
   return server_now
 end
 
-local replica_dead = {}
+local replica_dead -- this call's, by replica (begin empties it)
 -- True when replica rep has missed its heartbeats. An unknown replica ('' for a deferred
 -- ticket, or one never seen) is presumed alive: the claim timeout remains the last resort.
 local function dead(rep)

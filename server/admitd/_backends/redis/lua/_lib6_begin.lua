@@ -1,0 +1,23 @@
+-- Library part 7 of 7 (see _lib1_base.lua): what every call starts from. A script calls
+-- begin(KEYS, ARGV) after the library (the loader writes the call), a function of the
+-- library loaded once (scripts.function_library) as its first step: its state from an
+-- earlier call is forgotten here.
+local function begin(keys, argv)
+  base = keys[1]
+  if argv[1] ~= '' then
+    now = tonumber(argv[1])
+  else
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000 -- TIME: seconds, microseconds
+  end
+  aging = tonumber(argv[2])
+  day = tostring(math.floor(now / DAY_SECONDS))
+  G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
+  gate_cache, gate_def_cache = {}, {}
+  configured = redis.call('EXISTS', key('limits')) == 1
+  current_cache = {}
+  learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
+  learning = now < learn_until
+  FINISHED = {}
+  server_now, replica_dead = nil, {}
+end
