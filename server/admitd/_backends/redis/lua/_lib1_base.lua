@@ -23,9 +23,10 @@
 
 -- What a call starts from is set by begin (_lib6_begin.lua), before the operation's code:
 -- the library is also loaded once as a Redis function library (scripts.function_library),
--- whose functions keep it between calls. base is KEYS[1]; now the time to use; aging the
--- queue's aging; day today's UTC day; G, B and D the keys of gauges, buckets, daily counters.
-local base, now, aging, day, G, B, D
+-- whose functions keep it between calls. base is KEYS[1]; now the time to use (now_text, as
+-- num writes it, formatted once); aging the queue's aging; day today's UTC day; G, B and D
+-- the keys of gauges, buckets and daily counters.
+local base, now, now_text, aging, day, G, B, D
 local function key(...)
   return base .. ':' .. table.concat({...}, ':')
 end

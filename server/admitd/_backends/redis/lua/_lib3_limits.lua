@@ -3,13 +3,32 @@
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
--- configured: whether any is (begin reads it); current_cache: this call's, by key.
-local configured, current_cache
+-- configured: whether any is (begin reads it); current_cache: this call's, by key; stored:
+-- the definitions fetch_limits read, by key (false: none).
+local configured, current_cache, stored
+
+-- Read the definitions of limits not read yet in one HMGET (a ticket has several).
+local function fetch_limits(limits)
+  if not configured then return end
+  local keys = {}
+  for _, l in ipairs(limits) do
+    local k = l[L_KEY]
+    if stored[k] == nil and current_cache[k] == nil then
+      stored[k] = false
+      table.insert(keys, k)
+    end
+  end
+  if #keys == 0 then return end
+  local v = redis.call('HMGET', key('limits'), unpack(keys))
+  for i, k in ipairs(keys) do stored[k] = v[i] end
+end
+
 local function configured_limit(l)
   if not configured then return l end
   local c = current_cache[l[L_KEY]]
   if c == nil then
-    local v = redis.call('HGET', key('limits'), l[L_KEY])
+    local v = stored[l[L_KEY]]
+    if v == nil then v = redis.call('HGET', key('limits'), l[L_KEY]) end
     if v then
       local d = cjson.decode(v)
       c = {unpack(l)}
@@ -45,6 +64,9 @@ end
 -- can prove free (Doorman's learning mode). String key LEARN holds learn_until (begin reads
 -- it), and learning is now < learn_until.
 local learn_until, learning
+-- This call's bucket states, by key: {level, at} as stored, or false for none. A script reads
+-- a bucket in check and again when it reserves or refunds: one HMGET does.
+local bucket_cache
 
 local function level_of(queued)
   local l = current(queued) or queued
@@ -53,9 +75,14 @@ local function level_of(queued)
     if learning then return math.max(lv, l[L_CAPACITY]) end
     return lv
   elseif l[L_KIND] == KIND_BUCKET then
-    local v = redis.call('HMGET', B, l[L_KEY], l[L_KEY] .. '|at')
-    if not v[1] then return l[L_CAPACITY] end
-    return math.min(l[L_CAPACITY], tonumber(v[1]) + (now - tonumber(v[2])) * l[L_RATE])
+    local s = bucket_cache[l[L_KEY]]
+    if s == nil then
+      local v = redis.call('HMGET', B, l[L_KEY], l[L_KEY] .. '|at')
+      s = v[1] and {level = tonumber(v[1]), at = tonumber(v[2])} or false
+      bucket_cache[l[L_KEY]] = s
+    end
+    if not s then return l[L_CAPACITY] end
+    return math.min(l[L_CAPACITY], s.level + (now - s.at) * l[L_RATE])
   end
   return tonumber(redis.call('HGET', D, l[L_KEY]) or '0')
 end
@@ -69,6 +96,7 @@ end
 -- first shadow limit it does not fit (which does not refuse it), or ''.
 local function check(t, only_daily)
   local shadowed = ''
+  fetch_limits(t[T.limits])
   for i, queued in ipairs(t[T.limits]) do
     local l = current(queued)
     if l and (not only_daily or l[L_KIND] == KIND_DAILY) then
@@ -89,5 +117,6 @@ local function denial(t, d)
 end
 
 local function set_bucket(l, level)
-  redis.call('HSET', B, l[L_KEY], num(level), l[L_KEY] .. '|at', num(now))
+  redis.call('HSET', B, l[L_KEY], num(level), l[L_KEY] .. '|at', now_text)
+  bucket_cache[l[L_KEY]] = {level = level, at = now} -- what reading it back gives: %.17g is exact
 end

@@ -9,14 +9,19 @@
 -- Its holder released lease: fold how long it was held into its gauges' typical holds.
 local function held(lease)
   local seconds = now - lease.granted
+  local keys, fields = {}, {}
   for _, l in ipairs(lease.t[T.limits]) do
-    if l[L_KIND] == KIND_GAUGE then
-      local v = redis.call('HGET', key('hold'), l[L_KEY])
-      local hold = seconds
-      if v then hold = tonumber(v) + HOLD_WEIGHT * (seconds - tonumber(v)) end
-      redis.call('HSET', key('hold'), l[L_KEY], num(hold))
-    end
+    if l[L_KIND] == KIND_GAUGE then table.insert(keys, l[L_KEY]) end
   end
+  if #keys == 0 then return end
+  local v = redis.call('HMGET', key('hold'), unpack(keys))
+  for i, k in ipairs(keys) do
+    local hold = seconds
+    if v[i] then hold = tonumber(v[i]) + HOLD_WEIGHT * (seconds - tonumber(v[i])) end
+    table.insert(fields, k)
+    table.insert(fields, num(hold))
+  end
+  redis.call('HSET', key('hold'), unpack(fields))
 end
 
 -- Seconds until the first need holders of gauge lkey are expected to end, soonest first: a

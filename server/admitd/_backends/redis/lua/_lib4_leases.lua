@@ -134,7 +134,7 @@ local function reserve(t, raw, queued_for, shadowed)
     local a = amount(t, l[L_UNIT])
     if l[L_KIND] == KIND_GAUGE then
       redis.call('HINCRBYFLOAT', G, l[L_KEY], a)
-      redis.call('ZADD', key('holders', l[L_KEY]), num(now), t[T.lease_id])
+      redis.call('ZADD', key('holders', l[L_KEY]), now_text, t[T.lease_id])
     elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
     else
@@ -150,7 +150,7 @@ local function reserve(t, raw, queued_for, shadowed)
   end
   local lease = {t = t, day = day, granted = now, expires = now + t[T.ttl], queued = queued_for,
                  shadowed = shadowed, probe = probe}
-  redis.call('HSET', key('lease', t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', num(now),
+  redis.call('HSET', key('lease', t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', now_text,
              'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed,
              'probe', probe and '1' or '0')
   redis.call('ZADD', key('expiry'), num(lease.expires), t[T.lease_id])
@@ -174,6 +174,7 @@ end
 -- ways, buckets only by overuse (they have refilled since; a refund now could grant what the
 -- provider's window no longer has).
 local function move_limits(t, taken_on, token_delta, usd_delta, expired)
+  if token_delta ~= 0 or usd_delta ~= 0 then fetch_limits(t[T.limits]) end -- a bucket's
   for _, l in ipairs(t[T.limits]) do
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
@@ -314,7 +315,7 @@ end
 -- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
 -- them (once, whichever replica runs it).
 local function reap()
-  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', num(now), 'LIMIT', 0, REAP_BATCH)
+  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', now_text, 'LIMIT', 0, REAP_BATCH)
   for _, id in ipairs(ids) do
     local lease = load_lease(id)
     if lease then

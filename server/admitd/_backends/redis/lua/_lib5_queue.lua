@@ -61,7 +61,7 @@ local function push(t, raw, rep)
   local member = seq .. '|' .. t[T.lease_id]
   redis.call('ZADD', qkey(cls, t[T.pool]), num(tag), member)
   redis.call('SADD', mkey(fk), member)
-  local fields = {'ticket', raw, 'enq', num(now), 'member', member, 'tag', num(tag)}
+  local fields = {'ticket', raw, 'enq', now_text, 'member', member, 'tag', num(tag)}
   if rep ~= '' then
     table.insert(fields, 'rep')
     table.insert(fields, rep)

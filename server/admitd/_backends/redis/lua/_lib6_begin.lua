@@ -10,12 +10,13 @@ local function begin(keys, argv)
     local t = redis.call('TIME')
     now = tonumber(t[1]) + tonumber(t[2]) / 1000000 -- TIME: seconds, microseconds
   end
+  now_text = num(now)
   aging = tonumber(argv[2])
   day = tostring(math.floor(now / DAY_SECONDS))
   G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
   gate_cache, gate_def_cache = {}, {}
   configured = redis.call('EXISTS', key('limits')) == 1
-  current_cache = {}
+  current_cache, stored, bucket_cache = {}, {}, {}
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
   learning = now < learn_until
   FINISHED = {}

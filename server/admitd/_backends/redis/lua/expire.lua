@@ -5,7 +5,7 @@
 -- grant deadline or end of learning).
 reap()
 local freed = false
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', num(now))) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', now_text)) do
   redis.call('ZREM', key('unclaimed'), id)
   redis.call('DEL', key(GRANTED, id))
   redis.call('HDEL', key('claimer'), id)

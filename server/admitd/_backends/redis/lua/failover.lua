@@ -30,7 +30,7 @@ for i = 1, #flat, 2 do
     local v = redis.call('HMGET', B, k, k .. '|at')
     local level = capacity
     if v[1] then level = math.min(capacity, tonumber(v[1]) + (now - tonumber(v[2])) * rate) end
-    redis.call('HSET', B, k, num(math.min(0, level)), k .. '|at', num(now))
+    redis.call('HSET', B, k, num(math.min(0, level)), k .. '|at', now_text)
   end
 end
 return cjson.encode({changed = true, learning = window})
