@@ -31,8 +31,9 @@ local function key(...)
   return base .. ':' .. table.concat({...}, ':')
 end
 
-local LEDGER_KEEP = LEDGER_DAYS * DAY_SECONDS
-local DAY_KEEP = 2 * DAY_SECONDS -- a day's counters outlive it, for leases settled late
+-- Seconds, as the strings Redis is sent: a number argument is formatted on every call.
+local LEDGER_KEEP = LEDGER_DAYS * DAY_SECONDS .. ''
+local DAY_KEEP = 2 * DAY_SECONDS .. '' -- a day's counters outlive it, for leases settled late
 
 local function num(x)
   return string.format('%.17g', x)

@@ -1,7 +1,7 @@
 -- Library part 5 of 7 (see _lib1_base.lua): idempotency, leases, grant rates, dedup,
 -- the cost ledger and the reaper. Its twins are _backends/memory/leases.py and rate.py.
 
-local REAP_BATCH = 1000 -- leases reaped by one operation at most (the next one reaps on)
+local REAP_BATCH = '1000' -- leases reaped by one operation at most (the next one reaps on)
 
 local function idem_key(t)
   local tenant = t[T.tenant]
@@ -154,15 +154,16 @@ local function reserve(t, raw, queued_for, shadowed)
              'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed,
              'probe', probe and '1' or '0')
   redis.call('ZADD', key('expiry'), num(lease.expires), t[T.lease_id])
-  redis.call('HINCRBY', key('inflight', SCOPE_POOL), t[T.pool], 1)
-  redis.call('HINCRBY', key('inflight', SCOPE_TENANT), t[T.tenant], 1)
+  redis.call('HINCRBY', key('inflight', SCOPE_POOL), t[T.pool], '1')
+  redis.call('HINCRBY', key('inflight', SCOPE_TENANT), t[T.tenant], '1')
   if t[T.idempotency_key] ~= '' then remember_key(t) end
   count_grant(t[T.pool])
   return record(lease)
 end
 
-local function decr_field(h, field, by)
-  if tonumber(redis.call('HINCRBYFLOAT', h, field, -by)) <= 0 then
+-- Take one from a counter, and drop it at zero.
+local function decr_field(h, field)
+  if tonumber(redis.call('HINCRBYFLOAT', h, field, '-1')) <= 0 then
     redis.call('HDEL', h, field)
   end
 end
@@ -179,7 +180,7 @@ local function move_limits(t, taken_on, token_delta, usd_delta, expired)
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
       if not expired then
-        decr_field(G, l[L_KEY], 1)
+        decr_field(G, l[L_KEY])
         redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
       end
     else
@@ -214,8 +215,8 @@ local function settle(lease, token_delta, usd_delta)
   move_limits(t, lease.day, token_delta, usd_delta)
   redis.call('DEL', key('lease', t[T.lease_id]))
   redis.call('ZREM', key('expiry'), t[T.lease_id])
-  decr_field(key('inflight', SCOPE_POOL), t[T.pool], 1)
-  decr_field(key('inflight', SCOPE_TENANT), t[T.tenant], 1)
+  decr_field(key('inflight', SCOPE_POOL), t[T.pool])
+  decr_field(key('inflight', SCOPE_TENANT), t[T.tenant])
 end
 
 -- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<metric>" counters, metric
@@ -227,7 +228,7 @@ local function charge(t, u, usd, calls, on_day)
   local k = key('ledger', on_day or day)
   local tenant = t[T.tenant]
   local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
-  redis.call('HINCRBY', k, f .. 'calls', calls or 1)
+  redis.call('HINCRBY', k, f .. 'calls', calls or '1')
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
   for metric, n in pairs({['in'] = u[U_INPUT_TOKENS], out = u[U_OUTPUT_TOKENS], usd = usd,
                           cr = u[U_CACHED_INPUT_TOKENS], cw = u[U_CACHE_WRITE_INPUT_TOKENS]}) do
@@ -315,7 +316,7 @@ end
 -- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
 -- them (once, whichever replica runs it).
 local function reap()
-  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', now_text, 'LIMIT', 0, REAP_BATCH)
+  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', now_text, 'LIMIT', '0', REAP_BATCH)
   for _, id in ipairs(ids) do
     local lease = load_lease(id)
     if lease then

@@ -94,7 +94,7 @@ local function unqueue(id, served)
     redis.call('HSET', key('lastf'), fk, num(last))
   end
   if last <= v then redis.call('HDEL', key('lastf'), fk) end
-  decr_field(key('queued', SCOPE_TENANT), t[T.tenant], 1)
+  decr_field(key('queued', SCOPE_TENANT), t[T.tenant])
   redis.call('DECR', key('queued', 'total'))
   local left = 0
   for c = 0, PRIORITY_CLASSES - 1 do left = left + redis.call('ZCARD', qkey(c, t[T.pool])) end
