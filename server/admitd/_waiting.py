@@ -53,6 +53,11 @@ class Waiting:
         waiter = self._waiters.get(lease_id)
         return waiter is not None and waiter.waiting
 
+    def joining(self) -> int:
+        """RPCs held across the backend call that may queue them, their wait's time not yet
+        running (tests move a manual clock only once none is)."""
+        return sum(not waiter.waiting for waiter in self._waiters.values())
+
     def followers_of(self, leader: str) -> int:
         """Dedup followers here waiting for ``leader``."""
         return len(self._followers.get(leader, ()))

@@ -101,9 +101,13 @@ class Harness:
         await settle()
 
     async def until_queued(self, pool: str, count: int, within: float = REACH) -> None:
-        """Let pending Acquires reach the queue (no time passes; only the loop turns)."""
+        """Let pending Acquires reach the queue and start their waits' timers (no time
+        passes; only the loop turns): a clock moved before an RPC set its timer would leave
+        it waiting from the new time."""
 
         async def queued() -> bool:
+            if self.engine.waiting.joining():
+                return False
             return (await self.pool(pool)).queued >= count
 
         await until(queued, within, f"{count} waiters queued on {pool}", every=0.005)
