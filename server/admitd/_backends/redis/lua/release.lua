@@ -42,6 +42,8 @@ if outcome == OUTCOME_OK and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else de
 redis.call('ZREM', key('unclaimed'), id)
 redis.call('DEL', key(GRANTED, id))
 redis.call('HDEL', key('claimer'), id)
-redis.call('SET', key('released', id), cjson.encode(s), 'PX', math.ceil(t[T.ttl] * 1000))
+local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
+redis.call('SET', key('released', id), settled, 'PX', math.ceil(t[T.ttl] * 1000))
 credit(t, s.refunded_tokens)
-return cjson.encode({settlement = s, progress = dispatch_all(new_progress())})
+local progress = cjson.encode(dispatch_all(new_progress()))
+return '{"settlement":' .. settled .. ',"progress":' .. progress .. '}'
