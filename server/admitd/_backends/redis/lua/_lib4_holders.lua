@@ -32,7 +32,7 @@ local function holder_ends(lkey, need, unknown)
   local h = redis.call('ZRANGE', key('holders', lkey), 0, MAX_EXAMINED - 1, 'WITHSCORES')
   local ends = {}
   for i = 1, #h, 2 do
-    local expires = tonumber(redis.call('HGET', key('lease', h[i]), 'expires'))
+    local expires = tonumber(redis.call('HGET', key(LEASE, h[i]), 'expires'))
     if expires then
       local typical = hold and tonumber(h[i + 1]) + hold
       if typical and typical > now then expires = math.min(expires, typical) end

@@ -55,7 +55,7 @@ end
 -- also has ledger (the ledger day its expiry charged), drop (its deadline) and settled (a
 -- settlement, JSON, once a Release after the expiry settled it).
 local function load_lease(id, where)
-  local v = redis.call('HMGET', key(where or 'lease', id), 'ticket', 'day', 'granted', 'expires',
+  local v = redis.call('HMGET', key(where or LEASE, id), 'ticket', 'day', 'granted', 'expires',
                        'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled')
   if not v[1] then return nil end
   return {t = cjson.decode(v[1]), day = v[2], granted = tonumber(v[3]),
@@ -150,7 +150,7 @@ local function reserve(t, raw, queued_for, shadowed)
   end
   local lease = {t = t, day = day, granted = now, expires = now + t[T.ttl], queued = queued_for,
                  shadowed = shadowed, probe = probe}
-  redis.call('HSET', key('lease', t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', now_text,
+  redis.call('HSET', key(LEASE, t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', now_text,
              'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed,
              'probe', probe and '1' or '0')
   redis.call('ZADD', key('expiry'), num(lease.expires), t[T.lease_id])
@@ -213,7 +213,7 @@ local function settle(lease, token_delta, usd_delta)
     gate_save(t[T.pool], g)
   end
   move_limits(t, lease.day, token_delta, usd_delta)
-  redis.call('DEL', key('lease', t[T.lease_id]))
+  redis.call('DEL', key(LEASE, t[T.lease_id]))
   redis.call('ZREM', key('expiry'), t[T.lease_id])
   decr_field(key('inflight', SCOPE_POOL), t[T.pool])
   decr_field(key('inflight', SCOPE_TENANT), t[T.tenant])
@@ -275,7 +275,7 @@ end
 local function bury(id, lease)
   local t = lease.t
   local k = key('tomb', id)
-  redis.call('RENAME', key('lease', id), k)
+  redis.call('RENAME', key(LEASE, id), k)
   redis.call('HSET', k, 'ledger', day, 'drop', num(lease.expires + t[T.ttl]))
   redis.call('PEXPIRE', k, math.ceil(t[T.ttl] * 1000))
 end

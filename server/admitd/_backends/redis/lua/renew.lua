@@ -15,6 +15,6 @@ if not lease then
 end
 if tenant ~= '' and lease.t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
 lease.expires = now + tonumber(ARGV[4])
-redis.call('HSET', key('lease', id), 'expires', num(lease.expires))
+redis.call('HSET', key(LEASE, id), 'expires', num(lease.expires))
 redis.call('ZADD', key('expiry'), num(lease.expires), id)
 return cjson.encode({lease = record(lease)})
