@@ -59,11 +59,12 @@ def fairness(r: dict[str, Any]) -> list[str]:
         starved = [t for t, v in tenants.items() if v["requests"] <= 0]
         if starved:
             problems.append(f"{label}: no service for {starved}")
-        for key in ("jain_median", "jain_min", "jain_reservation_median"):
-            if not _in_unit(run[key]):
-                problems.append(f"{label}: {key} {run[key]} not in (0, 1]")
-        if not (isinstance(run["max_service_diff"], float) and run["max_service_diff"] >= 0):
-            problems.append(f"{label}: max service difference {run['max_service_diff']}")
+        for name, measure in run["measures"].items():
+            for key in ("jain_median", "jain_min"):
+                if not _in_unit(measure[key]):
+                    problems.append(f"{label}: {name} {key} {measure[key]} not in (0, 1]")
+            if not (isinstance(measure["max_diff"], float) and measure["max_diff"] >= 0):
+                problems.append(f"{label}: {name} max service difference {measure['max_diff']}")
         if run["provider_429"]:
             problems.append(f"{label}: {run['provider_429']} provider 429s through admitd")
         if run["overshoot_tokens"] != 0:

@@ -71,7 +71,7 @@ def fairness(r: dict[str, Any]) -> Any:
             ax.plot([p[0] for p in points], [p[1] / 1000 for p in points], label=tenant)
         ax.set_title(f"{run['case']}, {run['replicas']} replica(s)", fontsize=9)
         ax.set_xlabel("s")
-        ax.set_ylabel("VTC service / weight (k tokens)")
+        ax.set_ylabel("tokens used / weight (k)")
         ax.legend(fontsize=6, ncol=2)
     return fig
 

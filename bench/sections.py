@@ -165,6 +165,7 @@ def replicas(r: dict[str, Any]) -> str:
 
 
 def fairness(r: dict[str, Any]) -> str:
+    names = list(r["runs"][0]["measures"]) if r["runs"] else []  # how service is counted
     rows = []
     for run in r["runs"]:
         waits = "; ".join(
@@ -175,10 +176,14 @@ def fairness(r: dict[str, Any]) -> str:
             [
                 run["case"],
                 str(run["replicas"]),
-                f"{f(run['jain_median'], 3)} ({f(run['jain_min'], 3)})",
-                f"{f(run['jain_reservation_median'], 3)} ({f(run['jain_reservation_min'], 3)})",
-                f"{f(run['max_service_diff'])} ({f(run['max_service_diff_in_calls'], 1)})",
-                f"{f(run['max_reservation_diff'])} ({f(run['max_reservation_diff_in_calls'], 1)})",
+                *(
+                    f"{f(m['jain_median'], 3)} ({f(m['jain_min'], 3)})"
+                    for m in run["measures"].values()
+                ),
+                *(
+                    f"{f(m['max_diff'])} ({f(m['max_diff_in_calls'], 1)})"
+                    for m in run["measures"].values()
+                ),
                 shares,
                 waits,
                 str(run["provider_429"]),
@@ -191,21 +196,22 @@ def fairness(r: dict[str, Any]) -> str:
         f"skipped; provider {p['tpm']:,} tokens/min, concurrency {p['concurrency']}, latency "
         f"{p['base_ms']:g} ms + {p['per_token_ms']:g} ms per output token)\n\n"
         f"Jain = weighted Jain's index of service / weight per {r['window_s']:g} s window "
-        '(median, min in brackets); "VTC" measures service as input + 2 x output tokens, '
-        '"reservation" as input + max output tokens (what admitd\'s fair queue charges). '
-        "Max diff = the largest difference in weighted service between two tenants over any "
-        "interval (VTC's measure), in tokens and in units of the largest single call. Share "
-        "= each tenant's service / weight over its fair share (1.00 = exact), in tenant "
+        '(median, min in brackets), with service counted three ways: "used" = input + '
+        "output tokens as Release reports them (what the fair queue equalizes: it charges "
+        "the reservation at Acquire and credits the unused part back at Release, and the "
+        'provider\'s tokens/min counts both alike), "VTC" = input + 2 x output tokens (the '
+        'VTC paper\'s measure), "reservation" = input + max output tokens. Max diff = the '
+        "largest difference in weighted service between two tenants over any interval "
+        "(VTC's bound), in tokens and in units of the largest single call. Share "
+        "= each tenant's used tokens / weight over its fair share (1.00 = exact), in tenant "
         "order (w1 w2 w4, or m0..m7). Queue wait p50/p99 in ms per priority class. Served = "
         "tokens used / what the provider's limit allowed.\n\n"
         + table(
             [
                 "case",
                 "replicas",
-                "Jain VTC",
-                "Jain reservation",
-                "max diff VTC",
-                "max diff reservation",
+                *(f"Jain {name}" for name in names),
+                *(f"max diff {name}" for name in names),
                 "share / fair",
                 "queue wait p50/p99 ms",
                 "provider 429s",

@@ -60,8 +60,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert row["errors"] == 0, row
 
     for run in results["fairness"]["runs"]:
-        assert 0 < run["jain_min"] <= run["jain_median"] <= 1 + 1e-9, run["case"]
-        assert run["max_service_diff"] >= 0
+        assert set(run["measures"]) == {"used", "vtc", "reservation"}, run["case"]
+        for measure in run["measures"].values():
+            assert 0 < measure["jain_min"] <= measure["jain_median"] <= 1 + 1e-9, run["case"]
+            assert measure["max_diff"] >= 0
         assert run["provider_429"] == 0, run["case"]
         assert run["overshoot_tokens"] == 0, run["case"]
         assert all(t["requests"] > 0 for t in run["per_tenant"].values()), run["per_tenant"]

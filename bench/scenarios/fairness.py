@@ -21,6 +21,13 @@ from bench.scenarios._runs import provider_run
 # Tokens/min is the binding limit (concurrency 16 would allow ~4x more calls).
 PROVIDER = {"tpm": 3_000_000, "concurrency": 16, "base_ms": 20.0, "per_token_ms": 0.2}
 FAIR_CLASS = 3  # NORMAL: the class every tenant keeps backlogged
+# What a tenant's service is counted in. "used" (input + output tokens, as Release reports
+# them) is what the fair queue equalizes: it charges the reservation at Acquire and credits
+# the unused part back at Release, and the provider's tokens/min counts both kinds alike.
+# "vtc" weighs output 2x (the VTC paper's cost of serving a token on one's own GPUs);
+# "reservation" (input + max output) is what the queue would equalize without the credit.
+MEASURES = {"used": metrics.charged, "vtc": metrics.service, "reservation": metrics.reservation}
+PRIMARY = "used"
 EXTRA_CALLERS = [
     {"priority": "HIGH", "workers": 1, "think_s": 1.0},
     {"priority": "LOW", "workers": 1, "think_s": 0.0},
@@ -81,10 +88,12 @@ def run(ctx: Ctx) -> dict[str, Any]:
             summary.update(case=case, replicas=count, backend="redis")
             runs.append(summary)
             ctx.log(
-                f"  fairness {case} x{count}: Jain median {summary['jain_median']:.3f} "
-                f"(reservation {summary['jain_reservation_median']:.3f}), max diff "
-                f"{summary['max_service_diff']:.0f} tokens "
-                f"= {summary['max_service_diff_in_calls']:.1f} calls"
+                f"  fairness {case} x{count}: "
+                + "; ".join(
+                    f"{name}: Jain median {m['jain_median']:.3f} (min {m['jain_min']:.3f}), "
+                    f"max diff {m['max_diff']:.0f} tokens = {m['max_diff_in_calls']:.1f} calls"
+                    for name, m in summary["measures"].items()
+                )
             )
     finally:
         provider.stop()
@@ -104,35 +113,33 @@ def summarize(
     calls of the backlogged class; queue waits of every class."""
     every, end = run["records"], run["duration_s"]
     records = [r for r in every if r[metrics.PRIORITY] == FAIR_CLASS]
-    jains = metrics.windowed_jain(records, weights, ramp, end, window)
-    jains_res = metrics.windowed_jain(records, weights, ramp, end, window, metrics.reservation)
-    diff = metrics.max_service_difference(records, weights, ramp, end)
-    diff_res = metrics.max_service_difference(records, weights, ramp, end, metrics.reservation)
-    unit = metrics.largest_weighted_call(records, weights)
-    unit_res = metrics.largest_weighted_call(records, weights, metrics.reservation)
     measured = [r for r in records if ramp <= r[metrics.GRANTED] < end]
-    total = sum(metrics.service(r) / weights[r[metrics.TENANT]] for r in measured) or 1.0
+    total = sum(metrics.charged(r) / weights[r[metrics.TENANT]] for r in measured) or 1.0
     per_tenant = {}
     for tenant, weight in weights.items():
         mine = [r for r in measured if r[metrics.TENANT] == tenant]
-        served = sum(metrics.service(r) for r in mine)
+        served = sum(metrics.charged(r) for r in mine)
         per_tenant[tenant] = {
             "weight": weight,
             "requests": len(mine),
             "service": served,
-            # 1.0 = exactly its weighted share of what was served.
+            # 1.0 = exactly its weighted share of the tokens used.
             "share_of_fair": served / weight / total * len(weights),
         }
+    by_measure = {}
+    for name, measure in MEASURES.items():
+        jains = metrics.windowed_jain(records, weights, ramp, end, window, measure)
+        diff = metrics.max_service_difference(records, weights, ramp, end, measure)
+        unit = metrics.largest_weighted_call(records, weights, measure)
+        by_measure[name] = {
+            "jain_median": metrics.median(jains),
+            "jain_min": min(jains, default=None),
+            "jain_windows": jains,
+            "max_diff": diff,
+            "max_diff_in_calls": diff / unit if unit else None,
+        }
     return {
-        "jain_median": metrics.median(jains),
-        "jain_min": min(jains, default=None),
-        "jain_reservation_median": metrics.median(jains_res),
-        "jain_reservation_min": min(jains_res, default=None),
-        "jain_windows": jains,
-        "max_service_diff": diff,
-        "max_service_diff_in_calls": diff / unit if unit else None,
-        "max_reservation_diff": diff_res,
-        "max_reservation_diff_in_calls": diff_res / unit_res if unit_res else None,
+        "measures": by_measure,
         "per_tenant": per_tenant,
         "wait_by_priority": metrics.wait_by_priority(
             [r for r in every if ramp <= r[metrics.GRANTED] < end]
@@ -144,5 +151,5 @@ def summarize(
         "errors": run["counts"]["errors"],
         "served_share": sum(metrics.charged(r) for r in every if r[metrics.GRANTED] < end)
         / (run["rate"] * end),
-        "series": metrics.cumulative_series(records, weights),
+        "series": metrics.cumulative_series(records, weights, MEASURES[PRIMARY]),
     }
