@@ -12,7 +12,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,38 +23,18 @@ from support.decoding import decode
 from support.harness import seconds
 from support.polling import until
 from support.processes import AdmitdProcess
-from support.proxy import Proxy
-from support.redis_server import RedisServer, Sentinel
+from support.sentinels import SentinelGroup
 
 LIMIT = 20
 TTL = 6.0
 LONG = 0.8  # share of its TTL a lease granted while the link is held back is held
 
 
-@dataclass
-class Cluster:
-    primary: RedisServer
-    replica: RedisServer
-    link: Proxy
-    sentinels: list[Sentinel]
-
-
 @pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    primary = RedisServer(None, "--repl-diskless-sync-delay", "0").start()
-    link = Proxy(primary.port)
-    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(link.port)).start()
-    sentinels = [Sentinel(primary.port, quorum=2).start() for _ in range(3)]
-
-    async def ready() -> bool:
-        linked = replica.client().info("replication").get("master_link_status") == "up"
-        return linked and all(s.sees(replicas=1, sentinels=2) for s in sentinels)
-
-    await until(ready, 30, "the replica synced and the Sentinels knowing it and each other")
-    yield Cluster(primary, replica, link, sentinels)
-    link.close()
-    for server in (*sentinels, replica, primary):
-        server.stop()
+async def cluster() -> AsyncIterator[SentinelGroup]:
+    group = await asyncio.to_thread(SentinelGroup)
+    yield group
+    group.stop()
 
 
 class Callers:
@@ -134,11 +113,11 @@ class Callers:
             await channel.close()
 
 
-def config(cluster: Cluster, **backend: Any) -> dict[str, Any]:
+def config(cluster: SentinelGroup, **backend: Any) -> dict[str, Any]:
     return {
         "backend": {
             "kind": "redis",
-            "sentinels": [f"127.0.0.1:{s.port}" for s in cluster.sentinels],
+            "sentinels": cluster.addresses,
             "key_prefix": "sf",
             "timeout": "500ms",
             **backend,
@@ -150,7 +129,7 @@ def config(cluster: Cluster, **backend: Any) -> dict[str, Any]:
     }
 
 
-async def fail_over(cluster: Cluster, callers: Callers) -> float:
+async def fail_over(cluster: SentinelGroup, callers: Callers) -> float:
     """The hardest case: every slot held by a lease the replica never gets. Callers run,
     then stop until the replica has everything; the link is held back and the callers fill
     the pool again, holding long; the primary dies, and Sentinel promotes the replica.
@@ -186,7 +165,7 @@ async def _true(value: bool) -> bool:
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_a_lossy_sentinel_failover_never_runs_more_calls_than_the_limit(
-    cluster: Cluster,
+    cluster: SentinelGroup,
 ) -> None:
     replicas = [AdmitdProcess(config(cluster), f"failover-{i}") for i in range(2)]
     callers = Callers([r.target for r in replicas], per_target=LIMIT)
@@ -212,7 +191,7 @@ async def test_a_lossy_sentinel_failover_never_runs_more_calls_than_the_limit(
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_without_learning_the_same_failover_runs_more_calls_than_the_limit(
-    cluster: Cluster,
+    cluster: SentinelGroup,
 ) -> None:
     """The control: ``learning: false`` trusts the promoted replica, which grants the lost
     leases' slots again while their callers still run."""

@@ -21,7 +21,8 @@ from admitd._backends.redis import codec
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
 from support.polling import until_sync
 from support.processes import Replica
-from support.redis_server import RedisServer, Sentinel, free_port
+from support.redis_server import RedisServer, free_port
+from support.sentinels import SentinelGroup
 
 pytestmark = pytest.mark.slow  # each test starts admitd processes twice: about 10 s
 
@@ -125,23 +126,16 @@ def test_a_lease_block_entered_while_no_replica_listens_waits_for_one(
 
 @pytest.mark.redis
 def test_a_lease_block_releases_across_a_sentinel_failover() -> None:
-    primary = RedisServer(None, "--repl-diskless-sync-delay", "0").start()
-    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(primary.port)).start()
-    sentinels = [Sentinel(primary.port, quorum=2).start() for _ in range(3)]
+    group = SentinelGroup()
+    primary, replica, sentinels = group.primary, group.replica, group.sentinels
     admitd: Replica | None = None
     try:
-
-        def ready() -> bool:
-            linked = replica.client().info("replication").get("master_link_status") == "up"
-            return linked and all(s.sees(replicas=1, sentinels=2) for s in sentinels)
-
-        until_sync(ready, 30, "the replica synced, the Sentinels knowing it and each other")
         base = "{failover}"
         conf = {
             **config(primary),
             "backend": {
                 "kind": "redis",
-                "sentinels": [f"127.0.0.1:{s.port}" for s in sentinels],
+                "sentinels": group.addresses,
                 "key_prefix": base.strip("{}"),
                 "timeout": "300ms",
             },
@@ -169,5 +163,4 @@ def test_a_lease_block_releases_across_a_sentinel_failover() -> None:
     finally:
         if admitd is not None:
             admitd.close()
-        for server in (*sentinels, replica, primary):
-            server.stop()
+        group.stop()
