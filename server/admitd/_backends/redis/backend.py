@@ -10,8 +10,9 @@ Its twin is the memory backend, ``_backends/memory/backend.py``.
 Time is Redis ``TIME``, so replicas agree (tests pass their injected clock instead). A grant
 made for a waiter held by another replica is published on ``<prefix>:grants``; the replica
 holding the RPC claims it, and polls for unclaimed grants of its waiters in case a message is
-lost. Redis being unreachable surfaces as :class:`~admitd._backends.errors.StoreUnreachable`,
-which the engine's ``Store`` counts and answers UNAVAILABLE (fail closed).
+lost (``listener.py``). Redis being unreachable surfaces as
+:class:`~admitd._backends.errors.StoreUnreachable`, which the engine's ``Store`` counts and
+answers UNAVAILABLE (fail closed).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import uuid
-from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,12 +28,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._clock import Clock
 from ..._model import (
-    END_PREFIX,
     AcquireResult,
     Beat,
     DedupEnd,
@@ -56,12 +54,9 @@ from . import codec
 from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
 from .lanes import Lanes
+from .listener import Listener
 from .scripts import function_library, load_scripts
 
-# Each waiter's grant is looked up at least this often by the poll that backs up pub/sub
-# (seconds). Well under CLAIM_TIMEOUT: a grant whose message was lost must be found, even by
-# a waiter that arrived just after a cycle began (up to two cycles), before it goes back.
-POLL_CYCLE = 3.0
 # Connections a backend made without ``lanes`` (tests) may use at once, and an admission's
 # longest wait for one: BackendConfig's defaults.
 POOL_SIZE, POOL_TIMEOUT = 64, 1.0
@@ -200,8 +195,10 @@ class RedisBackend:
         ends of the dedup leaders its followers wait for; ``failed`` hears the listener's
         store errors."""
         if self._listener is None:
-            listen = self._listen(waiting, deliver, finish, failed)
-            self._listener = asyncio.ensure_future(listen)
+            listener = Listener(
+                self._client, self._base, self.lanes, self._poll_interval, lambda: self._closing
+            )
+            self._listener = asyncio.ensure_future(listener.run(waiting, deliver, finish, failed))
 
     async def ping(self) -> None:
         await self.lanes.take(admit=False)
@@ -286,87 +283,6 @@ class RedisBackend:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-    async def _listen(
-        self,
-        waiting: Callable[[], Collection[str]],
-        deliver: Callable[[LeaseRecord], None],
-        finish: Callable[[DedupEnd], None],
-        failed: Callable[[Exception], None],
-    ) -> None:
-        """Pub/sub for prompt delivery, plus a poll of this process's waiters, so that a lost
-        message (or a reconnect) only delays a grant, never loses it.
-
-        Stops on ``_closing`` as well as on cancellation: redis-py turns a cancellation that
-        lands while ``get_message`` waits out its timeout into a plain timeout (it returns
-        None), so a cancelled listener could otherwise poll on forever."""
-        channel = f"{self._base}:{codec.GRANTS}"
-        rotation = _PollRotation(self._poll_interval)
-        while not self._closing:
-            try:
-                async with self._client.pubsub() as pubsub:
-                    await pubsub.subscribe(channel)
-                    while not self._closing:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=self._poll_interval
-                        )
-                        ids = waiting()
-                        if message is not None:
-                            data = codec.text(message["data"])
-                            wanted = [data] if data in ids else []
-                        else:
-                            wanted = rotation.next(ids)
-                        if wanted:
-                            await self._fetch(wanted, deliver, finish)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as error:
-                failed(error)  # counted and logged by the engine's Store
-                await asyncio.sleep(self._poll_interval)
-
-    async def _fetch(
-        self,
-        ids: list[str],
-        deliver: Callable[[LeaseRecord], None],
-        finish: Callable[[DedupEnd], None],
-    ) -> None:
-        """The grants of waiter ids, and the ends of ``end:<leader>`` ids, that exist."""
-        ends = len(END_PREFIX)
-        keys = [
-            f"{self._base}:{codec.DEDUP_END}:{i[ends:]}"
-            if i.startswith(END_PREFIX)
-            else f"{self._base}:{codec.GRANTED}:{i}"
-            for i in ids
-        ]
-        await self.lanes.take(admit=False)
-        try:
-            values = await self._client.mget(keys)
-        finally:
-            self.lanes.give()
-        for wanted, value in zip(ids, values, strict=True):
-            if value is None:
-                continue
-            doc = json.loads(value)
-            if wanted.startswith(END_PREFIX):
-                finish(codec.dedup_end(doc))
-            else:
-                deliver(codec.lease(doc))
-
-
-class _PollRotation:
-    """Which waiters a poll looks up: a rotating share of them, so that each one is looked up
-    about once per POLL_CYCLE however many there are. Looking up every waiter at every poll
-    (one MGET) took 70% of a core with 80,000 waiters and nothing happening."""
-
-    def __init__(self, interval: float) -> None:
-        self._share = min(1.0, interval / POLL_CYCLE)
-        self._left: deque[str] = deque()
-
-    def next(self, waiting: Collection[str]) -> list[str]:
-        if not self._left:
-            self._left.extend(waiting)  # ids that ended since only schedule a reap
-        count = min(len(self._left), max(1, math.ceil(len(waiting) * self._share)))
-        return [self._left.popleft() for _ in range(count)]
 
 
 def _after(call: asyncio.Future[dict[str, Any]], then: Callable[[dict[str, Any]], None]) -> None:
