@@ -1,8 +1,8 @@
 """The memory backend's leases, dedup leaders and cost ledger.
 
 Its twin for Redis is ``_backends/redis/lua/_lib4_leases.lua`` (a lease is a hash there, the
-expiry order a sorted set, the ledger a hash per UTC day); the conformance suite keeps the
-two equal.
+expiry order a sorted set, the ledger a hash per UTC day), and for the gauges' holders
+``_lib4_holders.lua``; the conformance suite keeps the two equal.
 """
 
 from __future__ import annotations
