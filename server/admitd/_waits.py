@@ -93,10 +93,9 @@ class Waits:
         waiter = self._waiting.join(lease_id, shared=result.replayed)
         self._reap_soon()
         started = self._waiting.clock.now()
-        timeout = self._waiting.sleep(wait)
         reporter = asyncio.ensure_future(self._report(lease_id, report)) if report else None
         try:
-            if await self._waiting.until(waiter.future, timeout):
+            if await self._waiting.until(waiter.future, wait):
                 return waiter.future.result()  # the lease, or Rejected/Unavailable
             look = await self._look(lease_id)
             if look is not None and look.lease is not None and not waiter.future.done():
@@ -144,7 +143,7 @@ class Waits:
         waiter's claim would have found anyway). A look that takes longer finishes in the
         background: cancelling a Redis command mid-reply costs its connection."""
         look = asyncio.ensure_future(self._looked(lease_id))
-        if await self._waiting.until(look, self._waiting.sleep(LOOK_BUDGET)):
+        if await self._waiting.until(look, LOOK_BUDGET):
             return look.result()
         self._spawn(_finished(look))
         return None
@@ -165,7 +164,7 @@ class Waits:
         if self._waiting.claiming(lease.lease_id):
             await self._claim(lease)
         else:
-            await self._waiting.until(waiter.future, self._waiting.sleep(LOOK_BUDGET))
+            await self._waiting.until(waiter.future, LOOK_BUDGET)
 
     async def _report(self, lease_id: str, report: QueueReport) -> None:
         """Tell ``report`` where the waiter stands now, and again every
@@ -191,7 +190,7 @@ class Waits:
         waiter = self._waiting.join(lease_id, shared=True, claims=False)
         self._reap_soon()
         try:
-            if await self._waiting.until(waiter.future, self._waiting.sleep(seconds)):
+            if await self._waiting.until(waiter.future, seconds):
                 return waiter.future.result()
             return None
         finally:
