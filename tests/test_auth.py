@@ -217,9 +217,7 @@ async def servers() -> AsyncIterator[list[AdmitdServer]]:
         await server.stop(grace=0)
 
 
-def tls_channel(
-    port: int, ca: Path, client: tuple[Path, Path] | None = None
-) -> grpc.aio.Channel:
+def tls_channel(port: int, ca: Path, client: tuple[Path, Path] | None = None) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=ca.read_bytes(),
         private_key=client[1].read_bytes() if client else None,
@@ -341,8 +339,6 @@ async def test_status_cli_reaches_a_tls_server_with_an_api_key(
     monkeypatch.setenv("ADMITD_API_KEY", GATEWAY_KEY)
     assert await asyncio.to_thread(cli, args) == 0
     assert capsys.readouterr().out.startswith("POOL ")
-
-
 
 
 async def test_a_tenant_key_sees_only_its_own_usage(make_harness: MakeHarness) -> None:

@@ -35,7 +35,6 @@ async def ledger(h: Harness) -> list[tuple[str, str, int, int, int]]:
     return sorted((r.tenant, r.pool, r.calls, r.input_tokens, r.output_tokens) for r in rows)
 
 
-
 async def gateway(make: MakeHarness, **config: Any) -> Harness:
     return await make({"envoy": {"domains": [GATEWAY]}, **config})
 

@@ -4,11 +4,32 @@ import admitd
 
 
 def test_exported_members() -> None:
-    assert sorted(admitd.__all__) == sorted([
-        "EMBEDDED_DEFAULT", "AcquireSpec", "AdmitdError", "AdmitdServer", "Backend", "Clock",
-        "ConfigError", "Engine", "InvalidArgument", "ManualClock", "MemoryBackend", "NotFound",
-        "PermissionDenied", "Reason", "Rejected", "Settings", "SystemClock", "Unavailable",
-        "Usage", "__version__", "load_config", "parse_config", "serve",
-    ])
+    assert sorted(admitd.__all__) == sorted(
+        [
+            "EMBEDDED_DEFAULT",
+            "AcquireSpec",
+            "AdmitdError",
+            "AdmitdServer",
+            "Backend",
+            "Clock",
+            "ConfigError",
+            "Engine",
+            "InvalidArgument",
+            "ManualClock",
+            "MemoryBackend",
+            "NotFound",
+            "PermissionDenied",
+            "Reason",
+            "Rejected",
+            "Settings",
+            "SystemClock",
+            "Unavailable",
+            "Usage",
+            "__version__",
+            "load_config",
+            "parse_config",
+            "serve",
+        ]
+    )
     for name in admitd.__all__:
         assert hasattr(admitd, name), name

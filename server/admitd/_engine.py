@@ -52,6 +52,7 @@ from ._waits import QueueReport, Waits
 
 log = logging.getLogger("admitd")
 
+
 class Engine:
     """Admission for one process: the work of every RPC (:meth:`acquire`, :meth:`release`,
     :meth:`renew`, ...) on one backend and one injected clock.
@@ -332,8 +333,7 @@ class Engine:
         self, first: int, last: int, tenant: str | None, pool: str | None
     ) -> list[UsageRow]:
         """Cost ledger rows from day ``first`` to ``last`` (``day_number``s, inclusive)."""
-        days = check_days(first, last)
-        rows = await self.store.call(self.backend.usage, days)
+        rows = await self.store.call(self.backend.usage, check_days(first, last))
         return [
             row
             for row in rows
@@ -367,9 +367,8 @@ class Engine:
             self._wake_on_refill(denial)
 
     def _grant(self, lease: LeaseRecord) -> None:
-        """A grant made here or on another replica: an RPC waiting here gets it. Any other
-        stays unclaimed, and the reaper comes back in time to give it back if nobody
-        claims it."""
+        """A grant made here or on another replica: an RPC waiting here gets it; any other
+        stays unclaimed, and the reaper comes back in time to give it back if unclaimed."""
         if not self.waits.hand_over(lease):
             self.reaper.within(CLAIM_TIMEOUT)
 

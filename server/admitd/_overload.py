@@ -27,6 +27,7 @@ from ._refusals import server_overloaded
 
 log = logging.getLogger("admitd")
 
+
 class Gate:
     """Args:
     settings: the settings in force (``overload`` applies live).

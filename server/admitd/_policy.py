@@ -57,9 +57,7 @@ class QueueEstimate:
         }
 
 
-def wait_estimate(
-    position: int, grants_per_second: float | None, first_grant_in: float
-) -> float:
+def wait_estimate(position: int, grants_per_second: float | None, first_grant_in: float) -> float:
     """Seconds until a waiter with ``position`` waiters ahead of it is granted.
 
     At the pool's recent grant rate when there is one (it already reflects how long leases

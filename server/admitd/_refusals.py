@@ -135,9 +135,7 @@ def other_tenant(client: str, tenant: str, requested: str) -> PermissionDenied:
 
 
 def idempotency_key_reused() -> InvalidArgument:
-    return InvalidArgument(
-        "idempotency_key", "already used by this tenant for a different request"
-    )
+    return InvalidArgument("idempotency_key", "already used by this tenant for a different request")
 
 
 def dedup_in_flight(leader: str, waited: float | None) -> Aborted:

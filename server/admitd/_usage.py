@@ -69,5 +69,3 @@ class Prices:
         that what it settles to is never dearer."""
         dearest = Prices(max(self.input, self.cache_write_input), self.output, 0.0, 0.0)
         return dearest.of(Usage(input_tokens, max_output_tokens))
-
-

@@ -47,8 +47,6 @@ async def should(h: Harness, req: Any, key: str | None = None) -> Any:
     return await stub.ShouldRateLimit(req, timeout=10, metadata=metadata)
 
 
-
-
 def headers(response: Any) -> dict[str, str]:
     """The headers admitd adds to Envoy's answer."""
     return {h.key: h.value for h in response.response_headers_to_add}

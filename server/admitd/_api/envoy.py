@@ -183,4 +183,3 @@ def _explain(response: Response, refusals: list[Rejected]) -> None:
     for key, value in headers:
         response.response_headers_to_add.append(base_pb2.HeaderValue(key=key, value=value))
     response.raw_body = worst.message.encode()
-

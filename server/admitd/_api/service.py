@@ -45,6 +45,7 @@ _PROBED = pb.Lease()
 def _ignore(_: object) -> None:
     pass
 
+
 StreamHandler = Callable[[Svc, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]
 
 

@@ -53,9 +53,7 @@ def cross_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _client_problems(
-    clients: list[Any], tenants: list[str] | None, tls: Any
-) -> list[str]:
+def _client_problems(clients: list[Any], tenants: list[str] | None, tls: Any) -> list[str]:
     problems: list[str] = []
     seen: dict[tuple[str, Any], int] = {}
     mutual_tls = isinstance(tls, Mapping) and tls.get("client_ca_file") is not None

@@ -239,8 +239,10 @@ class AdmissionMachine(RuleBasedStateMachine):
         answer = await self.driver.renew(self.server_id[cid], extend_by)
         kind, charged = self.model.renew(cid, extend_by)
         self.log.append(f"   model {kind}; server {answer}")
-        if kind == "expired" and answer.kind == "not_found" and self._redis_forgot(
-            self.buried_at, cid
+        if (
+            kind == "expired"
+            and answer.kind == "not_found"
+            and self._redis_forgot(self.buried_at, cid)
         ):
             del self.model.graves[cid]  # see _redis_forgot
             return

@@ -33,9 +33,7 @@ class Dispatch:
         self._grant = grant
         self._end = end
 
-    def pool(
-        self, pool: str, now: float, progress: Progress, watch: str = ""
-    ) -> Denial | None:
+    def pool(self, pool: str, now: float, progress: Progress, watch: str = "") -> Denial | None:
         """Grant waiters of ``pool`` in fair order until a pool-wide limit blocks the head.
 
         A waiter blocked by its own tenant's limit is passed over (with the rest of that

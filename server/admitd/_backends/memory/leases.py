@@ -266,9 +266,7 @@ class Ledger:
     def __init__(self) -> None:
         self._rows: dict[tuple[int, str, str], list[int]] = {}
 
-    def charge(
-        self, day: int, ticket: Ticket, used: Usage, nano_usd: int, calls: int = 1
-    ) -> None:
+    def charge(self, day: int, ticket: Ticket, used: Usage, nano_usd: int, calls: int = 1) -> None:
         """A settled lease (or, ``calls`` 0, usage reported after the call)."""
         row = self._rows.setdefault((day, ticket.tenant, ticket.pool), [0] * 6)
         row[0] += calls
