@@ -136,7 +136,7 @@ class AdmitdServer:
             await self.engine.ping()
             ok = True
         except Unavailable as error:
-            log.warning("state store unreachable: %s", error.message)
+            log.warning("not ready: %s", error.message)  # "state store unreachable: ..."
             ok = False
             # It may come back empty (a restarted Redis keeps nothing): publish again then.
             self.engine.limits_published = False
