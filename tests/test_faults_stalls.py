@@ -18,9 +18,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from admitd._backends.redis import codec
 from admitd.v1 import admission_pb2 as pb
 from support.faults import code_of, connect
-from support.harness import start_harness
+from support.harness import Replicas, start_harness
 from support.health import health
 from support.polling import until
 from support.processes import AdmitdProcess
@@ -123,3 +124,30 @@ async def test_a_huge_prompt_does_not_stall_other_rpcs() -> None:
             assert slowest < bound, f"a health check waited {slowest:.2f}s of {counting:.2f}s"
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+async def test_a_replica_back_from_a_stall_beats_before_its_next_call_and_keeps_its_waiters(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """A replica whose event loop stalled past ``dead_after`` (a long garbage collection
+    with tens of thousands of waiters parked did so in the scale bench) is dead to Redis
+    until it beats again. Its first call after the stall must go after a beat: a Release
+    that dispatched first found its own waiter's replica dead and dropped the waiter from the
+    queue, so the freed slot went to nobody and the waiter waited out its wait."""
+    (h,) = await replicas(1, {"pools": [{"name": "p", "max_concurrency": 1}]})
+    holder = await h.acquire(pool="p", input_tokens=1)
+    waiter = h.acquire_later(pool="p", input_tokens=1, wait_timeout=30)
+    await h.until_queued("p", 1)
+    # The stall, written here (no test waits for time to pass): no beat since long ago, as
+    # the replica's loop sees it, and past its promise, as Redis does.
+    heartbeat = h.engine.heartbeat
+    await heartbeat.stop()
+    heartbeat._sent -= 10 * h.engine.settings.backend.dead_after
+    promises = redis_server.client()
+    replicas_key = f"{{{h.engine.settings.backend.key_prefix}}}:{codec.REPLICAS}"
+    promises.hset(replicas_key, h.engine.backend.replica, "0")
+    await h.release(holder.lease_id)
+    lease = await asyncio.wait_for(waiter, 10)  # the slot went to the waiter
+    assert lease.lease_id
+    assert float(promises.hget(replicas_key, h.engine.backend.replica) or 0) > 0  # beat

@@ -79,7 +79,7 @@ class Engine:
         self.requests = Requests(settings, self.policy, counter or TokenCounter(settings))
         self.backend = backend
         self.clock = clock
-        self.store = Store(backend, self.telemetry, self.deliver)
+        self.store = Store(backend, self.telemetry, self.deliver, lambda: self.heartbeat.due())
         self.waiting = Waiting(clock)
         self.history = PoolHistory(clock)
         self.reaper = Reaper(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ._config import BackendConfig
 from ._errors import Unavailable
@@ -33,10 +33,29 @@ class Heartbeat:
         self._store = store
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
+        self._sent: float | None = None  # loop time the last beat set out
+        self._catching_up: asyncio.Future[None] | None = None
+
+    def due(self) -> Awaitable[None] | None:
+        """Before a store call: what to await first, when this replica's last beat set out
+        over halfway from its interval to ``dead_after`` ago (its event loop stalled, e.g.
+        in a long garbage collection). Then the call goes after a beat, never before it: a
+        replica's own call must not find it dead, or the dispatch it runs drops the
+        replica's own waiters from the queue."""
+        if self._sent is None:
+            return None
+        settings = self._settings()
+        late = (settings.heartbeat_interval + settings.dead_after) / 2
+        if asyncio.get_running_loop().time() - self._sent <= late:
+            return None
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(self.beat())
+        return asyncio.shield(self._catching_up)
 
     async def beat(self) -> None:
         """One heartbeat. A store that does not answer was counted on the way; the
         next beat tries again."""
+        self._sent = asyncio.get_running_loop().time()
         dead_after = self._settings().dead_after
         with contextlib.suppress(Unavailable):
             beat = await self._store.call(self._store.backend.beat, dead_after)

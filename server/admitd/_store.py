@@ -64,14 +64,21 @@ class Store:
         backend: the backend every call goes to (``store.backend``).
         telemetry: counts store errors.
         deliver: hears the progress of every operation that reports one.
+        first: before each call, what must reach the store ahead of it, if anything (the
+            heartbeat of a replica whose event loop stalled: ``Heartbeat.due``).
     """
 
     def __init__(
-        self, backend: Backend, telemetry: Telemetry, deliver: Callable[[Progress], None]
+        self,
+        backend: Backend,
+        telemetry: Telemetry,
+        deliver: Callable[[Progress], None],
+        first: Callable[[], Awaitable[None] | None] = lambda: None,
     ) -> None:
         self.backend = backend
         self._telemetry = telemetry
         self._deliver = deliver
+        self._first = first
 
     async def call(
         self, operation: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
@@ -86,7 +93,10 @@ class Store:
             PermissionDenied: the lease belongs to another tenant.
             InvalidArgument: an idempotency key reused for a different request.
         """
+        ahead = self._first()
         try:
+            if ahead is not None:
+                await ahead
             result = await operation(*args, **kwargs)
         except StoreBusy as busy:  # load, not an outage: neither counted nor failed open
             self._telemetry.overloaded("store_busy")
