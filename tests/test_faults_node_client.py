@@ -16,10 +16,10 @@ import asyncio
 import json
 import socket
 import time
-from typing import Any
 
 import pytest
 
+from support.faults import one_slot
 from support.node import PROCESS, finished, start_cli
 from support.polling import until_sync
 from support.processes import Replica
@@ -27,19 +27,6 @@ from support.redis_server import RedisServer, free_port
 from support.sentinels import SentinelGroup
 
 pytestmark = pytest.mark.slow  # admitd processes and the Node CLI
-
-
-def config(backend: dict[str, Any]) -> dict[str, Any]:
-    """A pool with one slot, so a leaked slot shows; leases far longer than the test."""
-    return {
-        "backend": backend,
-        "lease": {"ttl": "120s"},
-        "pools": [{"name": "p", "max_concurrency": 1}],
-        "tenants": [{"name": "a"}],
-        "drain_delay": 0,
-        "shutdown_grace": 0,
-        "observability": {"metrics_listen": None, "log_format": "json"},
-    }
 
 
 LEASE = (
@@ -62,7 +49,7 @@ async def test_an_acquire_sent_while_no_replica_listens_waits_for_one(
     node: str, redis_server: RedisServer
 ) -> None:
     port = free_port()
-    conf = config({"kind": "redis", "url": redis_server.url, "key_prefix": "node-absent"})
+    conf = one_slot({"kind": "redis", "url": redis_server.url, "key_prefix": "node-absent"})
     replicas: list[Replica] = []
     try:
         # Something that takes the CLI's first attempt and drops it, so that the Acquire is
@@ -103,7 +90,7 @@ async def test_a_lease_releases_across_a_sentinel_failover(node: str) -> None:
             "timeout": "300ms",
         }
         port = free_port()
-        admitd = Replica(config(backend), port)
+        admitd = Replica(one_slot(backend), port)
         await asyncio.to_thread(admitd.wait_listening)
         process = await start_cli(node, port, *LEASE, stdin=True)
         assert process.stdout is not None

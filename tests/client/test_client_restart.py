@@ -19,6 +19,7 @@ import pytest
 
 from admitd._backends.redis import codec
 from admitd_client import AdmissionClient, AsyncAdmissionClient, Settlement
+from support.faults import one_slot
 from support.polling import until_sync
 from support.processes import Replica
 from support.redis_server import RedisServer, free_port
@@ -28,16 +29,8 @@ pytestmark = pytest.mark.slow  # each test starts admitd processes twice: about 
 
 
 def config(redis: RedisServer) -> dict[str, Any]:
-    """Replicas sharing ``redis``; a pool with one slot, so a leaked slot shows."""
-    return {
-        "backend": {"kind": "redis", "url": redis.url, "key_prefix": "restart"},
-        "lease": {"ttl": "120s"},
-        "pools": [{"name": "p", "max_concurrency": 1}],
-        "tenants": [{"name": "a"}],
-        "drain_delay": 0,
-        "shutdown_grace": 0,
-        "observability": {"metrics_listen": None, "log_format": "json"},
-    }
+    """Replicas sharing ``redis``."""
+    return one_slot({"kind": "redis", "url": redis.url, "key_prefix": "restart"})
 
 
 def restart_in_background(conf: dict[str, Any], port: int) -> tuple[threading.Thread, list[Any]]:

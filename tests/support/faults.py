@@ -1,5 +1,6 @@
 """What the fault tests with real processes share: requests, a channel to a replica, the code
-an RPC ended with, a replica's JSON log lines and the keys left in Redis."""
+an RPC ended with, a replica's JSON log lines, the keys left in Redis, and the one-slot
+config of the client restart tests."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from support.harness import seconds
 from support.redis_server import RedisServer
 
 Code = grpc.StatusCode
+
+
+def one_slot(backend: dict[str, Any]) -> dict[str, Any]:
+    """A replica's config with a pool of one slot, so a leaked slot shows; leases far longer
+    than the test; quick to stop, logging JSON."""
+    return {
+        "backend": backend,
+        "lease": {"ttl": "120s"},
+        "pools": [{"name": "p", "max_concurrency": 1}],
+        "tenants": [{"name": "a"}],
+        "drain_delay": 0,
+        "shutdown_grace": 0,
+        "observability": {"metrics_listen": None, "log_format": "json"},
+    }
 
 
 def acquire_request(wait: float = 0.0, tenant: str = "a", tokens: int = 10) -> pb.AcquireRequest:
