@@ -42,7 +42,7 @@ KEY_NAME = re.compile(r"\bkey\('([^']*)'")
 # microseconds). Any other number is a named local (its own, or the prologue's).
 PLAIN_NUMBERS = {"0", "1", "2", "1000", "1000000"}
 # The Redis key names Python reads; every other key name is the scripts' own.
-PYTHON_KEYS = {codec.LEASE, codec.GRANTS, codec.GRANTED, codec.DEDUP_END}
+PYTHON_KEYS = {codec.LEASE, codec.GRANTS, codec.GRANTED, codec.UNCLAIMED, codec.DEDUP_END}
 
 
 def _code(path: Path) -> list[tuple[int, str]]:

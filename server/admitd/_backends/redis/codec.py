@@ -89,6 +89,9 @@ GRANTED = "granted"
 """``<prefix>:granted:<lease id>``: a grant its RPC has not claimed yet, as a lease record."""
 DEDUP_END = "dedupend"
 """``<prefix>:dedupend:<leader>``: how a dedup leader's call ended (kept a minute)."""
+UNCLAIMED = "unclaimed"
+"""``<prefix>:unclaimed``: a sorted set of the grants no RPC has claimed yet, by claim
+deadline (``lua/_lib5_queue.lua``); the grant listener's poll reads it (``listener.py``)."""
 REPLICAS = "replicas"
 """``<prefix>:replicas``: a hash of replica id -> the Redis TIME by which it promised its next
 heartbeat (``beat.lua``); a replica past it is dead, and its waiters and grants are dropped."""

@@ -31,8 +31,6 @@ from .lanes import Lanes
 
 # Each dedup follower's leader's end is looked up at least this often by the poll (seconds).
 POLL_CYCLE = 3.0
-# The sorted set of unclaimed grants' ids (``lua/_lib5_queue.lua``, ``claim.lua``).
-UNCLAIMED = "unclaimed"
 
 
 @runtime_checkable
@@ -113,7 +111,7 @@ class Listener:
         """The unclaimed grants waited for here."""
         await self._lanes.take(admit=False)
         try:
-            found = await self._client.zrange(f"{self._base}:{UNCLAIMED}", 0, -1)
+            found = await self._client.zrange(f"{self._base}:{codec.UNCLAIMED}", 0, -1)
         finally:
             self._lanes.give()
         return [i for i in map(codec.text, found) if i in ids]

@@ -169,7 +169,8 @@ def lua_prologue() -> str:
             const(f"{prefix}_{value.upper()}", value)
     for value in get_args(FullScope):
         const(f"FULL_{value.upper()}", value)
-    for name in ("LEASE", "GRANTS", "GRANTED", "DEDUP_END", "REPLICAS", "PRIMARY", "LEARN", "LOST"):
+    keys = ("LEASE", "GRANTS", "GRANTED", "UNCLAIMED", "DEDUP_END", "REPLICAS", "PRIMARY")
+    for name in (*keys, "LEARN", "LOST"):
         const(name, getattr(codec, name))
     lines.append("local function gate_limit(pool)")
     lines.append(f"  return {{{_lua_fields(codec.limit_json(gate_limit(_POOL)), _POOL, 'pool')}}}")

@@ -232,7 +232,7 @@ local function dispatch_pool(pool, watch, progress)
             -- Unclaimed until the replica holding the RPC takes it (pub/sub or polling).
             local keep = math.floor((t[T.claim_timeout] + GRANTED_KEEP) * 1000)
             redis.call('SET', key(GRANTED, best.id), cjson.encode(rec), 'PX', keep)
-            redis.call('ZADD', key('unclaimed'), num(now + t[T.claim_timeout]), best.id)
+            redis.call('ZADD', key(UNCLAIMED), num(now + t[T.claim_timeout]), best.id)
             if best.rep then redis.call('HSET', key('claimer'), best.id, best.rep) end
             redis.call('PUBLISH', key(GRANTS), best.id)
           end

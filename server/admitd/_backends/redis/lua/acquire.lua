@@ -20,7 +20,7 @@ if t[T.idempotency_key] ~= '' then
     end
     local lease = load_lease(ref)
     if lease then
-      if ARGV[5] ~= '' and redis.call('ZREM', key('unclaimed'), ref) == 1 then
+      if ARGV[5] ~= '' and redis.call('ZREM', key(UNCLAIMED), ref) == 1 then
         -- granted while its first attempt's RPC was gone: this retry's caller has it now,
         -- so it must not go back as unclaimed (claim.lua)
         redis.call('DEL', key(GRANTED, ref))

@@ -26,10 +26,10 @@ local freed = false
 local claimers = redis.call('HGETALL', key('claimer'))
 for i = 1, #claimers, 2 do
   local id, owner = claimers[i], claimers[i + 1]
-  if not redis.call('ZSCORE', key('unclaimed'), id) then
+  if not redis.call('ZSCORE', key(UNCLAIMED), id) then
     redis.call('HDEL', key('claimer'), id) -- settled some other way
   elseif dead(owner) then
-    redis.call('ZREM', key('unclaimed'), id)
+    redis.call('ZREM', key(UNCLAIMED), id)
     redis.call('DEL', key(GRANTED, id))
     redis.call('HDEL', key('claimer'), id)
     give_back(id, END_UNCLAIMED)

@@ -8,7 +8,7 @@ if t then
   if t[T.idempotency_key] ~= '' then redis.call('DEL', idem_key(t)) end
   ended(t, END_CANCELLED, nil)
   dispatch_all(progress) -- it may have been the head holding the queue: who is behind may fit
-elseif redis.call('ZREM', key('unclaimed'), id) == 1 then
+elseif redis.call('ZREM', key(UNCLAIMED), id) == 1 then
   redis.call('DEL', key(GRANTED, id))
   redis.call('HDEL', key('claimer'), id)
   give_back(id, END_CANCELLED) -- granted while its RPC gave up

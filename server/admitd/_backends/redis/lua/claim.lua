@@ -3,4 +3,4 @@
 local id = ARGV[3]
 redis.call('DEL', key(GRANTED, id))
 redis.call('HDEL', key('claimer'), id)
-return cjson.encode({claimed = redis.call('ZREM', key('unclaimed'), id)})
+return cjson.encode({claimed = redis.call('ZREM', key(UNCLAIMED), id)})

@@ -5,8 +5,8 @@
 -- grant deadline or end of learning).
 reap()
 local freed = false
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('unclaimed'), '-inf', now_text)) do
-  redis.call('ZREM', key('unclaimed'), id)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', key(UNCLAIMED), '-inf', now_text)) do
+  redis.call('ZREM', key(UNCLAIMED), id)
   redis.call('DEL', key(GRANTED, id))
   redis.call('HDEL', key('claimer'), id)
   give_back(id, END_UNCLAIMED)
@@ -25,7 +25,7 @@ local progress = new_progress()
 if freed or #expired > 0 then dispatch_all(progress) end
 local result = {expired = expired, progress = progress}
 -- The reaper comes back at the next lease expiry or unclaimed grant's deadline.
-for _, set in ipairs({key('expiry'), key('unclaimed')}) do
+for _, set in ipairs({key('expiry'), key(UNCLAIMED)}) do
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
   if #first > 0 then
     local due = tonumber(first[2]) - now

@@ -48,9 +48,9 @@ if w[1] then
 end
 local lease = load_lease(id)
 if lease then
-  local unclaimed = redis.call('ZSCORE', key('unclaimed'), id)
+  local unclaimed = redis.call('ZSCORE', key(UNCLAIMED), id)
   if ARGV[4] == '1' and unclaimed then
-    redis.call('ZREM', key('unclaimed'), id)
+    redis.call('ZREM', key(UNCLAIMED), id)
     redis.call('DEL', key(GRANTED, id))
   end
   return cjson.encode({lease = record(lease), claimed = not unclaimed})

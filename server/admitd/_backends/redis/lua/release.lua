@@ -39,7 +39,7 @@ charge(t, used, charged_usd)
 local outcome = tonumber(ARGV[6])
 report(t[T.pool], outcome, tonumber(ARGV[7]), lease.probe)
 if outcome == OUTCOME_OK and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else dedup_finish(t, nil) end
-redis.call('ZREM', key('unclaimed'), id)
+redis.call('ZREM', key(UNCLAIMED), id)
 redis.call('DEL', key(GRANTED, id))
 redis.call('HDEL', key('claimer'), id)
 local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
