@@ -114,16 +114,17 @@ def summarize(
     every, end = run["records"], run["duration_s"]
     records = [r for r in every if r[metrics.PRIORITY] == FAIR_CLASS]
     measured = [r for r in records if ramp <= r[metrics.GRANTED] < end]
-    total = sum(metrics.charged(r) / weights[r[metrics.TENANT]] for r in measured) or 1.0
+    service = MEASURES[PRIMARY]
+    total = sum(service(r) / weights[r[metrics.TENANT]] for r in measured) or 1.0
     per_tenant = {}
     for tenant, weight in weights.items():
         mine = [r for r in measured if r[metrics.TENANT] == tenant]
-        served = sum(metrics.charged(r) for r in mine)
+        served = sum(service(r) for r in mine)
         per_tenant[tenant] = {
             "weight": weight,
             "requests": len(mine),
             "service": served,
-            # 1.0 = exactly its weighted share of the tokens used.
+            # 1.0 = exactly its weighted share of the service (PRIMARY).
             "share_of_fair": served / weight / total * len(weights),
         }
     by_measure = {}
@@ -151,5 +152,5 @@ def summarize(
         "errors": run["counts"]["errors"],
         "served_share": sum(metrics.charged(r) for r in every if r[metrics.GRANTED] < end)
         / (run["rate"] * end),
-        "series": metrics.cumulative_series(records, weights, MEASURES[PRIMARY]),
+        "series": metrics.cumulative_series(records, weights, service),
     }
