@@ -23,7 +23,7 @@ from admitd._waits import LOOK_BUDGET
 from admitd.v1 import admission_pb2 as pb
 from admitd.v1 import admission_pb2_grpc as pb_grpc
 from support.decoding import decode
-from support.harness import Harness, MakeHarness, seconds, start_harness
+from support.harness import MakeHarness, seconds, start_harness
 from support.polling import until
 from support.processes import AdmitdProcess
 from support.redis_server import RedisServer
@@ -129,18 +129,6 @@ async def test_a_draining_replica_answers_every_admission_unavailable(
         other.stop()
 
 
-async def until_timed(h: Harness, count: int = 1) -> None:
-    """Until ``count`` Acquires wait here with their wait's time running. Queued in the store
-    is not enough: the RPC may not have read the store's reply and set its timer yet, and a
-    manual clock moved before then does not time it out."""
-
-    async def timed() -> bool:
-        waiting = h.engine.waiting
-        return bool(sum(waiting.waits_for(i) for i in waiting.awaited()) >= count)
-
-    await until(timed, 10, f"{count} Acquires waiting", every=0.005)
-
-
 async def test_a_queue_timeout_is_answered_before_the_waiter_leaves_the_queue(
     make_harness: MakeHarness,
 ) -> None:
@@ -150,7 +138,7 @@ async def test_a_queue_timeout_is_answered_before_the_waiter_leaves_the_queue(
     h = await make_harness({"pools": [{"name": "p", "max_concurrency": 1}]})
     await h.acquire(input_tokens=1)
     waiter = h.acquire_later(input_tokens=1, wait_timeout=5)
-    await until_timed(h)
+    await h.until_queued("p", 1)  # and its wait's timer set
     backend = h.engine.backend
     cancel = backend.cancel
     store_free = asyncio.Event()
@@ -187,7 +175,7 @@ async def test_a_queue_timeout_waits_for_its_position_at_most_the_look_budget(
     h = await make_harness({"pools": [{"name": "p", "max_concurrency": 1}]})
     await h.acquire(input_tokens=1)
     waiter = h.acquire_later(input_tokens=1, wait_timeout=5)
-    await until_timed(h)
+    await h.until_queued("p", 1)  # and its wait's timer set
     backend = h.engine.backend
     look = backend.look
     looking, store_free = asyncio.Event(), asyncio.Event()
@@ -229,7 +217,7 @@ async def test_a_grant_made_within_the_wait_is_the_waiters_though_its_message_is
     h = await make_harness({"pools": [{"name": "p", "max_concurrency": 1}]})
     holder = await h.acquire(input_tokens=1)
     waiter = h.acquire_later(input_tokens=1, wait_timeout=5)
-    await until_timed(h)
+    await h.until_queued("p", 1)  # and its wait's timer set
     waits = h.engine.waits
     hand_over = waits.hand_over
     late: list[str] = []
