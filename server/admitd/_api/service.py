@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
-from typing import NoReturn, TypeVar
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf import message_factory, timestamp_pb2
@@ -66,16 +66,23 @@ def _lenient(kind: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
     return deserialize
 
 
-async def _abort(context: grpc.aio.ServicerContext[Req, Resp], error: Exception) -> NoReturn:
+def _answer(context: grpc.aio.ServicerContext[Req, Resp], error: Exception) -> None:
     """Turn an error into its gRPC status; the one place that does. Domain errors carry
     their own status (with details); anything else is a bug: INTERNAL, logged in full, with
-    nothing of its internals in the answer."""
+    nothing of its internals in the answer.
+
+    The status is set on the call, and gRPC sends it as the handler returns, in the one
+    batch that ends any call. ``context.abort`` would send it in a batch of its own and then
+    unwind the handler with an exception: that doubled what a refusal costs, and past
+    capacity refusing must cost little more than answering."""
     if not isinstance(error, AdmitdError):
         incident = secrets.token_hex(4)
         log.error("internal error %s", incident, exc_info=error)
         error = internal(incident)
-    await context.abort_with_status(to_status(error))
-    raise AssertionError("abort_with_status returned") from error
+    status = to_status(error)
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
 
 
 def _translated(handler: Handler[Svc, Req, Resp]) -> Handler[Svc, Req, Resp]:
@@ -88,7 +95,10 @@ def _translated(handler: Handler[Svc, Req, Resp]) -> Handler[Svc, Req, Resp]:
                 raise request.error
             return await handler(self, request, context)
         except Exception as error:  # every error is answered, once, here
-            await _abort(context, error)
+            _answer(context, error)
+            # A unary handler that set a status other than OK returns no message (gRPC
+            # sends none).
+            return cast(Resp, None)
 
     return wrapper
 
@@ -106,7 +116,7 @@ def _translated_stream(
             async for response in handler(self, request, context):
                 yield response
         except Exception as error:
-            await _abort(context, error)
+            _answer(context, error)
 
     return wrapper
 
