@@ -43,6 +43,9 @@ async def test_decisions_tokens_and_gauges_are_exported(make_harness: MakeHarnes
     assert value(text, "admitd_tokens_charged_total", pool="p", tenant="a") == 350
     assert value(text, "admitd_tokens_refunded_total", pool="p", tenant="a") == 150
     assert value(text, "admitd_queue_wait_seconds_count", pool="p", priority="normal") == 1
+    # Not queued: 0 s, which the first bucket holds (a value on a bound counts in it).
+    waited = {"pool": "p", "priority": "normal"}
+    assert value(text, "admitd_queue_wait_seconds_bucket", **waited, le="0.0") == 1
     assert value(text, "admitd_pool_limit", pool="p", limit="max_concurrency") == 1
     assert value(text, "admitd_pool_limit", pool="p", limit="tokens_per_minute") == 6000
     assert value(text, "admitd_leases_in_flight", pool="p") == 0
@@ -100,13 +103,19 @@ async def test_overuse_is_recorded_as_an_under_estimate(make_harness: MakeHarnes
     """Histograms take no negative values: usage above the reservation is recorded by its
     size with direction "under" instead of being dropped."""
     h = await make_harness({"observability": {"metrics_listen": "127.0.0.1:0"}})
-    over = await h.acquire(input_tokens=100)
-    await h.release(over.lease_id, (60, 0))  # reserved 40 too many
-    under = await h.acquire(input_tokens=100)
-    await h.release(under.lease_id, (100, 25))  # used 25 more than reserved
+    for used in ((60, 0), (90, 0), (100, 25)):  # 40 and 10 reserved too many, 25 too few
+        lease = await h.acquire(input_tokens=100)
+        await h.release(lease.lease_id, used)
     text = await scrape(h)
-    assert value(text, "admitd_estimate_error_tokens_sum", pool="p", direction="over") == 40
+    over = {"pool": "p", "direction": "over"}
+    assert value(text, "admitd_estimate_error_tokens_sum", **over) == 50
     assert value(text, "admitd_estimate_error_tokens_sum", pool="p", direction="under") == 25
+    # Buckets count cumulatively, a value on a bound in that bucket.
+    assert value(text, "admitd_estimate_error_tokens_bucket", **over, le="0") == 0
+    assert value(text, "admitd_estimate_error_tokens_bucket", **over, le="10") == 1
+    assert value(text, "admitd_estimate_error_tokens_bucket", **over, le="100") == 2
+    assert value(text, "admitd_estimate_error_tokens_bucket", **over, le="+Inf") == 2
+    assert value(text, "admitd_estimate_error_tokens_count", **over) == 2
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
