@@ -12,11 +12,15 @@ machine as on a quiet one.
     .venv/bin/python -m bench.store_cost                 # 2,000 pairs of each case
     .venv/bin/python -m bench.store_cost --pairs 500 --case queued
     .venv/bin/python -m bench.store_cost --pairs 200 --callgrind
+    .venv/bin/python -m bench.store_cost --pairs 200 --callgrind --held 120
 
 Cases: ``fail_fast`` (no wait_timeout: the caller takes a refusal rather than wait),
 ``queued`` (a wait_timeout: it would wait if the pool were full), both on a pool with a
 concurrency, a token and a request limit and a tenant with limits of its own, nothing
 waiting; ``memory`` runs the fail-fast case on the memory backend (Python calls only).
+``--held N`` keeps N leases granted before the measured pairs and holds them through the run,
+as a busy deployment does: the sets of leases by expiry and of each gauge's holders then have
+N members, which is what a Redis command on them walks.
 """
 
 from __future__ import annotations
@@ -58,9 +62,15 @@ CONFIG: dict[str, Any] = {
 
 
 async def pairs(
-    backend: dict[str, Any], count: int, wait: float, calls: bool, warmup: int = 50
+    backend: dict[str, Any],
+    count: int,
+    wait: float,
+    calls: bool,
+    warmup: int = 50,
+    held: int = 0,
 ) -> float:
-    """Run ``count`` pairs after ``warmup`` pairs: the CPU seconds this process spent on them,
+    """Run ``count`` pairs after ``warmup`` pairs and ``held`` Acquires never released (they
+    stay in Redis after this engine closes): the CPU seconds this process spent on the pairs,
     or (``calls``) the Python function calls it made, counted by cProfile."""
     from admitd import parse_config
     from admitd._backends import make_backend
@@ -89,6 +99,8 @@ async def pairs(
 
     try:
         await run(warmup)  # connections made, caches warm
+        for _ in range(held):
+            await engine.acquire(spec)
         if not calls:
             started = time.process_time()
             await run(count)
@@ -102,12 +114,14 @@ async def pairs(
         await engine.close()
 
 
-def measure(case: str, count: int, *, calls: bool, callgrind: bool) -> dict[str, Any]:
+def measure(
+    case: str, count: int, *, calls: bool, callgrind: bool, held: int = 0
+) -> dict[str, Any]:
     wait = 5.0 if case == "queued" else 0.0
     mine = "python_calls_per_pair" if calls else "python_cpu_us_per_pair"
     scale = 1 if calls else 1e6
     if case == "memory":
-        spent = asyncio.run(pairs({"kind": "memory"}, count, wait, calls))
+        spent = asyncio.run(pairs({"kind": "memory"}, count, wait, calls, held=held))
         return {"case": case, "pairs": count, mine: spent * scale / count}
     instructions = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +134,8 @@ def measure(case: str, count: int, *, calls: bool, callgrind: bool) -> dict[str,
                 "key_prefix": f"cost{next(_PREFIX)}",
                 "timeout": 60 if callgrind else 1,
             }
-            asyncio.run(pairs(backend, 50, wait, calls=False))  # scripts loaded
+            # Scripts loaded, and the held leases granted before the count starts.
+            asyncio.run(pairs(backend, 50, wait, calls=False, held=held))
             client.config_resetstat()
             cpu0 = _cpu(client)
             if isinstance(server, _Callgrind):
@@ -217,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--case", choices=CASES, action="append")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (median of each)")
+    parser.add_argument("--held", type=int, default=0, help="leases held through the run")
     parser.add_argument(
         "--callgrind", action="store_true", help="count redis-server's instructions"
     )
@@ -226,11 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for case in args.case or CASES:
         runs = [
-            measure(case, args.pairs, calls=args.calls, callgrind=args.callgrind)
+            measure(case, args.pairs, calls=args.calls, callgrind=args.callgrind, held=args.held)
             for _ in range(args.repeat)
         ]
         best = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0] if k != "case"}
-        print(json.dumps({"case": case, **{k: round(v, 1) for k, v in best.items()}}))
+        shown = {k: round(v, 1) for k, v in best.items()}
+        print(json.dumps({"case": case, **({"held": args.held} if args.held else {}), **shown}))
 
 
 if __name__ == "__main__":
