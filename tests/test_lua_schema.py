@@ -219,3 +219,41 @@ def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
         for f in codec.LIMIT_FIELDS
     ]
     assert codec.limit(raw) == limit
+
+
+def test_a_ticket_reads_the_same_split_at_its_limits_or_whole_as_an_older_admitd_wrote_it(
+    shared_redis: RedisServer,
+) -> None:
+    """The scripts split a ticket's JSON at its limits (``codec.TICKET_LIMITS``) and decode
+    the limits once for every ticket carrying the same; a waiter or lease an older admitd
+    wrote during a rolling upgrade holds spaced JSON, decoded whole."""
+    limit = _model.Limit(
+        "pool:p:rpm",
+        _model.Kind.BUCKET,
+        _model.Unit.REQUEST,
+        _model.Scope.POOL,
+        "requests_per_minute",
+        "p",
+        60.0,
+        1.0,
+    )
+    compact = codec.ticket_json(_ticket(limit))
+    assert compact.endswith(
+        codec.TICKET_LIMITS + json.dumps([limit_json(limit)]).replace(" ", "") + "}"
+    )
+    spaced = json.dumps(json.loads(compact))
+    assert codec.TICKET_LIMITS not in spaced
+    lib = "\n".join(path.read_text() for path in sorted(LUA.glob("_lib*.lua")))
+    code = lib + "\nreturn cjson.encode({decode_ticket(ARGV[1]), decode_ticket(ARGV[1]),"
+    code += " decode_ticket(ARGV[2])})"
+    prologue = lua_prologue()
+    client = redis.Redis.from_url(shared_redis.url)
+    try:
+        first, again, older = json.loads(
+            client.eval(
+                prologue + inline_constants(inline_fields(code), prologue), 0, compact, spaced
+            )
+        )
+    finally:
+        client.close()
+    assert first == again == older == json.loads(compact)

@@ -81,6 +81,11 @@ TICKET_KEYS = {
 as every look and dispatch decodes waiters' tickets; a lease record the scripts return uses
 the same keys for the ticket's fields."""
 
+TICKET_LIMITS = f',"{TICKET_KEYS["limits"]}":'
+"""What precedes a ticket's limits in its JSON (:func:`ticket_json`: compact, limits last).
+The scripts split a ticket there: the limits are the same text for every call of a tenant in
+a pool, so the library decodes them once (``decode_ticket`` in ``lua/_lib1_base.lua``)."""
+
 LEASE = "lease"
 """``<prefix>:lease:<lease id>``: a live lease, a hash (``lua/_lib4_leases.lua``); tests read it."""
 GRANTS = "grants"
@@ -331,9 +336,10 @@ def limit(raw: list[Any]) -> Limit:
 
 
 def ticket_json(t: Ticket) -> str:
+    """The ticket as the scripts take it: compact JSON, its limits last (:data:`TICKET_LIMITS`)."""
     doc = dict(zip(_TICKET_WIRE, _TICKET(t), strict=True))
     doc[TICKET_KEYS["limits"]] = [_LIMIT(limit) for limit in t.limits]
-    return json.dumps(doc)
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def lease(raw: dict[str, Any]) -> LeaseRecord:

@@ -11,7 +11,7 @@ local function gate_def(pool)
   local d = gate_def_cache[pool]
   if d == nil then
     local v = redis.call('HGET', key('gates'), pool)
-    d = v and cjson.decode(v) or false
+    d = v and shared(v) or false
     gate_def_cache[pool] = d
   end
   return d or nil

@@ -30,7 +30,7 @@ local function configured_limit(l)
     local v = stored[l[L_KEY]]
     if v == nil then v = redis.call('HGET', key('limits'), l[L_KEY]) end
     if v then
-      local d = cjson.decode(v)
+      local d = shared(v)
       c = {unpack(l)}
       c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
     else

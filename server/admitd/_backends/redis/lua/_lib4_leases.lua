@@ -58,7 +58,7 @@ local function load_lease(id, where)
   local v = redis.call('HMGET', key(where or LEASE, id), 'ticket', 'day', 'granted', 'expires',
                        'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled')
   if not v[1] then return nil end
-  return {t = cjson.decode(v[1]), day = v[2], granted = tonumber(v[3]),
+  return {t = decode_ticket(v[1]), day = v[2], granted = tonumber(v[3]),
           expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
           probe = v[7] == '1', ledger = v[8], drop = tonumber(v[9]),
           settled = v[10] and cjson.decode(v[10])}

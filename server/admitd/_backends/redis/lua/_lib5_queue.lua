@@ -76,7 +76,7 @@ end
 local function unqueue(id, served)
   local w = redis.call('HMGET', key('w', id), 'ticket', 'member', 'tag')
   if not w[1] then return nil end
-  local t, tag = cjson.decode(w[1]), tonumber(w[3])
+  local t, tag = decode_ticket(w[1]), tonumber(w[3])
   local cls = t[T.priority]
   redis.call('ZREM', qkey(cls, t[T.pool]), w[2])
   redis.call('DEL', key('w', id))
@@ -165,7 +165,7 @@ local function fair_order(pool, light)
       h.enq = tonumber(redis.call('HGET', key('w', id), 'enq'))
     else
       local w = redis.call('HMGET', key('w', id), 'ticket', 'enq', 'rep')
-      h.t, h.raw, h.enq, h.rep = cjson.decode(w[1]), w[1], tonumber(w[2]), w[3]
+      h.t, h.raw, h.enq, h.rep = decode_ticket(w[1]), w[1], tonumber(w[2]), w[3]
     end
     return h
   end

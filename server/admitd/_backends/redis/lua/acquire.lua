@@ -5,7 +5,7 @@
 -- progress};
 -- full = {scope, depth, limit, pool_depth, grants_per_second?}.
 reap()
-local t = cjson.decode(ARGV[3])
+local t = decode_ticket(ARGV[3])
 local wait = ARGV[4] == '1'
 local progress = new_progress()
 

@@ -7,7 +7,7 @@
 -- ARGV[4] the usage, a JSON array (U_*).
 -- Returns {}.
 reap()
-local t = cjson.decode(ARGV[3])
+local t = decode_ticket(ARGV[3])
 local used, usd = settle_usage(t, cjson.decode(ARGV[4]))
 move_limits(t, day, used[U_INPUT_TOKENS] + used[U_OUTPUT_TOKENS], usd)
 charge(t, used, usd, 0)

@@ -7,7 +7,7 @@ reap()
 local id = ARGV[3]
 local w = redis.call('HMGET', key('w', id), 'ticket', 'enq', 'member')
 if w[1] then
-  local t, enq = cjson.decode(w[1]), tonumber(w[2])
+  local t, enq = decode_ticket(w[1]), tonumber(w[2])
   local wait_left = enq + t[T.wait] - now
   if wait_left >= 0 then
     local position, exact = 0, false
