@@ -79,6 +79,9 @@ class MemoryBackend:
             leader = self._dedup.leader(ticket)
             if leader is not None:
                 return AcquireResult(follows=leader, progress=self._progress())
+        granted = self._at_once(ticket, now, wait=wait)
+        if granted is not None:
+            return granted
         daily, _ = self._counters.check(ticket, now, kinds=(Kind.DAILY,))
         if daily is not None:
             return AcquireResult(denial=self._counters.refusal(ticket, now, daily))
@@ -345,6 +348,23 @@ class MemoryBackend:
         if done is not None:
             return AcquireResult(lease=replace(done.lease, expires_in=0.0), replayed=True)
         return None  # the lease expired: a retry may reserve again
+
+    def _at_once(self, ticket: Ticket, now: float, *, wait: bool) -> AcquireResult | None:
+        """The grant of a ticket that fits now in a pool where nobody waits (None otherwise):
+        what queueing it, dispatching its pool and finding it served first does, without
+        the fair queue. A pool's queue holding one waiter keeps no state once it is served
+        (an empty queue is dropped), so the fair order is the same either way."""
+        if self._queues.holds(ticket.pool) or (wait and self._queues.full(ticket) is not None):
+            return None  # waiters first; a full queue refuses even a call that would fit
+        if self._counters.shut(ticket.pool, now) is not None:
+            return None
+        denial, shadowed = self._counters.check(ticket, now)
+        if denial is not None:
+            return None
+        if ticket.dedup_key:
+            self._dedup.lead(ticket)
+        lease = self._grant(ticket, now, 0.0, shadowed, True)
+        return AcquireResult(lease=lease, waiting_on=ticket.lease_id, progress=self._progress())
 
     def _dispatch_all(self, now: float) -> Progress:
         progress = Progress()

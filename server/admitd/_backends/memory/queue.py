@@ -40,6 +40,10 @@ class Queues:
     def ticket(self, lease_id: str) -> Ticket:
         return self._waiters[lease_id].ticket
 
+    def holds(self, pool: str) -> bool:
+        """Whether ``pool`` has waiters."""
+        return pool in self._pools
+
     def pools(self) -> list[str]:
         """The pools with waiters."""
         return list(self._pools)
