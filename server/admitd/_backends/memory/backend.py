@@ -35,7 +35,6 @@ from ..._model import (
     Ticket,
     TicketEnd,
     UsageRow,
-    day_number,
 )
 from ..._usage import Unreported, Usage
 from ..errors import NotOwner
@@ -55,7 +54,6 @@ class MemoryBackend:
         self._clock = clock
         self._leases = Leases()
         self._counters = Counters(self._leases.ends)
-        self._day_number = 0
         self._released: Expiring[str, Settlement] = Expiring()  # for retried releases
         self._idempotency = Idempotency()
         self._queues = Queues(aging)
@@ -159,7 +157,7 @@ class MemoryBackend:
         charged_tokens = used.tokens
         self._leases.held(lease, now)
         self._settle(lease, charged_tokens - t.tokens, charged_usd - t.nano_usd, now)
-        self._ledger.charge(self._day_number, t, used, charged_usd)
+        self._ledger.charge(self._counters.day_number, t, used, charged_usd)
         self._counters.report(t.pool, outcome, retry_after, lease.probe, now)
         self._dedup.finish(t, result if outcome is Outcome.OK else None, now)
         settlement = Settlement(
@@ -178,7 +176,7 @@ class MemoryBackend:
         now = self._tick()
         nano_usd = ticket.prices().of(usage)
         self._counters.give(ticket, self._counters.day, usage.tokens, nano_usd, False, now)
-        self._ledger.charge(self._day_number, ticket, usage, nano_usd, calls=0)
+        self._ledger.charge(self._counters.day_number, ticket, usage, nano_usd, calls=0)
 
     async def renew(self, lease_id: str, extend_by: float, tenant: str | None) -> LeaseRecord:
         now = self._tick()
@@ -272,8 +270,7 @@ class MemoryBackend:
         now = self._clock.now()
         wall = self._clock.wall()
         if self._counters.turn_day(wall):
-            self._day_number = day_number(wall)
-            self._ledger.keep_after(self._day_number - LEDGER_DAYS)
+            self._ledger.keep_after(self._counters.day_number - LEDGER_DAYS)
         self._reap(now)
         return now
 
@@ -313,8 +310,8 @@ class MemoryBackend:
             self._settle(lease, 0.0, 0.0, now)  # the full reservation stays charged
             t = lease.ticket
             used, charged_usd = t.settle(Unreported.RESERVATION)
-            self._ledger.charge(self._day_number, t, used, charged_usd)
-            self._tombstones.bury(lease, self._day_number, now)
+            self._ledger.charge(self._counters.day_number, t, used, charged_usd)
+            self._tombstones.bury(lease, self._counters.day_number, now)
             self._dedup.finish(t, None, now)
 
     def _end(self, ticket: Ticket, kind: EndKind, now: float, denial: Denial | None = None) -> None:

@@ -24,6 +24,7 @@ from ..._model import (
     Scope,
     Ticket,
     Unit,
+    day_number,
     gate_limit,
 )
 from .gates import GateState
@@ -54,6 +55,7 @@ class Counters:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
         self._daily: dict[str, float] = {}  # "key@day" -> used
         self.day = ""  # the current UTC day, YYYY-MM-DD
+        self.day_number = -1  # ...as a day_number (the ledger's key), compared on each turn_day
         self._defs: dict[str, Limit] | None = None  # limits as configured now, by key
         self._gate_defs: dict[str, Gate] = {}  # pool -> its gate as configured now
         self._gates: dict[str, GateState] = {}
@@ -64,11 +66,11 @@ class Counters:
 
     def turn_day(self, wall: float) -> bool:
         """Start a new UTC day's counters if it has turned; True when it did."""
-        day = utc_day(wall)
-        if day == self.day:
+        number = day_number(wall)  # not utc_day: formatting a date on every call cost ~3 us
+        if number == self.day_number:
             return False
-        self.day = day
-        self._daily = {k: v for k, v in self._daily.items() if k.endswith("@" + day)}
+        self.day_number, self.day = number, utc_day(wall)
+        self._daily = {k: v for k, v in self._daily.items() if k.endswith("@" + self.day)}
         return True
 
     # -- reading ----------------------------------------------------------------------------
@@ -83,13 +85,16 @@ class Counters:
 
     def level(self, limit: Limit, now: float) -> float:
         """In use (gauge), left (bucket) or used today (daily)."""
-        if limit.kind is Kind.GAUGE:
-            return self._gauges.get(limit.key, 0.0)
-        if limit.kind is Kind.BUCKET:
-            current = self.current(limit) or limit
-            level, at = self._buckets.get(limit.key, (current.capacity, now))
+        return self._level(self.current(limit) or limit, now)
+
+    def _level(self, current: Limit, now: float) -> float:
+        """:meth:`level` of a limit as :meth:`current` gave it (not looked up again)."""
+        if current.kind is Kind.GAUGE:
+            return self._gauges.get(current.key, 0.0)
+        if current.kind is Kind.BUCKET:
+            level, at = self._buckets.get(current.key, (current.capacity, now))
             return min(current.capacity, level + (now - at) * current.rate)
-        return self._daily.get(f"{limit.key}@{self.day}", 0.0)
+        return self._daily.get(f"{current.key}@{self.day}", 0.0)
 
     def check(
         self, ticket: Ticket, now: float, kinds: tuple[Kind, ...] = tuple(Kind)
@@ -101,7 +106,7 @@ class Counters:
             limit = self.current(queued_limit)
             if limit is None or limit.kind not in kinds:
                 continue
-            amount, level = ticket.amount(limit.unit), self.level(limit, now)
+            amount, level = ticket.amount(limit.unit), self._level(limit, now)
             if not _fits(limit, amount, level):
                 if not limit.shadow:
                     return Denial(limit, level, amount), shadowed
@@ -120,7 +125,7 @@ class Counters:
             limit = self.current(queued_limit)
             if limit is None or limit.shadow:
                 continue
-            amount, level = ticket.amount(limit.unit), self.level(limit, now)
+            amount, level = ticket.amount(limit.unit), self._level(limit, now)
             if _fits(limit, amount, level):
                 continue
             holders: tuple[float, ...] = ()
@@ -180,13 +185,19 @@ class Counters:
                 if not expired:
                     self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
                 continue
-            delta = {Unit.TOKEN: token_delta, Unit.NANO_USD: usd_delta}.get(limit.unit, 0.0)
+            if limit.unit is Unit.TOKEN:
+                delta = token_delta
+            elif limit.unit is Unit.NANO_USD:
+                delta = usd_delta
+            else:
+                continue  # a request is never given back
             if delta == 0 or (expired and limit.kind is Kind.BUCKET and delta < 0):
                 continue
             if limit.kind is Kind.BUCKET:
                 # A refund never lifts a bucket above capacity; overuse may put it in debt.
-                capacity = (self.current(limit) or limit).capacity
-                self._buckets[limit.key] = (min(capacity, self.level(limit, now) - delta), now)
+                current = self.current(limit) or limit
+                left = self._level(current, now) - delta
+                self._buckets[limit.key] = (min(current.capacity, left), now)
             elif limit.kind is Kind.DAILY:
                 key = f"{limit.key}@{day}"
                 if key in self._daily or delta > 0:
@@ -196,5 +207,7 @@ class Counters:
         self, pool: str, outcome: Outcome, retry_after: float, probe: bool, now: float
     ) -> None:
         """A call ended: move the pool's gate (pause, circuit breaker, AIMD)."""
-        gate = self._gates.setdefault(pool, GateState())
+        gate = self._gates.get(pool)
+        if gate is None:
+            gate = self._gates[pool] = GateState()
         gate.report(self._gate_defs.get(pool), outcome, retry_after, probe, now)
