@@ -14,7 +14,7 @@ import asyncio
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.message import Message
 
 from ._api.auth import hash_key
+from ._collector import Collector
 from ._config import EMBEDDED_DEFAULT, ConfigError, Settings, load_config, validate_listen
 from ._logging import configure_logging
 from .v1 import admission_pb2 as pb
@@ -164,11 +165,21 @@ def _serve(config: str | None, listen: str | None) -> int:
     configure_logging(settings.observability.log_format)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings, listen, config))
+            runner.run(_collected(serve(settings, listen, config)))
     except OSError as error:
         print(f"admitd serve: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _collected(serving: Coroutine[Any, Any, None]) -> None:
+    """Serve with the garbage collector kept from stalling the event loop (``_collector``)."""
+    collector = Collector()
+    collector.start()
+    try:
+        await serving
+    finally:
+        await collector.stop()
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
