@@ -21,7 +21,7 @@ from redis.retry import Retry
 from admitd._backends.redis import codec
 from admitd.v1 import admission_pb2 as pb
 from support.faults import code_of, connect
-from support.harness import Replicas, start_harness
+from support.harness import Harness, Replicas, start_harness
 from support.health import health
 from support.polling import until
 from support.processes import AdmitdProcess
@@ -143,7 +143,7 @@ async def test_a_replica_back_from_a_stall_beats_before_its_next_call_and_keeps_
     # the replica's loop sees it, and past its promise, as Redis does.
     heartbeat = h.engine.heartbeat
     await heartbeat.stop()
-    heartbeat._sent -= 10 * h.engine.settings.backend.dead_after
+    heartbeat._landed -= 10 * h.engine.settings.backend.dead_after
     promises = redis_server.client()
     replicas_key = f"{{{h.engine.settings.backend.key_prefix}}}:{codec.REPLICAS}"
     promises.hset(replicas_key, h.engine.backend.replica, "0")
@@ -151,3 +151,43 @@ async def test_a_replica_back_from_a_stall_beats_before_its_next_call_and_keeps_
     lease = await asyncio.wait_for(waiter, 10)  # the slot went to the waiter
     assert lease.lease_id
     assert float(promises.hget(replicas_key, h.engine.backend.replica) or 0) > 0  # beat
+
+
+@pytest.mark.redis
+async def test_a_call_that_waited_for_a_connection_through_a_stall_beats_before_it_is_sent(
+    replicas: Replicas, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat's check holds when a store call is sent, not when it is made: a call
+    waits for a connection as long as the event loop stalls, so a replica whose beat was on
+    time when its Release was made can be dead to Redis when that Release goes out, and the
+    Release's dispatch then dropped the replica's own waiter."""
+    (h,) = await replicas(1, {"pools": [{"name": "p", "max_concurrency": 1}]})
+    holder = await h.acquire(pool="p", input_tokens=1)
+    waiter = h.acquire_later(pool="p", input_tokens=1, wait_timeout=30)
+    await h.until_queued("p", 1)
+    backend, heartbeat = h.engine.backend, h.engine.heartbeat
+    await heartbeat.stop()
+    promises, replicas_key = _promises(h, redis_server)
+    take, stalled = backend.lanes.take, list[bool]()
+
+    async def take_through_a_stall(*, admit: bool) -> None:
+        """The first call of an RPC to get a connection waited for it through a stall
+        (written here: no beat since long ago, and past its promise for Redis)."""
+        await take(admit=admit)
+        if not stalled and asyncio.current_task() is not backend._listener:
+            stalled.append(True)
+            heartbeat._landed -= 10 * h.engine.settings.backend.dead_after
+            promises.hset(replicas_key, backend.replica, "0")
+
+    monkeypatch.setattr(backend.lanes, "take", take_through_a_stall)
+    await h.release(holder.lease_id)
+    lease = await asyncio.wait_for(waiter, 10)  # the slot went to the waiter
+    assert stalled
+    assert lease.lease_id
+    assert float(promises.hget(replicas_key, backend.replica) or 0) > 0  # it beat first
+
+
+def _promises(h: Harness, redis_server: RedisServer) -> tuple[redis.Redis, str]:
+    """A client of the test's Redis, and the key of the replicas' heartbeat promises."""
+    prefix = h.engine.settings.backend.key_prefix
+    return redis_server.client(), f"{{{prefix}}}:{codec.REPLICAS}"

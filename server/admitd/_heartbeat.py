@@ -33,32 +33,42 @@ class Heartbeat:
         self._store = store
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
-        self._sent: float | None = None  # loop time the last beat set out
-        self._catching_up: asyncio.Future[None] | None = None
+        self._landed: float | None = None  # loop time the last beat to reach the store set out
+        self._beating: asyncio.Future[None] | None = None
 
     def due(self) -> Awaitable[None] | None:
-        """Before a store call: what to await first, when this replica's last beat set out
-        over halfway from its interval to ``dead_after`` ago (its event loop stalled, e.g.
-        in a long garbage collection). Then the call goes after a beat, never before it: a
-        replica's own call must not find it dead, or the dispatch it runs drops the
-        replica's own waiters from the queue."""
-        if self._sent is None:
+        """Just before a store call is sent: what to await first, when the last beat that
+        reached the store set out over halfway from its interval to ``dead_after`` ago (the
+        event loop stalled, e.g. in a long garbage collection). Then the call goes after a
+        beat, never before it: a replica's own call must not find it dead, or the dispatch
+        it runs drops the replica's own waiters from the queue. A beat that has set out but
+        not landed does not count: on another connection, the call could overtake it."""
+        if self._landed is None:
             return None
         settings = self._settings()
         late = (settings.heartbeat_interval + settings.dead_after) / 2
-        if asyncio.get_running_loop().time() - self._sent <= late:
+        if asyncio.get_running_loop().time() - self._landed <= late:
             return None
-        if self._catching_up is None or self._catching_up.done():
-            self._catching_up = asyncio.ensure_future(self.beat())
-        return asyncio.shield(self._catching_up)
+        return self._next()
 
     async def beat(self) -> None:
-        """One heartbeat. A store that does not answer was counted on the way; the
-        next beat tries again."""
-        self._sent = asyncio.get_running_loop().time()
+        """One heartbeat, or the one already under way: never two at once (a replica's
+        beats share one connection, apart from the store calls that may be waiting for
+        one, so that a beat is never late because the replica is busy)."""
+        await self._next()
+
+    def _next(self) -> asyncio.Future[None]:
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.ensure_future(self._beat())
+        return asyncio.shield(self._beating)
+
+    async def _beat(self) -> None:
+        """A store that does not answer was counted on the way; the next beat tries again."""
+        sent = asyncio.get_running_loop().time()
         dead_after = self._settings().dead_after
         with contextlib.suppress(Unavailable):
             beat = await self._store.call(self._store.backend.beat, dead_after)
+            self._landed = sent
             if beat.lapsed:
                 log.warning(
                     "this replica missed its heartbeats for over backend.dead_after (%gs):"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from ._backends import Backend
 from ._backends.errors import (
@@ -57,6 +57,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+@runtime_checkable
+class SendsLater(Protocol):
+    """A backend whose calls may wait (for a connection) between being made and being sent,
+    which awaits ``first`` itself just before each call goes out (the Redis backend)."""
+
+    first: Callable[[], Awaitable[None] | None]
+
+
+def _nothing() -> None:
+    return None
+
+
 class Store:
     """The backend, as the engine calls it.
 
@@ -65,7 +77,9 @@ class Store:
         telemetry: counts store errors.
         deliver: hears the progress of every operation that reports one.
         first: before each call, what must reach the store ahead of it, if anything (the
-            heartbeat of a replica whose event loop stalled: ``Heartbeat.due``).
+            heartbeat of a replica whose event loop stalled: ``Heartbeat.due``). A backend
+            whose calls may wait for a connection (:class:`SendsLater`) asks it itself, once
+            it has one, just before the call is sent.
     """
 
     def __init__(
@@ -78,6 +92,8 @@ class Store:
         self.backend = backend
         self._telemetry = telemetry
         self._deliver = deliver
+        if isinstance(backend, SendsLater):
+            backend.first, first = first, _nothing
         self._first = first
 
     async def call(

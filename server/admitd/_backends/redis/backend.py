@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,7 +72,7 @@ class RedisBackend:
         clock: tests pass their clock; production reads Redis ``TIME``.
         poll_interval: how often waiters look for grants whose message was lost.
         lanes: who may use a connection when (``backend.pool_size``, ``pool_timeout``);
-            the client's pool must hold two more (grant messages, and a spare).
+            the client's pool must hold three more (grant messages, heartbeats, a spare).
         learning: after the primary changes, grant nothing beyond what the new one can
             prove free for ``window`` seconds (one lease TTL; ``failover.py``).
     """
@@ -109,6 +109,9 @@ class RedisBackend:
         self._closing = False
         self.replica = uuid.uuid4().hex
         """This process among the replicas: its waiters and heartbeats carry it."""
+        self.first: Callable[[], Awaitable[None] | None] = lambda: None
+        """What a script call awaits once it has its connection, just before it is sent
+        (the engine's ``Store`` sets it: ``Heartbeat.due``)."""
 
     # -- operations -----------------------------------------------------------------------
 
@@ -166,7 +169,11 @@ class RedisBackend:
         return codec.progress((await self._run("dispatch")).get("progress"))
 
     async def beat(self, dead_after: float) -> Beat:
-        return codec.beat(await self._run("beat", self.replica, repr(dead_after)))
+        # Outside the lanes, on a connection of its own (the pool holds one for it; the
+        # Heartbeat sends one beat at a time): a beat queued behind a busy replica's calls
+        # would be late for the very reason the replica is alive and busy, and the calls
+        # that wait for it (``first``) already hold their connections.
+        return codec.beat(await self._script("beat", self.replica, repr(dead_after)))
 
     async def look(self, lease_id: str, *, claim: bool) -> Look:
         return codec.look(await self._run("look", lease_id, "1" if claim else "0"))
@@ -232,11 +239,26 @@ class RedisBackend:
         return [self._now(), repr(self._aging)]
 
     async def _run(self, op: str, *args: str) -> dict[str, Any]:
-        await self.lanes.take(admit=False)
+        await self._turn(admit=False)
         try:
             return await self._script(op, *args)
         finally:
             self.lanes.give()
+
+    async def _turn(self, *, admit: bool) -> None:
+        """A connection of one's own (``lanes``), then what must go first (``first``: a
+        heartbeat, when the last one is overdue). In this order: a call waits for a
+        connection as long as the event loop stalls, so a beat checked before that wait
+        (when the call was made) could be long overdue when the call is sent, and the
+        dispatch it runs would then find this replica dead and drop its own waiters."""
+        await self.lanes.take(admit=admit)
+        ahead = self.first()
+        if ahead is not None:
+            try:
+                await ahead
+            except BaseException:  # cancelled while the beat went: nothing was sent
+                self.lanes.give()
+                raise
 
     async def _script(self, op: str, *args: str) -> dict[str, Any]:
         argv = [*self._common(), *args]
@@ -267,7 +289,7 @@ class RedisBackend:
         (its caller gave up): a Release or Renew is never lost halfway, and ``undo`` hears
         what an Acquire did for nobody. A caller that leaves while it waits for a
         connection leaves at once: nothing ran. Only Acquire waits in the admission lane."""
-        await self.lanes.take(admit=op == "acquire")
+        await self._turn(admit=op == "acquire")
         call = self._keep(self._script(op, *args))
         call.add_done_callback(lambda _: self.lanes.give())
         try:

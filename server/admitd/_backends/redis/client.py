@@ -13,12 +13,12 @@ from ..._config import BackendConfig
 def connect(config: BackendConfig) -> aioredis.Redis:
     """A client for the configured Redis (through Sentinel when sentinels are given), with
     short timeouts so that a dead or slow Redis fails calls fast instead of stalling them,
-    and a pool that never runs out: ``Lanes`` lets ``pool_size`` calls at a time use it, and
-    the listener holds one more connection for grant messages."""
+    and a pool that never runs out: ``Lanes`` lets ``pool_size`` calls at a time use it, the
+    listener holds one more connection for grant messages, and heartbeats one more."""
     options: dict[str, Any] = {
         # redis-py's pool fails a call at once when every connection is busy ("Too many
         # connections"): Lanes keeps the calls in flight within it instead.
-        "max_connections": config.pool_size + 2,
+        "max_connections": config.pool_size + 3,
         "socket_timeout": config.timeout,
         "socket_connect_timeout": config.timeout,
         # A connection idle over a second is pinged (and reconnected) before use, so the
