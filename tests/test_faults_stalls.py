@@ -187,6 +187,42 @@ async def test_a_call_that_waited_for_a_connection_through_a_stall_beats_before_
     assert float(promises.hget(replicas_key, backend.replica) or 0) > 0  # it beat first
 
 
+@pytest.mark.redis
+async def test_waiters_dropped_while_their_replica_was_counted_dead_are_told_to_retry(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """A replica past its promise loses its queued waiters to other replicas' dispatches (by
+    design: a dead replica's waiters must not hold the queue). If it was only stalled, its
+    next beat finds it lapsed, and the waiters it holds that lost their place are answered
+    UNAVAILABLE at once (clients retry), instead of waiting out their wait with no place in
+    the queue; those the dispatches did not reach keep their place and are served."""
+    pools = [{"name": "p", "max_concurrency": 1}, {"name": "q", "max_concurrency": 1}]
+    a, b = await replicas(2, {"pools": pools})
+    on_p = await a.acquire(pool="p", input_tokens=1)
+    on_q = await a.acquire(pool="q", input_tokens=1)
+    lost = b.acquire_later(pool="p", input_tokens=1, wait_timeout=60)
+    await b.until_queued("p", 1)
+    ahead = a.acquire_later(pool="q", input_tokens=1, wait_timeout=60)
+    await a.until_queued("q", 1)
+    kept = b.acquire_later(pool="q", input_tokens=1, wait_timeout=60)
+    await b.until_queued("q", 2)
+    # b stalls past its promise (written here, as above); a finds it dead.
+    await b.engine.heartbeat.stop()
+    promises, replicas_key = _promises(b, redis_server)
+    promises.hset(replicas_key, b.engine.backend.replica, "0")
+    await a.release(on_p.lease_id)  # p's head is b's waiter: dropped, the slot stays free
+    assert (await a.pool("p")).queued == 0
+    assert (await a.pool("q")).queued == 2  # q's head is a's own waiter, still blocked
+    await b.engine.heartbeat.beat()  # b is back: lapsed
+    failure = await b.fail(asyncio.wait_for(lost, 10))
+    assert failure.code == Code.UNAVAILABLE, failure
+    assert "lost its place in the queue" in failure.message
+    await a.release(on_q.lease_id)  # to a's waiter, then b's, which kept its place
+    first = await asyncio.wait_for(ahead, 10)
+    await a.release(first.lease_id)
+    assert (await asyncio.wait_for(kept, 10)).lease_id
+
+
 def _promises(h: Harness, redis_server: RedisServer) -> tuple[redis.Redis, str]:
     """A client of the test's Redis, and the key of the replicas' heartbeat promises."""
     prefix = h.engine.settings.backend.key_prefix

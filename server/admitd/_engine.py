@@ -99,7 +99,7 @@ class Engine:
             reap_soon=lambda: self.reaper.within(self.settings.lease.reap_interval),
             spawn=self.spawn,
         )
-        self.heartbeat = Heartbeat(self.store, lambda: self.settings.backend)
+        self.heartbeat = Heartbeat(self.store, lambda: self.settings.backend, self.waiting)
         self._wake = Alarm(clock, lambda: self.spawn(self.store.call(self.backend.dispatch)))
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False

@@ -3,6 +3,10 @@ alive, promising its next beat within ``backend.dead_after``. With Redis, the wa
 replica past its promise (it died, even by ``kill -9``) leave the shared queue and the grants
 made for them go back at once, so they do not hold freed slots until their claim times out.
 
+A live replica can miss its promise too, when its event loop stalls. Then (``Beat.lapsed``)
+its waiters that lost their place meanwhile are told so (UNAVAILABLE, retry) instead of
+waiting out their wait with no place in the queue: see :meth:`Heartbeat.recount`.
+
 Liveness is a matter of real time (processes die in real time, and Redis judges it on its
 own ``TIME``), so the heartbeat runs on the event loop's clock, not the injected one, as the
 server's housekeeping does: a test that moves a manual clock by an hour must not make its
@@ -14,27 +18,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from ._config import BackendConfig
 from ._errors import Unavailable
+from ._refusals import place_lost
 from ._store import Store
+from ._waiting import Waiting
 
 log = logging.getLogger("admitd")
+
+RECOUNT_BATCH = 1000
+"""Waiters looked up per store call by a recount: one call for 100,000 would hold a store
+connection, and the event loop decoding its reply, for long."""
+
+
+@runtime_checkable
+class Places(Protocol):
+    """A backend that can drop a live replica's waiters (it judges replicas dead by their
+    heartbeats: Redis) says which of them still have a place."""
+
+    async def placed(self, lease_ids: Sequence[str]) -> set[str]:
+        """Those of ``lease_ids`` still queued, or granted and not yet claimed."""
+        ...
 
 
 class Heartbeat:
     """Args:
     store: the one path to the backend (``beat``; what it dispatches is delivered).
     settings: the backend settings in force.
+    waiting: this process's waiting RPCs, told when they lost their place.
     """
 
-    def __init__(self, store: Store, settings: Callable[[], BackendConfig]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Callable[[], BackendConfig],
+        waiting: Waiting | None = None,
+    ) -> None:
         self._store = store
         self._settings = settings
+        self._waiting = waiting
         self._task: asyncio.Task[None] | None = None
         self._landed: float | None = None  # loop time the last beat to reach the store set out
         self._beating: asyncio.Future[None] | None = None
+        self._recounting: asyncio.Future[None] | None = None
+        self._recounts = 0  # recounts still to run (see _beat)
 
     def due(self) -> Awaitable[None] | None:
         """Just before a store call is sent: what to await first, when the last beat that
@@ -75,17 +105,54 @@ class Heartbeat:
                     " other replicas may have dropped its queued calls",
                     dead_after,
                 )
+                # Twice: a waiter whose Acquire was on its way to the store during the lapse
+                # is looked at only once its RPC waits, by the next beat.
+                self._recounts = 2
+            if self._recounts and (self._recounting is None or self._recounting.done()):
+                self._recounts -= 1
+                self._recounting = asyncio.ensure_future(self.recount())
+
+    async def recount(self) -> None:
+        """After a lapse: this replica's waiters that lost their place in the queue (another
+        replica, or a call of its own, found it dead and dropped them, or gave back the
+        grant made for them) are answered UNAVAILABLE, so their clients retry, rather than
+        wait out their wait for a grant that will never come.
+
+        Putting them back in the queue instead would not be exact: a waiter's place in the
+        fair order (its finish tag) and its idempotency entry went with its queue entry, and
+        the slot a grant given back for it freed may be another caller's by now. A waiter
+        still queued, or with a grant on its way, keeps its place; one whose grant is being
+        claimed is left to its claim (a claim that finds the grant gone answers the same)."""
+        backend = self._store.backend
+        if self._waiting is None or not isinstance(backend, Places):
+            return  # the memory backend drops no live replica's waiters
+        ids = self._waiting.queued_here()
+        lost = 0
+        for start in range(0, len(ids), RECOUNT_BATCH):
+            batch = ids[start : start + RECOUNT_BATCH]
+            try:
+                kept = await self._store.call(backend.placed, batch)
+            except Unavailable:
+                return  # the next lapse, or each waiter's own wait, ends them
+            lost += sum(self._waiting.lose(i, place_lost()) for i in batch if i not in kept)
+        if lost:
+            log.warning(
+                "%d queued calls of this replica lost their place while it missed its"
+                " heartbeats; answered UNAVAILABLE so that they retry",
+                lost,
+            )
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._recounting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._recounting = None
 
     async def _run(self) -> None:
         while True:

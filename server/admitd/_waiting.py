@@ -179,6 +179,25 @@ class Waiting:
         waiter.future.set_result(lease)
         return True
 
+    def queued_here(self) -> list[str]:
+        """The lease ids of the Acquires waiting here for a grant that has not reached them
+        (nor is being claimed for them): those a store that dropped this replica's waiters
+        may have left with no place (``Heartbeat.recount``)."""
+        return [
+            lease_id
+            for lease_id, w in self._waiters.items()
+            if w.waiting and w.claims and not w.claiming and not w.future.done()
+        ]
+
+    def lose(self, lease_id: str, refusal: AdmitdError) -> bool:
+        """A waiter lost its place in the queue: its RPCs get ``refusal``, unless a grant
+        reached it or is being claimed for it meanwhile. True when it was refused."""
+        waiter = self._waiters.get(lease_id)
+        if waiter is None or waiter.future.done() or waiter.claiming:
+            return False
+        waiter.future.set_exception(refusal)
+        return True
+
     def refuse(self, lease_id: str, refusal: AdmitdError) -> None:
         waiter = self._waiters.get(lease_id)
         if waiter is not None and not waiter.future.done():

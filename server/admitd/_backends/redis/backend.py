@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -174,6 +174,25 @@ class RedisBackend:
         # would be late for the very reason the replica is alive and busy, and the calls
         # that wait for it (``first``) already hold their connections.
         return codec.beat(await self._script("beat", self.replica, repr(dead_after)))
+
+    async def placed(self, lease_ids: Sequence[str]) -> set[str]:
+        """Of these waiters of this replica, those still queued (``w:<id>``) or granted and
+        not yet claimed (``granted:<id>``): a replica found dead (it missed its heartbeats)
+        has lost the others (``Heartbeat.recount``). One transaction, so no waiter is seen
+        between the two keys as a dispatch moves it from one to the other."""
+        await self.lanes.take(admit=False)
+        try:
+            with _store_errors():
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for i in lease_ids:
+                        pipe.exists(f"{self._base}:{codec.WAITER}:{i}", self._granted(i))
+                    found = await pipe.execute()
+        finally:
+            self.lanes.give()
+        return {i for i, n in zip(lease_ids, found, strict=True) if n}
+
+    def _granted(self, lease_id: str) -> str:
+        return f"{self._base}:{codec.GRANTED}:{lease_id}"
 
     async def look(self, lease_id: str, *, claim: bool) -> Look:
         return codec.look(await self._run("look", lease_id, "1" if claim else "0"))
