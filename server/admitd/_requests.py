@@ -38,6 +38,7 @@ MAX_CANDIDATES = 8  # the pool and its fallbacks
 COUNT_INLINE_CHARS = 4_000
 MAX_USAGE_DAYS = 366
 _USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves
+_USAGE_FIELDS = tuple(part.name for part in dataclasses.fields(Usage))  # each one checked
 MAX_DURATION = 10 * 365 * 86_400  # seconds
 MAX_DESCRIPTORS = 64  # in one Envoy ShouldRateLimit
 MAX_ENTRIES = 32  # in one Envoy descriptor
@@ -68,6 +69,8 @@ class Requests:
         self.settings = settings
         self.policy = policy
         self.counter = counter
+        # Built once per configuration, not per call.
+        self._prices = {pool.name: prices(pool) for pool in settings.pools}
 
     async def tickets(
         self, spec: AcquireSpec, *, deadline: float | None, deferred: bool = False
@@ -90,7 +93,7 @@ class Requests:
             raise InvalidArgument("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
         built = []
         for name in names:
-            one = replace(spec, pool=name)
+            one = spec if name == spec.pool else replace(spec, pool=name)
             long_prompt = spec.input_tokens == 0 and len(spec.prompt) > COUNT_INLINE_CHARS
             if long_prompt and name in self.policy.pools:
                 counted = await asyncio.to_thread(self.counter.count, name, spec.prompt)
@@ -144,7 +147,7 @@ class Requests:
             wait = min(spec.wait_timeout, queue.max_wait)
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline))
-        price = prices(pool)
+        price = self._prices[pool.name]
         ticket = Ticket(
             lease_id=secrets.token_hex(16),
             tenant=tenant.name,
@@ -219,8 +222,8 @@ class Requests:
         if result is not None and len(result) > most:
             raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
         if usage is not None:
-            for part in dataclasses.fields(usage):
-                check_tokens(f"usage.{part.name}", getattr(usage, part.name))
+            for part in _USAGE_FIELDS:
+                check_tokens(f"usage.{part}", getattr(usage, part))
             cached, written = usage.cached_input_tokens, usage.cache_write_input_tokens
             if cached + written > usage.input_tokens:
                 raise InvalidArgument(
