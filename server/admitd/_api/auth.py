@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .._config import AuthConfig, ClientConfig
@@ -68,9 +68,10 @@ class Authenticator:
     def identify(
         self,
         metadata: Iterable[tuple[str, str | bytes]] | None,
-        peer: Mapping[str, Iterable[bytes]] | None,
+        peer: Callable[[], Mapping[str, Iterable[bytes]] | None],
     ) -> Principal:
-        """The caller of an RPC, from its metadata and its TLS peer (``auth_context()``).
+        """The caller of an RPC, from its metadata and its TLS peer (``auth_context``, asked
+        only when its answer matters: it builds a dict on every call).
 
         Raises:
             Unauthenticated: a wrong or malformed credential, or none where one is needed.
@@ -78,9 +79,10 @@ class Authenticator:
         header = next((v for k, v in metadata or () if k == AUTHORIZATION), None)
         if header is not None:
             return self._by_key(header)
-        names = list((peer or {}).get(CERT_NAME_KEY, ()))
-        if names:
-            return self._by_certificate(names[0].decode(errors="replace"))
+        if self._certs or not self.config.allow_anonymous:  # else anonymous, certificate or not
+            names = list((peer() or {}).get(CERT_NAME_KEY, ()))
+            if names:
+                return self._by_certificate(names[0].decode(errors="replace"))
         if self.config.allow_anonymous:
             return ANONYMOUS
         raise credentials_required()

@@ -163,7 +163,7 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         auth = self.engine.settings.auth
         if auth is not self._auth.config:  # the config was reloaded: keys may have rotated
             self._auth = Authenticator(auth)
-        return self._auth.identify(context.invocation_metadata(), context.auth_context())
+        return self._auth.identify(context.invocation_metadata(), context.auth_context)
 
     @_translated
     async def Acquire(  # noqa: N802 (gRPC method name)
