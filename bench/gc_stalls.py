@@ -87,7 +87,9 @@ def serve(log_path: str, argv: list[str]) -> int:
     return admitd_main(argv)
 
 
-def probe(waiters: int, step: int, workdir: Path) -> dict[str, Any]:
+def probe(waiters: int, step: int, workdir: Path, wait: float | None = None) -> dict[str, Any]:
+    """``wait``: the waiters' wait_timeout (they end QUEUE_TIMEOUT); default: they wait
+    until their client goes away at the end (cancelled)."""
     redis = procs.Redis(workdir)
     gc_log = workdir / "gc.jsonl"
     tenants = [f"tenant{i}" for i in range(10)]
@@ -120,7 +122,7 @@ def probe(waiters: int, step: int, workdir: Path) -> dict[str, Any]:
                 "count": waiters,
                 "pool": "blocked",
                 "tenants": tenants,
-                "duration": waiters / HOLD_RATE + 120,
+                "duration": wait or waiters / HOLD_RATE + 120,
                 "rate": HOLD_RATE,
             }
             holder = procs.start_load(spec, workdir, "hold")
@@ -136,11 +138,13 @@ def probe(waiters: int, step: int, workdir: Path) -> dict[str, Any]:
                 time.sleep(0.5)
             final = _queued(stub)
             census = _census(server.pid, gc_log)
-            # The waiters end (their client goes away), then everything is collected: what
-            # that finds is the cyclic garbage they left, which freezing would keep.
-            holder.kill()
-            holder.wait(10)
-            ended_by = time.monotonic() + 120
+            # The waiters end (their wait runs out, or their client goes away), then
+            # everything is collected: what that finds is the cyclic garbage they left,
+            # which freezing would keep.
+            if wait is None:
+                holder.kill()
+                holder.wait(10)
+            ended_by = time.monotonic() + 120 + (wait or 0)
             while _queued(stub) != 0 and time.monotonic() < ended_by:
                 time.sleep(0.5)
             time.sleep(2)  # a tick or two of admitd's own Collector
@@ -226,14 +230,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waiters", type=int, default=30_000)
     parser.add_argument("--step", type=int, default=5_000)
+    parser.add_argument("--wait", type=float, help="the waiters' wait (default: the run's)")
     parser.add_argument("--workdir", type=Path, help="keep the logs here (default: none)")
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = probe(args.waiters, args.step, args.workdir)
+        result = probe(args.waiters, args.step, args.workdir, args.wait)
     else:
         with tempfile.TemporaryDirectory(prefix="gc-stalls-") as workdir:
-            result = probe(args.waiters, args.step, Path(workdir))
+            result = probe(args.waiters, args.step, Path(workdir), args.wait)
     json.dump(result, sys.stdout, indent=1)
     print()
 

@@ -19,7 +19,8 @@ So a serving process (``admitd serve``) runs :class:`Collector`:
   ``sweep_every`` (5 min) everything is unfrozen and collected once, when that is short:
   while the frozen objects are at most ``sweep_max`` (1,000,000, ~0.3 s); a replica holding
   more waiters than that postpones the sweep until it holds fewer. After 29,207 waiters
-  parked under this policy had ended (their clients gone), the sweep found 45 such objects.
+  parked under this policy had ended (their clients gone), the sweep found 45 such objects;
+  after 10,000 had ended QUEUE_TIMEOUT, 25.
   The sweep is at most ~0.3 s, and each heartbeat's promise leaves the loop 1 s of slack.
 """
 
