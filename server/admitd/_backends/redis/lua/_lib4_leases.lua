@@ -130,11 +130,12 @@ local function ended(t, kind, d)
 end
 
 local function reserve(t, raw, queued_for, shadowed)
+  local granted_second = string.format('%d', math.floor(now)) -- a holder's score (_lib4_holders)
   for _, l in ipairs(t[T.limits]) do
     local a = amount(t, l[L_UNIT])
     if l[L_KIND] == KIND_GAUGE then
       redis.call('HINCRBYFLOAT', G, l[L_KEY], a)
-      redis.call('ZADD', key('holders', l[L_KEY]), now_text, t[T.lease_id])
+      redis.call('ZADD', key('holders', l[L_KEY]), granted_second, t[T.lease_id])
     elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
     else
@@ -150,10 +151,11 @@ local function reserve(t, raw, queued_for, shadowed)
   end
   local lease = {t = t, day = day, granted = now, expires = now + t[T.ttl], queued = queued_for,
                  shadowed = shadowed, probe = probe}
+  local expires = num(lease.expires)
   redis.call('HSET', key(LEASE, t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', now_text,
-             'expires', num(lease.expires), 'queued', num(queued_for), 'shadowed', shadowed,
+             'expires', expires, 'queued', num(queued_for), 'shadowed', shadowed,
              'probe', probe and '1' or '0')
-  redis.call('ZADD', key('expiry'), num(lease.expires), t[T.lease_id])
+  redis.call('ZADD', key('expiry'), expires, t[T.lease_id])
   redis.call('HINCRBY', key('inflight', SCOPE_POOL), t[T.pool], '1')
   redis.call('HINCRBY', key('inflight', SCOPE_TENANT), t[T.tenant], '1')
   if t[T.idempotency_key] ~= '' then remember_key(t) end
