@@ -81,6 +81,14 @@ local function rate_state(pool)
 end
 
 local function count_grant(pool)
+  local k = key('rate')
+  if tonumber(redis.call('HGET', k, pool .. '|w')) == math.floor(now / RATE_WINDOW) then
+    -- In the window of the pool's last grant: two counts move, nothing else (no number
+    -- formatted, the fractional first grant time not rewritten).
+    redis.call('HINCRBY', k, pool .. '|t', '1')
+    redis.call('HINCRBY', k, pool .. '|c', '1')
+    return
+  end
   local r = rate_state(pool) or
     {first = now, total = 0, win = math.floor(now / RATE_WINDOW), cur = 0, prev = 0}
   redis.call('HSET', key('rate'), pool .. '|f', num(r.first), pool .. '|t', r.total + 1,

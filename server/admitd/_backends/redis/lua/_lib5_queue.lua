@@ -4,16 +4,21 @@
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
 local SEQ_DIGITS = 16 -- a member is the sequence number in this many digits, '|', the id
 local GRANTED_KEEP = 60 -- seconds a grant's record outlives its claim deadline
+-- A class's number as its keys spell it, written once: Lua formats a number it joins to a
+-- string with sprintf every time.
+local CLASS = {}
+for c = 0, PRIORITY_CLASSES - 1 do CLASS[c] = c .. '' end
+
 local function fkey(cls, pool, tenant)
-  return cls .. '|' .. string.len(pool) .. '|' .. pool .. tenant
+  return CLASS[cls] .. '|' .. string.len(pool) .. '|' .. pool .. tenant
 end
 
 local function vkey(cls, pool)
-  return cls .. '|' .. pool
+  return CLASS[cls] .. '|' .. pool
 end
 
 local function qkey(cls, pool)
-  return key('q', cls, pool)
+  return key('q', CLASS[cls], pool)
 end
 
 -- Replicas' heartbeats: hash REPLICAS maps a replica's id to the Redis TIME by which it

@@ -2,15 +2,19 @@
 -- begin(KEYS, ARGV) after the library (the loader writes the call), a function of the
 -- library loaded once (scripts.function_library) as its first step: its state from an
 -- earlier call is forgotten here.
+local MICRO_DIGITS = 6 -- TIME's microseconds, padded with MICROS to six digits
+local MICROS = '00000'
 local function begin(keys, argv)
   base = keys[1]
+  -- now_text is a decimal that reads back as exactly now: the time given, or TIME's seconds
+  -- and microseconds as one decimal (formatting now with num cost a sprintf every call).
   if argv[1] ~= '' then
-    now = tonumber(argv[1])
+    now_text = argv[1]
   else
     local t = redis.call('TIME')
-    now = tonumber(t[1]) + tonumber(t[2]) / 1000000 -- TIME: seconds, microseconds
+    now_text = t[1] .. '.' .. string.sub(MICROS .. t[2], -MICRO_DIGITS)
   end
-  now_text = num(now)
+  now = tonumber(now_text)
   aging = tonumber(argv[2])
   day = tostring(math.floor(now / DAY_SECONDS))
   G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
