@@ -47,7 +47,7 @@ local function current(l)
   if not c or c[L_SCOPE] ~= SCOPE_POOL or (c[L_KIND] ~= KIND_GAUGE and c[L_KIND] ~= KIND_BUCKET) then
     return c
   end
-  local f = gate_of(c[L_OWNER]).factor
+  local f = gate_factor(c[L_OWNER])
   if f >= 1 then return c end
   local s = {unpack(c)}
   if c[L_KIND] == KIND_GAUGE then

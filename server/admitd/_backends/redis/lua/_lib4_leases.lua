@@ -171,9 +171,10 @@ local function reserve(t, raw, queued_for, shadowed)
   return record(lease)
 end
 
--- Take one from a counter, and drop it at zero.
+-- Take one from a counter, and drop it at zero. Its counts are whole (slots, leases,
+-- waiters), so HINCRBY, whose answer is a number and not a text to parse.
 local function decr_field(h, field)
-  if tonumber(redis.call('HINCRBYFLOAT', h, field, '-1')) <= 0 then
+  if redis.call('HINCRBY', h, field, '-1') <= 0 then
     redis.call('HDEL', h, field)
   end
 end

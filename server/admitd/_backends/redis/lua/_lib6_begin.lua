@@ -4,6 +4,7 @@
 -- earlier call is forgotten here.
 local MICRO_DIGITS = 6 -- TIME's microseconds, padded with MICROS to six digits
 local MICROS = '00000'
+local day_number, day_text -- kept from call to call by the function library
 local function begin(keys, argv)
   base = keys[1]
   -- now_text is a decimal that reads back as exactly now: the time given, or TIME's seconds
@@ -16,9 +17,11 @@ local function begin(keys, argv)
   end
   now = tonumber(now_text)
   aging = tonumber(argv[2])
-  day = tostring(math.floor(now / DAY_SECONDS))
+  local d = math.floor(now / DAY_SECONDS)
+  if d ~= day_number then day_number, day_text = d, tostring(d) end -- formatted once a day
+  day = day_text
   G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
-  gate_cache, gate_def_cache = {}, {}
+  gate_cache, gate_def_cache, factor_cache = {}, {}, {}
   configured = redis.call('EXISTS', key('limits')) == 1
   current_cache, stored, bucket_cache = {}, {}, {}
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
