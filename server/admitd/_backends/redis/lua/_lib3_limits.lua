@@ -3,13 +3,20 @@
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
--- configured: whether any is (begin reads it); current_cache: this call's, by key; stored:
--- the definitions fetch_limits read, by key (false: none).
+-- configured: whether any is (nil: not known yet, see is_configured); current_cache: this
+-- call's, by key; stored: the definitions fetch_limits read, by key (false: none).
 local configured, current_cache, stored
+
+-- A definition read says the limits are configured; asking Redis (EXISTS) is for when none
+-- was found, so that most calls do not ask.
+local function is_configured()
+  if configured == nil then configured = redis.call('EXISTS', key('limits')) == 1 end
+  return configured
+end
 
 -- Read the definitions of limits not read yet in one HMGET (a ticket has several).
 local function fetch_limits(limits)
-  if not configured then return end
+  if configured == false then return end
   local keys = {}
   for _, l in ipairs(limits) do
     local k = l[L_KEY]
@@ -20,11 +27,14 @@ local function fetch_limits(limits)
   end
   if #keys == 0 then return end
   local v = redis.call('HMGET', key('limits'), unpack(keys))
-  for i, k in ipairs(keys) do stored[k] = v[i] end
+  for i, k in ipairs(keys) do
+    stored[k] = v[i]
+    if v[i] then configured = true end
+  end
 end
 
 local function configured_limit(l)
-  if not configured then return l end
+  if not is_configured() then return l end
   local c = current_cache[l[L_KEY]]
   if c == nil then
     local v = stored[l[L_KEY]]

@@ -53,15 +53,16 @@ end
 
 -- A live lease (hash "lease:<id>"), or with where = 'tomb' an expired one's tombstone, which
 -- also has ledger (the ledger day its expiry charged), drop (its deadline) and settled (a
--- settlement, JSON, once a Release after the expiry settled it).
+-- settlement, JSON, once a Release after the expiry settled it). claimed: granted to the call
+-- that asked, never an unclaimed grant (an older admitd did not say so: then unknown).
 local function load_lease(id, where)
   local v = redis.call('HMGET', key(where or LEASE, id), 'ticket', 'day', 'granted', 'expires',
-                       'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled')
+                       'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled', 'claimed')
   if not v[1] then return nil end
   return {t = decode_ticket(v[1]), day = v[2], granted = tonumber(v[3]),
           expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
           probe = v[7] == '1', ledger = v[8], drop = tonumber(v[9]),
-          settled = v[10] and cjson.decode(v[10])}
+          settled = v[10] and cjson.decode(v[10]), claimed = v[11] == '1'}
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
@@ -137,7 +138,9 @@ local function ended(t, kind, d)
   dedup_finish(t, nil)
 end
 
-local function reserve(t, raw, queued_for, shadowed)
+-- claimed: granted to the call asking for it (its own Acquire), not to a waiter another
+-- replica's RPC will claim; its Release then has no unclaimed grant to clear.
+local function reserve(t, raw, queued_for, shadowed, claimed)
   local granted_second = string.format('%d', math.floor(now)) -- a holder's score (_lib4_holders)
   for _, l in ipairs(t[T.limits]) do
     local a = amount(t, l[L_UNIT])
@@ -162,7 +165,7 @@ local function reserve(t, raw, queued_for, shadowed)
   local expires = num(lease.expires)
   redis.call('HSET', key(LEASE, t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', now_text,
              'expires', expires, 'queued', num(queued_for), 'shadowed', shadowed,
-             'probe', probe and '1' or '0')
+             'probe', probe and '1' or '0', 'claimed', claimed and '1' or '0')
   redis.call('ZADD', key('expiry'), expires, t[T.lease_id])
   redis.call('HINCRBY', key('inflight', SCOPE_POOL), t[T.pool], '1')
   redis.call('HINCRBY', key('inflight', SCOPE_TENANT), t[T.tenant], '1')

@@ -228,7 +228,7 @@ local function dispatch_pool(pool, watch, progress)
       else
         local d, shadowed = check(t, false)
         if not d then
-          local rec = reserve(t, best.raw, now - best.enq, shadowed)
+          local rec = reserve(t, best.raw, now - best.enq, shadowed, best.id == watch)
           table.insert(served, best.id)
           if best.id == watch then
             own = rec

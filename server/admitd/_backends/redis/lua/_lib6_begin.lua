@@ -22,7 +22,7 @@ local function begin(keys, argv)
   day = day_text
   G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
   gate_cache, gate_def_cache, factor_cache = {}, {}, {}
-  configured = redis.call('EXISTS', key('limits')) == 1
+  configured = nil
   current_cache, stored, bucket_cache = {}, {}, {}
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
   learning = now < learn_until

@@ -78,7 +78,7 @@ if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
   if not closed and not d then
     if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
     served_alone(t)
-    local own = reserve(t, ARGV[3], 0, shadowed)
+    local own = reserve(t, ARGV[3], 0, shadowed, true)
     return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = progress})
   end
   local l = d and t[T.limits][d.index]

@@ -9,7 +9,10 @@
 -- settled once to the usage reported (settle_expired).
 reap()
 local id, tenant = ARGV[3], ARGV[5]
-local done = released(id)
+-- A live lease was never released (ids are new for every ticket): its record is looked for
+-- only when the lease is not there.
+local lease = load_lease(id)
+local done = not lease and released(id)
 if done then
   local s = done
   if tenant ~= '' and s.lease[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
@@ -18,7 +21,6 @@ if done then
 end
 local reported = ARGV[4]
 if string.sub(reported, 1, 1) == '[' then reported = cjson.decode(reported) end
-local lease = load_lease(id)
 if not lease then
   local grave = tombstone(id)
   if not grave then return cjson.encode({error = unknown_lease()}) end
@@ -39,9 +41,11 @@ charge(t, used, charged_usd)
 local outcome = tonumber(ARGV[6])
 report(t[T.pool], outcome, tonumber(ARGV[7]), lease.probe)
 if outcome == OUTCOME_OK and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else dedup_finish(t, nil) end
-redis.call('ZREM', key(UNCLAIMED), id)
-redis.call('DEL', key(GRANTED, id))
-redis.call('HDEL', key('claimer'), id)
+if not lease.claimed then -- a grant made for a waiter another call queued
+  redis.call('ZREM', key(UNCLAIMED), id)
+  redis.call('DEL', key(GRANTED, id))
+  redis.call('HDEL', key('claimer'), id)
+end
 local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
 redis.call('SET', key('released', id), settled, 'PX', math.ceil(t[T.ttl] * 1000))
 credit(t, s.refunded_tokens)
