@@ -16,7 +16,8 @@ if t[T.idempotency_key] ~= '' then
     if redis.call('EXISTS', key('w', ref)) == 1 then
       -- The retry's replica waits for it now (the first one's may be the one that died).
       if ARGV[5] ~= '' then redis.call('HSET', key('w', ref), 'rep', ARGV[5]) end
-      return cjson.encode({queued = true, replayed = true, waiting_on = ref, progress = progress})
+      return cjson.encode({queued = true, replayed = true, waiting_on = ref,
+                           progress = shown(progress)})
     end
     local lease = load_lease(ref)
     if lease then
@@ -26,12 +27,12 @@ if t[T.idempotency_key] ~= '' then
         redis.call('DEL', key(GRANTED, ref))
         redis.call('HDEL', key('claimer'), ref)
       end
-      return cjson.encode({lease = record(lease), replayed = true, progress = progress})
+      return cjson.encode({lease = record(lease), replayed = true, progress = shown(progress)})
     end
     local s = released(ref)
     if s then
       s.lease.expires_in = 0
-      return cjson.encode({lease = s.lease, replayed = true, progress = progress})
+      return cjson.encode({lease = s.lease, replayed = true, progress = shown(progress)})
     end
     -- the lease expired: a retry may reserve again
   end
@@ -39,14 +40,16 @@ end
 
 if (t[T.dedup_key] or '') ~= '' then
   local leader = redis.call('GET', dedup_key(t))
-  if leader then return cjson.encode({follows = leader, progress = progress}) end
+  if leader then return cjson.encode({follows = leader, progress = shown(progress)}) end
 end
 
 local d = check(t, true)
-if d then return cjson.encode({denial = refusal(t, denial(t, d)), progress = progress}) end
+if d then
+  return cjson.encode({denial = refusal(t, denial(t, d)), progress = shown(progress)})
+end
 local closed = shut(t[T.pool])
 if closed and closed.cause == CAUSE_OPEN then -- refused at once, never queued
-  return cjson.encode({denial = refusal(t, closed), progress = progress})
+  return cjson.encode({denial = refusal(t, closed), progress = shown(progress)})
 end
 if wait then
   local mine = tonumber(redis.call('HGET', key('queued', SCOPE_TENANT), t[T.tenant]) or '0')
@@ -63,7 +66,7 @@ if wait then
       full.pool_depth = full.pool_depth + redis.call('ZCARD', qkey(c, t[T.pool]))
     end
     full.grants_per_second = grants_per_second(t[T.pool])
-    return cjson.encode({full = full, progress = progress})
+    return cjson.encode({full = full, progress = shown(progress)})
   end
 end
 
@@ -79,7 +82,7 @@ if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
     if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
     served_alone(t)
     local own = reserve(t, ARGV[3], 0, shadowed, true)
-    return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = progress})
+    return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = shown(progress)})
   end
   local l = d and t[T.limits][d.index]
   if not wait and not (l and l[L_KIND] == KIND_DAILY) then
@@ -94,7 +97,7 @@ if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
         progress.blocked[pool] = held_by
       end
     end
-    return cjson.encode({denial = refusal(t, held_by), progress = progress})
+    return cjson.encode({denial = refusal(t, held_by), progress = shown(progress)})
   end
 end
 
@@ -102,12 +105,13 @@ push(t, ARGV[3], ARGV[5])
 if t[T.idempotency_key] ~= '' then remember_key(t) end
 if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
 local watched, own = dispatch_pool(t[T.pool], t[T.lease_id], progress)
-if own then return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = progress}) end
-if wait then return cjson.encode({queued = true, waiting_on = t[T.lease_id], progress = progress}) end
+local moved = shown(progress)
+if own then return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = moved}) end
+if wait then return cjson.encode({queued = true, waiting_on = t[T.lease_id], progress = moved}) end
 unqueue(t[T.lease_id], false)
 if t[T.idempotency_key] ~= '' then redis.call('DEL', idem_key(t)) end
 if (t[T.dedup_key] or '') ~= '' then -- refused in the step that made it a leader: nobody joined
   redis.call('DEL', dedup_key(t))
 end
 local held_by = watched or progress.blocked[t[T.pool]]
-return cjson.encode({denial = refusal(t, held_by), progress = progress})
+return cjson.encode({denial = refusal(t, held_by), progress = shown(progress)})

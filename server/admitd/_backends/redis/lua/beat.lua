@@ -38,4 +38,4 @@ for i = 1, #claimers, 2 do
 end
 local progress = new_progress()
 if freed then dispatch_all(progress) end
-return cjson.encode({progress = progress, lapsed = lapsed})
+return cjson.encode({progress = shown(progress), lapsed = lapsed})

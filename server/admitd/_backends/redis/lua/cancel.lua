@@ -14,4 +14,4 @@ elseif redis.call('ZREM', key(UNCLAIMED), id) == 1 then
   give_back(id, END_CANCELLED) -- granted while its RPC gave up
   dispatch_all(progress)
 end
-return cjson.encode({progress = progress})
+return cjson.encode({progress = shown(progress)})

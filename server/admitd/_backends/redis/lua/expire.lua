@@ -23,7 +23,7 @@ if learn_until > 0 and not learning then -- learning is over: the phantoms go
 end
 local progress = new_progress()
 if freed or #expired > 0 then dispatch_all(progress) end
-local result = {expired = expired, progress = progress}
+local result = {expired = expired, progress = shown(progress)}
 -- The reaper comes back at the next lease expiry or unclaimed grant's deadline.
 for _, set in ipairs({key('expiry'), key(UNCLAIMED)}) do
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')

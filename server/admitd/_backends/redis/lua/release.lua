@@ -49,5 +49,6 @@ end
 local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
 redis.call('SET', key('released', id), settled, 'PX', math.ceil(t[T.ttl] * 1000))
 credit(t, s.refunded_tokens)
-local progress = cjson.encode(dispatch_all(new_progress()))
-return '{"settlement":' .. settled .. ',"progress":' .. progress .. '}'
+local progress = shown(dispatch_all(new_progress()))
+if not progress then return '{"settlement":' .. settled .. '}' end
+return '{"settlement":' .. settled .. ',"progress":' .. cjson.encode(progress) .. '}'
