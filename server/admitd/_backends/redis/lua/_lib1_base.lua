@@ -27,9 +27,20 @@
 -- num writes it, formatted once); aging the queue's aging; day today's UTC day; G, B and D
 -- the keys of gauges, buckets and daily counters.
 local base, now, now_text, aging, day, G, B, D
--- (A table and table.concat per key cost more than one concatenation.)
+-- A key of one name is kept from call to call (keyed by base too): a call names the same
+-- few ('expiry', 'rate', ...) again and again, and each concatenation makes and hashes a new
+-- string. (A table and table.concat per key cost more than one concatenation.)
+local named, named_base = {}, nil
 local function key(a, b, c)
-  if b == nil then return base .. ':' .. a end
+  if b == nil then
+    if base ~= named_base then named, named_base = {}, base end
+    local k = named[a]
+    if not k then
+      k = base .. ':' .. a
+      named[a] = k
+    end
+    return k
+  end
   if c == nil then return base .. ':' .. a .. ':' .. b end
   return base .. ':' .. a .. ':' .. b .. ':' .. c
 end
