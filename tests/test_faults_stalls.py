@@ -153,6 +153,22 @@ async def test_a_replica_back_from_a_stall_beats_before_its_next_call_and_keeps_
     assert float(promises.hget(replicas_key, h.engine.backend.replica) or 0) > 0  # beat
 
 
+async def test_a_memory_replica_back_from_a_stall_beats_and_answers() -> None:
+    """The beat a call waits for after a stall goes through ``Store.call`` itself with the
+    memory backend: it must not wait for itself (every store call then hung for good)."""
+    h = await start_harness({"backend": {"kind": "memory"}})
+    try:
+        heartbeat = h.engine.heartbeat
+        await heartbeat.stop()
+        assert heartbeat._landed is not None
+        heartbeat._landed -= 10 * h.engine.settings.backend.dead_after  # the stall, written here
+        lease = await asyncio.wait_for(h.acquire(input_tokens=1), 10)
+        assert lease.lease_id
+        assert heartbeat.due() is None  # it beat
+    finally:
+        await h.close()
+
+
 @pytest.mark.redis
 async def test_a_call_that_waited_for_a_connection_through_a_stall_beats_before_it_is_sent(
     replicas: Replicas, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
