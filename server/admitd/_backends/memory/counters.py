@@ -81,7 +81,9 @@ class Counters:
         capacities are read from here."""
         current = self._defs.get(limit.key) if self._defs is not None else limit
         gate = self._gates.get(limit.owner) if limit.scope is Scope.POOL else None
-        return gate.effective(current) if gate is not None and current is not None else current
+        if gate is None or current is None or gate.factor >= 1.0:  # not scaled: as it is
+            return current
+        return gate.effective(current)
 
     def level(self, limit: Limit, now: float) -> float:
         """In use (gauge), left (bucket) or used today (daily)."""
