@@ -39,10 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import uvloop
 
 from bench import procs
 
 CASES = ("fail_fast", "queued", "memory")
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+"""The event loop the pairs run on: uvloop by default, as ``admitd serve`` runs (its
+``event_loop`` setting); the process's own CPU per pair depends on it."""
 _PREFIX = itertools.count()
 
 CONFIG: dict[str, Any] = {
@@ -115,13 +119,19 @@ async def pairs(
 
 
 def measure(
-    case: str, count: int, *, calls: bool, callgrind: bool, held: int = 0
+    case: str, count: int, *, calls: bool, callgrind: bool, held: int = 0, loop: str = "uvloop"
 ) -> dict[str, Any]:
+
+    def run(coro: Any) -> float:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            spent: float = runner.run(coro)
+            return spent
+
     wait = 5.0 if case == "queued" else 0.0
     mine = "python_calls_per_pair" if calls else "python_cpu_us_per_pair"
     scale = 1 if calls else 1e6
     if case == "memory":
-        spent = asyncio.run(pairs({"kind": "memory"}, count, wait, calls, held=held))
+        spent = run(pairs({"kind": "memory"}, count, wait, calls, held=held))
         return {"case": case, "pairs": count, mine: spent * scale / count}
     instructions = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,12 +145,12 @@ def measure(
                 "timeout": 60 if callgrind else 1,
             }
             # Scripts loaded, and the held leases granted before the count starts.
-            asyncio.run(pairs(backend, 50, wait, calls=False, held=held))
+            run(pairs(backend, 50, wait, calls=False, held=held))
             client.config_resetstat()
             cpu0 = _cpu(client)
             if isinstance(server, _Callgrind):
                 server.collect(True)
-            spent = asyncio.run(pairs(backend, count, wait, calls, warmup=0))
+            spent = run(pairs(backend, count, wait, calls, warmup=0))
             if isinstance(server, _Callgrind):
                 server.collect(False)
             cpu1 = _cpu(client)
@@ -236,13 +246,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--callgrind", action="store_true", help="count redis-server's instructions"
     )
+    parser.add_argument("--loop", choices=tuple(LOOPS), default="uvloop")
     parser.add_argument(
         "--calls", action="store_true", help="count Python calls (cProfile) instead of CPU time"
     )
     args = parser.parse_args(argv)
     for case in args.case or CASES:
         runs = [
-            measure(case, args.pairs, calls=args.calls, callgrind=args.callgrind, held=args.held)
+            measure(
+                case,
+                args.pairs,
+                calls=args.calls,
+                callgrind=args.callgrind,
+                held=args.held,
+                loop=args.loop,
+            )
             for _ in range(args.repeat)
         ]
         best = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0] if k != "case"}
