@@ -51,6 +51,7 @@ from ..._model import (
 from ..._usage import Unreported, Usage
 from ..errors import StoreUnreachable
 from . import codec
+from .client import call
 from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
 from .lanes import Lanes
@@ -293,13 +294,14 @@ class RedisBackend:
         """Call ``name`` of the function library (``scripts.FUNCTIONS``), loading the library
         first when Redis does not have it: a restart that kept nothing, ``FUNCTION FLUSH``, a
         new primary (as redis-py loads a script again after NOSCRIPT). Nothing ran then."""
+        pool = self._client.connection_pool
         try:
-            return await self._client.fcall(name, 1, self._base, *argv)
+            return await call(pool, "FCALL", name, "1", self._base, *argv)
         except ResponseError as error:
             if "Function not found" not in str(error):
                 raise
         await self._client.function_load(self._library, replace=True)
-        return await self._client.fcall(name, 1, self._base, *argv)
+        return await call(pool, "FCALL", name, "1", self._base, *argv)
 
     async def _shielded(
         self, op: str, *args: str, undo: Callable[[dict[str, Any]], None] | None = None
@@ -309,14 +311,37 @@ class RedisBackend:
         what an Acquire did for nobody. A caller that leaves while it waits for a
         connection leaves at once: nothing ran. Only Acquire waits in the admission lane."""
         await self._turn(admit=op == "acquire")
-        call = self._keep(self._script(op, *args))
-        call.add_done_callback(lambda _: self.lanes.give())
+        # The call runs as a task of its own, which the caller's cancellation does not
+        # reach; it hands its answer to ``answer`` directly, which costs one loop iteration
+        # fewer than awaiting the task through ``asyncio.shield``.
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._keep(self._answer(answer, op, args, undo))
+        return await answer
+
+    async def _answer(
+        self,
+        answer: asyncio.Future[dict[str, Any]],
+        op: str,
+        args: tuple[str, ...],
+        undo: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        """``_shielded``'s call: ``op``'s answer to ``answer``, or, when the caller has left
+        (``answer`` cancelled), what it did to ``undo``."""
         try:
-            return await asyncio.shield(call)
+            doc = await self._script(op, *args)
         except asyncio.CancelledError:
-            if undo is not None:
-                call.add_done_callback(lambda done: _after(done, undo))
+            answer.cancel()  # close() does not cancel these: only a loop shutting down
             raise
+        except Exception as error:
+            if not answer.done():
+                answer.set_exception(error)
+            return
+        finally:
+            self.lanes.give()
+        if not answer.done():
+            answer.set_result(doc)
+        elif undo is not None:
+            undo(doc)
 
     def _keep(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         """Run ``coro`` as a task held until it ends (``close`` waits for it)."""
@@ -324,11 +349,6 @@ class RedisBackend:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-
-def _after(call: asyncio.Future[dict[str, Any]], then: Callable[[dict[str, Any]], None]) -> None:
-    if not call.cancelled() and call.exception() is None:
-        then(call.result())
 
 
 @contextmanager
