@@ -240,16 +240,16 @@ class Engine:
     async def submit(self, ticket: Ticket, *, queue: bool, hold: bool) -> AcquireResult:
         """Grant ``ticket`` now, or queue it (``queue``), or raise why it was refused.
 
-        ``hold``: an RPC will wait in this process for the grant, so it is registered
-        before the backend is asked (with several replicas, a grant may arrive first).
-        The result has a lease, or is queued.
-        """
+        ``hold``: an RPC will wait in this process for the grant, so one that may queue is
+        registered before the backend is asked (with several replicas, a grant may arrive
+        first; one that may not is granted by its own call or not at all, and never
+        announced). The result has a lease, or is queued."""
         if self.draining:  # checked again: counting the prompt may have taken a while
             raise draining()
         never = self.policy.never_fits(ticket.limits, ticket.tokens, ticket.nano_usd)
         if never is not None:
             raise never
-        waiter = self.waiting.hold(ticket.lease_id) if hold else None
+        waiter = self.waiting.hold(ticket.lease_id) if hold and queue else None
         result: AcquireResult | None = None
         try:
             result = await self.store.call(self.backend.acquire, ticket, wait=queue)
