@@ -51,7 +51,7 @@ from ..._model import (
 from ..._usage import Unreported, Usage
 from ..errors import StoreUnreachable
 from . import codec
-from .client import call
+from .client import Line
 from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
 from .lanes import Lanes
@@ -101,6 +101,7 @@ class RedisBackend:
         sources = load_scripts()
         self._scripts = {op: client.register_script(src) for op, src in sources.items()}
         self._library, self._functions = function_library()
+        self._line = Line(client.connection_pool)
         self.watch = PrimaryWatch(
             self._base, sources["failover"], self._common, learning=learning, window=window
         )
@@ -294,14 +295,13 @@ class RedisBackend:
         """Call ``name`` of the function library (``scripts.FUNCTIONS``), loading the library
         first when Redis does not have it: a restart that kept nothing, ``FUNCTION FLUSH``, a
         new primary (as redis-py loads a script again after NOSCRIPT). Nothing ran then."""
-        pool = self._client.connection_pool
         try:
-            return await call(pool, "FCALL", name, "1", self._base, *argv)
+            return await self._line.call("FCALL", name, "1", self._base, *argv)
         except ResponseError as error:
             if "Function not found" not in str(error):
                 raise
         await self._client.function_load(self._library, replace=True)
-        return await call(pool, "FCALL", name, "1", self._base, *argv)
+        return await self._line.call("FCALL", name, "1", self._base, *argv)
 
     async def _shielded(
         self, op: str, *args: str, undo: Callable[[dict[str, Any]], None] | None = None

@@ -7,7 +7,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -18,11 +18,13 @@ def connect(config: BackendConfig) -> aioredis.Redis:
     """A client for the configured Redis (through Sentinel when sentinels are given), with
     short timeouts so that a dead or slow Redis fails calls fast instead of stalling them,
     and a pool that never runs out: ``Lanes`` lets ``pool_size`` calls at a time use it, the
-    listener holds one more connection for grant messages, and heartbeats one more."""
+    listener holds one more connection for grant messages, and heartbeats one more; the
+    backend keeps the connections its Acquires and Releases used (``Line``), at most
+    ``pool_size``, so the pool may hold that many more (it opens them only when needed)."""
     options: dict[str, Any] = {
         # redis-py's pool fails a call at once when every connection is busy ("Too many
         # connections"): Lanes keeps the calls in flight within it instead.
-        "max_connections": config.pool_size + 3,
+        "max_connections": 2 * config.pool_size + 3,
         "socket_timeout": config.timeout,
         "socket_connect_timeout": config.timeout,
         # A connection idle over a second is pinged (and reconnected) before use, so the
@@ -40,29 +42,50 @@ def connect(config: BackendConfig) -> aioredis.Redis:
     return aioredis.Redis.from_url(config.url, **options)
 
 
-async def call(pool: ConnectionPool, *command: str) -> Any:
-    """One command on a connection of ``pool``, its reply as Redis sent it.
+class Line:
+    """The connections of ``pool`` the backend's hot calls (Acquire's and Release's FCALL)
+    use, kept here between calls instead of taken from the pool and given back on each.
 
-    Why not ``Redis.execute_command``: per call it wraps the command in a retry (which would
-    run an Acquire's script twice after a timeout), records observability it has no
-    listener for, looks up a reply callback, and sends through ``asyncio.wait_for`` (on
-    Python 3.11, a task and a loop iteration of its own for every command). Here the command
-    is packed once by hiredis and written straight to the socket: a few hundred bytes fit
-    the transport's buffer, so there is no write to wait for, and a Redis that stops reading
-    is caught by the reply's timeout (``socket_timeout``). The connection's own health check
-    (``health_check_interval``), reconnection (with ``redis_connect_func``) and reply
-    parsing are redis-py's, as for every other call.
+    Why: redis-py's pool takes its lock, records observability it has no listener for and
+    polls the socket for stray data on every checkout, and takes its lock again on every
+    release, about as much as the rest of the call. A connection here is one the ``Lanes``
+    let a call use, so at most ``pool_size`` of them exist; they stay counted as in use by the
+    pool, which is sized for them and for ``pool_size`` calls of other kinds (``connect``).
     """
-    # hiredis's stub types the command as a tuple of one item; any number is packed.
-    packed = hiredis.pack_command(command)  # type: ignore[arg-type]
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await connection.check_health()
-        writer = connection._writer  # private: its public send is the wait_for above
-        if writer is None or writer.transport.is_closing():
-            await connection.disconnect(nowait=True)
-            raise RedisConnectionError("Connection closed by the server before write")
-        writer.write(packed)
-        return await connection.read_response()
-    finally:
-        await pool.release(connection)
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._idle: list[AbstractConnection] = []
+
+    async def call(self, *command: str) -> Any:
+        """One command, its reply as Redis sent it.
+
+        Why not ``Redis.execute_command``: per call it wraps the command in a retry (which
+        would run an Acquire's script twice after a timeout), records observability, looks up
+        a reply callback, and sends through ``asyncio.wait_for`` (on Python 3.11, a task and
+        a loop iteration of its own for every command). Here the command is packed by
+        hiredis and written straight to the socket: a few hundred bytes fit the transport's
+        buffer, so there is no write to wait for, and a Redis that stops reading is caught
+        by the reply's timeout (``socket_timeout``). Reconnecting (with its
+        ``redis_connect_func``), the idle connection's health check and reply parsing are
+        redis-py's, as for every other call.
+        """
+        # hiredis's stub types the command as a tuple of one item; any number is packed.
+        packed = hiredis.pack_command(command)  # type: ignore[arg-type]
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            # Connected, and not closed by the server meanwhile (a failover's proxy, a
+            # restart), as the pool makes sure on a checkout: else it connects again.
+            await self._pool.ensure_connection(connection)
+            await connection.check_health()  # type: ignore[no-untyped-call]
+            writer = connection._writer  # private: its public send is the wait_for above
+            if writer is None or writer.transport.is_closing():
+                await connection.disconnect(nowait=True)
+                raise RedisConnectionError("Connection closed by the server before write")
+            writer.write(packed)
+            return await connection.read_response()
+        finally:
+            self._idle.append(connection)
