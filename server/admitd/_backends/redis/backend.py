@@ -95,7 +95,7 @@ class RedisBackend:
         """Who may use a connection when (every store call takes one)."""
         self._background: set[asyncio.Future[Any]] = set()
         self._base = "{" + key_prefix + "}"
-        self._aging = aging
+        self._aging_text = repr(aging)
         self._clock = clock
         self._poll_interval = poll_interval
         sources = load_scripts()
@@ -257,7 +257,7 @@ class RedisBackend:
 
     def _common(self) -> list[str]:
         """Every script's ARGV[1..2]: the time to use ("" for Redis TIME), queue aging."""
-        return [self._now(), repr(self._aging)]
+        return [self._now(), self._aging_text]
 
     async def _run(self, op: str, *args: str) -> dict[str, Any]:
         await self._turn(admit=False)
@@ -282,12 +282,16 @@ class RedisBackend:
                 raise
 
     async def _script(self, op: str, *args: str) -> dict[str, Any]:
-        argv = [*self._common(), *args]
-        with _store_errors():
+        argv = [self._now(), self._aging_text, *args]  # _common(), without its list
+        # As _store_errors does: written out, as this runs on every store call, and a
+        # generator context manager costs six Python calls each time.
+        try:
             if op in self._functions:
                 raw = await self._function(self._functions[op], argv)
             else:
                 raw = await self._scripts[op](keys=[self._base], args=argv)
+        except _UNREACHABLE as error:
+            raise StoreUnreachable(str(error)) from None
         doc: dict[str, Any] = json.loads(raw)
         return doc
 
@@ -356,5 +360,8 @@ def _store_errors() -> Iterator[None]:
     """Redis unreachable or too slow: the engine's ``Store`` counts it and fails closed."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+    except _UNREACHABLE as error:
         raise StoreUnreachable(str(error)) from None
+
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)

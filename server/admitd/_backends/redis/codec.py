@@ -341,7 +341,12 @@ def ticket_json(t: Ticket) -> str:
     """The ticket as the scripts take it: compact JSON, its limits last (:data:`TICKET_LIMITS`)."""
     doc = dict(zip(_TICKET_WIRE, _TICKET(t), strict=True))
     doc[TICKET_KEYS["limits"]] = [_LIMIT(limit) for limit in t.limits]
-    return json.dumps(doc, separators=(",", ":"))
+    return _COMPACT(doc)
+
+
+# One encoder for every ticket: ``json.dumps`` with its own separators builds a new encoder
+# on every call. A ticket holds no cycle to check for.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 def lease(raw: dict[str, Any]) -> LeaseRecord:
@@ -374,6 +379,8 @@ def denial(raw: dict[str, Any]) -> Denial:
 
 
 def progress(raw: Any) -> Progress:
+    if not raw:  # the scripts leave out a progress with nothing in it: most answers
+        return Progress()
     raw = as_dict(raw)
     return Progress(
         grants=[lease(g) for g in as_list(raw.get("grants"))],
