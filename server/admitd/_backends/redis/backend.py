@@ -1,10 +1,11 @@
 """The Redis backend: many admitd replicas share one set of limits, one fair queue and one
 lease table. Each operation is one Lua script (``lua/<operation>.lua``, with the shared state
 machine ``lua/_lib*.lua`` and the prologue written from Python in front: ``scripts.py``),
-registered once with redis-py ``register_script``, which uses EVALSHA and reloads a script
-after ``SCRIPT FLUSH``; Acquire and Release, which every admission makes, are functions of a
-library loaded once instead (``FCALL``; ``scripts.FUNCTIONS``), loaded again when Redis lost
-it. Everything sent to or read from a script goes through ``codec.py``.
+registered once with redis-py ``register_script`` and called by its digest (EVALSHA), loaded
+again after ``SCRIPT FLUSH``; Acquire and Release, which every admission makes, are functions
+of a library loaded once instead (``FCALL``; ``scripts.FUNCTIONS``), loaded again when Redis
+lost it. Every call goes out through ``client.Line``; everything sent to or read from a
+script goes through ``codec.py``.
 Its twin is the memory backend, ``_backends/memory/backend.py``.
 
 Time is Redis ``TIME``, so replicas agree (tests pass their injected clock instead). A grant
@@ -28,7 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._clock import Clock
@@ -281,31 +282,38 @@ class RedisBackend:
                 self.lanes.give()
                 raise
 
-    async def _script(self, op: str, *args: str) -> dict[str, Any]:
+    async def _script(
+        self, op: str, *args: str, later: Callable[[asyncio.Task[Any]], None] | None = None
+    ) -> dict[str, Any]:
         argv = [self._now(), self._aging_text, *args]  # _common(), without its list
         # As _store_errors does: written out, as this runs on every store call, and a
         # generator context manager costs six Python calls each time.
         try:
-            if op in self._functions:
-                raw = await self._function(self._functions[op], argv)
-            else:
-                raw = await self._scripts[op](keys=[self._base], args=argv)
+            raw = await self._call(op, argv, later)
         except _UNREACHABLE as error:
             raise StoreUnreachable(str(error)) from None
         doc: dict[str, Any] = json.loads(raw)
         return doc
 
-    async def _function(self, name: str, argv: list[str]) -> Any:
-        """Call ``name`` of the function library (``scripts.FUNCTIONS``), loading the library
-        first when Redis does not have it: a restart that kept nothing, ``FUNCTION FLUSH``, a
-        new primary (as redis-py loads a script again after NOSCRIPT). Nothing ran then."""
+    async def _call(
+        self, op: str, argv: list[str], later: Callable[[asyncio.Task[Any]], None] | None
+    ) -> Any:
+        """Call ``op``: a function of the library (``scripts.FUNCTIONS``) or a script by its
+        digest, loading the library or the script first when Redis does not have it (a
+        restart that kept nothing, a flush, a new primary: nothing ran then), as redis-py's
+        ``Script`` does after NOSCRIPT. Through the ``Line`` (``later``: see ``Line.call``)."""
+        name = self._functions.get(op)
+        script = self._scripts[op]
+        command = ("FCALL", name) if name else ("EVALSHA", script.sha)
         try:
-            return await self._line.call("FCALL", name, "1", self._base, *argv)
+            return await self._line.call(*command, "1", self._base, *argv, later=later)
+        except NoScriptError:
+            await self._client.script_load(script.script)
         except ResponseError as error:
             if "Function not found" not in str(error):
                 raise
-        await self._client.function_load(self._library, replace=True)
-        return await self._line.call("FCALL", name, "1", self._base, *argv)
+            await self._client.function_load(self._library, replace=True)
+        return await self._line.call(*command, "1", self._base, *argv, later=later)
 
     async def _shielded(
         self, op: str, *args: str, undo: Callable[[dict[str, Any]], None] | None = None
@@ -315,37 +323,32 @@ class RedisBackend:
         what an Acquire did for nobody. A caller that leaves while it waits for a
         connection leaves at once: nothing ran. Only Acquire waits in the admission lane."""
         await self._turn(admit=op == "acquire")
-        # The call runs as a task of its own, which the caller's cancellation does not
-        # reach; it hands its answer to ``answer`` directly, which costs one loop iteration
-        # fewer than awaiting the task through ``asyncio.shield``.
-        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._keep(self._answer(answer, op, args, undo))
-        return await answer
+        # In the caller's own task (no task or loop iteration more per call): a caller
+        # cancelled after the call was sent leaves at once, and the reply is read by a task
+        # of the ``Line``'s (``later``), which ``_left`` follows.
+        handed = False
 
-    async def _answer(
-        self,
-        answer: asyncio.Future[dict[str, Any]],
-        op: str,
-        args: tuple[str, ...],
-        undo: Callable[[dict[str, Any]], None] | None,
-    ) -> None:
-        """``_shielded``'s call: ``op``'s answer to ``answer``, or, when the caller has left
-        (``answer`` cancelled), what it did to ``undo``."""
+        def later(rest: asyncio.Task[Any]) -> None:
+            nonlocal handed
+            handed = True
+            self._background.add(rest)
+            rest.add_done_callback(lambda done: self._left(done, undo))
+
         try:
-            doc = await self._script(op, *args)
-        except asyncio.CancelledError:
-            answer.cancel()  # close() does not cancel these: only a loop shutting down
-            raise
-        except Exception as error:
-            if not answer.done():
-                answer.set_exception(error)
-            return
+            return await self._script(op, *args, later=later)
         finally:
-            self.lanes.give()
-        if not answer.done():
-            answer.set_result(doc)
-        elif undo is not None:
-            undo(doc)
+            if not handed:  # else the connection is busy until the reply is read
+                self.lanes.give()
+
+    def _left(self, rest: asyncio.Task[Any], undo: Callable[[dict[str, Any]], None] | None) -> None:
+        """A call's reply read after its caller left: its turn given back, what it did
+        for nobody to ``undo``."""
+        self._background.discard(rest)
+        self.lanes.give()
+        if rest.cancelled() or rest.exception() is not None:
+            return  # not run (a library to load), or Redis lost: nothing to undo
+        if undo is not None:
+            undo(json.loads(rest.result()))
 
     def _keep(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         """Run ``coro`` as a task held until it ends (``close`` waits for it)."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -10,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from ..._config import BackendConfig
 
@@ -57,8 +60,13 @@ class Line:
         self._pool = pool
         self._idle: list[AbstractConnection] = []
 
-    async def call(self, *command: str) -> Any:
-        """One command, its reply as Redis sent it.
+    async def call(
+        self, *command: str, later: Callable[[asyncio.Task[Any]], None] | None = None
+    ) -> Any:
+        """One command, its reply as Redis sent it. A caller cancelled once the command is
+        sent hands the reply's reading to a task and ``later`` (without it, the connection
+        is dropped, as redis-py does): the command runs in Redis anyway, and what it did
+        must still be known to someone.
 
         Why not ``Redis.execute_command``: per call it wraps the command in a retry (which
         would run an Acquire's script twice after a timeout), records observability, looks up
@@ -76,6 +84,7 @@ class Line:
             connection = self._idle.pop()
         else:
             connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        kept = True  # whether the connection goes back to _idle here (else: _rest's)
         try:
             # Connected, and not closed by the server meanwhile (a failover's proxy, a
             # restart), as the pool makes sure on a checkout: else it connects again.
@@ -86,6 +95,27 @@ class Line:
                 await connection.disconnect(nowait=True)
                 raise RedisConnectionError("Connection closed by the server before write")
             writer.write(packed)
+            # Not dropped on cancellation (disconnect_on_error): hiredis keeps what it has
+            # read of a reply, so a task can read the rest.
+            return await connection.read_response(disconnect_on_error=False)
+        except asyncio.CancelledError:
+            if later is not None and connection.is_connected:
+                kept = False
+                later(asyncio.ensure_future(self._rest(connection)))
+            else:
+                await connection.disconnect(nowait=True)
+            raise
+        except ResponseError:
+            raise  # Redis's answer, read whole: the connection is fine
+        except BaseException:
+            await connection.disconnect(nowait=True)  # a reply half read or not at all
+            raise
+        finally:
+            if kept:
+                self._idle.append(connection)
+
+    async def _rest(self, connection: AbstractConnection) -> Any:
+        try:
             return await connection.read_response()
         finally:
             self._idle.append(connection)
