@@ -22,8 +22,8 @@ def connect(config: BackendConfig) -> aioredis.Redis:
     short timeouts so that a dead or slow Redis fails calls fast instead of stalling them,
     and a pool that never runs out: ``Lanes`` lets ``pool_size`` calls at a time use it, the
     listener holds one more connection for grant messages, and heartbeats one more; the
-    backend keeps the connections its Acquires and Releases used (``Line``), at most
-    ``pool_size``, so the pool may hold that many more (it opens them only when needed)."""
+    backend keeps the connections its scripts used (``Line``), at most ``pool_size`` and the
+    heartbeat's, so the pool may hold that many more (it opens them only when needed)."""
     options: dict[str, Any] = {
         # redis-py's pool fails a call at once when every connection is busy ("Too many
         # connections"): Lanes keeps the calls in flight within it instead.
@@ -46,14 +46,15 @@ def connect(config: BackendConfig) -> aioredis.Redis:
 
 
 class Line:
-    """The connections of ``pool`` the backend's hot calls (Acquire's and Release's FCALL)
-    use, kept here between calls instead of taken from the pool and given back on each.
+    """The connections of ``pool`` the backend's script calls use (every admission makes
+    two), kept here between calls instead of taken from the pool and given back on each.
 
     Why: redis-py's pool takes its lock, records observability it has no listener for and
     polls the socket for stray data on every checkout, and takes its lock again on every
     release, about as much as the rest of the call. A connection here is one the ``Lanes``
-    let a call use, so at most ``pool_size`` of them exist; they stay counted as in use by the
-    pool, which is sized for them and for ``pool_size`` calls of other kinds (``connect``).
+    let a call use (or the heartbeat's, which goes outside them), so at most ``pool_size`` + 1
+    exist; they stay counted as in use by the pool, which is sized for them and for
+    ``pool_size`` calls of other kinds (``connect``).
     """
 
     def __init__(self, pool: ConnectionPool) -> None:
