@@ -257,3 +257,33 @@ def test_a_ticket_reads_the_same_split_at_its_limits_or_whole_as_an_older_admitd
     finally:
         client.close()
     assert first == again == older == json.loads(compact)
+
+
+def test_a_ticket_s_limits_encoded_once_per_tuple_are_the_text_of_the_whole_ticket() -> None:
+    """codec keeps the text of each tuple of limits it encoded (the policy hands every ticket
+    of a pool and tenant the same tuple): a ticket reads as encoding it whole would, and a
+    tuple with other limits, even one made where an older one was, gets its own text."""
+    limits = [
+        _model.Limit(
+            "pool:p:rpm",
+            _model.Kind.BUCKET,
+            _model.Unit.REQUEST,
+            _model.Scope.POOL,
+            "requests_per_minute",
+            "p",
+            capacity,
+            1.0,
+        )
+        for capacity in (60.0, 120.0)
+    ]
+    for limit in limits * 2:  # each tuple new, the second time around too
+        ticket = _ticket(limit)
+        whole = {
+            key: [list(limit_json(x)) for x in ticket.limits]
+            if field == "limits"
+            else getattr(ticket, field)
+            for field, key in codec.TICKET_KEYS.items()
+        }
+        for _ in range(2):  # encoded, then kept
+            assert json.loads(codec.ticket_json(ticket)) == whole
+            assert codec.ticket_json(ticket) == json.dumps(whole, separators=(",", ":"))

@@ -338,14 +338,22 @@ def limit(raw: list[Any]) -> Limit:
 
 
 def ticket_json(t: Ticket) -> str:
-    """The ticket as the scripts take it: compact JSON, its limits last (:data:`TICKET_LIMITS`)."""
-    doc = dict(zip(_TICKET_WIRE, _TICKET(t), strict=True))
-    doc[TICKET_KEYS["limits"]] = [_LIMIT(limit) for limit in t.limits]
-    return _COMPACT(doc)
+    """The ticket as the scripts take it: compact JSON, its limits last (:data:`TICKET_LIMITS`).
+
+    The limits' text (most of it) is encoded once per tuple: the policy hands all tickets of
+    a pool and tenant one tuple. Kept by id with the tuple itself, so the id is not reused
+    while kept; a configuration's tuples are few (all dropped past 4,096)."""
+    kept = _LIMITS_TEXT.get(id(t.limits))
+    if kept is None or kept[0] is not t.limits:
+        if len(_LIMITS_TEXT) >= 4096:
+            _LIMITS_TEXT.clear()
+        kept = _LIMITS_TEXT[id(t.limits)] = (t.limits, _COMPACT([_LIMIT(x) for x in t.limits]))
+    head = _COMPACT(dict(zip(_TICKET_WIRE, _TICKET(t), strict=True)))
+    return f"{head[:-1]}{TICKET_LIMITS}{kept[1]}}}"
 
 
-# One encoder for every ticket: ``json.dumps`` with its own separators builds a new encoder
-# on every call. A ticket holds no cycle to check for.
+_LIMITS_TEXT: dict[int, tuple[tuple[Limit, ...], str]] = {}
+# One encoder (json.dumps with separators builds one per call); a ticket has no cycles.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
