@@ -9,6 +9,8 @@ reason and its metadata too (``field``, and what an expired lease stands charged
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -42,19 +44,11 @@ _CODES: list[tuple[type[AdmitdError], int]] = [
 
 def to_status(error: AdmitdError) -> grpc.Status:
     code = next(c for kind, c in _CODES if isinstance(error, kind))
-    status = status_pb2.Status(code=code, message=error.message)
     if isinstance(error, Rejected):
-        info = error_details_pb2.ErrorInfo(
-            reason=error.reason.value, domain=DOMAIN, metadata=error.metadata
-        )
-        status.details.append(_pack(info))
-        if error.retry_after is not None:
-            status.details.append(
-                _pack(
-                    error_details_pb2.RetryInfo(retry_delay=seconds_to_duration(error.retry_after))
-                )
-            )
-    elif isinstance(error, NotFound) and error.reason is not None:
+        metadata = tuple(error.metadata.items())
+        return _rejection(code, error.message, error.reason.value, metadata, error.retry_after)
+    status = status_pb2.Status(code=code, message=error.message)
+    if isinstance(error, NotFound) and error.reason is not None:
         info = error_details_pb2.ErrorInfo(
             reason=error.reason.value,
             domain=DOMAIN,
@@ -66,6 +60,26 @@ def to_status(error: AdmitdError) -> grpc.Status:
             field=error.field, description=error.message
         )
         status.details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    return rpc_status.to_status(status)
+
+
+@functools.lru_cache(maxsize=256)
+def _rejection(
+    code: int,
+    message: str,
+    reason: str,
+    metadata: tuple[tuple[str, str], ...],
+    retry_after: float | None,
+) -> grpc.Status:
+    """A refusal's status, kept by its content: past capacity a replica answers thousands of
+    identical SERVER_OVERLOADED refusals a second (the delay they state changes with each
+    overload probe), and building the details was a tenth of what refusing costs."""
+    status = status_pb2.Status(code=code, message=message)
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=dict(metadata))
+    status.details.append(_pack(info))
+    if retry_after is not None:
+        delay = error_details_pb2.RetryInfo(retry_delay=seconds_to_duration(retry_after))
+        status.details.append(_pack(delay))
     return rpc_status.to_status(status)
 
 
