@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from admitd._backends.redis import Lanes, RedisBackend
+from admitd._backends.redis.client import Line
 from admitd._errors import StoreBusy
 from admitd._model import day_number
 from admitd._requests import AcquireSpec
@@ -156,3 +158,34 @@ async def test_a_grant_made_for_a_caller_that_left_while_the_script_ran_goes_bac
     await until(given_back, 10.0, "the grant released, charged nothing")
     pool = await h.pool("p")
     assert (pool.in_flight, pool.queued) == (0, 0)
+
+
+async def test_a_call_cancelled_before_it_is_sent_runs_nothing_and_leaves_no_reply_to_read(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller can be cancelled while its kept connection is health-checked (idle over a
+    second: a PING first): its command never went out, so no task may be left reading a
+    reply for it (it would read the PING's, and take it for the script's answer)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    line = Line(client.connection_pool)
+    try:
+        await line.call("SET", "k", "0")  # the line keeps this connection
+        (connection,) = line._idle
+        checking, forever = asyncio.Event(), asyncio.Event()
+
+        async def slow_check() -> None:
+            checking.set()
+            await forever.wait()
+
+        monkeypatch.setattr(connection, "check_health", slow_check)
+        handed: list[asyncio.Task[Any]] = []
+        call = asyncio.ensure_future(line.call("INCR", "k", later=handed.append))
+        await asyncio.wait_for(checking.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert handed == []  # nothing sent: no reply for anyone to read
+        monkeypatch.undo()
+        assert await line.call("GET", "k") == b"0"  # INCR never ran; the line still works
+    finally:
+        await client.aclose()

@@ -86,6 +86,7 @@ class Line:
         else:
             connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         kept = True  # whether the connection goes back to _idle here (else: _rest's)
+        sent = False
         try:
             # Connected, and not closed by the server meanwhile (a failover's proxy, a
             # restart), as the pool makes sure on a checkout: else it connects again.
@@ -96,11 +97,15 @@ class Line:
                 await connection.disconnect(nowait=True)
                 raise RedisConnectionError("Connection closed by the server before write")
             writer.write(packed)
+            sent = True
             # Not dropped on cancellation (disconnect_on_error): hiredis keeps what it has
             # read of a reply, so a task can read the rest.
             return await connection.read_response(disconnect_on_error=False)
         except asyncio.CancelledError:
-            if later is not None and connection.is_connected:
+            # Only a command sent has a reply to read; one cancelled before (while the
+            # connection was made or health-checked) never ran, and the reply on the wire,
+            # if any, is the health check's.
+            if later is not None and sent and connection.is_connected:
                 kept = False
                 later(asyncio.ensure_future(self._rest(connection)))
             else:
