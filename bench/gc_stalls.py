@@ -33,7 +33,7 @@ import grpc
 from admitd_client._proto import admission_pb2 as pb
 from admitd_client._proto import admission_pb2_grpc as pb_grpc
 from bench import procs
-from bench.scenarios.scale import HOLD_RATE
+from bench.scenarios.scale import HOLD_RATE, hold_spec
 
 LONG = 0.01  # collections logged by themselves: the young ones take well under this
 
@@ -116,15 +116,7 @@ def probe(waiters: int, step: int, workdir: Path, wait: float | None = None) -> 
             stub = pb_grpc.AdmissionStub(channel)
             block = pb.AcquireRequest(tenant="tenant0", pool="blocked", input_tokens=1)
             stub.Acquire(block, timeout=10)
-            spec = {
-                "mode": "hold",
-                "targets": [server.target],
-                "count": waiters,
-                "pool": "blocked",
-                "tenants": tenants,
-                "duration": wait or waiters / HOLD_RATE + 120,
-                "rate": HOLD_RATE,
-            }
+            spec = hold_spec(server.target, waiters, tenants, wait or waiters / HOLD_RATE + 120)
             holder = procs.start_load(spec, workdir, "hold")
             next_at, most, grew_at = step, 0, time.monotonic()
             while next_at <= waiters and time.monotonic() - grew_at < 30:

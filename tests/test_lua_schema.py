@@ -175,6 +175,21 @@ def limit_json(limit: _model.Limit) -> list[object]:
     return list(codec.limit_json(limit))
 
 
+def _rpm(capacity: float = 60.0, shadow: bool = False) -> _model.Limit:
+    """A pool's requests-per-minute bucket, as the policy makes it."""
+    return _model.Limit(
+        "pool:p:rpm",
+        _model.Kind.BUCKET,
+        _model.Unit.REQUEST,
+        _model.Scope.POOL,
+        "requests_per_minute",
+        "p",
+        capacity,
+        1.0,
+        shadow,
+    )
+
+
 def _ticket(limit: _model.Limit) -> _model.Ticket:
     return _model.Ticket(
         lease_id="x",
@@ -196,17 +211,7 @@ def _ticket(limit: _model.Limit) -> _model.Ticket:
 
 
 def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
-    limit = _model.Limit(
-        "pool:p:rpm",
-        _model.Kind.BUCKET,
-        _model.Unit.REQUEST,
-        _model.Scope.POOL,
-        "requests_per_minute",
-        "p",
-        60.0,
-        1.0,
-        True,
-    )
+    limit = _rpm(shadow=True)
     ticket = _ticket(limit)
     doc = json.loads(codec.ticket_json(ticket))
     assert set(doc) == set(codec.TICKET_KEYS.values())
@@ -227,16 +232,7 @@ def test_a_ticket_reads_the_same_split_at_its_limits_or_whole_as_an_older_admitd
     """The scripts split a ticket's JSON at its limits (``codec.TICKET_LIMITS``) and decode
     the limits once for every ticket carrying the same; a waiter or lease an older admitd
     wrote during a rolling upgrade holds spaced JSON, decoded whole."""
-    limit = _model.Limit(
-        "pool:p:rpm",
-        _model.Kind.BUCKET,
-        _model.Unit.REQUEST,
-        _model.Scope.POOL,
-        "requests_per_minute",
-        "p",
-        60.0,
-        1.0,
-    )
+    limit = _rpm()
     compact = codec.ticket_json(_ticket(limit))
     assert compact.endswith(
         codec.TICKET_LIMITS + json.dumps([limit_json(limit)]).replace(" ", "") + "}"
@@ -263,19 +259,7 @@ def test_a_ticket_s_limits_encoded_once_per_tuple_are_the_text_of_the_whole_tick
     """codec keeps the text of each tuple of limits it encoded (the policy hands every ticket
     of a pool and tenant the same tuple): a ticket reads as encoding it whole would, and a
     tuple with other limits, even one made where an older one was, gets its own text."""
-    limits = [
-        _model.Limit(
-            "pool:p:rpm",
-            _model.Kind.BUCKET,
-            _model.Unit.REQUEST,
-            _model.Scope.POOL,
-            "requests_per_minute",
-            "p",
-            capacity,
-            1.0,
-        )
-        for capacity in (60.0, 120.0)
-    ]
+    limits = [_rpm(capacity) for capacity in (60.0, 120.0)]
     for limit in limits * 2:  # each tuple new, the second time around too
         ticket = _ticket(limit)
         whole = {

@@ -160,16 +160,7 @@ def _waiters(
         for n, server in servers.items():
             _block(server.target)
             extra[n]["rss_before_mb"] = _rss_mb(server.pid)
-            spec = {
-                "mode": "hold",
-                "targets": [server.target],
-                "count": n,
-                "pool": "blocked",
-                "tenants": tenants,
-                "duration": hold_for,
-                "rate": HOLD_RATE,
-                "tickets": tickets,
-            }
+            spec = hold_spec(server.target, n, tenants, hold_for, tickets=tickets)
             holders[n] = procs.start_load(spec, ctx.workdir, f"scale-hold-{what}{n}-{kind}")
         started = time.monotonic()
         for n, server in servers.items():
@@ -194,6 +185,24 @@ def _waiters(
             except RuntimeError as error:
                 extra[n]["parked_calls_ended"] = str(error)
     return _rows(what, kind, results, extra)
+
+
+def hold_spec(
+    target: str, count: int, tenants: list[str], duration: float, *, tickets: bool = False
+) -> dict[str, Any]:
+    """What the Python holder (``procs.start_load``, mode ``hold``) parks: ``count`` waiters
+    (Enqueue tickets with ``tickets``) on pool ``blocked`` of ``target``, at ``HOLD_RATE`` a
+    second, held ``duration`` seconds."""
+    return {
+        "mode": "hold",
+        "targets": [target],
+        "count": count,
+        "pool": "blocked",
+        "tenants": tenants,
+        "duration": duration,
+        "rate": HOLD_RATE,
+        "tickets": tickets,
+    }
 
 
 def _block(target: str) -> None:
