@@ -225,9 +225,9 @@ class BackendConfig(_Model):
     """Redis unreachable: ``fail_closed`` answers UNAVAILABLE (health NOT_SERVING);
     ``fail_open`` admits every call unchecked, with a warning, until Redis answers again."""
     pool_size: int = Field(64, ge=1, le=10_000)
-    """Connections to Redis for store calls (plus one for grant messages). Calls beyond
-    them wait for a free one instead of failing; settling calls (Release, Renew, claims)
-    go first."""
+    """Store calls that use Redis at once, each on a connection of its own (plus one for
+    grant messages and one for heartbeats). Calls beyond them wait for a free one instead
+    of failing; settling calls (Release, Renew, claims) go first."""
     pool_timeout: Seconds = Field(1.0, gt=0)
     """Longest an Acquire waits for a free connection; past it the Acquire is refused with
     SERVER_OVERLOADED (nothing reserved). Settling calls wait as long as it takes."""
