@@ -285,7 +285,7 @@ class RedisBackend:
     async def _script(
         self, op: str, *args: str, later: Callable[[asyncio.Task[Any]], None] | None = None
     ) -> dict[str, Any]:
-        argv = [self._now(), self._aging_text, *args]  # _common(), without its list
+        argv = [*self._common(), *args]
         # As _store_errors does: written out, as this runs on every store call, and a
         # generator context manager costs six Python calls each time.
         try:
