@@ -137,15 +137,29 @@ async def test_a_caller_that_leaves_while_its_acquire_waits_for_a_connection_lea
 
 
 async def test_a_grant_made_for_a_caller_that_left_while_the_script_ran_goes_back(
-    one_connection: Callable[..., Any],
+    one_connection: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = await one_connection("1s")
     backend = h.engine.backend
     assert isinstance(backend, RedisBackend)
     spec = AcquireSpec(tenant="a", pool="p", input_tokens=10)
     (ticket,), _ = await h.engine.requests.tickets(spec, deadline=None)
+    # The function library loaded (else the first call is answered "Function not found" and
+    # runs nothing), and the connection the Acquire will take just used (so it is not
+    # health-checked first): the caller leaves once its script is written and its reply
+    # awaited, not before.
+    await backend._client.function_load(backend._library, replace=True)
+    await h.pool("p")
+    connection = backend._line._idle[-1]
+    reading, read = asyncio.Event(), connection.read_response
+
+    async def read_response(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "read_response", read_response)
     call = asyncio.ensure_future(backend.acquire(ticket, wait=False))
-    await asyncio.sleep(0)  # the script is on its way
+    await asyncio.wait_for(reading.wait(), 10)  # the script is on its way
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
