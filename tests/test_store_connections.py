@@ -15,6 +15,8 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from admitd._backends.redis import Lanes, RedisBackend
 from admitd._backends.redis.client import Line
@@ -145,12 +147,12 @@ async def test_a_grant_made_for_a_caller_that_left_while_the_script_ran_goes_bac
     spec = AcquireSpec(tenant="a", pool="p", input_tokens=10)
     (ticket,), _ = await h.engine.requests.tickets(spec, deadline=None)
     # The function library loaded (else the first call is answered "Function not found" and
-    # runs nothing), and the connection the Acquire will take just used (so it is not
-    # health-checked first): the caller leaves once its script is written and its reply
-    # awaited, not before.
+    # runs nothing), and the Line's connection made: the caller leaves once its script is
+    # written and its reply awaited, not before.
     await backend._client.function_load(backend._library, replace=True)
     await h.pool("p")
-    connection = backend._line._idle[-1]
+    connection = backend._line._connection
+    assert connection is not None
     reading, read = asyncio.Event(), connection.read_response
 
     async def read_response(*args: Any, **kwargs: Any) -> Any:
@@ -177,24 +179,26 @@ async def test_a_grant_made_for_a_caller_that_left_while_the_script_ran_goes_bac
 async def test_a_call_cancelled_before_it_is_sent_runs_nothing_and_leaves_no_reply_to_read(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A caller can be cancelled while its kept connection is health-checked (idle over a
-    second: a PING first): its command never went out, so no task may be left reading a
-    reply for it (it would read the PING's, and take it for the script's answer)."""
+    """A caller can be cancelled while the Line connects again (the server closed its
+    connection): its command never went out, so no reply may be handed to anyone (there
+    is none, and the one a reader took for it would be another call's)."""
     client = aioredis.Redis.from_url(redis_server.url)
     line = Line(client.connection_pool)
     try:
         await line.call("SET", "k", "0")  # the line keeps this connection
-        (connection,) = line._idle
-        checking, forever = asyncio.Event(), asyncio.Event()
+        connection = line._connection
+        assert connection is not None
+        await connection.disconnect()  # as a server that hung up leaves it
+        connecting, forever = asyncio.Event(), asyncio.Event()
 
-        async def slow_check() -> None:
-            checking.set()
+        async def slow_connect() -> None:
+            connecting.set()
             await forever.wait()
 
-        monkeypatch.setattr(connection, "check_health", slow_check)
-        handed: list[asyncio.Task[Any]] = []
+        monkeypatch.setattr(connection, "connect", slow_connect)
+        handed: list[asyncio.Future[Any]] = []
         call = asyncio.ensure_future(line.call("INCR", "k", later=handed.append))
-        await asyncio.wait_for(checking.wait(), 10)
+        await asyncio.wait_for(connecting.wait(), 10)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -202,4 +206,101 @@ async def test_a_call_cancelled_before_it_is_sent_runs_nothing_and_leaves_no_rep
         monkeypatch.undo()
         assert await line.call("GET", "k") == b"0"  # INCR never ran; the line still works
     finally:
+        await line.close()
+        await client.aclose()
+
+
+async def test_the_calls_of_one_turn_go_out_in_one_write_each_answered_with_its_own_reply(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls made together share one write and one connection; Redis runs them in order,
+    and each caller gets its own reply, an error reply included, without failing others."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    line = Line(client.connection_pool)
+    try:
+        await line.call("SET", "s", "text")
+        connection = line._connection
+        assert connection is not None
+        assert connection._writer is not None
+        writes: list[bytes] = []
+        write = connection._writer.write
+
+        def counted(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        monkeypatch.setattr(connection._writer, "write", counted)
+        calls = [line.call("INCRBY", "n", str(i)) for i in range(1, 51)]
+        calls.insert(25, line.call("INCR", "s"))  # not an integer: an error reply
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        assert len(writes) == 1
+        error = replies.pop(25)
+        assert isinstance(error, ResponseError)
+        assert replies == list(itertools.accumulate(range(1, 51)))  # each its own running sum
+    finally:
+        await line.close()
+        await client.aclose()
+
+
+async def test_a_broken_connection_fails_every_call_awaiting_a_reply_and_the_next_connects(
+    redis_server: RedisServer,
+) -> None:
+    """Once a connection breaks, its replies can no longer be paired with their calls: all
+    the calls waiting on it fail (the store unreachable, to the backend), none is answered
+    with another's reply, and the next call is sent on a new connection."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    line = Line(client.connection_pool)
+    admin = redis_server.client()
+    try:
+        await line.call("SET", "k", "1")
+        blocked = asyncio.ensure_future(line.call("BLPOP", "nothing", "0"))
+        behind = asyncio.ensure_future(line.call("GET", "k"))
+
+        async def blocking() -> bool:
+            return any(c.get("cmd") == "blpop" for c in admin.client_list())
+
+        await until(blocking, 10.0, "the BLPOP blocked in Redis")
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        for call in (blocked, behind):
+            with pytest.raises(RedisConnectionError):
+                await call
+        assert await line.call("GET", "k") == b"1"
+    finally:
+        await line.close()
+        await client.aclose()
+
+
+async def test_a_call_made_while_the_line_connects_waits_for_the_handshake_to_end(
+    redis_server: RedisServer,
+) -> None:
+    """The connection is open before its handshake is over (admitd's asks the server who it
+    is there: ``failover.PrimaryWatch``); a call made while the Line connects again must not
+    be sent, nor its reply read, until the handshake has read its own replies."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    line = Line(client.connection_pool)
+    halfway, proceed = asyncio.Event(), asyncio.Event()
+    asked: list[Any] = []
+
+    async def handshake(conn: Any) -> None:
+        await conn.on_connect()
+        await conn.send_command("ECHO", "who")
+        halfway.set()  # its question asked, its answer not read yet
+        await proceed.wait()
+        asked.append(await conn.read_response())
+
+    try:
+        await line.call("PING")
+        connection = line._connection
+        assert connection is not None
+        await connection.disconnect()  # as a server that hung up leaves it
+        connection.redis_connect_func = handshake  # type: ignore[assignment]
+        first = asyncio.ensure_future(line.call("ECHO", "first"))
+        await asyncio.wait_for(halfway.wait(), 10)
+        second = asyncio.ensure_future(line.call("ECHO", "second"))
+        await asyncio.sleep(0)  # the second call's turn, while the handshake waits
+        proceed.set()
+        assert list(await asyncio.gather(first, second)) == [b"first", b"second"]
+        assert asked == [b"who"]
+    finally:
+        await line.close()
         await client.aclose()

@@ -225,11 +225,13 @@ class BackendConfig(_Model):
     """Redis unreachable: ``fail_closed`` answers UNAVAILABLE (health NOT_SERVING);
     ``fail_open`` admits every call unchecked, with a warning, until Redis answers again."""
     pool_size: int = Field(64, ge=1, le=10_000)
-    """Store calls that use Redis at once, each on a connection of its own (plus one for
-    grant messages and one for heartbeats). Calls beyond them wait for a free one instead
-    of failing; settling calls (Release, Renew, claims) go first."""
+    """Store calls in flight to Redis at once. The scripts (every Acquire and Release) share
+    one connection, pipelined: the calls of one event-loop turn go out in one write; the
+    few other calls take a connection each, and grant messages have one of their own. Calls
+    beyond them wait for their turn instead of failing; settling calls (Release, Renew,
+    claims) go first."""
     pool_timeout: Seconds = Field(1.0, gt=0)
-    """Longest an Acquire waits for a free connection; past it the Acquire is refused with
+    """Longest an Acquire waits for its turn (``pool_size``); past it the Acquire is refused with
     SERVER_OVERLOADED (nothing reserved). Settling calls wait as long as it takes."""
     heartbeat_interval: Seconds = Field(0.5, gt=0)
     """How often this replica tells Redis it is alive (the memory backend does nothing)."""

@@ -74,7 +74,7 @@ class RedisBackend:
         clock: tests pass their clock; production reads Redis ``TIME``.
         poll_interval: how often waiters look for grants whose message was lost.
         lanes: who may use a connection when (``backend.pool_size``, ``pool_timeout``);
-            the client's pool must hold three more (grant messages, heartbeats, a spare).
+            the client's pool must hold three more (the Line's, grant messages, a spare).
         learning: after the primary changes, grant nothing beyond what the new one can
             prove free for ``window`` seconds (one lease TTL; ``failover.py``).
     """
@@ -172,10 +172,10 @@ class RedisBackend:
         return codec.progress((await self._run("dispatch")).get("progress"))
 
     async def beat(self, dead_after: float) -> Beat:
-        # Outside the lanes, on a connection of its own (the pool holds one for it; the
-        # Heartbeat sends one beat at a time): a beat queued behind a busy replica's calls
+        # Outside the lanes (the Heartbeat sends one beat at a time), straight onto the
+        # Line with the calls of its turn: a beat queued behind a busy replica's calls
         # would be late for the very reason the replica is alive and busy, and the calls
-        # that wait for it (``first``) already hold their connections.
+        # that wait for it (``first``) already hold their turns.
         return codec.beat(await self._script("beat", self.replica, repr(dead_after)))
 
     async def placed(self, lease_ids: Sequence[str]) -> set[str]:
@@ -245,6 +245,7 @@ class RedisBackend:
                 await self._listener
         if self._background:  # settling calls whose callers left: let them finish
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._line.close()
         await self._client.aclose()
         pool = self._client.connection_pool
         if isinstance(pool, SentinelConnectionPool):
@@ -283,7 +284,7 @@ class RedisBackend:
                 raise
 
     async def _script(
-        self, op: str, *args: str, later: Callable[[asyncio.Task[Any]], None] | None = None
+        self, op: str, *args: str, later: Callable[[asyncio.Future[Any]], None] | None = None
     ) -> dict[str, Any]:
         argv = [*self._common(), *args]
         # As _store_errors does: written out, as this runs on every store call, and a
@@ -296,7 +297,7 @@ class RedisBackend:
         return doc
 
     async def _call(
-        self, op: str, argv: list[str], later: Callable[[asyncio.Task[Any]], None] | None
+        self, op: str, argv: list[str], later: Callable[[asyncio.Future[Any]], None] | None
     ) -> Any:
         """Call ``op``: a function of the library (``scripts.FUNCTIONS``) or a script by its
         digest, loading the library or the script first when Redis does not have it (a
@@ -320,15 +321,15 @@ class RedisBackend:
     ) -> dict[str, Any]:
         """Run ``op``'s script to its end even if the RPC that asked is cancelled meanwhile
         (its caller gave up): a Release or Renew is never lost halfway, and ``undo`` hears
-        what an Acquire did for nobody. A caller that leaves while it waits for a
-        connection leaves at once: nothing ran. Only Acquire waits in the admission lane."""
+        what an Acquire did for nobody. A caller that leaves while it waits for its
+        turn leaves at once: nothing ran. Only Acquire waits in the admission lane."""
         await self._turn(admit=op == "acquire")
         # In the caller's own task (no task or loop iteration more per call): a caller
-        # cancelled after the call was sent leaves at once, and the reply is read by a task
-        # of the ``Line``'s (``later``), which ``_left`` follows.
+        # cancelled after the call was sent leaves at once, and its reply, which the
+        # ``Line`` reads anyway, is handed to a future (``later``) that ``_left`` follows.
         handed = False
 
-        def later(rest: asyncio.Task[Any]) -> None:
+        def later(rest: asyncio.Future[Any]) -> None:
             nonlocal handed
             handed = True
             self._background.add(rest)
@@ -337,10 +338,12 @@ class RedisBackend:
         try:
             return await self._script(op, *args, later=later)
         finally:
-            if not handed:  # else the connection is busy until the reply is read
+            if not handed:  # else its turn lasts until the reply is read
                 self.lanes.give()
 
-    def _left(self, rest: asyncio.Task[Any], undo: Callable[[dict[str, Any]], None] | None) -> None:
+    def _left(
+        self, rest: asyncio.Future[Any], undo: Callable[[dict[str, Any]], None] | None
+    ) -> None:
         """A call's reply read after its caller left: its turn given back, what it did
         for nobody to ``undo``."""
         self._background.discard(rest)
