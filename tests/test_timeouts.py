@@ -4,6 +4,8 @@ timeout still to come, as a timer per wait would have been."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from admitd._clock import ManualClock
 from admitd._waiting import Timeouts
 
@@ -18,9 +20,11 @@ async def test_timeouts_fire_in_order_at_their_time_on_one_timer() -> None:
     start = clock.now()
     timeouts = Timeouts(clock)
     fired: list[tuple[int, float]] = []
-    entries = {
-        d: timeouts.at(start + d, lambda d=d: fired.append((d, clock.now()))) for d in (3, 1, 2, 5)
-    }
+
+    def record(d: int) -> Callable[[], None]:
+        return lambda: fired.append((d, clock.now()))
+
+    entries = {d: timeouts.at(start + d, record(d)) for d in (3, 1, 2, 5)}
     assert timers(clock) == [start + 1]
     timeouts.give_up(entries[2])
     await clock.advance(4)
