@@ -141,6 +141,9 @@ def scale(r: dict[str, Any]) -> list[str]:
                 problems.append(f"{label}: only {row['queued']} waiters queued")
             if not _positive(row["reject_p50_ms"]):
                 problems.append(f"{label}: no fail-fast Acquire timed on the long queue")
+    echo = r.get("echo_waiters")
+    if echo is not None and (echo["queued"] < echo["n"] or not _positive(echo["kb_per_waiter"])):
+        problems.append(f"echo waiters={echo['n']}: {echo['queued']} parked, no memory measured")
     return problems
 
 

@@ -210,8 +210,10 @@ def admitd(
     return proc.ready() if wait else proc
 
 
-def echo(workdir: Path, wait: bool = True, name: str = "echo") -> Proc:
-    proc = Proc(name, [sys.executable, "-m", "bench.echo"], workdir)
+def echo(workdir: Path, wait: bool = True, name: str = "echo", *, park: bool = False) -> Proc:
+    """The no-op echo server (:mod:`bench.echo`); ``park``: it holds every Acquire open."""
+    argv = [sys.executable, "-m", "bench.echo"] + (["--park"] if park else [])
+    proc = Proc(name, argv, workdir)
     return proc.ready() if wait else proc
 
 

@@ -357,7 +357,20 @@ def scale(r: dict[str, Any]) -> str:
             ],
             rows,
         )
+        + _echo_waiters(r.get("echo_waiters"))
         + "\n\n![scale](bench/results/scale.png)"
+    )
+
+
+def _echo_waiters(echo: dict[str, Any] | None) -> str:
+    """The floor under KB/waiter: the same Acquires held open by a no-op grpc.aio server."""
+    if not echo or echo.get("kb_per_waiter") is None:
+        return ""
+    return (
+        f"\n\nThe same {f(echo['queued'])} Acquires held open by a no-op grpc.aio server "
+        "(`python -m bench.echo --park`: its handler awaits a future never set) cost "
+        f"{f(echo['kb_per_waiter'], 1)} KB each: what gRPC core's call and grpc.aio's task "
+        "and coroutines take before admitd does anything, the floor under its KB/waiter."
     )
 
 

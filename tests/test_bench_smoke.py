@@ -96,6 +96,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert row["errors"] == 0, row
         if row["what"] in ("waiters", "tickets"):
             assert row["queued"] >= row["n"], row
+    echo = results["scale"]["echo_waiters"]  # the floor under admitd's memory per waiter
+    assert echo["queued"] >= echo["n"], echo
+    assert _positive(echo["kb_per_waiter"]), echo
 
     for kind in ("memory", "redis"):
         profile = results["profile"][kind]

@@ -34,7 +34,13 @@ def run(ctx: Ctx) -> dict[str, Any]:
         rows += _waiters(ctx, kind, waiter_counts, reps, duration, tickets=False)
     for kind in ("memory",) if ctx.smoke else KINDS:
         rows += _waiters(ctx, kind, waiter_counts, reps, duration, tickets=True)
-    return {"reps": reps, "duration_s": duration, "hold_rate": HOLD_RATE, "rows": rows}
+    return {
+        "reps": reps,
+        "duration_s": duration,
+        "hold_rate": HOLD_RATE,
+        "rows": rows,
+        "echo_waiters": _echo_waiters(ctx, ctx.waiters),
+    }
 
 
 def _measure(
@@ -185,6 +191,31 @@ def _waiters(
             except RuntimeError as error:
                 extra[n]["parked_calls_ended"] = str(error)
     return _rows(what, kind, results, extra)
+
+
+def _echo_waiters(ctx: Ctx, n: int) -> dict[str, Any]:
+    """Park ``n`` Acquires the same way on a no-op grpc.aio server that holds each one open
+    (``bench.echo --park``), and measure its memory as for admitd: what a held-open Acquire
+    costs on this stack before admitd does anything with it (gRPC core's call, grpc.aio's
+    task and coroutines), the floor under admitd's own ``kb_per_waiter``."""
+    setup_timeout = n / HOLD_RATE + (20.0 if ctx.smoke else 120.0)
+    echo = procs.echo(ctx.workdir, name="scale-echo-park", park=True)
+    out: dict[str, Any] = {"n": n, "rss_before_mb": _rss_mb(echo.pid)}
+    holder = None
+    try:
+        spec = hold_spec(echo.target, n, ["tenant0"], setup_timeout + 60)
+        holder = procs.start_load(spec, ctx.workdir, "scale-hold-echo")
+        out.update(_wait_queued(echo, n, time.monotonic(), setup_timeout))
+        out.update(_memory_per_waiter(echo.pid, out))
+        ctx.log(f"  scale echo waiters={n}: {_f(out['kb_per_waiter'])} KB each")
+    finally:
+        echo.stop()
+        if holder is not None:
+            try:
+                out["parked_calls_ended"] = procs.finish_load(holder, 120)["outcome"]
+            except RuntimeError as error:
+                out["parked_calls_ended"] = str(error)
+    return out
 
 
 def hold_spec(

@@ -62,6 +62,11 @@ class Alarm:
         self.cancel()
         self._set = (when, self._clock.call_at(when, self._go_off))
 
+    @property
+    def when(self) -> float | None:
+        """When it goes off; None: unset."""
+        return None if self._set is None else self._set[0]
+
     def sooner(self, when: float, *, arm: bool = True) -> None:
         """Go off at ``when`` if that is sooner than it is set to; if it is not set, only
         with ``arm``."""
