@@ -24,9 +24,9 @@
 -- What a call starts from is set by begin (_lib6_begin.lua), before the operation's code:
 -- the library is also loaded once as a Redis function library (scripts.function_library),
 -- whose functions keep it between calls. base is KEYS[1]; now the time to use (now_text, as
--- num writes it, formatted once); aging the queue's aging; day today's UTC day; G, B and D
--- the keys of gauges, buckets and daily counters.
-local base, now, now_text, aging, day, G, B, D
+-- num writes it, formatted once); aging the queue's aging; day today's UTC day; LV and D
+-- the keys of gauges' and buckets' levels (_lib3_limits) and of daily counters.
+local base, now, now_text, aging, day, LV, D
 -- A key of one name is kept from call to call (keyed by base too): a call names the same
 -- few ('expiry', 'rate', ...) again and again, and each concatenation makes and hashes a new
 -- string. (A table and table.concat per key cost more than one concatenation.)

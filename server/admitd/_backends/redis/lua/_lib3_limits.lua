@@ -7,30 +7,37 @@
 -- call's, by key; stored: the definitions fetch_limits read, by key (false: none).
 local configured, current_cache, stored
 
--- A definition read says the limits are configured; asking Redis (EXISTS) is for when none
--- was found, so that most calls do not ask.
+-- A definition read says the limits are configured; asking Redis is for when none was found,
+-- so that most calls do not ask. The hash of limits also holds the gates' settings
+-- (GATE_DEF, _lib2_gates), and field CONFIGURED while it holds any limit (configure.lua).
+local CONFIGURED = 'configured' -- no limit key (it has ':') nor a gate's field is spelt so
 local function is_configured()
-  if configured == nil then configured = redis.call('EXISTS', key('limits')) == 1 end
+  if configured == nil then configured = redis.call('HEXISTS', key('limits'), CONFIGURED) == 1 end
   return configured
 end
 
--- Read the definitions of limits not read yet in one HMGET (a ticket has several).
-local function fetch_limits(limits)
-  if configured == false then return end
+-- Read the definitions of limits not read yet, and the settings of pool's gate, in one
+-- HMGET (a ticket has several limits, and its pool's gate is asked after them).
+local function fetch_limits(limits, pool)
   local keys = {}
-  for _, l in ipairs(limits) do
-    local k = l[L_KEY]
-    if stored[k] == nil and current_cache[k] == nil then
-      stored[k] = false
-      table.insert(keys, k)
+  if configured ~= false then
+    for _, l in ipairs(limits) do
+      local k = l[L_KEY]
+      if stored[k] == nil and current_cache[k] == nil then
+        stored[k] = false
+        table.insert(keys, k)
+      end
     end
   end
+  local n = #keys
+  if gate_def_cache[pool] == nil then table.insert(keys, GATE_DEF .. pool) end
   if #keys == 0 then return end
   local v = redis.call('HMGET', key('limits'), unpack(keys))
-  for i, k in ipairs(keys) do
-    stored[k] = v[i]
+  for i = 1, n do
+    stored[keys[i]] = v[i]
     if v[i] then configured = true end
   end
+  if #keys > n then gate_def_cache[pool] = v[n + 1] and shared(v[n + 1]) or false end
 end
 
 local function configured_limit(l)
@@ -57,7 +64,7 @@ local function current(l)
   if not c or c[L_SCOPE] ~= SCOPE_POOL or (c[L_KIND] ~= KIND_GAUGE and c[L_KIND] ~= KIND_BUCKET) then
     return c
   end
-  local f = gate_factor(c[L_OWNER])
+  local f = gate_head(c[L_OWNER]).factor
   if f >= 1 then return c end
   local s = {unpack(c)}
   if c[L_KIND] == KIND_GAUGE then
@@ -74,23 +81,83 @@ end
 -- can prove free (Doorman's learning mode). String key LEARN holds learn_until (begin reads
 -- it), and learning is now < learn_until.
 local learn_until, learning
--- This call's bucket states, by key: {level, at} as stored, or false for none. A script reads
--- a bucket in check and again when it reserves or refunds: one HMGET does.
-local bucket_cache
+-- Gauges and buckets share one hash, LV ("level"): a gauge's count at its limit's key, a
+-- bucket's level and the time of it at the key and "<key>|at". A call reads the levels of all
+-- its ticket's limits in one HMGET (fetch_levels) and writes what it moved in one HSET and one
+-- HDEL (flush_levels): each Redis command costs a dispatch, its reply a Lua value, and a pair
+-- made ~20 of them here. level_cache: this call's, by key: a gauge's count (0: none), a
+-- bucket's {level, at} as stored or false for none. level_set (field, value, ...) and
+-- level_drop (fields): what flush_levels writes, in order; a batch (one ticket's limits) only
+-- raises gauges or only lowers them, so a field dropped after it was set in one is dropped.
+-- Arrays with their lengths kept here, made once and reused by the function library's calls
+-- (begin sets the lengths to 0): table.insert and growing new tables were most of their cost.
+local level_cache, n_set, n_drop
+local level_set, level_drop = {}, {}
+
+local function fetch_levels(limits)
+  local fields, n, asked, m = {}, 0, nil, 0
+  for _, l in ipairs(limits) do
+    local k, kind = l[L_KEY], l[L_KIND]
+    if level_cache[k] == nil and (kind == KIND_GAUGE or kind == KIND_BUCKET) then
+      level_cache[k] = false -- asked for below (a ticket naming a key twice asks once)
+      asked = asked or {}
+      m = m + 1
+      asked[m] = l
+      n = n + 1
+      fields[n] = k
+      if kind == KIND_BUCKET then
+        n = n + 1
+        fields[n] = k .. '|at'
+      end
+    end
+  end
+  if n == 0 then return end
+  local v = redis.call('HMGET', LV, unpack(fields))
+  local i = 1
+  for j = 1, m do
+    local l = asked[j]
+    if l[L_KIND] == KIND_GAUGE then
+      level_cache[l[L_KEY]] = tonumber(v[i] or '0')
+      i = i + 1
+    else
+      level_cache[l[L_KEY]] = v[i] and {level = tonumber(v[i]), at = tonumber(v[i + 1])} or false
+      i = i + 2
+    end
+  end
+end
+
+local function write_level(field, value)
+  n_set = n_set + 2
+  level_set[n_set - 1], level_set[n_set] = field, value
+end
+
+local function flush_levels()
+  if n_set > 0 then redis.call('HSET', LV, unpack(level_set, 1, n_set)) end
+  if n_drop > 0 then redis.call('HDEL', LV, unpack(level_drop, 1, n_drop)) end
+  n_set, n_drop = 0, 0
+end
+
+-- A gauge's count, dropped at zero. Its counts are whole slots, so no fraction is formatted.
+local function set_gauge(k, count)
+  level_cache[k] = count
+  if count > 0 then
+    write_level(k, string.format('%d', count))
+  else
+    n_drop = n_drop + 1
+    level_drop[n_drop] = k
+  end
+end
 
 local function level_of(queued)
   local l = current(queued) or queued
   if l[L_KIND] == KIND_GAUGE then
-    local lv = tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
+    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
+    local lv = level_cache[l[L_KEY]]
     if learning then return math.max(lv, l[L_CAPACITY]) end
     return lv
   elseif l[L_KIND] == KIND_BUCKET then
-    local s = bucket_cache[l[L_KEY]]
-    if s == nil then
-      local v = redis.call('HMGET', B, l[L_KEY], l[L_KEY] .. '|at')
-      s = v[1] and {level = tonumber(v[1]), at = tonumber(v[2])} or false
-      bucket_cache[l[L_KEY]] = s
-    end
+    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
+    local s = level_cache[l[L_KEY]]
     if not s then return l[L_CAPACITY] end
     return math.min(l[L_CAPACITY], s.level + (now - s.at) * l[L_RATE])
   end
@@ -106,7 +173,8 @@ end
 -- first shadow limit it does not fit (which does not refuse it), or ''.
 local function check(t, only_daily)
   local shadowed = ''
-  fetch_limits(t[T.limits])
+  fetch_limits(t[T.limits], t[T.pool])
+  if not only_daily then fetch_levels(t[T.limits]) end
   for i, queued in ipairs(t[T.limits]) do
     local l = current(queued)
     if l and (not only_daily or l[L_KIND] == KIND_DAILY) then
@@ -126,7 +194,10 @@ local function denial(t, d)
   return {limit = current(queued) or queued, level = d.level, amount = d.amount}
 end
 
+-- Written by the next flush_levels.
 local function set_bucket(l, level)
-  redis.call('HSET', B, l[L_KEY], num(level), l[L_KEY] .. '|at', now_text)
-  bucket_cache[l[L_KEY]] = {level = level, at = now} -- what reading it back gives: %.17g is exact
+  local k = l[L_KEY]
+  write_level(k, num(level))
+  write_level(k .. '|at', now_text)
+  level_cache[l[L_KEY]] = {level = level, at = now} -- what reading it back gives: %.17g is exact
 end

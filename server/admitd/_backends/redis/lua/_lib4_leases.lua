@@ -142,10 +142,11 @@ end
 -- replica's RPC will claim; its Release then has no unclaimed grant to clear.
 local function reserve(t, raw, queued_for, shadowed, claimed)
   local granted_second = string.format('%d', math.floor(now)) -- a holder's score (_lib4_holders)
+  fetch_levels(t[T.limits]) -- read by check before, as a rule
   for _, l in ipairs(t[T.limits]) do
     local a = amount(t, l[L_UNIT])
     if l[L_KIND] == KIND_GAUGE then
-      redis.call('HINCRBYFLOAT', G, l[L_KEY], a)
+      set_gauge(l[L_KEY], level_cache[l[L_KEY]] + a)
       redis.call('ZADD', key('holders', l[L_KEY]), granted_second, t[T.lease_id])
     elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
@@ -154,9 +155,10 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
       redis.call('EXPIRE', D, DAY_KEEP)
     end
   end
-  local g = gate_of(t[T.pool])
-  local probe = g.circuit == CIRCUIT_HALF_OPEN
+  flush_levels()
+  local probe = gate_head(t[T.pool]).circuit == CIRCUIT_HALF_OPEN
   if probe then
+    local g = gate_of(t[T.pool])
     g.probes = g.probes + 1
     gate_save(t[T.pool], g)
   end
@@ -189,12 +191,13 @@ end
 -- ways, buckets only by overuse (they have refilled since; a refund now could grant what the
 -- provider's window no longer has).
 local function move_limits(t, taken_on, token_delta, usd_delta, expired)
-  if token_delta ~= 0 or usd_delta ~= 0 then fetch_limits(t[T.limits]) end -- a bucket's
+  if token_delta ~= 0 or usd_delta ~= 0 then fetch_limits(t[T.limits], t[T.pool]) end -- a bucket's
+  if not expired or token_delta ~= 0 or usd_delta ~= 0 then fetch_levels(t[T.limits]) end
   for _, l in ipairs(t[T.limits]) do
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
       if not expired then
-        decr_field(G, l[L_KEY])
+        set_gauge(l[L_KEY], math.max(0, level_cache[l[L_KEY]] - 1))
         redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
       end
     else
@@ -216,6 +219,7 @@ local function move_limits(t, taken_on, token_delta, usd_delta, expired)
       end
     end
   end
+  flush_levels()
 end
 
 -- End a lease: free its slots and move token/USD counters by charged - reserved.
@@ -242,13 +246,16 @@ local function charge(t, u, usd, calls, on_day)
   local k = key('ledger', on_day or day)
   local tenant = t[T.tenant]
   local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
-  redis.call('HINCRBY', k, f .. 'calls', calls or '1')
+  -- A day's hash is kept LEDGER_KEEP from when its row (and so maybe the hash) was made:
+  -- calls is written first, and answers its increment when new (or 0 before: kept anew).
+  if redis.call('HINCRBY', k, f .. 'calls', calls or '1') == (calls or 1) then
+    redis.call('EXPIRE', k, LEDGER_KEEP)
+  end
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
   for metric, n in pairs({['in'] = u[U_INPUT_TOKENS], out = u[U_OUTPUT_TOKENS], usd = usd,
                           cr = u[U_CACHED_INPUT_TOKENS], cw = u[U_CACHE_WRITE_INPUT_TOKENS]}) do
     if n ~= 0 then redis.call('HINCRBY', k, f .. metric, string.format('%d', n)) end
   end
-  redis.call('EXPIRE', k, LEDGER_KEEP)
 end
 
 -- What a release charges: the reported usage array (U_*) as it is, or by the rule for none

@@ -20,10 +20,11 @@ local function begin(keys, argv)
   local d = math.floor(now / DAY_SECONDS)
   if d ~= day_number then day_number, day_text = d, tostring(d) end -- formatted once a day
   day = day_text
-  G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
-  gate_cache, gate_def_cache, factor_cache = {}, {}, {}
+  LV, D = key('level'), key(KIND_DAILY, day)
+  gate_cache, head_cache, gate_def_cache = {}, {}, {}
   configured = nil
-  current_cache, stored, bucket_cache = {}, {}, {}
+  current_cache, stored = {}, {}
+  level_cache, n_set, n_drop = {}, 0, 0
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
   learning = now < learn_until
   FINISHED = {}
