@@ -73,12 +73,25 @@ end
 
 -- A ticket from its JSON (codec.ticket_json): its own fields decoded, and its limits, which
 -- come last after TICKET_LIMITS, decoded once for all the tickets that carry the same. A
--- ticket written by an older admitd (spaced JSON) is decoded whole.
+-- ticket written by an older admitd (spaced JSON) is decoded whole. Kept from call to call
+-- by its text, as shared() keeps what it decodes (and never changed either): a Release
+-- decodes the ticket its Acquire did, which then costs a lookup. Each decoded ticket was new
+-- memory for Lua's collector to walk and free, the dearest part of its cost.
+local TICKETS_MAX = 1000 -- tickets kept at most (then it starts over): ~2.5 MB
+local tickets, ticket_count = {}, 0
 local function decode_ticket(raw)
+  local t = tickets[raw]
+  if t then return t end
   local at = string.find(raw, TICKET_LIMITS, 1, true)
-  if not at then return cjson.decode(raw) end
-  local t = cjson.decode(string.sub(raw, 1, at - 1) .. '}')
-  t[T.limits] = shared(string.sub(raw, at + string.len(TICKET_LIMITS), -2))
+  if at then
+    t = cjson.decode(string.sub(raw, 1, at - 1) .. '}')
+    t[T.limits] = shared(string.sub(raw, at + string.len(TICKET_LIMITS), -2))
+  else
+    t = cjson.decode(raw)
+  end
+  if ticket_count >= TICKETS_MAX then tickets, ticket_count = {}, 0 end
+  tickets[raw] = t
+  ticket_count = ticket_count + 1
   return t
 end
 

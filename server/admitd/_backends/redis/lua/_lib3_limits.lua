@@ -40,6 +40,11 @@ local function fetch_limits(limits, pool)
   if #keys > n then gate_def_cache[pool] = v[n + 1] and shared(v[n + 1]) or false end
 end
 
+-- A ticket's limit as configured, made once for each limit and definition (both decoded by
+-- shared(), never changed) and kept by the limit, as shared() keeps texts: a new copy of
+-- each limit on every call was new memory for the collector.
+local as_configured, configured_count = {}, 0
+
 local function configured_limit(l)
   if not is_configured() then return l end
   local c = current_cache[l[L_KEY]]
@@ -48,8 +53,16 @@ local function configured_limit(l)
     if v == nil then v = redis.call('HGET', key('limits'), l[L_KEY]) end
     if v then
       local d = shared(v)
-      c = {unpack(l)}
-      c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
+      local made = as_configured[l]
+      if made and made.d == d then
+        c = made.c
+      else
+        c = {unpack(l)}
+        c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
+        if configured_count >= SHARED_MAX then as_configured, configured_count = {}, 0 end
+        as_configured[l] = {d = d, c = c}
+        configured_count = configured_count + 1
+      end
     else
       c = false
     end
@@ -86,12 +99,12 @@ local learn_until, learning
 -- its ticket's limits in one HMGET (fetch_levels) and writes what it moved in one HSET and one
 -- HDEL (flush_levels): each Redis command costs a dispatch, its reply a Lua value, and a pair
 -- made ~20 of them here. level_cache: this call's, by key: a gauge's count (0: none), a
--- bucket's {level, at} as stored or false for none. level_set (field, value, ...) and
+-- bucket's level as stored or false for none, and bucket_at the time of that level. level_set (field, value, ...) and
 -- level_drop (fields): what flush_levels writes, in order; a batch (one ticket's limits) only
 -- raises gauges or only lowers them, so a field dropped after it was set in one is dropped.
 -- Arrays with their lengths kept here, made once and reused by the function library's calls
 -- (begin sets the lengths to 0): table.insert and growing new tables were most of their cost.
-local level_cache, n_set, n_drop
+local level_cache, bucket_at, n_set, n_drop
 local level_set, level_drop = {}, {}
 
 local function fetch_levels(limits)
@@ -120,7 +133,9 @@ local function fetch_levels(limits)
       level_cache[l[L_KEY]] = tonumber(v[i] or '0')
       i = i + 1
     else
-      level_cache[l[L_KEY]] = v[i] and {level = tonumber(v[i]), at = tonumber(v[i + 1])} or false
+      if v[i] then
+        level_cache[l[L_KEY]], bucket_at[l[L_KEY]] = tonumber(v[i]), tonumber(v[i + 1])
+      end
       i = i + 2
     end
   end
@@ -157,9 +172,9 @@ local function level_of(queued)
     return lv
   elseif l[L_KIND] == KIND_BUCKET then
     if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
-    local s = level_cache[l[L_KEY]]
-    if not s then return l[L_CAPACITY] end
-    return math.min(l[L_CAPACITY], s.level + (now - s.at) * l[L_RATE])
+    local level = level_cache[l[L_KEY]]
+    if not level then return l[L_CAPACITY] end
+    return math.min(l[L_CAPACITY], level + (now - bucket_at[l[L_KEY]]) * l[L_RATE])
   end
   return tonumber(redis.call('HGET', D, l[L_KEY]) or '0')
 end
@@ -199,5 +214,5 @@ local function set_bucket(l, level)
   local k = l[L_KEY]
   write_level(k, num(level))
   write_level(k .. '|at', now_text)
-  level_cache[l[L_KEY]] = {level = level, at = now} -- what reading it back gives: %.17g is exact
+  level_cache[k], bucket_at[k] = level, now -- what reading it back gives: %.17g is exact
 end

@@ -24,7 +24,7 @@ local function begin(keys, argv)
   gate_cache, head_cache, gate_def_cache = {}, {}, {}
   configured = nil
   current_cache, stored = {}, {}
-  level_cache, n_set, n_drop = {}, 0, 0
+  level_cache, bucket_at, n_set, n_drop = {}, {}, 0, 0
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
   learning = now < learn_until
   FINISHED = {}
