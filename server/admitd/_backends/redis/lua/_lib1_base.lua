@@ -49,8 +49,18 @@ end
 local LEDGER_KEEP = LEDGER_DAYS * DAY_SECONDS .. ''
 local DAY_KEEP = 2 * DAY_SECONDS .. '' -- a day's counters outlive it, for leases settled late
 
+-- A number as Redis is sent it, reading back exactly: %.17g, or for a whole number of up to
+-- 15 digits %d, which costs a third as much (formatting a number cost more than a command).
+local WHOLE_MAX = 1e15 -- whole numbers below it, in magnitude, have at most 15 digits
 local function num(x)
+  if x % 1 == 0 and x > -WHOLE_MAX and x < WHOLE_MAX then return string.format('%d', x) end
   return string.format('%.17g', x)
+end
+
+-- Seconds as the whole milliseconds of a PX or PEXPIRE (rounded up), formatted with %d: Lua
+-- writes a number it passes with %.14g.
+local function ms(seconds)
+  return string.format('%d', math.ceil(seconds * 1000))
 end
 
 -- Decoded JSON by its text, kept from call to call by the function library (a script's copy

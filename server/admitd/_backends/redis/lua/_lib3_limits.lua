@@ -4,8 +4,8 @@
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
 -- configured: whether any is (nil: not known yet, see is_configured); current_cache: this
--- call's, by key; stored: the definitions fetch_limits read, by key (false: none).
-local configured, current_cache, stored
+-- call's, by key (false: not configured now).
+local configured, current_cache
 
 -- A definition read says the limits are configured; asking Redis is for when none was found,
 -- so that most calls do not ask. The hash of limits also holds the gates' settings
@@ -16,56 +16,63 @@ local function is_configured()
   return configured
 end
 
+-- A ticket's limit as configured by definition text v, made once for each limit and
+-- definition (both decoded by shared(), never changed) and kept by the limit, as shared()
+-- keeps texts: a new copy of each limit on every call was new memory for the collector.
+local as_configured, configured_count = {}, 0
+local function configured_as(l, v)
+  local d = shared(v)
+  local made = as_configured[l]
+  if made and made.d == d then return made.c end
+  local c = {unpack(l)}
+  c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
+  if configured_count >= SHARED_MAX then as_configured, configured_count = {}, 0 end
+  as_configured[l] = {d = d, c = c}
+  configured_count = configured_count + 1
+  return c
+end
+
+-- The fields of a command being built and the limits they belong to, with their lengths
+-- counted: made once and reused (fetch_limits and fetch_levels), as new tables grown an
+-- element at a time cost more than the command.
+local ask_fields, ask_limits = {}, {}
+
 -- Read the definitions of limits not read yet, and the settings of pool's gate, in one
 -- HMGET (a ticket has several limits, and its pool's gate is asked after them).
 local function fetch_limits(limits, pool)
-  local keys = {}
+  local n = 0
   if configured ~= false then
     for _, l in ipairs(limits) do
       local k = l[L_KEY]
-      if stored[k] == nil and current_cache[k] == nil then
-        stored[k] = false
-        table.insert(keys, k)
+      if current_cache[k] == nil then
+        current_cache[k] = false -- asked for below (a ticket naming a key twice asks once)
+        n = n + 1
+        ask_fields[n], ask_limits[n] = k, l
       end
     end
   end
-  local n = #keys
-  if gate_def_cache[pool] == nil then table.insert(keys, GATE_DEF .. pool) end
-  if #keys == 0 then return end
-  local v = redis.call('HMGET', key('limits'), unpack(keys))
-  for i = 1, n do
-    stored[keys[i]] = v[i]
-    if v[i] then configured = true end
+  local m = n
+  if gate_def_cache[pool] == nil then
+    m = m + 1
+    ask_fields[m] = GATE_DEF .. pool
   end
-  if #keys > n then gate_def_cache[pool] = v[n + 1] and shared(v[n + 1]) or false end
+  if m == 0 then return end
+  local v = redis.call('HMGET', key('limits'), unpack(ask_fields, 1, m))
+  for i = 1, n do
+    if v[i] then
+      configured = true
+      current_cache[ask_fields[i]] = configured_as(ask_limits[i], v[i])
+    end
+  end
+  if m > n then gate_def_cache[pool] = v[m] and shared(v[m]) or false end
 end
-
--- A ticket's limit as configured, made once for each limit and definition (both decoded by
--- shared(), never changed) and kept by the limit, as shared() keeps texts: a new copy of
--- each limit on every call was new memory for the collector.
-local as_configured, configured_count = {}, 0
 
 local function configured_limit(l)
   if not is_configured() then return l end
   local c = current_cache[l[L_KEY]]
   if c == nil then
-    local v = stored[l[L_KEY]]
-    if v == nil then v = redis.call('HGET', key('limits'), l[L_KEY]) end
-    if v then
-      local d = shared(v)
-      local made = as_configured[l]
-      if made and made.d == d then
-        c = made.c
-      else
-        c = {unpack(l)}
-        c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
-        if configured_count >= SHARED_MAX then as_configured, configured_count = {}, 0 end
-        as_configured[l] = {d = d, c = c}
-        configured_count = configured_count + 1
-      end
-    else
-      c = false
-    end
+    local v = redis.call('HGET', key('limits'), l[L_KEY])
+    c = v and configured_as(l, v) or false
     current_cache[l[L_KEY]] = c
   end
   return c or nil
@@ -108,27 +115,26 @@ local level_cache, bucket_at, n_set, n_drop
 local level_set, level_drop = {}, {}
 
 local function fetch_levels(limits)
-  local fields, n, asked, m = {}, 0, nil, 0
+  local n, m = 0, 0
   for _, l in ipairs(limits) do
     local k, kind = l[L_KEY], l[L_KIND]
     if level_cache[k] == nil and (kind == KIND_GAUGE or kind == KIND_BUCKET) then
       level_cache[k] = false -- asked for below (a ticket naming a key twice asks once)
-      asked = asked or {}
       m = m + 1
-      asked[m] = l
+      ask_limits[m] = l
       n = n + 1
-      fields[n] = k
+      ask_fields[n] = k
       if kind == KIND_BUCKET then
         n = n + 1
-        fields[n] = k .. '|at'
+        ask_fields[n] = k .. '|at'
       end
     end
   end
   if n == 0 then return end
-  local v = redis.call('HMGET', LV, unpack(fields))
+  local v = redis.call('HMGET', LV, unpack(ask_fields, 1, n))
   local i = 1
   for j = 1, m do
-    local l = asked[j]
+    local l = ask_limits[j]
     if l[L_KIND] == KIND_GAUGE then
       level_cache[l[L_KEY]] = tonumber(v[i] or '0')
       i = i + 1
@@ -191,8 +197,8 @@ local function check(t, only_daily)
   fetch_limits(t[T.limits], t[T.pool])
   if not only_daily then fetch_levels(t[T.limits]) end
   for i, queued in ipairs(t[T.limits]) do
-    local l = current(queued)
-    if l and (not only_daily or l[L_KIND] == KIND_DAILY) then
+    local l = (not only_daily or queued[L_KIND] == KIND_DAILY) and current(queued)
+    if l then
       local a, lv = amount(t, l[L_UNIT]), level_of(l)
       if not fits(l, a, lv) then
         if not l[L_SHADOW] then return {index = i, level = lv, amount = a}, shadowed end

@@ -12,7 +12,7 @@ end
 -- TTL (real time) only collects garbage.
 local function remember_key(t)
   local entry = t[T.lease_id] .. '|' .. num(now + t[T.ttl]) .. '|' .. t[T.fingerprint]
-  redis.call('SET', idem_key(t), entry, 'PX', math.ceil(t[T.ttl] * 1000))
+  redis.call('SET', idem_key(t), entry, 'PX', ms(t[T.ttl]))
 end
 
 -- The idempotency entry of t's key: ref, fingerprint; nil when absent or past its deadline.
@@ -133,7 +133,7 @@ end
 local function ended(t, kind, d)
   if t[T.deferred] then
     local e = cjson.encode({kind = kind, tenant = t[T.tenant], denial = d})
-    redis.call('SET', key('ended', t[T.lease_id]), e, 'PX', math.ceil(t[T.ttl] * 1000))
+    redis.call('SET', key('ended', t[T.lease_id]), e, 'PX', ms(t[T.ttl]))
   end
   dedup_finish(t, nil)
 end
@@ -298,7 +298,7 @@ local function bury(id, lease)
   local k = key('tomb', id)
   redis.call('RENAME', key(LEASE, id), k)
   redis.call('HSET', k, 'ledger', day, 'drop', num(lease.expires + t[T.ttl]))
-  redis.call('PEXPIRE', k, math.ceil(t[T.ttl] * 1000))
+  redis.call('PEXPIRE', k, ms(t[T.ttl]))
 end
 
 -- The tombstone of an expired lease, or nil (none, or past its deadline).

@@ -23,7 +23,7 @@ local function begin(keys, argv)
   LV, D = key('level'), key(KIND_DAILY, day)
   gate_cache, head_cache, gate_def_cache = {}, {}, {}
   configured = nil
-  current_cache, stored = {}, {}
+  current_cache = {}
   level_cache, bucket_at, n_set, n_drop = {}, {}, 0, 0
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
   learning = now < learn_until
