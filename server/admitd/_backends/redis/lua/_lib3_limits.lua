@@ -3,16 +3,55 @@
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
--- configured: whether any is (nil: not known yet, see is_configured); current_cache: this
--- call's, by key (false: not configured now).
-local configured, current_cache
-
--- A definition read says the limits are configured; asking Redis is for when none was found,
--- so that most calls do not ask. The hash of limits also holds the gates' settings
--- (GATE_DEF, _lib2_gates), and field CONFIGURED while it holds any limit (configure.lua).
+-- The hash of limits holds each limit's definition at its key, each pool gate's settings at
+-- GATE_DEF .. <pool> (_lib2_gates), and at CONFIGURED the config's version: a digest of it,
+-- then '/' and how many limits it has. What a call reads of it is kept from call to call by
+-- the function library (defs: the text at each field, false for none) with the version it
+-- belongs to, so that most calls ask Redis for the version alone: reading five definitions,
+-- each a new string for Lua, cost more than a command. configured: whether any limit is
+-- (nil: not known yet); version: this call's (false: none); current_cache: this call's
+-- limits as configured, by key (false: not configured now).
 local CONFIGURED = 'configured' -- no limit key (it has ':') nor a gate's field is spelt so
+local configured, version, current_cache
+local defs, defs_version, defs_base = {}, nil, nil
+
+-- The fields of a command being built and the limits they belong to, with their lengths
+-- counted: made once and reused (fetch_limits and fetch_levels), as new tables grown an
+-- element at a time cost more than the command. want: the fields read_defs asks for.
+local ask_fields, ask_limits, want = {}, {}, {}
+
+-- Make defs hold ask_fields[1..m] for the version of now, reading the version (once a call)
+-- and the fields not kept for it in one HMGET.
+local function read_defs(m)
+  if base ~= defs_base then defs, defs_version, defs_base = {}, nil, base end
+  local w = 0
+  if configured == nil then
+    w = 1
+    want[1] = CONFIGURED
+  end
+  for i = 1, m do
+    if defs[ask_fields[i]] == nil then
+      w = w + 1
+      want[w] = ask_fields[i]
+    end
+  end
+  if w == 0 then return end
+  local v = redis.call('HMGET', key('limits'), unpack(want, 1, w))
+  local from = 1
+  if configured == nil then
+    version, from = v[1] or false, 2
+    configured = version and string.sub(version, -2) ~= '/0'
+    if version ~= defs_version then
+      local kept = m - (w - 1) -- fields kept for another version: read again
+      defs, defs_version = {}, version
+      if kept > 0 then return read_defs(m) end
+    end
+  end
+  for j = from, w do defs[want[j]] = v[j] or false end
+end
+
 local function is_configured()
-  if configured == nil then configured = redis.call('HEXISTS', key('limits'), CONFIGURED) == 1 end
+  if configured == nil then read_defs(0) end
   return configured
 end
 
@@ -32,48 +71,41 @@ local function configured_as(l, v)
   return c
 end
 
--- The fields of a command being built and the limits they belong to, with their lengths
--- counted: made once and reused (fetch_limits and fetch_levels), as new tables grown an
--- element at a time cost more than the command.
-local ask_fields, ask_limits = {}, {}
-
--- Read the definitions of limits not read yet, and the settings of pool's gate, in one
--- HMGET (a ticket has several limits, and its pool's gate is asked after them).
+-- The definitions of limits not read yet in this call, and the settings of pool's gate
+-- (pool: nil for none).
 local function fetch_limits(limits, pool)
   local n = 0
-  if configured ~= false then
-    for _, l in ipairs(limits) do
-      local k = l[L_KEY]
-      if current_cache[k] == nil then
-        current_cache[k] = false -- asked for below (a ticket naming a key twice asks once)
-        n = n + 1
-        ask_fields[n], ask_limits[n] = k, l
-      end
+  for _, l in ipairs(limits) do
+    local k = l[L_KEY]
+    if current_cache[k] == nil then
+      current_cache[k] = false -- read below (a ticket naming a key twice asks once)
+      n = n + 1
+      ask_fields[n], ask_limits[n] = k, l
     end
   end
   local m = n
-  if gate_def_cache[pool] == nil then
+  if pool and gate_def_cache[pool] == nil then
     m = m + 1
     ask_fields[m] = GATE_DEF .. pool
   end
   if m == 0 then return end
-  local v = redis.call('HMGET', key('limits'), unpack(ask_fields, 1, m))
+  read_defs(m)
   for i = 1, n do
-    if v[i] then
-      configured = true
-      current_cache[ask_fields[i]] = configured_as(ask_limits[i], v[i])
-    end
+    local v = defs[ask_fields[i]]
+    if v then current_cache[ask_fields[i]] = configured_as(ask_limits[i], v) end
   end
-  if m > n then gate_def_cache[pool] = v[m] and shared(v[m]) or false end
+  if m > n then
+    local v = defs[ask_fields[m]]
+    gate_def_cache[pool] = v and shared(v) or false
+  end
 end
 
 local function configured_limit(l)
   if not is_configured() then return l end
   local c = current_cache[l[L_KEY]]
   if c == nil then
-    local v = redis.call('HGET', key('limits'), l[L_KEY])
-    c = v and configured_as(l, v) or false
-    current_cache[l[L_KEY]] = c
+    fetch_limits({l})
+    c = current_cache[l[L_KEY]]
   end
   return c or nil
 end

@@ -22,7 +22,7 @@ local function begin(keys, argv)
   day = day_text
   LV, D = key('level'), key(KIND_DAILY, day)
   gate_cache, head_cache, gate_def_cache = {}, {}, {}
-  configured = nil
+  configured, version = nil, nil
   current_cache = {}
   level_cache, bucket_at, n_set, n_drop = {}, {}, 0, 0
   learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')

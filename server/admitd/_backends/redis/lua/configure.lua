@@ -12,8 +12,10 @@ for _, l in ipairs(limits) do
   c[C_SHADOW] = l[L_SHADOW] and 'true' or 'false'
   redis.call('HSET', key('limits'), l[L_KEY], '[' .. table.concat(c, ',') .. ']')
 end
-if #limits > 0 then redis.call('HSET', key('limits'), CONFIGURED, '1') end
 for _, g in ipairs(cjson.decode(ARGV[4])) do
   redis.call('HSET', key('limits'), GATE_DEF .. g.pool, cjson.encode(g))
 end
+-- The version (_lib3_limits): what the config says decides it, so it changes when that does.
+local digest = redis.sha1hex(ARGV[3] .. '\n' .. ARGV[4]) .. '/' .. #limits
+redis.call('HSET', key('limits'), CONFIGURED, digest)
 return cjson.encode({count = #limits})
