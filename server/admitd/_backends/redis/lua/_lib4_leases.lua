@@ -55,14 +55,21 @@ end
 -- also has ledger (the ledger day its expiry charged), drop (its deadline) and settled (a
 -- settlement, JSON, once a Release after the expiry settled it). claimed: granted to the call
 -- that asked, never an unclaimed grant (an older admitd did not say so: then unknown).
+-- A live lease's three are not asked for: each field read is a string made for Lua.
 local function load_lease(id, where)
-  local v = redis.call('HMGET', key(where or LEASE, id), 'ticket', 'day', 'granted', 'expires',
-                       'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled', 'claimed')
+  local v
+  if where then
+    v = redis.call('HMGET', key(where, id), 'ticket', 'day', 'granted', 'expires', 'queued',
+                   'shadowed', 'probe', 'claimed', 'ledger', 'drop', 'settled')
+  else
+    v = redis.call('HMGET', key(LEASE, id), 'ticket', 'day', 'granted', 'expires', 'queued',
+                   'shadowed', 'probe', 'claimed')
+  end
   if not v[1] then return nil end
   return {t = decode_ticket(v[1]), day = v[2], granted = tonumber(v[3]),
           expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
-          probe = v[7] == '1', ledger = v[8], drop = tonumber(v[9]),
-          settled = v[10] and cjson.decode(v[10]), claimed = v[11] == '1'}
+          probe = v[7] == '1', claimed = v[8] == '1', ledger = v[9], drop = tonumber(v[10]),
+          settled = v[11] and cjson.decode(v[11])}
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
@@ -252,10 +259,14 @@ local function charge(t, u, usd, calls, on_day)
     redis.call('EXPIRE', k, LEDGER_KEEP)
   end
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
-  for metric, n in pairs({['in'] = u[U_INPUT_TOKENS], out = u[U_OUTPUT_TOKENS], usd = usd,
-                          cr = u[U_CACHED_INPUT_TOKENS], cw = u[U_CACHE_WRITE_INPUT_TOKENS]}) do
+  local function add(metric, n)
     if n ~= 0 then redis.call('HINCRBY', k, f .. metric, string.format('%d', n)) end
   end
+  add('in', u[U_INPUT_TOKENS])
+  add('out', u[U_OUTPUT_TOKENS])
+  add('usd', usd)
+  add('cr', u[U_CACHED_INPUT_TOKENS])
+  add('cw', u[U_CACHE_WRITE_INPUT_TOKENS])
 end
 
 -- What a release charges: the reported usage array (U_*) as it is, or by the rule for none
