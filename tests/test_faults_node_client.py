@@ -113,7 +113,7 @@ async def test_a_lease_releases_across_a_sentinel_failover(node: str) -> None:
         assert sentinels[0].primary() == replica.port
         assert took > 0.4, "released before Sentinel could even see the primary down"
         assert not replica.client().exists(key)
-        gauge = (f"{base}:gauge", "pool:p:max_concurrency")
+        gauge = (f"{base}:level", "pool:p:max_concurrency")
         assert float(replica.client().hget(*gauge) or 0) == 0  # the slot is free
     finally:
         if admitd is not None:

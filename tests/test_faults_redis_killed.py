@@ -152,7 +152,7 @@ async def test_redis_killed_under_load_fails_open_and_grants_nothing_twice(
     free a slot somebody else holds."""
     h = await redis_harness("fail_open")
     prefix = h.engine.settings.backend.key_prefix
-    gauge = ("{" + prefix + "}:gauge", "pool:p:max_concurrency")
+    gauge = ("{" + prefix + "}:level", "pool:p:max_concurrency")
     load = Load(h.stub)
     try:
         await until(lambda: _at_least(load.count("up"), 30), 15, "admissions while Redis is up")

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from admitd import AcquireSpec, Engine, ManualClock, parse_config
 from admitd._backends.redis import codec
 from admitd._backends.redis.backend import RedisBackend, connect
-from admitd._model import Look
+from admitd._model import DAY_SECONDS, LEDGER_DAYS, Look
 from admitd._usage import Unreported
 from support.harness import Replicas
 from support.health import health
@@ -277,6 +277,29 @@ async def test_a_lost_grant_message_only_delays_the_grant(
     await a.release(holder.lease_id)
     lease = await asyncio.wait_for(waiting, 10)  # found by b's poll of its waiters' grants
     assert not (await b.release(lease.lease_id)).already_released
+
+
+async def test_a_days_ledger_is_kept_ledger_days_from_its_first_row(
+    replicas: Replicas, redis_server: RedisServer
+) -> None:
+    """The ledger hash of a day gets its time to live when a row is made in it (a Release
+    adding to a row already there leaves it alone): it must never be kept for ever."""
+    (h,) = await replicas(1, {"pools": [{"name": "p"}]})
+    client = redis_server.client()
+    prefix = "{" + h.engine.settings.backend.key_prefix + "}"
+    keep = LEDGER_DAYS * DAY_SECONDS
+
+    async def pair(tenant: str) -> int:
+        lease = await h.acquire(tenant=tenant, input_tokens=10)
+        await h.release(lease.lease_id, (10, 5))
+        (ledger,) = client.keys(f"{prefix}:ledger:*")
+        ttl: int = client.ttl(ledger)
+        client.persist(ledger)  # so that only what comes next can give it one again
+        return ttl
+
+    assert keep - 60 < await pair("a") <= keep  # the day's first row
+    assert await pair("a") == -1  # a row already there: left alone
+    assert keep - 60 < await pair("b") <= keep  # a new row
 
 
 async def test_the_backup_poll_reads_no_key_per_waiter(redis_server: RedisServer) -> None:

@@ -184,3 +184,23 @@ async def test_gates_come_back_after_redis_restarts_empty(
     error = pb.Outcome.OUTCOME_PROVIDER_ERROR
     await h.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id, outcome=error), timeout=10)
     assert (await h.fail(h.acquire(input_tokens=1))).reason == "POOL_UNAVAILABLE"
+
+
+async def test_a_breaker_added_or_removed_binds_at_once(make_harness: MakeHarness) -> None:
+    """A pool gate's settings change with the config, even in a store that kept the ones it
+    read before (Redis keeps them by the config's version)."""
+    h = await make_harness({"pools": [{"name": "p"}]})
+    error = pb.Outcome.OUTCOME_PROVIDER_ERROR
+
+    async def fails() -> None:
+        lease = await h.acquire(input_tokens=1)
+        await h.stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id, outcome=error), timeout=10)
+
+    await fails()  # no breaker: nothing opens
+    breaker = {"min_calls": 1, "failure_rate": 1, "open_for": "60s"}
+    await h.engine.apply(settings_for(h, pools=[{"name": "p", "breaker": breaker}]))
+    await fails()
+    failure = await h.fail(h.acquire(input_tokens=1))
+    assert (failure.reason, failure.metadata["cause"]) == ("POOL_UNAVAILABLE", "open")
+    await h.engine.apply(settings_for(h, pools=[{"name": "p"}]))
+    await h.acquire(input_tokens=1)  # no breaker any more: its open circuit stops nothing

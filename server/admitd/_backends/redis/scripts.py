@@ -65,8 +65,9 @@ def load_scripts() -> dict[str, str]:
 def function_library() -> tuple[str, dict[str, str]]:
     """The library and the operations of :data:`FUNCTIONS` as a Redis function library:
     its source (``FUNCTION LOAD``) and the name of each operation's function. The library's
-    name is a digest of its code, so that replicas of two versions sharing one Redis (a
-    rolling upgrade) each call their own."""
+    name is a digest of its code, so that libraries of two versions loaded in one Redis each
+    call their own code (sharing a key prefix, though, takes the same version: the keys'
+    layout changes; README, Data model)."""
     prologue, lib, ops = _sources()
     registered = "".join(
         f"\nredis.register_function('{_NAME}_{op}', function(KEYS, ARGV)\n"

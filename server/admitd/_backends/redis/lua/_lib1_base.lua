@@ -24,9 +24,9 @@
 -- What a call starts from is set by begin (_lib6_begin.lua), before the operation's code:
 -- the library is also loaded once as a Redis function library (scripts.function_library),
 -- whose functions keep it between calls. base is KEYS[1]; now the time to use (now_text, as
--- num writes it, formatted once); aging the queue's aging; day today's UTC day; G, B and D
--- the keys of gauges, buckets and daily counters.
-local base, now, now_text, aging, day, G, B, D
+-- num writes it, formatted once); aging the queue's aging; day today's UTC day; LV and D
+-- the keys of gauges' and buckets' levels (_lib3_limits) and of daily counters.
+local base, now, now_text, aging, day, LV, D
 -- A key of one name is kept from call to call (keyed by base too): a call names the same
 -- few ('expiry', 'rate', ...) again and again, and each concatenation makes and hashes a new
 -- string. (A table and table.concat per key cost more than one concatenation.)
@@ -49,8 +49,18 @@ end
 local LEDGER_KEEP = LEDGER_DAYS * DAY_SECONDS .. ''
 local DAY_KEEP = 2 * DAY_SECONDS .. '' -- a day's counters outlive it, for leases settled late
 
+-- A number as Redis is sent it, reading back exactly: %.17g, or for a whole number of up to
+-- 15 digits %d, which costs a third as much (formatting a number cost more than a command).
+local WHOLE_MAX = 1e15 -- whole numbers below it, in magnitude, have at most 15 digits
 local function num(x)
+  if x % 1 == 0 and x > -WHOLE_MAX and x < WHOLE_MAX then return string.format('%d', x) end
   return string.format('%.17g', x)
+end
+
+-- Seconds as the whole milliseconds of a PX or PEXPIRE (rounded up), formatted with %d: Lua
+-- writes a number it passes with %.14g.
+local function ms(seconds)
+  return string.format('%d', math.ceil(seconds * 1000))
 end
 
 -- Decoded JSON by its text, kept from call to call by the function library (a script's copy
@@ -73,12 +83,25 @@ end
 
 -- A ticket from its JSON (codec.ticket_json): its own fields decoded, and its limits, which
 -- come last after TICKET_LIMITS, decoded once for all the tickets that carry the same. A
--- ticket written by an older admitd (spaced JSON) is decoded whole.
+-- ticket written by an older admitd (spaced JSON) is decoded whole. Kept from call to call
+-- by its text, as shared() keeps what it decodes (and never changed either): a Release
+-- decodes the ticket its Acquire did, which then costs a lookup. Each decoded ticket was new
+-- memory for Lua's collector to walk and free, the dearest part of its cost.
+local TICKETS_MAX = 1000 -- tickets kept at most (then it starts over): ~2.5 MB
+local tickets, ticket_count = {}, 0
 local function decode_ticket(raw)
+  local t = tickets[raw]
+  if t then return t end
   local at = string.find(raw, TICKET_LIMITS, 1, true)
-  if not at then return cjson.decode(raw) end
-  local t = cjson.decode(string.sub(raw, 1, at - 1) .. '}')
-  t[T.limits] = shared(string.sub(raw, at + string.len(TICKET_LIMITS), -2))
+  if at then
+    t = cjson.decode(string.sub(raw, 1, at - 1) .. '}')
+    t[T.limits] = shared(string.sub(raw, at + string.len(TICKET_LIMITS), -2))
+  else
+    t = cjson.decode(raw)
+  end
+  if ticket_count >= TICKETS_MAX then tickets, ticket_count = {}, 0 end
+  tickets[raw] = t
+  ticket_count = ticket_count + 1
   return t
 end
 

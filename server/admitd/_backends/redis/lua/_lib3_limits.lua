@@ -3,33 +3,100 @@
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
 -- queued before a config change carry the limits of their time; capacities come from here.
--- configured: whether any is (nil: not known yet, see is_configured); current_cache: this
--- call's, by key; stored: the definitions fetch_limits read, by key (false: none).
-local configured, current_cache, stored
+-- The hash of limits holds each limit's definition at its key, each pool gate's settings at
+-- GATE_DEF .. <pool> (_lib2_gates), and at CONFIGURED the config's version: a digest of it,
+-- then '/' and how many limits it has. What a call reads of it is kept from call to call by
+-- the function library (defs: the text at each field, false for none) with the version it
+-- belongs to, so that most calls ask Redis for the version alone: reading five definitions,
+-- each a new string for Lua, cost more than a command. configured: whether any limit is
+-- (nil: not known yet); version: this call's (false: none); current_cache: this call's
+-- limits as configured, by key (false: not configured now).
+local CONFIGURED = 'configured' -- no limit key (it has ':') nor a gate's field is spelt so
+local configured, version, current_cache
+local defs, defs_version, defs_base = {}, nil, nil
 
--- A definition read says the limits are configured; asking Redis (EXISTS) is for when none
--- was found, so that most calls do not ask.
+-- The fields of a command being built and the limits they belong to, with their lengths
+-- counted: made once and reused (fetch_limits and fetch_levels), as new tables grown an
+-- element at a time cost more than the command. want: the fields read_defs asks for.
+local ask_fields, ask_limits, want = {}, {}, {}
+
+-- Make defs hold ask_fields[1..m] for the version of now, reading the version (once a call)
+-- and the fields not kept for it in one HMGET.
+local function read_defs(m)
+  if base ~= defs_base then defs, defs_version, defs_base = {}, nil, base end
+  local w = 0
+  if configured == nil then
+    w = 1
+    want[1] = CONFIGURED
+  end
+  for i = 1, m do
+    if defs[ask_fields[i]] == nil then
+      w = w + 1
+      want[w] = ask_fields[i]
+    end
+  end
+  if w == 0 then return end
+  local v = redis.call('HMGET', key('limits'), unpack(want, 1, w))
+  local from = 1
+  if configured == nil then
+    version, from = v[1] or false, 2
+    configured = version and string.sub(version, -2) ~= '/0'
+    if version ~= defs_version then
+      local kept = m - (w - 1) -- fields kept for another version: read again
+      defs, defs_version = {}, version
+      if kept > 0 then return read_defs(m) end
+    end
+  end
+  for j = from, w do defs[want[j]] = v[j] or false end
+end
+
 local function is_configured()
-  if configured == nil then configured = redis.call('EXISTS', key('limits')) == 1 end
+  if configured == nil then read_defs(0) end
   return configured
 end
 
--- Read the definitions of limits not read yet in one HMGET (a ticket has several).
-local function fetch_limits(limits)
-  if configured == false then return end
-  local keys = {}
+-- A ticket's limit as configured by definition text v, made once for each limit and
+-- definition (both decoded by shared(), never changed) and kept by the limit, as shared()
+-- keeps texts: a new copy of each limit on every call was new memory for the collector.
+local as_configured, configured_count = {}, 0
+local function configured_as(l, v)
+  local d = shared(v)
+  local made = as_configured[l]
+  if made and made.d == d then return made.c end
+  local c = {unpack(l)}
+  c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
+  if configured_count >= SHARED_MAX then as_configured, configured_count = {}, 0 end
+  as_configured[l] = {d = d, c = c}
+  configured_count = configured_count + 1
+  return c
+end
+
+-- The definitions of limits not read yet in this call, and the settings of pool's gate
+-- (pool: nil for none).
+local function fetch_limits(limits, pool)
+  local n = 0
   for _, l in ipairs(limits) do
     local k = l[L_KEY]
-    if stored[k] == nil and current_cache[k] == nil then
-      stored[k] = false
-      table.insert(keys, k)
+    if current_cache[k] == nil then
+      current_cache[k] = false -- read below (a ticket naming a key twice asks once)
+      n = n + 1
+      ask_fields[n], ask_limits[n] = k, l
     end
   end
-  if #keys == 0 then return end
-  local v = redis.call('HMGET', key('limits'), unpack(keys))
-  for i, k in ipairs(keys) do
-    stored[k] = v[i]
-    if v[i] then configured = true end
+  local m = n
+  if pool and gate_def_cache[pool] == nil then
+    m = m + 1
+    ask_fields[m] = GATE_DEF .. pool
+  end
+  if m == 0 then return end
+  read_defs(m)
+  for i = 1, n do
+    local v = defs[ask_fields[i]]
+    if v then current_cache[ask_fields[i]] = configured_as(ask_limits[i], v) end
+  end
+  if m > n then
+    local v = defs[ask_fields[m]]
+    gate_def_cache[pool] = v and shared(v) or false
   end
 end
 
@@ -37,16 +104,8 @@ local function configured_limit(l)
   if not is_configured() then return l end
   local c = current_cache[l[L_KEY]]
   if c == nil then
-    local v = stored[l[L_KEY]]
-    if v == nil then v = redis.call('HGET', key('limits'), l[L_KEY]) end
-    if v then
-      local d = shared(v)
-      c = {unpack(l)}
-      c[L_CAPACITY], c[L_RATE], c[L_SHADOW] = d[C_CAPACITY], d[C_RATE], d[C_SHADOW]
-    else
-      c = false
-    end
-    current_cache[l[L_KEY]] = c
+    fetch_limits({l})
+    c = current_cache[l[L_KEY]]
   end
   return c or nil
 end
@@ -57,7 +116,7 @@ local function current(l)
   if not c or c[L_SCOPE] ~= SCOPE_POOL or (c[L_KIND] ~= KIND_GAUGE and c[L_KIND] ~= KIND_BUCKET) then
     return c
   end
-  local f = gate_factor(c[L_OWNER])
+  local f = gate_head(c[L_OWNER]).factor
   if f >= 1 then return c end
   local s = {unpack(c)}
   if c[L_KIND] == KIND_GAUGE then
@@ -74,25 +133,86 @@ end
 -- can prove free (Doorman's learning mode). String key LEARN holds learn_until (begin reads
 -- it), and learning is now < learn_until.
 local learn_until, learning
--- This call's bucket states, by key: {level, at} as stored, or false for none. A script reads
--- a bucket in check and again when it reserves or refunds: one HMGET does.
-local bucket_cache
+-- Gauges and buckets share one hash, LV ("level"): a gauge's count at its limit's key, a
+-- bucket's level and the time of it at the key and "<key>|at". A call reads the levels of all
+-- its ticket's limits in one HMGET (fetch_levels) and writes what it moved in one HSET and one
+-- HDEL (flush_levels): each Redis command costs a dispatch, its reply a Lua value, and a pair
+-- made ~20 of them here. level_cache: this call's, by key: a gauge's count (0: none), a
+-- bucket's level as stored or false for none, and bucket_at the time of that level. level_set (field, value, ...) and
+-- level_drop (fields): what flush_levels writes, in order; a batch (one ticket's limits) only
+-- raises gauges or only lowers them, so a field dropped after it was set in one is dropped.
+-- Arrays with their lengths kept here, made once and reused by the function library's calls
+-- (begin sets the lengths to 0): table.insert and growing new tables were most of their cost.
+local level_cache, bucket_at, n_set, n_drop
+local level_set, level_drop = {}, {}
+
+local function fetch_levels(limits)
+  local n, m = 0, 0
+  for _, l in ipairs(limits) do
+    local k, kind = l[L_KEY], l[L_KIND]
+    if level_cache[k] == nil and (kind == KIND_GAUGE or kind == KIND_BUCKET) then
+      level_cache[k] = false -- asked for below (a ticket naming a key twice asks once)
+      m = m + 1
+      ask_limits[m] = l
+      n = n + 1
+      ask_fields[n] = k
+      if kind == KIND_BUCKET then
+        n = n + 1
+        ask_fields[n] = k .. '|at'
+      end
+    end
+  end
+  if n == 0 then return end
+  local v = redis.call('HMGET', LV, unpack(ask_fields, 1, n))
+  local i = 1
+  for j = 1, m do
+    local l = ask_limits[j]
+    if l[L_KIND] == KIND_GAUGE then
+      level_cache[l[L_KEY]] = tonumber(v[i] or '0')
+      i = i + 1
+    else
+      if v[i] then
+        level_cache[l[L_KEY]], bucket_at[l[L_KEY]] = tonumber(v[i]), tonumber(v[i + 1])
+      end
+      i = i + 2
+    end
+  end
+end
+
+local function write_level(field, value)
+  n_set = n_set + 2
+  level_set[n_set - 1], level_set[n_set] = field, value
+end
+
+local function flush_levels()
+  if n_set > 0 then redis.call('HSET', LV, unpack(level_set, 1, n_set)) end
+  if n_drop > 0 then redis.call('HDEL', LV, unpack(level_drop, 1, n_drop)) end
+  n_set, n_drop = 0, 0
+end
+
+-- A gauge's count, dropped at zero. Its counts are whole slots, so no fraction is formatted.
+local function set_gauge(k, count)
+  level_cache[k] = count
+  if count > 0 then
+    write_level(k, string.format('%d', count))
+  else
+    n_drop = n_drop + 1
+    level_drop[n_drop] = k
+  end
+end
 
 local function level_of(queued)
   local l = current(queued) or queued
   if l[L_KIND] == KIND_GAUGE then
-    local lv = tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
+    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
+    local lv = level_cache[l[L_KEY]]
     if learning then return math.max(lv, l[L_CAPACITY]) end
     return lv
   elseif l[L_KIND] == KIND_BUCKET then
-    local s = bucket_cache[l[L_KEY]]
-    if s == nil then
-      local v = redis.call('HMGET', B, l[L_KEY], l[L_KEY] .. '|at')
-      s = v[1] and {level = tonumber(v[1]), at = tonumber(v[2])} or false
-      bucket_cache[l[L_KEY]] = s
-    end
-    if not s then return l[L_CAPACITY] end
-    return math.min(l[L_CAPACITY], s.level + (now - s.at) * l[L_RATE])
+    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
+    local level = level_cache[l[L_KEY]]
+    if not level then return l[L_CAPACITY] end
+    return math.min(l[L_CAPACITY], level + (now - bucket_at[l[L_KEY]]) * l[L_RATE])
   end
   return tonumber(redis.call('HGET', D, l[L_KEY]) or '0')
 end
@@ -106,10 +226,11 @@ end
 -- first shadow limit it does not fit (which does not refuse it), or ''.
 local function check(t, only_daily)
   local shadowed = ''
-  fetch_limits(t[T.limits])
+  fetch_limits(t[T.limits], t[T.pool])
+  if not only_daily then fetch_levels(t[T.limits]) end
   for i, queued in ipairs(t[T.limits]) do
-    local l = current(queued)
-    if l and (not only_daily or l[L_KIND] == KIND_DAILY) then
+    local l = (not only_daily or queued[L_KIND] == KIND_DAILY) and current(queued)
+    if l then
       local a, lv = amount(t, l[L_UNIT]), level_of(l)
       if not fits(l, a, lv) then
         if not l[L_SHADOW] then return {index = i, level = lv, amount = a}, shadowed end
@@ -126,7 +247,10 @@ local function denial(t, d)
   return {limit = current(queued) or queued, level = d.level, amount = d.amount}
 end
 
+-- Written by the next flush_levels.
 local function set_bucket(l, level)
-  redis.call('HSET', B, l[L_KEY], num(level), l[L_KEY] .. '|at', now_text)
-  bucket_cache[l[L_KEY]] = {level = level, at = now} -- what reading it back gives: %.17g is exact
+  local k = l[L_KEY]
+  write_level(k, num(level))
+  write_level(k .. '|at', now_text)
+  level_cache[k], bucket_at[k] = level, now -- what reading it back gives: %.17g is exact
 end

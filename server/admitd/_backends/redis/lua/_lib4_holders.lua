@@ -74,7 +74,7 @@ local function refusal(t, held_by)
       if not fits(l, a, lv) then
         local d = {limit = l, level = lv, amount = a}
         if l[L_KIND] == KIND_GAUGE then
-          local unknown = lv - tonumber(redis.call('HGET', G, l[L_KEY]) or '0')
+          local unknown = lv - level_cache[l[L_KEY]] -- as stored (level_of read it)
           d.ends = holder_ends(l[L_KEY], math.ceil(lv + a - l[L_CAPACITY]), unknown)
         end
         table.insert(out, d)

@@ -12,7 +12,7 @@ end
 -- TTL (real time) only collects garbage.
 local function remember_key(t)
   local entry = t[T.lease_id] .. '|' .. num(now + t[T.ttl]) .. '|' .. t[T.fingerprint]
-  redis.call('SET', idem_key(t), entry, 'PX', math.ceil(t[T.ttl] * 1000))
+  redis.call('SET', idem_key(t), entry, 'PX', ms(t[T.ttl]))
 end
 
 -- The idempotency entry of t's key: ref, fingerprint; nil when absent or past its deadline.
@@ -55,14 +55,21 @@ end
 -- also has ledger (the ledger day its expiry charged), drop (its deadline) and settled (a
 -- settlement, JSON, once a Release after the expiry settled it). claimed: granted to the call
 -- that asked, never an unclaimed grant (an older admitd did not say so: then unknown).
+-- A live lease's three are not asked for: each field read is a string made for Lua.
 local function load_lease(id, where)
-  local v = redis.call('HMGET', key(where or LEASE, id), 'ticket', 'day', 'granted', 'expires',
-                       'queued', 'shadowed', 'probe', 'ledger', 'drop', 'settled', 'claimed')
+  local v
+  if where then
+    v = redis.call('HMGET', key(where, id), 'ticket', 'day', 'granted', 'expires', 'queued',
+                   'shadowed', 'probe', 'claimed', 'ledger', 'drop', 'settled')
+  else
+    v = redis.call('HMGET', key(LEASE, id), 'ticket', 'day', 'granted', 'expires', 'queued',
+                   'shadowed', 'probe', 'claimed')
+  end
   if not v[1] then return nil end
   return {t = decode_ticket(v[1]), day = v[2], granted = tonumber(v[3]),
           expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
-          probe = v[7] == '1', ledger = v[8], drop = tonumber(v[9]),
-          settled = v[10] and cjson.decode(v[10]), claimed = v[11] == '1'}
+          probe = v[7] == '1', claimed = v[8] == '1', ledger = v[9], drop = tonumber(v[10]),
+          settled = v[11] and cjson.decode(v[11])}
 end
 
 -- Grants per second of a pool, over a sliding window of two fixed windows (the same state
@@ -133,7 +140,7 @@ end
 local function ended(t, kind, d)
   if t[T.deferred] then
     local e = cjson.encode({kind = kind, tenant = t[T.tenant], denial = d})
-    redis.call('SET', key('ended', t[T.lease_id]), e, 'PX', math.ceil(t[T.ttl] * 1000))
+    redis.call('SET', key('ended', t[T.lease_id]), e, 'PX', ms(t[T.ttl]))
   end
   dedup_finish(t, nil)
 end
@@ -142,10 +149,11 @@ end
 -- replica's RPC will claim; its Release then has no unclaimed grant to clear.
 local function reserve(t, raw, queued_for, shadowed, claimed)
   local granted_second = string.format('%d', math.floor(now)) -- a holder's score (_lib4_holders)
+  fetch_levels(t[T.limits]) -- read by check before, as a rule
   for _, l in ipairs(t[T.limits]) do
     local a = amount(t, l[L_UNIT])
     if l[L_KIND] == KIND_GAUGE then
-      redis.call('HINCRBYFLOAT', G, l[L_KEY], a)
+      set_gauge(l[L_KEY], level_cache[l[L_KEY]] + a)
       redis.call('ZADD', key('holders', l[L_KEY]), granted_second, t[T.lease_id])
     elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
@@ -154,9 +162,10 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
       redis.call('EXPIRE', D, DAY_KEEP)
     end
   end
-  local g = gate_of(t[T.pool])
-  local probe = g.circuit == CIRCUIT_HALF_OPEN
+  flush_levels()
+  local probe = gate_head(t[T.pool]).circuit == CIRCUIT_HALF_OPEN
   if probe then
+    local g = gate_of(t[T.pool])
     g.probes = g.probes + 1
     gate_save(t[T.pool], g)
   end
@@ -189,12 +198,13 @@ end
 -- ways, buckets only by overuse (they have refilled since; a refund now could grant what the
 -- provider's window no longer has).
 local function move_limits(t, taken_on, token_delta, usd_delta, expired)
-  if token_delta ~= 0 or usd_delta ~= 0 then fetch_limits(t[T.limits]) end -- a bucket's
+  if token_delta ~= 0 or usd_delta ~= 0 then fetch_limits(t[T.limits], t[T.pool]) end -- a bucket's
+  if not expired or token_delta ~= 0 or usd_delta ~= 0 then fetch_levels(t[T.limits]) end
   for _, l in ipairs(t[T.limits]) do
     local unit = l[L_UNIT]
     if unit == UNIT_SLOT then
       if not expired then
-        decr_field(G, l[L_KEY])
+        set_gauge(l[L_KEY], math.max(0, level_cache[l[L_KEY]] - 1))
         redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
       end
     else
@@ -216,6 +226,7 @@ local function move_limits(t, taken_on, token_delta, usd_delta, expired)
       end
     end
   end
+  flush_levels()
 end
 
 -- End a lease: free its slots and move token/USD counters by charged - reserved.
@@ -242,13 +253,20 @@ local function charge(t, u, usd, calls, on_day)
   local k = key('ledger', on_day or day)
   local tenant = t[T.tenant]
   local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
-  redis.call('HINCRBY', k, f .. 'calls', calls or '1')
+  -- A day's hash is kept LEDGER_KEEP from when its row (and so maybe the hash) was made:
+  -- calls is written first, and answers its increment when new (or 0 before: kept anew).
+  if redis.call('HINCRBY', k, f .. 'calls', calls or '1') == (calls or 1) then
+    redis.call('EXPIRE', k, LEDGER_KEEP)
+  end
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
-  for metric, n in pairs({['in'] = u[U_INPUT_TOKENS], out = u[U_OUTPUT_TOKENS], usd = usd,
-                          cr = u[U_CACHED_INPUT_TOKENS], cw = u[U_CACHE_WRITE_INPUT_TOKENS]}) do
+  local function add(metric, n)
     if n ~= 0 then redis.call('HINCRBY', k, f .. metric, string.format('%d', n)) end
   end
-  redis.call('EXPIRE', k, LEDGER_KEEP)
+  add('in', u[U_INPUT_TOKENS])
+  add('out', u[U_OUTPUT_TOKENS])
+  add('usd', usd)
+  add('cr', u[U_CACHED_INPUT_TOKENS])
+  add('cw', u[U_CACHE_WRITE_INPUT_TOKENS])
 end
 
 -- What a release charges: the reported usage array (U_*) as it is, or by the rule for none
@@ -291,7 +309,7 @@ local function bury(id, lease)
   local k = key('tomb', id)
   redis.call('RENAME', key(LEASE, id), k)
   redis.call('HSET', k, 'ledger', day, 'drop', num(lease.expires + t[T.ttl]))
-  redis.call('PEXPIRE', k, math.ceil(t[T.ttl] * 1000))
+  redis.call('PEXPIRE', k, ms(t[T.ttl]))
 end
 
 -- The tombstone of an expired lease, or nil (none, or past its deadline).

@@ -4,7 +4,7 @@
 -- earlier call is forgotten here.
 local MICRO_DIGITS = 6 -- TIME's microseconds, padded with MICROS to six digits
 local MICROS = '00000'
-local day_number, day_text -- kept from call to call by the function library
+local day_number, day_text, aging_text -- kept from call to call by the function library
 local function begin(keys, argv)
   base = keys[1]
   -- now_text is a decimal that reads back as exactly now: the time given, or TIME's seconds
@@ -16,15 +16,17 @@ local function begin(keys, argv)
     now_text = t[1] .. '.' .. string.sub(MICROS .. t[2], -MICRO_DIGITS)
   end
   now = tonumber(now_text)
-  aging = tonumber(argv[2])
+  if argv[2] ~= aging_text then aging_text, aging = argv[2], tonumber(argv[2]) end -- parsed once
   local d = math.floor(now / DAY_SECONDS)
   if d ~= day_number then day_number, day_text = d, tostring(d) end -- formatted once a day
   day = day_text
-  G, B, D = key(KIND_GAUGE), key(KIND_BUCKET), key(KIND_DAILY, day)
-  gate_cache, gate_def_cache, factor_cache = {}, {}, {}
-  configured = nil
-  current_cache, stored, bucket_cache = {}, {}, {}
-  learn_until = tonumber(redis.call('GET', key(LEARN)) or '0')
+  LV, D = key('level'), key(KIND_DAILY, day)
+  gate_cache, head_cache, gate_def_cache = {}, {}, {}
+  configured, version = nil, nil
+  current_cache = {}
+  level_cache, bucket_at, n_set, n_drop = {}, {}, 0, 0
+  local learn = redis.call('GET', key(LEARN))
+  learn_until = learn and tonumber(learn) or 0
   learning = now < learn_until
   FINISHED = {}
   server_now, replica_dead = nil, {}

@@ -23,14 +23,14 @@ if ARGV[6] ~= '1' then return cjson.encode({changed = true, learning = 0}) end
 redis.call('SET', key(LEARN), num(now + window), 'PX', keep)
 local flat = redis.call('HGETALL', key('limits'))
 for i = 1, #flat, 2 do
-  local c = cjson.decode(flat[i + 1])
-  local capacity, rate = tonumber(c[C_CAPACITY]), tonumber(c[C_RATE])
-  if rate > 0 then -- a bucket: what it has left is unknown, so nothing
-    local k = flat[i]
-    local v = redis.call('HMGET', B, k, k .. '|at')
+  local c = string.sub(flat[i + 1], 1, 1) == '[' and cjson.decode(flat[i + 1]) -- a limit's
+  local rate = c and tonumber(c[C_RATE])
+  if rate and rate > 0 then -- a bucket: what it has left is unknown, so nothing
+    local capacity, k = tonumber(c[C_CAPACITY]), flat[i]
+    local v = redis.call('HMGET', LV, k, k .. '|at')
     local level = capacity
     if v[1] then level = math.min(capacity, tonumber(v[1]) + (now - tonumber(v[2])) * rate) end
-    redis.call('HSET', B, k, num(math.min(0, level)), k .. '|at', now_text)
+    redis.call('HSET', LV, k, num(math.min(0, level)), k .. '|at', now_text)
   end
 end
 return cjson.encode({changed = true, learning = window})

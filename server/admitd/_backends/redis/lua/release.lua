@@ -47,7 +47,7 @@ if not lease.claimed then -- a grant made for a waiter another call queued
   redis.call('HDEL', key('claimer'), id)
 end
 local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
-redis.call('SET', key('released', id), settled, 'PX', math.ceil(t[T.ttl] * 1000))
+redis.call('SET', key('released', id), settled, 'PX', ms(t[T.ttl]))
 credit(t, s.refunded_tokens)
 local progress = shown(dispatch_all(new_progress()))
 if not progress then return '{"settlement":' .. settled .. '}' end

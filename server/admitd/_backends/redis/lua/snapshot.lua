@@ -15,8 +15,10 @@ for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
   for c = 0, PRIORITY_CLASSES - 1 do queued[pool][c + 1] = redis.call('ZCARD', qkey(c, pool)) end
 end
 local gates = {}
-for _, pool in ipairs(redis.call('HKEYS', key('gates'))) do
-  if redis.call('EXISTS', key('gate', pool)) == 1 then
+for _, field in ipairs(redis.call('HKEYS', key('limits'))) do
+  local pool = string.sub(field, 1, string.len(GATE_DEF)) == GATE_DEF
+    and string.sub(field, string.len(GATE_DEF) + 1)
+  if pool and gate_head(pool).stored then
     shut(pool) -- an open circuit past its time shows as half-open
     local g = gate_of(pool)
     gates[pool] = {factor = g.factor, circuit = g.circuit,
