@@ -45,6 +45,7 @@ from ._model import GateView, Kind, LeaseRecord, Limit, Scope, Snapshot, Unit
 log = logging.getLogger("admitd")
 _Scope = AbstractContextManager[trace.Span]
 _Labels = tuple[str, str, int]  # pool, tenant, priority
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)  # it keeps no state: one serves every call
 
 PRIORITY_LABELS = ("critical", "high", "normal", "low")
 OTHER = "_other"
@@ -174,7 +175,7 @@ class Telemetry:
         """A span of ``name`` made current, or, with no exporter, a no-op one at no cost
         (the API's no-op tracer still enters a context manager and attaches a context)."""
         if self._tracer is None:
-            return nullcontext(trace.INVALID_SPAN)
+            return _NO_SPAN
         return self._tracer.start_as_current_span(name)
 
     def deciding(self, name: str, pool: str, tenant: str, priority: int) -> _Deciding:
