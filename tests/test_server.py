@@ -6,9 +6,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from admitd._api import server  # noqa: F401 (loads every service's descriptor)
+from admitd._api.service import HOT
 from support.harness import MakeHarness
 from support.health import health
 
@@ -33,6 +36,13 @@ async def test_reflection_lists_the_services(make_harness: MakeHarness) -> None:
     async for response in stub.ServerReflectionInfo(iter([request]), timeout=5):
         names |= {s.name for s in response.list_services_response.service}
     assert {"admitd.v1.Admission", "grpc.health.v1.Health"} <= names
+
+
+def test_the_methods_registered_with_grpc_core_exist() -> None:
+    """``HOT`` names methods by their path: a misspelt one would register nothing."""
+    for path in HOT:
+        service, method = path[1:].rsplit("/", 1)
+        assert method in descriptor_pool.Default().FindServiceByName(service).methods_by_name
 
 
 async def test_drain_tells_waiters_and_new_callers_unavailable_and_lets_releases_finish(

@@ -73,12 +73,14 @@ class Heartbeat:
         beat, never before it: a replica's own call must not find it dead, or the dispatch
         it runs drops the replica's own waiters from the queue. A beat that has set out but
         not landed does not count: on another connection, the call could overtake it."""
-        if self._landed is None or asyncio.current_task() is self._beating:
-            return None  # the beat's own call (through Store.call) must not wait for itself
+        if self._landed is None:
+            return None
         settings = self._settings()
         late = (settings.heartbeat_interval + settings.dead_after) / 2
         if asyncio.get_running_loop().time() - self._landed <= late:
-            return None
+            return None  # the usual case, told first: current_task() is a call of its own
+        if asyncio.current_task() is self._beating:
+            return None  # the beat's own call (through Store.call) must not wait for itself
         return self._next()
 
     async def beat(self) -> None:

@@ -223,7 +223,9 @@ class Requests:
             raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
         if usage is not None:
             for part in _USAGE_FIELDS:
-                check_tokens(f"usage.{part}", getattr(usage, part))
+                value = getattr(usage, part)
+                if not 0 <= value <= MAX_TOKENS:  # the field's name only for its error
+                    check_tokens(f"usage.{part}", value)
             cached, written = usage.cached_input_tokens, usage.cache_write_input_tokens
             if cached + written > usage.input_tokens:
                 raise InvalidArgument(

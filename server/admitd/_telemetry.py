@@ -20,29 +20,30 @@ from __future__ import annotations
 
 import logging
 import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from itertools import accumulate
 from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import HistogramMetricFamily
 
 from ._config import Settings
 from ._errors import Rejected
+from ._instruments import Histogram, Tally
 from ._model import GateView, Kind, LeaseRecord, Limit, Scope, Snapshot, Unit
 
 log = logging.getLogger("admitd")
+_Scope = AbstractContextManager[trace.Span]
+_Labels = tuple[str, str, int]  # pool, tenant, priority
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)  # it keeps no state: one serves every call
 
 PRIORITY_LABELS = ("critical", "high", "normal", "low")
 OTHER = "_other"
@@ -68,13 +69,13 @@ class Telemetry:
         self._http_thread: threading.Thread | None = None
         self.metrics_port = 0
 
-        tally = partial(_Tally, meter)  # (name, label names, description)
+        tally = partial(Tally, meter)  # (name, label names, description)
         self._decisions = tally(
             "admitd.decisions",
             ("pool", "tenant", "priority", "decision", "reason"),
             "Acquire outcomes by pool, tenant, priority, reason",
         )
-        histogram = partial(_Histogram, self.registry)  # (name, unit, label names, bounds, ...)
+        histogram = partial(Histogram, self.registry)  # (name, unit, label names, bounds, ...)
         self._wait = histogram(
             "admitd_queue_wait",
             "seconds",
@@ -172,15 +173,15 @@ class Telemetry:
         """A span of ``name`` made current, or, with no exporter, a no-op one at no cost
         (the API's no-op tracer still enters a context manager and attaches a context)."""
         if self._tracer is None:
-            return nullcontext(trace.INVALID_SPAN)
+            return _NO_SPAN
         return self._tracer.start_as_current_span(name)
 
-    def deciding(
-        self, name: str, pool: str, tenant: str, priority: int
-    ) -> AbstractContextManager[trace.Span]:
+    def deciding(self, name: str, pool: str, tenant: str, priority: int) -> _Deciding:
         """The span of one admission decision (Acquire, Enqueue); a rejection is counted
         with its reason (an admission is counted by :meth:`admitted`)."""
-        return _Deciding(self, self.span(name), pool, tenant, priority)
+        tracer = self._tracer
+        scope = None if tracer is None else tracer.start_as_current_span(name)
+        return _Deciding(self, scope, (pool, tenant, priority))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -329,109 +330,29 @@ class Telemetry:
         self.meter_provider.shutdown()
 
 
-class _Tally:
-    """A counter kept as a plain dict and read by an OpenTelemetry observable counter.
-
-    Why not ``Counter.add``: the SDK hashes and checks the attributes on every call, about
-    20 us each, and a served Acquire+Release pair counts four times. Here a count is a dict
-    update under the GIL (well under a microsecond); the cost moves to the scrape.
-    """
-
-    def __init__(self, meter: Meter, name: str, names: tuple[str, ...], description: str) -> None:
-        self._names = names
-        self._values: dict[tuple[str, ...], float] = {}
-        meter.create_observable_counter(name, [self.observe], description=description)
-
-    def add(self, amount: float, labels: tuple[str, ...]) -> None:
-        self._values[labels] = self._values.get(labels, 0) + amount
-
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        # dict.copy is atomic under the GIL, so a scrape never sees a dict mid-resize.
-        values = self._values.copy()
-        return [Observation(v, dict(zip(self._names, k, strict=True))) for k, v in values.items()]
-
-
-# The labels OpenTelemetry's exporter puts on every series of meter "admitd" (see _Histogram).
-_SCOPE = {"otel_scope_name": "admitd", "otel_scope_schema_url": "", "otel_scope_version": ""}
-
-
-class _Histogram:
-    """A histogram kept as plain bucket counts and read at scrape time, for the reason
-    :class:`_Tally` gives (``Histogram.record`` cost about 10 us, twice per served pair).
-    OpenTelemetry has no observable histogram, so this is a Prometheus collector of its own
-    on the same registry, exporting the series the SDK's exporter did: name, unit, help,
-    scope labels, ``le`` written as the bounds are, a value on a bound counted in it."""
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        name: str,
-        unit: str,
-        names: tuple[str, ...],
-        bounds: tuple[float, ...],
-        description: str,
-    ) -> None:
-        self._name, self._unit, self._description = name, unit, description
-        self._names, self._bounds = (*names, *_SCOPE), bounds
-        self._les = [*(str(bound) for bound in bounds), "+Inf"]
-        self._values: dict[tuple[str, ...], list[float]] = {}  # [per bucket..., +Inf, sum]
-        registry.register(self)
-
-    def record(self, value: float, labels: tuple[str, ...]) -> None:
-        counts = self._values.get(labels)
-        if counts is None:
-            counts = self._values[labels] = [0] * (len(self._bounds) + 2)
-        counts[bisect_left(self._bounds, value)] += 1
-        counts[-1] += value
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        if not self._values:
-            return  # as the SDK: no series, no family
-        name, names = self._name, self._names
-        family = HistogramMetricFamily(name, self._description, labels=names, unit=self._unit)
-        for labels, counts in self._values.copy().items():  # copies: see _Tally.observe
-            counts = counts.copy()
-            buckets = list(zip(self._les, accumulate(counts[:-1]), strict=True))
-            family.add_metric([*labels, *_SCOPE.values()], buckets, counts[-1])
-        yield family
-
-
 class _Deciding:
-    """:meth:`Telemetry.deciding`. An object rather than a ``@contextmanager`` generator: an
-    Acquire holds it for as long as it waits in the queue, and the generator's frame and its
-    context manager took ~410 bytes of each parked waiter (this: ~100; tracemalloc)."""
+    """:meth:`Telemetry.deciding`'s context: a class, since ``@contextmanager`` (a generator,
+    its wrapper, a no-op span's context) cost ~12 Python calls an Acquire, this 3."""
 
-    __slots__ = ("_pool", "_priority", "_span", "_spanning", "_telemetry", "_tenant")
+    __slots__ = ("_labels", "_scope", "_span", "_telemetry")
 
-    def __init__(
-        self,
-        telemetry: Telemetry,
-        spanning: AbstractContextManager[trace.Span],
-        pool: str,
-        tenant: str,
-        priority: int,
-    ) -> None:
-        self._telemetry = telemetry
-        self._spanning = spanning
-        self._pool = pool
-        self._tenant = tenant
-        self._priority = priority
-        self._span: trace.Span = trace.INVALID_SPAN
+    def __init__(self, telemetry: Telemetry, scope: _Scope | None, labels: _Labels) -> None:
+        self._telemetry, self._scope, self._labels = telemetry, scope, labels
+        self._span: trace.Span = trace.INVALID_SPAN  # no exporter: nothing to enter
 
     def __enter__(self) -> trace.Span:
-        span = self._span = self._spanning.__enter__()
-        span.set_attribute("admitd.tenant", self._tenant)
-        span.set_attribute("admitd.pool", self._pool)
-        return span
+        if self._scope is not None:
+            self._span = span = self._scope.__enter__()
+            span.set_attributes({"admitd.pool": self._labels[0], "admitd.tenant": self._labels[1]})
+        return self._span
 
     def __exit__(
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
-        traceback: TracebackType | None,
+        tb: TracebackType | None,
     ) -> bool | None:
         if isinstance(error, Rejected):
-            reason = error.reason.value
-            self._telemetry.decision(self._pool, self._tenant, self._priority, reason)
-            self._span.set_attribute("admitd.rejected", reason)
-        return self._spanning.__exit__(kind, error, traceback)
+            self._telemetry.decision(*self._labels, error.reason.value)
+            self._span.set_attribute("admitd.rejected", error.reason.value)
+        return None if self._scope is None else self._scope.__exit__(kind, error, tb)

@@ -66,6 +66,8 @@ class Prices:
     def reservation(self, input_tokens: int, max_output_tokens: int) -> int:
         """The price a reservation holds: its input at the dearer of the input and
         cache-write prices (which part will be written to a cache is not known yet), so
-        that what it settles to is never dearer."""
-        dearest = Prices(max(self.input, self.cache_write_input), self.output, 0.0, 0.0)
-        return dearest.of(Usage(input_tokens, max_output_tokens))
+        that what it settles to is never dearer. It is :meth:`of` for a usage of no cached
+        tokens at those prices (the same float operations: the terms left out are 0.0),
+        without making the two objects that would say so on every Acquire."""
+        dearest = max(self.input, self.cache_write_input)
+        return math.ceil(input_tokens * dearest + max_output_tokens * self.output - PRICE_SLACK)

@@ -76,9 +76,9 @@ class Authenticator:
         Raises:
             Unauthenticated: a wrong or malformed credential, or none where one is needed.
         """
-        header = next((v for k, v in metadata or () if k == AUTHORIZATION), None)
-        if header is not None:
-            return self._by_key(header)
+        for key, value in metadata or ():
+            if key == AUTHORIZATION:
+                return self._by_key(value)
         if self._certs or not self.config.allow_anonymous:  # else anonymous, certificate or not
             names = list((peer() or {}).get(CERT_NAME_KEY, ()))
             if names:

@@ -9,9 +9,11 @@ import logging
 import signal
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from .._backends import Backend, make_backend
 from .._clock import Clock, SystemClock
@@ -31,6 +33,8 @@ from .watch import ConfigWatcher
 log = logging.getLogger("admitd")
 
 SERVICE_NAME = admission_pb2.DESCRIPTOR.services_by_name["Admission"].full_name
+HEALTH = descriptor_pool.Default().FindServiceByName(health.SERVICE_NAME)
+REFLECTION = descriptor_pool.Default().FindServiceByName(reflection.SERVICE_NAME)
 # Readiness: the whole server (""), Admission, and Envoy's rate limit service on the same port.
 READINESS = ("", SERVICE_NAME, RATE_LIMIT_SERVICE.full_name)
 # For liveness probes: SERVING while the process runs and answers, whatever the store does.
@@ -85,21 +89,20 @@ class AdmitdServer:
         # The same credentials as Admission (Envoy sends its key as initial_metadata).
         envoy = RateLimitService(self.engine, admission._caller)
         register(envoy, self._server, RATE_LIMIT_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                RATE_LIMIT_SERVICE.full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._server,
+        # Health and reflection by ``register`` too: none of their methods registered (see there).
+        register(self.health, self._server, HEALTH, lenient=False)
+        listed = (
+            SERVICE_NAME,
+            RATE_LIMIT_SERVICE.full_name,
+            HEALTH.full_name,
+            REFLECTION.full_name,
         )
+        register(ReflectionServicer(listed), self._server, REFLECTION, lenient=False)
         # Plaintext and health only: for probes that cannot speak TLS (Kubernetes gRPC).
         self._health_server: grpc.aio.Server | None = None
         if settings.health_listen is not None:
             self._health_server = grpc.aio.server(options=SERVER_OPTIONS)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            register(self.health, self._health_server, HEALTH, lenient=False)
         self.port = 0
         self.health_port = 0
         self._stopped = asyncio.Event()

@@ -282,7 +282,10 @@ class MemoryBackend:
         expires = now + ticket.ttl
         lease = Lease(ticket, self._counters.day, now, expires, queued_for, shadowed, probe)
         self._leases.add(lease)
-        self._rates.setdefault(ticket.pool, GrantRate(now)).add(now)
+        rate = self._rates.get(ticket.pool)
+        if rate is None:  # not setdefault: that made a GrantRate on every grant
+            rate = self._rates[ticket.pool] = GrantRate(now)
+        rate.add(now)
         if ticket.idempotency_key:
             self._idempotency.remember(ticket, now)
         if not claimed:
