@@ -176,108 +176,98 @@ async def test_a_grant_made_for_a_caller_that_left_while_the_script_ran_goes_bac
     assert (pool.in_flight, pool.queued) == (0, 0)
 
 
+@pytest.fixture
+async def line(redis_server: RedisServer) -> AsyncIterator[Line]:
+    """A Line on a client of its own, closed after the test."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    line = Line(client.connection_pool)
+    yield line
+    await line.close()
+    await client.aclose()
+
+
 async def test_a_call_cancelled_before_it_is_sent_runs_nothing_and_leaves_no_reply_to_read(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    line: Line, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A caller can be cancelled while the Line connects again (the server closed its
     connection): its command never went out, so no reply may be handed to anyone (there
     is none, and the one a reader took for it would be another call's)."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    line = Line(client.connection_pool)
-    try:
-        await line.call("SET", "k", "0")  # the line keeps this connection
-        connection = line._connection
-        assert connection is not None
-        await connection.disconnect()  # as a server that hung up leaves it
-        connecting, forever = asyncio.Event(), asyncio.Event()
+    await line.call("SET", "k", "0")  # the line keeps this connection
+    connection = line._connection
+    assert connection is not None
+    await connection.disconnect()  # as a server that hung up leaves it
+    connecting, forever = asyncio.Event(), asyncio.Event()
 
-        async def slow_connect() -> None:
-            connecting.set()
-            await forever.wait()
+    async def slow_connect() -> None:
+        connecting.set()
+        await forever.wait()
 
-        monkeypatch.setattr(connection, "connect", slow_connect)
-        handed: list[asyncio.Future[Any]] = []
-        call = asyncio.ensure_future(line.call("INCR", "k", later=handed.append))
-        await asyncio.wait_for(connecting.wait(), 10)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        assert handed == []  # nothing sent: no reply for anyone to read
-        monkeypatch.undo()
-        assert await line.call("GET", "k") == b"0"  # INCR never ran; the line still works
-    finally:
-        await line.close()
-        await client.aclose()
+    monkeypatch.setattr(connection, "connect", slow_connect)
+    handed: list[asyncio.Future[Any]] = []
+    call = asyncio.ensure_future(line.call("INCR", "k", later=handed.append))
+    await asyncio.wait_for(connecting.wait(), 10)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert handed == []  # nothing sent: no reply for anyone to read
+    monkeypatch.undo()
+    assert await line.call("GET", "k") == b"0"  # INCR never ran; the line still works
 
 
 async def test_the_calls_of_one_turn_go_out_in_one_write_each_answered_with_its_own_reply(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    line: Line, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Calls made together share one write and one connection; Redis runs them in order,
     and each caller gets its own reply, an error reply included, without failing others."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    line = Line(client.connection_pool)
-    try:
-        await line.call("SET", "s", "text")
-        connection = line._connection
-        assert connection is not None
-        assert connection._writer is not None
-        writes: list[bytes] = []
-        write = connection._writer.write
+    await line.call("SET", "s", "text")
+    connection = line._connection
+    assert connection is not None
+    assert connection._writer is not None
+    writes: list[bytes] = []
+    write = connection._writer.write
 
-        def counted(data: bytes) -> None:
-            writes.append(data)
-            write(data)
+    def counted(data: bytes) -> None:
+        writes.append(data)
+        write(data)
 
-        monkeypatch.setattr(connection._writer, "write", counted)
-        calls = [line.call("INCRBY", "n", str(i)) for i in range(1, 51)]
-        calls.insert(25, line.call("INCR", "s"))  # not an integer: an error reply
-        replies = await asyncio.gather(*calls, return_exceptions=True)
-        assert len(writes) == 1
-        error = replies.pop(25)
-        assert isinstance(error, ResponseError)
-        assert replies == list(itertools.accumulate(range(1, 51)))  # each its own running sum
-    finally:
-        await line.close()
-        await client.aclose()
+    monkeypatch.setattr(connection._writer, "write", counted)
+    calls = [line.call("INCRBY", "n", str(i)) for i in range(1, 51)]
+    calls.insert(25, line.call("INCR", "s"))  # not an integer: an error reply
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    assert len(writes) == 1
+    error = replies.pop(25)
+    assert isinstance(error, ResponseError)
+    assert replies == list(itertools.accumulate(range(1, 51)))  # each its own running sum
 
 
 async def test_a_broken_connection_fails_every_call_awaiting_a_reply_and_the_next_connects(
-    redis_server: RedisServer,
+    line: Line, redis_server: RedisServer
 ) -> None:
     """Once a connection breaks, its replies can no longer be paired with their calls: all
     the calls waiting on it fail (the store unreachable, to the backend), none is answered
     with another's reply, and the next call is sent on a new connection."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    line = Line(client.connection_pool)
     admin = redis_server.client()
-    try:
-        await line.call("SET", "k", "1")
-        blocked = asyncio.ensure_future(line.call("BLPOP", "nothing", "0"))
-        behind = asyncio.ensure_future(line.call("GET", "k"))
+    await line.call("SET", "k", "1")
+    blocked = asyncio.ensure_future(line.call("BLPOP", "nothing", "0"))
+    behind = asyncio.ensure_future(line.call("GET", "k"))
 
-        async def blocking() -> bool:
-            return any(c.get("cmd") == "blpop" for c in admin.client_list())
+    async def blocking() -> bool:
+        return any(c.get("cmd") == "blpop" for c in admin.client_list())
 
-        await until(blocking, 10.0, "the BLPOP blocked in Redis")
-        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
-        for call in (blocked, behind):
-            with pytest.raises(RedisConnectionError):
-                await call
-        assert await line.call("GET", "k") == b"1"
-    finally:
-        await line.close()
-        await client.aclose()
+    await until(blocking, 10.0, "the BLPOP blocked in Redis")
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    for call in (blocked, behind):
+        with pytest.raises(RedisConnectionError):
+            await call
+    assert await line.call("GET", "k") == b"1"
 
 
 async def test_a_call_made_while_the_line_connects_waits_for_the_handshake_to_end(
-    redis_server: RedisServer,
+    line: Line,
 ) -> None:
     """The connection is open before its handshake is over (admitd's asks the server who it
     is there: ``failover.PrimaryWatch``); a call made while the Line connects again must not
     be sent, nor its reply read, until the handshake has read its own replies."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    line = Line(client.connection_pool)
     halfway, proceed = asyncio.Event(), asyncio.Event()
     asked: list[Any] = []
 
@@ -288,19 +278,15 @@ async def test_a_call_made_while_the_line_connects_waits_for_the_handshake_to_en
         await proceed.wait()
         asked.append(await conn.read_response())
 
-    try:
-        await line.call("PING")
-        connection = line._connection
-        assert connection is not None
-        await connection.disconnect()  # as a server that hung up leaves it
-        connection.redis_connect_func = handshake  # type: ignore[assignment]
-        first = asyncio.ensure_future(line.call("ECHO", "first"))
-        await asyncio.wait_for(halfway.wait(), 10)
-        second = asyncio.ensure_future(line.call("ECHO", "second"))
-        await asyncio.sleep(0)  # the second call's turn, while the handshake waits
-        proceed.set()
-        assert list(await asyncio.gather(first, second)) == [b"first", b"second"]
-        assert asked == [b"who"]
-    finally:
-        await line.close()
-        await client.aclose()
+    await line.call("PING")
+    connection = line._connection
+    assert connection is not None
+    await connection.disconnect()  # as a server that hung up leaves it
+    connection.redis_connect_func = handshake  # type: ignore[assignment]
+    first = asyncio.ensure_future(line.call("ECHO", "first"))
+    await asyncio.wait_for(halfway.wait(), 10)
+    second = asyncio.ensure_future(line.call("ECHO", "second"))
+    await asyncio.sleep(0)  # the second call's turn, while the handshake waits
+    proceed.set()
+    assert list(await asyncio.gather(first, second)) == [b"first", b"second"]
+    assert asked == [b"who"]
