@@ -14,6 +14,7 @@ from admitd._api import server  # noqa: F401 (loads every service's descriptor)
 from admitd._api.service import HOT
 from support.harness import MakeHarness
 from support.health import health
+from support.polling import until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -60,9 +61,12 @@ async def test_drain_tells_waiters_and_new_callers_unavailable_and_lets_releases
     assert await health(h.channel) == NOT_SERVING
     failure = await h.fail(h.acquire(input_tokens=1))
     assert failure.code == grpc.StatusCode.UNAVAILABLE
-    status = await h.status()
-    assert status.draining
-    assert status.pools[0].queued == 0
+    assert (await h.status()).draining
+
+    async def left_the_queue() -> bool:  # after its answer, not before it (Waits.for_grant)
+        return (await h.status()).pools[0].queued == 0
+
+    await until(left_the_queue, 10.0, "the drained waiter out of the queue")
     # In-flight work may still settle while the server drains.
     assert not (await h.release(holder.lease_id)).already_released
 
