@@ -38,7 +38,8 @@ MAX_CANDIDATES = 8  # the pool and its fallbacks
 COUNT_INLINE_CHARS = 4_000
 MAX_USAGE_DAYS = 366
 _USAGE_UNITS = (Unit.TOKEN, Unit.NANO_USD)  # what a reported usage moves
-_USAGE_FIELDS = tuple(part.name for part in dataclasses.fields(Usage))  # each one checked
+# Each one checked, with the name its error gives (made once: a Release checks them all).
+_USAGE_FIELDS = tuple((part.name, f"usage.{part.name}") for part in dataclasses.fields(Usage))
 MAX_DURATION = 10 * 365 * 86_400  # seconds
 MAX_DESCRIPTORS = 64  # in one Envoy ShouldRateLimit
 MAX_ENTRIES = 32  # in one Envoy descriptor
@@ -222,10 +223,8 @@ class Requests:
         if result is not None and len(result) > most:
             raise InvalidArgument("result", f"at most {most} bytes (lease.max_shared_result)")
         if usage is not None:
-            for part in _USAGE_FIELDS:
-                value = getattr(usage, part)
-                if not 0 <= value <= MAX_TOKENS:  # the field's name only for its error
-                    check_tokens(f"usage.{part}", value)
+            for part, name in _USAGE_FIELDS:
+                check_tokens(name, getattr(usage, part))
             cached, written = usage.cached_input_tokens, usage.cache_write_input_tokens
             if cached + written > usage.input_tokens:
                 raise InvalidArgument(

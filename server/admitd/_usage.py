@@ -55,19 +55,22 @@ class Prices:
         arithmetic, in the same order)."""
         cached, written = usage.cached_input_tokens, usage.cache_write_input_tokens
         uncached = usage.input_tokens - cached - written
-        return math.ceil(
-            uncached * self.input
-            + cached * self.cached_input
-            + written * self.cache_write_input
-            + usage.output_tokens * self.output
-            - PRICE_SLACK
-        )
+        return self._nano(self.input, uncached, cached, written, usage.output_tokens)
 
     def reservation(self, input_tokens: int, max_output_tokens: int) -> int:
         """The price a reservation holds: its input at the dearer of the input and
         cache-write prices (which part will be written to a cache is not known yet), so
-        that what it settles to is never dearer. It is :meth:`of` for a usage of no cached
-        tokens at those prices (the same float operations: the terms left out are 0.0),
-        without making the two objects that would say so on every Acquire."""
+        that what it settles to is never dearer."""
         dearest = max(self.input, self.cache_write_input)
-        return math.ceil(input_tokens * dearest + max_output_tokens * self.output - PRICE_SLACK)
+        return self._nano(dearest, input_tokens, 0, 0, max_output_tokens)
+
+    def _nano(self, input_price: float, uncached: int, cached: int, written: int, out: int) -> int:
+        # The one formula (plain numbers: a reservation, priced on every Acquire, makes no
+        # Usage or Prices to say the same).
+        return math.ceil(
+            uncached * input_price
+            + cached * self.cached_input
+            + written * self.cache_write_input
+            + out * self.output
+            - PRICE_SLACK
+        )

@@ -138,9 +138,10 @@ local learn_until, learning
 -- its ticket's limits in one HMGET (fetch_levels) and writes what it moved in one HSET and one
 -- HDEL (flush_levels): each Redis command costs a dispatch, its reply a Lua value, and a pair
 -- made ~20 of them here. level_cache: this call's, by key: a gauge's count (0: none), a
--- bucket's level as stored or false for none, and bucket_at the time of that level. level_set (field, value, ...) and
--- level_drop (fields): what flush_levels writes, in order; a batch (one ticket's limits) only
--- raises gauges or only lowers them, so a field dropped after it was set in one is dropped.
+-- bucket's level as stored or false for none, and bucket_at the time of that level.
+-- level_set (field, value, ...) and level_drop (fields): what flush_levels writes, in order;
+-- a batch (one ticket's limits) only raises gauges or only lowers them, so a field dropped
+-- after it was set in one is dropped.
 -- Arrays with their lengths kept here, made once and reused by the function library's calls
 -- (begin sets the lengths to 0): table.insert and growing new tables were most of their cost.
 local level_cache, bucket_at, n_set, n_drop
