@@ -21,6 +21,7 @@ from admitd import _model
 from admitd._backends.redis import codec
 from admitd._backends.redis.scripts import (
     FUNCTIONS,
+    IDLE_FUNCTION,
     OPERATIONS,
     function_library,
     inline_constants,
@@ -130,18 +131,18 @@ def test_a_script_names_what_python_owns_instead_of_copying_it(path: Path) -> No
 def test_acquire_and_release_load_as_functions_of_a_library_named_after_its_code(
     shared_redis: RedisServer,
 ) -> None:
-    code, names = function_library()
-    library = code.split("\n", 1)[0].removeprefix("#!lua name=")
+    code, library, names = function_library()
+    assert code.split("\n", 1)[0] == f"#!lua name={library}"
     assert re.fullmatch(r"admitd_[0-9a-f]{16}", library)
     assert names == {op: f"{library}_{op}" for op in FUNCTIONS}
-    assert function_library() == (code, names)  # the same code, the same name
+    assert function_library() == (code, library, names)  # the same code, the same name
     client = redis.Redis.from_url(shared_redis.url, decode_responses=True)
     try:
         assert client.function_load(code, replace=True) == library
         (listed,) = client.function_list(library)
         functions = dict(zip(listed[::2], listed[1::2], strict=True))["functions"]
         registered = {dict(zip(f[::2], f[1::2], strict=True))["name"] for f in functions}
-        assert registered == set(names.values())
+        assert registered == {*names.values(), f"{library}_{IDLE_FUNCTION}"}
     finally:
         client.close()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ from .client import Line
 from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
 from .lanes import Lanes
+from .libraries import Pruner
 from .listener import Listener
 from .scripts import function_library, load_scripts
 
@@ -101,7 +103,9 @@ class RedisBackend:
         self._poll_interval = poll_interval
         sources = load_scripts()
         self._scripts = {op: client.register_script(src) for op, src in sources.items()}
-        self._library, self._functions = function_library()
+        self._library, library_name, self._functions = function_library()
+        self._pruner = Pruner(client, library_name, self.lanes)
+        """Deletes other admitd versions' function libraries nobody calls any more."""
         self._line = Line(client.connection_pool)
         self.watch = PrimaryWatch(
             self._base, sources["failover"], self._common, learning=learning, window=window
@@ -176,7 +180,12 @@ class RedisBackend:
         # Line with the calls of its turn: a beat queued behind a busy replica's calls
         # would be late for the very reason the replica is alive and busy, and the calls
         # that wait for it (``first``) already hold their turns.
-        return codec.beat(await self._script("beat", self.replica, repr(dead_after)))
+        beat = codec.beat(await self._script("beat", self.replica, repr(dead_after)))
+        wall = time.time() if self._clock is None else self._clock.wall()
+        look = self._pruner.due(wall, self._now())
+        if look is not None:
+            self._keep(look)
+        return beat
 
     async def placed(self, lease_ids: Sequence[str]) -> set[str]:
         """Of these waiters of this replica, those still queued (``w:<id>``) or granted and

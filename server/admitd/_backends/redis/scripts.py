@@ -19,7 +19,7 @@ import enum
 import hashlib
 import re
 from importlib import resources
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 from ... import _model
 from ..._model import Cause, Circuit, EndKind, FullScope, Kind, Outcome, Scope, Unit, gate_limit
@@ -51,6 +51,9 @@ scripts: the two every admission makes. A script runs the whole library before i
 on every call (each of the library's functions a new closure), about 150k instructions of
 redis-server per call, as much as a fifth of an Acquire; a function library runs it once,
 when loaded."""
+IDLE_FUNCTION = "idle"
+"""The library's read-only function that says how long ago its operations last ran
+(``libraries.py``), registered beside those of :data:`FUNCTIONS`."""
 
 
 def load_scripts() -> dict[str, str]:
@@ -62,23 +65,38 @@ def load_scripts() -> dict[str, str]:
     }
 
 
-def function_library() -> tuple[str, dict[str, str]]:
-    """The library and the operations of :data:`FUNCTIONS` as a Redis function library:
-    its source (``FUNCTION LOAD``) and the name of each operation's function. The library's
-    name is a digest of its code, so that libraries of two versions loaded in one Redis each
-    call their own code (sharing a key prefix, though, takes the same version: the keys'
-    layout changes; README, Data model)."""
+class Library(NamedTuple):
+    """A Redis function library of admitd's (:func:`function_library`)."""
+
+    code: str
+    """Its source, for ``FUNCTION LOAD``."""
+    name: str
+    """``admitd_`` and a digest of its code."""
+    functions: dict[str, str]
+    """The name of each operation's function, by operation."""
+
+
+def function_library() -> Library:
+    """The library and the operations of :data:`FUNCTIONS` as a Redis function library,
+    with :data:`IDLE_FUNCTION`. The library's name is a digest of its code, so that
+    libraries of two versions loaded in one Redis each call their own code (sharing a key
+    prefix, though, takes the same version: the keys' layout changes; README, Data
+    model)."""
     prologue, lib, ops = _sources()
     registered = "".join(
         f"\nredis.register_function('{_NAME}_{op}', function(KEYS, ARGV)\n"
         f"begin(KEYS, ARGV)\n{ops[op]}\nend)\n"
         for op in FUNCTIONS
     )
+    # Read-only, so FCALL_RO may call it (libraries.py asks it of other versions' libraries).
+    registered += (
+        f"\nredis.register_function{{function_name = '{_NAME}_{IDLE_FUNCTION}',"
+        " callback = idle, flags = {'no-writes'}}\n"
+    )
     code = prologue + _written(lib + registered, prologue)
     name = f"admitd_{hashlib.sha1(code.encode()).hexdigest()[:16]}"
-    return f"#!lua name={name}\n" + code.replace(_NAME, name), {
-        op: f"{name}_{op}" for op in FUNCTIONS
-    }
+    code = f"#!lua name={name}\n" + code.replace(_NAME, name)
+    return Library(code, name, {op: f"{name}_{op}" for op in FUNCTIONS})
 
 
 _NAME = "ADMITD_LIBRARY"  # stands for the library's name until its digest is known
