@@ -188,11 +188,13 @@ def admitd(
     name: str = "admitd",
     profile: Path | None = None,
     wait: bool = True,
+    under: tuple[str, ...] = (),
 ) -> Proc:
     """One admitd replica serving ``config``, with its metrics port off and no drain delay.
 
     ``profile``: run it under :mod:`bench.profiled` (SIGUSR1 starts the profiler, SIGUSR2
-    stops it and writes the pyinstrument session there).
+    stops it and writes the pyinstrument session there). ``under``: the command it runs
+    under (:func:`callgrind`'s).
     """
     config = {
         "drain_delay": 0,
@@ -206,15 +208,48 @@ def admitd(
     if profile is not None:
         argv = [sys.executable, "-m", "bench.profiled", str(profile)]
     argv += ["serve", "--config", str(path), "--listen", "127.0.0.1:0"]
-    proc = Proc(name, argv, workdir)
+    proc = Proc(name, [*under, *argv], workdir)
     return proc.ready() if wait else proc
 
 
-def echo(workdir: Path, wait: bool = True, name: str = "echo", *, park: bool = False) -> Proc:
-    """The no-op echo server (:mod:`bench.echo`); ``park``: it holds every Acquire open."""
+def echo(
+    workdir: Path,
+    wait: bool = True,
+    name: str = "echo",
+    *,
+    park: bool = False,
+    under: tuple[str, ...] = (),
+) -> Proc:
+    """The no-op echo server (:mod:`bench.echo`); ``park``: it holds every Acquire open;
+    ``under``: the command it runs under (:func:`callgrind`'s)."""
     argv = [sys.executable, "-m", "bench.echo"] + (["--park"] if park else [])
-    proc = Proc(name, argv, workdir)
+    proc = Proc(name, [*under, *argv], workdir)
     return proc.ready() if wait else proc
+
+
+def callgrind(out: Path) -> tuple[str, ...]:
+    """valgrind's callgrind, as a command to run another under: it counts the CPU
+    instructions of every thread, only while :func:`collect` has it on, into ``out``
+    (:func:`instructions`). Counts do not move with the machine's load, as times do."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise RuntimeError("counting instructions needs valgrind (apt-get install valgrind)")
+    return (valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
+
+
+def collect(pid: int, on: bool) -> None:
+    """Switch counting on or off in the process ``pid`` runs under :func:`callgrind`."""
+    toggle = "on" if on else "off"
+    command = ["callgrind_control", "-i", toggle, str(pid)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def instructions(out: Path) -> int:
+    """The instructions counted into ``out``, once its process has ended."""
+    for line in out.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
 
 
 def provider(workdir: Path) -> Proc:

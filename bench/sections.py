@@ -79,9 +79,11 @@ def overhead(r: dict[str, Any]) -> str:
 
 
 def overload(r: dict[str, Any]) -> str:
+    factors = sorted({row["factor"] for row in r["rows"]})
     rows = [
         [
             row["server"],
+            f"{row['factor']:g}x",
             f(row["capacity_pairs_per_s"]),
             f(row["offered_per_s"]),
             f(row["pairs_per_s"]),
@@ -98,14 +100,19 @@ def overload(r: dict[str, Any]) -> str:
         f"### Overload ({r['duration_s']:g} s open loop past capacity)\n\n"
         "Capacity = pairs/s each server served in a closed-loop run just before (64 callers); "
         "the Go generator then starts pairs at the offered rate "
-        f"({r['factor']:g}x that server's own capacity) whatever the answers, each RPC "
-        f"with a {r['deadline_s']:g} s deadline. Served = pairs completed / pairs started. "
+        f"({', then '.join(f'{x:g}x' for x in factors)} that server's own capacity) "
+        "whatever the answers, each RPC "
+        f"with a {r['deadline_s']:g} s deadline. The goal (every failure an explained "
+        f"refusal) is judged at {r['goal_factor']:g}x: a refusal costs what the echo's "
+        "answer does, so 2x admitd's capacity is near all the RPCs this stack can answer "
+        "at all, refusals included. Served = pairs completed / pairs started. "
         "Refusals = RESOURCE_EXHAUSTED by ErrorInfo reason; unexplained = failed RPCs that "
         "are not a refusal with a reason and a RetryInfo; leases left = leases still reserved "
         "once the run is over (granted to callers that had given up).\n\n"
         + table(
             [
                 "server",
+                "load",
                 "capacity pairs/s",
                 "offered pairs/s",
                 "served pairs/s",

@@ -182,20 +182,13 @@ class _Callgrind:
     """redis-server under callgrind, counting instructions only while told to."""
 
     def __init__(self, workdir: Path) -> None:
-        valgrind = shutil.which("valgrind")
         binary = shutil.which("redis-server")
-        if valgrind is None or binary is None:
-            raise RuntimeError("--callgrind needs valgrind and redis-server")
+        if binary is None:
+            raise RuntimeError("--callgrind needs redis-server")
         self.port = procs.free_port()
         self.out = workdir / "callgrind.out"
-        argv = [
-            valgrind,
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={self.out}",
-        ]
-        argv += [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(workdir)]
+        argv = [*procs.callgrind(self.out), binary, "--port", str(self.port)]
+        argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + 60
@@ -214,22 +207,14 @@ class _Callgrind:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def collect(self, on: bool) -> None:
-        toggle = "on" if on else "off"
-        subprocess.run(
-            ["callgrind_control", "-i", toggle, str(self.process.pid)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        procs.collect(self.process.pid, on)
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(60)
 
     def instructions(self) -> int:
-        for line in self.out.read_text().splitlines():
-            if line.startswith("totals:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no totals in {self.out}")
+        return procs.instructions(self.out)
 
 
 def _cpu(client: redis.Redis) -> float:
