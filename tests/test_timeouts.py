@@ -4,10 +4,11 @@ timeout still to come, as a timer per wait would have been."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from admitd._clock import ManualClock
-from admitd._waiting import Timeouts
+from admitd._waiting import WAKE_BATCH, Timeouts
 
 
 def timers(clock: ManualClock) -> list[float]:
@@ -79,3 +80,21 @@ async def test_given_up_timeouts_do_not_pile_up() -> None:
     assert timers(clock) == [start + 1]
     timeouts.give_up(keep)
     assert timeouts._heap == []
+
+
+async def test_a_flood_of_timeouts_is_woken_in_batches_letting_other_timers_run_between() -> None:
+    """10,000 waits timing out at once are not all woken in one turn of the loop: a timer due
+    at the same time (the heartbeat's) runs after the first batch, not after all of them."""
+    clock = ManualClock()
+    at = clock.now() + 1
+    timeouts = Timeouts(clock)
+    fired: list[int] = []
+    for n in range(3 * WAKE_BATCH + 1):
+        timeouts.at(at, functools.partial(fired.append, n))
+    seen_by_beat: list[int] = []
+    clock.call_at(at, lambda: seen_by_beat.append(len(fired)))
+    await clock.advance(1)
+    assert seen_by_beat == [WAKE_BATCH]
+    assert fired == list(range(3 * WAKE_BATCH + 1))  # all of them, in order, at their time
+    assert len(timeouts) == 0
+    assert timers(clock) == []
