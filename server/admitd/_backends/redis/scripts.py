@@ -19,6 +19,7 @@ import enum
 import hashlib
 import re
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any, NamedTuple, get_args
 
 from ... import _model
@@ -91,7 +92,8 @@ def function_library() -> Library:
     # Read-only, so FCALL_RO may call it (libraries.py asks it of other versions' libraries).
     registered += (
         f"\nredis.register_function{{function_name = '{_NAME}_{IDLE_FUNCTION}',"
-        " callback = idle, flags = {'no-writes'}}\n"
+        " flags = {'no-writes'}, callback = function(KEYS, ARGV)\n"
+        f"{_folder().joinpath(f'{IDLE_FUNCTION}.lua').read_text()}\nend}}\n"
     )
     code = prologue + _written(lib + registered, prologue)
     name = f"admitd_{hashlib.sha1(code.encode()).hexdigest()[:16]}"
@@ -104,10 +106,14 @@ _NAME = "ADMITD_LIBRARY"  # stands for the library's name until its digest is kn
 
 def _sources() -> tuple[str, str, dict[str, str]]:
     """The prologue, the library's parts (in the order of their names), each operation's file."""
-    folder = resources.files(__package__) / "lua"
+    folder = _folder()
     parts = sorted(f.name for f in folder.iterdir() if f.name.startswith("_lib"))
     lib = "\n".join((folder / name).read_text() for name in parts)
     return lua_prologue(), lib, {op: (folder / f"{op}.lua").read_text() for op in OPERATIONS}
+
+
+def _folder() -> Traversable:
+    return resources.files(__package__) / "lua"
 
 
 def _written(source: str, prologue: str) -> str:

@@ -31,12 +31,3 @@ local function begin(keys, argv)
   FINISHED = {}
   server_now, replica_dead = nil, {}
 end
-
--- For a replica of another admitd version deciding whether this library is still in use
--- (libraries.py): seconds since an operation of it last ran (now outlives the call), at
--- argv[1] ("" for Redis TIME), or false when none has run since Redis loaded it.
-local function idle(_, argv)
-  if now == nil then return false end
-  local at = tonumber(argv[1]) or tonumber(redis.call('TIME')[1])
-  return tostring(at - now)
-end
