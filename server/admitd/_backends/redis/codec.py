@@ -55,36 +55,39 @@ CONFIGURED_FIELDS = ("capacity", "rate", "shadow")
 
 TICKET_KEYS = {
     "lease_id": "id",
-    "tenant": "tenant",
-    "pool": "pool",
     "input_tokens": "in",
     "max_output_tokens": "out",
     "nano_usd": "usd",
-    "price_in": "pin",
-    "price_out": "pout",
-    "price_cached": "pcr",
-    "price_write": "pcw",
     "priority": "prio",
     "cost": "cost",
-    "ttl": "ttl",
     "wait": "wait",
     "claim_timeout": "claim",
     "deferred": "def",
     "dedup_key": "dd",
     "idempotency_key": "idem",
     "fingerprint": "fp",
+    # From here on, what every call of a tenant in a pool carries alike (TICKET_SHARED).
+    "tenant": "tenant",
+    "pool": "pool",
+    "price_in": "pin",
+    "price_out": "pout",
+    "price_cached": "pcr",
+    "price_write": "pcw",
+    "ttl": "ttl",
     "max_queued_tenant": "mqt",
     "max_queued_total": "mqa",
     "limits": "limits",
 }
-"""A ticket's JSON keys by :class:`~admitd._model.Ticket` field (Lua: ``t[T.tenant]``). Short,
-as every look and dispatch decodes waiters' tickets; a lease record the scripts return uses
-the same keys for the ticket's fields."""
+"""A ticket's JSON keys by :class:`~admitd._model.Ticket` field (Lua: ``t[T.tenant]``), in the
+order :func:`ticket_json` writes them. Short, as every look and dispatch decodes waiters'
+tickets; a lease record the scripts return uses the same keys for the ticket's fields."""
 
-TICKET_LIMITS = f',"{TICKET_KEYS["limits"]}":'
-"""What precedes a ticket's limits in its JSON (:func:`ticket_json`: compact, limits last).
-The scripts split a ticket there: the limits are the same text for every call of a tenant in
-a pool, so the library decodes them once (``decode_ticket`` in ``lua/_lib1_base.lua``)."""
+TICKET_SHARED = f',"{TICKET_KEYS["tenant"]}":'
+"""What precedes the part of a ticket's JSON that is the same text for every call of a tenant
+in a pool (:func:`ticket_json`: compact, the call's own fields first, the tenant's and pool's
+after, limits last). The scripts split a ticket there and decode that part once for all the
+tickets carrying it (``decode_ticket`` in ``lua/_lib1_base.lua``): decoding it anew, its
+numbers parsed each time, was most of what decoding a ticket cost."""
 
 LEASE = "lease"
 """``<prefix>:lease:<lease id>``: a live lease, a hash (``lua/_lib4_leases.lua``); tests read it."""
@@ -338,7 +341,8 @@ def limit(raw: list[Any]) -> Limit:
 
 
 def ticket_json(t: Ticket) -> str:
-    """The ticket as the scripts take it: compact JSON, its limits last (:data:`TICKET_LIMITS`).
+    """The ticket as the scripts take it: compact JSON, in the order of :data:`TICKET_KEYS`
+    (split by the scripts at :data:`TICKET_SHARED`), its limits last.
 
     The limits' text (most of it) is encoded once per tuple: the policy hands all tickets of
     a pool and tenant one tuple. Kept by id with the tuple itself, so the id is not reused
@@ -349,10 +353,11 @@ def ticket_json(t: Ticket) -> str:
             _LIMITS_TEXT.clear()
         kept = _LIMITS_TEXT[id(t.limits)] = (t.limits, _COMPACT([_LIMIT(x) for x in t.limits]))
     head = _COMPACT(dict(zip(_TICKET_WIRE, _TICKET(t), strict=True)))
-    return f"{head[:-1]}{TICKET_LIMITS}{kept[1]}}}"
+    return f"{head[:-1]}{_LIMITS_KEY}{kept[1]}}}"
 
 
 _LIMITS_TEXT: dict[int, tuple[tuple[Limit, ...], str]] = {}
+_LIMITS_KEY = f',"{TICKET_KEYS["limits"]}":'
 # One encoder (json.dumps with separators builds one per call); a ticket has no cycles.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 

@@ -173,7 +173,7 @@ def lua_prologue() -> str:
     keys = ("LEASE", "GRANTS", "GRANTED", "UNCLAIMED", "DEDUP_END", "REPLICAS", "PRIMARY")
     for name in (*keys, "LEARN", "LOST"):
         const(name, getattr(codec, name))
-    const("TICKET_LIMITS", codec.TICKET_LIMITS)
+    const("TICKET_SHARED", codec.TICKET_SHARED)
     lines.append("local function gate_limit(pool)")
     lines.append(f"  return {{{_lua_fields(codec.limit_json(gate_limit(_POOL)), _POOL, 'pool')}}}")
     lines.append("end")

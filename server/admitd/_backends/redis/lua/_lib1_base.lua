@@ -70,32 +70,40 @@ end
 -- the whole text, so what is decoded is always what the text says.
 local SHARED_MAX = 1000 -- texts kept at most (then it starts over): a config's limits and gates
 local shared_texts, shared_count = {}, 0
-local function shared(text)
+local function shared(text, decoded)
   local v = shared_texts[text]
   if v == nil then
     if shared_count >= SHARED_MAX then shared_texts, shared_count = {}, 0 end
-    v = cjson.decode(text)
+    v = decoded or cjson.decode(text) -- decoded: text's value, when text is not JSON itself
     shared_texts[text] = v
     shared_count = shared_count + 1
   end
   return v
 end
 
--- A ticket from its JSON (codec.ticket_json): its own fields decoded, and its limits, which
--- come last after TICKET_LIMITS, decoded once for all the tickets that carry the same. A
--- ticket written by an older admitd (spaced JSON) is decoded whole. Kept from call to call
--- by its text, as shared() keeps what it decodes (and never changed either): a Release
--- decodes the ticket its Acquire did, which then costs a lookup. Each decoded ticket was new
--- memory for Lua's collector to walk and free, the dearest part of its cost.
+-- A ticket from its JSON (codec.ticket_json): the call's own fields decoded, and the rest
+-- from TICKET_SHARED on (tenant, pool, prices, ... and limits: the same text for every call
+-- of a tenant in a pool) decoded once for all the tickets that carry the same, kept by
+-- shared() (the text without its '{' is its key: a JSON text never starts so) as a
+-- metatable whose __index the ticket reads those fields from: copying them in cost as much
+-- as decoding them (so never iterate a ticket with pairs or encode it whole). Any flat
+-- ticket split there reads the same; one written by an older admitd with spaces is decoded
+-- whole. Kept from call to call by its text, as shared() keeps what it decodes (and never
+-- changed either): a Release decodes the ticket its Acquire did, which then costs a lookup.
+-- Each decoded ticket was new memory for Lua's collector to walk and free, the dearest
+-- part of its cost.
 local TICKETS_MAX = 1000 -- tickets kept at most (then it starts over): ~2.5 MB
 local tickets, ticket_count = {}, 0
 local function decode_ticket(raw)
   local t = tickets[raw]
   if t then return t end
-  local at = string.find(raw, TICKET_LIMITS, 1, true)
+  local at = string.find(raw, TICKET_SHARED, 1, true)
   if at then
     t = cjson.decode(string.sub(raw, 1, at - 1) .. '}')
-    t[T.limits] = shared(string.sub(raw, at + string.len(TICKET_LIMITS), -2))
+    local rest = string.sub(raw, at + 1)
+    local s = shared_texts[rest]
+    if s == nil then s = shared(rest, {__index = cjson.decode('{' .. rest)}) end
+    setmetatable(t, s)
   else
     t = cjson.decode(raw)
   end
