@@ -130,9 +130,18 @@ end
 -- Learning after the primary changed (failover.lua): until learn_until, leases granted on
 -- the old primary that never reached this one may still be held, and nothing here says how
 -- many. So every gauge counts as full until then: nothing is granted beyond what this primary
--- can prove free (Doorman's learning mode). String key LEARN holds learn_until (begin reads
--- it), and learning is now < learn_until.
+-- can prove free (Doorman's learning mode). String key LEARN holds learn_until, and learning
+-- is now < learn_until: read when a call first asks (learn()), as most Releases never do (a
+-- command saved; begin forgets them).
 local learn_until, learning
+local function learn()
+  if learning == nil then
+    local v = redis.call('GET', key(LEARN))
+    learn_until = v and tonumber(v) or 0
+    learning = now < learn_until
+  end
+  return learning
+end
 -- Gauges and buckets share one hash, LV ("level"): a gauge's count at its limit's key, a
 -- bucket's level and the time of it at the key and "<key>|at". A call reads the levels of all
 -- its ticket's limits in one HMGET (fetch_levels) and writes what it moved in one HSET and one
@@ -207,7 +216,7 @@ local function level_of(queued)
   if l[L_KIND] == KIND_GAUGE then
     if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
     local lv = level_cache[l[L_KEY]]
-    if learning then return math.max(lv, l[L_CAPACITY]) end
+    if learn() then return math.max(lv, l[L_CAPACITY]) end
     return lv
   elseif l[L_KIND] == KIND_BUCKET then
     if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end

@@ -47,7 +47,7 @@ local function holder_ends(lkey, need, unknown)
   table.sort(ends)
   local out = {}
   for i = 1, math.min(need, #ends) do out[i] = ends[i] end
-  if not learning then return out end
+  if not learn() then return out end
   -- Learning: the unknown slots it counts as held end with it, and no holder's before it.
   local wait, all = learn_until - now, {}
   for i = 1, need do

@@ -25,9 +25,7 @@ local function begin(keys, argv)
   configured, version = nil, nil
   current_cache = {}
   level_cache, bucket_at, n_set, n_drop = {}, {}, 0, 0
-  local learn = redis.call('GET', key(LEARN))
-  learn_until = learn and tonumber(learn) or 0
-  learning = now < learn_until
+  learn_until, learning = nil, nil
   FINISHED = {}
   server_now, replica_dead = nil, {}
 end

@@ -17,7 +17,7 @@ for _, item in ipairs(redis.call('LRANGE', key('expired'), 0, -1)) do
   table.insert(expired, cjson.decode(item))
 end
 redis.call('DEL', key('expired'))
-if learn_until > 0 and not learning then -- learning is over: the phantoms go
+if not learn() and learn_until > 0 then -- learning is over: the phantoms go
   redis.call('DEL', key(LEARN))
   freed = true
 end
