@@ -24,12 +24,12 @@ local function gate_of(pool)
   local g = gate_cache[pool]
   if g == nil then
     local v = redis.call('HMGET', key('gate', pool), unpack(GATE_FIELDS))
-    g = {factor = tonumber(v[1] or '1'), decreased_at = tonumber(v[2] or '-1e300'),
-         paused_until = tonumber(v[3] or '0'), circuit = v[4] or CIRCUIT_CLOSED,
-         opened_until = tonumber(v[5] or '0'), probes = tonumber(v[6] or '0'),
-         win = tonumber(v[7] or '0'), cur = tonumber(v[8] or '0'),
-         failed = tonumber(v[9] or '0'), prev = tonumber(v[10] or '0'),
-         prev_failed = tonumber(v[11] or '0')}
+    g = {factor = number(v[1] or '1'), decreased_at = number(v[2] or '-1e300'),
+         paused_until = number(v[3] or '0'), circuit = v[4] or CIRCUIT_CLOSED,
+         opened_until = number(v[5] or '0'), probes = number(v[6] or '0'),
+         win = number(v[7] or '0'), cur = number(v[8] or '0'),
+         failed = number(v[9] or '0'), prev = number(v[10] or '0'),
+         prev_failed = number(v[11] or '0')}
     -- As stored (the numbers read back exactly), to tell whether a save changes anything.
     if v[1] then
       g.stored = {}
@@ -49,7 +49,7 @@ local function gate_head(pool)
   local g = gate_cache[pool] or head_cache[pool]
   if g == nil then
     local v = redis.call('HMGET', key('gate', pool), 'factor', 'paused_until', 'circuit')
-    g = {factor = tonumber(v[1] or '1'), paused_until = tonumber(v[2] or '0'),
+    g = {factor = number(v[1] or '1'), paused_until = number(v[2] or '0'),
          circuit = v[3] or CIRCUIT_CLOSED, stored = v[1] and true}
     head_cache[pool] = g
   end

@@ -178,11 +178,11 @@ local function fetch_levels(limits)
   for j = 1, m do
     local l = ask_limits[j]
     if l[L_KIND] == KIND_GAUGE then
-      level_cache[l[L_KEY]] = tonumber(v[i] or '0')
+      level_cache[l[L_KEY]] = number(v[i] or '0')
       i = i + 1
     else
       if v[i] then
-        level_cache[l[L_KEY]], bucket_at[l[L_KEY]] = tonumber(v[i]), tonumber(v[i + 1])
+        level_cache[l[L_KEY]], bucket_at[l[L_KEY]] = number(v[i]), number(v[i + 1])
       end
       i = i + 2
     end

@@ -21,7 +21,8 @@ local function held(lease)
   local v = redis.call('HMGET', key('hold'), unpack(keys))
   for i, k in ipairs(keys) do
     local hold = seconds
-    if v[i] then hold = tonumber(v[i]) + HOLD_WEIGHT * (seconds - tonumber(v[i])) end
+    local typical = v[i] and number(v[i])
+    if typical then hold = typical + HOLD_WEIGHT * (seconds - typical) end
     table.insert(fields, k)
     table.insert(fields, num(hold))
   end

@@ -66,9 +66,9 @@ local function load_lease(id, where)
                    'shadowed', 'probe', 'claimed')
   end
   if not v[1] then return nil end
-  return {t = decode_ticket(v[1]), day = v[2], granted = tonumber(v[3]),
-          expires = tonumber(v[4]), queued = tonumber(v[5]), shadowed = v[6] or '',
-          probe = v[7] == '1', claimed = v[8] == '1', ledger = v[9], drop = tonumber(v[10]),
+  return {t = decode_ticket(v[1]), day = v[2], granted = number(v[3]),
+          expires = number(v[4]), queued = number(v[5]), shadowed = v[6] or '',
+          probe = v[7] == '1', claimed = v[8] == '1', ledger = v[9], drop = v[10] and number(v[10]),
           settled = v[11] and cjson.decode(v[11])}
 end
 
@@ -90,7 +90,8 @@ end
 
 local function count_grant(pool)
   local k = key('rate')
-  if tonumber(redis.call('HGET', k, pool .. '|w')) == math.floor(now / RATE_WINDOW) then
+  local w = redis.call('HGET', k, pool .. '|w')
+  if w and number(w) == math.floor(now / RATE_WINDOW) then
     -- In the window of the pool's last grant: two counts move, nothing else (no number
     -- formatted, the fractional first grant time not rewritten).
     redis.call('HINCRBY', k, pool .. '|t', '1')

@@ -157,9 +157,9 @@ end
 local function served_alone(t)
   local cls = t[T.priority]
   local fk, vk = fkey(cls, t[T.pool], t[T.tenant]), vkey(cls, t[T.pool])
-  local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
+  local v = number(redis.call('HGET', key('vtime'), vk) or '0')
   local stored_last = redis.call('HGET', key('lastf'), fk)
-  local tag = math.max(v, tonumber(stored_last or '0')) + t[T.cost]
+  local tag = math.max(v, number(stored_last or '0')) + t[T.cost]
   if tag > v then redis.call('HSET', key('vtime'), vk, num(tag)) end
   if stored_last then redis.call('HDEL', key('lastf'), fk) end -- its last finish is V now
 end

@@ -15,7 +15,7 @@ local function begin(keys, argv)
     local t = redis.call('TIME')
     now_text = t[1] .. '.' .. string.sub(MICROS .. t[2], -MICRO_DIGITS)
   end
-  now = tonumber(now_text)
+  now = number(now_text) -- kept: a bucket's time and a lease's grant are written as now_text
   if argv[2] ~= aging_text then aging_text, aging = argv[2], tonumber(argv[2]) end -- parsed once
   local d = math.floor(now / DAY_SECONDS)
   if d ~= day_number then day_number, day_text = d, tostring(d) end -- formatted once a day
