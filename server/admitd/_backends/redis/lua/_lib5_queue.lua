@@ -143,8 +143,13 @@ end
 
 -- A progress with nothing in it is left out of an answer (codec.progress reads none as
 -- empty): most calls move nothing else, and encoding five empty tables cost ~10k
--- instructions a call.
+-- instructions a call. p: nil for one never made (see dispatch_all), which has only
+-- what this call finished.
 local function shown(p)
+  if p == nil then
+    if next(FINISHED) then return new_progress() end
+    return nil
+  end
   if next(p.grants) or next(p.rejections) or next(p.blocked) or next(p.passed_over)
       or next(p.finished) then
     return p
@@ -282,8 +287,10 @@ local function dispatch_pool(pool, watch, progress)
   return watched, own
 end
 
+-- progress: nil to have one made only when a pool has waiters (five tables, most calls none).
 local function dispatch_all(progress)
   for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
+    progress = progress or new_progress()
     dispatch_pool(pool, '', progress)
   end
   return progress

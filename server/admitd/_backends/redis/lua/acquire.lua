@@ -7,7 +7,7 @@
 reap()
 local t = decode_ticket(ARGV[3])
 local wait = ARGV[4] == '1'
-local progress = new_progress()
+local progress -- made when something may move (shown(nil) has what this call finished)
 
 if t[T.idempotency_key] ~= '' then
   local ref, fp = known_key(t)
@@ -86,6 +86,7 @@ if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
   end
   local l = d and t[T.limits][d.index]
   if not wait and not (l and l[L_KIND] == KIND_DAILY) then
+    progress = new_progress()
     local held_by = closed
     if closed then
       progress.blocked[pool] = closed
@@ -101,6 +102,7 @@ if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
   end
 end
 
+progress = new_progress()
 push(t, ARGV[3], ARGV[5])
 if t[T.idempotency_key] ~= '' then remember_key(t) end
 if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end

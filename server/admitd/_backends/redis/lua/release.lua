@@ -49,6 +49,6 @@ end
 local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
 redis.call('SET', key('released', id), settled, 'PX', ms(t[T.ttl]))
 credit(t, s.refunded_tokens)
-local progress = shown(dispatch_all(new_progress()))
+local progress = shown(dispatch_all(nil))
 if not progress then return '{"settlement":' .. settled .. '}' end
 return '{"settlement":' .. settled .. ',"progress":' .. cjson.encode(progress) .. '}'
