@@ -50,11 +50,6 @@ local function read_defs(m)
   for j = from, w do defs[want[j]] = v[j] or false end
 end
 
-local function is_configured()
-  if configured == nil then read_defs(0) end
-  return configured
-end
-
 -- A ticket's limit as configured by definition text v, made once for each limit and
 -- definition (both decoded by shared(), never changed) and kept by the limit, as shared()
 -- keeps texts: a new copy of each limit on every call was new memory for the collector.
@@ -100,23 +95,25 @@ local function fetch_limits(limits, pool)
   end
 end
 
-local function configured_limit(l)
-  if not is_configured() then return l end
-  local c = current_cache[l[L_KEY]]
-  if c == nil then
-    fetch_limits({l})
-    c = current_cache[l[L_KEY]]
-  end
-  return c or nil
-end
-
--- ...scaled by its pool's AIMD factor (concurrency, and bucket refill rates).
+-- ...scaled by its pool's AIMD factor (concurrency, and bucket refill rates). A pair asks
+-- this ~20 times, and each Lua call costs hundreds of instructions: what most calls need
+-- (the limit configured, its gate's factor in this call's cache) is written out here.
 local function current(l)
-  local c = configured_limit(l)
-  if not c or c[L_SCOPE] ~= SCOPE_POOL or (c[L_KIND] ~= KIND_GAUGE and c[L_KIND] ~= KIND_BUCKET) then
-    return c
+  if configured == nil then read_defs(0) end
+  local c = l
+  if configured then
+    c = current_cache[l[L_KEY]]
+    if c == nil then
+      fetch_limits({l})
+      c = current_cache[l[L_KEY]]
+    end
+    if not c then return nil end
   end
-  local f = gate_head(c[L_OWNER]).factor
+  local kind = c[L_KIND]
+  if c[L_SCOPE] ~= SCOPE_POOL or (kind ~= KIND_GAUGE and kind ~= KIND_BUCKET) then return c end
+  local pool = c[L_OWNER]
+  local g = gate_cache[pool] or head_cache[pool] or gate_head(pool)
+  local f = g.factor
   if f >= 1 then return c end
   local s = {unpack(c)}
   if c[L_KIND] == KIND_GAUGE then
@@ -211,20 +208,37 @@ local function set_gauge(k, count)
   end
 end
 
-local function level_of(queued)
-  local l = current(queued) or queued
-  if l[L_KIND] == KIND_GAUGE then
-    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
-    local lv = level_cache[l[L_KEY]]
-    if learn() then return math.max(lv, l[L_CAPACITY]) end
+-- The level of limit l as configured now (current's): level_of(queued) is
+-- level_at(current(queued) or queued), for a caller that has not asked current (each call
+-- of either costs hundreds of instructions: see current).
+local function level_at(l)
+  local k, kind = l[L_KEY], l[L_KIND]
+  if kind == KIND_GAUGE then
+    local lv = level_cache[k]
+    if lv == nil then
+      fetch_levels({l})
+      lv = level_cache[k]
+    end
+    if learning == nil then learn() end
+    if learning then return math.max(lv, l[L_CAPACITY]) end
     return lv
-  elseif l[L_KIND] == KIND_BUCKET then
-    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
-    local level = level_cache[l[L_KEY]]
-    if not level then return l[L_CAPACITY] end
-    return math.min(l[L_CAPACITY], level + (now - bucket_at[l[L_KEY]]) * l[L_RATE])
+  elseif kind == KIND_BUCKET then
+    local level = level_cache[k]
+    if level == nil then
+      fetch_levels({l})
+      level = level_cache[k]
+    end
+    local capacity = l[L_CAPACITY]
+    if not level then return capacity end
+    level = level + (now - bucket_at[k]) * l[L_RATE]
+    if level < capacity then return level end -- math.min(capacity, level), written out
+    return capacity
   end
-  return tonumber(redis.call('HGET', D, l[L_KEY]) or '0')
+  return tonumber(redis.call('HGET', D, k) or '0')
+end
+
+local function level_of(queued)
+  return level_at(current(queued) or queued)
 end
 
 local function fits(l, a, lv)
@@ -241,7 +255,7 @@ local function check(t, only_daily)
   for i, queued in ipairs(t[T.limits]) do
     local l = (not only_daily or queued[L_KIND] == KIND_DAILY) and current(queued)
     if l then
-      local a, lv = amount(t, l[L_UNIT]), level_of(l)
+      local a, lv = amount(t, l[L_UNIT]), level_at(l)
       if not fits(l, a, lv) then
         if not l[L_SHADOW] then return {index = i, level = lv, amount = a}, shadowed end
         if shadowed == '' then shadowed = l[L_KEY] end

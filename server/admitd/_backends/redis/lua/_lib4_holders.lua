@@ -86,7 +86,7 @@ local function refusal(t, held_by)
   for _, queued in ipairs(t[T.limits]) do
     local l = current(queued)
     if l and not l[L_SHADOW] then
-      local a, lv = amount(t, l[L_UNIT]), level_of(l)
+      local a, lv = amount(t, l[L_UNIT]), level_at(l)
       if not fits(l, a, lv) then
         local d = {limit = l, level = lv, amount = a}
         if l[L_KIND] == KIND_GAUGE then

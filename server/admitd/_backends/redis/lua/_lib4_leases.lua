@@ -214,7 +214,8 @@ local function move_limits(t, taken_on, token_delta, usd_delta, expired)
       if expired and l[L_KIND] == KIND_BUCKET and delta < 0 then delta = 0 end
       if delta ~= 0 then
         if l[L_KIND] == KIND_BUCKET then
-          set_bucket(l, math.min((current(l) or l)[L_CAPACITY], level_of(l) - delta))
+          local c = current(l) or l
+          set_bucket(l, math.min(c[L_CAPACITY], level_at(c) - delta))
         elseif l[L_KIND] == KIND_DAILY then
           local dk = key(KIND_DAILY, taken_on)
           if delta > 0 or redis.call('HEXISTS', dk, l[L_KEY]) == 1 then
