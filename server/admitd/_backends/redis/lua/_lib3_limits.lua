@@ -153,6 +153,20 @@ end
 local level_cache, bucket_at, n_set, n_drop
 local level_set, level_drop = {}, {}
 
+-- A bucket's "<key>|at" by key, made once (a concatenation makes and hashes a new string),
+-- kept from call to call (keys of configured limits; at most 1,000, then it starts over).
+local at_fields, at_count = {}, 0
+local function at_field(k)
+  local f = at_fields[k]
+  if not f then
+    if at_count >= 1000 then at_fields, at_count = {}, 0 end
+    f = k .. '|at'
+    at_fields[k] = f
+    at_count = at_count + 1
+  end
+  return f
+end
+
 local function fetch_levels(limits)
   local n, m = 0, 0
   for _, l in ipairs(limits) do
@@ -165,7 +179,7 @@ local function fetch_levels(limits)
       ask_fields[n] = k
       if kind == KIND_BUCKET then
         n = n + 1
-        ask_fields[n] = k .. '|at'
+        ask_fields[n] = at_field(k)
       end
     end
   end
@@ -275,6 +289,6 @@ end
 local function set_bucket(l, level)
   local k = l[L_KEY]
   write_level(k, num(level))
-  write_level(k .. '|at', now_text)
+  write_level(at_field(k), now_text)
   level_cache[k], bucket_at[k] = level, now -- what reading it back gives: %.17g is exact
 end
