@@ -37,7 +37,7 @@ DECLARED = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z_0-9]*)", re.M)
 STRING = re.compile(r"'([^'\\]*)'|\"([^\"\\]*)\"")
 INDEX = re.compile(r"\[\d+\]")  # an argument's or a reply's position: ARGV[3], v[1]
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.])")
-KEY_NAME = re.compile(r"\bkey\('([^']*)'")
+KEY_NAME = re.compile(r"\bkey(?:_of)?\('([^']*)'")
 # Lua-only numbers: 0, 1 and 2, and the unit conversions of Redis (PX milliseconds, TIME
 # microseconds). Any other number is a named local (its own, or the prologue's).
 PLAIN_NUMBERS = {"0", "1", "2", "1000", "1000000"}
@@ -252,6 +252,7 @@ def test_a_ticket_reads_the_same_split_where_its_shared_part_starts_or_whole(
     code += " return o end\nreturn cjson.encode({fields(decode_ticket(ARGV[1])),"
     code += " fields(decode_ticket(ARGV[1])), fields(decode_ticket(ARGV[2])),"
     code += " fields(decode_ticket(ARGV[3]))})"
+    code = f"local function body()\n{code}\nend\nreturn body()\n"  # as the loader runs it
     prologue = lua_prologue()
     client = redis.Redis.from_url(shared_redis.url)
     try:

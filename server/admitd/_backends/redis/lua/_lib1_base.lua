@@ -27,13 +27,34 @@
 -- num writes it, formatted once); aging the queue's aging; day today's UTC day; LV and D
 -- the keys of gauges' and buckets' levels (_lib3_limits) and of daily counters.
 local base, now, now_text, aging, day, LV, D
--- A key of one name is kept from call to call (keyed by base too): a call names the same
--- few ('expiry', 'rate', ...) again and again, and each concatenation makes and hashes a new
--- string. (A table and table.concat per key cost more than one concatenation.)
-local named, named_base = {}, nil
+-- A key of one name is kept from call to call (for one base: begin calls rebase): a call
+-- names the same few ('expiry', 'rate', ...) again and again, and each concatenation makes
+-- and hashes a new string. (A table and table.concat per key cost more than one
+-- concatenation.) key_of(a, b) keeps a key of two names the same way, for names a
+-- deployment has few of (a pool's, a tenant's, a limit's, a day's: never a lease's), at most
+-- 1,000 (then it starts over).
+local named, named_base, named2, named2_count = {}, nil, {}, 0
+local function rebase()
+  if base ~= named_base then named, named_base, named2, named2_count = {}, base, {}, 0 end
+end
+local function key_of(a, b)
+  local by = named2[a]
+  local k = by and by[b]
+  if not k then
+    if named2_count >= 1000 then named2, named2_count = {}, 0 end
+    by = named2[a]
+    if not by then
+      by = {}
+      named2[a] = by
+    end
+    k = base .. ':' .. a .. ':' .. b
+    by[b] = k
+    named2_count = named2_count + 1
+  end
+  return k
+end
 local function key(a, b, c)
   if b == nil then
-    if base ~= named_base then named, named_base = {}, base end
     local k = named[a]
     if not k then
       k = base .. ':' .. a
@@ -43,6 +64,28 @@ local function key(a, b, c)
   end
   if c == nil then return base .. ':' .. a .. ':' .. b end
   return base .. ':' .. a .. ':' .. b .. ':' .. c
+end
+
+-- Field names made of a pool's name (its grant rate's, in hash 'rate'; its fair queue's:
+-- _lib5_queue fkey and vkey, by class and tenant), made once per pool, kept from call to
+-- call (at most 1,000 names, then it starts over): each concatenation makes and hashes a new
+-- string, and a length joined to one is formatted with sprintf. adding: how many names the
+-- caller is about to add to the pool's (counted against the bound first).
+local pool_names, pool_count = {}, 0
+local function names(pool, adding)
+  if adding then
+    if pool_count + adding > 1000 then pool_names, pool_count = {}, 0 end
+    pool_count = pool_count + adding
+  end
+  local p = pool_names[pool]
+  if not p then
+    if pool_count >= 1000 then pool_names, pool_count = {}, 0 end
+    p = {rate_w = pool .. '|w', rate_t = pool .. '|t', rate_c = pool .. '|c',
+         length = string.len(pool) .. '|', v = {}, f = {}}
+    pool_names[pool] = p
+    pool_count = pool_count + 1
+  end
+  return p
 end
 
 -- Seconds, as the strings Redis is sent: a number argument is formatted on every call.

@@ -23,7 +23,7 @@ end
 local function gate_of(pool)
   local g = gate_cache[pool]
   if g == nil then
-    local v = redis.call('HMGET', key('gate', pool), unpack(GATE_FIELDS))
+    local v = redis.call('HMGET', key_of('gate', pool), unpack(GATE_FIELDS))
     g = {factor = number(v[1] or '1'), decreased_at = number(v[2] or '-1e300'),
          paused_until = number(v[3] or '0'), circuit = v[4] or CIRCUIT_CLOSED,
          opened_until = number(v[5] or '0'), probes = number(v[6] or '0'),
@@ -48,7 +48,7 @@ end
 local function gate_head(pool)
   local g = gate_cache[pool] or head_cache[pool]
   if g == nil then
-    local v = redis.call('HMGET', key('gate', pool), 'factor', 'paused_until', 'circuit')
+    local v = redis.call('HMGET', key_of('gate', pool), 'factor', 'paused_until', 'circuit')
     g = {factor = number(v[1] or '1'), paused_until = number(v[2] or '0'),
          circuit = v[3] or CIRCUIT_CLOSED, stored = v[1] and true}
     head_cache[pool] = g
@@ -64,7 +64,7 @@ local function gate_save(pool, g)
     end
     if same then return end -- most Releases move nothing here: a write (and its numbers) saved
   end
-  redis.call('HSET', key('gate', pool), 'factor', num(g.factor),
+  redis.call('HSET', key_of('gate', pool), 'factor', num(g.factor),
              'decreased_at', num(g.decreased_at), 'paused_until', num(g.paused_until),
              'circuit', g.circuit, 'opened_until', num(g.opened_until), 'probes', g.probes,
              'win', g.win, 'cur', g.cur, 'failed', g.failed, 'prev', g.prev,

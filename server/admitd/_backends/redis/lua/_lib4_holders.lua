@@ -49,7 +49,7 @@ end
 local function holder_ends(lkey, need, unknown)
   local v = redis.call('HGET', key('hold'), lkey)
   local hold = v and tonumber(v)
-  local h = redis.call('ZRANGE', key('holders', lkey), 0, MAX_EXAMINED - 1)
+  local h = redis.call('ZRANGE', key_of('holders', lkey), 0, MAX_EXAMINED - 1)
   local ends = {}
   for _, id in ipairs(h) do
     local v = redis.call('HMGET', key(LEASE, id), 'expires', 'granted')

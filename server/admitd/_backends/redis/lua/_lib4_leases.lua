@@ -89,13 +89,13 @@ local function rate_state(pool)
 end
 
 local function count_grant(pool)
-  local k = key('rate')
-  local w = redis.call('HGET', k, pool .. '|w')
+  local k, p = key('rate'), names(pool)
+  local w = redis.call('HGET', k, p.rate_w)
   if w and number(w) == math.floor(now / RATE_WINDOW) then
     -- In the window of the pool's last grant: two counts move, nothing else (no number
     -- formatted, the fractional first grant time not rewritten).
-    redis.call('HINCRBY', k, pool .. '|t', '1')
-    redis.call('HINCRBY', k, pool .. '|c', '1')
+    redis.call('HINCRBY', k, p.rate_t, '1')
+    redis.call('HINCRBY', k, p.rate_c, '1')
     return
   end
   local r = rate_state(pool) or
@@ -155,7 +155,7 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
     local a = amount(t, l[L_UNIT])
     if l[L_KIND] == KIND_GAUGE then
       set_gauge(l[L_KEY], level_cache[l[L_KEY]] + a)
-      redis.call('ZADD', key('holders', l[L_KEY]), granted_second, t[T.lease_id])
+      redis.call('ZADD', key_of('holders', l[L_KEY]), granted_second, t[T.lease_id])
     elseif l[L_KIND] == KIND_BUCKET then
       set_bucket(l, level_of(l) - a)
     else
@@ -177,8 +177,8 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
              'expires', expires, 'queued', num(queued_for), 'shadowed', shadowed,
              'probe', probe and '1' or '0', 'claimed', claimed and '1' or '0')
   redis.call('ZADD', key('expiry'), expires, t[T.lease_id])
-  redis.call('HINCRBY', key('inflight', SCOPE_POOL), t[T.pool], '1')
-  redis.call('HINCRBY', key('inflight', SCOPE_TENANT), t[T.tenant], '1')
+  redis.call('HINCRBY', key_of('inflight', SCOPE_POOL), t[T.pool], '1')
+  redis.call('HINCRBY', key_of('inflight', SCOPE_TENANT), t[T.tenant], '1')
   if t[T.idempotency_key] ~= '' then remember_key(t) end
   count_grant(t[T.pool])
   return record(lease)
@@ -206,7 +206,7 @@ local function move_limits(t, taken_on, token_delta, usd_delta, expired)
     if unit == UNIT_SLOT then
       if not expired then
         set_gauge(l[L_KEY], math.max(0, level_cache[l[L_KEY]] - 1))
-        redis.call('ZREM', key('holders', l[L_KEY]), t[T.lease_id])
+        redis.call('ZREM', key_of('holders', l[L_KEY]), t[T.lease_id])
       end
     else
       local delta = 0
@@ -217,7 +217,7 @@ local function move_limits(t, taken_on, token_delta, usd_delta, expired)
           local c = current(l) or l
           set_bucket(l, math.min(c[L_CAPACITY], level_at(c) - delta))
         elseif l[L_KIND] == KIND_DAILY then
-          local dk = key(KIND_DAILY, taken_on)
+          local dk = key_of(KIND_DAILY, taken_on)
           if delta > 0 or redis.call('HEXISTS', dk, l[L_KEY]) == 1 then
             if tonumber(redis.call('HINCRBYFLOAT', dk, l[L_KEY], delta)) < 0 then
               redis.call('HSET', dk, l[L_KEY], 0)
@@ -242,33 +242,54 @@ local function settle(lease, token_delta, usd_delta)
   move_limits(t, lease.day, token_delta, usd_delta)
   redis.call('DEL', key(LEASE, t[T.lease_id]))
   redis.call('ZREM', key('expiry'), t[T.lease_id])
-  decr_field(key('inflight', SCOPE_POOL), t[T.pool])
-  decr_field(key('inflight', SCOPE_TENANT), t[T.tenant])
+  decr_field(key_of('inflight', SCOPE_POOL), t[T.pool])
+  decr_field(key_of('inflight', SCOPE_TENANT), t[T.tenant])
 end
 
 -- The cost ledger: per UTC day a hash of "<len>/<tenant><pool>|<metric>" counters, metric
 -- calls, in, out, usd, cr (cached input) and cw (cache-write input); u is a usage array
 -- (U_*), the cached counts being parts of the input. calls: 1 for a settled lease, 0 for
 -- usage reported after the call (charge.lua) or a correction (settle_expired). on_day: the
--- ledger's day (default today).
+-- ledger's day (default today). A row's field names are made once per tenant and pool (at
+-- most 1,000 rows, then it starts over): the length of a name formatted and six
+-- concatenations, and a closure, on every Release cost more than its commands' arguments.
+local rows, row_count = {}, 0
+local function ledger_row(tenant, pool)
+  local by = rows[tenant]
+  local r = by and by[pool]
+  if not r then
+    if row_count >= 1000 then rows, row_count = {}, 0 end
+    by = rows[tenant]
+    if not by then
+      by = {}
+      rows[tenant] = by
+    end
+    local f = string.len(tenant) .. '/' .. tenant .. pool .. '|'
+    r = {calls = f .. 'calls', input = f .. 'in', output = f .. 'out', usd = f .. 'usd',
+         cached = f .. 'cr', written = f .. 'cw'}
+    by[pool] = r
+    row_count = row_count + 1
+  end
+  return r
+end
 local function charge(t, u, usd, calls, on_day)
-  local k = key('ledger', on_day or day)
-  local tenant = t[T.tenant]
-  local f = string.len(tenant) .. '/' .. tenant .. t[T.pool] .. '|'
+  local k = key_of('ledger', on_day or day)
+  local r = ledger_row(t[T.tenant], t[T.pool])
   -- A day's hash is kept LEDGER_KEEP from when its row (and so maybe the hash) was made:
   -- calls is written first, and answers its increment when new (or 0 before: kept anew).
-  if redis.call('HINCRBY', k, f .. 'calls', calls or '1') == (calls or 1) then
+  if redis.call('HINCRBY', k, r.calls, calls or '1') == (calls or 1) then
     redis.call('EXPIRE', k, LEDGER_KEEP)
   end
   -- %d: HINCRBY wants an integer, and Lua would write -0 (a free call's price) or 1e+15.
-  local function add(metric, n)
-    if n ~= 0 then redis.call('HINCRBY', k, f .. metric, string.format('%d', n)) end
-  end
-  add('in', u[U_INPUT_TOKENS])
-  add('out', u[U_OUTPUT_TOKENS])
-  add('usd', usd)
-  add('cr', u[U_CACHED_INPUT_TOKENS])
-  add('cw', u[U_CACHE_WRITE_INPUT_TOKENS])
+  local n = u[U_INPUT_TOKENS]
+  if n ~= 0 then redis.call('HINCRBY', k, r.input, string.format('%d', n)) end
+  n = u[U_OUTPUT_TOKENS]
+  if n ~= 0 then redis.call('HINCRBY', k, r.output, string.format('%d', n)) end
+  if usd ~= 0 then redis.call('HINCRBY', k, r.usd, string.format('%d', usd)) end
+  n = u[U_CACHED_INPUT_TOKENS]
+  if n ~= 0 then redis.call('HINCRBY', k, r.cached, string.format('%d', n)) end
+  n = u[U_CACHE_WRITE_INPUT_TOKENS]
+  if n ~= 0 then redis.call('HINCRBY', k, r.written, string.format('%d', n)) end
 end
 
 -- What a release charges: the reported usage array (U_*) as it is, or by the rule for none

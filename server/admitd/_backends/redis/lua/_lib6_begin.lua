@@ -7,6 +7,7 @@ local MICROS = '00000'
 local day_number, day_text, aging_text -- kept from call to call by the function library
 local function begin(keys, argv)
   base = keys[1]
+  rebase()
   -- now_text is a decimal that reads back as exactly now: the time given, or TIME's seconds
   -- and microseconds as one decimal (formatting now with num cost a sprintf every call).
   if argv[1] ~= '' then
@@ -20,7 +21,7 @@ local function begin(keys, argv)
   local d = math.floor(now / DAY_SECONDS)
   if d ~= day_number then day_number, day_text = d, tostring(d) end -- formatted once a day
   day = day_text
-  LV, D = key('level'), key(KIND_DAILY, day)
+  LV, D = key('level'), key_of(KIND_DAILY, day)
   gate_cache, head_cache, gate_def_cache = {}, {}, {}
   configured, version = nil, nil
   current_cache = {}

@@ -52,8 +52,8 @@ if closed and closed.cause == CAUSE_OPEN then -- refused at once, never queued
   return cjson.encode({denial = refusal(t, closed), progress = shown(progress)})
 end
 if wait then
-  local mine = tonumber(redis.call('HGET', key('queued', SCOPE_TENANT), t[T.tenant]) or '0')
-  local total = tonumber(redis.call('GET', key('queued', 'total')) or '0')
+  local mine = tonumber(redis.call('HGET', key_of('queued', SCOPE_TENANT), t[T.tenant]) or '0')
+  local total = tonumber(redis.call('GET', key_of('queued', 'total')) or '0')
   local full = nil
   if mine >= t[T.max_queued_tenant] then
     full = {scope = FULL_TENANT, depth = mine, limit = t[T.max_queued_tenant]}
@@ -74,7 +74,7 @@ end
 -- here as that pass would, without entering the queue and leaving it (most of an Acquire's
 -- cost when the queue is empty). A ticket that would wait and does not fit now, and a daily
 -- quota (checked above; never refused here), take the queue's path below.
-if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
+if redis.call('SISMEMBER', key_of('queued', 'pools'), t[T.pool]) == 0 then
   local pool = t[T.pool]
   local closed, d, shadowed = shut(pool), nil, ''
   if not closed then d, shadowed = check(t, false) end
