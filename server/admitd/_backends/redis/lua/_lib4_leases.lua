@@ -147,7 +147,8 @@ local function ended(t, kind, d)
 end
 
 -- claimed: granted to the call asking for it (its own Acquire), not to a waiter another
--- replica's RPC will claim; its Release then has no unclaimed grant to clear.
+-- replica's RPC will claim; its Release then has no unclaimed grant to clear. Returns the
+-- lease (record() makes what the engine sees of it).
 local function reserve(t, raw, queued_for, shadowed, claimed)
   local granted_second = string.format('%d', math.floor(now)) -- a holder's score (_lib4_holders)
   fetch_levels(t[T.limits]) -- read by check before, as a rule
@@ -181,7 +182,7 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
   redis.call('HINCRBY', key_of('inflight', SCOPE_TENANT), t[T.tenant], '1')
   if t[T.idempotency_key] ~= '' then remember_key(t) end
   count_grant(t[T.pool])
-  return record(lease)
+  return lease
 end
 
 -- Take one from a counter, and drop it at zero. Its counts are whole (slots, leases,

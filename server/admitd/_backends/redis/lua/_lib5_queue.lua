@@ -262,7 +262,7 @@ local function dispatch_pool(pool, watch, progress)
       else
         local d, shadowed = check(t, false)
         if not d then
-          local rec = reserve(t, best.raw, now - best.enq, shadowed, best.id == watch)
+          local rec = record(reserve(t, best.raw, now - best.enq, shadowed, best.id == watch))
           table.insert(served, best.id)
           if best.id == watch then
             own = rec

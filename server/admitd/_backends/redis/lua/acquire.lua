@@ -81,8 +81,15 @@ if redis.call('SISMEMBER', key_of('queued', 'pools'), t[T.pool]) == 0 then
   if not closed and not d then
     if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
     served_alone(t)
-    local own = reserve(t, ARGV[3], 0, shadowed, true)
-    return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = shown(progress)})
+    local lease = reserve(t, ARGV[3], 0, shadowed, true)
+    local moved = shown(progress)
+    if moved then
+      return cjson.encode({lease = record(lease), waiting_on = t[T.lease_id], progress = moved})
+    end
+    -- Most Acquires: the engine has the rest of the lease record in the ticket
+    -- (codec.acquire_result). %.14g as cjson writes a number.
+    local mark = shadowed == '' and '""' or cjson.encode(shadowed)
+    return '{"granted":[' .. string.format('%.14g', lease.expires - now) .. ',' .. mark .. ']}'
   end
   local l = d and t[T.limits][d.index]
   if not wait and not (l and l[L_KIND] == KIND_DAILY) then
