@@ -55,7 +55,8 @@ end
 -- also has ledger (the ledger day its expiry charged), drop (its deadline) and settled (a
 -- settlement, JSON, once a Release after the expiry settled it). claimed: granted to the call
 -- that asked, never an unclaimed grant (an older admitd did not say so: then unknown).
--- A live lease's three are not asked for: each field read is a string made for Lua.
+-- A live lease's three are not asked for: each field read is a string made for Lua. queued,
+-- shadowed and probe may be absent (reserve leaves out 0, '' and '0').
 local function load_lease(id, where)
   local v
   if where then
@@ -67,7 +68,7 @@ local function load_lease(id, where)
   end
   if not v[1] then return nil end
   return {t = decode_ticket(v[1]), day = v[2], granted = number(v[3]),
-          expires = number(v[4]), queued = number(v[5]), shadowed = v[6] or '',
+          expires = number(v[4]), queued = v[5] and number(v[5]) or 0, shadowed = v[6] or '',
           probe = v[7] == '1', claimed = v[8] == '1', ledger = v[9], drop = v[10] and number(v[10]),
           settled = v[11] and cjson.decode(v[11])}
 end
@@ -173,10 +174,18 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
   end
   local lease = {t = t, day = day, granted = now, expires = now + t[T.ttl], queued = queued_for,
                  shadowed = shadowed, probe = probe}
-  local expires = num(lease.expires)
-  redis.call('HSET', key(LEASE, t[T.lease_id]), 'ticket', raw, 'day', day, 'granted', now_text,
-             'expires', expires, 'queued', num(queued_for), 'shadowed', shadowed,
-             'probe', probe and '1' or '0', 'claimed', claimed and '1' or '0')
+  local expires, lk = num(lease.expires), key(LEASE, t[T.lease_id])
+  local claim = claimed and '1' or '0'
+  if queued_for == 0 and shadowed == '' and not probe then
+    -- Most leases: queued, shadowed and probe as load_lease reads them absent, left out
+    -- (each field stored is strings made and a listpack searched, here and in DEL).
+    redis.call('HSET', lk, 'ticket', raw, 'day', day, 'granted', now_text, 'expires', expires,
+               'claimed', claim)
+  else
+    redis.call('HSET', lk, 'ticket', raw, 'day', day, 'granted', now_text, 'expires', expires,
+               'queued', num(queued_for), 'shadowed', shadowed, 'probe', probe and '1' or '0',
+               'claimed', claim)
+  end
   redis.call('ZADD', key('expiry'), expires, t[T.lease_id])
   redis.call('HINCRBY', key_of('inflight', SCOPE_POOL), t[T.pool], '1')
   redis.call('HINCRBY', key_of('inflight', SCOPE_TENANT), t[T.tenant], '1')
