@@ -147,6 +147,15 @@ local function ended(t, kind, d)
   dedup_finish(t, nil)
 end
 
+-- A lease's score in sorted set 'expiry': its expiry in whole milliseconds, rounded down. A
+-- set of up to 128 members is a listpack, which every insert walks reading each member's
+-- score, and a whole number is read as it is stored where a fraction of 17 digits is parsed
+-- each time (with 120 leases held, ~100k instructions per ZADD). reap() takes the members due
+-- by their score and checks each one's exact expiry.
+local function expiry_score(expires)
+  return string.format('%d', math.floor(expires * 1000))
+end
+
 -- claimed: granted to the call asking for it (its own Acquire), not to a waiter another
 -- replica's RPC will claim; its Release then has no unclaimed grant to clear. Returns the
 -- lease (record() makes what the engine sees of it).
@@ -186,7 +195,7 @@ local function reserve(t, raw, queued_for, shadowed, claimed)
                'queued', num(queued_for), 'shadowed', shadowed, 'probe', probe and '1' or '0',
                'claimed', claim)
   end
-  redis.call('ZADD', key('expiry'), expires, t[T.lease_id])
+  redis.call('ZADD', key('expiry'), expiry_score(lease.expires), t[T.lease_id])
   redis.call('HINCRBY', key_of('inflight', SCOPE_POOL), t[T.pool], '1')
   redis.call('HINCRBY', key_of('inflight', SCOPE_TENANT), t[T.tenant], '1')
   if t[T.idempotency_key] ~= '' then remember_key(t) end
@@ -381,9 +390,13 @@ end
 -- Every operation reaps first, so no expired lease ever holds capacity; expire.lua reports
 -- them (once, whichever replica runs it).
 local function reap()
-  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', now_text, 'LIMIT', '0', REAP_BATCH)
+  local ids = redis.call('ZRANGEBYSCORE', key('expiry'), '-inf', expiry_score(now), 'LIMIT', '0',
+                        REAP_BATCH)
   for _, id in ipairs(ids) do
     local lease = load_lease(id)
+    if lease and lease.expires > now then -- later in this millisecond (expiry_score): not yet
+      lease = false
+    end
     if lease then
       redis.call('RPUSH', key('expired'), cjson.encode(record(lease)))
       bury(id, lease)
@@ -391,7 +404,7 @@ local function reap()
       local t = lease.t
       charge(t, settle_usage(t, UNREPORTED_RESERVATION))
       dedup_finish(t, nil)
-    else
+    elseif lease == nil then
       redis.call('ZREM', key('expiry'), id)
     end
   end
