@@ -22,23 +22,17 @@ from ..._model import (
     Denial,
     ExpireResult,
     Gate,
-    GateView,
     Kind,
     LeaseRecord,
     Limit,
-    Look,
     Outcome,
     Progress,
     QueueFull,
-    QueueSpot,
     ReleaseResult,
     Scope,
     Settlement,
-    Snapshot,
     Ticket,
-    TicketEnd,
     Unit,
-    UsageRow,
 )
 from ..._usage import Unreported, Usage
 from ..errors import FingerprintMismatch, LeaseExpired, LeaseGone, LeaseLost, NotOwner
@@ -254,66 +248,6 @@ def expire_result(doc: dict[str, Any]) -> ExpireResult:
     return ExpireResult(
         expired, progress(doc.get("progress")), None if next_in is None else float(next_in)
     )
-
-
-def look(doc: dict[str, Any]) -> Look:
-    if "queued" in doc:
-        q = doc["queued"]
-        rate = q.get("grants_per_second")
-        return Look(
-            queued=QueueSpot(
-                tenant=str(q["tenant"]),
-                pool=str(q["pool"]),
-                position=int(q["position"]),
-                depth=int(q["depth"]),
-                grants_per_second=None if rate is None else float(rate),
-                wait_left=float(q["wait_left"]),
-            )
-        )
-    if "lease" in doc:
-        return Look(lease=lease(doc["lease"]), claimed=bool(doc["claimed"]))
-    if "ended" in doc:
-        e = doc["ended"]
-        ended_by = denial(e["denial"]) if isinstance(e.get("denial"), dict) else None
-        return Look(ended=TicketEnd(e["kind"], str(e["tenant"]), ended_by))
-    return Look()
-
-
-def snapshot(doc: dict[str, Any]) -> Snapshot:
-    def counts(name: str) -> dict[str, int]:
-        return {k: int(v) for k, v in as_dict(doc.get(name)).items()}
-
-    return Snapshot(
-        levels={k: float(v) for k, v in as_dict(doc.get("levels")).items()},
-        in_flight_by_pool=counts("in_flight_by_pool"),
-        in_flight_by_tenant=counts("in_flight_by_tenant"),
-        queued_by_pool={
-            k: [int(n) for n in as_list(v)] for k, v in as_dict(doc.get("queued_by_pool")).items()
-        },
-        queued_by_tenant=counts("queued_by_tenant"),
-        gates={
-            pool: GateView(float(g["factor"]), g["circuit"], float(g["paused_for"]))
-            for pool, g in as_dict(doc.get("gates")).items()
-        },
-    )
-
-
-def usage_rows(doc: dict[str, Any]) -> list[UsageRow]:
-    rows = [
-        UsageRow(
-            int(r["day"]),
-            str(r["tenant"]),
-            str(r["pool"]),
-            int(r["calls"]),
-            int(r["in"]),
-            int(r["out"]),
-            int(r["usd"]),
-            int(r["cr"]),
-            int(r["cw"]),
-        )
-        for r in as_list(doc.get("rows"))
-    ]
-    return sorted(rows, key=lambda r: (r.day, r.tenant, r.pool))
 
 
 def raise_lease_error(doc: dict[str, Any], lease_id: str) -> None:

@@ -1,12 +1,12 @@
 -- admitd state machine shared by every script: each operation's .lua file is loaded with this
--- library in front of it, its seven parts in the order of their names (_lib1_base,
--- _lib2_gates, _lib3_limits, _lib4_holders, _lib4_leases, _lib5_queue, _lib6_begin), and in
--- front of those the prologue scripts.py writes from the Python that owns what the scripts
--- share (constants; kinds, units, scopes, outcomes and states; the Redis key names Python
--- reads; gate_limit). A ticket's field is read as t[T.<field>], a limit's as l[L_<FIELD>]
--- and reported usage's as u[U_<FIELD>]: the loader writes each as the JSON key or position
--- Python gives it. Its twin is _backends/memory/ (backend.py and the modules beside it); the
--- conformance suite runs every scenario against both backends.
+-- library in front of it, its eight parts in the order of their names (_lib1_base,
+-- _lib2_gates, _lib3_limits, _lib4_charges, _lib4_holders, _lib4_leases, _lib5_queue,
+-- _lib6_begin), and in front of those the prologue scripts.py writes from the Python that
+-- owns what the scripts share (constants; kinds, units, scopes, outcomes and states; the
+-- Redis key names Python reads; gate_limit). A ticket's field is read as t[T.<field>], a
+-- limit's as l[L_<FIELD>] and reported usage's as u[U_<FIELD>]: the loader writes each as
+-- the JSON key or position Python gives it. Its twin is _backends/memory/ (backend.py and
+-- the modules beside it); the conformance suite runs every scenario against both backends.
 --
 -- KEYS[1]  namespace base "{prefix}". Every key is KEYS[1] .. ":" .. name: they all share the
 --          hash tag, so they live in one Redis Cluster slot with KEYS[1].

@@ -1,4 +1,4 @@
--- Library part 2 of 7 (see _lib1_base.lua): pool gates.
+-- Library part 2 of 8 (see _lib1_base.lua): pool gates.
 
 -- Pool gates (the same state machine as its twin, _backends/memory/gates.py): a provider's
 -- pause, a circuit breaker and an AIMD factor, in hash "gate:<pool>"; their settings in the

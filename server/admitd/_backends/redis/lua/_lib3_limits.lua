@@ -1,4 +1,4 @@
--- Library part 3 of 7 (see _lib1_base.lua): limits, checked against the config of now. Its
+-- Library part 3 of 8 (see _lib1_base.lua): limits, checked against the config of now. Its
 -- twin is _backends/memory/counters.py.
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls

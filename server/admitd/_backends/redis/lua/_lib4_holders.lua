@@ -1,4 +1,4 @@
--- Library part 4 of 7 (see _lib1_base.lua): the holders of each gauge's slots, and why a
+-- Library part 5 of 8 (see _lib1_base.lua): the holders of each gauge's slots, and why a
 -- ticket is refused now. Its twins are the holders in _backends/memory/leases.py and
 -- refusal in _backends/memory/counters.py.
 

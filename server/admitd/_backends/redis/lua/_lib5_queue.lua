@@ -1,4 +1,4 @@
--- Library part 6 of 7 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
+-- Library part 7 of 8 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
 -- are _backends/memory/fairqueue.py, queue.py and dispatch.py (the dispatch pass).
 
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.

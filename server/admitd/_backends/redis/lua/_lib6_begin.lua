@@ -1,4 +1,4 @@
--- Library part 7 of 7 (see _lib1_base.lua): what every call starts from. A script calls
+-- Library part 8 of 8 (see _lib1_base.lua): what every call starts from. A script calls
 -- begin(KEYS, ARGV) after the library (the loader writes the call), a function of the
 -- library loaded once (scripts.function_library) as its first step: its state from an
 -- earlier call is forgotten here.
