@@ -38,7 +38,7 @@ DECLARED = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z_0-9]*)", re.M)
 STRING = re.compile(r"'([^'\\]*)'|\"([^\"\\]*)\"")
 INDEX = re.compile(r"\[\d+\]")  # an argument's or a reply's position: ARGV[3], v[1]
 NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.])")
-KEY_NAME = re.compile(r"\bkey\('([^']*)'")
+KEY_NAME = re.compile(r"\bkey(?:_of)?\('([^']*)'")
 # Lua-only numbers: 0, 1 and 2, and the unit conversions of Redis (PX milliseconds, TIME
 # microseconds). Any other number is a named local (its own, or the prologue's).
 PLAIN_NUMBERS = {"0", "1", "2", "1000", "1000000"}
@@ -227,33 +227,49 @@ def test_a_ticket_goes_to_the_scripts_under_the_schema_s_keys() -> None:
     assert codec.limit(raw) == limit
 
 
-def test_a_ticket_reads_the_same_split_at_its_limits_or_whole_as_an_older_admitd_wrote_it(
+def test_a_ticket_reads_the_same_split_where_its_shared_part_starts_or_whole(
     shared_redis: RedisServer,
 ) -> None:
-    """The scripts split a ticket's JSON at its limits (``codec.TICKET_LIMITS``) and decode
-    the limits once for every ticket carrying the same; a waiter or lease an older admitd
-    wrote during a rolling upgrade holds spaced JSON, decoded whole."""
+    """The scripts split a ticket's JSON where the part every call of a tenant in a pool
+    carries alike starts (``codec.TICKET_SHARED``) and decode that part once for every ticket
+    carrying the same; a waiter or lease an older admitd wrote during a rolling upgrade holds
+    JSON split elsewhere (its limits last, the tenant second) or spaced JSON, decoded whole."""
     limit = _rpm()
-    compact = codec.ticket_json(_ticket(limit))
-    assert compact.endswith(
-        codec.TICKET_LIMITS + json.dumps([limit_json(limit)]).replace(" ", "") + "}"
-    )
-    spaced = json.dumps(json.loads(compact))
-    assert codec.TICKET_LIMITS not in spaced
+    ticket = _ticket(limit)
+    compact = codec.ticket_json(ticket)
+    shared = compact[compact.index(codec.TICKET_SHARED) :]
+    assert shared.startswith(',"tenant":"a","pool":"p",')
+    assert shared.endswith(',"limits":' + json.dumps([limit_json(limit)]).replace(" ", "") + "}")
+    whole = json.loads(compact)
+    older = {"id": whole["id"], "tenant": whole["tenant"], **whole}  # the tenant second
+    assert list(older) != list(whole)
+    spaced = json.dumps(whole)
+    assert codec.TICKET_SHARED not in spaced
     lib = "\n".join(path.read_text() for path in sorted(LUA.glob("_lib*.lua")))
-    code = lib + "\nreturn cjson.encode({decode_ticket(ARGV[1]), decode_ticket(ARGV[1]),"
-    code += " decode_ticket(ARGV[2])})"
+    # Every field read as the scripts read them (a ticket is not encoded whole: its shared
+    # fields are read through its metatable).
+    code = lib + "\nlocal keys = cjson.decode(ARGV[4])\n"
+    code += "local function fields(t) local o = {} for _, k in ipairs(keys) do o[k] = t[k] end"
+    code += " return o end\nreturn cjson.encode({fields(decode_ticket(ARGV[1])),"
+    code += " fields(decode_ticket(ARGV[1])), fields(decode_ticket(ARGV[2])),"
+    code += " fields(decode_ticket(ARGV[3]))})"
+    code = f"local function body()\n{code}\nend\nreturn body()\n"  # as the loader runs it
     prologue = lua_prologue()
     client = redis.Redis.from_url(shared_redis.url)
     try:
-        first, again, older = json.loads(
+        first, again, split_elsewhere, decoded_whole = json.loads(
             client.eval(
-                prologue + inline_constants(inline_fields(code), prologue), 0, compact, spaced
+                prologue + inline_constants(inline_fields(code), prologue),
+                0,
+                compact,
+                json.dumps(older, separators=(",", ":")),
+                spaced,
+                json.dumps(list(codec.TICKET_KEYS.values())),
             )
         )
     finally:
         client.close()
-    assert first == again == older == json.loads(compact)
+    assert first == again == split_elsewhere == decoded_whole == whole
 
 
 def test_a_ticket_s_limits_encoded_once_per_tuple_are_the_text_of_the_whole_ticket() -> None:

@@ -52,7 +52,7 @@ from ..._model import (
 )
 from ..._usage import Unreported, Usage
 from ..errors import StoreUnreachable
-from . import codec
+from . import codec, views
 from .client import Line
 from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
@@ -207,17 +207,17 @@ class RedisBackend:
         return f"{self._base}:{codec.GRANTED}:{lease_id}"
 
     async def look(self, lease_id: str, *, claim: bool) -> Look:
-        return codec.look(await self._run("look", lease_id, "1" if claim else "0"))
+        return views.look(await self._run("look", lease_id, "1" if claim else "0"))
 
     async def snapshot(self, limits: list[Limit]) -> Snapshot:
-        return codec.snapshot(await self._run("snapshot", codec.limits_json(limits)))
+        return views.snapshot(await self._run("snapshot", codec.limits_json(limits)))
 
     async def dedup_end(self, leader: str) -> DedupEnd | None:
         doc = await self._run("dedup_end", leader)
         return codec.dedup_end(doc) if doc else None
 
     async def usage(self, days: list[int]) -> list[UsageRow]:
-        return codec.usage_rows(await self._run("usage", json.dumps(days)))
+        return views.usage_rows(await self._run("usage", json.dumps(days)))
 
     async def configure(self, limits: list[Limit], gates: list[Gate]) -> None:
         await self._run("configure", codec.limits_json(limits), codec.gates_json(gates))

@@ -22,23 +22,17 @@ from ..._model import (
     Denial,
     ExpireResult,
     Gate,
-    GateView,
     Kind,
     LeaseRecord,
     Limit,
-    Look,
     Outcome,
     Progress,
     QueueFull,
-    QueueSpot,
     ReleaseResult,
     Scope,
     Settlement,
-    Snapshot,
     Ticket,
-    TicketEnd,
     Unit,
-    UsageRow,
 )
 from ..._usage import Unreported, Usage
 from ..errors import FingerprintMismatch, LeaseExpired, LeaseGone, LeaseLost, NotOwner
@@ -55,36 +49,39 @@ CONFIGURED_FIELDS = ("capacity", "rate", "shadow")
 
 TICKET_KEYS = {
     "lease_id": "id",
-    "tenant": "tenant",
-    "pool": "pool",
     "input_tokens": "in",
     "max_output_tokens": "out",
     "nano_usd": "usd",
-    "price_in": "pin",
-    "price_out": "pout",
-    "price_cached": "pcr",
-    "price_write": "pcw",
     "priority": "prio",
     "cost": "cost",
-    "ttl": "ttl",
     "wait": "wait",
     "claim_timeout": "claim",
     "deferred": "def",
     "dedup_key": "dd",
     "idempotency_key": "idem",
     "fingerprint": "fp",
+    # From here on, what every call of a tenant in a pool carries alike (TICKET_SHARED).
+    "tenant": "tenant",
+    "pool": "pool",
+    "price_in": "pin",
+    "price_out": "pout",
+    "price_cached": "pcr",
+    "price_write": "pcw",
+    "ttl": "ttl",
     "max_queued_tenant": "mqt",
     "max_queued_total": "mqa",
     "limits": "limits",
 }
-"""A ticket's JSON keys by :class:`~admitd._model.Ticket` field (Lua: ``t[T.tenant]``). Short,
-as every look and dispatch decodes waiters' tickets; a lease record the scripts return uses
-the same keys for the ticket's fields."""
+"""A ticket's JSON keys by :class:`~admitd._model.Ticket` field (Lua: ``t[T.tenant]``), in the
+order :func:`ticket_json` writes them. Short, as every look and dispatch decodes waiters'
+tickets; a lease record the scripts return uses the same keys for the ticket's fields."""
 
-TICKET_LIMITS = f',"{TICKET_KEYS["limits"]}":'
-"""What precedes a ticket's limits in its JSON (:func:`ticket_json`: compact, limits last).
-The scripts split a ticket there: the limits are the same text for every call of a tenant in
-a pool, so the library decodes them once (``decode_ticket`` in ``lua/_lib1_base.lua``)."""
+TICKET_SHARED = f',"{TICKET_KEYS["tenant"]}":'
+"""What precedes the part of a ticket's JSON that is the same text for every call of a tenant
+in a pool (:func:`ticket_json`: compact, the call's own fields first, the tenant's and pool's
+after, limits last). The scripts split a ticket there and decode that part once for all the
+tickets carrying it (``decode_ticket`` in ``lua/_lib1_base.lua``): decoding it anew, its
+numbers parsed each time, was most of what decoding a ticket cost."""
 
 LEASE = "lease"
 """``<prefix>:lease:<lease id>``: a live lease, a hash (``lua/_lib4_leases.lua``); tests read it."""
@@ -178,6 +175,9 @@ def usage_json(usage: Usage) -> str:
 def acquire_result(doc: dict[str, Any], ticket: Ticket) -> AcquireResult:
     if doc.get("mismatch"):
         raise FingerprintMismatch(ticket.idempotency_key)
+    granted = doc.get("granted")
+    if granted is not None:
+        return _granted(granted, ticket)
     result = AcquireResult(
         queued=bool(doc.get("queued")),
         replayed=bool(doc.get("replayed")),
@@ -200,6 +200,27 @@ def acquire_result(doc: dict[str, Any], ticket: Ticket) -> AcquireResult:
     elif "denial" in doc:
         result.denial = denial(doc["denial"])
     return result
+
+
+def _granted(granted: list[Any], ticket: Ticket) -> AcquireResult:
+    """What most Acquires answer, ``{"granted": [expires_in, shadowed]}``: the ticket granted
+    at once, nothing queued and nothing else moved. The rest of its lease record is the
+    ticket's (the scripts' record of it would only copy it back: building and encoding it
+    was ~3% of a pair's redis-server instructions)."""
+    expires_in, shadowed = granted
+    record = LeaseRecord(
+        lease_id=ticket.lease_id,
+        tenant=ticket.tenant,
+        pool=ticket.pool,
+        input_tokens=ticket.input_tokens,
+        max_output_tokens=ticket.max_output_tokens,
+        nano_usd=ticket.nano_usd,
+        expires_in=float(expires_in),
+        queued_for=0.0,
+        held_for=0.0,
+        shadowed=str(shadowed),
+    )
+    return AcquireResult(lease=record, waiting_on=ticket.lease_id)
 
 
 def beat(doc: dict[str, Any]) -> Beat:
@@ -227,66 +248,6 @@ def expire_result(doc: dict[str, Any]) -> ExpireResult:
     return ExpireResult(
         expired, progress(doc.get("progress")), None if next_in is None else float(next_in)
     )
-
-
-def look(doc: dict[str, Any]) -> Look:
-    if "queued" in doc:
-        q = doc["queued"]
-        rate = q.get("grants_per_second")
-        return Look(
-            queued=QueueSpot(
-                tenant=str(q["tenant"]),
-                pool=str(q["pool"]),
-                position=int(q["position"]),
-                depth=int(q["depth"]),
-                grants_per_second=None if rate is None else float(rate),
-                wait_left=float(q["wait_left"]),
-            )
-        )
-    if "lease" in doc:
-        return Look(lease=lease(doc["lease"]), claimed=bool(doc["claimed"]))
-    if "ended" in doc:
-        e = doc["ended"]
-        ended_by = denial(e["denial"]) if isinstance(e.get("denial"), dict) else None
-        return Look(ended=TicketEnd(e["kind"], str(e["tenant"]), ended_by))
-    return Look()
-
-
-def snapshot(doc: dict[str, Any]) -> Snapshot:
-    def counts(name: str) -> dict[str, int]:
-        return {k: int(v) for k, v in as_dict(doc.get(name)).items()}
-
-    return Snapshot(
-        levels={k: float(v) for k, v in as_dict(doc.get("levels")).items()},
-        in_flight_by_pool=counts("in_flight_by_pool"),
-        in_flight_by_tenant=counts("in_flight_by_tenant"),
-        queued_by_pool={
-            k: [int(n) for n in as_list(v)] for k, v in as_dict(doc.get("queued_by_pool")).items()
-        },
-        queued_by_tenant=counts("queued_by_tenant"),
-        gates={
-            pool: GateView(float(g["factor"]), g["circuit"], float(g["paused_for"]))
-            for pool, g in as_dict(doc.get("gates")).items()
-        },
-    )
-
-
-def usage_rows(doc: dict[str, Any]) -> list[UsageRow]:
-    rows = [
-        UsageRow(
-            int(r["day"]),
-            str(r["tenant"]),
-            str(r["pool"]),
-            int(r["calls"]),
-            int(r["in"]),
-            int(r["out"]),
-            int(r["usd"]),
-            int(r["cr"]),
-            int(r["cw"]),
-        )
-        for r in as_list(doc.get("rows"))
-    ]
-    return sorted(rows, key=lambda r: (r.day, r.tenant, r.pool))
 
 
 def raise_lease_error(doc: dict[str, Any], lease_id: str) -> None:
@@ -338,7 +299,8 @@ def limit(raw: list[Any]) -> Limit:
 
 
 def ticket_json(t: Ticket) -> str:
-    """The ticket as the scripts take it: compact JSON, its limits last (:data:`TICKET_LIMITS`).
+    """The ticket as the scripts take it: compact JSON, in the order of :data:`TICKET_KEYS`
+    (split by the scripts at :data:`TICKET_SHARED`), its limits last.
 
     The limits' text (most of it) is encoded once per tuple: the policy hands all tickets of
     a pool and tenant one tuple. Kept by id with the tuple itself, so the id is not reused
@@ -349,10 +311,11 @@ def ticket_json(t: Ticket) -> str:
             _LIMITS_TEXT.clear()
         kept = _LIMITS_TEXT[id(t.limits)] = (t.limits, _COMPACT([_LIMIT(x) for x in t.limits]))
     head = _COMPACT(dict(zip(_TICKET_WIRE, _TICKET(t), strict=True)))
-    return f"{head[:-1]}{TICKET_LIMITS}{kept[1]}}}"
+    return f"{head[:-1]}{_LIMITS_KEY}{kept[1]}}}"
 
 
 _LIMITS_TEXT: dict[int, tuple[tuple[Limit, ...], str]] = {}
+_LIMITS_KEY = f',"{TICKET_KEYS["limits"]}":'
 # One encoder (json.dumps with separators builds one per call); a ticket has no cycles.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 

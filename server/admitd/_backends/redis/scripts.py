@@ -59,10 +59,13 @@ IDLE_FUNCTION = "idle"
 
 def load_scripts() -> dict[str, str]:
     """Each operation's script: the prologue, the library's parts, ``begin(KEYS, ARGV)``,
-    the operation's file, with their fields and the prologue's constants written in place."""
+    the operation's file, with their fields and the prologue's constants written in place
+    (all but the prologue in a function of its own: :func:`_own_function`)."""
     prologue, lib, ops = _sources()
     return {
-        op: prologue + _written(lib + "\nbegin(KEYS, ARGV)\n" + ops[op], prologue) for op in ops
+        op: prologue
+        + _own_function(_written(lib + "\nbegin(KEYS, ARGV)\n" + ops[op], prologue), "return ")
+        for op in ops
     }
 
 
@@ -95,13 +98,21 @@ def function_library() -> Library:
         " flags = {'no-writes'}, callback = function(KEYS, ARGV)\n"
         f"{_folder().joinpath(f'{IDLE_FUNCTION}.lua').read_text()}\nend}}\n"
     )
-    code = prologue + _written(lib + registered, prologue)
+    code = prologue + _own_function(_written(lib + registered, prologue), "")
     name = f"admitd_{hashlib.sha1(code.encode()).hexdigest()[:16]}"
     code = f"#!lua name={name}\n" + code.replace(_NAME, name)
     return Library(code, name, {op: f"{name}_{op}" for op in FUNCTIONS})
 
 
 _NAME = "ADMITD_LIBRARY"  # stands for the library's name until its digest is known
+
+
+def _own_function(code: str, result: str) -> str:
+    """``code`` as the body of a function called at once (``result``: ``"return "`` to give
+    back what it returns). Lua allows a function at most 200 local variables, and the
+    prologue's constants (written in place, so never read as locals) took a quarter of
+    them: in a function of its own, the library's are counted apart from those."""
+    return f"local function body()\n{code}\nend\n{result}body()\n"
 
 
 def _sources() -> tuple[str, str, dict[str, str]]:
@@ -197,7 +208,7 @@ def lua_prologue() -> str:
     keys = ("LEASE", "GRANTS", "GRANTED", "UNCLAIMED", "DEDUP_END", "REPLICAS", "PRIMARY")
     for name in (*keys, "LEARN", "LOST"):
         const(name, getattr(codec, name))
-    const("TICKET_LIMITS", codec.TICKET_LIMITS)
+    const("TICKET_SHARED", codec.TICKET_SHARED)
     lines.append("local function gate_limit(pool)")
     lines.append(f"  return {{{_lua_fields(codec.limit_json(gate_limit(_POOL)), _POOL, 'pool')}}}")
     lines.append("end")

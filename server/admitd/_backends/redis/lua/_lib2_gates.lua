@@ -1,4 +1,4 @@
--- Library part 2 of 7 (see _lib1_base.lua): pool gates.
+-- Library part 2 of 8 (see _lib1_base.lua): pool gates.
 
 -- Pool gates (the same state machine as its twin, _backends/memory/gates.py): a provider's
 -- pause, a circuit breaker and an AIMD factor, in hash "gate:<pool>"; their settings in the
@@ -23,13 +23,13 @@ end
 local function gate_of(pool)
   local g = gate_cache[pool]
   if g == nil then
-    local v = redis.call('HMGET', key('gate', pool), unpack(GATE_FIELDS))
-    g = {factor = tonumber(v[1] or '1'), decreased_at = tonumber(v[2] or '-1e300'),
-         paused_until = tonumber(v[3] or '0'), circuit = v[4] or CIRCUIT_CLOSED,
-         opened_until = tonumber(v[5] or '0'), probes = tonumber(v[6] or '0'),
-         win = tonumber(v[7] or '0'), cur = tonumber(v[8] or '0'),
-         failed = tonumber(v[9] or '0'), prev = tonumber(v[10] or '0'),
-         prev_failed = tonumber(v[11] or '0')}
+    local v = redis.call('HMGET', key_of('gate', pool), unpack(GATE_FIELDS))
+    g = {factor = number(v[1] or '1'), decreased_at = number(v[2] or '-1e300'),
+         paused_until = number(v[3] or '0'), circuit = v[4] or CIRCUIT_CLOSED,
+         opened_until = number(v[5] or '0'), probes = number(v[6] or '0'),
+         win = number(v[7] or '0'), cur = number(v[8] or '0'),
+         failed = number(v[9] or '0'), prev = number(v[10] or '0'),
+         prev_failed = number(v[11] or '0')}
     -- As stored (the numbers read back exactly), to tell whether a save changes anything.
     if v[1] then
       g.stored = {}
@@ -48,8 +48,8 @@ end
 local function gate_head(pool)
   local g = gate_cache[pool] or head_cache[pool]
   if g == nil then
-    local v = redis.call('HMGET', key('gate', pool), 'factor', 'paused_until', 'circuit')
-    g = {factor = tonumber(v[1] or '1'), paused_until = tonumber(v[2] or '0'),
+    local v = redis.call('HMGET', key_of('gate', pool), 'factor', 'paused_until', 'circuit')
+    g = {factor = number(v[1] or '1'), paused_until = number(v[2] or '0'),
          circuit = v[3] or CIRCUIT_CLOSED, stored = v[1] and true}
     head_cache[pool] = g
   end
@@ -64,7 +64,7 @@ local function gate_save(pool, g)
     end
     if same then return end -- most Releases move nothing here: a write (and its numbers) saved
   end
-  redis.call('HSET', key('gate', pool), 'factor', num(g.factor),
+  redis.call('HSET', key_of('gate', pool), 'factor', num(g.factor),
              'decreased_at', num(g.decreased_at), 'paused_until', num(g.paused_until),
              'circuit', g.circuit, 'opened_until', num(g.opened_until), 'probes', g.probes,
              'win', g.win, 'cur', g.cur, 'failed', g.failed, 'prev', g.prev,

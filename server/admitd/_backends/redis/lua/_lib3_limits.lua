@@ -1,4 +1,4 @@
--- Library part 3 of 7 (see _lib1_base.lua): limits, checked against the config of now. Its
+-- Library part 3 of 8 (see _lib1_base.lua): limits, checked against the config of now. Its
 -- twin is _backends/memory/counters.py.
 
 -- The limit as configured now (configure.lua), or nil when it is no longer configured. Calls
@@ -50,11 +50,6 @@ local function read_defs(m)
   for j = from, w do defs[want[j]] = v[j] or false end
 end
 
-local function is_configured()
-  if configured == nil then read_defs(0) end
-  return configured
-end
-
 -- A ticket's limit as configured by definition text v, made once for each limit and
 -- definition (both decoded by shared(), never changed) and kept by the limit, as shared()
 -- keeps texts: a new copy of each limit on every call was new memory for the collector.
@@ -100,23 +95,25 @@ local function fetch_limits(limits, pool)
   end
 end
 
-local function configured_limit(l)
-  if not is_configured() then return l end
-  local c = current_cache[l[L_KEY]]
-  if c == nil then
-    fetch_limits({l})
-    c = current_cache[l[L_KEY]]
-  end
-  return c or nil
-end
-
--- ...scaled by its pool's AIMD factor (concurrency, and bucket refill rates).
+-- ...scaled by its pool's AIMD factor (concurrency, and bucket refill rates). A pair asks
+-- this ~20 times, and each Lua call costs hundreds of instructions: what most calls need
+-- (the limit configured, its gate's factor in this call's cache) is written out here.
 local function current(l)
-  local c = configured_limit(l)
-  if not c or c[L_SCOPE] ~= SCOPE_POOL or (c[L_KIND] ~= KIND_GAUGE and c[L_KIND] ~= KIND_BUCKET) then
-    return c
+  if configured == nil then read_defs(0) end
+  local c = l
+  if configured then
+    c = current_cache[l[L_KEY]]
+    if c == nil then
+      fetch_limits({l})
+      c = current_cache[l[L_KEY]]
+    end
+    if not c then return nil end
   end
-  local f = gate_head(c[L_OWNER]).factor
+  local kind = c[L_KIND]
+  if c[L_SCOPE] ~= SCOPE_POOL or (kind ~= KIND_GAUGE and kind ~= KIND_BUCKET) then return c end
+  local pool = c[L_OWNER]
+  local g = gate_cache[pool] or head_cache[pool] or gate_head(pool)
+  local f = g.factor
   if f >= 1 then return c end
   local s = {unpack(c)}
   if c[L_KIND] == KIND_GAUGE then
@@ -130,9 +127,18 @@ end
 -- Learning after the primary changed (failover.lua): until learn_until, leases granted on
 -- the old primary that never reached this one may still be held, and nothing here says how
 -- many. So every gauge counts as full until then: nothing is granted beyond what this primary
--- can prove free (Doorman's learning mode). String key LEARN holds learn_until (begin reads
--- it), and learning is now < learn_until.
+-- can prove free (Doorman's learning mode). String key LEARN holds learn_until, and learning
+-- is now < learn_until: read when a call first asks (learn()), as most Releases never do (a
+-- command saved; begin forgets them).
 local learn_until, learning
+local function learn()
+  if learning == nil then
+    local v = redis.call('GET', key(LEARN))
+    learn_until = v and tonumber(v) or 0
+    learning = now < learn_until
+  end
+  return learning
+end
 -- Gauges and buckets share one hash, LV ("level"): a gauge's count at its limit's key, a
 -- bucket's level and the time of it at the key and "<key>|at". A call reads the levels of all
 -- its ticket's limits in one HMGET (fetch_levels) and writes what it moved in one HSET and one
@@ -147,6 +153,20 @@ local learn_until, learning
 local level_cache, bucket_at, n_set, n_drop
 local level_set, level_drop = {}, {}
 
+-- A bucket's "<key>|at" by key, made once (a concatenation makes and hashes a new string),
+-- kept from call to call (keys of configured limits; at most 1,000, then it starts over).
+local at_fields, at_count = {}, 0
+local function at_field(k)
+  local f = at_fields[k]
+  if not f then
+    if at_count >= 1000 then at_fields, at_count = {}, 0 end
+    f = k .. '|at'
+    at_fields[k] = f
+    at_count = at_count + 1
+  end
+  return f
+end
+
 local function fetch_levels(limits)
   local n, m = 0, 0
   for _, l in ipairs(limits) do
@@ -159,7 +179,7 @@ local function fetch_levels(limits)
       ask_fields[n] = k
       if kind == KIND_BUCKET then
         n = n + 1
-        ask_fields[n] = k .. '|at'
+        ask_fields[n] = at_field(k)
       end
     end
   end
@@ -169,20 +189,15 @@ local function fetch_levels(limits)
   for j = 1, m do
     local l = ask_limits[j]
     if l[L_KIND] == KIND_GAUGE then
-      level_cache[l[L_KEY]] = tonumber(v[i] or '0')
+      level_cache[l[L_KEY]] = number(v[i] or '0')
       i = i + 1
     else
       if v[i] then
-        level_cache[l[L_KEY]], bucket_at[l[L_KEY]] = tonumber(v[i]), tonumber(v[i + 1])
+        level_cache[l[L_KEY]], bucket_at[l[L_KEY]] = number(v[i]), number(v[i + 1])
       end
       i = i + 2
     end
   end
-end
-
-local function write_level(field, value)
-  n_set = n_set + 2
-  level_set[n_set - 1], level_set[n_set] = field, value
 end
 
 local function flush_levels()
@@ -192,30 +207,50 @@ local function flush_levels()
 end
 
 -- A gauge's count, dropped at zero. Its counts are whole slots, so no fraction is formatted.
+-- (What flush_levels writes is put in level_set here and in set_bucket, not by a function
+-- of its own: a Lua call costs hundreds of instructions.)
 local function set_gauge(k, count)
   level_cache[k] = count
   if count > 0 then
-    write_level(k, string.format('%d', count))
+    n_set = n_set + 2
+    level_set[n_set - 1], level_set[n_set] = k, string.format('%d', count)
   else
     n_drop = n_drop + 1
     level_drop[n_drop] = k
   end
 end
 
-local function level_of(queued)
-  local l = current(queued) or queued
-  if l[L_KIND] == KIND_GAUGE then
-    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
-    local lv = level_cache[l[L_KEY]]
+-- The level of limit l as configured now (current's): level_of(queued) is
+-- level_at(current(queued) or queued), for a caller that has not asked current (each call
+-- of either costs hundreds of instructions: see current).
+local function level_at(l)
+  local k, kind = l[L_KEY], l[L_KIND]
+  if kind == KIND_GAUGE then
+    local lv = level_cache[k]
+    if lv == nil then
+      fetch_levels({l})
+      lv = level_cache[k]
+    end
+    if learning == nil then learn() end
     if learning then return math.max(lv, l[L_CAPACITY]) end
     return lv
-  elseif l[L_KIND] == KIND_BUCKET then
-    if level_cache[l[L_KEY]] == nil then fetch_levels({l}) end
-    local level = level_cache[l[L_KEY]]
-    if not level then return l[L_CAPACITY] end
-    return math.min(l[L_CAPACITY], level + (now - bucket_at[l[L_KEY]]) * l[L_RATE])
+  elseif kind == KIND_BUCKET then
+    local level = level_cache[k]
+    if level == nil then
+      fetch_levels({l})
+      level = level_cache[k]
+    end
+    local capacity = l[L_CAPACITY]
+    if not level then return capacity end
+    level = level + (now - bucket_at[k]) * l[L_RATE]
+    if level < capacity then return level end -- math.min(capacity, level), written out
+    return capacity
   end
-  return tonumber(redis.call('HGET', D, l[L_KEY]) or '0')
+  return tonumber(redis.call('HGET', D, k) or '0')
+end
+
+local function level_of(queued)
+  return level_at(current(queued) or queued)
 end
 
 local function fits(l, a, lv)
@@ -232,7 +267,7 @@ local function check(t, only_daily)
   for i, queued in ipairs(t[T.limits]) do
     local l = (not only_daily or queued[L_KIND] == KIND_DAILY) and current(queued)
     if l then
-      local a, lv = amount(t, l[L_UNIT]), level_of(l)
+      local a, lv = amount(t, l[L_UNIT]), level_at(l)
       if not fits(l, a, lv) then
         if not l[L_SHADOW] then return {index = i, level = lv, amount = a}, shadowed end
         if shadowed == '' then shadowed = l[L_KEY] end
@@ -251,7 +286,9 @@ end
 -- Written by the next flush_levels.
 local function set_bucket(l, level)
   local k = l[L_KEY]
-  write_level(k, num(level))
-  write_level(k .. '|at', now_text)
+  local n = n_set + 2
+  level_set[n - 1], level_set[n] = k, num(level)
+  level_set[n + 1], level_set[n + 2] = at_fields[k] or at_field(k), now_text
+  n_set = n + 2
   level_cache[k], bucket_at[k] = level, now -- what reading it back gives: %.17g is exact
 end

@@ -1,4 +1,4 @@
--- Library part 6 of 7 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
+-- Library part 7 of 8 (see _lib1_base.lua): the fair queue and its dispatch pass. Its twins
 -- are _backends/memory/fairqueue.py, queue.py and dispatch.py (the dispatch pass).
 
 -- Fair queue: per (priority class, pool) a sorted set of "seq|id" scored by finish tag.
@@ -9,12 +9,30 @@ local GRANTED_KEEP = 60 -- seconds a grant's record outlives its claim deadline
 local CLASS = {}
 for c = 0, PRIORITY_CLASSES - 1 do CLASS[c] = c .. '' end
 
+-- Kept by names() (_lib1_base), each new one counted against its bound.
 local function fkey(cls, pool, tenant)
-  return CLASS[cls] .. '|' .. string.len(pool) .. '|' .. pool .. tenant
+  local by = names(pool).f[tenant]
+  local k = by and by[cls]
+  if not k then
+    local p = names(pool, 1)
+    by = p.f[tenant]
+    if not by then
+      by = {}
+      p.f[tenant] = by
+    end
+    k = CLASS[cls] .. '|' .. p.length .. pool .. tenant
+    by[cls] = k
+  end
+  return k
 end
 
 local function vkey(cls, pool)
-  return CLASS[cls] .. '|' .. pool
+  local k = names(pool).v[cls]
+  if not k then
+    k = CLASS[cls] .. '|' .. pool
+    names(pool, 1).v[cls] = k
+  end
+  return k
 end
 
 local function qkey(cls, pool)
@@ -72,9 +90,9 @@ local function push(t, raw, rep)
     table.insert(fields, rep)
   end
   redis.call('HSET', key('w', t[T.lease_id]), unpack(fields))
-  redis.call('HINCRBY', key('queued', SCOPE_TENANT), t[T.tenant], 1)
-  redis.call('INCR', key('queued', 'total'))
-  redis.call('SADD', key('queued', 'pools'), t[T.pool])
+  redis.call('HINCRBY', key_of('queued', SCOPE_TENANT), t[T.tenant], 1)
+  redis.call('INCR', key_of('queued', 'total'))
+  redis.call('SADD', key_of('queued', 'pools'), t[T.pool])
 end
 
 -- Take a waiter out; served advances virtual time, otherwise its tag is given back.
@@ -99,11 +117,11 @@ local function unqueue(id, served)
     redis.call('HSET', key('lastf'), fk, num(last))
   end
   if last <= v then redis.call('HDEL', key('lastf'), fk) end
-  decr_field(key('queued', SCOPE_TENANT), t[T.tenant])
-  redis.call('DECR', key('queued', 'total'))
+  decr_field(key_of('queued', SCOPE_TENANT), t[T.tenant])
+  redis.call('DECR', key_of('queued', 'total'))
   local left = 0
   for c = 0, PRIORITY_CLASSES - 1 do left = left + redis.call('ZCARD', qkey(c, t[T.pool])) end
-  if left == 0 then redis.call('SREM', key('queued', 'pools'), t[T.pool]) end
+  if left == 0 then redis.call('SREM', key_of('queued', 'pools'), t[T.pool]) end
   return t
 end
 
@@ -143,8 +161,13 @@ end
 
 -- A progress with nothing in it is left out of an answer (codec.progress reads none as
 -- empty): most calls move nothing else, and encoding five empty tables cost ~10k
--- instructions a call.
+-- instructions a call. p: nil for one never made (see dispatch_all), which has only
+-- what this call finished.
 local function shown(p)
+  if p == nil then
+    if next(FINISHED) then return new_progress() end
+    return nil
+  end
   if next(p.grants) or next(p.rejections) or next(p.blocked) or next(p.passed_over)
       or next(p.finished) then
     return p
@@ -157,9 +180,9 @@ end
 local function served_alone(t)
   local cls = t[T.priority]
   local fk, vk = fkey(cls, t[T.pool], t[T.tenant]), vkey(cls, t[T.pool])
-  local v = tonumber(redis.call('HGET', key('vtime'), vk) or '0')
+  local v = number(redis.call('HGET', key('vtime'), vk) or '0')
   local stored_last = redis.call('HGET', key('lastf'), fk)
-  local tag = math.max(v, tonumber(stored_last or '0')) + t[T.cost]
+  local tag = math.max(v, number(stored_last or '0')) + t[T.cost]
   if tag > v then redis.call('HSET', key('vtime'), vk, num(tag)) end
   if stored_last then redis.call('HDEL', key('lastf'), fk) end -- its last finish is V now
 end
@@ -239,7 +262,7 @@ local function dispatch_pool(pool, watch, progress)
       else
         local d, shadowed = check(t, false)
         if not d then
-          local rec = reserve(t, best.raw, now - best.enq, shadowed, best.id == watch)
+          local rec = record(reserve(t, best.raw, now - best.enq, shadowed, best.id == watch))
           table.insert(served, best.id)
           if best.id == watch then
             own = rec
@@ -282,8 +305,10 @@ local function dispatch_pool(pool, watch, progress)
   return watched, own
 end
 
+-- progress: nil to have one made only when a pool has waiters (five tables, most calls none).
 local function dispatch_all(progress)
-  for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
+  for _, pool in ipairs(redis.call('SMEMBERS', key_of('queued', 'pools'))) do
+    progress = progress or new_progress()
     dispatch_pool(pool, '', progress)
   end
   return progress

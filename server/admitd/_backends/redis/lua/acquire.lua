@@ -7,7 +7,7 @@
 reap()
 local t = decode_ticket(ARGV[3])
 local wait = ARGV[4] == '1'
-local progress = new_progress()
+local progress -- made when something may move (shown(nil) has what this call finished)
 
 if t[T.idempotency_key] ~= '' then
   local ref, fp = known_key(t)
@@ -52,8 +52,8 @@ if closed and closed.cause == CAUSE_OPEN then -- refused at once, never queued
   return cjson.encode({denial = refusal(t, closed), progress = shown(progress)})
 end
 if wait then
-  local mine = tonumber(redis.call('HGET', key('queued', SCOPE_TENANT), t[T.tenant]) or '0')
-  local total = tonumber(redis.call('GET', key('queued', 'total')) or '0')
+  local mine = tonumber(redis.call('HGET', key_of('queued', SCOPE_TENANT), t[T.tenant]) or '0')
+  local total = tonumber(redis.call('GET', key_of('queued', 'total')) or '0')
   local full = nil
   if mine >= t[T.max_queued_tenant] then
     full = {scope = FULL_TENANT, depth = mine, limit = t[T.max_queued_tenant]}
@@ -74,18 +74,26 @@ end
 -- here as that pass would, without entering the queue and leaving it (most of an Acquire's
 -- cost when the queue is empty). A ticket that would wait and does not fit now, and a daily
 -- quota (checked above; never refused here), take the queue's path below.
-if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
+if redis.call('SISMEMBER', key_of('queued', 'pools'), t[T.pool]) == 0 then
   local pool = t[T.pool]
   local closed, d, shadowed = shut(pool), nil, ''
   if not closed then d, shadowed = check(t, false) end
   if not closed and not d then
     if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end
     served_alone(t)
-    local own = reserve(t, ARGV[3], 0, shadowed, true)
-    return cjson.encode({lease = own, waiting_on = t[T.lease_id], progress = shown(progress)})
+    local lease = reserve(t, ARGV[3], 0, shadowed, true)
+    local moved = shown(progress)
+    if moved then
+      return cjson.encode({lease = record(lease), waiting_on = t[T.lease_id], progress = moved})
+    end
+    -- Most Acquires: the engine has the rest of the lease record in the ticket
+    -- (codec.acquire_result). %.14g as cjson writes a number.
+    local mark = shadowed == '' and '""' or cjson.encode(shadowed)
+    return '{"granted":[' .. string.format('%.14g', lease.expires - now) .. ',' .. mark .. ']}'
   end
   local l = d and t[T.limits][d.index]
   if not wait and not (l and l[L_KIND] == KIND_DAILY) then
+    progress = new_progress()
     local held_by = closed
     if closed then
       progress.blocked[pool] = closed
@@ -101,6 +109,7 @@ if redis.call('SISMEMBER', key('queued', 'pools'), t[T.pool]) == 0 then
   end
 end
 
+progress = new_progress()
 push(t, ARGV[3], ARGV[5])
 if t[T.idempotency_key] ~= '' then remember_key(t) end
 if (t[T.dedup_key] or '') ~= '' then redis.call('SET', dedup_key(t), t[T.lease_id]) end

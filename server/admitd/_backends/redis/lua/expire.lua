@@ -17,7 +17,7 @@ for _, item in ipairs(redis.call('LRANGE', key('expired'), 0, -1)) do
   table.insert(expired, cjson.decode(item))
 end
 redis.call('DEL', key('expired'))
-if learn_until > 0 and not learning then -- learning is over: the phantoms go
+if not learn() and learn_until > 0 then -- learning is over: the phantoms go
   redis.call('DEL', key(LEARN))
   freed = true
 end
@@ -28,7 +28,11 @@ local result = {expired = expired, progress = shown(progress)}
 for _, set in ipairs({key('expiry'), key(UNCLAIMED)}) do
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
   if #first > 0 then
-    local due = tonumber(first[2]) - now
+    local at = tonumber(first[2])
+    if set == key('expiry') then -- scored in whole milliseconds: the lease has its exact time
+      at = tonumber(redis.call('HGET', key(LEASE, first[1]), 'expires') or '') or (at + 1) / 1000
+    end
+    local due = at - now
     if not result.next_expiry_in or due < result.next_expiry_in then result.next_expiry_in = due end
   end
 end

@@ -38,8 +38,8 @@ local s = {lease = record(lease), charged_tokens = charged,
 held(lease)
 settle(lease, charged - reserved, charged_usd - t[T.nano_usd])
 charge(t, used, charged_usd)
-local outcome = tonumber(ARGV[6])
-report(t[T.pool], outcome, tonumber(ARGV[7]), lease.probe)
+local outcome = number(ARGV[6])
+report(t[T.pool], outcome, number(ARGV[7]), lease.probe)
 if outcome == OUTCOME_OK and ARGV[8] ~= '' then dedup_finish(t, ARGV[8]) else dedup_finish(t, nil) end
 if not lease.claimed then -- a grant made for a waiter another call queued
   redis.call('ZREM', key(UNCLAIMED), id)
@@ -49,6 +49,6 @@ end
 local settled = cjson.encode(s) -- kept for a retried Release, and the answer: encoded once
 redis.call('SET', key('released', id), settled, 'PX', ms(t[T.ttl]))
 credit(t, s.refunded_tokens)
-local progress = shown(dispatch_all(new_progress()))
+local progress = shown(dispatch_all(nil))
 if not progress then return '{"settlement":' .. settled .. '}' end
 return '{"settlement":' .. settled .. ',"progress":' .. cjson.encode(progress) .. '}'

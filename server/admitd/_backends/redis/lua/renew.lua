@@ -16,5 +16,5 @@ end
 if tenant ~= '' and lease.t[T.tenant] ~= tenant then return cjson.encode({error = 'not_owner'}) end
 lease.expires = now + tonumber(ARGV[4])
 redis.call('HSET', key(LEASE, id), 'expires', num(lease.expires))
-redis.call('ZADD', key('expiry'), num(lease.expires), id)
+redis.call('ZADD', key('expiry'), expiry_score(lease.expires), id)
 return cjson.encode({lease = record(lease)})

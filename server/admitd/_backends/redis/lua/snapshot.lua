@@ -10,7 +10,7 @@ local function hash(k)
   return out
 end
 local queued = {}
-for _, pool in ipairs(redis.call('SMEMBERS', key('queued', 'pools'))) do
+for _, pool in ipairs(redis.call('SMEMBERS', key_of('queued', 'pools'))) do
   queued[pool] = {}
   for c = 0, PRIORITY_CLASSES - 1 do queued[pool][c + 1] = redis.call('ZCARD', qkey(c, pool)) end
 end
@@ -25,7 +25,7 @@ for _, field in ipairs(redis.call('HKEYS', key('limits'))) do
                    paused_for = math.max(0, g.paused_until - now)}
   end
 end
-return cjson.encode({levels = levels, in_flight_by_pool = hash(key('inflight', SCOPE_POOL)),
-                     in_flight_by_tenant = hash(key('inflight', SCOPE_TENANT)),
-                     queued_by_pool = queued, queued_by_tenant = hash(key('queued', SCOPE_TENANT)),
+return cjson.encode({levels = levels, in_flight_by_pool = hash(key_of('inflight', SCOPE_POOL)),
+                     in_flight_by_tenant = hash(key_of('inflight', SCOPE_TENANT)),
+                     queued_by_pool = queued, queued_by_tenant = hash(key_of('queued', SCOPE_TENANT)),
                      gates = gates})
