@@ -40,6 +40,16 @@ class Scope(enum.StrEnum):
     GLOBAL = "global"
 
 
+# The members compared for every limit of every call, as module constants. Python 3.11 (the
+# image's) looks an enum member up (``Kind.GAUGE``) through ``EnumType.__getattr__``'s slot
+# hook, ~200 ns where a module global takes ~15: the memory backend's counters, a ticket's
+# amounts and ``Policy.never_fits`` made 54 such lookups a pair, ~12% of the instructions
+# of an Acquire+Release pair through the engine.
+GAUGE, BUCKET, DAILY = Kind.GAUGE, Kind.BUCKET, Kind.DAILY
+SLOT, TOKEN, NANO_USD = Unit.SLOT, Unit.TOKEN, Unit.NANO_USD
+POOL_SCOPE = Scope.POOL
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     """One counter a call must fit, and its key in the store."""
@@ -128,9 +138,9 @@ class Ticket:
         return self.cost * refunded_tokens / self.tokens if refunded_tokens > 0 else 0.0
 
     def amount(self, unit: Unit) -> float:
-        if unit is Unit.TOKEN:
+        if unit is TOKEN:
             return float(self.tokens)
-        if unit is Unit.NANO_USD:
+        if unit is NANO_USD:
             return float(self.nano_usd)
         return 1.0
 
