@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._records import record
 from ._usage import PRICE_SLACK as PRICE_SLACK  # shared with Lua (codec.SHARED_CONSTANTS)
 from ._usage import Prices, Unreported, Usage
 
@@ -87,7 +88,7 @@ CLAIM_TIMEOUT = 10.0
 PRIORITY_CLASSES = 4
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ticket:
     """A validated, priced request: what a backend needs to queue, check and grant it."""
 
@@ -145,7 +146,7 @@ class Ticket:
         return 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeaseRecord:
     lease_id: str
     tenant: str
@@ -331,7 +332,7 @@ class AcquireResult:
     progress: Progress = field(default_factory=Progress)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settlement:
     lease: LeaseRecord
     charged_tokens: int

@@ -14,12 +14,13 @@ import datetime
 import math
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import InvalidArgument, NotFound
 from ._model import CLAIM_TIMEOUT, EPOCH, Outcome, Ticket, Unit
 from ._policy import UNCHECKED_PREFIX, Policy, prices
+from ._records import record
 from ._refusals import unchecked_not_renewable
 from ._tokens import TokenCounter
 from ._usage import Usage
@@ -45,7 +46,7 @@ MAX_DESCRIPTORS = 64  # in one Envoy ShouldRateLimit
 MAX_ENTRIES = 32  # in one Envoy descriptor
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AcquireSpec:
     """An Acquire as the caller sent it. ``priority`` uses the wire numbering:
     0 unspecified (= normal), 1 critical, 2 high, 3 normal, 4 low."""
