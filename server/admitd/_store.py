@@ -69,6 +69,11 @@ def _nothing() -> None:
     return None
 
 
+# The results that carry a Progress. A tuple made once: ``A | B | C | D`` in the isinstance
+# built a union of the four anew on every store call.
+_REPORTING = (AcquireResult, ReleaseResult, ExpireResult, Beat)
+
+
 class Store:
     """The backend, as the engine calls it.
 
@@ -133,7 +138,7 @@ class Store:
             raise idempotency_key_reused() from None
         if isinstance(result, Progress):
             self._deliver(result)
-        elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult | Beat):
+        elif isinstance(result, _REPORTING):
             self._deliver(result.progress)
         return result
 
