@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import datetime
 import math
-import secrets
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import field, replace
 
@@ -151,7 +151,7 @@ class Requests:
                 wait = max(0.0, min(wait, deadline))
         price = self._prices[pool.name]
         ticket = Ticket(
-            lease_id=secrets.token_hex(16),
+            lease_id=os.urandom(16).hex(),  # secrets.token_hex(16), without its 3 Python calls
             tenant=tenant.name,
             pool=pool.name,
             input_tokens=input_tokens,
