@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -18,7 +19,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from admitd import parse_config
+from admitd._backends.memory import MemoryBackend
 from admitd._backends.redis import codec
+from admitd._clock import ManualClock
+from admitd._engine import Engine
+from admitd._requests import AcquireSpec
 from admitd.v1 import admission_pb2 as pb
 from support.faults import code_of, connect
 from support.harness import Harness, Replicas, start_harness
@@ -153,9 +159,9 @@ async def test_a_replica_back_from_a_stall_beats_before_its_next_call_and_keeps_
     assert float(promises.hget(replicas_key, h.engine.backend.replica) or 0) > 0  # beat
 
 
-async def test_a_memory_replica_back_from_a_stall_beats_and_answers() -> None:
-    """The beat a call waits for after a stall goes through ``Store.call`` itself with the
-    memory backend: it must not wait for itself (every store call then hung for good)."""
+async def test_a_memory_replica_back_from_a_stall_answers_without_waiting_for_a_beat() -> None:
+    """The memory backend is one process: nothing judges it dead, so after a stall its
+    calls go at once, with no beat ahead of them (they are not made to wait for one)."""
     h = await start_harness({"backend": {"kind": "memory"}})
     try:
         heartbeat = h.engine.heartbeat
@@ -164,9 +170,38 @@ async def test_a_memory_replica_back_from_a_stall_beats_and_answers() -> None:
         heartbeat._landed -= 10 * h.engine.settings.backend.dead_after  # the stall, written here
         lease = await asyncio.wait_for(h.acquire(input_tokens=1), 10)
         assert lease.lease_id
-        assert heartbeat.due() is None  # it beat
+        assert heartbeat.due() is not None  # no beat went ahead of the call (this asks one)
     finally:
         await h.close()
+
+
+class _JudgedMemory(MemoryBackend):
+    """A memory backend that says which waiters kept their place, as one that judges
+    replicas dead by their heartbeats does (``Places``), yet whose calls never wait for a
+    connection: ``Store.call`` itself sends a late beat ahead of them."""
+
+    async def placed(self, lease_ids: Sequence[str]) -> set[str]:
+        return set(lease_ids)
+
+
+async def test_a_call_after_a_stall_goes_after_a_beat_that_does_not_wait_for_itself() -> None:
+    """The beat a call waits for after a stall goes through ``Store.call`` itself: it must
+    not wait for itself (every store call then hung for good)."""
+    settings = parse_config({"pools": [{"name": "p", "max_concurrency": 10}]})
+    clock = ManualClock()
+    engine = Engine(settings, _JudgedMemory(clock, aging=settings.queue.aging), clock)
+    await engine.start()
+    try:
+        heartbeat = engine.heartbeat
+        await heartbeat.stop()
+        assert heartbeat._landed is not None
+        heartbeat._landed -= 10 * settings.backend.dead_after  # the stall, written here
+        spec = AcquireSpec(tenant="default", pool="p", input_tokens=1)
+        lease = await asyncio.wait_for(engine.acquire(spec), 10)
+        assert lease.lease_id
+        assert heartbeat.due() is None  # it beat first
+    finally:
+        await engine.close()
 
 
 @pytest.mark.redis

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from admitd._api import server  # noqa: F401 (loads every service's descriptor)
-from admitd._api.service import HOT
+from admitd._api.registry import HOT
 from support.harness import MakeHarness
 from support.health import health
 from support.polling import until

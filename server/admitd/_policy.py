@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from ._config import PoolConfig, Settings, TenantConfig
 from ._errors import NotFound, Reason, Rejected
 from ._model import (
+    GAUGE,
+    NANO_USD,
+    TOKEN,
     Aimd,
     Breaker,
     Denial,
@@ -165,9 +168,10 @@ class Policy:
         """A call bigger than a bucket's capacity or a whole day's quota can never be admitted
         (a shadow-mode limit lets it through: it never refuses)."""
         for limit in limits:
-            if limit.kind is Kind.GAUGE or limit.shadow:
+            if limit.kind is GAUGE or limit.shadow:  # GAUGE, not Kind.GAUGE: see _model.py
                 continue
-            amount = {Unit.TOKEN: tokens, Unit.NANO_USD: nano_usd}.get(limit.unit, 1)
+            unit = limit.unit
+            amount = tokens if unit is TOKEN else nano_usd if unit is NANO_USD else 1
             if amount > limit.capacity:
                 return Rejected(
                     reason(limit),

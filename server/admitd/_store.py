@@ -69,6 +69,11 @@ def _nothing() -> None:
     return None
 
 
+# The results that carry a Progress. A tuple made once: ``A | B | C | D`` in the isinstance
+# built a union of the four anew on every store call.
+_REPORTING = (AcquireResult, ReleaseResult, ExpireResult, Beat)
+
+
 class Store:
     """The backend, as the engine calls it.
 
@@ -77,9 +82,10 @@ class Store:
         telemetry: counts store errors.
         deliver: hears the progress of every operation that reports one.
         first: before each call, what must reach the store ahead of it, if anything (the
-            heartbeat of a replica whose event loop stalled: ``Heartbeat.due``). A backend
-            whose calls may wait for a connection (:class:`SendsLater`) asks it itself, once
-            it has one, just before the call is sent.
+            heartbeat of a replica whose event loop stalled: ``Heartbeat.due``); None when
+            nothing ever must. A backend whose calls may wait for a connection
+            (:class:`SendsLater`) asks it itself, once it has one, just before the call is
+            sent.
     """
 
     def __init__(
@@ -87,13 +93,13 @@ class Store:
         backend: Backend,
         telemetry: Telemetry,
         deliver: Callable[[Progress], None],
-        first: Callable[[], Awaitable[None] | None] = lambda: None,
+        first: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         self.backend = backend
         self._telemetry = telemetry
         self._deliver = deliver
         if isinstance(backend, SendsLater):
-            backend.first, first = first, _nothing
+            backend.first, first = first or _nothing, None
         self._first = first
 
     async def call(
@@ -109,7 +115,7 @@ class Store:
             PermissionDenied: the lease belongs to another tenant.
             InvalidArgument: an idempotency key reused for a different request.
         """
-        ahead = self._first()
+        ahead = self._first() if self._first is not None else None
         try:
             if ahead is not None:
                 await ahead
@@ -132,7 +138,7 @@ class Store:
             raise idempotency_key_reused() from None
         if isinstance(result, Progress):
             self._deliver(result)
-        elif isinstance(result, AcquireResult | ReleaseResult | ExpireResult | Beat):
+        elif isinstance(result, _REPORTING):
             self._deliver(result.progress)
         return result
 

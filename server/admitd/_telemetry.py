@@ -192,9 +192,10 @@ class Telemetry:
         )
 
     def admitted(self, pool: str, tenant: str, priority: int, tokens: int, waited: float) -> None:
-        self.decision(pool, tenant, priority)
-        self._reserved.add(tokens, (pool, self.tenant_label(tenant)))
-        self._wait.record(waited, (pool, PRIORITY_LABELS[priority]))
+        label, priority_label = self.tenant_label(tenant), PRIORITY_LABELS[priority]
+        self._decisions.add(1, (pool, label, priority_label, "admitted", ""))  # as decision()
+        self._reserved.add(tokens, (pool, label))
+        self._wait.record(waited, (pool, priority_label))
 
     def settled(self, pool: str, tenant: str, reserved: int, charged: int, refunded: int) -> None:
         labels = (pool, self.tenant_label(tenant))

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+
+from ._records import record
 
 NANO_PER_USD = 1_000_000_000  # prices, USD budgets and the ledger count nano-USD
 # Prices are rounded up, less this much: float noise must not add a nano-dollar.
 PRICE_SLACK = 1e-6
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Usage:
     """Tokens a call used. The cached counts are parts of ``input_tokens``: every input
     token is counted there, as OpenAI's ``prompt_tokens`` counts them."""
@@ -40,7 +41,7 @@ class Unreported(enum.StrEnum):
     NOTHING = "nothing"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Prices:
     """Nano-USD per token: input, output, cached input (read) and cache-write input."""
 

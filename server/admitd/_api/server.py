@@ -26,7 +26,8 @@ from .._tokens import TokenCounter
 from ..v1 import admission_pb2
 from .envoy import RATE_LIMIT_SERVICE, RateLimitService
 from .probe import Probe
-from .service import AdmissionService, register
+from .registry import register
+from .service import AdmissionService
 from .tls import CertificateFiles
 from .watch import ConfigWatcher
 

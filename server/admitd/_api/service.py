@@ -11,9 +11,7 @@ from functools import wraps
 from typing import TypeVar, cast
 
 import grpc
-from google.protobuf import message_factory, timestamp_pb2
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import timestamp_pb2
 
 from .. import _requests as requests
 from .._engine import Engine
@@ -29,6 +27,7 @@ from ..v1 import admission_pb2 as pb
 from ..v1 import admission_pb2_grpc as pb_grpc
 from . import messages
 from .auth import Authenticator, Principal
+from .registry import Undecodable
 from .status import to_status
 
 log = logging.getLogger("admitd")
@@ -47,23 +46,6 @@ def _ignore(_: object) -> None:
 
 
 StreamHandler = Callable[[Svc, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]
-
-
-class _Undecodable:
-    """A request payload that is not a message of its type; the handler refuses it."""
-
-    def __init__(self, kind: str, error: str) -> None:
-        self.error = requests.undecodable(kind, error)
-
-
-def _lenient(kind: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
-    def deserialize(payload: bytes) -> Message | _Undecodable:
-        try:
-            return kind.FromString(payload)
-        except DecodeError as error:
-            return _Undecodable(kind.DESCRIPTOR.full_name, str(error))
-
-    return deserialize
 
 
 def _answer(context: grpc.aio.ServicerContext[Req, Resp], error: Exception) -> None:
@@ -91,7 +73,7 @@ def _translated(handler: Handler[Svc, Req, Resp]) -> Handler[Svc, Req, Resp]:
         self: Svc, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         try:
-            if isinstance(request, _Undecodable):
+            if isinstance(request, Undecodable):
                 raise request.error
             return await handler(self, request, context)
         except Exception as error:  # every error is answered, once, here
@@ -111,7 +93,7 @@ def _translated_stream(
         self: Svc, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         try:
-            if isinstance(request, _Undecodable):
+            if isinstance(request, Undecodable):
                 raise request.error
             async for response in handler(self, request, context):
                 yield response
@@ -119,64 +101,6 @@ def _translated_stream(
             _answer(context, error)
 
     return wrapper
-
-
-ADMISSION = pb.DESCRIPTOR.services_by_name["Admission"]
-# The methods registered with gRPC core (see ``register``): the two every admitted call
-# makes, and Envoy's one.
-HOT = frozenset(
-    (
-        f"/{ADMISSION.full_name}/Acquire",
-        f"/{ADMISSION.full_name}/Release",
-        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-    )
-)
-# The four kinds of method (client streaming, server streaming) and their handlers.
-_HANDLERS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
-
-def register(
-    service: object,
-    server: grpc.aio.Server,
-    descriptor: ServiceDescriptor = ADMISSION,
-    *,
-    lenient: bool = True,
-) -> None:
-    """Serve ``service``'s methods of ``descriptor`` on ``server``: the generated
-    ``add_..._to_server``, with two differences.
-
-    - ``lenient`` (admitd's own services, whose handlers ``_translated`` wraps): a payload
-      which does not decode reaches the handler (as ``_Undecodable``), so the caller gets
-      INVALID_ARGUMENT naming the message instead of grpc's UNKNOWN.
-    - Only the methods in ``HOT`` are registered with gRPC core; every method is served by
-      the generic handler. A call to a registered method costs less in gRPC (with none
-      registered, an Acquire+Release pair took 10-15% more server CPU); but grpc.aio
-      (1.85) waits for each registered method's next call in a task of its own, and its
-      server loop waits on all those tasks (``asyncio.wait``) again for every call,
-      whatever its method. With the 16 methods the generated code registers, that loop
-      made ~130 Python calls a pair; with these 3, ~45 (with none, ~36); 6% fewer
-      instructions a pair under callgrind."""
-    handlers = {}
-    for method in descriptor.methods:
-        request = message_factory.GetMessageClass(method.input_type)
-        response = message_factory.GetMessageClass(method.output_type)
-        make = _HANDLERS[method.client_streaming, method.server_streaming]
-        handlers[method.name] = make(
-            getattr(service, method.name),
-            request_deserializer=_lenient(request) if lenient else request.FromString,
-            response_serializer=response.SerializeToString,
-        )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
-    )
-    hot = {name: h for name, h in handlers.items() if f"/{descriptor.full_name}/{name}" in HOT}
-    if hot:
-        server.add_registered_method_handlers(descriptor.full_name, hot)
 
 
 class AdmissionService(pb_grpc.AdmissionServicer):
@@ -312,7 +236,9 @@ class AdmissionService(pb_grpc.AdmissionServicer):
             wait_timeout=messages.seconds(request.wait_timeout, "wait_timeout"),
             idempotency_key=request.idempotency_key,
             prompt=request.prompt,
-            labels=dict(request.labels),
+            # dict() of a protobuf map goes through collections.abc (3 Python calls), and
+            # most calls have no labels.
+            labels=dict(request.labels) if request.labels else {},
             fallback_pools=tuple(request.fallback_pools),
             dedup_key=request.dedup_key,
         )
@@ -375,8 +301,11 @@ class AdmissionService(pb_grpc.AdmissionServicer):
         return ticket
 
     def _at(self, timestamp: timestamp_pb2.Timestamp, seconds_from_now: float) -> None:
-        """Set a message's timestamp field in place to ``seconds_from_now`` from now."""
-        timestamp.FromNanoseconds(round((self.engine.clock.wall() + seconds_from_now) * 1e9))
+        """Set a message's timestamp field in place to ``seconds_from_now`` from now: what
+        ``FromNanoseconds`` sets, without its range check and its two Python calls (a time
+        near the clock's is in range)."""
+        nanos = round((self.engine.clock.wall() + seconds_from_now) * 1e9)
+        timestamp.seconds, timestamp.nanos = divmod(nanos, 1_000_000_000)
 
     def _lease(self, lease: LeaseRecord) -> pb.Lease:
         message = pb.Lease(

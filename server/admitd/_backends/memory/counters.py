@@ -14,16 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..._model import (
+from ..._model import (  # GAUGE, ... rather than Kind.GAUGE, ...: see _model.py
+    BUCKET,
+    DAILY,
+    GAUGE,
+    NANO_USD,
+    POOL_SCOPE,
+    SLOT,
+    TOKEN,
     Denial,
     Gate,
     GateView,
     Kind,
     Limit,
     Outcome,
-    Scope,
     Ticket,
-    Unit,
     day_number,
     gate_limit,
 )
@@ -36,7 +41,7 @@ to end, soonest first (``Leases.ends``)."""
 
 
 def _fits(limit: Limit, amount: float, level: float) -> bool:
-    if limit.kind is Kind.BUCKET:
+    if limit.kind is BUCKET:
         return amount <= level  # what is left must cover it
     return level + amount <= limit.capacity
 
@@ -80,7 +85,7 @@ class Counters:
         AIMD factor. Calls queued before a config change carry the limits of their time;
         capacities are read from here."""
         current = self._defs.get(limit.key) if self._defs is not None else limit
-        gate = self._gates.get(limit.owner) if limit.scope is Scope.POOL else None
+        gate = self._gates.get(limit.owner) if limit.scope is POOL_SCOPE else None
         if gate is None or current is None or gate.factor >= 1.0:  # not scaled: as it is
             return current
         return gate.effective(current)
@@ -91,9 +96,9 @@ class Counters:
 
     def _level(self, current: Limit, now: float) -> float:
         """:meth:`level` of a limit as :meth:`current` gave it (not looked up again)."""
-        if current.kind is Kind.GAUGE:
+        if current.kind is GAUGE:
             return self._gauges.get(current.key, 0.0)
-        if current.kind is Kind.BUCKET:
+        if current.kind is BUCKET:
             level, at = self._buckets.get(current.key, (current.capacity, now))
             return min(current.capacity, level + (now - at) * current.rate)
         return self._daily.get(f"{current.key}@{self.day}", 0.0)
@@ -131,7 +136,7 @@ class Counters:
             if _fits(limit, amount, level):
                 continue
             holders: tuple[float, ...] = ()
-            if limit.kind is Kind.GAUGE:
+            if limit.kind is GAUGE:
                 need = math.ceil(level + amount - limit.capacity)
                 holders = self._ends(limit.key, need, now)
             out.append(Denial(limit, level, amount, ends=holders))
@@ -157,9 +162,9 @@ class Counters:
         circuit as a probe."""
         for limit in ticket.limits:
             amount = ticket.amount(limit.unit)
-            if limit.kind is Kind.GAUGE:
+            if limit.kind is GAUGE:
                 self._gauges[limit.key] = self._gauges.get(limit.key, 0.0) + amount
-            elif limit.kind is Kind.BUCKET:
+            elif limit.kind is BUCKET:
                 self._buckets[limit.key] = (self.level(limit, now) - amount, now)
             else:
                 key = f"{limit.key}@{self.day}"
@@ -183,24 +188,24 @@ class Counters:
         if probe:
             self._gates[ticket.pool].release_probe()
         for limit in ticket.limits:
-            if limit.unit is Unit.SLOT:
+            if limit.unit is SLOT:
                 if not expired:
                     self._gauges[limit.key] = max(0.0, self._gauges.get(limit.key, 0.0) - 1)
                 continue
-            if limit.unit is Unit.TOKEN:
+            if limit.unit is TOKEN:
                 delta = token_delta
-            elif limit.unit is Unit.NANO_USD:
+            elif limit.unit is NANO_USD:
                 delta = usd_delta
             else:
                 continue  # a request is never given back
-            if delta == 0 or (expired and limit.kind is Kind.BUCKET and delta < 0):
+            if delta == 0 or (expired and limit.kind is BUCKET and delta < 0):
                 continue
-            if limit.kind is Kind.BUCKET:
+            if limit.kind is BUCKET:
                 # A refund never lifts a bucket above capacity; overuse may put it in debt.
                 current = self.current(limit) or limit
                 left = self._level(current, now) - delta
                 self._buckets[limit.key] = (min(current.capacity, left), now)
-            elif limit.kind is Kind.DAILY:
+            elif limit.kind is DAILY:
                 key = f"{limit.key}@{day}"
                 if key in self._daily or delta > 0:
                     self._daily[key] = max(0.0, self._daily.get(key, 0.0) + delta)

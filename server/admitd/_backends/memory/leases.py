@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from ..._model import (
     DEDUP_KEEP,
+    GAUGE,
     HOLD_WEIGHT,
     MAX_EXAMINED,
     DedupEnd,
-    Kind,
     LeaseRecord,
     Ticket,
     UsageRow,
@@ -41,7 +41,7 @@ class Lease:
 
     def __post_init__(self) -> None:
         # Read three times a lease (granted, released, held): found once.
-        self.gauges = tuple([limit.key for limit in self.ticket.limits if limit.kind is Kind.GAUGE])
+        self.gauges = tuple([limit.key for limit in self.ticket.limits if limit.kind is GAUGE])
 
     def record(self, now: float) -> LeaseRecord:
         t = self.ticket
