@@ -188,13 +188,11 @@ def admitd(
     name: str = "admitd",
     profile: Path | None = None,
     wait: bool = True,
-    under: tuple[str, ...] = (),
 ) -> Proc:
     """One admitd replica serving ``config``, with its metrics port off and no drain delay.
 
     ``profile``: run it under :mod:`bench.profiled` (SIGUSR1 starts the profiler, SIGUSR2
-    stops it and writes the pyinstrument session there). ``under``: the command it runs
-    under (:func:`callgrind`'s).
+    stops it and writes the pyinstrument session there).
     """
     config = {
         "drain_delay": 0,
@@ -208,22 +206,14 @@ def admitd(
     if profile is not None:
         argv = [sys.executable, "-m", "bench.profiled", str(profile)]
     argv += ["serve", "--config", str(path), "--listen", "127.0.0.1:0"]
-    proc = Proc(name, [*under, *argv], workdir)
+    proc = Proc(name, argv, workdir)
     return proc.ready() if wait else proc
 
 
-def echo(
-    workdir: Path,
-    wait: bool = True,
-    name: str = "echo",
-    *,
-    park: bool = False,
-    under: tuple[str, ...] = (),
-) -> Proc:
-    """The no-op echo server (:mod:`bench.echo`); ``park``: it holds every Acquire open;
-    ``under``: the command it runs under (:func:`callgrind`'s)."""
+def echo(workdir: Path, wait: bool = True, name: str = "echo", *, park: bool = False) -> Proc:
+    """The no-op echo server (:mod:`bench.echo`); ``park``: it holds every Acquire open."""
     argv = [sys.executable, "-m", "bench.echo"] + (["--park"] if park else [])
-    proc = Proc(name, [*under, *argv], workdir)
+    proc = Proc(name, argv, workdir)
     return proc.ready() if wait else proc
 
 

@@ -11,10 +11,16 @@ and the event loop as well.
     .venv/bin/python -m bench.server_cost                          # Python calls, 2,000 pairs
     .venv/bin/python -m bench.server_cost --callgrind --pairs 500  # instructions (~1 min)
     .venv/bin/python -m bench.server_cost --callgrind --echo       # the echo's, beside it
+    .venv/bin/python -m bench.server_cost --callgrind --refusals   # a refused Acquire's
 
 The overload gate keeps measuring but never refuses (its probe every 30 s): under callgrind
-a server is ~50x slower, and refusals would not be pairs. Run-to-run spread of the
-instruction count is ~2-3% (the event loop's batching depends on timing).
+a server is ~50x slower, and refusals would not be pairs. With ``--refusals`` it refuses
+every Acquire SERVER_OVERLOADED (``max_queue_delay`` 1 ms, which its first probe, slowed
+down by valgrind, exceeds; the run fails if one is not refused), and the count is per
+refused Acquire: past capacity a replica must refuse every call it cannot serve before the
+caller's deadline, so a refusal must cost far less than a pair (the overload scenario's
+loads are chosen from this ratio). Run-to-run spread of the instruction count is ~2-3%
+(the event loop's batching depends on timing).
 """
 
 from __future__ import annotations
@@ -58,13 +64,17 @@ CONFIG: dict[str, Any] = {
     "overload": {"max_queue_delay": 3600, "probe_interval": 30},
     "observability": {"metrics_listen": None, "log_format": "text"},
 }
+REFUSING = {**CONFIG, "overload": {"max_queue_delay": "1ms", "probe_interval": 30}}
 _PORT = re.compile(rb"port (\d+)")
 _ADMISSION = "/admitd.v1.Admission"
 
 
-async def _pairs(target: str, count: int, callers: int, deadline: float) -> None:
+async def _pairs(
+    target: str, count: int, callers: int, deadline: float, *, refused: bool = False
+) -> None:
     """``count`` Acquire+Release pairs from ``callers`` callers, as the bench's generator
-    sends them (its requests, ``deadline`` seconds on each RPC)."""
+    sends them (its requests, ``deadline`` seconds on each RPC); ``refused``: ``count``
+    Acquires, each of which must be refused SERVER_OVERLOADED."""
     from admitd.v1 import admission_pb2 as pb
 
     async with grpc.aio.insecure_channel(target) as channel:
@@ -85,17 +95,33 @@ async def _pairs(target: str, count: int, callers: int, deadline: float) -> None
             nonlocal left
             while left > 0:
                 left -= 1
+                if refused:
+                    await _refusal(acquire(request, timeout=deadline))
+                    continue
                 lease = await acquire(request, timeout=deadline)
                 await release(release_request(lease.lease_id, 10, 5), timeout=deadline)
 
         await asyncio.gather(*(caller() for _ in range(callers)))
 
 
-def measure(count: int, callers: int, *, callgrind: bool, echo: bool) -> dict[str, Any]:
+async def _refusal(call: Any) -> None:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "overloaded" in str(
+            error.details()
+        ):
+            return
+        raise
+    raise RuntimeError("an Acquire was served, not refused SERVER_OVERLOADED")
+
+
+def measure(count: int, callers: int, *, callgrind: bool, server: str) -> dict[str, Any]:
+    echo, refusals = server == "echo", server == "refusals"
     workdir = Path(tempfile.mkdtemp(prefix="server_cost-"))
     try:
         config = workdir / "admitd.yaml"
-        config.write_text(yaml.safe_dump(CONFIG))
+        config.write_text(yaml.safe_dump(REFUSING if refusals else CONFIG))
         stats, out = workdir / "calls.json", workdir / "callgrind.out"
         if echo:
             argv = [sys.executable, "-m", "bench.echo"]
@@ -106,33 +132,33 @@ def measure(count: int, callers: int, *, callgrind: bool, echo: bool) -> dict[st
         if not echo:
             argv += ["serve", "--config", str(config), "--listen", "127.0.0.1:0"]
         if callgrind:
-            valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-            argv = [*valgrind, f"--callgrind-out-file={out}", *argv]
+            argv = [*procs.callgrind(out), *argv]
         elif echo:
             raise SystemExit("--echo counts instructions only: add --callgrind")
         with (workdir / "server.log").open("wb") as log:
-            server = subprocess.Popen(
+            process = subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=log, env=procs.env(), cwd=procs.ROOT
             )
         try:
-            target = f"127.0.0.1:{_port(server)}"
+            target = f"127.0.0.1:{_port(process)}"
             timeout = 600.0 if callgrind else 10.0
-            asyncio.run(_pairs(target, 200, callers, timeout))  # warm-up
-            _switch(server, callgrind, on=True)
-            asyncio.run(_pairs(target, count, callers, timeout))
-            _switch(server, callgrind, on=False)
+            asyncio.run(_pairs(target, 200, callers, timeout, refused=refusals))  # warm-up
+            _switch(process, callgrind, on=True)
+            asyncio.run(_pairs(target, count, callers, timeout, refused=refusals))
+            _switch(process, callgrind, on=False)
             while not callgrind and not stats.exists():  # written once the profiler stops
-                if server.poll() is not None:
+                if process.poll() is not None:
                     raise RuntimeError("the server ended; see its log")
                 time.sleep(0.1)
         finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(300)
-        result: dict[str, Any] = {"server": "echo" if echo else "memory", "pairs": count}
+            process.send_signal(signal.SIGINT)
+            process.wait(300)
+        each = "refusal" if refusals else "pair"
+        result: dict[str, Any] = {"server": server, f"{each}s": count}
         if callgrind:
-            result["instructions_per_pair"] = _totals(out) / count
+            result[f"instructions_per_{each}"] = procs.instructions(out) / count
         else:
-            result["python_calls_per_pair"] = json.loads(stats.read_text()) / count
+            result[f"python_calls_per_{each}"] = json.loads(stats.read_text()) / count
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -153,19 +179,11 @@ def _port(server: subprocess.Popen[bytes]) -> int:
 
 def _switch(server: subprocess.Popen[bytes], callgrind: bool, *, on: bool) -> None:
     if callgrind:
-        toggle = ["callgrind_control", "-i", "on" if on else "off", str(server.pid)]
-        subprocess.run(toggle, check=True, stdout=subprocess.DEVNULL)
+        procs.collect(server.pid, on)
     else:
         server.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
         if on:
             time.sleep(0.5)  # handled (the profiler on) before the counted pairs start
-
-
-def _totals(out: Path) -> int:
-    for line in out.read_text().splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
 
 
 def serve(stats_path: str, argv: list[str]) -> int:
@@ -197,9 +215,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--callgrind", action="store_true", help="count instructions")
-    parser.add_argument("--echo", action="store_true", help="the echo server (--callgrind)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--echo", action="store_true", help="the echo server (--callgrind)")
+    which.add_argument(
+        "--refusals", action="store_true", help="admitd refusing every Acquire (overloaded)"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.pairs, args.concurrency, callgrind=args.callgrind, echo=args.echo)
+    server = "echo" if args.echo else "refusals" if args.refusals else "memory"
+    result = measure(args.pairs, args.concurrency, callgrind=args.callgrind, server=server)
     print(json.dumps(result))
 
 

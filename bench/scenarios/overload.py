@@ -8,13 +8,13 @@ has a :data:`DEADLINE` deadline, as a caller's would. Past capacity a replica sh
 refuse explicitly and cheaply (RESOURCE_EXHAUSTED with a reason and a RetryInfo) and
 reserve nothing; it must never answer UNAVAILABLE from its own pool nor CANCELLED.
 
-Why two loads: a refusal costs what the echo's answer does (``bench/refusal_cost.py``:
-1.0x the echo's instructions per RPC), the least an RPC costs on this stack, while a
-served pair takes ~1.3x the echo pair's CPU time under load. So twice admitd's capacity
-in Acquires is about nine tenths of all the RPCs the echo itself can answer: at that load
-refusing is at the ceiling of what one process can answer at all, and whether every call
-is refused before its deadline turns on the machine. The goal is judged at
-:data:`GOAL_FACTOR`; the 2x row shows where that ceiling is.
+Why two loads: a refused Acquire costs 0.40 of a served pair (``python -m
+bench.server_cost --callgrind --refusals``, against a pair's count without it: 376k and
+948k instructions; an echo RPC 288k, so a refusal is ~1.3x the least an RPC costs on this
+stack, ~56k of it admitd's gate, error and status, the rest grpc.aio's). Offered twice its
+capacity, a replica needs ~0.8 of its core to refuse what it cannot serve, and whether
+every call is refused before its deadline turns on the machine; at 1.5x, ~0.6. The goal
+is judged at :data:`GOAL_FACTOR`; the 2x row shows where the ceiling is.
 
 Counted: every failed RPC by code, refusals by reason (and with a RetryInfo), and the
 leases left in the store after the run, reserved for callers that had given up. The echo
