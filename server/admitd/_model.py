@@ -138,6 +138,30 @@ class Ticket:
         ``_lib5_queue.lua`` ``credit`` computes it alike)."""
         return self.cost * refunded_tokens / self.tokens if refunded_tokens > 0 else 0.0
 
+    def lease(
+        self,
+        expires_in: float,
+        queued_for: float = 0.0,
+        held_for: float = 0.0,
+        shadowed: str = "",
+        *,
+        lease_id: str | None = None,
+    ) -> LeaseRecord:
+        """This ticket's lease as a grant, a release or an expiry reports it (``lease_id``:
+        another id to report it under)."""
+        return LeaseRecord(
+            lease_id=self.lease_id if lease_id is None else lease_id,
+            tenant=self.tenant,
+            pool=self.pool,
+            input_tokens=self.input_tokens,
+            max_output_tokens=self.max_output_tokens,
+            nano_usd=self.nano_usd,
+            expires_in=expires_in,
+            queued_for=queued_for,
+            held_for=held_for,
+            shadowed=shadowed,
+        )
+
     def amount(self, unit: Unit) -> float:
         if unit is TOKEN:
             return float(self.tokens)

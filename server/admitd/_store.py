@@ -174,16 +174,7 @@ class Store:
             error.message,
             extra={"tenant": ticket.tenant, "pool": ticket.pool},
         )
-        return LeaseRecord(
-            lease_id=UNCHECKED_PREFIX + ticket.lease_id,
-            tenant=ticket.tenant,
-            pool=ticket.pool,
-            input_tokens=ticket.input_tokens,
-            max_output_tokens=ticket.max_output_tokens,
-            nano_usd=ticket.nano_usd,
-            expires_in=ticket.ttl,
-            queued_for=0.0,
-        )
+        return ticket.lease(ticket.ttl, lease_id=UNCHECKED_PREFIX + ticket.lease_id)
 
 
 def unchecked_settlement(lease_id: str, usage: Usage | None) -> Settlement:

@@ -44,18 +44,8 @@ class Lease:
         self.gauges = tuple([limit.key for limit in self.ticket.limits if limit.kind is GAUGE])
 
     def record(self, now: float) -> LeaseRecord:
-        t = self.ticket
-        return LeaseRecord(
-            lease_id=t.lease_id,
-            tenant=t.tenant,
-            pool=t.pool,
-            input_tokens=t.input_tokens,
-            max_output_tokens=t.max_output_tokens,
-            nano_usd=t.nano_usd,
-            expires_in=self.expires_at - now,
-            queued_for=self.queued_for,
-            held_for=now - self.granted_at,
-            shadowed=self.shadowed,
+        return self.ticket.lease(
+            self.expires_at - now, self.queued_for, now - self.granted_at, self.shadowed
         )
 
 

@@ -208,18 +208,7 @@ def _granted(granted: list[Any], ticket: Ticket) -> AcquireResult:
     ticket's (the scripts' record of it would only copy it back: building and encoding it
     was ~3% of a pair's redis-server instructions)."""
     expires_in, shadowed = granted
-    record = LeaseRecord(
-        lease_id=ticket.lease_id,
-        tenant=ticket.tenant,
-        pool=ticket.pool,
-        input_tokens=ticket.input_tokens,
-        max_output_tokens=ticket.max_output_tokens,
-        nano_usd=ticket.nano_usd,
-        expires_in=float(expires_in),
-        queued_for=0.0,
-        held_for=0.0,
-        shadowed=str(shadowed),
-    )
+    record = ticket.lease(float(expires_in), shadowed=str(shadowed))
     return AcquireResult(lease=record, waiting_on=ticket.lease_id)
 
 
