@@ -225,28 +225,24 @@ end
 -- of either costs hundreds of instructions: see current).
 local function level_at(l)
   local k, kind = l[L_KEY], l[L_KIND]
-  if kind == KIND_GAUGE then
-    local lv = level_cache[k]
-    if lv == nil then
-      fetch_levels({l})
-      lv = level_cache[k]
-    end
-    if learning == nil then learn() end
-    if learning then return math.max(lv, l[L_CAPACITY]) end
-    return lv
-  elseif kind == KIND_BUCKET then
-    local level = level_cache[k]
-    if level == nil then
-      fetch_levels({l})
-      level = level_cache[k]
-    end
-    local capacity = l[L_CAPACITY]
-    if not level then return capacity end
-    level = level + (now - bucket_at[k]) * l[L_RATE]
-    if level < capacity then return level end -- math.min(capacity, level), written out
-    return capacity
+  if kind ~= KIND_GAUGE and kind ~= KIND_BUCKET then
+    return tonumber(redis.call('HGET', D, k) or '0')
   end
-  return tonumber(redis.call('HGET', D, k) or '0')
+  local level = level_cache[k] -- gauges' and buckets' levels: read for the call at once
+  if level == nil then
+    fetch_levels({l})
+    level = level_cache[k]
+  end
+  if kind == KIND_GAUGE then
+    if learning == nil then learn() end
+    if learning then return math.max(level, l[L_CAPACITY]) end
+    return level
+  end
+  local capacity = l[L_CAPACITY]
+  if not level then return capacity end
+  level = level + (now - bucket_at[k]) * l[L_RATE]
+  if level < capacity then return level end -- math.min(capacity, level), written out
+  return capacity
 end
 
 local function level_of(queued)
