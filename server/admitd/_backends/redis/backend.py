@@ -29,9 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._clock import Clock
 from ..._model import (
@@ -53,7 +51,7 @@ from ..._model import (
 from ..._usage import Unreported, Usage
 from ..errors import StoreUnreachable
 from . import codec, views
-from .client import Line
+from .client import UNREACHABLE, Line
 from .client import connect as connect  # the package's, with the backend
 from .failover import PrimaryWatch
 from .lanes import Lanes
@@ -300,7 +298,7 @@ class RedisBackend:
         # generator context manager costs six Python calls each time.
         try:
             raw = await self._call(op, argv, later)
-        except _UNREACHABLE as error:
+        except UNREACHABLE as error:
             raise StoreUnreachable(str(error)) from None
         doc: dict[str, Any] = json.loads(raw)
         return doc
@@ -375,8 +373,5 @@ def _store_errors() -> Iterator[None]:
     """Redis unreachable or too slow: the engine's ``Store`` counts it and fails closed."""
     try:
         yield
-    except _UNREACHABLE as error:
+    except UNREACHABLE as error:
         raise StoreUnreachable(str(error)) from None
-
-
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)

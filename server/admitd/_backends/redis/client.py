@@ -15,8 +15,12 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._config import BackendConfig
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What a call raises when Redis cannot be reached or is too slow (``backend.timeout``)."""
 
 
 def connect(config: BackendConfig) -> aioredis.Redis:

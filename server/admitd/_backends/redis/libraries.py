@@ -23,10 +23,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .client import UNREACHABLE
 from .lanes import Lanes
 from .scripts import IDLE_FUNCTION
 
@@ -73,7 +72,7 @@ class Pruner:
                 error,
             )
             return
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except UNREACHABLE as error:
             log.info("could not look for unused admitd function libraries: %s", error)
             return
         finally:
