@@ -186,14 +186,16 @@ class Telemetry:
     # -- events -----------------------------------------------------------------------------
 
     def decision(self, pool: str, tenant: str, priority: int, reason: str = "") -> None:
+        self._decided(pool, self.tenant_label(tenant), PRIORITY_LABELS[priority], reason)
+
+    def _decided(self, pool: str, tenant_label: str, priority_label: str, reason: str) -> None:
         decision = "rejected" if reason else "admitted"
-        self._decisions.add(
-            1, (pool, self.tenant_label(tenant), PRIORITY_LABELS[priority], decision, reason)
-        )
+        self._decisions.add(1, (pool, tenant_label, priority_label, decision, reason))
 
     def admitted(self, pool: str, tenant: str, priority: int, tokens: int, waited: float) -> None:
+        # The labels found once for the three instruments (as decision() finds them).
         label, priority_label = self.tenant_label(tenant), PRIORITY_LABELS[priority]
-        self._decisions.add(1, (pool, label, priority_label, "admitted", ""))  # as decision()
+        self._decided(pool, label, priority_label, "")
         self._reserved.add(tokens, (pool, label))
         self._wait.record(waited, (pool, priority_label))
 
